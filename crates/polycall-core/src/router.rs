@@ -1,0 +1,288 @@
+//! The method table: routes a [`Call`] to its handler and describes what it serves.
+
+use std::collections::HashMap;
+use std::future::poll_fn;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use crate::{
+    BoxFuture, BoxHandler, Call, Handler, MethodName, NameError, Reply, ServiceName, Status,
+    split_full_name,
+};
+
+/// What a method says about itself in `describe()`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+pub struct MethodInfo {
+    /// One line for people.
+    pub summary: String,
+    /// A hint of the input's shape (free text, e.g. `{"ms": u64}`).
+    pub input: String,
+    /// A hint of the output's shape.
+    pub output: String,
+    /// Whether calling twice is as good as calling once (retries are safe).
+    pub idempotent: bool,
+}
+
+impl MethodInfo {
+    /// Info with a one-line summary.
+    pub fn new(summary: impl Into<String>) -> Self {
+        Self {
+            summary: summary.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Sets the input schema hint.
+    pub fn input(mut self, hint: impl Into<String>) -> Self {
+        self.input = hint.into();
+        self
+    }
+
+    /// Sets the output schema hint.
+    pub fn output(mut self, hint: impl Into<String>) -> Self {
+        self.output = hint.into();
+        self
+    }
+
+    /// Sets the idempotent flag.
+    pub fn idempotent(mut self, yes: bool) -> Self {
+        self.idempotent = yes;
+        self
+    }
+}
+
+/// One entry of [`Router::describe`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct MethodDescription {
+    /// `service.method`.
+    pub name: String,
+    /// What the method says about itself.
+    #[serde(flatten)]
+    pub info: MethodInfo,
+}
+
+#[derive(Clone)]
+struct Route {
+    info: MethodInfo,
+    handler: BoxHandler,
+}
+
+type Table = HashMap<ServiceName, HashMap<MethodName, Route>>;
+
+/// A method table. Cheap to clone; itself a [`Handler`] that dispatches by name and
+/// answers [`crate::Code::UnknownMethod`] for names it does not know.
+///
+/// ```
+/// use polycall_core::{handler_fn, Call, Code, MethodInfo, Payload, Reply, Router};
+/// use tower_service::Service;
+///
+/// let mut router = Router::new()
+///     .route("debug.echo", MethodInfo::new("returns its input"),
+///            handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) }))?;
+/// # futures_lite_block_on(async {
+/// let reply = router.call(Call::new("debug.echo", Payload::raw("hi"))?).await.unwrap();
+/// assert_eq!(&reply.payload.bytes[..], b"hi");
+/// let err = router.call(Call::new("debug.nope", Payload::empty())?).await.unwrap_err();
+/// assert_eq!(err.code, Code::UnknownMethod);
+/// # Ok::<(), polycall_core::NameError>(()) })?;
+/// # fn futures_lite_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     let waker = std::task::Waker::noop();
+/// #     let mut cx = std::task::Context::from_waker(&waker);
+/// #     let mut f = std::pin::pin!(f);
+/// #     loop { if let std::task::Poll::Ready(v) = f.as_mut().poll(&mut cx) { return v; } }
+/// # }
+/// # Ok::<(), polycall_core::NameError>(())
+/// ```
+#[derive(Clone, Default)]
+pub struct Router {
+    table: Arc<Table>,
+}
+
+impl std::fmt::Debug for Router {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Router")
+            .field("methods", &self.len())
+            .finish()
+    }
+}
+
+impl Router {
+    /// An empty table.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds (or replaces) the method `full_name` (`SERVICE.METHOD`).
+    pub fn route<H: Handler>(
+        self,
+        full_name: &str,
+        info: MethodInfo,
+        handler: H,
+    ) -> Result<Self, NameError> {
+        let (service, method) = split_full_name(full_name)?;
+        Ok(self.route_names(service, method, info, handler))
+    }
+
+    /// Adds (or replaces) a method of already validated names.
+    pub fn route_names<H: Handler>(
+        mut self,
+        service: ServiceName,
+        method: MethodName,
+        info: MethodInfo,
+        handler: H,
+    ) -> Self {
+        let route = Route {
+            info,
+            handler: BoxHandler::new(handler),
+        };
+        Arc::make_mut(&mut self.table)
+            .entry(service)
+            .or_default()
+            .insert(method, route);
+        self
+    }
+
+    /// Adds every method of `other`; `other`'s entries win on a clash.
+    pub fn merge(mut self, other: &Router) -> Self {
+        let table = Arc::make_mut(&mut self.table);
+        for (service, methods) in other.table.iter() {
+            let entry = table.entry(service.clone()).or_default();
+            for (method, route) in methods {
+                entry.insert(method.clone(), route.clone());
+            }
+        }
+        self
+    }
+
+    /// The handler of `service.method`, if routed.
+    pub fn handler(&self, service: &str, method: &str) -> Option<BoxHandler> {
+        self.table
+            .get(service)?
+            .get(method)
+            .map(|r| r.handler.clone())
+    }
+
+    /// The info of `service.method`, if routed.
+    pub fn info(&self, service: &str, method: &str) -> Option<&MethodInfo> {
+        self.table.get(service)?.get(method).map(|r| &r.info)
+    }
+
+    /// Number of methods.
+    pub fn len(&self) -> usize {
+        self.table.values().map(HashMap::len).sum()
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Every method with its info, sorted by full name.
+    pub fn describe(&self) -> Vec<MethodDescription> {
+        let mut out: Vec<MethodDescription> = self
+            .table
+            .iter()
+            .flat_map(|(service, methods)| {
+                methods
+                    .iter()
+                    .map(move |(method, route)| MethodDescription {
+                        name: format!("{service}.{method}"),
+                        info: route.info.clone(),
+                    })
+            })
+            .collect();
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+}
+
+impl Service<Call> for Router {
+    type Response = Reply;
+    type Error = Status;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> BoxFuture {
+        match self.handler(call.service.as_str(), call.method.as_str()) {
+            Some(mut handler) => Box::pin(async move {
+                poll_fn(|cx| handler.poll_ready(cx)).await?;
+                handler.call(call).await
+            }),
+            None => {
+                let known = self.table.contains_key(call.service.as_str());
+                let msg = if known {
+                    format!(
+                        "service {} has no method {}; `polycall describe` lists what is served",
+                        call.service, call.method
+                    )
+                } else {
+                    format!(
+                        "no service {} (calling {}); `polycall describe` lists what is served",
+                        call.service,
+                        call.full_name()
+                    )
+                };
+                Box::pin(std::future::ready(Err(Status::unknown_method(msg))))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Code, Payload, handler_fn};
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut f = std::pin::pin!(f);
+        loop {
+            if let Poll::Ready(v) = f.as_mut().poll(&mut cx) {
+                return v;
+            }
+        }
+    }
+
+    #[test]
+    fn routes_describes_and_refuses_unknown() {
+        let mut r = Router::new()
+            .route(
+                "b.two",
+                MethodInfo::new("second")
+                    .input("{}")
+                    .output("{}")
+                    .idempotent(true),
+                handler_fn(|_c: Call| async { Ok(Reply::new(Payload::raw("2"))) }),
+            )
+            .unwrap()
+            .route(
+                "a.one",
+                MethodInfo::new("first"),
+                handler_fn(|_c: Call| async { Err(Status::internal("boom")) }),
+            )
+            .unwrap();
+        let d = r.describe();
+        assert_eq!(
+            d.iter().map(|m| m.name.as_str()).collect::<Vec<_>>(),
+            ["a.one", "b.two"]
+        );
+        assert!(d[1].info.idempotent);
+        let json = serde_json::to_value(&d[1]).unwrap();
+        assert_eq!(json["summary"], "second");
+        let ok = block_on(r.call(Call::new("b.two", Payload::empty()).unwrap())).unwrap();
+        assert_eq!(&ok.payload.bytes[..], b"2");
+        let err = block_on(r.call(Call::new("a.one", Payload::empty()).unwrap())).unwrap_err();
+        assert_eq!(err.code, Code::Internal);
+        let err = block_on(r.call(Call::new("b.three", Payload::empty()).unwrap())).unwrap_err();
+        assert_eq!(err.code, Code::UnknownMethod);
+        assert!(err.message.contains("service b has no method three"));
+        let err = block_on(r.call(Call::new("zzz.x", Payload::empty()).unwrap())).unwrap_err();
+        assert!(err.message.contains("no service zzz"));
+    }
+}
