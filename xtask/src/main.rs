@@ -1,1 +1,311 @@
-fn main() {}
+//! polycall's own automation.
+//!
+//! ```text
+//! cargo xtask ci                      everything CI checks: fmt, clippy, tests, doctests, ring guard
+//! cargo xtask bench proto [--quick]   framing and compression benchmarks → target/bench/
+//! cargo xtask fuzz [TARGET] [--runs N] [--seconds S]
+//!                                     cargo-fuzz targets under fuzz/ (default: all, 1,000,000 runs each)
+//! ```
+//!
+//! Each command installs the tools it needs when they are missing.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("ci") => ci(),
+        Some("bench") => bench(&args[1..]),
+        Some("fuzz") => fuzz(&args[1..]),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask ci | bench proto [--quick] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// Runs `cmd`, echoing it; fails when it fails.
+fn run(what: &str, cmd: &mut Command) -> Result<()> {
+    eprintln!("\n==> {what}");
+    let started = Instant::now();
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {what}"))?;
+    eprintln!(
+        "<== {what}: {status} in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
+    if !status.success() {
+        bail!("{what} failed ({status})");
+    }
+    Ok(())
+}
+
+fn ensure_cargo_tool(subcommand: &str, krate: &str) -> Result<()> {
+    if cargo()
+        .args([subcommand, "--version"])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    run(
+        &format!("install {krate}"),
+        cargo().args(["install", krate, "--locked"]),
+    )
+}
+
+fn ci() -> Result<()> {
+    ensure_cargo_tool("nextest", "cargo-nextest")?;
+    run(
+        "cargo fmt --check",
+        cargo().args(["fmt", "--all", "--check"]),
+    )?;
+    run(
+        "cargo clippy",
+        cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "cargo nextest run",
+        cargo().args(["nextest", "run", "--workspace", "--no-fail-fast"]),
+    )?;
+    run(
+        "cargo test --doc",
+        cargo().args(["test", "--doc", "--workspace"]),
+    )?;
+    ring_guard()?;
+    eprintln!("\nxtask ci: all checks passed");
+    Ok(())
+}
+
+/// Exactly one rustls crypto provider: `ring` must not be in the normal dependency graph
+/// (with aws-lc-rs also present, rustls panics at run time).
+fn ring_guard() -> Result<()> {
+    eprintln!("\n==> ring guard");
+    let out = cargo()
+        .args(["tree", "--workspace", "-e", "normal", "-p", "ring"])
+        .output()
+        .context("cargo tree")?;
+    if out.status.success() {
+        bail!(
+            "the crate `ring` is in the dependency graph; keep default-features = false on quinn, rcgen and \
+             web-transport (see ../shared/DEPENDENCIES.md):\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    eprintln!("<== ring guard: ring is absent");
+    Ok(())
+}
+
+fn bench(args: &[String]) -> Result<()> {
+    let quick = args.iter().any(|a| a == "--quick");
+    match args.first().map(String::as_str) {
+        Some("proto") => bench_proto(quick),
+        other => bail!("unknown bench {other:?}; available: proto"),
+    }
+}
+
+fn bench_proto(quick: bool) -> Result<()> {
+    let mut frames = cargo();
+    frames.args(["bench", "-p", "polycall-proto", "--bench", "frames", "--"]);
+    if quick {
+        frames.arg("--quick");
+    }
+    run("framing benchmark (criterion)", &mut frames)?;
+    let mut selector = cargo();
+    selector.args(["bench", "-p", "polycall-proto", "--bench", "selector", "--"]);
+    if quick {
+        selector.arg("--quick");
+    }
+    run("adaptive compression benchmark", &mut selector)?;
+    let table = frames_table()?;
+    let out = root().join("target/bench/frames.md");
+    std::fs::create_dir_all(out.parent().expect("has a parent"))?;
+    std::fs::write(&out, &table)?;
+    println!("\n{table}");
+    println!("written: {} and target/bench/selector.json", out.display());
+    Ok(())
+}
+
+/// Encode + decode time per frame from criterion's estimates.
+fn frames_table() -> Result<String> {
+    let dir = root().join("target/criterion");
+    let mut rows = Vec::new();
+    for group in ["encode", "decode", "roundtrip"] {
+        for size in ["64B", "4KiB", "256KiB"] {
+            for crc in ["plain", "crc32c"] {
+                let est = dir.join(format!("{group}/{size}_{crc}/new/estimates.json"));
+                let Ok(text) = std::fs::read_to_string(&est) else {
+                    continue;
+                };
+                let v: serde_json::Value = serde_json::from_str(&text)?;
+                let ns = v["median"]["point_estimate"].as_f64().unwrap_or(f64::NAN);
+                let bytes: f64 = match size {
+                    "64B" => 64.0,
+                    "4KiB" => 4096.0,
+                    _ => 262_144.0,
+                };
+                rows.push(format!(
+                    "| {group} | {size} | {crc} | {} | {:.2} GB/s |",
+                    fmt_ns(ns),
+                    bytes / ns
+                ));
+            }
+        }
+    }
+    if rows.is_empty() {
+        bail!("no criterion results under {}", dir.display());
+    }
+    Ok(format!(
+        "| operation | payload | integrity | median time per frame | payload throughput |\n|---|---|---|---|---|\n{}\n",
+        rows.join("\n")
+    ))
+}
+
+fn fmt_ns(ns: f64) -> String {
+    if ns < 1_000.0 {
+        format!("{ns:.1} ns")
+    } else if ns < 1_000_000.0 {
+        format!("{:.2} µs", ns / 1_000.0)
+    } else {
+        format!("{:.2} ms", ns / 1_000_000.0)
+    }
+}
+
+fn fuzz(args: &[String]) -> Result<()> {
+    let mut runs: u64 = 1_000_000;
+    let mut seconds: Option<u64> = None;
+    let mut targets = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--runs" => runs = it.next().context("--runs N")?.parse().context("--runs N")?,
+            "--seconds" => {
+                seconds = Some(
+                    it.next()
+                        .context("--seconds S")?
+                        .parse()
+                        .context("--seconds S")?,
+                )
+            }
+            t if !t.starts_with('-') => targets.push(t.to_owned()),
+            other => bail!("unknown option {other}"),
+        }
+    }
+    if targets.is_empty() {
+        targets = vec!["frame_decode".into(), "connection".into()];
+    }
+    ensure_cargo_tool("fuzz", "cargo-fuzz")?;
+    for t in targets {
+        let corpus = root().join("fuzz/corpus").join(&t);
+        std::fs::create_dir_all(&corpus)?;
+        seed_corpus(&t, &corpus)?;
+        let mut cmd = cargo();
+        // cargo-fuzz needs nightly-only flags (-Zsanitizer); the machine has one stable
+        // toolchain, which accepts them with RUSTC_BOOTSTRAP (a no-op on nightly).
+        cmd.env("RUSTC_BOOTSTRAP", "1");
+        cmd.args([
+            "fuzz",
+            "run",
+            &t,
+            "--",
+            &format!("-runs={runs}"),
+            "-max_len=8192",
+            "-print_final_stats=1",
+        ]);
+        if let Some(s) = seconds {
+            cmd.arg(format!("-max_total_time={s}"));
+        }
+        let started = Instant::now();
+        let out = cmd
+            .output()
+            .with_context(|| format!("cargo fuzz run {t}"))?;
+        let log = String::from_utf8_lossy(&out.stderr);
+        let done = log
+            .lines()
+            .rev()
+            .find(|l| l.starts_with("Done "))
+            .unwrap_or("");
+        let execs = log
+            .lines()
+            .find(|l| l.starts_with("stat::number_of_executed_units:"))
+            .and_then(|l| l.split(':').nth(3).or_else(|| l.rsplit(':').next()))
+            .map(str::trim)
+            .unwrap_or("?");
+        if !out.status.success() {
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!(
+                "fuzz target {t} failed ({}):\n{}",
+                out.status,
+                tail.join("\n")
+            );
+        }
+        println!(
+            "fuzz {t}: {execs} inputs executed without a crash in {:.0}s ({done})",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Seeds a target's corpus with the golden vectors, so fuzzing starts from valid frames.
+fn seed_corpus(target: &str, dir: &Path) -> Result<()> {
+    let path = root().join("tests/vectors/frames.json");
+    let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&path)?)?;
+    for (i, v) in doc["vectors"].as_array().into_iter().flatten().enumerate() {
+        let hex = v["hex"].as_str().unwrap_or_default();
+        let mut bytes: Vec<u8> = (0..hex.len() / 2)
+            .filter_map(|j| u8::from_str_radix(&hex[2 * j..2 * j + 2], 16).ok())
+            .collect();
+        let crc = v["crc32c"].as_bool().unwrap_or(false);
+        // First byte selects the mode: frame_decode bit 0 = crc; connection bit 1 = no crc.
+        let mode = match target {
+            "frame_decode" => u8::from(crc) | 2,
+            _ => {
+                if crc {
+                    0
+                } else {
+                    2
+                }
+            }
+        };
+        bytes.insert(0, mode);
+        std::fs::write(dir.join(format!("vector-{i:02}")), bytes)?;
+    }
+    Ok(())
+}

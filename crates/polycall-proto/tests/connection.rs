@@ -1,0 +1,827 @@
+//! The connection state machine, two of them wired back to back in memory.
+
+use bytes::{Bytes, BytesMut};
+use polycall_core::{
+    Code, ContentType, MethodInfo, MethodName, Payload, Priority, ServiceName, Status,
+};
+use polycall_proto::frame::{
+    self, CallFrame, DataFrame, Frame, MethodEntry, MethodRef, ReplyFrame,
+};
+use polycall_proto::{
+    Config, Connection, Event, PREFACE, ProtoError, Role, SendError, Settings, WireMeta,
+};
+
+fn names(full: &str) -> (ServiceName, MethodName) {
+    polycall_core::split_full_name(full).unwrap()
+}
+
+/// Two connections and the bytes each has sent the other (for inspection).
+struct Pair {
+    client: Connection,
+    server: Connection,
+    to_server: Vec<u8>,
+}
+
+impl Pair {
+    fn new() -> Self {
+        Self::with(Config::default(), Config::default())
+    }
+
+    fn with(client: Config, server: Config) -> Self {
+        let mut p = Pair {
+            client: Connection::new(Role::Client, client).unwrap(),
+            server: Connection::new(Role::Server, server).unwrap(),
+            to_server: Vec::new(),
+        };
+        p.pump();
+        assert_eq!(p.client.poll_event(), Some(Event::Connected));
+        assert_eq!(p.server.poll_event(), Some(Event::Connected));
+        p
+    }
+
+    /// Moves bytes both ways until neither side has anything to send.
+    fn pump(&mut self) {
+        loop {
+            let (a, b) = self.step(usize::MAX);
+            if a == 0 && b == 0 {
+                break;
+            }
+        }
+    }
+
+    /// One round: each side transmits up to `max` bytes, delivered to the other.
+    fn step(&mut self, max: usize) -> (usize, usize) {
+        let mut up = Vec::new();
+        let a = self.client.poll_transmit(max, &mut up);
+        let mut down = Vec::new();
+        let b = self.server.poll_transmit(max, &mut down);
+        for c in up {
+            self.to_server.extend_from_slice(&c);
+            self.server.feed(&c).unwrap();
+        }
+        for c in down {
+            self.client.feed(&c).unwrap();
+        }
+        (a, b)
+    }
+
+    fn call(&mut self, full: &str, payload: Payload) -> u32 {
+        let (s, m) = names(full);
+        self.client
+            .open_call(&s, &m, payload, WireMeta::default(), false)
+            .unwrap()
+    }
+}
+
+fn events(c: &mut Connection) -> Vec<Event> {
+    std::iter::from_fn(|| c.poll_event()).collect()
+}
+
+/// Decodes the frames in what the client sent (after preface and HELLO).
+fn frames_sent(bytes: &[u8], crc: bool) -> Vec<Frame> {
+    let mut buf = BytesMut::from(bytes);
+    let mut out = Vec::new();
+    while let Some(f) = frame::decode(&mut buf, u32::MAX, crc).unwrap() {
+        out.push(f);
+    }
+    out
+}
+
+#[test]
+fn unary_call_and_reply() {
+    let mut p = Pair::new();
+    let id = p.call(
+        "debug.echo",
+        Payload::json(&serde_json::json!({"x": 1})).unwrap(),
+    );
+    assert_eq!(id, 1, "client calls are odd, starting at 1");
+    p.pump();
+    let Some(Event::Call(call)) = p.server.poll_event() else {
+        panic!("no call")
+    };
+    assert_eq!(
+        (call.service.as_str(), call.method.as_str()),
+        ("debug", "echo")
+    );
+    assert_eq!(call.payload.content_type, ContentType::Json);
+    p.server
+        .send_reply(call.call_id, call.payload.clone(), false)
+        .unwrap();
+    p.pump();
+    assert_eq!(
+        events(&mut p.client),
+        vec![Event::Reply {
+            call_id: id,
+            payload: call.payload,
+            stream: false
+        }]
+    );
+    assert_eq!(p.client.open_calls(), 0);
+    assert_eq!(p.server.open_calls(), 0);
+}
+
+#[test]
+fn metadata_travels() {
+    let mut p = Pair::new();
+    let (s, m) = names("a.b");
+    let meta = WireMeta {
+        timeout: Some(std::time::Duration::from_millis(250)),
+        priority: Some(Priority::Critical),
+        idempotent: true,
+        principal: Some("spiffe://example.org/caller".into()),
+        ..WireMeta::default()
+    };
+    p.client
+        .open_call(&s, &m, Payload::empty(), meta.clone(), false)
+        .unwrap();
+    p.pump();
+    let Some(Event::Call(call)) = p.server.poll_event() else {
+        panic!()
+    };
+    assert_eq!(call.meta, meta);
+}
+
+#[test]
+fn method_names_are_interned_after_first_use() {
+    let mut p = Pair::new();
+    p.to_server.clear();
+    for _ in 0..3 {
+        p.call("inventory.get", Payload::raw("x"));
+    }
+    p.call("inventory.put", Payload::raw("x"));
+    p.pump();
+    let crc = p
+        .client
+        .negotiated()
+        .unwrap()
+        .has(polycall_proto::features::CRC32C);
+    let calls: Vec<MethodRef> = frames_sent(&p.to_server, crc)
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Call(c) => Some(c.method),
+            _ => None,
+        })
+        .collect();
+    let (s, m) = names("inventory.get");
+    let (s2, m2) = names("inventory.put");
+    assert_eq!(
+        calls,
+        vec![
+            MethodRef {
+                id: 1,
+                name: Some((s, m))
+            },
+            MethodRef { id: 1, name: None },
+            MethodRef { id: 1, name: None },
+            MethodRef {
+                id: 2,
+                name: Some((s2, m2))
+            },
+        ]
+    );
+    let got: Vec<String> = events(&mut p.server)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Call(c) => Some(format!("{}.{}", c.service, c.method)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            "inventory.get",
+            "inventory.get",
+            "inventory.get",
+            "inventory.put"
+        ]
+    );
+}
+
+#[test]
+fn a_huge_message_is_fragmented_and_small_calls_interleave() {
+    let mut cfg = Config::default();
+    cfg.fragment_size = 16 * 1024;
+    let mut p = Pair::with(cfg.clone(), cfg);
+    let big: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let big_id = p.call("bulk.put", Payload::raw(big.clone()));
+    let mut small_ids = Vec::new();
+    let mut small_done_at = Vec::new();
+    let mut got_big_at = None;
+    for round in 0..2000 {
+        if round % 4 == 0 && small_ids.len() < 20 {
+            small_ids.push(p.call("debug.echo", Payload::raw("tiny")));
+        }
+        p.step(64 * 1024);
+        for e in events(&mut p.server) {
+            match e {
+                Event::Call(c) if c.call_id == big_id => {
+                    assert_eq!(c.payload.bytes, big, "reassembled intact");
+                    got_big_at = Some(round);
+                    p.server
+                        .send_reply(c.call_id, Payload::empty(), false)
+                        .unwrap();
+                }
+                Event::Call(c) => {
+                    small_done_at.push(round);
+                    p.server.send_reply(c.call_id, c.payload, false).unwrap();
+                }
+                _ => {}
+            }
+        }
+        if got_big_at.is_some() && small_done_at.len() == 20 {
+            break;
+        }
+    }
+    let big_round = got_big_at.expect("big message delivered");
+    assert_eq!(small_done_at.len(), 20);
+    // Small calls opened while the big one was being sent were not held behind it.
+    let before_big = small_done_at.iter().filter(|&&r| r < big_round).count();
+    assert!(
+        before_big >= 10,
+        "only {before_big} small calls completed before the big one (round {big_round})"
+    );
+}
+
+#[test]
+fn flow_control_stops_a_sender_whose_peer_does_not_take_events() {
+    let mut server = Config::default();
+    server.settings.limits.initial_window = 64 * 1024;
+    let mut p = Pair::with(Config::default(), server);
+    for _ in 0..64 {
+        p.call("load.push", Payload::raw(vec![1u8; 8 * 1024]));
+    }
+    p.pump();
+    // The server took no events: the client may send at most about a window.
+    let sent_bytes = 64 * 8 * 1024 - p.client.queued_bytes();
+    assert!(
+        sent_bytes <= 64 * 1024,
+        "{sent_bytes} bytes sent with a 64 KiB window"
+    );
+    assert!(p.server.held_bytes() >= 32 * 1024);
+    // Taking the events lets the rest through.
+    let mut calls = 0;
+    for _ in 0..100 {
+        calls += events(&mut p.server)
+            .iter()
+            .filter(|e| matches!(e, Event::Call(_)))
+            .count();
+        p.pump();
+        if calls == 64 {
+            break;
+        }
+    }
+    assert_eq!(calls, 64);
+    assert_eq!(p.client.queued_bytes(), 0);
+}
+
+#[test]
+fn a_message_larger_than_the_window_still_gets_through() {
+    let mut server = Config::default();
+    server.settings.limits.initial_window = 64 * 1024;
+    let mut p = Pair::with(Config::default(), server);
+    let id = p.call("bulk.put", Payload::raw(vec![9u8; 1024 * 1024]));
+    p.pump();
+    let Some(Event::Call(c)) = p.server.poll_event() else {
+        panic!("not delivered")
+    };
+    assert_eq!((c.call_id, c.payload.len()), (id, 1024 * 1024));
+}
+
+#[test]
+fn cancel_reaches_the_server_and_late_replies_are_ignored() {
+    let mut p = Pair::new();
+    let id = p.call("debug.sleep", Payload::empty());
+    p.pump();
+    let Some(Event::Call(c)) = p.server.poll_event() else {
+        panic!()
+    };
+    p.client.cancel(id).unwrap();
+    // The server replies before it sees the cancel.
+    p.server
+        .send_reply(c.call_id, Payload::raw("late"), false)
+        .unwrap_or(());
+    p.pump();
+    assert_eq!(
+        events(&mut p.client),
+        vec![],
+        "the late reply is dropped quietly"
+    );
+    assert!(p.client.is_open() && p.server.is_open());
+    // A cancel that arrives first stops the server's work.
+    let id = p.call("debug.sleep", Payload::empty());
+    p.pump();
+    let _ = events(&mut p.server);
+    p.client.cancel(id).unwrap();
+    p.pump();
+    assert_eq!(
+        events(&mut p.server),
+        vec![Event::Cancelled { call_id: id }]
+    );
+    assert_eq!(
+        p.server.send_reply(id, Payload::empty(), false),
+        Err(SendError::UnknownCall(id))
+    );
+}
+
+#[test]
+fn errors_carry_code_message_and_retry_hint() {
+    let mut p = Pair::new();
+    let id = p.call("x.y", Payload::empty());
+    p.pump();
+    let _ = events(&mut p.server);
+    let status = Status::busy("try later").with_retry_after(std::time::Duration::from_millis(30));
+    p.server.send_error(id, &status).unwrap();
+    p.pump();
+    assert_eq!(
+        events(&mut p.client),
+        vec![Event::Failed {
+            call_id: id,
+            status
+        }]
+    );
+}
+
+#[test]
+fn the_in_flight_limit_is_kept_by_both_sides() {
+    let mut server = Config::default();
+    server.settings.limits.max_in_flight = 2;
+    let mut p = Pair::with(Config::default(), server);
+    p.call("a.b", Payload::empty());
+    p.call("a.b", Payload::empty());
+    let (s, m) = names("a.b");
+    assert_eq!(
+        p.client
+            .open_call(&s, &m, Payload::empty(), WireMeta::default(), false),
+        Err(SendError::TooManyInFlight { limit: 2 })
+    );
+}
+
+/// A server, handshaken, fed by hand-made frames: for peers that break the rules.
+fn raw_server(settings: Settings) -> (Connection, bool) {
+    let mut server = Connection::server(settings).unwrap();
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend_from_slice(&Frame::Hello(Settings::default().hello()).to_bytes(false));
+    server.feed(&bytes).unwrap();
+    let mut out = Vec::new();
+    server.poll_transmit(usize::MAX, &mut out);
+    assert_eq!(server.poll_event(), Some(Event::Connected));
+    let crc = server
+        .negotiated()
+        .unwrap()
+        .has(polycall_proto::features::CRC32C);
+    (server, crc)
+}
+
+fn call_frame(id: u32, payload: &'static [u8], more: bool) -> Frame {
+    let (s, m) = names("a.b");
+    Frame::Call(CallFrame {
+        call_id: id,
+        method: MethodRef {
+            id: 0,
+            name: Some((s, m)),
+        },
+        content_type: ContentType::Raw,
+        compression: polycall_proto::compress::Algorithm::None,
+        meta: WireMeta::default(),
+        more,
+        stream: false,
+        payload: Bytes::from_static(payload),
+    })
+}
+
+fn sent_frames(c: &mut Connection, crc: bool) -> Vec<Frame> {
+    let mut out = Vec::new();
+    c.poll_transmit(usize::MAX, &mut out);
+    let bytes: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+    frames_sent(&bytes, crc)
+}
+
+#[test]
+fn a_peer_over_the_in_flight_limit_gets_busy_and_the_connection_lives() {
+    let mut settings = Settings::default();
+    settings.limits.max_in_flight = 2;
+    let (mut server, crc) = raw_server(settings);
+    for id in [1, 3, 5] {
+        server
+            .feed(&call_frame(id, b"x", false).to_bytes(crc))
+            .unwrap();
+    }
+    let frames = sent_frames(&mut server, crc);
+    let [Frame::Error(e)] = &frames[..] else {
+        panic!("{frames:?}")
+    };
+    assert_eq!((e.call_id, Code::from_u16(e.code)), (5, Code::Busy));
+    assert!(e.retry_after_ms.is_some());
+    assert_eq!(events(&mut server).len(), 2);
+    assert!(server.is_open());
+}
+
+#[test]
+fn protocol_violations_close_the_connection_with_a_typed_error() {
+    let cases: Vec<(&str, Vec<Frame>)> = vec![
+        (
+            "reply to a call never opened",
+            vec![Frame::Reply(ReplyFrame {
+                call_id: 2,
+                content_type: ContentType::Raw,
+                compression: polycall_proto::compress::Algorithm::None,
+                more: false,
+                stream: false,
+                payload: Bytes::new(),
+            })],
+        ),
+        (
+            "call id of the server's parity",
+            vec![call_frame(2, b"", false)],
+        ),
+        (
+            "call id reused",
+            vec![call_frame(1, b"", false), call_frame(1, b"", false)],
+        ),
+        (
+            "call ids going down",
+            vec![call_frame(5, b"", false), call_frame(3, b"", false)],
+        ),
+        (
+            "continuation without a message",
+            vec![Frame::Data(DataFrame {
+                call_id: 1,
+                first: None,
+                more: false,
+                payload: Bytes::new(),
+            })],
+        ),
+        (
+            "continuation after the message ended",
+            vec![
+                call_frame(1, b"", false),
+                Frame::Data(DataFrame {
+                    call_id: 1,
+                    first: None,
+                    more: false,
+                    payload: Bytes::new(),
+                }),
+            ],
+        ),
+        (
+            "stream message on a unary call",
+            vec![
+                call_frame(1, b"", true),
+                Frame::Data(DataFrame {
+                    call_id: 1,
+                    first: Some((ContentType::Raw, polycall_proto::compress::Algorithm::None)),
+                    more: false,
+                    payload: Bytes::new(),
+                }),
+            ],
+        ),
+        (
+            "a second hello",
+            vec![Frame::Hello(Settings::default().hello())],
+        ),
+        (
+            "an unbound method id",
+            vec![Frame::Call(CallFrame {
+                method: MethodRef { id: 9, name: None },
+                ..match call_frame(1, b"", false) {
+                    Frame::Call(c) => c,
+                    _ => unreachable!(),
+                }
+            })],
+        ),
+        (
+            "END for a call never opened",
+            vec![Frame::End { call_id: 7 }],
+        ),
+        (
+            "auth without a negotiated method",
+            vec![Frame::Auth(polycall_proto::frame::Auth {
+                method: 1,
+                step: 0,
+                data: Bytes::new(),
+            })],
+        ),
+    ];
+    for (name, frames) in cases {
+        let (mut server, crc) = raw_server(Settings::default());
+        let mut result = Ok(());
+        for f in frames {
+            result = server.feed(&f.to_bytes(crc));
+            if result.is_err() {
+                break;
+            }
+        }
+        let err = result.expect_err(name);
+        assert!(matches!(err, ProtoError::Violation(_)), "{name}: {err:?}");
+        assert!(server.is_closed(), "{name}");
+        let frames = sent_frames(&mut server, crc);
+        let Some(Frame::Error(e)) = frames.last() else {
+            panic!("{name}: no error frame, {frames:?}")
+        };
+        assert_eq!(
+            (e.call_id, Code::from_u16(e.code)),
+            (0, Code::Malformed),
+            "{name}"
+        );
+        assert!(
+            matches!(events(&mut server).last(), Some(Event::Closed { .. })),
+            "{name}"
+        );
+    }
+}
+
+#[test]
+fn flow_control_violation_is_typed() {
+    let mut settings = Settings::default();
+    settings.limits.initial_window = 4096;
+    let (mut server, crc) = raw_server(settings);
+    let err = server
+        .feed(&call_frame(1, &[0u8; 5000], false).to_bytes(crc))
+        .unwrap_err();
+    assert_eq!(
+        err,
+        ProtoError::FlowControl {
+            used: 5000,
+            allowed: 4096
+        }
+    );
+}
+
+#[test]
+fn a_message_over_the_limit_fails_that_call_only() {
+    let mut server = Config::default();
+    server.settings.limits.max_message = 100_000;
+    let mut client = Config::default();
+    // The client does not know (it will, from the handshake): bypass by lying in its own limits.
+    client.settings.limits.max_message = 1 << 20;
+    let mut p = Pair::with(client, server);
+    let (s, m) = names("a.b");
+    assert_eq!(
+        p.client.open_call(
+            &s,
+            &m,
+            Payload::raw(vec![0u8; 100_001]),
+            WireMeta::default(),
+            false
+        ),
+        Err(SendError::TooLarge {
+            len: 100_001,
+            max: 100_000
+        })
+    );
+    // A hand-made oversize fragment train to a raw server: the call fails, the connection lives.
+    let mut settings = Settings::default();
+    settings.limits.max_message = 10;
+    let (mut raw, crc) = raw_server(settings);
+    raw.feed(&call_frame(1, b"0123456789", true).to_bytes(crc))
+        .unwrap();
+    raw.feed(
+        &Frame::Data(DataFrame {
+            call_id: 1,
+            first: None,
+            more: true,
+            payload: Bytes::from_static(b"!"),
+        })
+        .to_bytes(crc),
+    )
+    .unwrap();
+    raw.feed(
+        &Frame::Data(DataFrame {
+            call_id: 1,
+            first: None,
+            more: false,
+            payload: Bytes::from_static(b"!"),
+        })
+        .to_bytes(crc),
+    )
+    .unwrap();
+    raw.feed(&call_frame(3, b"ok", false).to_bytes(crc))
+        .unwrap();
+    let frames = sent_frames(&mut raw, crc);
+    let [Frame::Error(e)] = &frames[..] else {
+        panic!("{frames:?}")
+    };
+    assert_eq!((e.call_id, Code::from_u16(e.code)), (1, Code::TooLarge));
+    let evs = events(&mut raw);
+    assert!(
+        matches!(&evs[..], [Event::Call(c)] if c.call_id == 3),
+        "{evs:?}"
+    );
+}
+
+#[test]
+fn goaway_fails_unprocessed_calls_and_refuses_new_ones() {
+    let mut p = Pair::new();
+    let first = p.call("a.b", Payload::empty());
+    p.pump();
+    let _ = events(&mut p.server);
+    let second = p.call("a.b", Payload::empty());
+    p.server.go_away(&Status::unavailable("draining")).unwrap();
+    // GOAWAY reaches the client before the server sees the second call.
+    let mut down = Vec::new();
+    p.server.poll_transmit(usize::MAX, &mut down);
+    for c in down {
+        p.client.feed(&c).unwrap();
+    }
+    let evs = events(&mut p.client);
+    assert!(
+        evs.contains(&Event::Failed {
+            call_id: second,
+            status: Status::unavailable(
+                "the peer is going away and did not process this call; retry elsewhere"
+            )
+        }),
+        "{evs:?}"
+    );
+    assert!(
+        matches!(evs.last(), Some(Event::GoAway { last_call_id, .. }) if *last_call_id == first)
+    );
+    let (s, m) = names("a.b");
+    assert_eq!(
+        p.client
+            .open_call(&s, &m, Payload::empty(), WireMeta::default(), false),
+        Err(SendError::Closed)
+    );
+    // The first call is still served.
+    p.server
+        .send_reply(first, Payload::raw("done"), false)
+        .unwrap();
+    p.pump();
+    assert!(
+        matches!(&events(&mut p.client)[..], [Event::Reply { call_id, .. }] if *call_id == first)
+    );
+}
+
+#[test]
+fn streams_in_both_directions() {
+    let mut p = Pair::new();
+    let (s, m) = names("log.tail");
+    let id = p
+        .client
+        .open_call(&s, &m, Payload::raw("first"), WireMeta::default(), true)
+        .unwrap();
+    p.client.send_message(id, Payload::raw("second")).unwrap();
+    p.client.send_end(id).unwrap();
+    p.pump();
+    let evs = events(&mut p.server);
+    assert!(matches!(&evs[0], Event::Call(c) if c.stream && &c.payload.bytes[..] == b"first"));
+    assert_eq!(
+        evs[1],
+        Event::StreamMessage {
+            call_id: id,
+            payload: Payload::raw("second")
+        }
+    );
+    assert_eq!(evs[2], Event::StreamEnd { call_id: id });
+    p.server.send_reply(id, Payload::raw("r1"), true).unwrap();
+    p.server.send_message(id, Payload::raw("r2")).unwrap();
+    p.server.send_end(id).unwrap();
+    p.pump();
+    assert_eq!(
+        events(&mut p.client),
+        vec![
+            Event::Reply {
+                call_id: id,
+                payload: Payload::raw("r1"),
+                stream: true
+            },
+            Event::StreamMessage {
+                call_id: id,
+                payload: Payload::raw("r2")
+            },
+            Event::StreamEnd { call_id: id },
+        ]
+    );
+    assert_eq!((p.client.open_calls(), p.server.open_calls()), (0, 0));
+}
+
+#[test]
+fn providers_register_and_unregister() {
+    let mut p = Pair::new();
+    let (s, m) = names("inventory.get");
+    let id = p
+        .client
+        .register(vec![MethodEntry {
+            service: s.clone(),
+            method: m.clone(),
+            info: MethodInfo::new("reads an item").idempotent(true),
+        }])
+        .unwrap();
+    p.pump();
+    let Some(Event::Register { call_id, methods }) = p.server.poll_event() else {
+        panic!()
+    };
+    assert_eq!((call_id, methods[0].info.idempotent), (id, true));
+    p.server
+        .send_reply(call_id, Payload::empty(), false)
+        .unwrap();
+    p.pump();
+    assert!(matches!(&events(&mut p.client)[..], [Event::Reply { call_id, .. }] if *call_id == id));
+    let id = p.client.unregister(vec![(s, m)]).unwrap();
+    p.pump();
+    let Some(Event::Unregister { call_id, .. }) = p.server.poll_event() else {
+        panic!()
+    };
+    p.server
+        .send_error(call_id, &Status::not_found("not registered"))
+        .unwrap();
+    p.pump();
+    assert!(
+        matches!(&events(&mut p.client)[..], [Event::Failed { call_id, status }] if *call_id == id && status.code == Code::NotFound)
+    );
+    assert!(matches!(
+        p.server.register(vec![]),
+        Err(SendError::InvalidState { .. })
+    ));
+}
+
+#[test]
+fn ping_pong() {
+    let mut p = Pair::new();
+    p.client.ping(42).unwrap();
+    p.pump();
+    assert_eq!(events(&mut p.client), vec![Event::Pong { opaque: 42 }]);
+}
+
+#[test]
+fn a_libpolycall_client_is_told_what_it_reached() {
+    let mut server = Connection::server(Settings::default()).unwrap();
+    let err = server.feed(b"PCR1\x01\x00\x00\x00").unwrap_err();
+    assert!(matches!(err, ProtoError::NotPolycall(m) if m.contains("PCR1")));
+    let mut server = Connection::server(Settings::default()).unwrap();
+    let err = server.feed(b"GET / HTTP/1.1\r\n").unwrap_err();
+    assert!(matches!(err, ProtoError::NotPolycall(_)));
+    // A partial preface waits for more.
+    let mut server = Connection::server(Settings::default()).unwrap();
+    server.feed(&PREFACE[..3]).unwrap();
+}
+
+#[test]
+fn version_mismatch_ends_the_handshake_on_both_sides() {
+    let client = Settings {
+        min_version: 1,
+        max_version: 1,
+        ..Settings::default()
+    };
+    let server = Settings {
+        min_version: 2,
+        max_version: 3,
+        ..Settings::default()
+    };
+    let mut c = Connection::client(client).unwrap();
+    let mut s = Connection::server(server).unwrap();
+    let mut up = Vec::new();
+    c.poll_transmit(usize::MAX, &mut up);
+    let mut err = None;
+    for b in up {
+        if let Err(e) = s.feed(&b) {
+            err = Some(e);
+        }
+    }
+    assert!(matches!(err, Some(ProtoError::Handshake(st)) if st.code == Code::VersionMismatch));
+    let mut down = Vec::new();
+    s.poll_transmit(usize::MAX, &mut down);
+    let mut err = None;
+    for b in down {
+        if let Err(e) = c.feed(&b) {
+            err = Some(e);
+        }
+    }
+    let Some(ProtoError::Remote(st)) = err else {
+        panic!("{err:?}")
+    };
+    assert_eq!(st.code, Code::VersionMismatch);
+    assert!(
+        st.message.contains("1..=1") && st.message.contains("2..=3"),
+        "{}",
+        st.message
+    );
+    assert!(c.is_closed() && s.is_closed());
+}
+
+#[test]
+fn a_closed_connection_fails_every_open_call() {
+    let mut p = Pair::new();
+    let a = p.call("a.b", Payload::empty());
+    let b = p.call("a.b", Payload::empty());
+    p.pump();
+    let _ = events(&mut p.server);
+    p.server.close(Status::internal("shutting down hard"));
+    let mut down = Vec::new();
+    p.server.poll_transmit(usize::MAX, &mut down);
+    let mut err = None;
+    for c in down {
+        err = p.client.feed(&c).err();
+    }
+    assert!(matches!(err, Some(ProtoError::Remote(_))));
+    let evs = events(&mut p.client);
+    let failed: Vec<u32> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::Failed { call_id, status } if status.code == Code::Unavailable => Some(*call_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(failed, vec![a, b]);
+    assert!(matches!(evs.last(), Some(Event::Closed { .. })));
+}

@@ -1,0 +1,45 @@
+//! Any bytes after a valid handshake: the connection state machine never panics, and
+//! either keeps going or closes with a typed error. The first input byte picks the side.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use polycall_proto::frame::Frame;
+use polycall_proto::{Connection, PREFACE, Settings, negotiate};
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&mode, data)) = data.split_first() else { return };
+    let mut settings = Settings::default();
+    if mode & 2 == 2 {
+        settings = Settings::authenticated_transport(); // no CRC: more inputs reach the state machine
+    }
+    settings.limits.max_in_flight = 8;
+    settings.limits.max_message = 1 << 16;
+    let mut conn = if mode & 1 == 0 {
+        let mut c = Connection::server(settings.clone()).expect("valid settings");
+        let mut hello = PREFACE.to_vec();
+        hello.extend_from_slice(&Frame::Hello(settings.hello()).to_bytes(false));
+        c.feed(&hello).expect("handshake");
+        c
+    } else {
+        let mut c = Connection::client(settings.clone()).expect("valid settings");
+        let welcome = negotiate(&settings, &settings.hello()).expect("agree");
+        let mut bytes = PREFACE.to_vec();
+        bytes.extend_from_slice(&Frame::Welcome(welcome).to_bytes(false));
+        c.feed(&bytes).expect("handshake");
+        c
+    };
+    let mut out = Vec::new();
+    for chunk in data.chunks(97) {
+        if conn.feed(chunk).is_err() {
+            break;
+        }
+        while let Some(ev) = conn.poll_event() {
+            // Answer calls so the sending paths are exercised too.
+            if let polycall_proto::Event::Call(c) = ev {
+                let _ = conn.send_reply(c.call_id, c.payload, false);
+            }
+        }
+        out.clear();
+        conn.poll_transmit(1 << 20, &mut out);
+    }
+});
