@@ -825,3 +825,94 @@ fn a_closed_connection_fails_every_open_call() {
     assert_eq!(failed, vec![a, b]);
     assert!(matches!(evs.last(), Some(Event::Closed { .. })));
 }
+
+#[test]
+fn a_final_reply_ends_a_call_whose_request_stream_is_still_open() {
+    let mut p = Pair::new();
+    let (s, m) = names("upload.parts");
+    let id = p
+        .client
+        .open_call(&s, &m, Payload::raw("part 1"), WireMeta::default(), true)
+        .unwrap();
+    p.pump();
+    let Some(Event::Call(c)) = p.server.poll_event() else {
+        panic!()
+    };
+    p.server
+        .send_reply(c.call_id, Payload::raw("enough"), false)
+        .unwrap();
+    // The client keeps streaming before it sees the reply: those frames are ignored.
+    p.client.send_message(id, Payload::raw("part 2")).unwrap();
+    p.pump();
+    assert_eq!(events(&mut p.server), vec![]);
+    assert_eq!(
+        events(&mut p.client),
+        vec![Event::Reply {
+            call_id: id,
+            payload: Payload::raw("enough"),
+            stream: false
+        }]
+    );
+    assert_eq!((p.client.open_calls(), p.server.open_calls()), (0, 0));
+    assert!(p.client.send_message(id, Payload::raw("part 3")).is_err());
+}
+
+#[test]
+fn compressible_payloads_are_compressed_and_arrive_intact() {
+    let mut p = Pair::new();
+    p.client.set_link_throughput(12.5e6); // 100 Mbit/s: compression pays
+    let record = r#"{"level":"info","service":"checkout","message":"order placed","order_id":12345,"items":3}"#;
+    let body = format!("[{}]", vec![record; 400].join(","));
+    p.to_server.clear();
+    let id = p.call("logs.ingest", Payload::new(body.clone(), ContentType::Json));
+    p.pump();
+    let Some(Event::Call(c)) = p.server.poll_event() else {
+        panic!()
+    };
+    assert_eq!((c.call_id, c.payload.bytes.as_ref()), (id, body.as_bytes()));
+    assert!(
+        p.to_server.len() < body.len() / 4,
+        "{} bytes on the wire for a {}-byte repetitive JSON body",
+        p.to_server.len(),
+        body.len()
+    );
+}
+
+#[test]
+fn a_decompression_bomb_fails_the_call_not_the_connection() {
+    let mut settings = Settings::default();
+    settings.limits.max_message = 64 * 1024;
+    let (mut raw, crc) = raw_server(settings);
+    // 16 MiB of zeros compresses to a few hundred bytes: far under the frame limit.
+    let bomb = {
+        let mut c = polycall_proto::compress::Compressor::new();
+        let mut out = Vec::new();
+        c.compress(
+            polycall_proto::compress::Choice::zstd(3),
+            &vec![0u8; 16 << 20],
+            &mut out,
+        )
+        .unwrap();
+        Bytes::from(out)
+    };
+    assert!(bomb.len() < 4096);
+    let Frame::Call(mut f) = call_frame(1, b"", false) else {
+        unreachable!()
+    };
+    f.compression = polycall_proto::compress::Algorithm::Zstd;
+    f.payload = bomb;
+    raw.feed(&Frame::Call(f).to_bytes(crc)).unwrap();
+    raw.feed(&call_frame(3, b"fine", false).to_bytes(crc))
+        .unwrap();
+    let frames = sent_frames(&mut raw, crc);
+    let [Frame::Error(e)] = &frames[..] else {
+        panic!("{frames:?}")
+    };
+    assert_eq!((e.call_id, Code::from_u16(e.code)), (1, Code::TooLarge));
+    let evs = events(&mut raw);
+    assert!(
+        matches!(&evs[..], [Event::Call(c)] if c.call_id == 3),
+        "{evs:?}"
+    );
+    assert!(raw.is_open());
+}

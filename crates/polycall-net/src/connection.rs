@@ -1,0 +1,841 @@
+//! A multiplexed polycall connection over one byte stream.
+//!
+//! One task per connection drives the sans-IO state machine of `polycall-proto`: it
+//! reads into the state machine's receive buffer (payloads are slices of it, never
+//! copied), dispatches replies to waiting callers and incoming calls to the
+//! [`ConnectionHandler`], and is the only writer: everything queued while it ran leaves
+//! in one vectored write. Callers talk to it through a cheap, cloneable
+//! [`ConnectionHandle`].
+//!
+//! Limits enforced here: the handshake must finish within
+//! [`ConnectionConfig::handshake_timeout`]; a frame started must be completed within
+//! [`ConnectionConfig::frame_timeout`] (a peer that trickles bytes costs a timer, not a
+//! worker); a peer that stops reading while replies wait is disconnected after
+//! [`ConnectionConfig::write_stall_timeout`]. Deadlines are enforced on both sides: a
+//! caller stops waiting (and cancels) when its deadline passes; a handler is cancelled
+//! when the deadline it received passes.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::io::IoSlice;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use polycall_core::{Call, Code, MethodName, Reply, ServiceName, Status};
+use polycall_proto::frame::MethodEntry;
+use polycall_proto::{Connection as Proto, Event, Role, WireMeta};
+use tokio::io::AsyncWrite;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::AbortHandle;
+use tokio::time::Sleep;
+
+use crate::handler::SharedHandler;
+use crate::transport::BoxIo;
+
+/// Settings of one connection.
+#[derive(Debug, Clone)]
+pub struct ConnectionConfig {
+    /// Protocol settings and fragmentation.
+    pub proto: polycall_proto::Config,
+    /// Time allowed for the preface and handshake.
+    pub handshake_timeout: Duration,
+    /// Time allowed to complete a frame once its first byte arrived.
+    pub frame_timeout: Duration,
+    /// Time a peer may leave our writes blocked (not reading) before it is dropped.
+    pub write_stall_timeout: Duration,
+    /// Bytes framed per write batch.
+    pub write_batch: usize,
+}
+
+impl Default for ConnectionConfig {
+    fn default() -> Self {
+        Self {
+            proto: polycall_proto::Config::default(),
+            handshake_timeout: Duration::from_secs(5),
+            frame_timeout: Duration::from_secs(30),
+            write_stall_timeout: Duration::from_secs(30),
+            write_batch: 256 * 1024,
+        }
+    }
+}
+
+enum Command {
+    Call {
+        call: Call,
+        token: u64,
+        reply: oneshot::Sender<Result<Reply, Status>>,
+    },
+    Cancel(u64),
+    Register {
+        methods: Vec<MethodEntry>,
+        reply: oneshot::Sender<Result<Reply, Status>>,
+    },
+    Unregister {
+        methods: Vec<(ServiceName, MethodName)>,
+        reply: oneshot::Sender<Result<Reply, Status>>,
+    },
+    GoAway(Status),
+    Close(Status),
+    Answer(u32, Result<Reply, Status>),
+}
+
+#[derive(Debug)]
+struct Shared {
+    peer: String,
+    next_token: AtomicU64,
+    in_flight: AtomicUsize,
+    closed: AtomicBool,
+    going_away: AtomicBool,
+    done: tokio::sync::Notify,
+}
+
+/// A handle to a running connection: make calls, register methods, shut it down.
+/// Cloning is cheap; the connection lives while its task runs, not while handles exist
+/// (a client connection with no handles and no calls closes itself).
+#[derive(Clone)]
+pub struct ConnectionHandle {
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for ConnectionHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnectionHandle")
+            .field("peer", &self.shared.peer)
+            .field("in_flight", &self.in_flight())
+            .field("closed", &self.is_closed())
+            .finish()
+    }
+}
+
+/// Sends a cancel for the call when the caller's future is dropped before the reply.
+struct CancelOnDrop<'a> {
+    handle: &'a ConnectionHandle,
+    token: u64,
+    armed: bool,
+}
+
+impl Drop for CancelOnDrop<'_> {
+    fn drop(&mut self) {
+        self.handle.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.armed {
+            let _ = self.handle.commands.send(Command::Cancel(self.token));
+        }
+    }
+}
+
+impl ConnectionHandle {
+    /// Calls `call.service.call.method` on the peer. Dropping the future cancels the call
+    /// (the peer is told); when the call's deadline passes first, the result is
+    /// `deadline_exceeded` and the call is cancelled.
+    pub async fn call(&self, call: Call) -> Result<Reply, Status> {
+        let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
+        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut guard = CancelOnDrop {
+            handle: self,
+            token,
+            armed: true,
+        };
+        let deadline = call.metadata.deadline;
+        let (tx, rx) = oneshot::channel();
+        if self
+            .commands
+            .send(Command::Call {
+                call,
+                token,
+                reply: tx,
+            })
+            .is_err()
+        {
+            guard.armed = false;
+            return Err(self.closed_status());
+        }
+        let result = match deadline {
+            Some(d) => match tokio::time::timeout_at(d.0.into(), rx).await {
+                Ok(r) => r,
+                Err(_) => {
+                    return Err(Status::deadline_exceeded(
+                        "the call's deadline passed before its reply arrived",
+                    ));
+                }
+            },
+            None => rx.await,
+        };
+        guard.armed = false;
+        result.unwrap_or_else(|_| Err(self.closed_status()))
+    }
+
+    fn closed_status(&self) -> Status {
+        Status::unavailable(format!("the connection to {} is closed", self.shared.peer))
+    }
+
+    async fn admin(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<Reply, Status>>) -> Command,
+    ) -> Result<(), Status> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(make(tx))
+            .map_err(|_| self.closed_status())?;
+        rx.await
+            .unwrap_or_else(|_| Err(self.closed_status()))
+            .map(|_| ())
+    }
+
+    /// Announces methods this side serves (a provider registering with a runtime).
+    pub async fn register(&self, methods: Vec<MethodEntry>) -> Result<(), Status> {
+        self.admin(|reply| Command::Register { methods, reply })
+            .await
+    }
+
+    /// Withdraws methods.
+    pub async fn unregister(&self, methods: Vec<(ServiceName, MethodName)>) -> Result<(), Status> {
+        self.admin(|reply| Command::Unregister { methods, reply })
+            .await
+    }
+
+    /// Starts a graceful close: the peer is told no new calls will be served; the
+    /// connection closes once the calls in flight are done.
+    pub fn go_away(&self, status: Status) {
+        let _ = self.commands.send(Command::GoAway(status));
+    }
+
+    /// Closes at once; calls in flight fail with `unavailable`.
+    pub fn close(&self, status: Status) {
+        let _ = self.commands.send(Command::Close(status));
+    }
+
+    /// Calls this side is waiting on.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether the connection ended.
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the peer announced it is going away (open new calls elsewhere).
+    pub fn is_going_away(&self) -> bool {
+        self.shared.going_away.load(Ordering::Acquire)
+    }
+
+    /// Who the peer is (an address).
+    pub fn peer(&self) -> &str {
+        &self.shared.peer
+    }
+
+    /// Waits until the connection has ended.
+    pub async fn closed(&self) {
+        loop {
+            let notified = self.shared.done.notified();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
+    /// Whether two handles are of the same connection.
+    pub fn same_connection(&self, other: &ConnectionHandle) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+}
+
+/// The parts of a connection before its task starts: the handle exists first, so a
+/// handler that needs to know its own connection can be built with it.
+pub struct PendingConnection {
+    handle: ConnectionHandle,
+    commands: mpsc::UnboundedReceiver<Command>,
+}
+
+impl PendingConnection {
+    /// A connection to `peer`, not yet running.
+    pub fn new(peer: impl Into<String>) -> Self {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Self {
+            handle: ConnectionHandle {
+                commands: tx,
+                shared: Arc::new(Shared {
+                    peer: peer.into(),
+                    next_token: AtomicU64::new(1),
+                    in_flight: AtomicUsize::new(0),
+                    closed: AtomicBool::new(false),
+                    going_away: AtomicBool::new(false),
+                    done: tokio::sync::Notify::new(),
+                }),
+            },
+            commands: rx,
+        }
+    }
+
+    /// The handle of the connection to be.
+    pub fn handle(&self) -> &ConnectionHandle {
+        &self.handle
+    }
+
+    /// Starts the connection's task over `io`. The returned receiver resolves when the
+    /// handshake completes (or fails).
+    pub fn start(
+        self,
+        io: BoxIo,
+        role: Role,
+        config: ConnectionConfig,
+        handler: SharedHandler,
+    ) -> Result<(ConnectionHandle, oneshot::Receiver<Result<(), Status>>), Status> {
+        let proto = Proto::new(role, config.proto.clone()).map_err(Status::invalid_input)?;
+        let (connected_tx, connected_rx) = oneshot::channel();
+        let handle = self.handle.clone();
+        let driver = Driver {
+            io,
+            proto,
+            role,
+            handshake: Some(Box::pin(tokio::time::sleep(config.handshake_timeout))),
+            frame_timer: None,
+            stall_timer: None,
+            config,
+            commands: self.commands,
+            commands_open: true,
+            answers: self.handle.commands.downgrade(),
+            shared: self.handle.shared.clone(),
+            handler,
+            connected: Some(connected_tx),
+            waiting: Vec::new(),
+            pending: HashMap::new(),
+            tokens: HashMap::new(),
+            serving: HashMap::new(),
+            out: VecDeque::new(),
+            out_front: 0,
+            draining: false,
+            finished: false,
+            peer_eof: false,
+        };
+        tokio::spawn(driver);
+        Ok((handle, connected_rx))
+    }
+}
+
+/// Runs a connection over `io` and waits for its handshake.
+pub async fn establish(
+    io: BoxIo,
+    peer: impl Into<String>,
+    role: Role,
+    config: ConnectionConfig,
+    handler: SharedHandler,
+) -> Result<ConnectionHandle, Status> {
+    let (handle, connected) = PendingConnection::new(peer).start(io, role, config, handler)?;
+    match connected.await {
+        Ok(Ok(())) => Ok(handle),
+        Ok(Err(s)) => Err(s),
+        Err(_) => Err(Status::unavailable(
+            "the connection ended during the handshake",
+        )),
+    }
+}
+
+struct PendingCall {
+    reply: oneshot::Sender<Result<Reply, Status>>,
+    token: Option<u64>,
+}
+
+struct Driver {
+    io: BoxIo,
+    proto: Proto,
+    role: Role,
+    config: ConnectionConfig,
+    handshake: Option<Pin<Box<Sleep>>>,
+    frame_timer: Option<Pin<Box<Sleep>>>,
+    stall_timer: Option<Pin<Box<Sleep>>>,
+    commands: mpsc::UnboundedReceiver<Command>,
+    commands_open: bool,
+    /// Handler tasks send their answers through the command channel, without keeping
+    /// it open on their own.
+    answers: mpsc::WeakUnboundedSender<Command>,
+    shared: Arc<Shared>,
+    handler: SharedHandler,
+    connected: Option<oneshot::Sender<Result<(), Status>>>,
+    /// Commands that arrived before the handshake completed.
+    waiting: Vec<Command>,
+    pending: HashMap<u32, PendingCall>,
+    tokens: HashMap<u64, u32>,
+    serving: HashMap<u32, AbortHandle>,
+    out: VecDeque<Bytes>,
+    out_front: usize,
+    draining: bool,
+    finished: bool,
+    peer_eof: bool,
+}
+
+const MAX_SLICES: usize = 64;
+
+impl Driver {
+    fn fail_everything(&mut self, status: &Status) {
+        for (_, p) in self.pending.drain() {
+            let _ = p.reply.send(Err(Status::unavailable(format!(
+                "connection to {} lost: {}",
+                self.shared.peer, status.message
+            ))));
+        }
+        self.tokens.clear();
+        for (_, h) in self.serving.drain() {
+            h.abort();
+        }
+        for cmd in self.waiting.drain(..) {
+            reject(cmd, status);
+        }
+        if let Some(c) = self.connected.take() {
+            let _ = c.send(Err(status.clone()));
+        }
+    }
+
+    fn finish(&mut self, status: Status) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        if status.code != Code::Ok {
+            tracing::debug!(peer = %self.shared.peer, %status, "connection closed");
+        }
+        self.fail_everything(&status);
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.done.notify_waiters();
+        self.handler.closed();
+    }
+
+    fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Connected => {
+                self.handshake = None;
+                if let Some(c) = self.connected.take() {
+                    let _ = c.send(Ok(()));
+                }
+                for cmd in std::mem::take(&mut self.waiting) {
+                    self.on_command(cmd);
+                }
+            }
+            Event::Call(c) => {
+                let now = Instant::now();
+                let call_id = c.call_id;
+                if c.stream {
+                    let _ = self.proto.send_error(
+                        call_id,
+                        &Status::unsupported("streaming calls are not served by this endpoint yet"),
+                    );
+                    return;
+                }
+                let metadata = c.meta.to_metadata(now);
+                let deadline = metadata.deadline;
+                let call = Call {
+                    service: c.service,
+                    method: c.method,
+                    payload: c.payload,
+                    metadata,
+                };
+                let fut = self.handler.call(call);
+                let Some(answers) = self.answers.upgrade() else {
+                    return;
+                };
+                let task = tokio::spawn(async move {
+                    let result = match deadline {
+                        Some(d) => tokio::time::timeout_at(d.0.into(), fut)
+                            .await
+                            .unwrap_or_else(|_| {
+                                Err(Status::deadline_exceeded(
+                                    "the handler did not finish before the call's deadline",
+                                ))
+                            }),
+                        None => fut.await,
+                    };
+                    let _ = answers.send(Command::Answer(call_id, result));
+                });
+                self.serving.insert(call_id, task.abort_handle());
+            }
+            Event::Reply {
+                call_id, payload, ..
+            } => {
+                if let Some(p) = self.pending.remove(&call_id) {
+                    if let Some(t) = p.token {
+                        self.tokens.remove(&t);
+                    }
+                    let _ = p.reply.send(Ok(Reply::new(payload)));
+                }
+            }
+            Event::Failed { call_id, status } => {
+                if let Some(p) = self.pending.remove(&call_id) {
+                    if let Some(t) = p.token {
+                        self.tokens.remove(&t);
+                    }
+                    let _ = p.reply.send(Err(status));
+                }
+            }
+            Event::Cancelled { call_id } => {
+                if let Some(h) = self.serving.remove(&call_id) {
+                    h.abort();
+                }
+            }
+            Event::Register { call_id, methods } => {
+                let r = self.handler.register(methods);
+                self.answer_admin(call_id, r);
+            }
+            Event::Unregister { call_id, methods } => {
+                let r = self.handler.unregister(methods);
+                self.answer_admin(call_id, r);
+            }
+            Event::GoAway { .. } => {
+                self.shared.going_away.store(true, Ordering::Release);
+            }
+            Event::Closed { status } => {
+                self.finish(status);
+            }
+            Event::StreamMessage { .. } | Event::StreamEnd { .. } | Event::Pong { .. } => {}
+        }
+    }
+
+    fn answer_admin(&mut self, call_id: u32, r: Result<(), Status>) {
+        let _ = match r {
+            Ok(()) => self
+                .proto
+                .send_reply(call_id, polycall_core::Payload::empty(), false),
+            Err(s) => self.proto.send_error(call_id, &s),
+        };
+    }
+
+    fn on_command(&mut self, cmd: Command) {
+        if !self.proto.is_open() && !self.proto.is_closed() && !matches!(cmd, Command::Close(_)) {
+            self.waiting.push(cmd);
+            return;
+        }
+        match cmd {
+            Command::Call { call, token, reply } => {
+                if reply.is_closed() {
+                    return; // the caller gave up before the call left
+                }
+                let meta = WireMeta::from_metadata(&call.metadata, Instant::now());
+                match self
+                    .proto
+                    .open_call(&call.service, &call.method, call.payload, meta, false)
+                {
+                    Ok(id) => {
+                        self.tokens.insert(token, id);
+                        self.pending.insert(
+                            id,
+                            PendingCall {
+                                reply,
+                                token: Some(token),
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.status()));
+                    }
+                }
+            }
+            Command::Cancel(token) => {
+                if let Some(id) = self.tokens.remove(&token) {
+                    self.pending.remove(&id);
+                    let _ = self.proto.cancel(id);
+                }
+            }
+            Command::Register { methods, reply } => {
+                let opened = self.proto.register(methods);
+                self.admin(opened, reply);
+            }
+            Command::Unregister { methods, reply } => {
+                let opened = self.proto.unregister(methods);
+                self.admin(opened, reply);
+            }
+            Command::GoAway(status) => {
+                if self.proto.go_away(&status).is_ok() {
+                    self.draining = true;
+                }
+            }
+            Command::Close(status) => {
+                self.proto.close(status.clone());
+                while let Some(ev) = self.proto.poll_event() {
+                    self.on_event(ev);
+                }
+                self.finish(status);
+            }
+            Command::Answer(call_id, result) => {
+                if self.serving.remove(&call_id).is_none() {
+                    return; // cancelled meanwhile
+                }
+                let sent = match result {
+                    Ok(reply) => self.proto.send_reply(call_id, reply.payload, false),
+                    Err(status) => self.proto.send_error(call_id, &status),
+                };
+                if let Err(e) = sent {
+                    let _ = self.proto.send_error(call_id, &e.status());
+                }
+            }
+        }
+    }
+
+    fn admin(
+        &mut self,
+        opened: Result<u32, polycall_proto::SendError>,
+        reply: oneshot::Sender<Result<Reply, Status>>,
+    ) {
+        match opened {
+            Ok(id) => {
+                self.pending.insert(id, PendingCall { reply, token: None });
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.status()));
+            }
+        }
+    }
+
+    fn drain_events(&mut self) {
+        while let Some(ev) = self.proto.poll_event() {
+            self.on_event(ev);
+        }
+    }
+
+    /// Reads what is available; false when nothing was read.
+    fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progressed = false;
+        for _ in 0..16 {
+            if self.finished || self.peer_eof {
+                break;
+            }
+            let buf = self.proto.recv_buf();
+            if buf.capacity() - buf.len() < 16 * 1024 {
+                buf.reserve(64 * 1024);
+            }
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf) {
+                Poll::Ready(Ok(0)) => {
+                    self.peer_eof = true;
+                    let lost = if self.proto.is_open()
+                        && (self.pending.is_empty() && self.serving.is_empty())
+                    {
+                        Status::new(Code::Ok, "the peer closed the connection")
+                    } else {
+                        Status::unavailable("the peer closed the connection")
+                    };
+                    self.finish(lost);
+                    return true;
+                }
+                Poll::Ready(Ok(_)) => {
+                    progressed = true;
+                    let r = self.proto.process();
+                    self.drain_events();
+                    if let Err(e) = r {
+                        self.finish(e.status());
+                        return true;
+                    }
+                    if self.proto.recv_buf().is_empty() {
+                        self.frame_timer = None;
+                    } else if self.frame_timer.is_none() {
+                        self.frame_timer =
+                            Some(Box::pin(tokio::time::sleep(self.config.frame_timeout)));
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    self.finish(Status::unavailable(format!(
+                        "read from {} failed: {e}",
+                        self.shared.peer
+                    )));
+                    return true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        progressed
+    }
+
+    /// Writes what is queued; false when nothing was written.
+    fn poll_write(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progressed = false;
+        loop {
+            if self.out.is_empty() {
+                let mut chunks = Vec::new();
+                self.proto
+                    .poll_transmit(self.config.write_batch, &mut chunks);
+                if chunks.is_empty() {
+                    self.stall_timer = None;
+                    return progressed;
+                }
+                self.out.extend(chunks);
+                self.out_front = 0;
+            }
+            let mut slices = [IoSlice::new(&[]); MAX_SLICES];
+            let mut n = 0;
+            for (i, c) in self.out.iter().take(MAX_SLICES).enumerate() {
+                slices[i] = IoSlice::new(if i == 0 { &c[self.out_front..] } else { c });
+                n += 1;
+            }
+            match Pin::new(&mut self.io).poll_write_vectored(cx, &slices[..n]) {
+                Poll::Ready(Ok(0)) => {
+                    self.finish(Status::unavailable("the peer stopped accepting bytes"));
+                    return true;
+                }
+                Poll::Ready(Ok(mut written)) => {
+                    progressed = true;
+                    self.stall_timer = None;
+                    while written > 0 {
+                        let front_left = self.out[0].len() - self.out_front;
+                        if written >= front_left {
+                            written -= front_left;
+                            self.out.pop_front();
+                            self.out_front = 0;
+                        } else {
+                            self.out_front += written;
+                            written = 0;
+                        }
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    self.finish(Status::unavailable(format!(
+                        "write to {} failed: {e}",
+                        self.shared.peer
+                    )));
+                    return true;
+                }
+                Poll::Pending => {
+                    if self.stall_timer.is_none() {
+                        self.stall_timer = Some(Box::pin(tokio::time::sleep(
+                            self.config.write_stall_timeout,
+                        )));
+                    }
+                    let _ = Pin::new(&mut self.io).poll_flush(cx);
+                    return progressed;
+                }
+            }
+        }
+    }
+
+    fn poll_timers(&mut self, cx: &mut Context<'_>) -> bool {
+        if let Some(t) = &mut self.handshake
+            && t.as_mut().poll(cx).is_ready()
+        {
+            self.handshake = None;
+            let s = Status::deadline_exceeded(format!(
+                "the handshake with {} did not complete within {:?}",
+                self.shared.peer, self.config.handshake_timeout
+            ));
+            self.proto.close(s.clone());
+            self.finish(s);
+            return true;
+        }
+        if let Some(t) = &mut self.frame_timer
+            && t.as_mut().poll(cx).is_ready()
+        {
+            self.frame_timer = None;
+            let s = Status::deadline_exceeded(format!(
+                "{} started a frame and did not complete it within {:?}",
+                self.shared.peer, self.config.frame_timeout
+            ));
+            self.proto.close(s.clone());
+            self.finish(s);
+            return true;
+        }
+        if let Some(t) = &mut self.stall_timer
+            && t.as_mut().poll(cx).is_ready()
+        {
+            self.stall_timer = None;
+            self.finish(Status::unavailable(format!(
+                "{} has not read for {:?}; disconnected",
+                self.shared.peer, self.config.write_stall_timeout
+            )));
+            return true;
+        }
+        false
+    }
+
+    fn poll_commands(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progressed = false;
+        for _ in 0..1024 {
+            if !self.commands_open {
+                break;
+            }
+            match self.commands.poll_recv(cx) {
+                Poll::Ready(Some(cmd)) => {
+                    progressed = true;
+                    self.on_command(cmd);
+                    if self.finished {
+                        break;
+                    }
+                }
+                Poll::Ready(None) => {
+                    self.commands_open = false;
+                    progressed = true;
+                }
+                Poll::Pending => break,
+            }
+        }
+        // A client nobody can call through any more, with nothing left to do, closes.
+        if !self.commands_open
+            && self.role == Role::Client
+            && self.pending.is_empty()
+            && self.serving.is_empty()
+        {
+            if !self.finished {
+                self.proto
+                    .close(Status::new(Code::Ok, "closed by its owner"));
+                self.finish(Status::new(Code::Ok, "closed by its owner"));
+            }
+            return true;
+        }
+        progressed
+    }
+}
+
+fn reject(cmd: Command, status: &Status) {
+    let s = Status::unavailable(format!("connection closed: {}", status.message));
+    match cmd {
+        Command::Call { reply, .. }
+        | Command::Register { reply, .. }
+        | Command::Unregister { reply, .. } => {
+            let _ = reply.send(Err(s));
+        }
+        _ => {}
+    }
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = &mut *self;
+        for _ in 0..32 {
+            if this.finished {
+                break;
+            }
+            let mut progressed = this.poll_commands(cx);
+            progressed |= this.poll_read(cx);
+            progressed |= this.poll_write(cx);
+            progressed |= this.poll_timers(cx);
+            if this.draining
+                && this.pending.is_empty()
+                && this.serving.is_empty()
+                && this.out.is_empty()
+            {
+                let s = Status::new(Code::Ok, "drained");
+                this.proto.close(s.clone());
+                this.finish(s);
+            }
+            if !progressed {
+                return Poll::Pending;
+            }
+        }
+        if this.finished {
+            // Best effort: flush what is queued (a final error frame), then close.
+            let _ = this.poll_write(cx);
+            let _ = Pin::new(&mut this.io).poll_shutdown(cx);
+            // Commands still queued get a clear answer.
+            while let Poll::Ready(Some(cmd)) = this.commands.poll_recv(cx) {
+                reject(cmd, &Status::unavailable("closed"));
+            }
+            this.commands.close();
+            return Poll::Ready(());
+        }
+        // Budget used: let other tasks run, then continue.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}

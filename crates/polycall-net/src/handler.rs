@@ -1,0 +1,70 @@
+//! What a connection does with what its peer sends: calls to serve, and (on the
+//! runtime) providers registering methods.
+
+use std::sync::Arc;
+
+use polycall_core::{BoxFuture, Call, MethodName, Reply, Router, ServiceName, Status};
+use polycall_proto::frame::MethodEntry;
+use tower_service::Service;
+
+/// Serves one connection's incoming calls and provider announcements.
+///
+/// A plain server serves a [`Router`] ([`RouterHandler`]); the runtime gives each
+/// connection a handler that knows the connection, so it can route calls back to the
+/// methods a provider registered on it.
+pub trait ConnectionHandler: Send + Sync + 'static {
+    /// Serves one call. The call's metadata carries the deadline the caller sent; the
+    /// connection enforces it and cancels this future when it passes or the caller
+    /// cancels.
+    fn call(&self, call: Call) -> BoxFuture;
+
+    /// The peer announces methods it serves.
+    fn register(&self, methods: Vec<MethodEntry>) -> Result<(), Status> {
+        let _ = methods;
+        Err(Status::unsupported(
+            "this endpoint does not accept providers; connect providers to a polycall runtime",
+        ))
+    }
+
+    /// The peer withdraws methods.
+    fn unregister(&self, methods: Vec<(ServiceName, MethodName)>) -> Result<(), Status> {
+        let _ = methods;
+        Err(Status::unsupported(
+            "this endpoint does not accept providers",
+        ))
+    }
+
+    /// The connection ended (called once).
+    fn closed(&self) {}
+}
+
+/// Serves calls with a [`Router`].
+#[derive(Debug, Clone)]
+pub struct RouterHandler(pub Router);
+
+impl ConnectionHandler for RouterHandler {
+    fn call(&self, call: Call) -> BoxFuture {
+        let mut router = self.0.clone();
+        router.call(call)
+    }
+}
+
+/// Serves nothing: every incoming call is refused with `unknown_method`. The handler of
+/// a plain client connection.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoHandler;
+
+impl ConnectionHandler for NoHandler {
+    fn call(&self, call: Call) -> BoxFuture {
+        let msg = format!(
+            "{} is not served here: this connection only makes calls",
+            call.full_name()
+        );
+        Box::pin(std::future::ready(Err::<Reply, _>(Status::unknown_method(
+            msg,
+        ))))
+    }
+}
+
+/// A shared handler.
+pub type SharedHandler = Arc<dyn ConnectionHandler>;

@@ -1,0 +1,131 @@
+//! Transports: how bytes get between two peers.
+//!
+//! A [`Transport`] connects to and listens on [`Endpoint`]s and yields byte streams; a
+//! [`crate::Connection`] runs the polycall protocol over one stream and multiplexes every
+//! call on it. TCP and Unix-domain sockets are built in. A transport with a native
+//! stream per call (QUIC, WebTransport) implements the same trait with one stream for
+//! the polycall connection, or offers its own per-call streams through its own
+//! [`Transport::name`]d type; either way the layers above speak only [`Transport`].
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+
+use crate::Endpoint;
+
+/// A byte stream a connection runs over.
+pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Io for T {}
+
+/// A boxed byte stream.
+pub type BoxIo = Box<dyn Io>;
+
+/// A boxed future, as transports return them.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A source of accepted byte streams.
+pub trait Listener: Send + 'static {
+    /// The next accepted stream and a description of the peer.
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, String)>>;
+    /// Where the listener is bound (with the real port when port 0 was asked for).
+    fn local_endpoint(&self) -> Endpoint;
+}
+
+/// Connects and listens.
+pub trait Transport: Send + Sync + 'static {
+    /// Opens a stream to `endpoint`.
+    fn connect(&self, endpoint: &Endpoint) -> BoxFuture<'static, io::Result<BoxIo>>;
+    /// Listens on `endpoint`.
+    fn bind(&self, endpoint: &Endpoint) -> BoxFuture<'static, io::Result<Box<dyn Listener>>>;
+    /// Whether the transport authenticates every byte already (TLS, QUIC): then the
+    /// protocol's CRC32C trailer is not negotiated.
+    fn authenticates_bytes(&self) -> bool {
+        false
+    }
+    /// A short name for logs.
+    fn name(&self) -> &'static str;
+}
+
+/// TCP for `host:port` endpoints and Unix-domain sockets for `unix:` ones.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Plain;
+
+struct Tcp(TcpListener);
+struct Unix(UnixListener, std::path::PathBuf);
+
+impl Listener for Tcp {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, String)>> {
+        Box::pin(async move {
+            let (s, addr) = self.0.accept().await?;
+            s.set_nodelay(true)?;
+            Ok((Box::new(s) as BoxIo, addr.to_string()))
+        })
+    }
+
+    fn local_endpoint(&self) -> Endpoint {
+        match self.0.local_addr() {
+            Ok(a) => Endpoint::Tcp(a.to_string()),
+            Err(_) => Endpoint::Tcp("unknown:0".into()),
+        }
+    }
+}
+
+impl Listener for Unix {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, String)>> {
+        Box::pin(async move {
+            let (s, _) = self.0.accept().await?;
+            Ok((Box::new(s) as BoxIo, format!("unix:{}", self.1.display())))
+        })
+    }
+
+    fn local_endpoint(&self) -> Endpoint {
+        Endpoint::Unix(self.1.clone())
+    }
+}
+
+impl Drop for Unix {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.1);
+    }
+}
+
+impl Transport for Plain {
+    fn connect(&self, endpoint: &Endpoint) -> BoxFuture<'static, io::Result<BoxIo>> {
+        let endpoint = endpoint.clone();
+        Box::pin(async move {
+            match endpoint {
+                Endpoint::Tcp(hp) => {
+                    let s = TcpStream::connect(hp.as_str()).await?;
+                    s.set_nodelay(true)?;
+                    Ok(Box::new(s) as BoxIo)
+                }
+                Endpoint::Unix(p) => Ok(Box::new(UnixStream::connect(p).await?) as BoxIo),
+            }
+        })
+    }
+
+    fn bind(&self, endpoint: &Endpoint) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
+        let endpoint = endpoint.clone();
+        Box::pin(async move {
+            match endpoint {
+                Endpoint::Tcp(hp) => {
+                    Ok(Box::new(Tcp(TcpListener::bind(hp.as_str()).await?)) as Box<dyn Listener>)
+                }
+                Endpoint::Unix(p) => {
+                    // A stale socket file from a crashed run would make bind fail.
+                    if p.exists() && UnixStream::connect(&p).await.is_err() {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                    Ok(Box::new(Unix(UnixListener::bind(&p)?, p)) as Box<dyn Listener>)
+                }
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "plain"
+    }
+}
