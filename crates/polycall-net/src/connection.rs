@@ -112,61 +112,71 @@ impl std::fmt::Debug for ConnectionHandle {
     }
 }
 
-/// Sends a cancel for the call when the caller's future is dropped before the reply.
-struct CancelOnDrop<'a> {
-    handle: &'a ConnectionHandle,
+/// Sends a cancel for the call when the caller's future is dropped before the reply,
+/// and keeps the connection's in-flight count.
+struct CancelOnDrop {
+    commands: mpsc::UnboundedSender<Command>,
+    shared: Arc<Shared>,
     token: u64,
     armed: bool,
 }
 
-impl Drop for CancelOnDrop<'_> {
+impl Drop for CancelOnDrop {
     fn drop(&mut self) {
-        self.handle.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
         if self.armed {
-            let _ = self.handle.commands.send(Command::Cancel(self.token));
+            let _ = self.commands.send(Command::Cancel(self.token));
         }
     }
 }
 
 impl ConnectionHandle {
-    /// Calls `call.service.call.method` on the peer. Dropping the future cancels the call
-    /// (the peer is told); when the call's deadline passes first, the result is
+    /// Calls `call.service.call.method` on the peer. The call is counted in flight and
+    /// queued at once, before the returned future is first polled (so balancers that
+    /// pick by [`ConnectionHandle::in_flight`] see it). Dropping the future cancels the
+    /// call (the peer is told); when the call's deadline passes first, the result is
     /// `deadline_exceeded` and the call is cancelled.
-    pub async fn call(&self, call: Call) -> Result<Reply, Status> {
+    pub fn call(&self, call: Call) -> impl Future<Output = Result<Reply, Status>> + Send + 'static {
         let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut guard = CancelOnDrop {
-            handle: self,
+            commands: self.commands.clone(),
+            shared: self.shared.clone(),
             token,
             armed: true,
         };
         let deadline = call.metadata.deadline;
         let (tx, rx) = oneshot::channel();
-        if self
+        let sent = self
             .commands
             .send(Command::Call {
                 call,
                 token,
                 reply: tx,
             })
-            .is_err()
-        {
+            .is_ok();
+        async move {
+            let closed = |g: &CancelOnDrop| {
+                Status::unavailable(format!("the connection to {} is closed", g.shared.peer))
+            };
+            if !sent {
+                guard.armed = false;
+                return Err(closed(&guard));
+            }
+            let result = match deadline {
+                Some(d) => match tokio::time::timeout_at(d.0.into(), rx).await {
+                    Ok(r) => r,
+                    Err(_) => {
+                        return Err(Status::deadline_exceeded(
+                            "the call's deadline passed before its reply arrived",
+                        ));
+                    }
+                },
+                None => rx.await,
+            };
             guard.armed = false;
-            return Err(self.closed_status());
+            result.unwrap_or_else(|_| Err(closed(&guard)))
         }
-        let result = match deadline {
-            Some(d) => match tokio::time::timeout_at(d.0.into(), rx).await {
-                Ok(r) => r,
-                Err(_) => {
-                    return Err(Status::deadline_exceeded(
-                        "the call's deadline passed before its reply arrived",
-                    ));
-                }
-            },
-            None => rx.await,
-        };
-        guard.armed = false;
-        result.unwrap_or_else(|_| Err(self.closed_status()))
     }
 
     fn closed_status(&self) -> Status {
@@ -287,7 +297,9 @@ impl PendingConnection {
         config: ConnectionConfig,
         handler: SharedHandler,
     ) -> Result<(ConnectionHandle, oneshot::Receiver<Result<(), Status>>), Status> {
-        let proto = Proto::new(role, config.proto.clone()).map_err(Status::invalid_input)?;
+        let mut proto = Proto::new(role, config.proto.clone()).map_err(Status::invalid_input)?;
+        let link = LinkEstimate::for_peer(&self.handle.shared.peer);
+        proto.set_link_throughput(link.bytes_per_sec);
         let (connected_tx, connected_rx) = oneshot::channel();
         let handle = self.handle.clone();
         let driver = Driver {
@@ -310,6 +322,7 @@ impl PendingConnection {
             serving: HashMap::new(),
             out: VecDeque::new(),
             out_front: 0,
+            link,
             draining: false,
             finished: false,
             peer_eof: false,
@@ -365,12 +378,61 @@ struct Driver {
     serving: HashMap<u32, AbortHandle>,
     out: VecDeque<Bytes>,
     out_front: usize,
+    link: LinkEstimate,
     draining: bool,
     finished: bool,
     peer_eof: bool,
 }
 
 const MAX_SLICES: usize = 64;
+
+/// The link's throughput as the writer sees it, for the compression selector: seeded by
+/// the kind of peer, then measured over busy periods (from the moment bytes are queued
+/// until the queue is empty again).
+struct LinkEstimate {
+    bytes_per_sec: f64,
+    busy_since: Option<Instant>,
+    busy_bytes: usize,
+}
+
+impl LinkEstimate {
+    fn for_peer(peer: &str) -> Self {
+        let local = peer.starts_with("unix:")
+            || peer.starts_with("127.")
+            || peer.starts_with("[::1]")
+            || peer.starts_with("localhost");
+        Self {
+            // Loopback and Unix sockets move gigabytes a second: compression cannot pay.
+            bytes_per_sec: if local { 1.25e9 } else { 12.5e6 },
+            busy_since: None,
+            busy_bytes: 0,
+        }
+    }
+
+    fn queued(&mut self) {
+        if self.busy_since.is_none() {
+            self.busy_since = Some(Instant::now());
+            self.busy_bytes = 0;
+        }
+    }
+
+    fn wrote(&mut self, n: usize) {
+        self.busy_bytes += n;
+    }
+
+    /// The queue is empty: a new sample when the busy period was long enough to mean
+    /// something. Returns the new estimate.
+    fn idle(&mut self) -> Option<f64> {
+        let since = self.busy_since.take()?;
+        let elapsed = since.elapsed().as_secs_f64();
+        if elapsed < 0.002 || self.busy_bytes < 256 * 1024 {
+            return None;
+        }
+        let sample = self.busy_bytes as f64 / elapsed;
+        self.bytes_per_sec = 0.8 * self.bytes_per_sec + 0.2 * sample;
+        Some(self.bytes_per_sec)
+    }
+}
 
 impl Driver {
     fn fail_everything(&mut self, status: &Status) {
@@ -658,8 +720,12 @@ impl Driver {
                     .poll_transmit(self.config.write_batch, &mut chunks);
                 if chunks.is_empty() {
                     self.stall_timer = None;
+                    if let Some(rate) = self.link.idle() {
+                        self.proto.set_link_throughput(rate);
+                    }
                     return progressed;
                 }
+                self.link.queued();
                 self.out.extend(chunks);
                 self.out_front = 0;
             }
@@ -676,6 +742,7 @@ impl Driver {
                 }
                 Poll::Ready(Ok(mut written)) => {
                     progressed = true;
+                    self.link.wrote(written);
                     self.stall_timer = None;
                     while written > 0 {
                         let front_left = self.out[0].len() - self.out_front;

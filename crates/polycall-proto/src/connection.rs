@@ -86,6 +86,10 @@ pub struct Config {
     pub fragment_size: u32,
     /// Adaptive compression settings.
     pub compression: SelectorConfig,
+    /// Most bytes of partly received messages held at once on the connection. A message
+    /// that would go over is refused with `busy` (and a retry hint) instead of stalling
+    /// the connection. At least `max_message`.
+    pub reassembly_budget: usize,
 }
 
 impl Default for Config {
@@ -94,6 +98,7 @@ impl Default for Config {
             settings: Settings::default(),
             fragment_size: 64 * 1024,
             compression: SelectorConfig::default(),
+            reassembly_budget: 128 * 1024 * 1024,
         }
     }
 }
@@ -213,8 +218,18 @@ enum Kind {
 struct Assembly {
     content_type: ContentType,
     compression: Algorithm,
-    parts: Vec<Bytes>,
+    /// The message so far: the only fragment as received (no copy), or, for a message
+    /// of several fragments, a buffer of the declared length filled as they arrive.
+    data: Received,
     len: usize,
+    /// Bytes reserved against the connection's reassembly budget.
+    reserved: usize,
+}
+
+#[derive(Debug)]
+enum Received {
+    One(Bytes),
+    Many { buf: BytesMut, expected: usize },
 }
 
 #[derive(Debug)]
@@ -320,6 +335,7 @@ pub struct Connection {
     recv_credit: u64,
     credit_to_return: u64,
     held_bytes: u64,
+    reassembling: usize,
     queues: HashMap<u32, VecDeque<OutItem>>,
     ready: VecDeque<u32>,
     queued_bytes: usize,
@@ -369,6 +385,12 @@ impl Connection {
         if config.fragment_size == 0 {
             return Err("fragment_size is 0".into());
         }
+        if config.reassembly_budget < config.settings.limits.max_message as usize {
+            return Err(format!(
+                "reassembly_budget {} is below max_message {}: a largest message could never arrive",
+                config.reassembly_budget, config.settings.limits.max_message
+            ));
+        }
         let mut c = Self {
             role,
             compressor: AdaptiveCompressor::new(config.compression.clone()),
@@ -390,6 +412,7 @@ impl Connection {
             send_credit: 0,
             credit_to_return: 0,
             held_bytes: 0,
+            reassembling: 0,
             queues: HashMap::new(),
             ready: VecDeque::new(),
             queued_bytes: 0,
@@ -530,7 +553,7 @@ impl Connection {
         let mut ids: Vec<u32> = self.calls.keys().copied().collect();
         ids.sort_unstable();
         for id in ids {
-            if let Some(c) = self.calls.remove(&id) {
+            if let Some(c) = self.take_call(&id) {
                 let ev = if c.local {
                     Event::Failed {
                         call_id: id,
@@ -550,6 +573,15 @@ impl Connection {
         self.ready.clear();
         self.local_open = 0;
         self.peer_open = 0;
+    }
+
+    /// Removes a call, releasing what its partly received message held.
+    fn take_call(&mut self, call_id: &u32) -> Option<CallState> {
+        let c = self.calls.remove(call_id)?;
+        if let Some(m) = &c.rx_msg {
+            self.reassembling -= m.reserved;
+        }
+        Some(c)
     }
 
     fn violation(msg: impl Into<String>) -> ProtoError {
@@ -593,7 +625,7 @@ impl Connection {
                         "CANCEL of call {call_id}, which this side opened"
                     )));
                 }
-                if let Some(c) = self.calls.remove(&call_id) {
+                if let Some(c) = self.take_call(&call_id) {
                     self.drop_call_output(call_id);
                     self.peer_open = self.peer_open.saturating_sub(1);
                     if c.pending.is_none() {
@@ -794,7 +826,13 @@ impl Connection {
             stream: f.stream,
         }));
         self.calls.insert(f.call_id, c);
-        self.start_message(f.call_id, f.content_type, f.compression, f.payload, f.more)
+        self.start_message(
+            f.call_id,
+            f.content_type,
+            f.compression,
+            f.payload,
+            f.message_len,
+        )
     }
 
     fn streaming(&self) -> bool {
@@ -855,7 +893,13 @@ impl Connection {
         }
         c.rx_started = true;
         c.rx_stream = f.stream;
-        self.start_message(f.call_id, f.content_type, f.compression, f.payload, f.more)
+        self.start_message(
+            f.call_id,
+            f.content_type,
+            f.compression,
+            f.payload,
+            f.message_len,
+        )
     }
 
     fn on_data(&mut self, f: DataFrame) -> Result<(), ProtoError> {
@@ -875,7 +919,7 @@ impl Connection {
                     f.call_id
                 )));
             }
-            return self.start_message(f.call_id, ct, alg, f.payload, f.more);
+            return self.start_message(f.call_id, ct, alg, f.payload, f.message_len);
         }
         let Some(msg) = c.rx_msg.as_mut() else {
             return Err(Self::violation(format!(
@@ -884,17 +928,29 @@ impl Connection {
             )));
         };
         msg.len += f.payload.len();
-        if msg.len > max {
-            let len = msg.len;
-            let status = Status::too_large(format!(
-                "message of more than {len} bytes exceeds the limit of {max}"
+        let Received::Many { buf, expected } = &mut msg.data else {
+            return Err(Self::violation(
+                "DATA continuing a message that was not fragmented",
+            ));
+        };
+        let expected = *expected;
+        let wrong = if msg.len > expected {
+            Some("its fragments exceed the declared message length")
+        } else if !f.more && msg.len != expected {
+            Some("its fragments end short of the declared message length")
+        } else {
+            None
+        };
+        if let Some(why) = wrong {
+            let status = Status::malformed(format!(
+                "message on call {}: {why} ({expected} bytes)",
+                f.call_id
             ));
             self.refuse_message(f.call_id, status);
             return Ok(());
         }
-        if !f.payload.is_empty() {
-            msg.parts.push(f.payload);
-        }
+        debug_assert!(msg.len <= max);
+        buf.extend_from_slice(&f.payload);
         if f.more {
             Ok(())
         } else {
@@ -909,38 +965,68 @@ impl Connection {
         content_type: ContentType,
         compression: Algorithm,
         payload: Bytes,
-        more: bool,
+        message_len: Option<u32>,
     ) -> Result<(), ProtoError> {
         let max = self.local_limits().max_message as usize;
         let allowed = self
             .negotiated
             .as_ref()
             .is_some_and(|n| n.compressions.contains(&compression));
+        let budget = self.config.reassembly_budget;
+        let in_use = self.reassembling;
         let Some(c) = self.calls.get_mut(&call_id) else {
             return Ok(());
         };
         let len = payload.len();
+        let total = message_len.map_or(len, |n| n as usize);
+        let refusal = if !allowed {
+            Some(Status::malformed(format!(
+                "message compressed with {}, which was not negotiated",
+                compression.name()
+            )))
+        } else if total > max {
+            Some(Status::too_large(format!(
+                "message of {total} bytes exceeds the limit of {max}"
+            )))
+        } else if message_len.is_some() && in_use + total > budget {
+            Some(
+                Status::busy(format!(
+                    "{in_use} bytes of partly received messages are held (budget {budget}); retry shortly"
+                ))
+                .with_retry_after(std::time::Duration::from_millis(20)),
+            )
+        } else {
+            None
+        };
+        if let Some(status) = refusal {
+            self.refuse_message(call_id, status);
+            return Ok(());
+        }
+        let (data, reserved) = match message_len {
+            None => (Received::One(payload), 0),
+            Some(n) => {
+                // Allocated once at the declared size (bounded by max_message and the
+                // budget); each fragment is copied in as it arrives.
+                let mut buf = BytesMut::with_capacity(n as usize);
+                buf.extend_from_slice(&payload);
+                (
+                    Received::Many {
+                        buf,
+                        expected: n as usize,
+                    },
+                    n as usize,
+                )
+            }
+        };
         c.rx_msg = Some(Assembly {
             content_type,
             compression,
-            parts: if payload.is_empty() {
-                Vec::new()
-            } else {
-                vec![payload]
-            },
+            data,
             len,
+            reserved,
         });
-        if !allowed {
-            let status = Status::malformed(format!(
-                "message compressed with {}, which was not negotiated",
-                compression.name()
-            ));
-            self.refuse_message(call_id, status);
-        } else if len > max {
-            let status =
-                Status::too_large(format!("message of {len} bytes exceeds the limit of {max}"));
-            self.refuse_message(call_id, status);
-        } else if !more {
+        self.reassembling += reserved;
+        if message_len.is_none() {
             self.complete_message(call_id);
         }
         Ok(())
@@ -949,7 +1035,7 @@ impl Connection {
     /// A message on a call cannot be accepted: the call ends (an error to the peer for
     /// its call, a cancel and a local failure for ours); later frames are ignored.
     fn refuse_message(&mut self, call_id: u32, status: Status) {
-        let Some(c) = self.calls.remove(&call_id) else {
+        let Some(c) = self.take_call(&call_id) else {
             return;
         };
         self.drop_call_output(call_id);
@@ -974,17 +1060,11 @@ impl Connection {
             return;
         };
         let Some(msg) = c.rx_msg.take() else { return };
+        self.reassembling -= msg.reserved;
         let wire_len = msg.len as u64;
-        let joined = match msg.parts.len() {
-            0 => Bytes::new(),
-            1 => msg.parts.into_iter().next().unwrap_or_default(),
-            _ => {
-                let mut b = BytesMut::with_capacity(msg.len);
-                for p in &msg.parts {
-                    b.extend_from_slice(p);
-                }
-                b.freeze()
-            }
+        let joined = match msg.data {
+            Received::One(b) => b,
+            Received::Many { buf, .. } => buf.freeze(),
         };
         let bytes = if msg.compression == Algorithm::None {
             joined
@@ -1063,7 +1143,7 @@ impl Connection {
                 e.call_id
             )));
         }
-        match self.calls.remove(&e.call_id) {
+        match self.take_call(&e.call_id) {
             Some(_) => {
                 self.drop_call_output(e.call_id);
                 self.local_open = self.local_open.saturating_sub(1);
@@ -1090,7 +1170,7 @@ impl Connection {
             .collect();
         doomed.sort_unstable();
         for id in doomed {
-            if self.calls.remove(&id).is_some() {
+            if self.take_call(&id).is_some() {
                 self.drop_call_output(id);
                 self.local_open = self.local_open.saturating_sub(1);
                 let status = Status::unavailable(
@@ -1128,7 +1208,7 @@ impl Connection {
             return;
         }
         let local = c.local;
-        self.calls.remove(&call_id);
+        self.take_call(&call_id);
         if local {
             self.local_open = self.local_open.saturating_sub(1);
             // The answer is complete: whatever of the request is still queued is moot.
@@ -1265,7 +1345,7 @@ impl Connection {
             return Err(SendError::NotNegotiated("streaming"));
         }
         let fields =
-            2 + 1 + service.as_str().len() + 1 + method.as_str().len() + 4 + meta.encoded_len();
+            2 + 1 + service.as_str().len() + 1 + method.as_str().len() + 4 + meta.encoded_len() + 4;
         if fields > n.peer_limits.max_frame as usize {
             return Err(SendError::TooLarge {
                 len: fields,
@@ -1404,7 +1484,7 @@ impl Connection {
     pub fn send_error(&mut self, call_id: u32, status: &Status) -> Result<(), SendError> {
         self.check_open()?;
         self.peer_call_mut(call_id)?;
-        self.calls.remove(&call_id);
+        self.take_call(&call_id);
         self.drop_call_output(call_id);
         self.peer_open = self.peer_open.saturating_sub(1);
         self.send_status(call_id, status);
@@ -1425,7 +1505,7 @@ impl Connection {
             }
             None => return Err(SendError::UnknownCall(call_id)),
         }
-        self.calls.remove(&call_id);
+        self.take_call(&call_id);
         self.drop_call_output(call_id);
         self.local_open = self.local_open.saturating_sub(1);
         Frame::Cancel { call_id }.encode(&mut self.out, self.crc);
@@ -1584,10 +1664,11 @@ impl Connection {
             OutItem::Msg(m) => m,
         };
         let left = m.data.len() - m.offset;
-        // Room for the fixed fields of the largest first frame (a CALL with its name).
+        // Room for the fixed fields of the largest first frame (a CALL with its name),
+        // including the declared message length.
         let fields = match &m.kind {
-            OutKind::Call(c) if !m.started => 2 + 1 + 194 + 4 + c.meta.encoded_len(),
-            _ => 2,
+            OutKind::Call(c) if !m.started => 2 + 1 + 194 + 4 + c.meta.encoded_len() + 4,
+            _ => 2 + 4,
         };
         let cap = fragment.min(peer_max_frame.saturating_sub(fields)).max(1);
         let credit = usize::try_from(self.send_credit).unwrap_or(usize::MAX);
@@ -1604,10 +1685,12 @@ impl Connection {
                 call_id,
                 first: None,
                 more,
+                message_len: None,
                 payload,
             })
         } else {
             m.started = true;
+            let message_len = more.then_some(m.data.len() as u32);
             match &m.kind {
                 OutKind::Call(c) => {
                     let method_ref = intern(&mut self.tx_names, &c.service, &c.method);
@@ -1618,6 +1701,7 @@ impl Connection {
                         compression: m.compression,
                         meta: c.meta.clone(),
                         more,
+                        message_len,
                         stream: c.stream,
                         payload,
                     })
@@ -1627,6 +1711,7 @@ impl Connection {
                     content_type: m.content_type,
                     compression: m.compression,
                     more,
+                    message_len,
                     stream: *stream,
                     payload,
                 }),
@@ -1634,6 +1719,7 @@ impl Connection {
                     call_id,
                     first: Some((m.content_type, m.compression)),
                     more,
+                    message_len,
                     payload,
                 }),
             }

@@ -193,6 +193,9 @@ pub struct CallFrame {
     pub meta: WireMeta,
     /// The message continues in `DATA` frames.
     pub more: bool,
+    /// With `more`: the whole message's length on the wire (all fragments), so the
+    /// receiver can refuse it at once or allocate it once.
+    pub message_len: Option<u32>,
     /// Further request messages follow (client stream), ended by `END`.
     pub stream: bool,
     /// The first fragment of the (possibly compressed) request message.
@@ -210,6 +213,8 @@ pub struct ReplyFrame {
     pub compression: Algorithm,
     /// The message continues in `DATA` frames.
     pub more: bool,
+    /// With `more`: the whole message's length on the wire (all fragments).
+    pub message_len: Option<u32>,
     /// Further reply messages follow (server stream), ended by `END`.
     pub stream: bool,
     /// The first fragment of the reply message.
@@ -268,6 +273,8 @@ pub struct DataFrame {
     pub first: Option<(ContentType, Algorithm)>,
     /// The message continues in the next `DATA` frame.
     pub more: bool,
+    /// With `first` and `more`: the whole message's length on the wire.
+    pub message_len: Option<u32>,
     /// The fragment.
     pub payload: Bytes,
 }
@@ -558,10 +565,16 @@ impl Frame {
                 c.meta.encode(b);
                 let meta_len = (b.len() - at - 2) as u16;
                 b[at..at + 2].copy_from_slice(&meta_len.to_le_bytes());
+                if c.more {
+                    b.put_u32_le(c.message_len.unwrap_or(0));
+                }
             }
             Frame::Reply(r) => {
                 b.put_u8(r.content_type.id());
                 b.put_u8(r.compression.id());
+                if r.more {
+                    b.put_u32_le(r.message_len.unwrap_or(0));
+                }
             }
             Frame::Error(e) => {
                 b.put_u16_le(e.code);
@@ -587,6 +600,9 @@ impl Frame {
                 if let Some((ct, alg)) = d.first {
                     b.put_u8(ct.id());
                     b.put_u8(alg.id());
+                    if d.more {
+                        b.put_u32_le(d.message_len.unwrap_or(0));
+                    }
                 }
             }
             Frame::Cancel { .. } | Frame::End { .. } => {}
@@ -765,6 +781,19 @@ fn full_name(r: &mut Reader<'_>) -> Result<(ServiceName, MethodName), FrameError
     split_full_name(name).map_err(|_| r.err("method name is not a valid SERVICE.METHOD"))
 }
 
+/// The declared length of a message that continues past its first frame.
+fn message_len(r: &mut Reader<'_>, present: bool) -> Result<Option<u32>, FrameError> {
+    if !present {
+        return Ok(None);
+    }
+    let len = r.u32("message length is missing")?;
+    // The first fragment follows; the message is longer than it, as MORE says.
+    if (len as usize) <= r.remaining() {
+        return Err(r.err("message length does not exceed the first fragment although MORE is set"));
+    }
+    Ok(Some(len))
+}
+
 fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
     let mut r = Reader::new(body, h.frame_type);
     let has = |f: u8| h.flags & f != 0;
@@ -839,6 +868,7 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
             let meta_len = r.u16("metadata length is missing")?;
             let meta = r.bytes(meta_len.into(), "metadata is cut short")?;
             let meta = WireMeta::decode(&meta)?;
+            let message_len = message_len(&mut r, has(flags::MORE))?;
             Frame::Call(CallFrame {
                 call_id: h.call_id,
                 method: MethodRef { id, name },
@@ -846,6 +876,7 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
                 compression,
                 meta,
                 more: has(flags::MORE),
+                message_len,
                 stream: has(flags::STREAM),
                 payload: r.rest(),
             })
@@ -853,11 +884,13 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
         FrameType::Reply => {
             let content_type = content_type(&mut r)?;
             let compression = algorithm(&mut r)?;
+            let message_len = message_len(&mut r, has(flags::MORE))?;
             Frame::Reply(ReplyFrame {
                 call_id: h.call_id,
                 content_type,
                 compression,
                 more: has(flags::MORE),
+                message_len,
                 stream: has(flags::STREAM),
                 payload: r.rest(),
             })
@@ -908,10 +941,12 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
             } else {
                 None
             };
+            let message_len = message_len(&mut r, first.is_some() && has(flags::MORE))?;
             Frame::Data(DataFrame {
                 call_id: h.call_id,
                 first,
                 more: has(flags::MORE),
+                message_len,
                 payload: r.rest(),
             })
         }

@@ -201,6 +201,7 @@ fn method_names_are_interned_after_first_use() {
 fn a_huge_message_is_fragmented_and_small_calls_interleave() {
     let mut cfg = Config::default();
     cfg.fragment_size = 16 * 1024;
+    cfg.compression.candidates = vec![]; // this test is about framing: send bytes as they are
     let mut p = Pair::with(cfg.clone(), cfg);
     let big: Vec<u8> = (0..4 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
     let big_id = p.call("bulk.put", Payload::raw(big.clone()));
@@ -246,7 +247,9 @@ fn a_huge_message_is_fragmented_and_small_calls_interleave() {
 fn flow_control_stops_a_sender_whose_peer_does_not_take_events() {
     let mut server = Config::default();
     server.settings.limits.initial_window = 64 * 1024;
-    let mut p = Pair::with(Config::default(), server);
+    let mut client = Config::default();
+    client.compression.candidates = vec![]; // count payload bytes as sent
+    let mut p = Pair::with(client, server);
     for _ in 0..64 {
         p.call("load.push", Payload::raw(vec![1u8; 8 * 1024]));
     }
@@ -384,6 +387,8 @@ fn call_frame(id: u32, payload: &'static [u8], more: bool) -> Frame {
         compression: polycall_proto::compress::Algorithm::None,
         meta: WireMeta::default(),
         more,
+        // With MORE, the tests send two more 1-byte fragments.
+        message_len: more.then_some(payload.len() as u32 + 2),
         stream: false,
         payload: Bytes::from_static(payload),
     })
@@ -426,6 +431,7 @@ fn protocol_violations_close_the_connection_with_a_typed_error() {
                 content_type: ContentType::Raw,
                 compression: polycall_proto::compress::Algorithm::None,
                 more: false,
+                message_len: None,
                 stream: false,
                 payload: Bytes::new(),
             })],
@@ -448,6 +454,7 @@ fn protocol_violations_close_the_connection_with_a_typed_error() {
                 call_id: 1,
                 first: None,
                 more: false,
+                message_len: None,
                 payload: Bytes::new(),
             })],
         ),
@@ -459,6 +466,7 @@ fn protocol_violations_close_the_connection_with_a_typed_error() {
                     call_id: 1,
                     first: None,
                     more: false,
+                    message_len: None,
                     payload: Bytes::new(),
                 }),
             ],
@@ -471,6 +479,7 @@ fn protocol_violations_close_the_connection_with_a_typed_error() {
                     call_id: 1,
                     first: Some((ContentType::Raw, polycall_proto::compress::Algorithm::None)),
                     more: false,
+                    message_len: None,
                     payload: Bytes::new(),
                 }),
             ],
@@ -580,6 +589,7 @@ fn a_message_over_the_limit_fails_that_call_only() {
             call_id: 1,
             first: None,
             more: true,
+            message_len: None,
             payload: Bytes::from_static(b"!"),
         })
         .to_bytes(crc),
@@ -590,6 +600,7 @@ fn a_message_over_the_limit_fails_that_call_only() {
             call_id: 1,
             first: None,
             more: false,
+            message_len: None,
             payload: Bytes::from_static(b"!"),
         })
         .to_bytes(crc),
@@ -915,4 +926,116 @@ fn a_decompression_bomb_fails_the_call_not_the_connection() {
         "{evs:?}"
     );
     assert!(raw.is_open());
+}
+
+fn first_fragment(id: u32, declared: u32, payload: &'static [u8]) -> Frame {
+    let Frame::Call(mut f) = call_frame(id, payload, true) else {
+        unreachable!()
+    };
+    f.message_len = Some(declared);
+    Frame::Call(f)
+}
+
+fn data(id: u32, more: bool, payload: &'static [u8]) -> Frame {
+    Frame::Data(DataFrame {
+        call_id: id,
+        first: None,
+        more,
+        message_len: None,
+        payload: Bytes::from_static(payload),
+    })
+}
+
+#[test]
+fn a_declared_length_over_the_limit_is_refused_before_the_rest_arrives() {
+    let mut settings = Settings::default();
+    settings.limits.max_message = 1000;
+    let (mut raw, crc) = raw_server(settings);
+    raw.feed(&first_fragment(1, 1_000_000, b"head").to_bytes(crc))
+        .unwrap();
+    let frames = sent_frames(&mut raw, crc);
+    let [Frame::Error(e)] = &frames[..] else {
+        panic!("{frames:?}")
+    };
+    assert_eq!((e.call_id, Code::from_u16(e.code)), (1, Code::TooLarge));
+    // The rest of it is ignored; the connection goes on.
+    raw.feed(&data(1, false, b"tail").to_bytes(crc)).unwrap();
+    raw.feed(&call_frame(3, b"ok", false).to_bytes(crc))
+        .unwrap();
+    assert!(matches!(&events(&mut raw)[..], [Event::Call(c)] if c.call_id == 3));
+}
+
+#[test]
+fn fragments_must_add_up_to_the_declared_length() {
+    let (mut raw, crc) = raw_server(Settings::default());
+    // Overrun: declared 6, sent 4 + 4.
+    raw.feed(&first_fragment(1, 6, b"abcd").to_bytes(crc))
+        .unwrap();
+    raw.feed(&data(1, false, b"efgh").to_bytes(crc)).unwrap();
+    // Short: declared 10, sent 4 + 2.
+    raw.feed(&first_fragment(3, 10, b"abcd").to_bytes(crc))
+        .unwrap();
+    raw.feed(&data(3, false, b"ef").to_bytes(crc)).unwrap();
+    // Exact.
+    raw.feed(&first_fragment(5, 6, b"abcd").to_bytes(crc))
+        .unwrap();
+    raw.feed(&data(5, false, b"ef").to_bytes(crc)).unwrap();
+    let codes: Vec<(u32, Code)> = sent_frames(&mut raw, crc)
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Error(e) => Some((e.call_id, Code::from_u16(e.code))),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(codes, vec![(1, Code::Malformed), (3, Code::Malformed)]);
+    let evs = events(&mut raw);
+    assert!(
+        matches!(&evs[..], [Event::Call(c)] if c.call_id == 5 && &c.payload.bytes[..] == b"abcdef"),
+        "{evs:?}"
+    );
+}
+
+#[test]
+fn the_reassembly_budget_refuses_with_busy_instead_of_stalling() {
+    let mut settings = Settings::default();
+    settings.limits.max_message = 1 << 20;
+    let mut config = Config {
+        settings: settings.clone(),
+        ..Config::default()
+    };
+    config.reassembly_budget = 2 << 20;
+    let mut raw = Connection::new(Role::Server, config).unwrap();
+    let mut hello = PREFACE.to_vec();
+    hello.extend_from_slice(&Frame::Hello(Settings::default().hello()).to_bytes(false));
+    raw.feed(&hello).unwrap();
+    let crc = true;
+    raw.poll_transmit(usize::MAX, &mut Vec::new()); // preface and WELCOME
+    let _ = events(&mut raw);
+    // Two messages of 1 MiB in progress fill the budget; a third is refused.
+    for id in [1, 3, 5] {
+        raw.feed(&first_fragment(id, 1 << 20, b"x").to_bytes(crc))
+            .unwrap();
+    }
+    let frames = sent_frames(&mut raw, crc);
+    let [Frame::Error(e)] = &frames[..] else {
+        panic!("{frames:?}")
+    };
+    assert_eq!((e.call_id, Code::from_u16(e.code)), (5, Code::Busy));
+    assert!(e.retry_after_ms.is_some());
+    // Cancelling one frees its share: a new message fits again.
+    raw.feed(&Frame::Cancel { call_id: 1 }.to_bytes(crc))
+        .unwrap();
+    raw.feed(&first_fragment(7, 1 << 20, b"x").to_bytes(crc))
+        .unwrap();
+    assert_eq!(sent_frames(&mut raw, crc), vec![]);
+    assert!(
+        Connection::new(
+            Role::Server,
+            Config {
+                reassembly_budget: 10,
+                ..Config::default()
+            }
+        )
+        .is_err()
+    );
 }

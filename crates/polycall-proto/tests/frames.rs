@@ -209,6 +209,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                         compression,
                         meta,
                         more,
+                        message_len: more.then_some(payload.len() as u32 + 1),
                         stream,
                         payload,
                     })
@@ -229,6 +230,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                         content_type,
                         compression,
                         more,
+                        message_len: more.then_some(payload.len() as u32 + 7),
                         stream,
                         payload,
                     }
@@ -265,6 +267,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                 call_id,
                 first,
                 more,
+                message_len: (first.is_some() && more).then_some(payload.len() as u32 + 1000),
                 payload
             })),
         call_id().prop_map(|call_id| Frame::End { call_id }),
@@ -345,6 +348,7 @@ fn vectored_encoding_keeps_large_payloads_uncopied() {
         content_type: ContentType::Raw,
         compression: Algorithm::None,
         more: false,
+        message_len: None,
         stream: false,
         payload: payload.clone(),
     });
@@ -368,6 +372,7 @@ fn decoded_payload_shares_the_receive_buffer() {
         call_id: 3,
         first: None,
         more: true,
+        message_len: None,
         payload: Bytes::from_static(b"zero-copy please"),
     });
     let mut buf = BytesMut::from(&f.to_bytes(false)[..]);

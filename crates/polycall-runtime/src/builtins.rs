@@ -1,0 +1,127 @@
+//! Methods every runtime serves itself: `sys.ping`, `sys.describe`, `sys.health`,
+//! `sys.shutdown`, `debug.echo`, `debug.sleep`.
+
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use polycall_core::{Call, MethodInfo, Payload, Reply, Router, Status, handler_fn};
+use serde_json::json;
+
+use crate::State;
+
+fn json_reply(v: serde_json::Value) -> Result<Reply, Status> {
+    Payload::json(&v)
+        .map(Reply::new)
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+fn json_input(call: &Call) -> Result<serde_json::Value, Status> {
+    if call.payload.is_empty() {
+        return Ok(json!({}));
+    }
+    call.payload.to_json().map_err(|e| {
+        Status::invalid_input(format!("{} expects a JSON object: {e}", call.full_name()))
+    })
+}
+
+fn upgrade(state: &Weak<State>) -> Result<Arc<State>, Status> {
+    state
+        .upgrade()
+        .ok_or_else(|| Status::unavailable("the runtime is shutting down"))
+}
+
+/// The built-in methods, bound to the runtime's state (weakly: the state owns them).
+pub(crate) fn router(state: Weak<State>) -> Router {
+    let s1 = state.clone();
+    let s2 = state.clone();
+    let s3 = state;
+    let r = Router::new()
+        .route(
+            "sys.ping",
+            MethodInfo::new("answers pong; a liveness check").output(r#"{"pong": true}"#).idempotent(true),
+            handler_fn(|_c: Call| async { json_reply(json!({"pong": true})) }),
+        )
+        .and_then(|r| {
+            r.route(
+                "sys.describe",
+                MethodInfo::new("every method served here and who provides it")
+                    .output(r#"{"methods": [{"name", "summary", "input", "output", "idempotent", "provided_by"}]}"#)
+                    .idempotent(true),
+                handler_fn(move |_c: Call| {
+                    let s = s1.clone();
+                    async move { json_reply(upgrade(&s)?.describe()) }
+                }),
+            )
+        })
+        .and_then(|r| {
+            r.route(
+                "sys.health",
+                MethodInfo::new("runtime status: uptime, connections, providers")
+                    .output(r#"{"status", "uptime_ms", "connections", "providers", "methods", "endpoint", "version"}"#)
+                    .idempotent(true),
+                handler_fn(move |_c: Call| {
+                    let s = s2.clone();
+                    async move { json_reply(upgrade(&s)?.health()) }
+                }),
+            )
+        })
+        .and_then(|r| {
+            r.route(
+                "sys.shutdown",
+                MethodInfo::new("graceful shutdown; needs the token from the runtime's state directory")
+                    .input(r#"{"token": string}"#)
+                    .output(r#"{"stopping": true}"#),
+                handler_fn(move |c: Call| {
+                    let s = s3.clone();
+                    async move {
+                        let s = upgrade(&s)?;
+                        let input = json_input(&c)?;
+                        match input["token"].as_str() {
+                            Some(t) if s.token_matches(t) => {
+                                s.request_shutdown();
+                                json_reply(json!({"stopping": true}))
+                            }
+                            Some(_) => Err(Status::permission_denied("wrong shutdown token")),
+                            None => Err(Status::unauthenticated(
+                                "sys.shutdown needs {\"token\": ...}; `polycall stop` reads it from the state directory",
+                            )),
+                        }
+                    }
+                }),
+            )
+        })
+        .and_then(|r| {
+            r.route(
+                "debug.echo",
+                MethodInfo::new("returns its input").input("any").output("the input").idempotent(true),
+                handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) }),
+            )
+        })
+        .and_then(|r| {
+            r.route(
+                "debug.sleep",
+                MethodInfo::new("sleeps for ms milliseconds, honouring the deadline")
+                    .input(r#"{"ms": u64}"#)
+                    .output(r#"{"slept_ms": u64}"#)
+                    .idempotent(true),
+                handler_fn(|c: Call| async move {
+                    let input = json_input(&c)?;
+                    let ms = input["ms"]
+                        .as_u64()
+                        .ok_or_else(|| Status::invalid_input("debug.sleep needs {\"ms\": <milliseconds>}"))?;
+                    let want = Duration::from_millis(ms);
+                    if let Some(d) = c.metadata.deadline
+                        && d.remaining(Instant::now()) < want
+                    {
+                        tokio::time::sleep(d.remaining(Instant::now())).await;
+                        return Err(Status::deadline_exceeded(format!(
+                            "sleeping {ms} ms would pass the call's deadline"
+                        )));
+                    }
+                    tokio::time::sleep(want).await;
+                    json_reply(json!({"slept_ms": ms}))
+                }),
+            )
+        });
+    r.unwrap_or_else(|e| panic!("built-in method names are valid: {e}"))
+}

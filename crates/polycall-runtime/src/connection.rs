@@ -1,0 +1,101 @@
+//! The runtime's side of one connection: route its calls, accept its registrations,
+//! forget its methods when it goes.
+
+use std::sync::Arc;
+
+use polycall_core::{BoxFuture, Call, MethodName, ServiceName, Status};
+use polycall_net::{ConnectionHandle, ConnectionHandler};
+use polycall_proto::frame::MethodEntry;
+use tower_service::Service;
+
+use crate::State;
+
+/// Services providers may not register: the runtime's own.
+const RESERVED: &[&str] = &["sys"];
+
+pub(crate) struct RuntimeConnection {
+    pub(crate) state: Arc<State>,
+    pub(crate) connection: ConnectionHandle,
+    pub(crate) provider_id: u64,
+}
+
+impl ConnectionHandler for RuntimeConnection {
+    fn call(&self, call: Call) -> BoxFuture {
+        let (service, method) = (call.service.as_str(), call.method.as_str());
+        if self.state.builtins.handler(service, method).is_some() {
+            let mut router = self.state.builtins.clone();
+            return router.call(call);
+        }
+        match self.state.registry.pick(service, method) {
+            // Called now, not when first polled: the provider counts the call at once.
+            Some(provider) => Box::pin(provider.call(call)),
+            None => {
+                let what = if self.state.registry.has_service(service)
+                    || self
+                        .state
+                        .builtins
+                        .describe()
+                        .iter()
+                        .any(|d| d.name.starts_with(&format!("{service}.")))
+                {
+                    format!("service {service} has no method {method}")
+                } else {
+                    format!("no provider serves {}", call.full_name())
+                };
+                Box::pin(std::future::ready(Err(Status::unknown_method(format!(
+                    "{what}; `polycall describe` lists what is served"
+                )))))
+            }
+        }
+    }
+
+    fn register(&self, methods: Vec<MethodEntry>) -> Result<(), Status> {
+        for m in &methods {
+            if RESERVED.contains(&m.service.as_str())
+                || self
+                    .state
+                    .builtins
+                    .handler(m.service.as_str(), m.method.as_str())
+                    .is_some()
+            {
+                return Err(Status::new(
+                    polycall_core::Code::AlreadyExists,
+                    format!(
+                        "{}.{} is the runtime's own method; choose another name",
+                        m.service, m.method
+                    ),
+                ));
+            }
+        }
+        let list: Vec<_> = methods
+            .into_iter()
+            .map(|m| (m.service, m.method, m.info))
+            .collect();
+        tracing::info!(
+            provider = self.provider_id,
+            peer = self.connection.peer(),
+            methods = list.len(),
+            "provider registered"
+        );
+        self.state
+            .registry
+            .register(&list, &self.connection, self.provider_id);
+        Ok(())
+    }
+
+    fn unregister(&self, methods: Vec<(ServiceName, MethodName)>) -> Result<(), Status> {
+        let missing = self.state.registry.unregister(&methods, self.provider_id);
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(Status::not_found(format!(
+                "this connection does not provide {}",
+                missing.join(", ")
+            )))
+        }
+    }
+
+    fn closed(&self) {
+        self.state.registry.remove_provider(self.provider_id);
+    }
+}

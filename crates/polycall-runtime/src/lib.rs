@@ -1,0 +1,263 @@
+//! # polycall-runtime
+//!
+//! The embeddable polycall node. Programs in any language connect, register the methods
+//! they provide, and call each other's methods through it; the runtime routes each call
+//! to a provider (the one with the fewest calls outstanding), forwards the caller's
+//! remaining deadline, fails a call at once with `unavailable` when its provider
+//! disconnects, and serves its own methods (`sys.ping`, `sys.describe`, `sys.health`,
+//! `sys.shutdown`, `debug.echo`, `debug.sleep`).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use polycall_runtime::{Runtime, RuntimeConfig};
+//! let mut config = RuntimeConfig::default();
+//! config.endpoint = "127.0.0.1:0".parse()?;
+//! let runtime = Runtime::start(config).await?;
+//! println!("listening on {}", runtime.local_endpoint());
+//! runtime.shutdown().await;
+//! # Ok(()) }
+//! ```
+
+mod builtins;
+mod connection;
+mod provider;
+mod registry;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use polycall_core::Router;
+use polycall_net::{ConnectionHandle, Endpoint, Server, ServerConfig, SharedHandler};
+use serde_json::json;
+use tokio::sync::watch;
+
+pub use provider::Provider;
+pub use registry::{Provision, Registry};
+
+/// The endpoint a runtime listens on when none is configured: loopback only.
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7464";
+
+/// What a runtime needs to start. Every field has a working default: a runtime runs
+/// with no configuration file at all.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Where to listen (port 0: any free port).
+    pub endpoint: Endpoint,
+    /// Where the runtime keeps its files (`runtime.json`, `runtime.token`).
+    pub state_dir: PathBuf,
+    /// Listener and connection limits.
+    pub server: ServerConfig,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            endpoint: DEFAULT_ENDPOINT
+                .parse()
+                .unwrap_or(Endpoint::Tcp(DEFAULT_ENDPOINT.into())),
+            state_dir: PathBuf::from(".polycall"),
+            server: ServerConfig::default(),
+        }
+    }
+}
+
+/// Why a runtime could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The endpoint could not be bound.
+    #[error(
+        "cannot listen on {endpoint}: {source} (is another runtime running? use --endpoint 127.0.0.1:0 for any free port)"
+    )]
+    Bind {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The state directory could not be written.
+    #[error("cannot write the state directory {dir}: {source}")]
+    StateDir {
+        /// The directory.
+        dir: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+}
+
+pub(crate) struct State {
+    pub(crate) registry: Registry,
+    pub(crate) builtins: Router,
+    started: Instant,
+    token: String,
+    shutdown: watch::Sender<bool>,
+    endpoint: std::sync::OnceLock<Endpoint>,
+    connections: std::sync::OnceLock<Arc<Server>>,
+}
+
+impl State {
+    fn token_matches(&self, t: &str) -> bool {
+        // Constant-time comparison: the token guards shutdown.
+        t.len() == self.token.len()
+            && t.bytes()
+                .zip(self.token.bytes())
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+
+    fn request_shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        let mut methods: Vec<serde_json::Value> = self
+            .builtins
+            .describe()
+            .into_iter()
+            .map(|d| json!({"name": d.name, "summary": d.info.summary, "input": d.info.input, "output": d.info.output, "idempotent": d.info.idempotent, "provided_by": "runtime"}))
+            .collect();
+        for (name, info, ids) in self.registry.snapshot() {
+            methods.push(json!({"name": name, "summary": info.summary, "input": info.input, "output": info.output, "idempotent": info.idempotent, "provided_by": ids.iter().map(|i| format!("provider-{i}")).collect::<Vec<_>>()}));
+        }
+        json!({ "methods": methods })
+    }
+
+    fn health(&self) -> serde_json::Value {
+        json!({
+            "status": "ok",
+            "version": env!("CARGO_PKG_VERSION"),
+            "endpoint": self.endpoint.get().map(ToString::to_string),
+            "uptime_ms": self.started.elapsed().as_millis() as u64,
+            "connections": self.connections.get().map_or(0, |s| s.connections()),
+            "providers": self.registry.providers(),
+            "methods": self.builtins.len() + self.registry.snapshot().len(),
+        })
+    }
+}
+
+/// A running runtime.
+pub struct Runtime {
+    state: Arc<State>,
+    server: Arc<Server>,
+    shutdown_rx: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("endpoint", self.local_endpoint())
+            .finish()
+    }
+}
+
+fn new_token() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    // 128 bits from the OS-seeded hasher keys (std's RandomState) and the clock.
+    let mut out = String::new();
+    for i in 0..2u64 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(i);
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos()),
+        );
+        h.write_u32(std::process::id());
+        out.push_str(&format!("{:016x}", h.finish()));
+    }
+    out
+}
+
+impl Runtime {
+    /// Starts listening and serving.
+    pub async fn start(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let state = Arc::new_cyclic(|weak| State {
+            registry: Registry::default(),
+            builtins: builtins::router(weak.clone()),
+            started: Instant::now(),
+            token: new_token(),
+            shutdown,
+            endpoint: std::sync::OnceLock::new(),
+            connections: std::sync::OnceLock::new(),
+        });
+        let next_provider = Arc::new(AtomicU64::new(1));
+        let make_state = state.clone();
+        let make = Arc::new(
+            move |conn: &ConnectionHandle, _peer: &str| -> SharedHandler {
+                Arc::new(connection::RuntimeConnection {
+                    state: make_state.clone(),
+                    connection: conn.clone(),
+                    provider_id: next_provider.fetch_add(1, Ordering::Relaxed),
+                })
+            },
+        );
+        let server = Server::serve(config.endpoint.clone(), config.server.clone(), make)
+            .await
+            .map_err(|source| RuntimeError::Bind {
+                endpoint: config.endpoint.clone(),
+                source,
+            })?;
+        let server = Arc::new(server);
+        let _ = state.endpoint.set(server.local_endpoint().clone());
+        let _ = state.connections.set(server.clone());
+        let runtime = Runtime {
+            state,
+            server,
+            shutdown_rx,
+        };
+        runtime.write_state(&config.state_dir)?;
+        Ok(runtime)
+    }
+
+    fn write_state(&self, dir: &std::path::Path) -> Result<(), RuntimeError> {
+        let err = |source| RuntimeError::StateDir {
+            dir: dir.to_owned(),
+            source,
+        };
+        std::fs::create_dir_all(dir).map_err(err)?;
+        let info = json!({
+            "endpoint": self.local_endpoint().to_string(),
+            "pid": std::process::id(),
+            "version": env!("CARGO_PKG_VERSION"),
+        });
+        std::fs::write(dir.join("runtime.json"), format!("{info:#}\n")).map_err(err)?;
+        let token_path = dir.join("runtime.token");
+        std::fs::write(&token_path, &self.state.token).map_err(err)?;
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600))
+                .map_err(err)?;
+        }
+        Ok(())
+    }
+
+    /// Where the runtime listens.
+    pub fn local_endpoint(&self) -> &Endpoint {
+        self.server.local_endpoint()
+    }
+
+    /// The registry of provided methods.
+    pub fn registry(&self) -> &Registry {
+        &self.state.registry
+    }
+
+    /// The token `sys.shutdown` requires (also in `runtime.token` in the state directory).
+    pub fn shutdown_token(&self) -> &str {
+        &self.state.token
+    }
+
+    /// Resolves when someone called `sys.shutdown` with the right token.
+    pub async fn shutdown_requested(&self) {
+        let mut rx = self.shutdown_rx.clone();
+        let _ = rx.wait_for(|v| *v).await;
+    }
+
+    /// Graceful shutdown: stop accepting, finish calls in flight within the drain
+    /// timeout, tell every peer.
+    pub async fn shutdown(&self) {
+        self.server.shutdown().await;
+    }
+}

@@ -1,0 +1,126 @@
+//! Who provides which method: providers register methods on their connection; calls are
+//! routed to the provider with the fewest calls outstanding.
+
+use std::collections::BTreeMap;
+use std::sync::RwLock;
+
+use polycall_core::{MethodInfo, MethodName, ServiceName};
+use polycall_net::ConnectionHandle;
+
+/// One provider of one method.
+#[derive(Debug, Clone)]
+pub struct Provision {
+    /// The provider's connection.
+    pub connection: ConnectionHandle,
+    /// A number naming the provider (its connection) in `sys.describe`.
+    pub provider_id: u64,
+    /// What the provider says about the method.
+    pub info: MethodInfo,
+}
+
+/// The registry of provided methods.
+#[derive(Debug, Default)]
+pub struct Registry {
+    methods: RwLock<BTreeMap<(ServiceName, MethodName), Vec<Provision>>>,
+}
+
+impl Registry {
+    /// Adds `provider_id` as a provider of each method (again: replaces its info).
+    pub fn register(
+        &self,
+        provision: &[(ServiceName, MethodName, MethodInfo)],
+        connection: &ConnectionHandle,
+        provider_id: u64,
+    ) {
+        let mut m = self.methods.write().unwrap_or_else(|e| e.into_inner());
+        for (s, n, info) in provision {
+            let list = m.entry((s.clone(), n.clone())).or_default();
+            list.retain(|p| p.provider_id != provider_id);
+            list.push(Provision {
+                connection: connection.clone(),
+                provider_id,
+                info: info.clone(),
+            });
+        }
+    }
+
+    /// Removes `provider_id` from the given methods; returns those it did not provide.
+    pub fn unregister(
+        &self,
+        methods: &[(ServiceName, MethodName)],
+        provider_id: u64,
+    ) -> Vec<String> {
+        let mut m = self.methods.write().unwrap_or_else(|e| e.into_inner());
+        let mut missing = Vec::new();
+        for key in methods {
+            let found = match m.get_mut(key) {
+                Some(list) => {
+                    let before = list.len();
+                    list.retain(|p| p.provider_id != provider_id);
+                    let found = list.len() != before;
+                    if list.is_empty() {
+                        m.remove(key);
+                    }
+                    found
+                }
+                None => false,
+            };
+            if !found {
+                missing.push(format!("{}.{}", key.0, key.1));
+            }
+        }
+        missing
+    }
+
+    /// Removes every method of `provider_id` (its connection ended).
+    pub fn remove_provider(&self, provider_id: u64) {
+        let mut m = self.methods.write().unwrap_or_else(|e| e.into_inner());
+        m.retain(|_, list| {
+            list.retain(|p| p.provider_id != provider_id);
+            !list.is_empty()
+        });
+    }
+
+    /// The live provider of `service.method` with the fewest calls outstanding.
+    pub fn pick(&self, service: &str, method: &str) -> Option<ConnectionHandle> {
+        let m = self.methods.read().unwrap_or_else(|e| e.into_inner());
+        let key = (
+            ServiceName::new(service).ok()?,
+            MethodName::new(method).ok()?,
+        );
+        m.get(&key)?
+            .iter()
+            .filter(|p| !p.connection.is_closed() && !p.connection.is_going_away())
+            .min_by_key(|p| p.connection.in_flight())
+            .map(|p| p.connection.clone())
+    }
+
+    /// Whether any provider serves a method of `service`.
+    pub fn has_service(&self, service: &str) -> bool {
+        let m = self.methods.read().unwrap_or_else(|e| e.into_inner());
+        m.keys().any(|(s, _)| s.as_str() == service)
+    }
+
+    /// Every provided method with its providers' ids.
+    pub fn snapshot(&self) -> Vec<(String, MethodInfo, Vec<u64>)> {
+        let m = self.methods.read().unwrap_or_else(|e| e.into_inner());
+        m.iter()
+            .map(|((s, n), list)| {
+                (
+                    format!("{s}.{n}"),
+                    list[0].info.clone(),
+                    list.iter().map(|p| p.provider_id).collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Number of distinct providers.
+    pub fn providers(&self) -> usize {
+        let m = self.methods.read().unwrap_or_else(|e| e.into_inner());
+        let mut ids: Vec<u64> = m.values().flatten().map(|p| p.provider_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len()
+    }
+}

@@ -1,0 +1,467 @@
+//! The runtime end to end on loopback: providers, routing, balancing, failure of a
+//! provider, hostile clients, large payloads beside small calls.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use polycall_core::{Call, Code, Metadata, MethodInfo, Payload, Reply, Router, handler_fn};
+use polycall_net::{Channel, ChannelConfig, Endpoint};
+use polycall_runtime::{Provider, Runtime, RuntimeConfig};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn runtime() -> (Runtime, Endpoint, tempdir::Dir) {
+    let dir = tempdir::Dir::new();
+    let mut config = RuntimeConfig::default();
+    config.endpoint = "127.0.0.1:0".parse().unwrap();
+    config.state_dir = dir.path.clone();
+    config.server.connection.handshake_timeout = Duration::from_millis(500);
+    config.server.connection.frame_timeout = Duration::from_millis(500);
+    config.server.connection.write_stall_timeout = Duration::from_millis(500);
+    let rt = Runtime::start(config).await.unwrap();
+    let ep = rt.local_endpoint().clone();
+    (rt, ep, dir)
+}
+
+mod tempdir {
+    pub struct Dir {
+        pub path: std::path::PathBuf,
+    }
+    impl Dir {
+        pub fn new() -> Self {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "polycall-test-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            Self { path }
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+fn call(name: &str, json: serde_json::Value) -> Call {
+    Call::new(name, Payload::json(&json).unwrap()).unwrap()
+}
+
+fn inventory(tag: &'static str, served: Arc<AtomicUsize>) -> Router {
+    Router::new()
+        .route(
+            "inventory.get",
+            MethodInfo::new("reads an item").input(r#"{"item_id": string}"#).idempotent(true),
+            handler_fn(move |c: Call| {
+                let served = served.clone();
+                async move {
+                    served.fetch_add(1, Ordering::SeqCst);
+                    let v: serde_json::Value = c.payload.to_json().unwrap();
+                    if v.get("sleep_ms").is_some() {
+                        tokio::time::sleep(Duration::from_millis(v["sleep_ms"].as_u64().unwrap())).await;
+                    }
+                    Ok(Reply::new(Payload::json(&serde_json::json!({"item_id": v["item_id"], "quantity": 42, "by": tag})).unwrap()))
+                }
+            }),
+        )
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn providers_register_and_calls_are_routed_and_balanced() {
+    let (rt, ep, _dir) = runtime().await;
+    let (a_hits, b_hits) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let a = Provider::start(ep.clone(), inventory("a", a_hits.clone()))
+        .await
+        .unwrap();
+    let b = Provider::start(ep.clone(), inventory("b", b_hits.clone()))
+        .await
+        .unwrap();
+    let client = Channel::connect(ep.clone()).await.unwrap();
+
+    let reply = client
+        .call(call(
+            "inventory.get",
+            serde_json::json!({"item_id": "widget-a"}),
+        ))
+        .await
+        .unwrap();
+    let v: serde_json::Value = reply.payload.to_json().unwrap();
+    assert_eq!(v["quantity"], 42);
+
+    // 40 concurrent slow calls: least-outstanding balancing spreads them over both.
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let c = client.clone();
+        tasks.push(tokio::spawn(async move {
+            c.call(call(
+                "inventory.get",
+                serde_json::json!({"item_id": "x", "sleep_ms": 50}),
+            ))
+            .await
+            .unwrap()
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (na, nb) = (a_hits.load(Ordering::SeqCst), b_hits.load(Ordering::SeqCst));
+    assert_eq!(na + nb, 41);
+    assert!(na >= 15 && nb >= 15, "unbalanced: a={na} b={nb}");
+
+    // sys.describe shows who provides what.
+    let d: serde_json::Value = client
+        .call(call("sys.describe", serde_json::json!({})))
+        .await
+        .unwrap()
+        .payload
+        .to_json()
+        .unwrap();
+    let inv = d["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "inventory.get")
+        .unwrap();
+    assert_eq!(inv["provided_by"].as_array().unwrap().len(), 2);
+    assert_eq!(inv["idempotent"], true);
+    assert!(
+        d["methods"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "sys.ping" && m["provided_by"] == "runtime")
+    );
+
+    // Unknown methods are typed.
+    let err = client
+        .call(call("inventory.put", serde_json::json!({})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, Code::UnknownMethod);
+
+    a.stop().await;
+    b.stop().await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_killed_mid_call_fails_the_call_at_once_and_the_runtime_goes_on() {
+    let (rt, ep, _dir) = runtime().await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let provider = Provider::start(ep.clone(), inventory("doomed", hits.clone()))
+        .await
+        .unwrap();
+    let client = Channel::connect(ep.clone()).await.unwrap();
+    let pending = tokio::spawn({
+        let c = client.clone();
+        async move {
+            let r = c
+                .call(call(
+                    "inventory.get",
+                    serde_json::json!({"item_id": "x", "sleep_ms": 10_000}),
+                ))
+                .await;
+            (r, Instant::now())
+        }
+    });
+    while hits.load(Ordering::SeqCst) == 0 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // Kill: the provider's socket goes away without a goodbye.
+    let killed_at = Instant::now();
+    provider.stop().await;
+    let (result, failed_at) = pending.await.unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(err.code, Code::Unavailable, "{err}");
+    let took = failed_at - killed_at;
+    assert!(
+        took < Duration::from_millis(100),
+        "the caller waited {took:?}"
+    );
+    // Everyone else is still served, and the method is gone from the registry.
+    let pong = client
+        .call(call("sys.ping", serde_json::json!({})))
+        .await
+        .unwrap();
+    assert!(
+        pong.payload.to_json::<serde_json::Value>().unwrap()["pong"]
+            .as_bool()
+            .unwrap()
+    );
+    let err = client
+        .call(call("inventory.get", serde_json::json!({"item_id": "x"})))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, Code::UnknownMethod);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_runtime_forwards_the_remaining_deadline() {
+    let (rt, ep, _dir) = runtime().await;
+    let seen = Arc::new(std::sync::Mutex::new(None));
+    let seen2 = seen.clone();
+    let router = Router::new()
+        .route(
+            "clock.remaining",
+            MethodInfo::new("reports the deadline it received"),
+            handler_fn(move |c: Call| {
+                let seen = seen2.clone();
+                async move {
+                    *seen.lock().unwrap() =
+                        c.metadata.deadline.map(|d| d.remaining(Instant::now()));
+                    Ok(Reply::default())
+                }
+            }),
+        )
+        .unwrap();
+    let provider = Provider::start(ep.clone(), router).await.unwrap();
+    let client = Channel::connect(ep).await.unwrap();
+    let md = Metadata::default().with_timeout(Instant::now(), Duration::from_millis(800));
+    client
+        .call(
+            Call::new("clock.remaining", Payload::empty())
+                .unwrap()
+                .with_metadata(md),
+        )
+        .await
+        .unwrap();
+    let left = seen.lock().unwrap().expect("the provider saw a deadline");
+    assert!(
+        left <= Duration::from_millis(800) && left > Duration::from_millis(500),
+        "{left:?}"
+    );
+    provider.stop().await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_calls_stay_fast_beside_a_64_mib_payload_on_one_connection() {
+    let (rt, ep, _dir) = runtime().await;
+    let client = Channel::connect(ep).await.unwrap(); // one connection for everything
+    let big = Payload::raw(vec![0xabu8; 64 * 1024 * 1024]);
+    let mut latencies = Vec::new();
+    let mut big_calls = 0;
+    // 64 MiB echoes one after another; small calls run only while one is in flight, so
+    // every sample shares the connection with a huge transfer.
+    while latencies.len() < 200 && big_calls < 20 {
+        big_calls += 1;
+        let big_call = tokio::spawn({
+            let (c, big) = (client.clone(), big.clone());
+            async move { c.call(Call::new("debug.echo", big).unwrap()).await }
+        });
+        while !big_call.is_finished() {
+            let t = Instant::now();
+            let r = client
+                .call(Call::new("debug.echo", Payload::raw(vec![7u8; 64])).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(r.payload.len(), 64);
+            if !big_call.is_finished() {
+                latencies.push(t.elapsed());
+            }
+        }
+        let reply = big_call.await.unwrap().unwrap();
+        assert_eq!(reply.payload.len(), 64 * 1024 * 1024);
+        assert_eq!(
+            reply.payload.bytes, big.bytes,
+            "the big payload came back intact"
+        );
+    }
+    assert!(
+        latencies.len() >= 100,
+        "only {} small calls overlapped {big_calls} big ones",
+        latencies.len()
+    );
+    latencies.sort();
+    let p99 = latencies[latencies.len() * 99 / 100];
+    eprintln!(
+        "small calls beside 64 MiB echoes: {} calls during {big_calls} big calls, p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        latencies[latencies.len() / 2],
+        p99,
+        latencies[latencies.len() - 1]
+    );
+    assert!(
+        p99 < Duration::from_millis(50),
+        "p99 {p99:?} over {} small calls",
+        latencies.len()
+    );
+    rt.shutdown().await;
+}
+
+async fn healthy(ep: &Endpoint) {
+    let c = Channel::connect(ep.clone()).await.unwrap();
+    let r = c
+        .call(Call::new("debug.echo", Payload::raw("still here")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(&r.payload.bytes[..], b"still here");
+}
+
+async fn read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return all,
+            Ok(Ok(n)) => all.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the runtime did not close the connection"),
+        }
+    }
+}
+
+fn tcp_addr(ep: &Endpoint) -> String {
+    ep.to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_clients_are_dropped_alone() {
+    let (rt, ep, _dir) = runtime().await;
+    let steady = Channel::connect(ep.clone()).await.unwrap();
+    let steady_calls = tokio::spawn({
+        let c = steady.clone();
+        async move {
+            let mut n = 0;
+            for _ in 0..200 {
+                c.call(Call::new("debug.echo", Payload::raw("x")).unwrap())
+                    .await
+                    .unwrap();
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            n
+        }
+    });
+
+    // 1. Garbage instead of the preface: told what it reached, then closed.
+    let mut s = TcpStream::connect(tcp_addr(&ep)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_until_closed(&mut s).await;
+    assert!(
+        got.starts_with(&polycall_proto::PREFACE),
+        "the answer is a polycall error frame"
+    );
+    assert!(String::from_utf8_lossy(&got).contains("not the polycall preface"));
+
+    // 2. A valid handshake, then a frame header announcing 1 GiB: refused on the header.
+    let mut s = TcpStream::connect(tcp_addr(&ep)).await.unwrap();
+    let mut hello = polycall_proto::PREFACE.to_vec();
+    hello.extend_from_slice(
+        &polycall_proto::Frame::Hello(polycall_proto::Settings::default().hello()).to_bytes(false),
+    );
+    s.write_all(&hello).await.unwrap();
+    let mut header = Vec::new();
+    header.extend_from_slice(&(1u32 << 30).to_le_bytes());
+    header.extend_from_slice(&[0x10, 0, 0, 0, 1, 0, 0, 0]);
+    s.write_all(&header).await.unwrap();
+    let got = read_until_closed(&mut s).await;
+    assert!(String::from_utf8_lossy(&got).contains("exceeds the negotiated maximum"));
+
+    // 3. A trickler: one byte of the preface at a time, too slowly.
+    let mut s = TcpStream::connect(tcp_addr(&ep)).await.unwrap();
+    let t = Instant::now();
+    for b in polycall_proto::PREFACE.iter().take(3) {
+        if s.write_all(&[*b]).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let _ = read_until_closed(&mut s).await;
+    assert!(
+        t.elapsed() < Duration::from_secs(3),
+        "the trickler was cut off by the handshake timeout"
+    );
+
+    // 4. A trickler after the handshake: a frame started and never finished.
+    let mut s = TcpStream::connect(tcp_addr(&ep)).await.unwrap();
+    s.write_all(&hello).await.unwrap();
+    s.write_all(&[20, 0]).await.unwrap();
+    let got = read_until_closed(&mut s).await;
+    assert!(String::from_utf8_lossy(&got).contains("did not complete it"));
+
+    // 5. A client that sends calls and never reads the replies.
+    let mut s = TcpStream::connect(tcp_addr(&ep)).await.unwrap();
+    s.write_all(&hello).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let mut got = 0;
+    while got < 8 + polycall_proto::frame::HEADER_LEN {
+        got += s.read(&mut buf[got..]).await.unwrap(); // preface + welcome
+    }
+    let crc = true;
+    let (svc, m) = polycall_core::split_full_name("debug.echo").unwrap();
+    let big = bytes::Bytes::from(vec![1u8; 200 * 1024]);
+    let mut sent = 0;
+    'outer: for i in 0..200u32 {
+        let f = polycall_proto::Frame::Call(polycall_proto::frame::CallFrame {
+            call_id: 2 * i + 1,
+            method: polycall_proto::frame::MethodRef {
+                id: 0,
+                name: Some((svc.clone(), m.clone())),
+            },
+            content_type: polycall_core::ContentType::Raw,
+            compression: polycall_proto::compress::Algorithm::None,
+            meta: polycall_proto::WireMeta::default(),
+            more: true,
+            message_len: Some(200 * 1024),
+            stream: false,
+            payload: big.slice(..100 * 1024),
+        });
+        let g = polycall_proto::Frame::Data(polycall_proto::frame::DataFrame {
+            call_id: 2 * i + 1,
+            first: None,
+            more: false,
+            message_len: None,
+            payload: big.slice(..100 * 1024),
+        });
+        for fr in [f, g] {
+            match tokio::time::timeout(Duration::from_millis(200), s.write_all(&fr.to_bytes(crc)))
+                .await
+            {
+                Ok(Ok(())) => sent += 1,
+                _ => break 'outer,
+            }
+        }
+    }
+    assert!(sent > 0);
+    // The runtime stops it: its writes stall, and it is disconnected after the stall timeout.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut closed = false;
+    for _ in 0..50 {
+        match tokio::time::timeout(Duration::from_millis(100), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            _ => {}
+        }
+    }
+    // Reading now drains what the runtime managed to send before it gave up; the end of
+    // the stream must come.
+    if !closed {
+        let _ = read_until_closed(&mut s).await;
+    }
+
+    // Throughout, the steady client was served.
+    assert_eq!(steady_calls.await.unwrap(), 200);
+    healthy(&ep).await;
+    rt.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_channel_to_nowhere_fails_fast_and_typed() {
+    let mut cfg = ChannelConfig::default();
+    cfg.connect_timeout = Duration::from_millis(500);
+    let err = Channel::with_config("127.0.0.1:1".parse().unwrap(), cfg)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code, Code::Unavailable);
+    assert!(err.message.contains("cannot connect"), "{err}");
+}
