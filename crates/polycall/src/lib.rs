@@ -8,9 +8,13 @@
 //! |---|---|---|
 //! | always | [`core`] and the root | `polycall-core`: names, calls, status, metadata, router |
 //! | `proto` (default) | [`proto`] | `polycall-proto`: the wire protocol, sans-IO |
+//! | `net` (default) | [`net`] | `polycall-net`: TCP / Unix transports, connections, `Channel`, `Server` |
+//! | `runtime` | [`runtime`] | `polycall-runtime`: the embeddable runtime and `Provider` |
+//! | `full` | all of the above | |
 //!
-//! Transports, the runtime, security, state machines and the rest arrive as their own
-//! crates and features.
+//! Security, state machines, configuration and the rest arrive as their own crates and
+//! features. Runnable examples: `cargo run -p polycall --features runtime --example
+//! provider` and `--example client`.
 //!
 //! ```
 //! use polycall::{Call, Payload};
@@ -24,3 +28,9 @@ pub use polycall_core::*;
 
 #[cfg(feature = "proto")]
 pub use polycall_proto as proto;
+
+#[cfg(feature = "net")]
+pub use polycall_net as net;
+
+#[cfg(feature = "runtime")]
+pub use polycall_runtime as runtime;

@@ -1,0 +1,272 @@
+//! Commands that talk to a running runtime: `call`, `describe`, `status`, `stop`.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use polycall::net::{Channel, ChannelConfig, Endpoint};
+use polycall::{Call, ContentType, Metadata, Payload, Status};
+use serde_json::{Value, json};
+
+use crate::Target;
+use crate::output::{Out, exit};
+
+/// Arguments of `polycall call`.
+#[derive(Debug, clap::Args)]
+pub struct CallArgs {
+    /// The method: SERVICE.METHOD (or SERVICE, with OPERATION next, as libpolycall took it).
+    method: String,
+    /// The operation, when SERVICE was given alone.
+    operation: Option<String>,
+    #[command(flatten)]
+    target: Target,
+    /// The input as a JSON document.
+    #[arg(long, visible_alias = "input-value", conflicts_with_all = ["input", "raw"])]
+    json: Option<String>,
+    /// Read the input from FILE, or from standard input with `-` (JSON when it parses as
+    /// JSON, raw bytes otherwise).
+    #[arg(long, conflicts_with = "raw")]
+    input: Option<String>,
+    /// The input as raw bytes (this text, as is).
+    #[arg(long)]
+    raw: Option<String>,
+    /// Mark the call idempotent.
+    #[arg(long)]
+    idempotent: bool,
+}
+
+/// The runtime's endpoint: `--endpoint`, else the state directory's record, else the
+/// default.
+fn resolve(target: &Target) -> Result<Endpoint, Status> {
+    let text = match &target.endpoint {
+        Some(e) => e.clone(),
+        None => std::fs::read_to_string(target.state_dir.join("runtime.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["endpoint"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| polycall::runtime::DEFAULT_ENDPOINT.to_owned()),
+    };
+    text.parse()
+        .map_err(|e| Status::invalid_input(format!("{e}")))
+}
+
+async fn connect(target: &Target, timeout: Duration) -> Result<Channel, Status> {
+    let endpoint = resolve(target)?;
+    let config = ChannelConfig {
+        connect_timeout: timeout.min(Duration::from_secs(5)),
+        ..ChannelConfig::default()
+    };
+    Channel::with_config(endpoint, config).await
+}
+
+fn input_payload(args: &CallArgs) -> Result<Payload, Status> {
+    if let Some(j) = &args.json {
+        let v: Value = serde_json::from_str(j)
+            .map_err(|e| Status::invalid_input(format!("--json is not valid JSON: {e}")))?;
+        return Payload::json(&v).map_err(|e| Status::invalid_input(e.to_string()));
+    }
+    if let Some(r) = &args.raw {
+        return Ok(Payload::raw(r.clone().into_bytes()));
+    }
+    if let Some(f) = &args.input {
+        let mut bytes = Vec::new();
+        let read = if f == "-" {
+            std::io::stdin().read_to_end(&mut bytes).map(|_| ())
+        } else {
+            std::fs::read(f).map(|b| bytes = b)
+        };
+        read.map_err(|e| Status::invalid_input(format!("cannot read {f}: {e}")))?;
+        let is_json = serde_json::from_slice::<Value>(&bytes).is_ok();
+        return Ok(Payload::new(
+            bytes,
+            if is_json {
+                ContentType::Json
+            } else {
+                ContentType::Raw
+            },
+        ));
+    }
+    Ok(Payload::json(&json!({})).unwrap_or_default())
+}
+
+async fn invoke(
+    channel: &Channel,
+    name: &str,
+    payload: Payload,
+    timeout: Duration,
+    idempotent: bool,
+) -> Result<Payload, Status> {
+    let mut md = Metadata::default().with_timeout(Instant::now(), timeout);
+    md.idempotent = idempotent;
+    let call = Call::new(name, payload)
+        .map_err(|e| Status::invalid_input(e.to_string()))?
+        .with_metadata(md);
+    channel.call(call).await.map(|r| r.payload)
+}
+
+fn payload_json(p: &Payload) -> Value {
+    match p.content_type {
+        ContentType::Json => p.to_json().unwrap_or_else(
+            |_| json!({"content_type": "json", "text": String::from_utf8_lossy(&p.bytes)}),
+        ),
+        _ => match std::str::from_utf8(&p.bytes) {
+            Ok(t) => json!({"content_type": p.content_type.name(), "text": t}),
+            Err(_) => {
+                json!({"content_type": p.content_type.name(), "hex": p.bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()})
+            }
+        },
+    }
+}
+
+pub async fn call(args: CallArgs, timeout: Duration, out: Out) -> u8 {
+    let name = match &args.operation {
+        Some(op) => format!("{}.{op}", args.method),
+        None => args.method.clone(),
+    };
+    let payload = match input_payload(&args) {
+        Ok(p) => p,
+        Err(s) => return out.fail_with("call", &s, exit::INPUT),
+    };
+    if let Err(e) = polycall::split_full_name(&name) {
+        return out.fail_with("call", &Status::invalid_input(e.to_string()), exit::INPUT);
+    }
+    let result = async {
+        let channel = connect(&args.target, timeout).await?;
+        invoke(&channel, &name, payload, timeout, args.idempotent).await
+    }
+    .await;
+    match result {
+        Ok(reply) => {
+            if out.format == crate::output::Format::Text && reply.content_type != ContentType::Json
+            {
+                if !out.quiet {
+                    let mut stdout = std::io::stdout();
+                    let _ = stdout.write_all(&reply.bytes);
+                    let _ = stdout.flush();
+                }
+                return exit::OK;
+            }
+            let data = payload_json(&reply);
+            out.ok("call", data.clone(), || {
+                serde_json::to_string_pretty(&data).unwrap_or_default()
+            })
+        }
+        Err(s) => out.fail("call", &s),
+    }
+}
+
+pub async fn describe(target: Target, timeout: Duration, out: Out) -> u8 {
+    let result = async {
+        let channel = connect(&target, timeout).await?;
+        invoke(&channel, "sys.describe", Payload::empty(), timeout, true).await
+    }
+    .await;
+    match result {
+        Ok(p) => {
+            let data = payload_json(&p);
+            out.ok("describe", data.clone(), || {
+                let mut lines = vec![format!(
+                    "{:<28} {:<20} {:<10} {}",
+                    "METHOD", "PROVIDED BY", "IDEMPOTENT", "SUMMARY"
+                )];
+                for m in data["methods"].as_array().into_iter().flatten() {
+                    let by = match &m["provided_by"] {
+                        Value::String(s) => s.clone(),
+                        Value::Array(a) => a
+                            .iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join(","),
+                        _ => String::new(),
+                    };
+                    lines.push(format!(
+                        "{:<28} {:<20} {:<10} {}",
+                        m["name"].as_str().unwrap_or(""),
+                        by,
+                        if m["idempotent"].as_bool().unwrap_or(false) {
+                            "yes"
+                        } else {
+                            "no"
+                        },
+                        m["summary"].as_str().unwrap_or("")
+                    ));
+                }
+                lines.join("\n")
+            })
+        }
+        Err(s) => out.fail("describe", &s),
+    }
+}
+
+pub async fn status(target: Target, timeout: Duration, out: Out) -> u8 {
+    let result = async {
+        let channel = connect(&target, timeout).await?;
+        invoke(&channel, "sys.health", Payload::empty(), timeout, true).await
+    }
+    .await;
+    match result {
+        Ok(p) => {
+            let data = payload_json(&p);
+            out.ok("status", data.clone(), || {
+                format!(
+                    "runtime {} at {}: up {:.1}s, {} connections, {} providers, {} methods",
+                    data["status"].as_str().unwrap_or("?"),
+                    data["endpoint"].as_str().unwrap_or("?"),
+                    data["uptime_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                    data["connections"],
+                    data["providers"],
+                    data["methods"]
+                )
+            })
+        }
+        Err(s) => out.fail("status", &s),
+    }
+}
+
+pub async fn stop(target: Target, token: Option<String>, timeout: Duration, out: Out) -> u8 {
+    let token = match token {
+        Some(t) => t,
+        None => match std::fs::read_to_string(target.state_dir.join("runtime.token")) {
+            Ok(t) => t.trim().to_owned(),
+            Err(e) => {
+                let s = Status::unauthenticated(format!(
+                    "no token: cannot read {}: {e}; pass --token or --state-dir",
+                    target.state_dir.join("runtime.token").display()
+                ));
+                return out.fail("stop", &s);
+            }
+        },
+    };
+    let endpoint = match resolve(&target) {
+        Ok(e) => e,
+        Err(s) => return out.fail_with("stop", &s, exit::INPUT),
+    };
+    let result = async {
+        let channel = connect(&target, timeout).await?;
+        let payload =
+            Payload::json(&json!({"token": token})).map_err(|e| Status::internal(e.to_string()))?;
+        invoke(&channel, "sys.shutdown", payload, timeout, false).await
+    }
+    .await;
+    match result {
+        Ok(_) => {
+            // Wait (within the timeout) until the runtime is gone.
+            let deadline = Instant::now() + timeout;
+            while Instant::now() < deadline {
+                let probe = ChannelConfig {
+                    connect_timeout: Duration::from_millis(200),
+                    ..ChannelConfig::default()
+                };
+                if Channel::with_config(endpoint.clone(), probe).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            out.ok(
+                "stop",
+                json!({"endpoint": endpoint.to_string(), "stopped": true}),
+                || format!("stopped the runtime at {endpoint}"),
+            )
+        }
+        Err(s) => out.fail("stop", &s),
+    }
+}

@@ -1,0 +1,125 @@
+//! `polycall`: run the runtime, call methods, and look inside.
+//!
+//! Exit codes (libpolycall's contract): 0 ok, 1 runtime error, 2 usage, 3 config or
+//! invalid input, 4 unsupported or unknown operation, 5 transport, 6 deadline, 7 auth,
+//! 130 interrupted.
+
+mod client;
+mod demo;
+mod output;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use output::{Format, Out};
+
+/// polycall: a polyglot call runtime.
+#[derive(Debug, Parser)]
+#[command(name = "polycall", version, about, long_about = None)]
+struct Cli {
+    /// A configuration file (configuration files arrive with the configuration work).
+    #[arg(long, global = true, env = "POLYCALL_CONFIG")]
+    config: Option<PathBuf>,
+    /// Output for people (text) or for programs (one JSON object).
+    #[arg(long, global = true, value_enum, default_value = "text")]
+    format: Format,
+    /// Print nothing on success.
+    #[arg(long, short, global = true)]
+    quiet: bool,
+    /// Give up on a call after this many milliseconds.
+    #[arg(long, global = true, default_value_t = 30_000)]
+    timeout_ms: u64,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where a command finds the runtime.
+#[derive(Debug, clap::Args)]
+pub(crate) struct Target {
+    /// The runtime's endpoint (HOST:PORT or unix:PATH); default: the one recorded in the
+    /// state directory, else 127.0.0.1:7464.
+    #[arg(long, env = "POLYCALL_ENDPOINT")]
+    pub(crate) endpoint: Option<String>,
+    /// The runtime's state directory.
+    #[arg(long, default_value = ".polycall", env = "POLYCALL_STATE_DIR")]
+    pub(crate) state_dir: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the runtime in the foreground (loopback, no configuration needed).
+    Run(run::RunArgs),
+    /// Call a method: `polycall call debug.echo --json '{"a": 1}'`.
+    Call(client::CallArgs),
+    /// List the methods served and who provides them.
+    Describe {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Show whether the runtime is up, and its numbers.
+    Status {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Stop the runtime gracefully (needs its token, read from the state directory).
+    Stop {
+        #[command(flatten)]
+        target: Target,
+        /// The shutdown token (default: STATE_DIR/runtime.token).
+        #[arg(long, env = "POLYCALL_TOKEN")]
+        token: Option<String>,
+    },
+    /// A runtime, a provider and a few calls in one process: a first look at polycall.
+    Demo,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let out = Out {
+        format: cli.format,
+        quiet: cli.quiet,
+    };
+    // The demo prints its own story; the runtime inside it keeps quiet.
+    let level = if cli.quiet || matches!(cli.command, Command::Demo) {
+        "warn"
+    } else {
+        "info"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("POLYCALL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    if let Some(path) = &cli.config {
+        let status = polycall::Status::unsupported(format!(
+            "--config {}: configuration files are not supported by this build yet; the runtime runs on embedded defaults",
+            path.display()
+        ));
+        return ExitCode::from(out.fail("config", &status));
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(output::exit::RUNTIME);
+        }
+    };
+    let timeout = std::time::Duration::from_millis(cli.timeout_ms);
+    let code = runtime.block_on(async move {
+        match cli.command {
+            Command::Run(args) => run::run(args, out).await,
+            Command::Call(args) => client::call(args, timeout, out).await,
+            Command::Describe { target } => client::describe(target, timeout, out).await,
+            Command::Status { target } => client::status(target, timeout, out).await,
+            Command::Stop { target, token } => client::stop(target, token, timeout, out).await,
+            Command::Demo => demo::demo(out).await,
+        }
+    });
+    ExitCode::from(code)
+}
