@@ -13,9 +13,11 @@ use tokio::net::TcpStream;
 
 async fn runtime() -> (Runtime, Endpoint, tempdir::Dir) {
     let dir = tempdir::Dir::new();
-    let mut config = RuntimeConfig::default();
-    config.endpoint = "127.0.0.1:0".parse().unwrap();
-    config.state_dir = dir.path.clone();
+    let mut config = RuntimeConfig {
+        endpoint: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.path.clone(),
+        ..RuntimeConfig::default()
+    };
     config.server.connection.handshake_timeout = Duration::from_millis(500);
     config.server.connection.frame_timeout = Duration::from_millis(500);
     config.server.connection.write_stall_timeout = Duration::from_millis(500);
@@ -457,8 +459,10 @@ async fn hostile_clients_are_dropped_alone() {
 
 #[tokio::test]
 async fn a_channel_to_nowhere_fails_fast_and_typed() {
-    let mut cfg = ChannelConfig::default();
-    cfg.connect_timeout = Duration::from_millis(500);
+    let cfg = ChannelConfig {
+        connect_timeout: Duration::from_millis(500),
+        ..ChannelConfig::default()
+    };
     let err = Channel::with_config("127.0.0.1:1".parse().unwrap(), cfg)
         .await
         .unwrap_err();

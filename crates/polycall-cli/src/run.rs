@@ -34,9 +34,11 @@ pub async fn run(args: RunArgs, out: Out) -> u8 {
         Ok(e) => e,
         Err(e) => return out.fail("run", &Status::invalid_input(format!("{e}"))),
     };
-    let mut config = RuntimeConfig::default();
-    config.endpoint = endpoint;
-    config.state_dir = args.state_dir.clone();
+    let mut config = RuntimeConfig {
+        endpoint,
+        state_dir: args.state_dir.clone(),
+        ..RuntimeConfig::default()
+    };
     config.server.max_connections = args.max_connections;
     config.server.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
     let runtime = match Runtime::start(config).await {

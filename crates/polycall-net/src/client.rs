@@ -204,16 +204,16 @@ impl Channel {
         let mut best: Option<ConnectionHandle> = None;
         let mut dead = Vec::new();
         for (i, slot) in self.inner.slots.iter().enumerate() {
-            match slot.try_lock() {
-                Ok(s) => match &s.handle {
+            // A slot being (re)connected by another caller is skipped.
+            if let Ok(s) = slot.try_lock() {
+                match &s.handle {
                     Some(h) if !h.is_closed() && !h.is_going_away() => {
                         if best.as_ref().is_none_or(|b| h.in_flight() < b.in_flight()) {
                             best = Some(h.clone());
                         }
                     }
                     _ => dead.push(i),
-                },
-                Err(_) => {} // being (re)connected by another caller
+                }
             }
         }
         if let Some(b) = &best

@@ -25,6 +25,7 @@ fn call(size: usize) -> Frame {
             ..WireMeta::default()
         },
         more: false,
+        message_len: None,
         stream: false,
         payload: Bytes::from((0..size).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>()),
     })
@@ -52,13 +53,15 @@ fn benches(c: &mut Criterion) {
                             })
                         });
                     }
-                    1 => g.bench_function(&id, |b| {
-                        b.iter_batched(
-                            || BytesMut::from(&encoded[..]),
-                            |mut buf| black_box(frame::decode(&mut buf, max, crc).unwrap()),
-                            BatchSize::SmallInput,
-                        )
-                    }),
+                    1 => {
+                        g.bench_function(&id, |b| {
+                            b.iter_batched(
+                                || BytesMut::from(&encoded[..]),
+                                |mut buf| black_box(frame::decode(&mut buf, max, crc).unwrap()),
+                                BatchSize::SmallInput,
+                            )
+                        });
+                    }
                     _ => {
                         let mut out = FrameBuf::new();
                         let mut chunks = Vec::with_capacity(4);

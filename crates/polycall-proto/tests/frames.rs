@@ -76,15 +76,15 @@ fn meta() -> impl Strategy<Value = WireMeta> {
         .prop_map(|(t, p, tr, idem, key, principal, ext)| WireMeta {
             timeout: t.map(Duration::from_micros),
             priority: p,
-            trace: tr.and_then(|(mut id, mut parent, flags, state)| {
+            trace: tr.map(|(mut id, mut parent, flags, state)| {
                 id[0] |= 1;
                 parent[0] |= 1;
-                Some(TraceContext {
+                TraceContext {
                     trace_id: id,
                     parent_id: parent,
                     flags,
                     tracestate: state,
-                })
+                }
             }),
             idempotent: idem,
             idempotency_key: key,
@@ -327,9 +327,8 @@ proptest! {
         bytes[i] ^= 1 << bit;
         // A flip in the length field may make the frame look incomplete; any other flip
         // must be refused, never decoded into a different frame.
-        match decode_all(&bytes, true) {
-            Ok(Some(g)) => prop_assert!(false, "corrupted frame decoded as {g:?}"),
-            Ok(None) | Err(_) => {}
+        if let Ok(Some(g)) = decode_all(&bytes, true) {
+            prop_assert!(false, "corrupted frame decoded as {g:?}");
         }
     }
 
