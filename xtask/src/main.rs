@@ -3,6 +3,7 @@
 //! ```text
 //! cargo xtask ci                      everything CI checks: fmt, clippy, tests, doctests, ring guard
 //! cargo xtask bench proto [--quick]   framing and compression benchmarks → target/bench/
+//! cargo xtask bench memory            runtime RSS idle and with 1,000 idle connections
 //! cargo xtask fuzz [TARGET] [--runs N] [--seconds S]
 //!                                     cargo-fuzz targets under fuzz/ (default: all, 1,000,000 runs each)
 //! ```
@@ -135,7 +136,11 @@ fn bench(args: &[String]) -> Result<()> {
     let quick = args.iter().any(|a| a == "--quick");
     match args.first().map(String::as_str) {
         Some("proto") => bench_proto(quick),
-        other => bail!("unknown bench {other:?}; available: proto"),
+        Some("memory") => run(
+            "runtime memory benchmark",
+            cargo().args(["bench", "-p", "polycall-cli", "--bench", "memory"]),
+        ),
+        other => bail!("unknown bench {other:?}; available: proto, memory"),
     }
 }
 

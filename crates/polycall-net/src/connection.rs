@@ -323,6 +323,7 @@ impl PendingConnection {
             out: VecDeque::new(),
             out_front: 0,
             link,
+            read_size: MIN_READ,
             draining: false,
             finished: false,
             peer_eof: false,
@@ -379,12 +380,17 @@ struct Driver {
     out: VecDeque<Bytes>,
     out_front: usize,
     link: LinkEstimate,
+    read_size: usize,
     draining: bool,
     finished: bool,
     peer_eof: bool,
 }
 
 const MAX_SLICES: usize = 64;
+/// Read buffer growth: from this…
+const MIN_READ: usize = 8 * 1024;
+/// …to this, while reads keep filling it.
+const MAX_READ: usize = 64 * 1024;
 
 /// The link's throughput as the writer sees it, for the compression selector: seeded by
 /// the kind of peer, then measured over busy periods (from the moment bytes are queued
@@ -665,10 +671,12 @@ impl Driver {
             if self.finished || self.peer_eof {
                 break;
             }
+            let read_size = self.read_size;
             let buf = self.proto.recv_buf();
-            if buf.capacity() - buf.len() < 16 * 1024 {
-                buf.reserve(64 * 1024);
+            if buf.capacity() - buf.len() < read_size / 2 {
+                buf.reserve(read_size);
             }
+            let spare = buf.capacity() - buf.len();
             match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, buf) {
                 Poll::Ready(Ok(0)) => {
                     self.peer_eof = true;
@@ -682,13 +690,24 @@ impl Driver {
                     self.finish(lost);
                     return true;
                 }
-                Poll::Ready(Ok(_)) => {
+                Poll::Ready(Ok(n)) => {
                     progressed = true;
+                    // Reads that fill the buffer ask for a bigger one (bulk transfer);
+                    // small ones keep an idle connection's footprint small.
+                    if n == spare {
+                        self.read_size = (self.read_size * 2).min(MAX_READ);
+                    }
                     let r = self.proto.process();
                     self.drain_events();
                     if let Err(e) = r {
                         self.finish(e.status());
                         return true;
+                    }
+                    let buf = self.proto.recv_buf();
+                    if buf.is_empty() && buf.capacity() > MIN_READ * 4 {
+                        // Drained after a bulk transfer: give the memory back.
+                        *buf = bytes::BytesMut::new();
+                        self.read_size = MIN_READ;
                     }
                     if self.proto.recv_buf().is_empty() {
                         self.frame_timer = None;

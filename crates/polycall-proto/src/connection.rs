@@ -399,7 +399,7 @@ impl Connection {
             state: State::Preface,
             negotiated: None,
             crc: false,
-            rx: BytesMut::with_capacity(16 * 1024),
+            rx: BytesMut::new(),
             out: FrameBuf::new(),
             events: VecDeque::new(),
             calls: HashMap::new(),
