@@ -469,3 +469,45 @@ async fn a_channel_to_nowhere_fails_fast_and_typed() {
     assert_eq!(err.code, Code::Unavailable);
     assert!(err.message.contains("cannot connect"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_provider_process_killed_with_sigkill_fails_its_call_within_100_ms() {
+    use std::io::BufRead;
+    let (rt, ep, _dir) = runtime().await;
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_test-provider"))
+        .arg(ep.to_string())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let client = Channel::connect(ep.clone()).await.unwrap();
+    let pending = tokio::spawn({
+        let c = client.clone();
+        async move {
+            let r = c
+                .call(call("slow.wait", serde_json::json!({"ms": 30_000})))
+                .await;
+            (r, Instant::now())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await; // the call is at the provider
+    let killed_at = Instant::now();
+    child.kill().unwrap(); // SIGKILL: no goodbye, the kernel closes its socket
+    child.wait().unwrap();
+    let (result, failed_at) = pending.await.unwrap();
+    let err = result.unwrap_err();
+    assert_eq!(err.code, Code::Unavailable, "{err}");
+    let took = failed_at.saturating_duration_since(killed_at);
+    eprintln!("caller failed {took:?} after SIGKILL");
+    assert!(
+        took < Duration::from_millis(100),
+        "the caller waited {took:?}"
+    );
+    // The runtime goes on serving.
+    healthy(&ep).await;
+    rt.shutdown().await;
+}
