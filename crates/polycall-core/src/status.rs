@@ -141,6 +141,10 @@ pub struct Status {
     pub message: String,
     /// For [`Code::Busy`] and [`Code::Unavailable`]: when a retry may succeed.
     pub retry_after: Option<Duration>,
+    /// The call certainly did not run: it was refused before it was sent, or by the
+    /// peer before any handler saw it. Such a call is safe to retry even when it is not
+    /// idempotent. (A `busy` answer always means this; see [`Status::never_ran`].)
+    pub not_executed: bool,
 }
 
 impl Status {
@@ -150,7 +154,21 @@ impl Status {
             code,
             message: message.into(),
             retry_after: None,
+            not_executed: false,
         }
+    }
+
+    /// Marks the call as certainly not run (refused before sending, or before a handler).
+    pub fn not_executed(mut self) -> Self {
+        self.not_executed = true;
+        self
+    }
+
+    /// Whether the call certainly did not run, so retrying it cannot run it twice:
+    /// marked so, or refused as [`Code::Busy`] (every busy answer is given before a
+    /// handler runs).
+    pub fn never_ran(&self) -> bool {
+        self.not_executed || self.code == Code::Busy
     }
 
     /// Adds a retry-after hint.

@@ -140,7 +140,7 @@ impl Channel {
                 .transport
                 .connect(ep)
                 .await
-                .map_err(|e| Status::unavailable(format!("cannot connect to {ep}: {e}")))?;
+                .map_err(|e| Status::unavailable(format!("cannot connect to {ep}: {e}")).not_executed())?;
             establish(
                 io,
                 ep.to_string(),
@@ -156,7 +156,8 @@ impl Channel {
                 Err(Status::unavailable(format!(
                     "connecting to {ep} took longer than {:?}",
                     c.connect_timeout
-                )))
+                ))
+                .not_executed())
             })
     }
 
@@ -176,7 +177,8 @@ impl Channel {
                 "{} is unreachable; retrying in {:?}",
                 self.inner.endpoint,
                 at - Instant::now()
-            )));
+            ))
+            .not_executed());
         }
         match self.open().await {
             Ok(h) => {

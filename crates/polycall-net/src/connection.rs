@@ -161,7 +161,7 @@ impl ConnectionHandle {
             };
             if !sent {
                 guard.armed = false;
-                return Err(closed(&guard));
+                return Err(closed(&guard).not_executed());
             }
             let result = match deadline {
                 Some(d) => match tokio::time::timeout_at(d.0.into(), rx).await {
@@ -872,7 +872,8 @@ impl Driver {
 }
 
 fn reject(cmd: Command, status: &Status) {
-    let s = Status::unavailable(format!("connection closed: {}", status.message));
+    // These commands never reached the wire.
+    let s = Status::unavailable(format!("connection closed: {}", status.message)).not_executed();
     match cmd {
         Command::Call { reply, .. }
         | Command::Register { reply, .. }

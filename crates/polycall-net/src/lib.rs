@@ -25,6 +25,19 @@
 //! # Ok(()) }
 //! ```
 
+// Resilience and quality-of-service layers: each a tower `Layer` + `Service` with its
+// config, in its own module.
+pub mod balance;
+pub mod breaker;
+pub mod deadline;
+pub mod failover;
+pub mod fault;
+pub mod limit;
+pub mod pool;
+pub mod rate_limit;
+pub mod retry;
+pub mod shape;
+
 mod client;
 mod connection;
 mod endpoint;

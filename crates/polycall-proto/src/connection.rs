@@ -1175,7 +1175,8 @@ impl Connection {
                 self.local_open = self.local_open.saturating_sub(1);
                 let status = Status::unavailable(
                     "the peer is going away and did not process this call; retry elsewhere",
-                );
+                )
+                .not_executed();
                 self.events.push_back((
                     Event::Failed {
                         call_id: id,

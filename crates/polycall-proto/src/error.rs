@@ -176,6 +176,7 @@ impl SendError {
             SendError::UnknownCall(_) | SendError::InvalidState { .. } => Code::FailedPrecondition,
             SendError::NotNegotiated(_) => Code::Unsupported,
         };
-        Status::new(code, self.to_string())
+        // Refused here, before anything was sent.
+        Status::new(code, self.to_string()).not_executed()
     }
 }
