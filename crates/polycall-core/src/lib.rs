@@ -26,6 +26,7 @@
 //! ```
 
 mod call;
+mod classes;
 mod handler;
 mod metadata;
 mod name;
@@ -34,6 +35,7 @@ mod router;
 mod status;
 
 pub use call::{Call, CallId, Reply};
+pub use classes::ClassQueues;
 pub use handler::{BoxFuture, BoxHandler, Handler, HandlerFn, handler_fn};
 pub use metadata::{Deadline, Metadata, Principal, Priority, TraceContext, TraceContextError};
 pub use name::{MethodName, NameError, ServiceName, split_full_name};

@@ -25,7 +25,7 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use polycall_core::{Call, Code, MethodName, Reply, ServiceName, Status};
+use polycall_core::{Call, ClassQueues, Code, MethodName, Reply, ServiceName, Status};
 use polycall_proto::frame::MethodEntry;
 use polycall_proto::{Connection as Proto, Event, Role, WireMeta};
 use tokio::io::AsyncWrite;
@@ -49,6 +49,10 @@ pub struct ConnectionConfig {
     pub write_stall_timeout: Duration,
     /// Bytes framed per write batch.
     pub write_batch: usize,
+    /// Most handlers running at once for this connection's incoming calls. Calls beyond
+    /// wait (within the protocol's in-flight cap) and are dispatched by priority class:
+    /// critical first, then high, normal and low 4 : 2 : 1.
+    pub max_concurrent_handlers: usize,
 }
 
 impl Default for ConnectionConfig {
@@ -59,6 +63,7 @@ impl Default for ConnectionConfig {
             frame_timeout: Duration::from_secs(30),
             write_stall_timeout: Duration::from_secs(30),
             write_batch: 256 * 1024,
+            max_concurrent_handlers: 4096,
         }
     }
 }
@@ -320,6 +325,7 @@ impl PendingConnection {
             pending: HashMap::new(),
             tokens: HashMap::new(),
             serving: HashMap::new(),
+            backlog: ClassQueues::default(),
             out: VecDeque::new(),
             out_front: 0,
             link,
@@ -377,6 +383,8 @@ struct Driver {
     pending: HashMap<u32, PendingCall>,
     tokens: HashMap<u64, u32>,
     serving: HashMap<u32, AbortHandle>,
+    /// Incoming calls waiting for a free handler, by class.
+    backlog: ClassQueues<(u32, Call)>,
     out: VecDeque<Bytes>,
     out_front: usize,
     link: LinkEstimate,
@@ -452,6 +460,7 @@ impl Driver {
         for (_, h) in self.serving.drain() {
             h.abort();
         }
+        self.backlog.clear();
         for cmd in self.waiting.drain(..) {
             reject(cmd, status);
         }
@@ -496,31 +505,17 @@ impl Driver {
                     return;
                 }
                 let metadata = c.meta.to_metadata(now);
-                let deadline = metadata.deadline;
                 let call = Call {
                     service: c.service,
                     method: c.method,
                     payload: c.payload,
                     metadata,
                 };
-                let fut = self.handler.call(call);
-                let Some(answers) = self.answers.upgrade() else {
-                    return;
-                };
-                let task = tokio::spawn(async move {
-                    let result = match deadline {
-                        Some(d) => tokio::time::timeout_at(d.0.into(), fut)
-                            .await
-                            .unwrap_or_else(|_| {
-                                Err(Status::deadline_exceeded(
-                                    "the handler did not finish before the call's deadline",
-                                ))
-                            }),
-                        None => fut.await,
-                    };
-                    let _ = answers.send(Command::Answer(call_id, result));
-                });
-                self.serving.insert(call_id, task.abort_handle());
+                if self.serving.len() < self.config.max_concurrent_handlers {
+                    self.spawn_handler(call_id, call);
+                } else {
+                    self.backlog.push(call.metadata.priority, (call_id, call));
+                }
             }
             Event::Reply {
                 call_id, payload, ..
@@ -543,6 +538,9 @@ impl Driver {
             Event::Cancelled { call_id } => {
                 if let Some(h) = self.serving.remove(&call_id) {
                     h.abort();
+                    self.dispatch_backlog();
+                } else {
+                    self.backlog.remove_first(|(id, _)| *id == call_id);
                 }
             }
             Event::Register { call_id, methods } => {
@@ -560,6 +558,39 @@ impl Driver {
                 self.finish(status);
             }
             Event::StreamMessage { .. } | Event::StreamEnd { .. } | Event::Pong { .. } => {}
+        }
+    }
+
+    /// Runs the handler of an incoming call in its own task, within the call's deadline.
+    fn spawn_handler(&mut self, call_id: u32, call: Call) {
+        let deadline = call.metadata.deadline;
+        let fut = self.handler.call(call);
+        let Some(answers) = self.answers.upgrade() else {
+            return;
+        };
+        let task = tokio::spawn(async move {
+            let result = match deadline {
+                Some(d) => tokio::time::timeout_at(d.0.into(), fut)
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(Status::deadline_exceeded(
+                            "the handler did not finish before the call's deadline",
+                        ))
+                    }),
+                None => fut.await,
+            };
+            let _ = answers.send(Command::Answer(call_id, result));
+        });
+        self.serving.insert(call_id, task.abort_handle());
+    }
+
+    /// Hands waiting calls to free handler slots, most urgent class first.
+    fn dispatch_backlog(&mut self) {
+        while self.serving.len() < self.config.max_concurrent_handlers {
+            let Some((_, (call_id, call))) = self.backlog.pop() else {
+                break;
+            };
+            self.spawn_handler(call_id, call);
         }
     }
 
@@ -632,6 +663,7 @@ impl Driver {
                 if self.serving.remove(&call_id).is_none() {
                     return; // cancelled meanwhile
                 }
+                self.dispatch_backlog();
                 let sent = match result {
                     Ok(reply) => self.proto.send_reply(call_id, reply.payload, false),
                     Err(status) => self.proto.send_error(call_id, &status),
@@ -900,6 +932,7 @@ impl Future for Driver {
             if this.draining
                 && this.pending.is_empty()
                 && this.serving.is_empty()
+                && this.backlog.is_empty()
                 && this.out.is_empty()
             {
                 let s = Status::new(Code::Ok, "drained");

@@ -50,4 +50,4 @@ pub use connection::{ConnectionConfig, ConnectionHandle, PendingConnection, esta
 pub use endpoint::{Endpoint, EndpointError};
 pub use handler::{ConnectionHandler, NoHandler, RouterHandler, SharedHandler};
 pub use server::{MakeHandler, Server, ServerConfig};
-pub use transport::{BoxFuture, BoxIo, Io, Listener, Plain, Transport};
+pub use transport::{BoxFuture, BoxIo, Io, Listener, Plain, Transport, TunedTcp};

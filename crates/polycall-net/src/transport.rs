@@ -49,9 +49,95 @@ pub trait Transport: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
-/// TCP for `host:port` endpoints and Unix-domain sockets for `unix:` ones.
+/// TCP for `host:port` endpoints and Unix-domain sockets for `unix:` ones, with the
+/// kernel's default socket buffers.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Plain;
+
+/// Like [`Plain`], with bounded kernel socket buffers for TCP.
+///
+/// The kernel sends a connection's bytes in order: whatever sits in the send and
+/// receive buffers is ahead of a frame queued now, whatever its priority. Bounding the
+/// buffers keeps that backlog in polycall's own queues, where frames are scheduled by
+/// priority class; the cost is less buffering for bulk transfers on links with a large
+/// bandwidth-delay product.
+///
+/// ```
+/// use polycall_net::TunedTcp;
+/// let t = TunedTcp { send_buffer: Some(128 * 1024), recv_buffer: Some(128 * 1024) };
+/// # let _ = t;
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TunedTcp {
+    /// SO_SNDBUF in bytes (the kernel may double it).
+    pub send_buffer: Option<usize>,
+    /// SO_RCVBUF in bytes.
+    pub recv_buffer: Option<usize>,
+}
+
+impl TunedTcp {
+    fn socket_for(&self, addr: &std::net::SocketAddr) -> io::Result<tokio::net::TcpSocket> {
+        let s = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        if let Some(n) = self.send_buffer {
+            s.set_send_buffer_size(n.try_into().unwrap_or(u32::MAX))?;
+        }
+        if let Some(n) = self.recv_buffer {
+            s.set_recv_buffer_size(n.try_into().unwrap_or(u32::MAX))?;
+        }
+        Ok(s)
+    }
+}
+
+async fn first_addr(hp: &str) -> io::Result<std::net::SocketAddr> {
+    tokio::net::lookup_host(hp).await?.next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{hp} resolves to no address"),
+        )
+    })
+}
+
+impl Transport for TunedTcp {
+    fn connect(&self, endpoint: &Endpoint) -> BoxFuture<'static, io::Result<BoxIo>> {
+        let (endpoint, this) = (endpoint.clone(), *self);
+        Box::pin(async move {
+            match endpoint {
+                Endpoint::Tcp(hp) => {
+                    let addr = first_addr(&hp).await?;
+                    let s = this.socket_for(&addr)?.connect(addr).await?;
+                    s.set_nodelay(true)?;
+                    Ok(Box::new(s) as BoxIo)
+                }
+                unix => Plain.connect(&unix).await,
+            }
+        })
+    }
+
+    fn bind(&self, endpoint: &Endpoint) -> BoxFuture<'static, io::Result<Box<dyn Listener>>> {
+        let (endpoint, this) = (endpoint.clone(), *self);
+        Box::pin(async move {
+            match endpoint {
+                Endpoint::Tcp(hp) => {
+                    let addr = first_addr(&hp).await?;
+                    let s = this.socket_for(&addr)?;
+                    s.set_reuseaddr(true)?;
+                    s.bind(addr)?;
+                    // Accepted sockets inherit the listener's buffer sizes.
+                    Ok(Box::new(Tcp(s.listen(1024)?)) as Box<dyn Listener>)
+                }
+                unix => Plain.bind(&unix).await,
+            }
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "tuned-tcp"
+    }
+}
 
 struct Tcp(TcpListener);
 struct Unix(UnixListener, std::path::PathBuf);

@@ -232,3 +232,62 @@ async fn a_channel_reconnects_after_the_server_returns() {
     assert!(ok, "the channel reconnected");
     server2.shutdown().await;
 }
+
+#[tokio::test]
+async fn under_load_the_server_dispatches_waiting_calls_by_priority() {
+    use polycall_core::Priority;
+    let order = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let (o, g) = (order.clone(), gate.clone());
+    let router = Router::new()
+        .route(
+            "work.do",
+            MethodInfo::new("records its start, then waits for the gate"),
+            handler_fn(move |c: Call| {
+                let (o, g) = (o.clone(), g.clone());
+                async move {
+                    o.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&c.payload.bytes).into_owned());
+                    g.acquire().await.unwrap().forget();
+                    Ok(Reply::default())
+                }
+            }),
+        )
+        .unwrap();
+    let mut config = ServerConfig::default();
+    config.connection.max_concurrent_handlers = 1;
+    let server = Server::serve_router("127.0.0.1:0".parse().unwrap(), config, router)
+        .await
+        .unwrap();
+    let ch = Channel::connect(server.local_endpoint().clone())
+        .await
+        .unwrap();
+    let send = |name: &str, p: Priority| {
+        let ch = ch.clone();
+        let md = Metadata::default().with_priority(p);
+        let c = call("work.do", name).with_metadata(md);
+        tokio::spawn(async move { ch.call(c).await })
+    };
+    let mut tasks = vec![send("first", Priority::Normal)];
+    tokio::time::sleep(Duration::from_millis(50)).await; // "first" holds the only slot
+    for (name, p) in [
+        ("low-1", Priority::Low),
+        ("low-2", Priority::Low),
+        ("normal", Priority::Normal),
+        ("critical", Priority::Critical),
+    ] {
+        tasks.push(send(name, p));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    gate.add_permits(10);
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let order = order.lock().unwrap().clone();
+    assert_eq!(order[0], "first");
+    assert_eq!(order[1], "critical", "{order:?}");
+    assert_eq!(order[2], "normal", "{order:?}");
+    server.shutdown().await;
+}

@@ -49,7 +49,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
 use bytes::{Bytes, BytesMut};
-use polycall_core::{Code, ContentType, MethodName, Payload, ServiceName, Status};
+use polycall_core::{Code, ContentType, MethodName, Payload, Priority, ServiceName, Status};
 
 use crate::compress::{AdaptiveCompressor, Algorithm, Decompressor, SelectorConfig};
 use crate::error::{ProtoError, SendError};
@@ -63,6 +63,9 @@ use crate::meta::WireMeta;
 /// The 8 bytes each side sends before its first frame. The first byte, 0x89, is
 /// neither libpolycall's PCR1 magic (`P`) nor its first-generation version byte (1).
 pub const PREFACE: [u8; 8] = *b"\x89POLY\r\n\x1a";
+
+/// Messages up to this size travel whole in their CALL frame.
+const INLINE_CALL_MAX: usize = 8 * 1024;
 
 /// Most method names one side may intern on a connection.
 pub const MAX_INTERNED: u16 = 4096;
@@ -237,6 +240,8 @@ struct CallState {
     local: bool,
     kind: Kind,
     method_key: u64,
+    /// Scheduling class of this call's frames (both directions).
+    priority: Priority,
     /// Inbound: a message in progress.
     rx_msg: Option<Assembly>,
     /// Inbound: the first message (reply, for a local call) has started.
@@ -263,6 +268,7 @@ impl CallState {
             local,
             kind,
             method_key,
+            priority: Priority::Normal,
             rx_msg: None,
             rx_started: false,
             rx_stream: false,
@@ -278,17 +284,8 @@ impl CallState {
 
 #[derive(Debug)]
 enum OutKind {
-    Call(Box<OutCall>),
     Reply { stream: bool },
     Message,
-}
-
-#[derive(Debug)]
-struct OutCall {
-    service: ServiceName,
-    method: MethodName,
-    meta: WireMeta,
-    stream: bool,
 }
 
 #[derive(Debug)]
@@ -299,6 +296,13 @@ struct OutMsg {
     data: Bytes,
     offset: usize,
     started: bool,
+}
+
+/// What one call has queued to send, in its class.
+#[derive(Debug)]
+struct CallQueue {
+    class: Priority,
+    items: VecDeque<OutItem>,
 }
 
 #[derive(Debug)]
@@ -336,8 +340,8 @@ pub struct Connection {
     credit_to_return: u64,
     held_bytes: u64,
     reassembling: usize,
-    queues: HashMap<u32, VecDeque<OutItem>>,
-    ready: VecDeque<u32>,
+    queues: HashMap<u32, CallQueue>,
+    ready: polycall_core::ClassQueues<u32>,
     queued_bytes: usize,
     peer_going_away: Option<u32>,
     local_going_away: Option<u32>,
@@ -414,7 +418,7 @@ impl Connection {
             held_bytes: 0,
             reassembling: 0,
             queues: HashMap::new(),
-            ready: VecDeque::new(),
+            ready: polycall_core::ClassQueues::default(),
             queued_bytes: 0,
             peer_going_away: None,
             local_going_away: None,
@@ -817,6 +821,7 @@ impl Connection {
         }
         self.peer_open += 1;
         let mut c = CallState::new(false, Kind::Call, method_key(&service, &method));
+        c.priority = f.meta.priority.unwrap_or_default();
         c.rx_stream = f.stream;
         c.rx_started = true;
         c.pending = Some(Box::new(PendingCall {
@@ -1221,7 +1226,7 @@ impl Connection {
 
     fn drop_call_output(&mut self, call_id: u32) {
         if let Some(q) = self.queues.remove(&call_id) {
-            for item in q {
+            for item in q.items {
                 if let OutItem::Msg(m) = item {
                     self.queued_bytes -= m.data.len() - m.offset;
                 }
@@ -1315,11 +1320,18 @@ impl Connection {
         if let OutItem::Msg(m) = &item {
             self.queued_bytes += m.data.len();
         }
-        let q = self.queues.entry(call_id).or_default();
-        if q.is_empty() {
-            self.ready.push_back(call_id);
+        let class = self
+            .calls
+            .get(&call_id)
+            .map_or(Priority::Normal, |c| c.priority);
+        let q = self.queues.entry(call_id).or_insert_with(|| CallQueue {
+            class,
+            items: VecDeque::new(),
+        });
+        if q.items.is_empty() {
+            self.ready.push(q.class, call_id);
         }
-        q.push_back(item);
+        q.items.push_back(item);
     }
 
     /// Opens a call of `service.method` with its first request message; with `stream`,
@@ -1347,10 +1359,11 @@ impl Connection {
         }
         let fields =
             2 + 1 + service.as_str().len() + 1 + method.as_str().len() + 4 + meta.encoded_len() + 4;
-        if fields > n.peer_limits.max_frame as usize {
+        let n_max_frame = n.peer_limits.max_frame;
+        if fields > n_max_frame as usize {
             return Err(SendError::TooLarge {
                 len: fields,
-                max: n.peer_limits.max_frame,
+                max: n_max_frame,
             });
         }
         self.check_payload(&payload)?;
@@ -1362,26 +1375,49 @@ impl Connection {
         let key = method_key(service, method);
         let (compression, data) = self.compress(key, &payload);
         let mut c = CallState::new(true, Kind::Call, key);
+        c.priority = meta.priority.unwrap_or_default();
         c.tx_stream = stream;
         c.tx_done = !stream;
         self.calls.insert(call_id, c);
         self.local_open += 1;
-        self.enqueue(
+        // The CALL frame leaves now, so call ids increase on the wire in the order calls
+        // open, whatever their priority. A small message travels whole in it; a large
+        // one (or one the credit does not cover) follows as DATA fragments, which the
+        // writer schedules by priority class.
+        let frame_room = (n_max_frame as usize).saturating_sub(fields);
+        let inline_max = INLINE_CALL_MAX
+            .min(self.config.fragment_size as usize)
+            .min(frame_room);
+        let credit = usize::try_from(self.send_credit).unwrap_or(usize::MAX);
+        let inline = data.len() <= inline_max && data.len() <= credit;
+        let first = if inline { data.clone() } else { Bytes::new() };
+        self.send_credit -= first.len() as u64;
+        let method_ref = intern(&mut self.tx_names, service, method);
+        Frame::Call(CallFrame {
             call_id,
-            OutItem::Msg(OutMsg {
-                kind: OutKind::Call(Box::new(OutCall {
-                    service: service.clone(),
-                    method: method.clone(),
-                    meta,
-                    stream,
-                })),
-                content_type: payload.content_type,
-                compression,
-                data,
-                offset: 0,
-                started: false,
-            }),
-        );
+            method: method_ref,
+            content_type: payload.content_type,
+            compression,
+            meta,
+            more: !inline,
+            message_len: (!inline).then_some(data.len() as u32),
+            stream,
+            payload: first,
+        })
+        .encode(&mut self.out, self.crc);
+        if !inline {
+            self.enqueue(
+                call_id,
+                OutItem::Msg(OutMsg {
+                    kind: OutKind::Message,
+                    content_type: payload.content_type,
+                    compression,
+                    data,
+                    offset: 0,
+                    started: true,
+                }),
+            );
+        }
         Ok(call_id)
     }
 
@@ -1620,7 +1656,7 @@ impl Connection {
         if self.state == State::Open {
             let mut stalled = 0;
             while self.out.len() < max_bytes && stalled < self.ready.len() {
-                let Some(call_id) = self.ready.pop_front() else {
+                let Some((class, call_id)) = self.ready.pop() else {
                     break;
                 };
                 if self.emit_one(call_id) {
@@ -1628,8 +1664,12 @@ impl Connection {
                 } else {
                     stalled += 1;
                 }
-                if self.queues.get(&call_id).is_some_and(|q| !q.is_empty()) {
-                    self.ready.push_back(call_id);
+                if self
+                    .queues
+                    .get(&call_id)
+                    .is_some_and(|q| !q.items.is_empty())
+                {
+                    self.ready.push(class, call_id);
                 } else {
                     self.queues.remove(&call_id);
                 }
@@ -1653,6 +1693,7 @@ impl Connection {
         let Some(q) = self.queues.get_mut(&call_id) else {
             return false;
         };
+        let q = &mut q.items;
         let Some(item) = q.front_mut() else {
             return false;
         };
@@ -1665,12 +1706,9 @@ impl Connection {
             OutItem::Msg(m) => m,
         };
         let left = m.data.len() - m.offset;
-        // Room for the fixed fields of the largest first frame (a CALL with its name),
-        // including the declared message length.
-        let fields = match &m.kind {
-            OutKind::Call(c) if !m.started => 2 + 1 + 194 + 4 + c.meta.encoded_len() + 4,
-            _ => 2 + 4,
-        };
+        // Room for the fixed fields of a first frame: content type, compression and
+        // the declared message length.
+        let fields = 2 + 4;
         let cap = fragment.min(peer_max_frame.saturating_sub(fields)).max(1);
         let credit = usize::try_from(self.send_credit).unwrap_or(usize::MAX);
         let chunk = left.min(cap).min(credit);
@@ -1693,20 +1731,6 @@ impl Connection {
             m.started = true;
             let message_len = more.then_some(m.data.len() as u32);
             match &m.kind {
-                OutKind::Call(c) => {
-                    let method_ref = intern(&mut self.tx_names, &c.service, &c.method);
-                    Frame::Call(CallFrame {
-                        call_id,
-                        method: method_ref,
-                        content_type: m.content_type,
-                        compression: m.compression,
-                        meta: c.meta.clone(),
-                        more,
-                        message_len,
-                        stream: c.stream,
-                        payload,
-                    })
-                }
                 OutKind::Reply { stream } => Frame::Reply(ReplyFrame {
                     call_id,
                     content_type: m.content_type,

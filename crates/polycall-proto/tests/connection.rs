@@ -641,6 +641,7 @@ fn goaway_fails_unprocessed_calls_and_refuses_new_ones() {
             status: Status::unavailable(
                 "the peer is going away and did not process this call; retry elsewhere"
             )
+            .not_executed()
         }),
         "{evs:?}"
     );
@@ -1037,5 +1038,122 @@ fn the_reassembly_budget_refuses_with_busy_instead_of_stalling() {
             }
         )
         .is_err()
+    );
+}
+
+#[test]
+fn a_critical_call_overtakes_a_low_priority_transfer_at_the_next_fragment() {
+    let mut cfg = Config::default();
+    cfg.fragment_size = 16 * 1024;
+    cfg.compression.candidates = vec![];
+    let mut p = Pair::with(cfg.clone(), cfg);
+    let (s, m) = names("bulk.put");
+    let low = WireMeta {
+        priority: Some(Priority::Low),
+        ..WireMeta::default()
+    };
+    let crit = WireMeta {
+        priority: Some(Priority::Critical),
+        ..WireMeta::default()
+    };
+    let normal_id = p
+        .client
+        .open_call(
+            &s,
+            &m,
+            Payload::raw(vec![1u8; 1 << 20]),
+            WireMeta::default(),
+            false,
+        )
+        .unwrap();
+    let low_id = p
+        .client
+        .open_call(&s, &m, Payload::raw(vec![2u8; 1 << 20]), low, false)
+        .unwrap();
+    // Two fragments leave; then a critical call arrives.
+    let mut out = Vec::new();
+    p.client.poll_transmit(1, &mut out);
+    p.client.poll_transmit(1, &mut out);
+    let (cs, cm) = names("ops.halt");
+    let crit_id = p
+        .client
+        .open_call(&cs, &cm, Payload::raw("now"), crit, false)
+        .unwrap();
+    out.clear();
+    p.client.poll_transmit(1, &mut out);
+    let bytes: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+    let crc = p
+        .client
+        .negotiated()
+        .unwrap()
+        .has(polycall_proto::features::CRC32C);
+    let next = frames_sent(&bytes, crc);
+    assert!(
+        matches!(&next[..], [Frame::Call(c)] if c.call_id == crit_id),
+        "{next:?}"
+    );
+    // Normal gets about twice low's share while both send.
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..30 {
+        out.clear();
+        p.client.poll_transmit(1, &mut out);
+        let bytes: Vec<u8> = out.iter().flat_map(|b| b.iter().copied()).collect();
+        for f in frames_sent(&bytes, crc) {
+            *counts.entry(f.call_id()).or_insert(0) += 1;
+        }
+    }
+    let (n, l) = (counts[&normal_id], counts[&low_id]);
+    assert!(n >= 2 * l - 1 && n <= 2 * l + 2, "normal {n} vs low {l}");
+}
+
+#[test]
+fn call_ids_increase_on_the_wire_whatever_the_priorities() {
+    let mut cfg = Config::default();
+    cfg.compression.candidates = vec![];
+    let mut p = Pair::with(cfg.clone(), cfg);
+    let (s, m) = names("bulk.put");
+    let mut opened = Vec::new();
+    for (i, class) in [
+        Priority::Low,
+        Priority::Low,
+        Priority::Normal,
+        Priority::Critical,
+        Priority::High,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let meta = WireMeta {
+            priority: (class != Priority::Normal).then_some(class),
+            ..WireMeta::default()
+        };
+        let size = if i % 2 == 0 { 200 * 1024 } else { 100 };
+        opened.push(
+            p.client
+                .open_call(&s, &m, Payload::raw(vec![i as u8; size]), meta, false)
+                .unwrap(),
+        );
+    }
+    p.to_server.clear();
+    p.pump(); // the server accepts them all: a decrease would be a protocol violation
+    let crc = p
+        .client
+        .negotiated()
+        .unwrap()
+        .has(polycall_proto::features::CRC32C);
+    let ids: Vec<u32> = frames_sent(&p.to_server, crc)
+        .into_iter()
+        .filter_map(|f| match f {
+            Frame::Call(c) => Some(c.call_id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ids, opened);
+    assert_eq!(
+        events(&mut p.server)
+            .iter()
+            .filter(|e| matches!(e, Event::Call(_)))
+            .count(),
+        5
     );
 }
