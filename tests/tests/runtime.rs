@@ -511,3 +511,101 @@ async fn a_provider_process_killed_with_sigkill_fails_its_call_within_100_ms() {
     healthy(&ep).await;
     rt.shutdown().await;
 }
+
+async fn runtime_with(qos: polycall_runtime::QosConfig) -> (Runtime, Endpoint, tempdir::Dir) {
+    let dir = tempdir::Dir::new();
+    let config = RuntimeConfig {
+        endpoint: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.path.clone(),
+        qos,
+        ..RuntimeConfig::default()
+    };
+    let rt = Runtime::start(config).await.unwrap();
+    let ep = rt.local_endpoint().clone();
+    (rt, ep, dir)
+}
+
+#[tokio::test]
+async fn a_rate_limited_client_gets_busy_and_others_do_not() {
+    use polycall_net::rate_limit::RateLimitConfig;
+    let qos = polycall_runtime::QosConfig {
+        rate_limit: Some(RateLimitConfig {
+            per_second: 5,
+            burst: 5,
+            ..RateLimitConfig::default()
+        }),
+        ..Default::default()
+    };
+    let (rt, ep, _dir) = runtime_with(qos).await;
+    let greedy = Channel::connect(ep.clone()).await.unwrap();
+    let polite = Channel::connect(ep.clone()).await.unwrap();
+    let mut busy = 0;
+    let mut retry_after = None;
+    for _ in 0..20 {
+        // Claiming another principal does not help: the runtime sets it.
+        let mut c = Call::new("sys.ping", Payload::empty()).unwrap();
+        c.metadata.principal = Some(polycall_core::Principal::new(format!("spoof-{busy}")));
+        match greedy.call(c).await {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.code, Code::Busy, "{e}");
+                assert!(e.never_ran());
+                retry_after = e.retry_after;
+                busy += 1;
+            }
+        }
+    }
+    assert!(
+        busy >= 14,
+        "only {busy} of 20 calls over a 5/s budget were refused"
+    );
+    assert!(retry_after.is_some());
+    for _ in 0..5 {
+        polite
+            .call(Call::new("sys.ping", Payload::empty()).unwrap())
+            .await
+            .expect("another client is not limited");
+    }
+    // The greedy client is let through again after the hinted wait.
+    tokio::time::sleep(retry_after.unwrap() + Duration::from_millis(50)).await;
+    greedy
+        .call(Call::new("sys.ping", Payload::empty()).unwrap())
+        .await
+        .unwrap();
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_limit_sheds_low_priority_first() {
+    use polycall_core::Priority;
+    use polycall_net::limit::ConcurrencyLimitConfig;
+    let qos = polycall_runtime::QosConfig {
+        concurrency: Some(ConcurrencyLimitConfig {
+            max: 4,
+            ..ConcurrencyLimitConfig::default()
+        }),
+        ..Default::default()
+    };
+    let (rt, ep, _dir) = runtime_with(qos).await;
+    let client = Channel::connect(ep).await.unwrap();
+    let sleep = |p: Priority| {
+        let c = client.clone();
+        let call = Call::new(
+            "debug.sleep",
+            Payload::json(&serde_json::json!({"ms": 300})).unwrap(),
+        )
+        .unwrap()
+        .with_metadata(Metadata::default().with_priority(p));
+        tokio::spawn(async move { c.call(call).await })
+    };
+    // Two low calls fill low's share (half of 4); a third low is shed; a critical passes.
+    let a = sleep(Priority::Low);
+    let b = sleep(Priority::Low);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let shed = sleep(Priority::Low).await.unwrap().unwrap_err();
+    assert_eq!(shed.code, Code::Busy, "{shed}");
+    let critical = sleep(Priority::Critical);
+    assert!(a.await.unwrap().is_ok() && b.await.unwrap().is_ok());
+    assert!(critical.await.unwrap().is_ok());
+    rt.shutdown().await;
+}

@@ -4,6 +4,7 @@
 //! cargo xtask ci                      everything CI checks: fmt, clippy, tests, doctests, ring guard
 //! cargo xtask bench proto [--quick]   framing and compression benchmarks → target/bench/
 //! cargo xtask bench memory            runtime RSS idle and with 1,000 idle connections
+//! cargo xtask bench priority          critical calls beside saturating low-priority load
 //! cargo xtask fuzz [TARGET] [--runs N] [--seconds S]
 //!                                     cargo-fuzz targets under fuzz/ (default: all, 1,000,000 runs each)
 //! ```
@@ -140,7 +141,11 @@ fn bench(args: &[String]) -> Result<()> {
             "runtime memory benchmark",
             cargo().args(["bench", "-p", "polycall-cli", "--bench", "memory"]),
         ),
-        other => bail!("unknown bench {other:?}; available: proto, memory"),
+        Some("priority") => run(
+            "priority benchmark",
+            cargo().args(["bench", "-p", "polycall-net", "--bench", "priority"]),
+        ),
+        other => bail!("unknown bench {other:?}; available: proto, memory, priority"),
     }
 }
 

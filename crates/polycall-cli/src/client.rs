@@ -3,9 +3,11 @@
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
+use polycall::net::retry::{RetryConfig, RetryLayer};
 use polycall::net::{Channel, ChannelConfig, Endpoint};
-use polycall::{Call, ContentType, Metadata, Payload, Status};
+use polycall::{Call, ContentType, Metadata, Payload, Priority, Status};
 use serde_json::{Value, json};
+use tower::{Layer, ServiceExt};
 
 use crate::Target;
 use crate::output::{Out, exit};
@@ -29,10 +31,44 @@ pub struct CallArgs {
     /// The input as raw bytes (this text, as is).
     #[arg(long)]
     raw: Option<String>,
-    /// Mark the call idempotent.
+    /// Mark the call idempotent (it may then be retried even after it ran).
     #[arg(long)]
     idempotent: bool,
+    /// Retry up to N more times on `unavailable` or `busy`, with jittered exponential
+    /// backoff and a retry budget; a call that may have run is retried only with
+    /// --idempotent.
+    #[arg(long, default_value_t = 0)]
+    retries: u32,
+    /// Priority class: critical, high, normal or low.
+    #[arg(long, default_value = "normal", value_parser = parse_priority)]
+    priority: Priority,
 }
+
+fn parse_priority(s: &str) -> Result<Priority, String> {
+    match s {
+        "critical" => Ok(Priority::Critical),
+        "high" => Ok(Priority::High),
+        "normal" => Ok(Priority::Normal),
+        "low" => Ok(Priority::Low),
+        _ => Err(format!(
+            "{s:?} is not a priority class: critical, high, normal or low"
+        )),
+    }
+}
+
+/// How one call is made: its class, idempotency and retries.
+#[derive(Debug, Clone, Copy)]
+struct Policy {
+    idempotent: bool,
+    retries: u32,
+    priority: Priority,
+}
+
+const PLAIN: Policy = Policy {
+    idempotent: true,
+    retries: 0,
+    priority: Priority::Normal,
+};
 
 /// The runtime's endpoint: `--endpoint`, else the state directory's record, else the
 /// default.
@@ -93,14 +129,28 @@ async fn invoke(
     name: &str,
     payload: Payload,
     timeout: Duration,
-    idempotent: bool,
+    policy: Policy,
 ) -> Result<Payload, Status> {
-    let mut md = Metadata::default().with_timeout(Instant::now(), timeout);
-    md.idempotent = idempotent;
+    let mut md = Metadata::default()
+        .with_timeout(Instant::now(), timeout)
+        .with_priority(policy.priority);
+    md.idempotent = policy.idempotent;
     let call = Call::new(name, payload)
         .map_err(|e| Status::invalid_input(e.to_string()))?
         .with_metadata(md);
-    channel.call(call).await.map(|r| r.payload)
+    let reply = if policy.retries > 0 {
+        let config = RetryConfig {
+            max_attempts: policy.retries + 1,
+            ..RetryConfig::default()
+        };
+        RetryLayer::new(config)
+            .layer(channel.clone())
+            .oneshot(call)
+            .await
+    } else {
+        channel.call(call).await
+    };
+    reply.map(|r| r.payload)
 }
 
 fn payload_json(p: &Payload) -> Value {
@@ -131,7 +181,18 @@ pub async fn call(args: CallArgs, timeout: Duration, out: Out) -> u8 {
     }
     let result = async {
         let channel = connect(&args.target, timeout).await?;
-        invoke(&channel, &name, payload, timeout, args.idempotent).await
+        invoke(
+            &channel,
+            &name,
+            payload,
+            timeout,
+            Policy {
+                idempotent: args.idempotent,
+                retries: args.retries,
+                priority: args.priority,
+            },
+        )
+        .await
     }
     .await;
     match result {
@@ -157,7 +218,7 @@ pub async fn call(args: CallArgs, timeout: Duration, out: Out) -> u8 {
 pub async fn describe(target: Target, timeout: Duration, out: Out) -> u8 {
     let result = async {
         let channel = connect(&target, timeout).await?;
-        invoke(&channel, "sys.describe", Payload::empty(), timeout, true).await
+        invoke(&channel, "sys.describe", Payload::empty(), timeout, PLAIN).await
     }
     .await;
     match result {
@@ -200,7 +261,7 @@ pub async fn describe(target: Target, timeout: Duration, out: Out) -> u8 {
 pub async fn status(target: Target, timeout: Duration, out: Out) -> u8 {
     let result = async {
         let channel = connect(&target, timeout).await?;
-        invoke(&channel, "sys.health", Payload::empty(), timeout, true).await
+        invoke(&channel, "sys.health", Payload::empty(), timeout, PLAIN).await
     }
     .await;
     match result {
@@ -244,7 +305,17 @@ pub async fn stop(target: Target, token: Option<String>, timeout: Duration, out:
         let channel = connect(&target, timeout).await?;
         let payload =
             Payload::json(&json!({"token": token})).map_err(|e| Status::internal(e.to_string()))?;
-        invoke(&channel, "sys.shutdown", payload, timeout, false).await
+        invoke(
+            &channel,
+            "sys.shutdown",
+            payload,
+            timeout,
+            Policy {
+                idempotent: false,
+                ..PLAIN
+            },
+        )
+        .await
     }
     .await;
     match result {

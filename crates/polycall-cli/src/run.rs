@@ -4,6 +4,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use polycall::Status;
+use polycall::net::limit::ConcurrencyLimitConfig;
+use polycall::net::rate_limit::RateLimitConfig;
 use polycall::runtime::{DEFAULT_ENDPOINT, Runtime, RuntimeConfig};
 use serde_json::json;
 
@@ -27,6 +29,12 @@ pub struct RunArgs {
     /// Time given to calls in flight at shutdown, in milliseconds.
     #[arg(long, default_value_t = 10_000)]
     drain_timeout_ms: u64,
+    /// Calls per second each client may make (burst the same); over it, `busy`.
+    #[arg(long)]
+    rate_limit: Option<u32>,
+    /// Calls the runtime serves at once; over it, `busy` — low priorities are shed first.
+    #[arg(long)]
+    max_concurrency: Option<usize>,
 }
 
 pub async fn run(args: RunArgs, out: Out) -> u8 {
@@ -41,6 +49,15 @@ pub async fn run(args: RunArgs, out: Out) -> u8 {
     };
     config.server.max_connections = args.max_connections;
     config.server.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
+    config.qos.rate_limit = args.rate_limit.map(|n| RateLimitConfig {
+        per_second: n,
+        burst: n,
+        ..RateLimitConfig::default()
+    });
+    config.qos.concurrency = args.max_concurrency.map(|n| ConcurrencyLimitConfig {
+        max: n,
+        ..ConcurrencyLimitConfig::default()
+    });
     let runtime = match Runtime::start(config).await {
         Ok(r) => r,
         Err(e) => return out.fail_with("run", &Status::unavailable(e.to_string()), exit::RUNTIME),

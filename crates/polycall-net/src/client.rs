@@ -2,23 +2,24 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use polycall_core::{BoxFuture, Call, Reply, Status};
 use polycall_proto::Role;
-use tokio::sync::Mutex;
 use tower_service::Service;
 
 use crate::Endpoint;
 use crate::connection::{ConnectionConfig, ConnectionHandle, establish};
 use crate::handler::{NoHandler, SharedHandler};
+use crate::pool::{Backoff, Pool, PoolConfig, spawn_reaper};
 use crate::transport::{Plain, Transport};
 
 /// How a [`Channel`] connects.
 #[derive(Clone)]
 pub struct ChannelConfig {
-    /// Connections kept to the endpoint; calls go to the least loaded.
-    pub connections: usize,
+    /// The connections kept to the endpoint: how many (calls go to the least loaded),
+    /// when an idle one is closed and when an old one is replaced.
+    pub pool: PoolConfig,
     /// Time allowed to open a connection (transport and handshake).
     pub connect_timeout: Duration,
     /// After a failed connect, wait at least this long before trying that slot again…
@@ -37,7 +38,7 @@ pub struct ChannelConfig {
 impl Default for ChannelConfig {
     fn default() -> Self {
         Self {
-            connections: 1,
+            pool: PoolConfig::default(),
             connect_timeout: Duration::from_secs(5),
             reconnect_backoff: Duration::from_millis(50),
             max_reconnect_backoff: Duration::from_secs(2),
@@ -51,29 +52,23 @@ impl Default for ChannelConfig {
 impl std::fmt::Debug for ChannelConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChannelConfig")
-            .field("connections", &self.connections)
+            .field("pool", &self.pool)
             .field("connect_timeout", &self.connect_timeout)
             .field("transport", &self.transport.name())
             .finish()
     }
 }
 
-#[derive(Default)]
-struct Slot {
-    handle: Option<ConnectionHandle>,
-    failures: u32,
-    retry_at: Option<Instant>,
-}
-
 struct Inner {
     endpoint: Endpoint,
     config: ChannelConfig,
-    slots: Vec<Mutex<Slot>>,
+    pool: Pool,
 }
 
-/// A cloneable client of one endpoint over one or more multiplexed connections. Calls go
-/// to the connection with the fewest calls in flight; a connection that ends is
-/// replaced on the next call (with backoff after failures). It is a
+/// A cloneable client of one endpoint over one or more multiplexed connections (a
+/// [pool](crate::pool)). Calls go to the connection with the fewest calls in flight; a
+/// connection that ends is replaced on the next call (with backoff after failures);
+/// idle and old connections are closed or replaced as [`PoolConfig`] says. It is a
 /// `tower::Service<Call>`, so resilience layers stack on it.
 ///
 /// ```no_run
@@ -109,21 +104,55 @@ impl Channel {
         endpoint: Endpoint,
         mut config: ChannelConfig,
     ) -> Result<Self, Status> {
-        config.connections = config.connections.max(1);
+        config.pool.connections = config.pool.connections.max(1);
         if config.transport.authenticates_bytes() {
             config.connection.proto.settings.features &= !polycall_proto::features::CRC32C;
         }
-        let slots = (0..config.connections)
-            .map(|_| Mutex::new(Slot::default()))
-            .collect();
+        let pool = Pool::new(
+            endpoint.to_string(),
+            config.pool.clone(),
+            Backoff {
+                initial: config.reconnect_backoff,
+                max: config.max_reconnect_backoff,
+            },
+        );
         let channel = Self {
             inner: Arc::new(Inner {
                 endpoint,
                 config,
-                slots,
+                pool,
             }),
         };
-        channel.connection(0).await?;
+        drop(channel.inner.pool.acquire(0, &|| channel.open()).await?);
+        spawn_reaper(
+            Arc::downgrade(&channel.inner),
+            channel.inner.pool.config().reap_interval(),
+            |inner: &Arc<Inner>| {
+                let r = inner.pool.reap();
+                if r.idle + r.retired.len() + r.dead > 0 {
+                    tracing::debug!(
+                        endpoint = %inner.endpoint,
+                        idle = r.idle,
+                        retired = r.retired.len(),
+                        ended = r.dead,
+                        "connection pool reaped"
+                    );
+                }
+                // Retired connections are replaced at once (callers needing the slot
+                // meanwhile wait for the new connection or use another slot).
+                for i in r.retired {
+                    let channel = Channel {
+                        inner: inner.clone(),
+                    };
+                    tokio::spawn(async move {
+                        let pool = &channel.inner.pool;
+                        if let Err(e) = pool.acquire(i, &|| channel.open()).await {
+                            tracing::debug!(%e, "replacing a retired connection failed");
+                        }
+                    });
+                }
+            },
+        );
         Ok(channel)
     }
 
@@ -136,11 +165,9 @@ impl Channel {
         let c = &self.inner.config;
         let ep = &self.inner.endpoint;
         let connect = async {
-            let io = c
-                .transport
-                .connect(ep)
-                .await
-                .map_err(|e| Status::unavailable(format!("cannot connect to {ep}: {e}")).not_executed())?;
+            let io = c.transport.connect(ep).await.map_err(|e| {
+                Status::unavailable(format!("cannot connect to {ep}: {e}")).not_executed()
+            })?;
             establish(
                 io,
                 ep.to_string(),
@@ -161,92 +188,30 @@ impl Channel {
             })
     }
 
-    /// The live connection of slot `i`, opening it when needed.
-    async fn connection(&self, i: usize) -> Result<ConnectionHandle, Status> {
-        let mut slot = self.inner.slots[i].lock().await;
-        if let Some(h) = &slot.handle
-            && !h.is_closed()
-            && !h.is_going_away()
-        {
-            return Ok(h.clone());
-        }
-        if let Some(at) = slot.retry_at
-            && Instant::now() < at
-        {
-            return Err(Status::unavailable(format!(
-                "{} is unreachable; retrying in {:?}",
-                self.inner.endpoint,
-                at - Instant::now()
-            ))
-            .not_executed());
-        }
-        match self.open().await {
-            Ok(h) => {
-                slot.handle = Some(h.clone());
-                slot.failures = 0;
-                slot.retry_at = None;
-                Ok(h)
-            }
-            Err(e) => {
-                slot.handle = None;
-                slot.failures += 1;
-                let c = &self.inner.config;
-                let backoff = c
-                    .reconnect_backoff
-                    .saturating_mul(1 << slot.failures.min(10))
-                    .min(c.max_reconnect_backoff);
-                slot.retry_at = Some(Instant::now() + backoff);
-                Err(e)
-            }
-        }
-    }
-
-    /// The live connection with the fewest calls in flight.
-    async fn pick(&self) -> Result<ConnectionHandle, Status> {
-        let mut best: Option<ConnectionHandle> = None;
-        let mut dead = Vec::new();
-        for (i, slot) in self.inner.slots.iter().enumerate() {
-            // A slot being (re)connected by another caller is skipped.
-            if let Ok(s) = slot.try_lock() {
-                match &s.handle {
-                    Some(h) if !h.is_closed() && !h.is_going_away() => {
-                        if best.as_ref().is_none_or(|b| h.in_flight() < b.in_flight()) {
-                            best = Some(h.clone());
-                        }
-                    }
-                    _ => dead.push(i),
-                }
-            }
-        }
-        if let Some(b) = &best
-            && (dead.is_empty() || b.in_flight() == 0)
-        {
-            return Ok(b.clone());
-        }
-        let mut last_err = None;
-        for i in dead {
-            match self.connection(i).await {
-                Ok(h) => return Ok(h),
-                Err(e) => last_err = Some(e),
-            }
-        }
-        if let Some(b) = best {
-            return Ok(b);
-        }
-        match last_err {
-            Some(e) => Err(e),
-            None => self.connection(0).await,
-        }
-    }
-
     /// Calls a method on the endpoint.
     pub async fn call(&self, call: Call) -> Result<Reply, Status> {
-        self.pick().await?.call(call).await
+        // The call is queued on its connection before the slot is let go (so the pool's
+        // reaper cannot retire the connection in between). Boxed: the connection's call
+        // future names the handle's lifetime, though it does not borrow it.
+        let reply: BoxFuture = self
+            .inner
+            .pool
+            .dispatch(|| self.open(), |h| Box::pin(h.call(call)) as BoxFuture)
+            .await?;
+        reply.await
     }
 
     /// A live connection (to register methods on, or to learn its peer).
     pub async fn any_connection(&self) -> Result<ConnectionHandle, Status> {
-        self.pick().await
+        self.inner
+            .pool
+            .dispatch(|| self.open(), ConnectionHandle::clone)
+            .await
+    }
+
+    /// The pool's live connections now (for inspection; calls pick their own).
+    pub fn connections(&self) -> Vec<ConnectionHandle> {
+        self.inner.pool.live()
     }
 }
 

@@ -141,7 +141,7 @@ impl ConnectionHandle {
     /// pick by [`ConnectionHandle::in_flight`] see it). Dropping the future cancels the
     /// call (the peer is told); when the call's deadline passes first, the result is
     /// `deadline_exceeded` and the call is cancelled.
-    pub fn call(&self, call: Call) -> impl Future<Output = Result<Reply, Status>> + Send + 'static {
+    pub fn call(&self, call: Call) -> impl Future<Output = Result<Reply, Status>> + Send + use<> {
         let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
         self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut guard = CancelOnDrop {

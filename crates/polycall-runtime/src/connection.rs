@@ -3,7 +3,11 @@
 
 use std::sync::Arc;
 
-use polycall_core::{BoxFuture, Call, MethodName, ServiceName, Status};
+use std::task::{Context, Poll};
+
+use polycall_core::{
+    BoxFuture, BoxHandler, Call, MethodName, Principal, Reply, ServiceName, Status,
+};
 use polycall_net::{ConnectionHandle, ConnectionHandler};
 use polycall_proto::frame::MethodEntry;
 use tower_service::Service;
@@ -17,10 +21,28 @@ pub(crate) struct RuntimeConnection {
     pub(crate) state: Arc<State>,
     pub(crate) connection: ConnectionHandle,
     pub(crate) provider_id: u64,
+    /// The caller's identity on this connection.
+    pub(crate) principal: Principal,
+    /// Quality-of-service layers over [`Route`].
+    pub(crate) stack: BoxHandler,
 }
 
-impl ConnectionHandler for RuntimeConnection {
-    fn call(&self, call: Call) -> BoxFuture {
+/// Routes a call: the runtime's own methods first, then the least-loaded provider.
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub(crate) state: Arc<State>,
+}
+
+impl Service<Call> for Route {
+    type Response = Reply;
+    type Error = Status;
+    type Future = BoxFuture;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, call: Call) -> BoxFuture {
         let (service, method) = (call.service.as_str(), call.method.as_str());
         if self.state.builtins.handler(service, method).is_some() {
             let mut router = self.state.builtins.clone();
@@ -30,14 +52,13 @@ impl ConnectionHandler for RuntimeConnection {
             // Called now, not when first polled: the provider counts the call at once.
             Some(provider) => Box::pin(provider.call(call)),
             None => {
-                let what = if self.state.registry.has_service(service)
-                    || self
-                        .state
-                        .builtins
-                        .describe()
-                        .iter()
-                        .any(|d| d.name.starts_with(&format!("{service}.")))
-                {
+                let own = self
+                    .state
+                    .builtins
+                    .describe()
+                    .iter()
+                    .any(|d| d.name.starts_with(&format!("{service}.")));
+                let what = if self.state.registry.has_service(service) || own {
                     format!("service {service} has no method {method}")
                 } else {
                     format!("no provider serves {}", call.full_name())
@@ -47,6 +68,19 @@ impl ConnectionHandler for RuntimeConnection {
                 )))))
             }
         }
+    }
+}
+
+impl ConnectionHandler for RuntimeConnection {
+    fn call(&self, mut call: Call) -> BoxFuture {
+        // Who calls: until authentication arrives, the caller's connection. A principal
+        // the caller claims for itself is never trusted.
+        call.metadata.principal = Some(self.principal.clone());
+        let mut stack = self.stack.clone();
+        Box::pin(async move {
+            std::future::poll_fn(|cx| stack.poll_ready(cx)).await?;
+            stack.call(call).await
+        })
     }
 
     fn register(&self, methods: Vec<MethodEntry>) -> Result<(), Status> {

@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use polycall_core::Router;
+use polycall_core::{BoxHandler, Router};
 use polycall_net::{ConnectionHandle, Endpoint, Server, ServerConfig, SharedHandler};
 use serde_json::json;
 use tokio::sync::watch;
@@ -49,6 +49,22 @@ pub struct RuntimeConfig {
     pub state_dir: PathBuf,
     /// Listener and connection limits.
     pub server: ServerConfig,
+    /// Rate limits, concurrency limits and fault injection applied to every call.
+    pub qos: QosConfig,
+}
+
+/// Quality of service the runtime applies to every call it serves, in this order: rate
+/// limit per client, concurrency limit (shedding low priorities first), fault injection.
+/// Each is off when `None`.
+#[derive(Debug, Clone, Default)]
+pub struct QosConfig {
+    /// Calls per second per client (each connection is a client until authentication
+    /// arrives); over the rate, `busy` with a retry-after hint.
+    pub rate_limit: Option<polycall_net::rate_limit::RateLimitConfig>,
+    /// Calls served at once by the whole runtime; over it, `busy` (lower classes first).
+    pub concurrency: Option<polycall_net::limit::ConcurrencyLimitConfig>,
+    /// Injected delays and failures, for chaos drills.
+    pub faults: Option<polycall_net::fault::FaultConfig>,
 }
 
 impl Default for RuntimeConfig {
@@ -59,6 +75,7 @@ impl Default for RuntimeConfig {
                 .unwrap_or(Endpoint::Tcp(DEFAULT_ENDPOINT.into())),
             state_dir: PathBuf::from(".polycall"),
             server: ServerConfig::default(),
+            qos: QosConfig::default(),
         }
     }
 }
@@ -151,6 +168,48 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
+/// The runtime's quality-of-service layers, shared by every connection.
+struct Qos {
+    rate: Option<polycall_net::rate_limit::RateLimitLayer>,
+    limit: Option<polycall_net::limit::ConcurrencyLimitLayer>,
+    faults: Option<polycall_net::fault::FaultInjectionLayer>,
+}
+
+impl Qos {
+    fn new(c: &QosConfig) -> Self {
+        Self {
+            rate: c
+                .rate_limit
+                .clone()
+                .map(polycall_net::rate_limit::RateLimitLayer::new),
+            limit: c
+                .concurrency
+                .clone()
+                .map(polycall_net::limit::ConcurrencyLimitLayer::new),
+            faults: c
+                .faults
+                .clone()
+                .map(polycall_net::fault::FaultInjectionLayer::new),
+        }
+    }
+
+    /// rate limit → concurrency limit → faults → `inner`, each only when configured.
+    fn stack(&self, inner: connection::Route) -> BoxHandler {
+        use tower::Layer;
+        let mut s = BoxHandler::new(inner);
+        if let Some(f) = &self.faults {
+            s = BoxHandler::new(f.layer(s));
+        }
+        if let Some(l) = &self.limit {
+            s = BoxHandler::new(l.layer(s));
+        }
+        if let Some(r) = &self.rate {
+            s = BoxHandler::new(r.layer(s));
+        }
+        s
+    }
+}
+
 fn new_token() -> String {
     use std::hash::{BuildHasher, Hasher};
     // 128 bits from the OS-seeded hasher keys (std's RandomState) and the clock.
@@ -184,12 +243,18 @@ impl Runtime {
         });
         let next_provider = Arc::new(AtomicU64::new(1));
         let make_state = state.clone();
+        let qos = Qos::new(&config.qos);
         let make = Arc::new(
-            move |conn: &ConnectionHandle, _peer: &str| -> SharedHandler {
+            move |conn: &ConnectionHandle, peer: &str| -> SharedHandler {
+                let route = connection::Route {
+                    state: make_state.clone(),
+                };
                 Arc::new(connection::RuntimeConnection {
                     state: make_state.clone(),
                     connection: conn.clone(),
                     provider_id: next_provider.fetch_add(1, Ordering::Relaxed),
+                    principal: polycall_core::Principal::new(format!("peer:{peer}")),
+                    stack: qos.stack(route),
                 })
             },
         );

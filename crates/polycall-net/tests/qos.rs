@@ -1,0 +1,322 @@
+//! Quality-of-service layers and the connection pool on real loopback TCP.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use polycall_core::{BoxFuture, Call, MethodInfo, Payload, Reply, Router, handler_fn};
+use polycall_net::pool::PoolConfig;
+use polycall_net::shape::{Rate, ShapeConfig, ShapeLayer};
+use polycall_net::{
+    Channel, ChannelConfig, ConnectionHandle, ConnectionHandler, RouterHandler, Server,
+    ServerConfig, SharedHandler,
+};
+use tokio::time::Instant;
+use tower::{Layer, ServiceExt};
+
+fn router() -> Router {
+    Router::new()
+        .route(
+            "debug.echo",
+            MethodInfo::new("echo"),
+            handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) }),
+        )
+        .unwrap()
+        .route(
+            "debug.sleep",
+            MethodInfo::new("sleeps for the given milliseconds"),
+            handler_fn(|c: Call| async move {
+                let ms: u64 = std::str::from_utf8(&c.payload.bytes)
+                    .unwrap()
+                    .parse()
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                Ok(Reply::new(Payload::raw("slept")))
+            }),
+        )
+        .unwrap()
+}
+
+/// Serves the router and counts the calls of each accepted connection.
+struct Counting {
+    router: RouterHandler,
+    hits: Arc<AtomicUsize>,
+}
+
+impl ConnectionHandler for Counting {
+    fn call(&self, call: Call) -> BoxFuture {
+        self.hits.fetch_add(1, Ordering::SeqCst);
+        self.router.call(call)
+    }
+}
+
+type Hits = Arc<Mutex<Vec<Arc<AtomicUsize>>>>;
+
+async fn serve() -> (Server, Hits) {
+    let hits: Hits = Arc::default();
+    let per_conn = hits.clone();
+    let router = router();
+    let server = Server::serve(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::default(),
+        Arc::new(move |_: &ConnectionHandle, _: &str| -> SharedHandler {
+            let h = Arc::new(AtomicUsize::new(0));
+            per_conn.lock().unwrap().push(h.clone());
+            Arc::new(Counting {
+                router: RouterHandler(router.clone()),
+                hits: h,
+            })
+        }),
+    )
+    .await
+    .unwrap();
+    (server, hits)
+}
+
+async fn channel(server: &Server, pool: PoolConfig) -> Channel {
+    let config = ChannelConfig {
+        pool,
+        reconnect_backoff: Duration::from_millis(10),
+        ..ChannelConfig::default()
+    };
+    Channel::with_config(server.local_endpoint().clone(), config)
+        .await
+        .unwrap()
+}
+
+fn call(name: &str, payload: impl Into<bytes::Bytes>) -> Call {
+    Call::new(name, Payload::raw(payload)).unwrap()
+}
+
+/// Polls `cond` every 10 ms for up to `limit`; whether it became true.
+async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    while Instant::now() < until {
+        if cond() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    cond()
+}
+
+async fn concurrent_sleeps(ch: &Channel, n: usize, ms: u64) {
+    let calls: Vec<_> = (0..n)
+        .map(|_| {
+            let ch = ch.clone();
+            tokio::spawn(async move { ch.call(call("debug.sleep", ms.to_string())).await })
+        })
+        .collect();
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_opens_n_connections_and_spreads_calls_over_them() {
+    let (server, hits) = serve().await;
+    let ch = channel(
+        &server,
+        PoolConfig {
+            connections: 4,
+            ..PoolConfig::default()
+        },
+    )
+    .await;
+    assert_eq!(
+        ch.connections().len(),
+        1,
+        "the first connection opens at once"
+    );
+    // Concurrent calls open the other connections on demand…
+    concurrent_sleeps(&ch, 20, 100).await;
+    assert_eq!(ch.connections().len(), 4);
+    assert!(eventually(Duration::from_secs(2), || server.connections() == 4).await);
+    // …and once they are open, calls go to the least loaded.
+    for h in hits.lock().unwrap().iter() {
+        h.store(0, Ordering::SeqCst);
+    }
+    concurrent_sleeps(&ch, 40, 100).await;
+    let counts: Vec<usize> = hits
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|h| h.load(Ordering::SeqCst))
+        .collect();
+    assert_eq!(
+        counts.len(),
+        4,
+        "no further connection was opened: {counts:?}"
+    );
+    assert_eq!(counts.iter().sum::<usize>(), 40);
+    assert!(
+        counts.iter().all(|&c| (6..=14).contains(&c)),
+        "calls per connection {counts:?}"
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_is_closed_and_reopened_by_the_next_call() {
+    let (server, _) = serve().await;
+    let idle = Duration::from_millis(200);
+    let ch = channel(
+        &server,
+        PoolConfig {
+            connections: 1,
+            idle_timeout: Some(idle),
+            ..PoolConfig::default()
+        },
+    )
+    .await;
+    // A call longer than the idle timeout keeps its connection.
+    let first = ch.any_connection().await.unwrap();
+    ch.call(call("debug.sleep", "500")).await.unwrap();
+    assert!(ch.any_connection().await.unwrap().same_connection(&first));
+    // Unused, it is closed after about the idle timeout.
+    let quiet = Instant::now();
+    assert!(eventually(Duration::from_secs(3), || server.connections() == 0).await);
+    let closed_after = quiet.elapsed();
+    assert!(closed_after >= idle, "closed after {closed_after:?}");
+    assert!(first.is_closed());
+    assert!(ch.connections().is_empty());
+    // The next call opens a new one.
+    let r = ch.call(call("debug.echo", "again")).await.unwrap();
+    assert_eq!(&r.payload.bytes[..], b"again");
+    assert_eq!(ch.connections().len(), 1);
+    assert!(eventually(Duration::from_secs(1), || server.connections() == 1).await);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_past_max_lifetime_is_replaced_without_failing_calls() {
+    let (server, _) = serve().await;
+    let ch = channel(
+        &server,
+        PoolConfig {
+            connections: 1,
+            max_lifetime: Some(Duration::from_millis(300)),
+            ..PoolConfig::default()
+        },
+    )
+    .await;
+    let first = ch.any_connection().await.unwrap();
+    // A call that outlives its connection's lifetime…
+    let long = {
+        let ch = ch.clone();
+        tokio::spawn(async move { ch.call(call("debug.sleep", "800")).await })
+    };
+    // …and a steady stream of calls across several retirements.
+    let until = Instant::now() + Duration::from_millis(1200);
+    let mut calls = 0;
+    let mut connections: Vec<ConnectionHandle> = vec![first.clone()];
+    while Instant::now() < until {
+        let r = ch.call(call("debug.echo", "x")).await;
+        assert!(r.is_ok(), "call {calls} failed: {r:?}");
+        calls += 1;
+        let now = ch.any_connection().await.unwrap();
+        if !connections.iter().any(|c| c.same_connection(&now)) {
+            connections.push(now);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let r = long.await.unwrap();
+    assert_eq!(
+        &r.unwrap().payload.bytes[..],
+        b"slept",
+        "the retired connection's call finished"
+    );
+    assert!(
+        (3..=6).contains(&connections.len()),
+        "{} connections in 1.2 s with a 300 ms lifetime",
+        connections.len()
+    );
+    assert!(first.is_closed() || eventually(Duration::from_secs(1), || first.is_closed()).await);
+    // Retired connections close once drained; each was replaced at once, so one stays
+    // open even without calls.
+    drop(connections);
+    assert!(eventually(Duration::from_secs(2), || server.connections() == 1).await);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert_eq!(ch.connections().len(), 1);
+    assert!(eventually(Duration::from_secs(2), || server.connections() == 1).await);
+    assert!(calls > 50, "{calls} calls");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_channel_closes_its_connections() {
+    let (server, _) = serve().await;
+    let ch = channel(
+        &server,
+        PoolConfig {
+            connections: 2,
+            idle_timeout: Some(Duration::from_secs(60)),
+            max_lifetime: Some(Duration::from_secs(60)),
+        },
+    )
+    .await;
+    concurrent_sleeps(&ch, 4, 50).await;
+    assert_eq!(ch.connections().len(), 2);
+    assert!(eventually(Duration::from_secs(2), || server.connections() == 2).await);
+    // (The reaper keeps no strong reference, and no handle is held here: a connection
+    // lives while someone holds a handle to it.)
+    drop(ch);
+    assert!(eventually(Duration::from_secs(3), || server.connections() == 0).await);
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shaper_holds_its_rate_on_loopback() {
+    let (server, _) = serve().await;
+    let ch = channel(&server, PoolConfig::default()).await;
+    // Records when the shaper lets each call through to the channel.
+    let released: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
+    let log = released.clone();
+    let connection = handler_fn(move |c: Call| {
+        let (ch, log) = (ch.clone(), log.clone());
+        async move {
+            log.lock().unwrap().push((Instant::now(), c.payload.len()));
+            ch.call(c).await
+        }
+    });
+    const RATE: u64 = 1_000_000;
+    const BURST: usize = 32 * 1024;
+    let shaped = ShapeLayer::new(ShapeConfig::default().total(Rate::new(RATE, BURST as u64)))
+        .layer(connection);
+    let start = Instant::now();
+    let end = start + Duration::from_secs(2);
+    let senders: Vec<_> = (0..4)
+        .map(|_| {
+            let shaped = shaped.clone();
+            tokio::spawn(async move {
+                let payload = bytes::Bytes::from(vec![7u8; 16 * 1024]);
+                while Instant::now() < end {
+                    let r = shaped
+                        .clone()
+                        .oneshot(call("debug.echo", payload.clone()))
+                        .await;
+                    assert_eq!(r.unwrap().payload.len(), 16 * 1024);
+                }
+            })
+        })
+        .collect();
+    for s in senders {
+        tokio::time::timeout(Duration::from_secs(10), s)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let sent: usize = released
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| *t <= end)
+        .map(|(_, n)| n)
+        .sum();
+    let rate = (sent - BURST) as f64 / 2.0;
+    assert!(
+        (rate - RATE as f64).abs() <= RATE as f64 * 0.05,
+        "{sent} bytes in 2 s: {rate:.0} B/s after the burst, expected {RATE}"
+    );
+    server.shutdown().await;
+}
