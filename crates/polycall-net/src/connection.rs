@@ -395,6 +395,11 @@ struct Driver {
 }
 
 const MAX_SLICES: usize = 64;
+/// Work done per wake-up before yielding to other tasks: a connection moving a huge
+/// message must not hold a worker thread for long (the machine may have two).
+const ROUNDS_PER_WAKE: usize = 4;
+/// Socket reads per round.
+const READS_PER_ROUND: usize = 4;
 /// Read buffer growth: from this…
 const MIN_READ: usize = 8 * 1024;
 /// …to this, while reads keep filling it.
@@ -699,7 +704,7 @@ impl Driver {
     /// Reads what is available; false when nothing was read.
     fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progressed = false;
-        for _ in 0..16 {
+        for _ in 0..READS_PER_ROUND {
             if self.finished || self.peer_eof {
                 break;
             }
@@ -921,7 +926,7 @@ impl Future for Driver {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
-        for _ in 0..32 {
+        for _ in 0..ROUNDS_PER_WAKE {
             if this.finished {
                 break;
             }

@@ -89,6 +89,10 @@ pub struct Config {
     pub fragment_size: u32,
     /// Adaptive compression settings.
     pub compression: SelectorConfig,
+    /// Largest message the connection compresses (larger ones are sent as they are):
+    /// compressing happens inline, and a 64 MiB message would stall the connection's
+    /// other calls for tens of milliseconds. Compress such payloads before sending.
+    pub max_compress_size: usize,
     /// Most bytes of partly received messages held at once on the connection. A message
     /// that would go over is refused with `busy` (and a retry hint) instead of stalling
     /// the connection. At least `max_message`.
@@ -102,6 +106,7 @@ impl Default for Config {
             fragment_size: 64 * 1024,
             compression: SelectorConfig::default(),
             reassembly_budget: 128 * 1024 * 1024,
+            max_compress_size: 1024 * 1024,
         }
     }
 }
@@ -1307,13 +1312,17 @@ impl Connection {
     }
 
     fn compress(&mut self, key: u64, payload: &Payload) -> (Algorithm, Bytes) {
-        let allowed: Vec<Algorithm> = self
+        // Compression runs where the connection's frames are produced, so a huge message
+        // would hold back every other call for as long as it takes: those go as they are.
+        if payload.len() > self.config.max_compress_size {
+            return (Algorithm::None, payload.bytes.clone());
+        }
+        let allowed = self
             .negotiated
             .as_ref()
-            .map(|n| n.compressions.clone())
-            .unwrap_or_default();
+            .map_or(&[][..], |n| &n.compressions[..]);
         self.compressor
-            .encode(key, payload.content_type, &payload.bytes, &allowed)
+            .encode(key, payload.content_type, &payload.bytes, allowed)
     }
 
     fn enqueue(&mut self, call_id: u32, item: OutItem) {
