@@ -186,6 +186,15 @@ fn main() {
         for _ in 0..REPEATS {
             let run = vec![
                 scenario(
+                    "bandwidth by class, 16 KiB fragments: low shaped to 100 MB/s, critical probes",
+                    plain.clone(),
+                    Priority::Critical,
+                    Priority::Low,
+                    Some((16 * 1024, 32 * 1024)),
+                    Some(allocation.clone()),
+                )
+                .await,
+                scenario(
                     "bandwidth by class: low shaped to 100 MB/s, critical probes",
                     plain.clone(),
                     Priority::Critical,
