@@ -4,7 +4,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use polycall_core::{BoxFuture, Call, MethodInfo, Payload, Reply, Router, handler_fn};
+use polycall_core::{
+    BoxFuture, Call, Metadata, MethodInfo, Payload, Priority, Reply, Router, handler_fn,
+};
 use polycall_net::pool::PoolConfig;
 use polycall_net::shape::{Rate, ShapeConfig, ShapeLayer};
 use polycall_net::{
@@ -266,57 +268,78 @@ async fn dropping_the_channel_closes_its_connections() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_shaper_holds_its_rate_on_loopback() {
+async fn the_shaper_holds_a_class_to_its_rate_over_5_seconds_on_loopback() {
     let (server, _) = serve().await;
     let ch = channel(&server, PoolConfig::default()).await;
-    // Records when the shaper lets each call through to the channel.
-    let released: Arc<Mutex<Vec<(Instant, usize)>>> = Arc::default();
+    // Records when the shaper lets each call through to the channel, by class.
+    let released: Arc<Mutex<Vec<(Instant, Priority, usize)>>> = Arc::default();
     let log = released.clone();
     let connection = handler_fn(move |c: Call| {
         let (ch, log) = (ch.clone(), log.clone());
         async move {
-            log.lock().unwrap().push((Instant::now(), c.payload.len()));
+            log.lock()
+                .unwrap()
+                .push((Instant::now(), c.metadata.priority, c.payload.len()));
             ch.call(c).await
         }
     });
     const RATE: u64 = 1_000_000;
     const BURST: usize = 32 * 1024;
-    let shaped = ShapeLayer::new(ShapeConfig::default().total(Rate::new(RATE, BURST as u64)))
-        .layer(connection);
+    const SECS: u64 = 5;
+    let shaped =
+        ShapeLayer::new(ShapeConfig::default().class(Priority::Low, Rate::new(RATE, BURST as u64)))
+            .layer(connection);
     let start = Instant::now();
-    let end = start + Duration::from_secs(2);
-    let senders: Vec<_> = (0..4)
-        .map(|_| {
-            let shaped = shaped.clone();
-            tokio::spawn(async move {
-                let payload = bytes::Bytes::from(vec![7u8; 16 * 1024]);
-                while Instant::now() < end {
-                    let r = shaped
-                        .clone()
-                        .oneshot(call("debug.echo", payload.clone()))
-                        .await;
-                    assert_eq!(r.unwrap().payload.len(), 16 * 1024);
-                }
-            })
+    let end = start + Duration::from_secs(SECS);
+    // Four low-priority senders flat out, and one critical sender the shaper leaves alone.
+    let senders: Vec<_> = [
+        Priority::Low,
+        Priority::Low,
+        Priority::Low,
+        Priority::Low,
+        Priority::Critical,
+    ]
+    .into_iter()
+    .map(|class| {
+        let shaped = shaped.clone();
+        tokio::spawn(async move {
+            let payload = bytes::Bytes::from(vec![7u8; 16 * 1024]);
+            while Instant::now() < end {
+                let c = call("debug.echo", payload.clone())
+                    .with_metadata(Metadata::default().with_priority(class));
+                let r = shaped.clone().oneshot(c).await;
+                assert_eq!(r.unwrap().payload.len(), 16 * 1024);
+            }
         })
-        .collect();
+    })
+    .collect();
     for s in senders {
-        tokio::time::timeout(Duration::from_secs(10), s)
+        tokio::time::timeout(Duration::from_secs(SECS + 10), s)
             .await
             .unwrap()
             .unwrap();
     }
-    let sent: usize = released
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|(t, _)| *t <= end)
-        .map(|(_, n)| n)
-        .sum();
-    let rate = (sent - BURST) as f64 / 2.0;
+    let sent = |class: Priority| -> usize {
+        released
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(t, c, _)| *t <= end && *c == class)
+            .map(|(_, _, n)| n)
+            .sum()
+    };
+    let low_rate = (sent(Priority::Low) - BURST) as f64 / SECS as f64;
     assert!(
-        (rate - RATE as f64).abs() <= RATE as f64 * 0.05,
-        "{sent} bytes in 2 s: {rate:.0} B/s after the burst, expected {RATE}"
+        (low_rate - RATE as f64).abs() <= RATE as f64 * 0.05,
+        "low class: {low_rate:.0} B/s after the burst over {SECS} s, expected {RATE} within 5%"
+    );
+    let critical_rate = sent(Priority::Critical) as f64 / SECS as f64;
+    assert!(
+        critical_rate > 5.0 * RATE as f64,
+        "the unshaped class was held back: {critical_rate:.0} B/s"
+    );
+    eprintln!(
+        "low class {low_rate:.0} B/s (target {RATE}); unshaped critical class {critical_rate:.0} B/s"
     );
     server.shutdown().await;
 }
