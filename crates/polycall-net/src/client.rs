@@ -191,12 +191,11 @@ impl Channel {
     /// Calls a method on the endpoint.
     pub async fn call(&self, call: Call) -> Result<Reply, Status> {
         // The call is queued on its connection before the slot is let go (so the pool's
-        // reaper cannot retire the connection in between). Boxed: the connection's call
-        // future names the handle's lifetime, though it does not borrow it.
-        let reply: BoxFuture = self
+        // reaper cannot retire the connection in between).
+        let reply = self
             .inner
             .pool
-            .dispatch(|| self.open(), |h| Box::pin(h.call(call)) as BoxFuture)
+            .dispatch(|| self.open(), |h| h.call(call))
             .await?;
         reply.await
     }
