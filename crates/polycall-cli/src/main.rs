@@ -5,6 +5,7 @@
 //! 130 interrupted.
 
 mod client;
+mod config_cmd;
 mod demo;
 mod output;
 mod run;
@@ -19,7 +20,7 @@ use output::{Format, Out};
 #[derive(Debug, Parser)]
 #[command(name = "polycall", version, about, long_about = None)]
 struct Cli {
-    /// A configuration file (configuration files arrive with the configuration work).
+    /// A polycall.toml for `run` and `config` (docs/config.md).
     #[arg(long, global = true, env = "POLYCALL_CONFIG")]
     config: Option<PathBuf>,
     /// Output for people (text) or for programs (one JSON object).
@@ -73,6 +74,11 @@ enum Command {
     },
     /// A runtime, a provider and a few calls in one process: a first look at polycall.
     Demo,
+    /// Validate, show or migrate configuration (polycall.toml, libpolycall's files).
+    Config {
+        #[command(subcommand)]
+        command: config_cmd::ConfigCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,25 +87,53 @@ fn main() -> ExitCode {
         format: cli.format,
         quiet: cli.quiet,
     };
+    // `--config FILE` configures `run` (and names the file of `config`); invalid: exit 3.
+    let loaded = match (&cli.config, &cli.command) {
+        (Some(path), Command::Run(_)) => match config_cmd::load(path, &[]) {
+            Ok(l) => Some(l),
+            Err(d) => {
+                return ExitCode::from(config_cmd::invalid(
+                    &out,
+                    "run",
+                    &path.display().to_string(),
+                    &d,
+                ));
+            }
+        },
+        (Some(_), Command::Config { .. }) | (None, _) => None,
+        (Some(path), _) => {
+            let status = polycall::Status::unsupported(format!(
+                "--config {}: configuration files configure `run` and `config` only in this build",
+                path.display()
+            ));
+            return ExitCode::from(out.fail("config", &status));
+        }
+    };
     // The demo prints its own story; the runtime inside it keeps quiet.
     let level = if cli.quiet || matches!(cli.command, Command::Demo) {
         "warn"
     } else {
-        "info"
+        loaded.as_ref().map_or("info", |l| l.log_level())
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("POLYCALL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
-    if let Some(path) = &cli.config {
-        let status = polycall::Status::unsupported(format!(
-            "--config {}: configuration files are not supported by this build yet; the runtime runs on embedded defaults",
-            path.display()
-        ));
-        return ExitCode::from(out.fail("config", &status));
-    }
+        .with_writer(std::io::stderr);
+    let _ = if loaded
+        .as_ref()
+        .is_some_and(|l| l.log_format() == polycall::runtime::config::LogFormat::Json)
+    {
+        fmt.json().try_init()
+    } else {
+        fmt.try_init()
+    };
+    let command = match cli.command {
+        Command::Config { command } => {
+            return ExitCode::from(config_cmd::config(command, cli.config.as_deref(), out));
+        }
+        other => other,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -112,13 +146,14 @@ fn main() -> ExitCode {
     };
     let timeout = std::time::Duration::from_millis(cli.timeout_ms);
     let code = runtime.block_on(async move {
-        match cli.command {
-            Command::Run(args) => run::run(args, out).await,
+        match command {
+            Command::Run(args) => run::run(args, loaded, out).await,
             Command::Call(args) => client::call(args, timeout, out).await,
             Command::Describe { target } => client::describe(target, timeout, out).await,
             Command::Status { target } => client::status(target, timeout, out).await,
             Command::Stop { target, token } => client::stop(target, token, timeout, out).await,
             Command::Demo => demo::demo(out).await,
+            Command::Config { .. } => output::exit::OK,
         }
     });
     ExitCode::from(code)

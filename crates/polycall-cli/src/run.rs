@@ -6,7 +6,8 @@ use std::time::Duration;
 use polycall::Status;
 use polycall::net::limit::ConcurrencyLimitConfig;
 use polycall::net::rate_limit::RateLimitConfig;
-use polycall::runtime::{DEFAULT_ENDPOINT, Runtime, RuntimeConfig};
+use polycall::runtime::config::LoadedConfig;
+use polycall::runtime::{Runtime, RuntimeConfig};
 use serde_json::json;
 
 use crate::output::{Out, exit};
@@ -14,21 +15,24 @@ use crate::output::{Out, exit};
 /// Arguments of `polycall run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// Where to listen: HOST:PORT (port 0 = any free port) or unix:PATH.
-    #[arg(long, default_value = DEFAULT_ENDPOINT, env = "POLYCALL_ENDPOINT")]
-    endpoint: String,
+    /// Where to listen: HOST:PORT (port 0 = any free port) or unix:PATH [default:
+    /// runtime.endpoint of --config, else 127.0.0.1:7464].
+    #[arg(long, env = "POLYCALL_ENDPOINT")]
+    endpoint: Option<String>,
     /// Write the endpoint actually bound to this file (useful with port 0).
     #[arg(long)]
     endpoint_file: Option<PathBuf>,
-    /// Where the runtime keeps its files.
-    #[arg(long, default_value = ".polycall", env = "POLYCALL_STATE_DIR")]
-    state_dir: PathBuf,
-    /// Most connections at once.
-    #[arg(long, default_value_t = 10_000)]
-    max_connections: usize,
-    /// Time given to calls in flight at shutdown, in milliseconds.
-    #[arg(long, default_value_t = 10_000)]
-    drain_timeout_ms: u64,
+    /// Where the runtime keeps its files [default: runtime.state_dir of --config, else
+    /// .polycall].
+    #[arg(long, env = "POLYCALL_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Most connections at once [default: runtime.max_connections of --config, else 10000].
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Time given to calls in flight at shutdown, in milliseconds [default:
+    /// runtime.drain_timeout_ms of --config, else 10000].
+    #[arg(long)]
+    drain_timeout_ms: Option<u64>,
     /// Calls per second each client may make (burst the same); over it, `busy`.
     #[arg(long)]
     rate_limit: Option<u32>,
@@ -37,27 +41,51 @@ pub struct RunArgs {
     max_concurrency: Option<usize>,
 }
 
-pub async fn run(args: RunArgs, out: Out) -> u8 {
-    let endpoint = match args.endpoint.parse() {
-        Ok(e) => e,
-        Err(e) => return out.fail("run", &Status::invalid_input(format!("{e}"))),
-    };
-    let mut config = RuntimeConfig {
-        endpoint,
-        state_dir: args.state_dir.clone(),
-        ..RuntimeConfig::default()
-    };
-    config.server.max_connections = args.max_connections;
-    config.server.drain_timeout = Duration::from_millis(args.drain_timeout_ms);
-    config.qos.rate_limit = args.rate_limit.map(|n| RateLimitConfig {
-        per_second: n,
-        burst: n,
-        ..RateLimitConfig::default()
-    });
-    config.qos.concurrency = args.max_concurrency.map(|n| ConcurrencyLimitConfig {
-        max: n,
-        ..ConcurrencyLimitConfig::default()
-    });
+/// Runs the runtime: embedded defaults, or the loaded `--config` file; flags win over
+/// both.
+pub async fn run(args: RunArgs, loaded: Option<LoadedConfig>, out: Out) -> u8 {
+    if let Some(l) = &loaded
+        && l.config.tls.enabled
+    {
+        return out.fail(
+            "run",
+            &Status::unsupported(
+                "tls.enabled = true: TLS arrives with the security work; set tls.enabled = false to run without it",
+            ),
+        );
+    }
+    let mut config = loaded
+        .as_ref()
+        .map_or_else(RuntimeConfig::default, LoadedConfig::to_runtime_config);
+    if let Some(ep) = &args.endpoint {
+        config.endpoint = match ep.parse() {
+            Ok(e) => e,
+            Err(e) => return out.fail("run", &Status::invalid_input(format!("{e}"))),
+        };
+    }
+    if let Some(d) = &args.state_dir {
+        config.state_dir = d.clone();
+    }
+    if let Some(n) = args.max_connections {
+        config.server.max_connections = n;
+    }
+    if let Some(ms) = args.drain_timeout_ms {
+        config.server.drain_timeout = Duration::from_millis(ms);
+    }
+    if let Some(n) = args.rate_limit {
+        config.qos.rate_limit = Some(RateLimitConfig {
+            per_second: n,
+            burst: n,
+            ..RateLimitConfig::default()
+        });
+    }
+    if let Some(n) = args.max_concurrency {
+        config.qos.concurrency = Some(ConcurrencyLimitConfig {
+            max: n,
+            ..ConcurrencyLimitConfig::default()
+        });
+    }
+    let state_dir = config.state_dir.clone();
     let runtime = match Runtime::start(config).await {
         Ok(r) => r,
         Err(e) => return out.fail_with("run", &Status::unavailable(e.to_string()), exit::RUNTIME),
@@ -73,18 +101,18 @@ pub async fn run(args: RunArgs, out: Out) -> u8 {
             exit::INPUT,
         );
     }
-    tracing::info!(endpoint = %bound, state_dir = %args.state_dir.display(), "polycall runtime listening");
+    tracing::info!(endpoint = %bound, state_dir = %state_dir.display(), "polycall runtime listening");
     if !out.quiet && out.format == crate::output::Format::Text {
         eprintln!(
             "polycall runtime listening on {bound} (state in {}); stop with Ctrl-C or `polycall stop`",
-            args.state_dir.display()
+            state_dir.display()
         );
     }
     let interrupted = wait_for_stop(&runtime).await;
     tracing::info!("shutting down: finishing calls in flight");
     runtime.shutdown().await;
-    let _ = std::fs::remove_file(args.state_dir.join("runtime.json"));
-    let _ = std::fs::remove_file(args.state_dir.join("runtime.token"));
+    let _ = std::fs::remove_file(state_dir.join("runtime.json"));
+    let _ = std::fs::remove_file(state_dir.join("runtime.token"));
     if interrupted {
         return exit::INTERRUPTED;
     }

@@ -346,3 +346,244 @@ fn qos_flags_are_accepted_and_validated() {
     let _ = child.wait();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+fn config_fixtures() -> PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../polycall-runtime/tests/fixtures")
+}
+
+fn config_temp(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("polycall-cli-cfg-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn config_validate_reports_every_mistake_and_exits_3() {
+    let bad = config_fixtures().join("invalid.toml");
+    let o = bin()
+        .args(["config", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 3, "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains(": error: ")).collect();
+    assert_eq!(lines.len(), 14, "{err}");
+    assert!(
+        lines[0].ends_with(
+            "invalid.toml:4:1: error: unknown key `endpont` in [runtime]; did you mean `endpoint`?"
+        ),
+        "{err}"
+    );
+    assert!(err.contains("invalid.toml:5:19: error: "), "{err}");
+    // JSON: the diagnostics in the envelope.
+    let o = bin()
+        .args(["--format", "json", "config", "validate"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 3);
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    assert_eq!(v["ok"], false);
+    assert_eq!(v["data"]["diagnostics"].as_array().unwrap().len(), 14);
+    assert_eq!(v["data"]["diagnostics"][0]["line"], 4);
+    // Valid: 0. Missing: 3.
+    let o = bin()
+        .args(["config", "validate"])
+        .arg(config_fixtures().join("good.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{o:?}");
+    let o = bin()
+        .args(["config", "validate", "/nonexistent/polycall.toml"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 3, "{o:?}");
+}
+
+#[test]
+fn config_show_effective_names_every_source() {
+    let good = config_fixtures().join("good.toml");
+    let o = bin()
+        .env("POLYCALL_QOS__MAX_CONCURRENCY", "8")
+        .args(["config", "show", "--effective"])
+        .arg(&good)
+        .args(["--set", "log.level=debug"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{o:?}");
+    let out = stdout(&o);
+    let line = |k: &str| {
+        out.lines()
+            .find(|l| l.starts_with(k))
+            .unwrap_or_else(|| panic!("{k} in {out}"))
+            .to_owned()
+    };
+    assert!(
+        line("qos.max_concurrency = 8").ends_with("# env POLYCALL_QOS__MAX_CONCURRENCY"),
+        "{out}"
+    );
+    assert!(
+        line("log.level = \"debug\"").ends_with("# --set log.level=debug"),
+        "{out}"
+    );
+    assert!(
+        line("runtime.max_connections = 100").contains("good.toml:5:1"),
+        "{out}"
+    );
+    assert!(
+        line("limits.max_in_flight = 16384").ends_with("# default"),
+        "{out}"
+    );
+    let o = bin()
+        .args(["--format", "json", "config", "show", "--effective"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let values = v["data"]["values"].as_array().unwrap();
+    let ep = values
+        .iter()
+        .find(|x| x["key"] == "runtime.endpoint")
+        .unwrap();
+    assert_eq!(ep["value"], "127.0.0.1:0");
+    assert!(ep["source"].as_str().unwrap().ends_with("good.toml:4:1"));
+    assert_eq!(ep["reloadable"], false);
+}
+
+#[test]
+fn config_migrate_writes_lists_unmapped_and_refuses_to_overwrite() {
+    let dir = config_temp("migrate");
+    let out_file = dir.join("polycall.toml");
+    let o = bin()
+        .args(["config", "migrate"])
+        .arg(config_fixtures().join("libpolycall"))
+        .arg("--out")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{o:?}");
+    let written = std::fs::read_to_string(&out_file).unwrap();
+    assert!(written.contains("Polycallfile") && written.contains("max_connections = 2000"));
+    assert!(stdout(&o).contains("not migrated: auto_discover"), "{o:?}");
+    // Exists: refused without --force, file untouched.
+    std::fs::write(&out_file, "mine").unwrap();
+    let o = bin()
+        .args(["config", "migrate"])
+        .arg(config_fixtures().join("libpolycall"))
+        .arg("--out")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 3, "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--force"));
+    assert_eq!(std::fs::read_to_string(&out_file).unwrap(), "mine");
+    let o = bin()
+        .args(["config", "migrate", "--force"])
+        .arg(config_fixtures().join("libpolycall"))
+        .arg("--out")
+        .arg(&out_file)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{o:?}");
+    assert!(
+        std::fs::read_to_string(&out_file)
+            .unwrap()
+            .starts_with("# polycall.toml")
+    );
+    // A version-0 polycall.toml comes out as version 1 and validates.
+    let v1 = dir.join("v1.toml");
+    let o = bin()
+        .args(["config", "migrate"])
+        .arg(config_fixtures().join("polycall.v0.toml"))
+        .arg("--out")
+        .arg(&v1)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{o:?}");
+    let o = bin()
+        .args(["config", "validate"])
+        .arg(&v1)
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{o:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn run_with_a_config_file_starts_and_serves() {
+    let dir = config_temp("run");
+    let cfg = dir.join("polycall.toml");
+    std::fs::write(
+        &cfg,
+        "version = 1\n[runtime]\nendpoint = \"127.0.0.1:0\"\ndrain_timeout_ms = 1000\n[qos]\nmax_concurrency = 16\n[log]\nlevel = \"warn\"\n",
+    )
+    .unwrap();
+    let ep_file = dir.join("endpoint");
+    let mut child = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "--endpoint-file"])
+        .arg(&ep_file)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let ep = loop {
+        if let Ok(t) = std::fs::read_to_string(&ep_file)
+            && t.ends_with('\n')
+        {
+            break t.trim().to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the runtime did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_ne!(ep, "127.0.0.1:0");
+    let o = bin()
+        .args([
+            "call",
+            "debug.echo",
+            "--endpoint",
+            &ep,
+            "--json",
+            r#"{"from": "config"}"#,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 0, "{o:?}");
+    assert!(stdout(&o).contains("config"));
+    let _ = child.kill();
+    let _ = child.wait();
+    // Invalid file: 3 with the diagnostics; TLS on: 4 (not built yet).
+    let o = bin()
+        .arg("--config")
+        .arg(config_fixtures().join("invalid.toml"))
+        .args(["run", "--endpoint", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 3, "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("invalid.toml:4:1: error:"));
+    std::fs::write(dir.join("c.pem"), "x").unwrap();
+    std::fs::write(dir.join("k.pem"), "x").unwrap();
+    std::fs::write(
+        &cfg,
+        "version = 1\n[tls]\nenabled = true\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n",
+    )
+    .unwrap();
+    let o = bin()
+        .arg("--config")
+        .arg(&cfg)
+        .args(["run", "--endpoint", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&o), 4, "{o:?}");
+    assert!(String::from_utf8_lossy(&o.stderr).contains("TLS arrives with the security work"));
+    let _ = std::fs::remove_dir_all(&dir);
+}

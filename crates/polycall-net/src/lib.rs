@@ -42,6 +42,7 @@ mod client;
 mod connection;
 mod endpoint;
 mod handler;
+mod prefixed;
 mod server;
 mod transport;
 
@@ -49,5 +50,6 @@ pub use client::{Channel, ChannelConfig};
 pub use connection::{ConnectionConfig, ConnectionHandle, PendingConnection, establish};
 pub use endpoint::{Endpoint, EndpointError};
 pub use handler::{ConnectionHandler, NoHandler, RouterHandler, SharedHandler};
-pub use server::{MakeHandler, Server, ServerConfig};
+pub use prefixed::Prefixed;
+pub use server::{LegacyConnection, LegacyServe, MakeHandler, Server, ServerConfig};
 pub use transport::{BoxFuture, BoxIo, Io, Listener, Plain, Transport, TunedTcp};

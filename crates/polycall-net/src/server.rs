@@ -4,20 +4,68 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use bytes::BytesMut;
 use polycall_core::{Router, Status};
+use polycall_proto::detect::{Detection, Dialect, detect};
 use polycall_proto::frame::{ErrorFrame, Frame};
 use polycall_proto::{PREFACE, Role};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, watch};
-use tokio::task::JoinHandle;
+use tokio::task::{AbortHandle, JoinHandle};
 
 use crate::Endpoint;
 use crate::connection::{ConnectionConfig, ConnectionHandle, PendingConnection};
 use crate::handler::{RouterHandler, SharedHandler};
-use crate::transport::{Listener, Plain, Transport};
+use crate::prefixed::Prefixed;
+use crate::transport::{BoxFuture, BoxIo, Listener, Plain, Transport};
 
 /// Builds the handler of each accepted connection, given its handle and peer.
 pub type MakeHandler = Arc<dyn Fn(&ConnectionHandle, &str) -> SharedHandler + Send + Sync>;
+
+/// A connection that speaks one of libpolycall's dialects, handed to a [`LegacyServe`].
+pub struct LegacyConnection {
+    /// The dialect its first bytes showed ([`Dialect::Pcr1`] or [`Dialect::LegacyV1`]).
+    pub dialect: Dialect,
+    /// The stream; its reads return the bytes read to tell the dialect first.
+    pub io: BoxIo,
+    /// A description of the peer.
+    pub peer: String,
+    /// Becomes `true` when the server shuts down: finish the message at hand, then
+    /// close. Connections still open after the drain timeout are aborted.
+    pub stopping: watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for LegacyConnection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LegacyConnection")
+            .field("dialect", &self.dialect)
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+/// Serves connections in libpolycall's dialects (PCR1, first generation). With one in
+/// [`ServerConfig::legacy`], the server reads each connection's first bytes (within
+/// the handshake timeout) to tell the dialect, runs polycall connections as usual and
+/// hands the others to [`LegacyServe::serve`]. A legacy connection counts towards
+/// [`ServerConfig::max_connections`] until the returned future ends.
+///
+/// ```
+/// use std::sync::Arc;
+/// use polycall_net::{BoxFuture, LegacyConnection, LegacyServe, ServerConfig};
+/// struct Refuse;
+/// impl LegacyServe for Refuse {
+///     fn serve(&self, conn: LegacyConnection) -> BoxFuture<'static, ()> {
+///         Box::pin(async move { drop(conn.io) })
+///     }
+/// }
+/// let config = ServerConfig { legacy: Some(Arc::new(Refuse)), ..ServerConfig::default() };
+/// # let _ = config;
+/// ```
+pub trait LegacyServe: Send + Sync + 'static {
+    /// Serves one connection until it ends.
+    fn serve(&self, conn: LegacyConnection) -> BoxFuture<'static, ()>;
+}
 
 /// How a [`Server`] accepts.
 #[derive(Clone)]
@@ -30,6 +78,9 @@ pub struct ServerConfig {
     pub connection: ConnectionConfig,
     /// The transport.
     pub transport: Arc<dyn Transport>,
+    /// Serves libpolycall's dialects on the same listener; `None` (the default): only
+    /// polycall is spoken, and a connection is not read before its driver starts.
+    pub legacy: Option<Arc<dyn LegacyServe>>,
 }
 
 impl Default for ServerConfig {
@@ -39,6 +90,7 @@ impl Default for ServerConfig {
             drain_timeout: Duration::from_secs(10),
             connection: ConnectionConfig::default(),
             transport: Arc::new(Plain),
+            legacy: None,
         }
     }
 }
@@ -48,11 +100,13 @@ impl std::fmt::Debug for ServerConfig {
         f.debug_struct("ServerConfig")
             .field("max_connections", &self.max_connections)
             .field("drain_timeout", &self.drain_timeout)
+            .field("legacy", &self.legacy.is_some())
             .finish()
     }
 }
 
 type Connections = Arc<Mutex<Vec<ConnectionHandle>>>;
+type LegacyTasks = Arc<std::sync::Mutex<Vec<AbortHandle>>>;
 
 /// A running server. Dropping it does not stop it; call [`Server::shutdown`].
 ///
@@ -72,6 +126,7 @@ pub struct Server {
     stop: watch::Sender<bool>,
     accept: Mutex<Option<JoinHandle<()>>>,
     connections: Connections,
+    legacy: LegacyTasks,
     live: Arc<AtomicUsize>,
     drain_timeout: Duration,
 }
@@ -113,20 +168,25 @@ impl Server {
         let local = listener.local_endpoint();
         let (stop, stop_rx) = watch::channel(false);
         let connections: Connections = Arc::default();
+        let legacy: LegacyTasks = Arc::default();
         let live = Arc::new(AtomicUsize::new(0));
         let accept = tokio::spawn(accept_loop(
             listener,
             config.clone(),
             make,
             stop_rx,
-            connections.clone(),
-            live.clone(),
+            Shared {
+                connections: connections.clone(),
+                legacy: legacy.clone(),
+                live: live.clone(),
+            },
         ));
         Ok(Server {
             local,
             stop,
             accept: Mutex::new(Some(accept)),
             connections,
+            legacy,
             live,
             drain_timeout: config.drain_timeout,
         })
@@ -145,6 +205,7 @@ impl Server {
     /// Graceful shutdown: stop accepting, tell every peer no new calls will be served,
     /// let calls in flight finish within the drain timeout, then close what is left.
     pub async fn shutdown(&self) {
+        let deadline = tokio::time::Instant::now() + self.drain_timeout;
         let _ = self.stop.send(true);
         if let Some(a) = self.accept.lock().await.take() {
             let _ = a.await; // the listener is closed when the loop ends
@@ -171,6 +232,39 @@ impl Server {
                 let _ = tokio::time::timeout(Duration::from_secs(1), c.closed()).await;
             }
         }
+        // Legacy connections saw `stopping`; give them what is left of the drain time.
+        loop {
+            let open: Vec<AbortHandle> = {
+                let mut l = self.legacy.lock().unwrap_or_else(|p| p.into_inner());
+                l.retain(|h| !h.is_finished());
+                l.clone()
+            };
+            if open.is_empty() {
+                break;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                open.iter().for_each(AbortHandle::abort);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// What the accept loop shares with the server.
+#[derive(Clone)]
+struct Shared {
+    connections: Connections,
+    legacy: LegacyTasks,
+    live: Arc<AtomicUsize>,
+}
+
+/// Gives a connection's slot back when dropped (also when its task is aborted).
+struct Slot(Arc<AtomicUsize>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -179,8 +273,7 @@ async fn accept_loop(
     config: ServerConfig,
     make: MakeHandler,
     mut stop: watch::Receiver<bool>,
-    connections: Connections,
-    live: Arc<AtomicUsize>,
+    shared: Shared,
 ) {
     loop {
         let accepted = tokio::select! {
@@ -196,7 +289,7 @@ async fn accept_loop(
                 continue;
             }
         };
-        if live.load(Ordering::Relaxed) >= config.max_connections {
+        if shared.live.load(Ordering::Relaxed) >= config.max_connections {
             let max = config.max_connections;
             tokio::spawn(async move {
                 let status = Status::busy(format!(
@@ -215,22 +308,107 @@ async fn accept_loop(
             });
             continue;
         }
-        let pending = PendingConnection::new(peer.clone());
-        let handler = make(pending.handle(), &peer);
-        match pending.start(io, Role::Server, config.connection.clone(), handler) {
-            Ok((handle, _connected)) => {
-                live.fetch_add(1, Ordering::Relaxed);
-                let mut list = connections.lock().await;
-                list.retain(|c| !c.is_closed());
-                list.push(handle.clone());
-                drop(list);
-                let live = live.clone();
-                tokio::spawn(async move {
-                    handle.closed().await;
-                    live.fetch_sub(1, Ordering::Relaxed);
+        // The slot is taken now, so connections being sniffed count towards the cap.
+        shared.live.fetch_add(1, Ordering::Relaxed);
+        let slot = Slot(shared.live.clone());
+        match config.legacy.clone() {
+            None => start_polycall(io, peer, &config, &make, &shared, slot).await,
+            Some(hook) => {
+                let (config, make, stop, task_shared) =
+                    (config.clone(), make.clone(), stop.clone(), shared.clone());
+                let task = tokio::spawn(async move {
+                    sniff_and_serve(io, peer, hook, config, make, stop, task_shared, slot).await;
                 });
+                let mut l = shared.legacy.lock().unwrap_or_else(|p| p.into_inner());
+                l.retain(|h| !h.is_finished());
+                l.push(task.abort_handle());
             }
-            Err(e) => tracing::error!(%e, "connection settings are invalid"),
         }
+    }
+}
+
+/// Runs the polycall driver over `io`; the slot is given back when it closes.
+async fn start_polycall(
+    io: BoxIo,
+    peer: String,
+    config: &ServerConfig,
+    make: &MakeHandler,
+    shared: &Shared,
+    slot: Slot,
+) {
+    let pending = PendingConnection::new(peer.clone());
+    let handler = make(pending.handle(), &peer);
+    match pending.start(io, Role::Server, config.connection.clone(), handler) {
+        Ok((handle, _connected)) => {
+            let mut list = shared.connections.lock().await;
+            list.retain(|c| !c.is_closed());
+            list.push(handle.clone());
+            drop(list);
+            tokio::spawn(async move {
+                handle.closed().await;
+                drop(slot);
+            });
+        }
+        Err(e) => tracing::error!(%e, "connection settings are invalid"),
+    }
+}
+
+/// Reads a connection's first bytes (within the handshake timeout) until the dialect
+/// is certain, then serves it: polycall (and anything unrecognised, which the driver
+/// refuses with a message naming what it saw) by the driver, libpolycall's dialects by
+/// the hook. The bytes read are replayed to whoever serves the connection.
+#[allow(clippy::too_many_arguments)]
+async fn sniff_and_serve(
+    mut io: BoxIo,
+    peer: String,
+    hook: Arc<dyn LegacyServe>,
+    config: ServerConfig,
+    make: MakeHandler,
+    stop: watch::Receiver<bool>,
+    shared: Shared,
+    slot: Slot,
+) {
+    let mut seen = BytesMut::with_capacity(64);
+    let limit = config.connection.handshake_timeout;
+    let sniffed = tokio::time::timeout(limit, async {
+        loop {
+            match detect(&seen) {
+                Detection::NeedMore => {}
+                d => return Ok(d),
+            }
+            if io.read_buf(&mut seen).await? == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof));
+            }
+        }
+    })
+    .await;
+    let detection = match sniffed {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection ended before its dialect was known");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, ?limit, "no recognisable first bytes within the handshake timeout");
+            return;
+        }
+    };
+    if *stop.borrow() {
+        return;
+    }
+    let io: BoxIo = Box::new(Prefixed::new(seen.freeze(), io));
+    match detection {
+        Detection::Known(dialect @ (Dialect::Pcr1 | Dialect::LegacyV1)) => {
+            tracing::debug!(%peer, ?dialect, "libpolycall connection");
+            hook.serve(LegacyConnection {
+                dialect,
+                io,
+                peer,
+                stopping: stop,
+            })
+            .await;
+            drop(slot);
+        }
+        _ => start_polycall(io, peer, &config, &make, &shared, slot).await,
     }
 }

@@ -1,5 +1,6 @@
 //! Methods every runtime serves itself: `sys.ping`, `sys.describe`, `sys.health`,
-//! `sys.shutdown`, `debug.echo`, `debug.sleep`.
+//! `sys.shutdown`, `debug.echo`, `debug.sleep`; with `compat.fixtures` on, also
+//! libpolycall's conformance fixture `inventory.get`.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -30,8 +31,12 @@ fn upgrade(state: &Weak<State>) -> Result<Arc<State>, Status> {
         .ok_or_else(|| Status::unavailable("the runtime is shutting down"))
 }
 
-/// The built-in methods, bound to the runtime's state (weakly: the state owns them).
-pub(crate) fn router(state: Weak<State>) -> Router {
+/// libpolycall's conformance fixture: item id → quantity.
+const INVENTORY: &[(&str, u64)] = &[("widget-a", 42), ("widget-b", 7), ("gadget-c", 0)];
+
+/// The built-in methods, bound to the runtime's state (weakly: the state owns them);
+/// `fixtures` adds libpolycall's `inventory.get` fixture.
+pub(crate) fn router(state: Weak<State>, fixtures: bool) -> Router {
     let s1 = state.clone();
     let s2 = state.clone();
     let s3 = state;
@@ -120,6 +125,32 @@ pub(crate) fn router(state: Weak<State>) -> Router {
                     }
                     tokio::time::sleep(want).await;
                     json_reply(json!({"slept_ms": ms}))
+                }),
+            )
+        })
+        .and_then(|r| {
+            if !fixtures {
+                return Ok(r);
+            }
+            r.route(
+                "inventory.get",
+                MethodInfo::new("libpolycall's conformance fixture: stock of widget-a, widget-b, gadget-c")
+                    .input(r#"{"item_id": string}"#)
+                    .output(r#"{"item_id": string, "quantity": u64, "in_stock": bool}"#)
+                    .idempotent(true),
+                handler_fn(|c: Call| async move {
+                    let input = json_input(&c)?;
+                    let id = input["item_id"].as_str().ok_or_else(|| {
+                        Status::invalid_input("inventory.get needs {\"item_id\": <string>}")
+                    })?;
+                    match INVENTORY.iter().find(|(k, _)| *k == id) {
+                        Some(&(k, quantity)) => json_reply(
+                            json!({"item_id": k, "quantity": quantity, "in_stock": quantity > 0}),
+                        ),
+                        None => Err(Status::not_found(format!(
+                            "no item {id:?}; the fixture holds widget-a, widget-b and gadget-c"
+                        ))),
+                    }
                 }),
             )
         });

@@ -19,6 +19,8 @@
 //! ```
 
 mod builtins;
+mod compat;
+pub mod config;
 mod connection;
 mod provider;
 mod registry;
@@ -33,6 +35,7 @@ use polycall_net::{ConnectionHandle, Endpoint, Server, ServerConfig, SharedHandl
 use serde_json::json;
 use tokio::sync::watch;
 
+pub use compat::CompatConfig;
 pub use provider::Provider;
 pub use registry::{Provision, Registry};
 
@@ -51,6 +54,8 @@ pub struct RuntimeConfig {
     pub server: ServerConfig,
     /// Rate limits, concurrency limits and fault injection applied to every call.
     pub qos: QosConfig,
+    /// libpolycall clients (PCR1, first generation) on the same listener.
+    pub compat: CompatConfig,
 }
 
 /// Quality of service the runtime applies to every call it serves, in this order: rate
@@ -76,6 +81,7 @@ impl Default for RuntimeConfig {
             state_dir: PathBuf::from(".polycall"),
             server: ServerConfig::default(),
             qos: QosConfig::default(),
+            compat: CompatConfig::default(),
         }
     }
 }
@@ -234,7 +240,7 @@ impl Runtime {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new_cyclic(|weak| State {
             registry: Registry::default(),
-            builtins: builtins::router(weak.clone()),
+            builtins: builtins::router(weak.clone(), config.compat.fixtures),
             started: Instant::now(),
             token: new_token(),
             shutdown,
@@ -244,6 +250,17 @@ impl Runtime {
         let next_provider = Arc::new(AtomicU64::new(1));
         let make_state = state.clone();
         let qos = Qos::new(&config.qos);
+        let mut server_config = config.server.clone();
+        if config.compat.any() {
+            let route = connection::Route {
+                state: state.clone(),
+            };
+            server_config.legacy = Some(Arc::new(compat::Compat::new(
+                state.clone(),
+                qos.stack(route),
+                config.compat.clone(),
+            )));
+        }
         let make = Arc::new(
             move |conn: &ConnectionHandle, peer: &str| -> SharedHandler {
                 let route = connection::Route {
@@ -258,7 +275,7 @@ impl Runtime {
                 })
             },
         );
-        let server = Server::serve(config.endpoint.clone(), config.server.clone(), make)
+        let server = Server::serve(config.endpoint.clone(), server_config, make)
             .await
             .map_err(|source| RuntimeError::Bind {
                 endpoint: config.endpoint.clone(),

@@ -1,0 +1,352 @@
+//! The schema of `polycall.toml`, version 1: every section and key, its type, range,
+//! default, whether a running runtime can apply a change to it without a restart, and
+//! what it means. `docs/config.md` documents the same table.
+
+/// The schema version this build reads and writes.
+pub const CURRENT_VERSION: u64 = 1;
+
+/// Largest frame body the protocol carries.
+pub const MAX_FRAME_LIMIT: u64 = 16 * 1024 * 1024;
+
+/// The type of a key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A whole number within `min..=max`.
+    Int {
+        /// Smallest accepted.
+        min: u64,
+        /// Largest accepted.
+        max: u64,
+    },
+    /// A size in bytes: a whole number, or a string with a binary suffix
+    /// (`"256K"`, `"16M"`, `"1G"`, also `KiB`/`MiB`/`GiB`), within `min..=max`.
+    Size {
+        /// Smallest accepted.
+        min: u64,
+        /// Largest accepted.
+        max: u64,
+    },
+    /// `true` or `false`.
+    Bool,
+    /// A path (a non-empty string).
+    Path,
+    /// `HOST:PORT` (port 0: any free port) or `unix:PATH`.
+    Endpoint,
+    /// One of the listed words.
+    Enum(&'static [&'static str]),
+}
+
+impl Kind {
+    /// The type's name in messages and in the documentation.
+    pub fn describe(&self) -> String {
+        match self {
+            Kind::Int { min, max } => format!("an integer {min}..={max}"),
+            Kind::Size { min, max } => format!("a size in bytes {min}..={max} (or \"16M\")"),
+            Kind::Bool => "a boolean".into(),
+            Kind::Path => "a path (string)".into(),
+            Kind::Endpoint => "an endpoint (HOST:PORT or unix:PATH)".into(),
+            Kind::Enum(w) => format!("one of {}", w.join("|")),
+        }
+    }
+}
+
+/// A default value (`None`: unset, the feature is off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DefaultValue {
+    /// Unset.
+    None,
+    /// A number.
+    Int(u64),
+    /// A boolean.
+    Bool(bool),
+    /// A string.
+    Str(&'static str),
+}
+
+/// One key of the schema.
+#[derive(Debug, Clone, Copy)]
+pub struct KeyDef {
+    /// Its section (`runtime`, `limits`, …).
+    pub section: &'static str,
+    /// Its name within the section.
+    pub name: &'static str,
+    /// Its type.
+    pub kind: Kind,
+    /// Its default.
+    pub default: DefaultValue,
+    /// Whether a running runtime can apply a change without restarting.
+    pub reloadable: bool,
+    /// What it means.
+    pub doc: &'static str,
+}
+
+impl KeyDef {
+    /// `section.name`.
+    pub fn path(&self) -> String {
+        format!("{}.{}", self.section, self.name)
+    }
+}
+
+const U32: u64 = u32::MAX as u64;
+const HOUR_MS: u64 = 3_600_000;
+
+macro_rules! key {
+    ($s:literal, $n:literal, $k:expr, $d:expr, $r:literal, $doc:literal) => {
+        KeyDef {
+            section: $s,
+            name: $n,
+            kind: $k,
+            default: $d,
+            reloadable: $r,
+            doc: $doc,
+        }
+    };
+}
+
+/// The sections, in the order files and documentation list them.
+pub const SECTIONS: &[&str] = &["runtime", "limits", "qos", "log", "compat", "tls"];
+
+/// Every key of version 1.
+pub static KEYS: &[KeyDef] = &[
+    key!(
+        "runtime",
+        "endpoint",
+        Kind::Endpoint,
+        DefaultValue::Str("127.0.0.1:7464"),
+        false,
+        "Where the runtime listens: HOST:PORT (port 0: any free port) or unix:PATH."
+    ),
+    key!(
+        "runtime",
+        "state_dir",
+        Kind::Path,
+        DefaultValue::Str(".polycall"),
+        false,
+        "Where the runtime keeps runtime.json and runtime.token (relative to the working directory)."
+    ),
+    key!(
+        "runtime",
+        "max_connections",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000
+        },
+        DefaultValue::Int(10_000),
+        true,
+        "Most connections at once; more are told `busy` and closed."
+    ),
+    key!(
+        "runtime",
+        "drain_timeout_ms",
+        Kind::Int {
+            min: 0,
+            max: HOUR_MS
+        },
+        DefaultValue::Int(10_000),
+        true,
+        "Time given to calls in flight at shutdown, in milliseconds."
+    ),
+    key!(
+        "limits",
+        "max_frame",
+        Kind::Size {
+            min: 1024,
+            max: MAX_FRAME_LIMIT
+        },
+        DefaultValue::Int(256 * 1024),
+        false,
+        "Largest frame body accepted, in bytes (advertised in the handshake)."
+    ),
+    key!(
+        "limits",
+        "max_message",
+        Kind::Size {
+            min: 1024,
+            max: U32
+        },
+        DefaultValue::Int(64 * 1024 * 1024),
+        false,
+        "Largest message (after reassembly and decompression) accepted, in bytes; at least max_frame."
+    ),
+    key!(
+        "limits",
+        "max_in_flight",
+        Kind::Int { min: 1, max: U32 },
+        DefaultValue::Int(16 * 1024),
+        false,
+        "Most calls a peer may have open towards the runtime at once, per connection."
+    ),
+    key!(
+        "limits",
+        "initial_window",
+        Kind::Size {
+            min: 1024,
+            max: U32
+        },
+        DefaultValue::Int(8 * 1024 * 1024),
+        false,
+        "Flow-control credit granted at the start of a connection, in payload bytes; at least max_frame."
+    ),
+    key!(
+        "limits",
+        "handshake_timeout_ms",
+        Kind::Int {
+            min: 1,
+            max: HOUR_MS
+        },
+        DefaultValue::Int(5_000),
+        false,
+        "Time allowed for the preface and handshake, in milliseconds."
+    ),
+    key!(
+        "limits",
+        "frame_timeout_ms",
+        Kind::Int {
+            min: 1,
+            max: HOUR_MS
+        },
+        DefaultValue::Int(30_000),
+        false,
+        "Time allowed to complete a frame once its first byte arrived, in milliseconds."
+    ),
+    key!(
+        "limits",
+        "write_stall_timeout_ms",
+        Kind::Int {
+            min: 1,
+            max: HOUR_MS
+        },
+        DefaultValue::Int(30_000),
+        false,
+        "Time a peer may leave the runtime's writes blocked before it is dropped, in milliseconds."
+    ),
+    key!(
+        "limits",
+        "max_concurrent_handlers",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000
+        },
+        DefaultValue::Int(4096),
+        false,
+        "Most handlers running at once for one connection's incoming calls."
+    ),
+    key!(
+        "qos",
+        "rate_limit_per_second",
+        Kind::Int { min: 1, max: U32 },
+        DefaultValue::None,
+        true,
+        "Calls per second each client may make; over it, `busy`. Unset: no rate limit."
+    ),
+    key!(
+        "qos",
+        "rate_limit_burst",
+        Kind::Int { min: 1, max: U32 },
+        DefaultValue::None,
+        true,
+        "Calls a client may make at once after a quiet period. Unset: rate_limit_per_second."
+    ),
+    key!(
+        "qos",
+        "max_concurrency",
+        Kind::Int {
+            min: 1,
+            max: 1_000_000
+        },
+        DefaultValue::None,
+        true,
+        "Calls the runtime serves at once; over it, `busy`, low priorities shed first. Unset: no limit."
+    ),
+    key!(
+        "log",
+        "level",
+        Kind::Enum(&["error", "warn", "info", "debug", "trace"]),
+        DefaultValue::Str("info"),
+        true,
+        "Least severe log events printed (POLYCALL_LOG, an env-filter, wins over it)."
+    ),
+    key!(
+        "log",
+        "format",
+        Kind::Enum(&["text", "json"]),
+        DefaultValue::Str("text"),
+        false,
+        "Log lines for people (text) or one JSON object a line (json)."
+    ),
+    key!(
+        "compat",
+        "pcr1",
+        Kind::Bool,
+        DefaultValue::Bool(true),
+        false,
+        "Serve libpolycall PCR1 clients on the runtime's endpoint."
+    ),
+    key!(
+        "compat",
+        "legacy_v1",
+        Kind::Bool,
+        DefaultValue::Bool(true),
+        false,
+        "Serve libpolycall first-generation (16-byte header) clients on the runtime's endpoint."
+    ),
+    key!(
+        "compat",
+        "fixtures",
+        Kind::Bool,
+        DefaultValue::Bool(false),
+        false,
+        "Serve libpolycall's conformance fixture method `inventory.get`."
+    ),
+    key!(
+        "tls",
+        "enabled",
+        Kind::Bool,
+        DefaultValue::Bool(false),
+        false,
+        "Serve TLS 1.3 only (not available in this build: `run` refuses it, exit 4)."
+    ),
+    key!(
+        "tls",
+        "cert_file",
+        Kind::Path,
+        DefaultValue::None,
+        true,
+        "PEM certificate chain (relative to the configuration file's directory)."
+    ),
+    key!(
+        "tls",
+        "key_file",
+        Kind::Path,
+        DefaultValue::None,
+        true,
+        "PEM private key of cert_file (relative to the configuration file's directory)."
+    ),
+    key!(
+        "tls",
+        "ca_file",
+        Kind::Path,
+        DefaultValue::None,
+        true,
+        "PEM CA certificates that client certificates must chain to; required when client_auth is not off."
+    ),
+    key!(
+        "tls",
+        "client_auth",
+        Kind::Enum(&["off", "optional", "required"]),
+        DefaultValue::Str("off"),
+        false,
+        "Whether clients present a certificate."
+    ),
+];
+
+/// The definition of `section.name`.
+pub fn key(section: &str, name: &str) -> Option<&'static KeyDef> {
+    KEYS.iter().find(|k| k.section == section && k.name == name)
+}
+
+/// The definition of `section.name` written as one string.
+pub fn key_path(path: &str) -> Option<&'static KeyDef> {
+    let (s, n) = path.split_once('.')?;
+    key(s, n)
+}

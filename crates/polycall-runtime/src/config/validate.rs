@@ -1,0 +1,136 @@
+//! Checks that span several keys.
+
+use super::{ClientAuth, Config, Diagnostic, Entry, KeyDef, Origin};
+
+fn origin(values: &[(&'static KeyDef, Entry)], key: &str) -> Origin {
+    values
+        .iter()
+        .find(|(d, _)| d.path() == key)
+        .map_or(Origin::Default, |(_, e)| e.origin.clone())
+}
+
+/// The origin of the first key that is not a default (the one the user wrote).
+fn blame(values: &[(&'static KeyDef, Entry)], keys: &[&str]) -> Origin {
+    keys.iter()
+        .map(|k| origin(values, k))
+        .find(|o| *o != Origin::Default)
+        .unwrap_or(Origin::Default)
+}
+
+/// A diagnostic and the keys it depends on (skipped when one of them had a mistake of
+/// its own).
+struct Found(Vec<(Vec<&'static str>, Diagnostic)>);
+
+impl Found {
+    fn push_on(&mut self, keys: &[&'static str], d: Diagnostic) {
+        self.0.push((keys.to_vec(), d));
+    }
+}
+
+pub(crate) fn cross_check(
+    c: &Config,
+    values: &[(&'static KeyDef, Entry)],
+) -> Vec<(Vec<&'static str>, Diagnostic)> {
+    let mut d = Found(Vec::new());
+    let l = &c.limits;
+    if l.max_frame > l.max_message {
+        d.push_on(&["limits.max_message", "limits.max_frame"], Diagnostic::error(
+            blame(values, &["limits.max_message", "limits.max_frame"]),
+            format!(
+                "`limits.max_message` ({}) is smaller than `limits.max_frame` ({}): a message must hold at least one frame",
+                l.max_message, l.max_frame
+            ),
+        ));
+    }
+    if l.initial_window < l.max_frame {
+        d.push_on(&["limits.initial_window", "limits.max_frame"], Diagnostic::error(
+            blame(values, &["limits.initial_window", "limits.max_frame"]),
+            format!(
+                "`limits.initial_window` ({}) is smaller than `limits.max_frame` ({}): the window must hold at least one frame",
+                l.initial_window, l.max_frame
+            ),
+        ));
+    }
+    if c.qos.rate_limit_burst.is_some() && c.qos.rate_limit_per_second.is_none() {
+        d.push_on(&["qos.rate_limit_burst", "qos.rate_limit_per_second"], Diagnostic::error(
+            origin(values, "qos.rate_limit_burst"),
+            "`qos.rate_limit_burst` is set but `qos.rate_limit_per_second` is not: set the rate too",
+        ));
+    }
+    if let Some(n) = c.qos.max_concurrency
+        && n > c
+            .runtime
+            .max_connections
+            .saturating_mul(c.limits.max_concurrent_handlers)
+    {
+        d.push_on(&["qos.max_concurrency", "runtime.max_connections", "limits.max_concurrent_handlers"], Diagnostic::warning(
+            origin(values, "qos.max_concurrency"),
+            format!(
+                "`qos.max_concurrency` ({n}) can never be reached: max_connections × max_concurrent_handlers is {}",
+                c.runtime.max_connections.saturating_mul(c.limits.max_concurrent_handlers)
+            ),
+        ));
+    }
+    // TLS: pairs complete, files present, client authentication has a CA.
+    let t = &c.tls;
+    match (&t.cert_file, &t.key_file) {
+        (Some(_), None) => d.push_on(&["tls.cert_file", "tls.key_file"], Diagnostic::error(
+            origin(values, "tls.cert_file"),
+            "`tls.cert_file` is set without `tls.key_file`: a certificate needs its private key",
+        )),
+        (None, Some(_)) => d.push_on(&["tls.cert_file", "tls.key_file"], Diagnostic::error(
+            origin(values, "tls.key_file"),
+            "`tls.key_file` is set without `tls.cert_file`: a private key needs its certificate",
+        )),
+        (None, None) if t.enabled => d.push_on(&["tls.enabled", "tls.cert_file", "tls.key_file"], Diagnostic::error(
+            origin(values, "tls.enabled"),
+            "`tls.enabled = true` needs `tls.cert_file` and `tls.key_file`",
+        )),
+        _ => {}
+    }
+    for (key, file) in [
+        ("tls.cert_file", &t.cert_file),
+        ("tls.key_file", &t.key_file),
+        ("tls.ca_file", &t.ca_file),
+    ] {
+        if let Some(f) = file
+            && !f.is_file()
+        {
+            d.push_on(
+                &[key],
+                Diagnostic::error(
+                    origin(values, key),
+                    format!("`{key}`: {} does not exist or is not a file", f.display()),
+                ),
+            );
+        }
+    }
+    if t.client_auth != ClientAuth::Off && t.ca_file.is_none() {
+        d.push_on(
+            &["tls.client_auth", "tls.ca_file"],
+            Diagnostic::error(
+                origin(values, "tls.client_auth"),
+                "`tls.client_auth` asks for client certificates but `tls.ca_file` is not set",
+            ),
+        );
+    }
+    if t.enabled {
+        d.push_on(&["tls.enabled"], Diagnostic::warning(
+            origin(values, "tls.enabled"),
+            "TLS is not available in this build (it arrives with the security work): `polycall run` refuses `tls.enabled = true` (exit 4)",
+        ));
+    }
+    // The state directory must not be the socket itself.
+    if let Some(sock) = c.runtime.endpoint.strip_prefix("unix:")
+        && std::path::Path::new(sock.trim_start_matches("//")) == c.runtime.state_dir
+    {
+        d.push_on(
+            &["runtime.endpoint", "runtime.state_dir"],
+            Diagnostic::error(
+                blame(values, &["runtime.endpoint", "runtime.state_dir"]),
+                "`runtime.endpoint` and `runtime.state_dir` name the same path",
+            ),
+        );
+    }
+    d.0
+}
