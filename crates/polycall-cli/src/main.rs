@@ -81,6 +81,16 @@ enum Command {
     },
 }
 
+/// Sets the log level through a reload handle of the subscriber's filter.
+fn level_hook<S: 'static>(
+    handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
+) -> polycall::runtime::reload::LogLevelHook {
+    std::sync::Arc::new(move |level: &str| {
+        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.modify(|f| *f = filter).map_err(|e| e.to_string())
+    })
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Out {
@@ -117,16 +127,27 @@ fn main() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("POLYCALL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let fmt = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if loaded
+    // A reload of the configuration file may change the level while the runtime runs.
+    let json_logs = loaded
         .as_ref()
-        .is_some_and(|l| l.log_format() == polycall::runtime::config::LogFormat::Json)
-    {
-        fmt.json().try_init()
+        .is_some_and(|l| l.log_format() == polycall::runtime::config::LogFormat::Json);
+    let log_level = if json_logs {
+        let b = tracing_subscriber::fmt()
+            .json()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_filter_reloading();
+        let handle = b.reload_handle();
+        let _ = b.try_init();
+        level_hook(handle)
     } else {
-        fmt.try_init()
+        let b = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_filter_reloading();
+        let handle = b.reload_handle();
+        let _ = b.try_init();
+        level_hook(handle)
     };
     let command = match cli.command {
         Command::Config { command } => {
@@ -147,7 +168,7 @@ fn main() -> ExitCode {
     let timeout = std::time::Duration::from_millis(cli.timeout_ms);
     let code = runtime.block_on(async move {
         match command {
-            Command::Run(args) => run::run(args, loaded, out).await,
+            Command::Run(args) => run::run(args, loaded, log_level, out).await,
             Command::Call(args) => client::call(args, timeout, out).await,
             Command::Describe { target } => client::describe(target, timeout, out).await,
             Command::Status { target } => client::status(target, timeout, out).await,

@@ -43,7 +43,12 @@ pub struct RunArgs {
 
 /// Runs the runtime: embedded defaults, or the loaded `--config` file; flags win over
 /// both.
-pub async fn run(args: RunArgs, loaded: Option<LoadedConfig>, out: Out) -> u8 {
+pub async fn run(
+    args: RunArgs,
+    loaded: Option<LoadedConfig>,
+    log_level: polycall::runtime::reload::LogLevelHook,
+    out: Out,
+) -> u8 {
     if let Some(l) = &loaded
         && l.config.tls.enabled
     {
@@ -87,8 +92,28 @@ pub async fn run(args: RunArgs, loaded: Option<LoadedConfig>, out: Out) -> u8 {
     }
     let state_dir = config.state_dir.clone();
     let runtime = match Runtime::start(config).await {
-        Ok(r) => r,
+        Ok(r) => std::sync::Arc::new(r),
         Err(e) => return out.fail_with("run", &Status::unavailable(e.to_string()), exit::RUNTIME),
+    };
+    // With a configuration file, watch it and apply what can change live.
+    let _watcher = match loaded {
+        Some(l) => {
+            let env = polycall::runtime::config::Config::process_env();
+            match polycall::runtime::reload::watch(
+                runtime.clone(),
+                l,
+                env,
+                Vec::new(),
+                Some(log_level),
+            ) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    tracing::warn!("configuration changes will need a restart: {e}");
+                    None
+                }
+            }
+        }
+        None => None,
     };
     let bound = runtime.local_endpoint().to_string();
     if let Some(f) = &args.endpoint_file

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use polycall_core::{BoxHandler, Call, Code, Metadata, Payload, Principal, Reply, Status};
+use polycall_core::{Call, Code, Metadata, Payload, Principal, Reply, Status};
 use polycall_net::{BoxFuture, BoxIo, LegacyConnection, LegacyServe};
 use polycall_proto::detect::Dialect;
 use polycall_proto::legacy::{self, pcr1, v1};
@@ -114,12 +114,16 @@ impl CompatConfig {
 pub(crate) struct Compat {
     state: Arc<State>,
     /// The QoS stack over [`Route`], as native connections have it.
-    stack: BoxHandler,
+    stack: crate::LiveStack,
     config: CompatConfig,
 }
 
 impl Compat {
-    pub(crate) fn new(state: Arc<State>, stack: BoxHandler, mut config: CompatConfig) -> Self {
+    pub(crate) fn new(
+        state: Arc<State>,
+        stack: crate::LiveStack,
+        mut config: CompatConfig,
+    ) -> Self {
         config.max_message = config.max_message.min(legacy::MAX_MESSAGE);
         Self {
             state,
@@ -154,7 +158,7 @@ impl LegacyServe for Compat {
 /// What a connection's calls need (shared by reference while the stream is in use).
 struct Ctx {
     state: Arc<State>,
-    stack: BoxHandler,
+    stack: crate::LiveStack,
     config: CompatConfig,
     principal: Principal,
     peer: String,
@@ -453,7 +457,7 @@ impl Ctx {
         call.metadata = Metadata::default()
             .with_timeout(Instant::now(), deadline)
             .with_principal(self.principal.clone());
-        let mut stack = self.stack.clone();
+        let mut stack = self.stack.current();
         let run = async move {
             std::future::poll_fn(|cx| stack.poll_ready(cx)).await?;
             stack.call(call).await

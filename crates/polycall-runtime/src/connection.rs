@@ -5,9 +5,7 @@ use std::sync::Arc;
 
 use std::task::{Context, Poll};
 
-use polycall_core::{
-    BoxFuture, BoxHandler, Call, MethodName, Principal, Reply, ServiceName, Status,
-};
+use polycall_core::{BoxFuture, Call, MethodName, Principal, Reply, ServiceName, Status};
 use polycall_net::{ConnectionHandle, ConnectionHandler};
 use polycall_proto::frame::MethodEntry;
 use tower_service::Service;
@@ -23,8 +21,8 @@ pub(crate) struct RuntimeConnection {
     pub(crate) provider_id: u64,
     /// The caller's identity on this connection.
     pub(crate) principal: Principal,
-    /// Quality-of-service layers over [`Route`].
-    pub(crate) stack: BoxHandler,
+    /// Quality-of-service layers over [`Route`], live.
+    pub(crate) stack: crate::LiveStack,
 }
 
 /// Routes a call: the runtime's own methods first, then the least-loaded provider.
@@ -76,7 +74,7 @@ impl ConnectionHandler for RuntimeConnection {
         // Who calls: until authentication arrives, the caller's connection. A principal
         // the caller claims for itself is never trusted.
         call.metadata.principal = Some(self.principal.clone());
-        let mut stack = self.stack.clone();
+        let mut stack = self.stack.current();
         Box::pin(async move {
             std::future::poll_fn(|cx| stack.poll_ready(cx)).await?;
             stack.call(call).await

@@ -24,6 +24,7 @@ pub mod config;
 mod connection;
 mod provider;
 mod registry;
+pub mod reload;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -117,6 +118,48 @@ pub(crate) struct State {
     shutdown: watch::Sender<bool>,
     endpoint: std::sync::OnceLock<Endpoint>,
     connections: std::sync::OnceLock<Arc<Server>>,
+    /// The QoS layers in force, and a counter bumped whenever they change.
+    qos: std::sync::RwLock<Arc<Qos>>,
+    qos_generation: AtomicU64,
+    /// Where the configuration came from and how its last reload went (sys.health).
+    config_status: std::sync::Mutex<serde_json::Value>,
+}
+
+/// The runtime's QoS layers over routing, as one connection (or the legacy listener)
+/// uses them: rebuilt when the configuration changes, so a reload applies to
+/// connections already open without dropping them.
+#[derive(Clone)]
+pub(crate) struct LiveStack {
+    state: Arc<State>,
+    cached: Arc<std::sync::Mutex<(u64, BoxHandler)>>,
+}
+
+impl LiveStack {
+    pub(crate) fn new(state: Arc<State>) -> Self {
+        let generation = state.qos_generation.load(Ordering::Acquire);
+        let stack = Self::build(&state);
+        Self {
+            state,
+            cached: Arc::new(std::sync::Mutex::new((generation, stack))),
+        }
+    }
+
+    fn build(state: &Arc<State>) -> BoxHandler {
+        let qos = state.qos.read().unwrap_or_else(|e| e.into_inner()).clone();
+        qos.stack(connection::Route {
+            state: state.clone(),
+        })
+    }
+
+    /// The stack in force now.
+    pub(crate) fn current(&self) -> BoxHandler {
+        let generation = self.state.qos_generation.load(Ordering::Acquire);
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.0 != generation {
+            *cached = (generation, Self::build(&self.state));
+        }
+        cached.1.clone()
+    }
 }
 
 impl State {
@@ -147,8 +190,14 @@ impl State {
     }
 
     fn health(&self) -> serde_json::Value {
+        let config = self
+            .config_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         json!({
             "status": "ok",
+            "config": config,
             "version": env!("CARGO_PKG_VERSION"),
             "endpoint": self.endpoint.get().map(ToString::to_string),
             "uptime_ms": self.started.elapsed().as_millis() as u64,
@@ -246,32 +295,28 @@ impl Runtime {
             shutdown,
             endpoint: std::sync::OnceLock::new(),
             connections: std::sync::OnceLock::new(),
+            qos: std::sync::RwLock::new(Arc::new(Qos::new(&config.qos))),
+            qos_generation: AtomicU64::new(0),
+            config_status: std::sync::Mutex::new(json!({"source": "embedded defaults"})),
         });
         let next_provider = Arc::new(AtomicU64::new(1));
         let make_state = state.clone();
-        let qos = Qos::new(&config.qos);
         let mut server_config = config.server.clone();
         if config.compat.any() {
-            let route = connection::Route {
-                state: state.clone(),
-            };
             server_config.legacy = Some(Arc::new(compat::Compat::new(
                 state.clone(),
-                qos.stack(route),
+                LiveStack::new(state.clone()),
                 config.compat.clone(),
             )));
         }
         let make = Arc::new(
             move |conn: &ConnectionHandle, peer: &str| -> SharedHandler {
-                let route = connection::Route {
-                    state: make_state.clone(),
-                };
                 Arc::new(connection::RuntimeConnection {
                     state: make_state.clone(),
                     connection: conn.clone(),
                     provider_id: next_provider.fetch_add(1, Ordering::Relaxed),
                     principal: polycall_core::Principal::new(format!("peer:{peer}")),
-                    stack: qos.stack(route),
+                    stack: LiveStack::new(make_state.clone()),
                 })
             },
         );
@@ -314,6 +359,23 @@ impl Runtime {
                 .map_err(err)?;
         }
         Ok(())
+    }
+
+    /// Replaces the QoS layers (rate limit, concurrency limit, faults) for every call
+    /// from now on, on connections already open too. Rate-limit buckets start afresh.
+    pub fn update_qos(&self, qos: &QosConfig) {
+        *self.state.qos.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Qos::new(qos));
+        self.state.qos_generation.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Records where the configuration came from and how its last reload went; shown
+    /// under `config` in `sys.health`.
+    pub fn set_config_status(&self, status: serde_json::Value) {
+        *self
+            .state
+            .config_status
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = status;
     }
 
     /// Where the runtime listens.
