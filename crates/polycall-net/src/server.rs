@@ -128,7 +128,8 @@ pub struct Server {
     connections: Connections,
     legacy: LegacyTasks,
     live: Arc<AtomicUsize>,
-    drain_timeout: Duration,
+    /// The settings in force; [`Server::update`] changes them for what comes next.
+    config: Arc<std::sync::RwLock<ServerConfig>>,
 }
 
 impl std::fmt::Debug for Server {
@@ -170,9 +171,10 @@ impl Server {
         let connections: Connections = Arc::default();
         let legacy: LegacyTasks = Arc::default();
         let live = Arc::new(AtomicUsize::new(0));
+        let shared_config = Arc::new(std::sync::RwLock::new(config));
         let accept = tokio::spawn(accept_loop(
             listener,
-            config.clone(),
+            shared_config.clone(),
             make,
             stop_rx,
             Shared {
@@ -188,8 +190,36 @@ impl Server {
             connections,
             legacy,
             live,
-            drain_timeout: config.drain_timeout,
+            config: shared_config,
         })
+    }
+
+    /// Changes the settings for what comes next: the connection cap and drain timeout
+    /// at once, connection settings (limits, timeouts) for connections accepted from now
+    /// on — connections already open keep what they negotiated. The endpoint and the
+    /// transport stay as bound.
+    ///
+    /// ```no_run
+    /// # fn demo(server: &polycall_net::Server) {
+    /// server.update(|c| c.max_connections = 500);
+    /// # }
+    /// ```
+    pub fn update(&self, f: impl FnOnce(&mut ServerConfig)) {
+        let mut c = self.config.write().unwrap_or_else(|p| p.into_inner());
+        let (transport, legacy) = (c.transport.clone(), c.legacy.clone());
+        f(&mut c);
+        c.transport = transport;
+        c.legacy = legacy;
+        if c.transport.authenticates_bytes() {
+            c.connection.proto.settings.features &= !polycall_proto::features::CRC32C;
+        }
+    }
+
+    fn drain_timeout(&self) -> Duration {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain_timeout
     }
 
     /// Where the server listens (with the real port when port 0 was asked for).
@@ -205,7 +235,7 @@ impl Server {
     /// Graceful shutdown: stop accepting, tell every peer no new calls will be served,
     /// let calls in flight finish within the drain timeout, then close what is left.
     pub async fn shutdown(&self) {
-        let deadline = tokio::time::Instant::now() + self.drain_timeout;
+        let deadline = tokio::time::Instant::now() + self.drain_timeout();
         let _ = self.stop.send(true);
         if let Some(a) = self.accept.lock().await.take() {
             let _ = a.await; // the listener is closed when the loop ends
@@ -219,7 +249,7 @@ impl Server {
                 c.closed().await;
             }
         };
-        if tokio::time::timeout(self.drain_timeout, all_closed)
+        if tokio::time::timeout(self.drain_timeout(), all_closed)
             .await
             .is_err()
         {
@@ -270,7 +300,7 @@ impl Drop for Slot {
 
 async fn accept_loop(
     mut listener: Box<dyn Listener>,
-    config: ServerConfig,
+    current: Arc<std::sync::RwLock<ServerConfig>>,
     make: MakeHandler,
     mut stop: watch::Receiver<bool>,
     shared: Shared,
@@ -289,6 +319,8 @@ async fn accept_loop(
                 continue;
             }
         };
+        // The settings in force for this connection (a reload may have changed them).
+        let config = current.read().unwrap_or_else(|p| p.into_inner()).clone();
         if shared.live.load(Ordering::Relaxed) >= config.max_connections {
             let max = config.max_connections;
             tokio::spawn(async move {

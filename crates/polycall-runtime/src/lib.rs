@@ -368,6 +368,13 @@ impl Runtime {
         self.state.qos_generation.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// Changes the listener's settings for what comes next: connection cap and drain
+    /// timeout at once, connection limits and timeouts for connections accepted from now
+    /// on (open ones keep what they negotiated).
+    pub fn update_server(&self, f: impl FnOnce(&mut ServerConfig)) {
+        self.server.update(f);
+    }
+
     /// Records where the configuration came from and how its last reload went; shown
     /// under `config` in `sys.health`.
     pub fn set_config_status(&self, status: serde_json::Value) {

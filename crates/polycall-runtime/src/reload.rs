@@ -5,8 +5,10 @@
 //! An invalid file is rejected — every diagnostic is logged, the running configuration
 //! is kept, and the rejection shows under `config` in `sys.health`. A valid one is
 //! compared with the running one: QoS (`[qos]`) is replaced live on every connection,
-//! already open ones included, and the log level through the caller's hook; every other
-//! change is logged as `restart required: KEY`.
+//! already open ones included; `[limits]` apply to connections opened afterwards (open
+//! ones keep what they negotiated); the connection cap and drain timeout change at once;
+//! the log level through the caller's hook. Every other change is logged as
+//! `restart required: KEY`.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,7 +51,11 @@ fn now_ms() -> u64 {
 
 /// Keys a running runtime applies itself.
 fn applied_live(key: &str) -> bool {
-    key.starts_with("qos.") || key == "log.level"
+    key.starts_with("qos.")
+        || key.starts_with("limits.")
+        || key == "log.level"
+        || key == "runtime.max_connections"
+        || key == "runtime.drain_timeout_ms"
 }
 
 /// Watches `running.path` and applies changes to `runtime` as they come.
@@ -128,8 +134,19 @@ pub fn watch(
                     let diff = running.diff(&new);
                     let (applied, not_live): (Vec<_>, Vec<_>) =
                         diff.reloadable.iter().partition(|c| applied_live(&c.key));
+                    let next = new.to_runtime_config();
+                    let changed = |k: &str| applied.iter().any(|c| c.key == k);
                     if applied.iter().any(|c| c.key.starts_with("qos.")) {
-                        runtime.update_qos(&new.to_runtime_config().qos);
+                        runtime.update_qos(&next.qos);
+                    }
+                    if applied.iter().any(|c| c.key.starts_with("limits.")) {
+                        runtime.update_server(|s| s.connection = next.server.connection.clone());
+                    }
+                    if changed("runtime.max_connections") {
+                        runtime.update_server(|s| s.max_connections = next.server.max_connections);
+                    }
+                    if changed("runtime.drain_timeout_ms") {
+                        runtime.update_server(|s| s.drain_timeout = next.server.drain_timeout);
                     }
                     if applied.iter().any(|c| c.key == "log.level")
                         && let Some(hook) = &log_level

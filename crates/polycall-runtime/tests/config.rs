@@ -492,6 +492,7 @@ fn diff_splits_reloadable_from_restart_required() {
             "qos.max_concurrency=10".into(),
             "log.level=debug".into(),
             "limits.max_frame=2048".into(),
+            "runtime.endpoint=127.0.0.1:9999".into(),
         ],
     )
     .unwrap();
@@ -499,9 +500,18 @@ fn diff_splits_reloadable_from_restart_required() {
     let keys = |v: &[polycall_runtime::config::KeyChange]| {
         v.iter().map(|c| c.key.clone()).collect::<Vec<_>>()
     };
-    assert_eq!(keys(&d.reloadable), ["qos.max_concurrency", "log.level"]);
-    assert_eq!(keys(&d.restart_required), ["limits.max_frame"]);
-    assert_eq!(d.reloadable[0].old, None);
-    assert_eq!(d.reloadable[0].new, Some(Value::Int(10)));
+    // Limits reload too (for connections opened afterwards); the endpoint does not.
+    assert_eq!(
+        keys(&d.reloadable),
+        ["limits.max_frame", "qos.max_concurrency", "log.level"]
+    );
+    assert_eq!(keys(&d.restart_required), ["runtime.endpoint"]);
+    let concurrency = d
+        .reloadable
+        .iter()
+        .find(|c| c.key == "qos.max_concurrency")
+        .unwrap();
+    assert_eq!(concurrency.old, None);
+    assert_eq!(concurrency.new, Some(Value::Int(10)));
     assert!(a.diff(&a).is_empty());
 }

@@ -117,3 +117,89 @@ async fn a_live_rate_limit_edit_applies_without_dropping_the_connection() {
     runtime.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_the_connection_cap_reload_for_new_connections() {
+    let dir = std::env::temp_dir().join(format!("polycall-reload-cap-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("polycall.toml");
+    let text = |cap: u32, in_flight: u32| {
+        format!(
+            "version = 1\n\n[runtime]\nendpoint = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nmax_connections = {cap}\n\n[limits]\nmax_in_flight = {in_flight}\n",
+            dir.join("state").display()
+        )
+    };
+    std::fs::write(&path, text(100, 1000)).unwrap();
+    let loaded = Config::load(Some(&path), &[], &[]).unwrap();
+    let runtime = Arc::new(Runtime::start(loaded.to_runtime_config()).await.unwrap());
+    let _watcher =
+        polycall_runtime::reload::watch(runtime.clone(), loaded, vec![], vec![], None).unwrap();
+    let ep = runtime.local_endpoint().clone();
+    let first = Channel::connect(ep.clone()).await.unwrap();
+
+    std::fs::write(&path, text(2, 1)).unwrap();
+    let h = wait_for_reloads(&first, 1).await;
+    let applied = h["config"]["last_reload"]["applied"].to_string();
+    assert!(
+        applied.contains("runtime.max_connections") && applied.contains("limits.max_in_flight"),
+        "{h}"
+    );
+
+    // A second connection fits under the new cap of 2 and gets the new in-flight limit
+    // of 1; a third is refused; the first connection is untouched.
+    let second = Channel::connect(ep.clone()).await.unwrap();
+    let sleeps: Vec<_> = (0..2)
+        .map(|_| {
+            let c = second.clone();
+            tokio::spawn(async move {
+                c.call(
+                    Call::new(
+                        "debug.sleep",
+                        Payload::json(&serde_json::json!({"ms": 200})).unwrap(),
+                    )
+                    .unwrap(),
+                )
+                .await
+            })
+        })
+        .collect();
+    let mut codes = Vec::new();
+    for s in sleeps {
+        codes.push(
+            s.await
+                .unwrap()
+                .map(|_| Code::Ok)
+                .unwrap_or_else(|e| e.code),
+        );
+    }
+    codes.sort();
+    assert_eq!(
+        codes,
+        vec![Code::Ok, Code::Busy],
+        "the new connection has an in-flight limit of 1"
+    );
+    let third = Channel::connect(ep.clone()).await.unwrap_err();
+    assert_eq!(third.code, Code::Busy, "{third}");
+    let on_first: Vec<_> = (0..2)
+        .map(|_| {
+            let c = first.clone();
+            tokio::spawn(async move {
+                c.call(
+                    Call::new(
+                        "debug.sleep",
+                        Payload::json(&serde_json::json!({"ms": 100})).unwrap(),
+                    )
+                    .unwrap(),
+                )
+                .await
+            })
+        })
+        .collect();
+    for s in on_first {
+        s.await
+            .unwrap()
+            .expect("the first connection keeps the limits it negotiated");
+    }
+    runtime.shutdown().await;
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -154,8 +154,8 @@ pub static KEYS: &[KeyDef] = &[
             max: MAX_FRAME_LIMIT
         },
         DefaultValue::Int(256 * 1024),
-        false,
-        "Largest frame body accepted, in bytes (advertised in the handshake)."
+        true,
+        "Largest frame body accepted, in bytes (advertised in the handshake). Reloads for connections opened afterwards."
     ),
     key!(
         "limits",
@@ -165,16 +165,16 @@ pub static KEYS: &[KeyDef] = &[
             max: U32
         },
         DefaultValue::Int(64 * 1024 * 1024),
-        false,
-        "Largest message (after reassembly and decompression) accepted, in bytes; at least max_frame."
+        true,
+        "Largest message (after reassembly and decompression) accepted, in bytes; at least max_frame. Reloads for connections opened afterwards."
     ),
     key!(
         "limits",
         "max_in_flight",
         Kind::Int { min: 1, max: U32 },
         DefaultValue::Int(16 * 1024),
-        false,
-        "Most calls a peer may have open towards the runtime at once, per connection."
+        true,
+        "Most calls a peer may have open towards the runtime at once, per connection. Reloads for connections opened afterwards."
     ),
     key!(
         "limits",
@@ -184,8 +184,8 @@ pub static KEYS: &[KeyDef] = &[
             max: U32
         },
         DefaultValue::Int(8 * 1024 * 1024),
-        false,
-        "Flow-control credit granted at the start of a connection, in payload bytes; at least max_frame."
+        true,
+        "Flow-control credit granted at the start of a connection, in payload bytes; at least max_frame. Reloads for connections opened afterwards."
     ),
     key!(
         "limits",
@@ -195,8 +195,8 @@ pub static KEYS: &[KeyDef] = &[
             max: HOUR_MS
         },
         DefaultValue::Int(5_000),
-        false,
-        "Time allowed for the preface and handshake, in milliseconds."
+        true,
+        "Time allowed for the preface and handshake, in milliseconds. Reloads for connections opened afterwards."
     ),
     key!(
         "limits",
@@ -206,8 +206,8 @@ pub static KEYS: &[KeyDef] = &[
             max: HOUR_MS
         },
         DefaultValue::Int(30_000),
-        false,
-        "Time allowed to complete a frame once its first byte arrived, in milliseconds."
+        true,
+        "Time allowed to complete a frame once its first byte arrived, in milliseconds. Reloads for connections opened afterwards."
     ),
     key!(
         "limits",
@@ -217,8 +217,8 @@ pub static KEYS: &[KeyDef] = &[
             max: HOUR_MS
         },
         DefaultValue::Int(30_000),
-        false,
-        "Time a peer may leave the runtime's writes blocked before it is dropped, in milliseconds."
+        true,
+        "Time a peer may leave the runtime's writes blocked before it is dropped, in milliseconds. Reloads for connections opened afterwards."
     ),
     key!(
         "limits",
@@ -228,8 +228,8 @@ pub static KEYS: &[KeyDef] = &[
             max: 1_000_000
         },
         DefaultValue::Int(4096),
-        false,
-        "Most handlers running at once for one connection's incoming calls."
+        true,
+        "Most handlers running at once for one connection's incoming calls. Reloads for connections opened afterwards."
     ),
     key!(
         "qos",
