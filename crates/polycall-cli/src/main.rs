@@ -99,7 +99,20 @@ fn main() -> ExitCode {
     };
     // `--config FILE` configures `run` (and names the file of `config`); invalid: exit 3.
     let loaded = match (&cli.config, &cli.command) {
-        (Some(path), Command::Run(_)) => match config_cmd::load(path, &[]) {
+        // No file, but --set or POLYCALL_SECTION__KEY variables: those over the defaults.
+        (None, Command::Run(args))
+            if !args.sets.is_empty()
+                || !polycall::runtime::config::Config::process_env().is_empty() =>
+        {
+            let env = polycall::runtime::config::Config::process_env();
+            match polycall::runtime::config::Config::load(None, &env, &args.sets) {
+                Ok(l) => Some(l),
+                Err(d) => {
+                    return ExitCode::from(config_cmd::invalid(&out, "run", "--set", &d));
+                }
+            }
+        }
+        (Some(path), Command::Run(args)) => match config_cmd::load(path, &args.sets) {
             Ok(l) => Some(l),
             Err(d) => {
                 return ExitCode::from(config_cmd::invalid(

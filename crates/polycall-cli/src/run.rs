@@ -15,6 +15,10 @@ use crate::output::{Out, exit};
 /// Arguments of `polycall run`.
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
+    /// Override a configuration key: `--set section.key=value` (repeatable; wins over
+    /// the file and the environment, and is applied again on every reload).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub(crate) sets: Vec<String>,
     /// Where to listen: HOST:PORT (port 0 = any free port) or unix:PATH [default:
     /// runtime.endpoint of --config, else 127.0.0.1:7464].
     #[arg(long, env = "POLYCALL_ENDPOINT")]
@@ -97,13 +101,14 @@ pub async fn run(
     };
     // With a configuration file, watch it and apply what can change live.
     let _watcher = match loaded {
-        Some(l) => {
+        // Only a file can change: with --set / environment alone there is nothing to watch.
+        Some(l) if l.path.is_some() => {
             let env = polycall::runtime::config::Config::process_env();
             match polycall::runtime::reload::watch(
                 runtime.clone(),
                 l,
                 env,
-                Vec::new(),
+                args.sets.clone(),
                 Some(log_level),
             ) {
                 Ok(w) => Some(w),
@@ -113,7 +118,7 @@ pub async fn run(
                 }
             }
         }
-        None => None,
+        _ => None,
     };
     let bound = runtime.local_endpoint().to_string();
     if let Some(f) = &args.endpoint_file

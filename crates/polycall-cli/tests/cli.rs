@@ -587,3 +587,79 @@ fn run_with_a_config_file_starts_and_serves() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("TLS arrives with the security work"));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn run_takes_set_overrides_without_a_file() {
+    let dir = std::env::temp_dir().join(format!("polycall-cli-set-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ep_file = dir.join("endpoint");
+    let mut child = bin()
+        .args([
+            "run",
+            "--endpoint",
+            "127.0.0.1:0",
+            "--set",
+            "limits.max_frame=1K",
+            "--set",
+            "limits.max_message=1K",
+            "--endpoint-file",
+        ])
+        .arg(&ep_file)
+        .arg("--state-dir")
+        .arg(dir.join("state"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let ep = loop {
+        if let Ok(t) = std::fs::read_to_string(&ep_file)
+            && t.ends_with('\n')
+        {
+            break t.trim().to_owned();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "the runtime did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let small = bin()
+        .args(["call", "debug.echo", "--endpoint", &ep, "--raw", "fits"])
+        .output()
+        .unwrap();
+    assert_eq!(code(&small), 0, "{small:?}");
+    let big = "x".repeat(2000);
+    let o = bin()
+        .args(["call", "debug.echo", "--endpoint", &ep, "--raw", &big])
+        .output()
+        .unwrap();
+    assert_eq!(
+        code(&o),
+        3,
+        "a 2,000-byte message over a 1 KiB limit is too large: {o:?}"
+    );
+    let _ = child.kill();
+    let _ = child.wait();
+    let bad = bin()
+        .args([
+            "run",
+            "--endpoint",
+            "127.0.0.1:0",
+            "--set",
+            "qos.max_concurency=3",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(code(&bad), 3, "{bad:?}");
+    let all = format!(
+        "{}{}",
+        String::from_utf8_lossy(&bad.stdout),
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    assert!(
+        all.contains("max_concurrency"),
+        "a suggestion names the right key: {all}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
