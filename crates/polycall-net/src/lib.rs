@@ -37,6 +37,7 @@ pub mod pool;
 pub mod rate_limit;
 pub mod retry;
 pub mod shape;
+pub mod tls;
 
 mod client;
 mod connection;
