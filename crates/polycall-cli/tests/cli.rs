@@ -21,6 +21,15 @@ struct Runtime {
 
 impl Runtime {
     fn start() -> Self {
+        Self::start_with(
+            &[],
+            &["--endpoint", "127.0.0.1:0", "--drain-timeout-ms", "5000"],
+        )
+    }
+
+    /// `polycall GLOBAL… run RUN… --endpoint-file F --state-dir D` in a fresh temporary
+    /// directory, once it has written the endpoint it bound.
+    fn start_with(global: &[&str], run: &[&str]) -> Self {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let dir = std::env::temp_dir().join(format!(
             "polycall-cli-{}-{}",
@@ -30,14 +39,10 @@ impl Runtime {
         std::fs::create_dir_all(&dir).unwrap();
         let ep_file = dir.join("endpoint");
         let child = bin()
-            .args([
-                "run",
-                "--endpoint",
-                "127.0.0.1:0",
-                "--drain-timeout-ms",
-                "5000",
-                "--endpoint-file",
-            ])
+            .args(global)
+            .arg("run")
+            .args(run)
+            .arg("--endpoint-file")
             .arg(&ep_file)
             .arg("--state-dir")
             .arg(dir.join("state"))
@@ -282,35 +287,8 @@ fn the_demo_runs() {
 
 #[test]
 fn qos_flags_are_accepted_and_validated() {
-    let dir = std::env::temp_dir().join(format!("polycall-cli-rl-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ep_file = dir.join("endpoint");
-    let mut child = bin()
-        .args([
-            "run",
-            "--endpoint",
-            "127.0.0.1:0",
-            "--rate-limit",
-            "1",
-            "--endpoint-file",
-        ])
-        .arg(&ep_file)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let ep = loop {
-        if let Ok(t) = std::fs::read_to_string(&ep_file)
-            && t.ends_with('\n')
-        {
-            break t.trim().to_owned();
-        }
-        assert!(started.elapsed() < Duration::from_secs(20));
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let rt = Runtime::start_with(&[], &["--endpoint", "127.0.0.1:0", "--rate-limit", "1"]);
+    let ep = rt.endpoint.clone();
     // The layers themselves are tested in polycall-net and through the runtime; here the
     // flags reach them (a fresh connection is a fresh client, so the first call passes).
     let o = bin()
@@ -342,9 +320,7 @@ fn qos_flags_are_accepted_and_validated() {
         .output()
         .unwrap();
     assert_eq!(code(&o), 0, "{o:?}");
-    let _ = child.kill();
-    let _ = child.wait();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(rt); // stops the runtime, removes its directory
 }
 
 fn config_fixtures() -> PathBuf {
@@ -520,31 +496,8 @@ fn run_with_a_config_file_starts_and_serves() {
         "version = 1\n[runtime]\nendpoint = \"127.0.0.1:0\"\ndrain_timeout_ms = 1000\n[qos]\nmax_concurrency = 16\n[log]\nlevel = \"warn\"\n",
     )
     .unwrap();
-    let ep_file = dir.join("endpoint");
-    let mut child = bin()
-        .arg("--config")
-        .arg(&cfg)
-        .args(["run", "--endpoint-file"])
-        .arg(&ep_file)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let ep = loop {
-        if let Ok(t) = std::fs::read_to_string(&ep_file)
-            && t.ends_with('\n')
-        {
-            break t.trim().to_owned();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the runtime did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let rt = Runtime::start_with(&["--config", cfg.to_str().unwrap()], &[]);
+    let ep = rt.endpoint.clone();
     assert_ne!(ep, "127.0.0.1:0");
     let o = bin()
         .args([
@@ -559,8 +512,7 @@ fn run_with_a_config_file_starts_and_serves() {
         .unwrap();
     assert_eq!(code(&o), 0, "{o:?}");
     assert!(stdout(&o).contains("config"));
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(rt); // stops the runtime, removes its directory
     // Invalid file: 3 with the diagnostics; TLS on: 4 (not built yet).
     let o = bin()
         .arg("--config")
@@ -590,40 +542,18 @@ fn run_with_a_config_file_starts_and_serves() {
 
 #[test]
 fn run_takes_set_overrides_without_a_file() {
-    let dir = std::env::temp_dir().join(format!("polycall-cli-set-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let ep_file = dir.join("endpoint");
-    let mut child = bin()
-        .args([
-            "run",
+    let rt = Runtime::start_with(
+        &[],
+        &[
             "--endpoint",
             "127.0.0.1:0",
             "--set",
             "limits.max_frame=1K",
             "--set",
             "limits.max_message=1K",
-            "--endpoint-file",
-        ])
-        .arg(&ep_file)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let ep = loop {
-        if let Ok(t) = std::fs::read_to_string(&ep_file)
-            && t.ends_with('\n')
-        {
-            break t.trim().to_owned();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the runtime did not start"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+        ],
+    );
+    let ep = rt.endpoint.clone();
     let small = bin()
         .args(["call", "debug.echo", "--endpoint", &ep, "--raw", "fits"])
         .output()
@@ -639,8 +569,7 @@ fn run_takes_set_overrides_without_a_file() {
         3,
         "a 2,000-byte message over a 1 KiB limit is too large: {o:?}"
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    drop(rt); // stops the runtime, removes its directory
     let bad = bin()
         .args([
             "run",
@@ -661,5 +590,4 @@ fn run_takes_set_overrides_without_a_file() {
         all.contains("max_concurrency"),
         "a suggestion names the right key: {all}"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }
