@@ -32,6 +32,8 @@
 
 mod ca;
 mod error;
+pub mod hsm;
+pub mod opaque;
 mod identity;
 mod secret;
 mod tls;

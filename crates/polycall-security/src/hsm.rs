@@ -1,0 +1,1 @@
+//! PKCS#11-held TLS private keys (being written).

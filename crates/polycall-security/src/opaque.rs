@@ -1,0 +1,1 @@
+//! OPAQUE zero-knowledge password login (being written).
