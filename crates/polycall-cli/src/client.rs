@@ -85,13 +85,57 @@ fn resolve(target: &Target) -> Result<Endpoint, Status> {
         .map_err(|e| Status::invalid_input(format!("{e}")))
 }
 
-async fn connect(target: &Target, timeout: Duration) -> Result<Channel, Status> {
-    let endpoint = resolve(target)?;
-    let config = ChannelConfig {
-        connect_timeout: timeout.min(Duration::from_secs(5)),
+/// The channel settings `target` asks for: TLS, a client certificate, credentials.
+pub(crate) fn channel_config(target: &Target, timeout: Duration) -> Result<ChannelConfig, Status> {
+    use polycall::net::auth::Credentials;
+    use polycall::security::{ClientTls, SecretRef};
+    let mut config = ChannelConfig {
+        connect_timeout: timeout.min(Duration::from_secs(15)),
         ..ChannelConfig::default()
     };
-    Channel::with_config(endpoint, config).await
+    if let Some(ca) = &target.ca {
+        let tls = ClientTls {
+            ca: Some(SecretRef::File(ca.clone())),
+            cert_chain: target.cert.clone().map(SecretRef::File),
+            key: target.key.clone().map(SecretRef::File),
+            ..ClientTls::default()
+        };
+        let built = tls
+            .build()
+            .map_err(|e| Status::invalid_input(e.to_string()))?;
+        let mut transport = polycall::net::tls::Tls::client(built);
+        if let Some(name) = &target.server_name {
+            transport = transport
+                .with_server_name(name)
+                .map_err(|e| Status::invalid_input(e.to_string()))?;
+        }
+        config.transport = std::sync::Arc::new(transport);
+        if target.cert.is_some() && target.token_env.is_none() && target.user.is_none() {
+            config.connection.credentials = Some(Credentials::Certificate);
+        }
+    }
+    if let Some(var) = &target.token_env {
+        let token = std::env::var(var).map_err(|_| {
+            Status::invalid_input(format!(
+                "--token-env {var}: the variable is not set; export the token in it"
+            ))
+        })?;
+        config.connection.credentials = Some(Credentials::token(token.into_bytes()));
+    }
+    if let Some(user) = &target.user {
+        let password = match std::env::var("POLYCALL_PASSWORD") {
+            Ok(p) => p.into_bytes(),
+            Err(_) => polycall::security::opaque::read_password(&format!("password for {user}: "))
+                .map_err(|e| Status::invalid_input(e.to_string()))?,
+        };
+        config.connection.credentials = Some(Credentials::password(user.clone(), password));
+    }
+    Ok(config)
+}
+
+async fn connect(target: &Target, timeout: Duration) -> Result<Channel, Status> {
+    let endpoint = resolve(target)?;
+    Channel::with_config(endpoint, channel_config(target, timeout)?).await
 }
 
 fn input_payload(args: &CallArgs) -> Result<Payload, Status> {

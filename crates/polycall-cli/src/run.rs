@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// Calls the runtime serves at once; over it, `busy` — low priorities are shed first.
     #[arg(long)]
     max_concurrency: Option<usize>,
+    /// Listen on a non-loopback address without TLS and authentication. Only for a
+    /// network you trust entirely: anyone who reaches the port can call every method.
+    #[arg(long)]
+    insecure_remote: bool,
 }
 
 /// Runs the runtime: embedded defaults, or the loaded `--config` file; flags win over
@@ -53,19 +57,14 @@ pub async fn run(
     log_level: polycall::runtime::reload::LogLevelHook,
     out: Out,
 ) -> u8 {
-    if let Some(l) = &loaded
-        && l.config.tls.enabled
-    {
-        return out.fail(
-            "run",
-            &Status::unsupported(
-                "tls.enabled = true: TLS arrives with the security work; set tls.enabled = false to run without it",
-            ),
-        );
-    }
-    let mut config = loaded
-        .as_ref()
-        .map_or_else(RuntimeConfig::default, LoadedConfig::to_runtime_config);
+    let mut config = match loaded.as_ref().map(LoadedConfig::runtime_config) {
+        None => RuntimeConfig::default(),
+        Some(Ok(c)) => c,
+        Some(Err(e)) => {
+            return out.fail_with("run", &Status::invalid_input(e.to_string()), exit::INPUT);
+        }
+    };
+    config.insecure_remote = args.insecure_remote;
     if let Some(ep) = &args.endpoint {
         config.endpoint = match ep.parse() {
             Ok(e) => e,
@@ -97,6 +96,12 @@ pub async fn run(
     let state_dir = config.state_dir.clone();
     let runtime = match Runtime::start(config).await {
         Ok(r) => std::sync::Arc::new(r),
+        Err(e @ polycall::runtime::RuntimeError::InsecureRemote { .. }) => {
+            return out.fail_with("run", &Status::invalid_input(e.to_string()), exit::INPUT);
+        }
+        Err(e @ polycall::runtime::RuntimeError::Tls(_)) => {
+            return out.fail_with("run", &Status::invalid_input(e.to_string()), exit::INPUT);
+        }
         Err(e) => return out.fail_with("run", &Status::unavailable(e.to_string()), exit::RUNTIME),
     };
     // With a configuration file, watch it and apply what can change live.
@@ -153,22 +158,31 @@ pub async fn run(
     )
 }
 
-/// Waits for SIGTERM (true = clean), SIGINT (interrupted) or `sys.shutdown`.
+/// Waits for SIGTERM (true = clean), SIGINT (interrupted) or `sys.shutdown`; SIGHUP
+/// reloads the TLS certificates meanwhile.
 async fn wait_for_stop(runtime: &Runtime) -> bool {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let (Ok(mut term), Ok(mut int)) = (
+        let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
             signal(SignalKind::terminate()),
             signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
         ) else {
             runtime.shutdown_requested().await;
             return false;
         };
-        tokio::select! {
-            _ = term.recv() => false,
-            _ = int.recv() => true,
-            _ = runtime.shutdown_requested() => false,
+        loop {
+            tokio::select! {
+                _ = term.recv() => return false,
+                _ = int.recv() => return true,
+                _ = runtime.shutdown_requested() => return false,
+                _ = hup.recv() => match runtime.reload_tls(None) {
+                    Ok(true) => {}
+                    Ok(false) => tracing::info!("SIGHUP: no TLS to reload"),
+                    Err(e) => tracing::warn!("SIGHUP: certificates not reloaded, the previous ones stay: {e}"),
+                },
+            }
         }
     }
     #[cfg(not(unix))]

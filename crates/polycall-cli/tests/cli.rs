@@ -513,7 +513,7 @@ fn run_with_a_config_file_starts_and_serves() {
     assert_eq!(code(&o), 0, "{o:?}");
     assert!(stdout(&o).contains("config"));
     drop(rt); // stops the runtime, removes its directory
-    // Invalid file: 3 with the diagnostics; TLS on: 4 (not built yet).
+    // Invalid file: 3 with the diagnostics; TLS with unusable PEM files: 3, naming the file.
     let o = bin()
         .arg("--config")
         .arg(config_fixtures().join("invalid.toml"))
@@ -535,8 +535,9 @@ fn run_with_a_config_file_starts_and_serves() {
         .args(["run", "--endpoint", "127.0.0.1:0"])
         .output()
         .unwrap();
-    assert_eq!(code(&o), 4, "{o:?}");
-    assert!(String::from_utf8_lossy(&o.stderr).contains("TLS arrives with the security work"));
+    assert_eq!(code(&o), 3, "{o:?}");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("TLS") && err.contains("c.pem"), "{err}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 

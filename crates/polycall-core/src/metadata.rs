@@ -207,7 +207,26 @@ impl Principal {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    /// The principal of a caller that proved nothing, `anonymous:PEER`: one per
+    /// connection, so per-client limits still tell callers apart.
+    ///
+    /// ```
+    /// use polycall_core::Principal;
+    /// assert!(Principal::anonymous("127.0.0.1:5000").is_anonymous());
+    /// assert!(!Principal::new("user:alice").is_anonymous());
+    /// ```
+    pub fn anonymous(peer: &str) -> Self {
+        Self::new(format!("{ANONYMOUS_PREFIX}{peer}"))
+    }
+
+    /// Whether the caller proved nothing (see [`Principal::anonymous`]).
+    pub fn is_anonymous(&self) -> bool {
+        self.0.starts_with(ANONYMOUS_PREFIX)
+    }
 }
+
+const ANONYMOUS_PREFIX: &str = "anonymous:";
 
 impl fmt::Debug for Principal {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -33,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Sleep;
 
+use crate::auth::{Authenticator, ClientExchange, Credentials, ServerExchange, Step};
 use crate::handler::SharedHandler;
 use crate::transport::BoxIo;
 
@@ -53,6 +54,11 @@ pub struct ConnectionConfig {
     /// wait (within the protocol's in-flight cap) and are dispatched by priority class:
     /// critical first, then high, normal and low 4 : 2 : 1.
     pub max_concurrent_handlers: usize,
+    /// Server side: the methods clients may authenticate with and how they are checked
+    /// (`None`: anonymous sessions only, or the TLS client certificate's identity).
+    pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// Client side: what this side proves when the server asks.
+    pub credentials: Option<Credentials>,
 }
 
 impl Default for ConnectionConfig {
@@ -64,6 +70,8 @@ impl Default for ConnectionConfig {
             write_stall_timeout: Duration::from_secs(30),
             write_batch: 256 * 1024,
             max_concurrent_handlers: 4096,
+            authenticator: None,
+            credentials: None,
         }
     }
 }
@@ -96,6 +104,9 @@ struct Shared {
     closed: AtomicBool,
     going_away: AtomicBool,
     done: tokio::sync::Notify,
+    /// Who the peer authenticated as (server side), or who the server says this side
+    /// is (client side); set once the connection is open.
+    principal: std::sync::OnceLock<Option<polycall_core::Principal>>,
 }
 
 /// A handle to a running connection: make calls, register methods, shut it down.
@@ -255,6 +266,13 @@ impl ConnectionHandle {
         }
     }
 
+    /// The session's principal once the connection is open: on a server, who the
+    /// client proved to be (authentication, or its TLS certificate); on a client, the
+    /// principal the server accepted. `None` for anonymous sessions.
+    pub fn principal(&self) -> Option<&polycall_core::Principal> {
+        self.shared.principal.get().and_then(Option::as_ref)
+    }
+
     /// Whether two handles are of the same connection.
     pub fn same_connection(&self, other: &ConnectionHandle) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
@@ -282,6 +300,7 @@ impl PendingConnection {
                     closed: AtomicBool::new(false),
                     going_away: AtomicBool::new(false),
                     done: tokio::sync::Notify::new(),
+                    principal: std::sync::OnceLock::new(),
                 }),
             },
             commands: rx,
@@ -302,7 +321,20 @@ impl PendingConnection {
         config: ConnectionConfig,
         handler: SharedHandler,
     ) -> Result<(ConnectionHandle, oneshot::Receiver<Result<(), Status>>), Status> {
-        let mut proto = Proto::new(role, config.proto.clone()).map_err(Status::invalid_input)?;
+        let mut proto_config = config.proto.clone();
+        match role {
+            Role::Server => {
+                if let Some(a) = &config.authenticator {
+                    proto_config.settings.auth_methods = a.methods();
+                }
+            }
+            Role::Client => {
+                if let Some(c) = &config.credentials {
+                    proto_config.settings.auth_methods = vec![c.method()];
+                }
+            }
+        }
+        let mut proto = Proto::new(role, proto_config).map_err(Status::invalid_input)?;
         let link = LinkEstimate::for_peer(&self.handle.shared.peer);
         proto.set_link_throughput(link.bytes_per_sec);
         let (connected_tx, connected_rx) = oneshot::channel();
@@ -333,6 +365,9 @@ impl PendingConnection {
             draining: false,
             finished: false,
             peer_eof: false,
+            server_auth: None,
+            client_auth: None,
+            principal: None,
         };
         tokio::spawn(driver);
         Ok((handle, connected_rx))
@@ -392,6 +427,10 @@ struct Driver {
     draining: bool,
     finished: bool,
     peer_eof: bool,
+    server_auth: Option<Box<dyn ServerExchange>>,
+    client_auth: Option<ClientExchange>,
+    /// The session's principal, stamped on every incoming call (server side).
+    principal: Option<polycall_core::Principal>,
 }
 
 const MAX_SLICES: usize = 64;
@@ -490,8 +529,21 @@ impl Driver {
 
     fn on_event(&mut self, ev: Event) {
         match ev {
+            Event::Authenticate { method, step, data } => self.authenticate(method, step, &data),
             Event::Connected => {
                 self.handshake = None;
+                let principal = match self.proto.principal() {
+                    Some(p) => Some(polycall_core::Principal::new(p)),
+                    // Without an exchange, a verified TLS client certificate still says
+                    // who the client is.
+                    None if self.role == Role::Server => {
+                        crate::auth::transport_identity(&self.shared.peer)
+                            .map(polycall_core::Principal::new)
+                    }
+                    None => None,
+                };
+                let _ = self.shared.principal.set(principal.clone());
+                self.principal = principal;
                 if let Some(c) = self.connected.take() {
                     let _ = c.send(Ok(()));
                 }
@@ -509,7 +561,12 @@ impl Driver {
                     );
                     return;
                 }
-                let metadata = c.meta.to_metadata(now);
+                let mut metadata = c.meta.to_metadata(now);
+                if self.role == Role::Server {
+                    // A server never trusts the principal a caller claims; a client
+                    // (a provider) trusts the runtime it connected to.
+                    metadata.principal = self.principal.clone();
+                }
                 let call = Call {
                     service: c.service,
                     method: c.method,
@@ -564,6 +621,61 @@ impl Driver {
             }
             Event::StreamMessage { .. } | Event::StreamEnd { .. } | Event::Pong { .. } => {}
         }
+    }
+
+    /// One step of the authentication exchange that is this side's to answer.
+    fn authenticate(&mut self, method: polycall_proto::AuthMethod, step: u8, data: &[u8]) {
+        let sent = match self.role {
+            Role::Server => {
+                let exchange = match (&mut self.server_auth, &self.config.authenticator) {
+                    (Some(x), _) => x,
+                    (None, Some(a)) => self.server_auth.insert(
+                        a.start(method, crate::auth::transport_identity(&self.shared.peer)),
+                    ),
+                    (None, None) => {
+                        // Not reachable: without an authenticator only `none` is offered.
+                        self.server_auth.insert(Box::new(RefuseAll))
+                    }
+                };
+                match exchange.step(data) {
+                    Step::Continue(bytes) => self.proto.auth_continue(bytes),
+                    Step::Accept(principal) => {
+                        tracing::debug!(peer = %self.shared.peer, %principal, "authenticated");
+                        self.server_auth = None;
+                        self.proto.auth_accept(&principal)
+                    }
+                    Step::Reject(status) => {
+                        tracing::info!(peer = %self.shared.peer, %status, "authentication refused");
+                        self.server_auth = None;
+                        self.proto.auth_reject(&status)
+                    }
+                }
+            }
+            Role::Client => {
+                let Some(credentials) = &self.config.credentials else {
+                    self.close_now(Status::unauthenticated(
+                        "the server asks for authentication but no credentials are configured",
+                    ));
+                    return;
+                };
+                let exchange = self.client_auth.get_or_insert_with(|| credentials.start());
+                match exchange.step(step, data) {
+                    Ok(bytes) => self.proto.auth_continue(bytes),
+                    Err(status) => {
+                        self.close_now(status);
+                        return;
+                    }
+                }
+            }
+        };
+        if let Err(e) = sent {
+            self.close_now(e.status());
+        }
+    }
+
+    fn close_now(&mut self, status: Status) {
+        self.proto.close(status.clone());
+        self.finish(status);
     }
 
     /// Runs the handler of an incoming call in its own task, within the call's deadline.
@@ -962,5 +1074,17 @@ impl Future for Driver {
         // Budget used: let other tasks run, then continue.
         cx.waker().wake_by_ref();
         Poll::Pending
+    }
+}
+
+/// The exchange of a server that has no authenticator (never chosen in practice: such
+/// a server offers only `none`).
+struct RefuseAll;
+
+impl ServerExchange for RefuseAll {
+    fn step(&mut self, _: &[u8]) -> Step {
+        Step::Reject(Status::unauthenticated(
+            "this endpoint does not authenticate clients",
+        ))
     }
 }

@@ -63,6 +63,33 @@ impl FromStr for Endpoint {
     }
 }
 
+impl Endpoint {
+    /// Whether only this machine can reach it: a Unix socket, or TCP on a loopback
+    /// address (`127.0.0.0/8`, `::1`, `localhost`). A wildcard (`0.0.0.0`, `::`) or any
+    /// other host is reachable from the network.
+    ///
+    /// ```
+    /// use polycall_net::Endpoint;
+    /// let e = |s: &str| s.parse::<Endpoint>().unwrap();
+    /// assert!(e("127.0.0.1:0").is_loopback() && e("[::1]:7464").is_loopback());
+    /// assert!(e("localhost:7464").is_loopback() && e("unix:/tmp/p.sock").is_loopback());
+    /// assert!(!e("0.0.0.0:7464").is_loopback() && !e("10.1.2.3:7464").is_loopback());
+    /// ```
+    pub fn is_loopback(&self) -> bool {
+        match self {
+            Endpoint::Unix(_) => true,
+            Endpoint::Tcp(hp) => {
+                let host = hp.rsplit_once(':').map_or(hp.as_str(), |(h, _)| h);
+                let host = host.trim_start_matches('[').trim_end_matches(']');
+                host.eq_ignore_ascii_case("localhost")
+                    || host
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| ip.is_loopback())
+            }
+        }
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

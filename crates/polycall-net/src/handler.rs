@@ -49,6 +49,25 @@ impl ConnectionHandler for RouterHandler {
     }
 }
 
+/// Serves calls with any cloneable tower service — a [`Router`] under layers such as
+/// [`crate::authorize::AuthorizeLayer`], for instance.
+#[derive(Debug, Clone)]
+pub struct ServiceHandler<S>(pub S);
+
+impl<S> ConnectionHandler for ServiceHandler<S>
+where
+    S: Service<Call, Response = Reply, Error = Status> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+{
+    fn call(&self, call: Call) -> BoxFuture {
+        let mut svc = self.0.clone();
+        Box::pin(async move {
+            std::future::poll_fn(|cx| svc.poll_ready(cx)).await?;
+            svc.call(call).await
+        })
+    }
+}
+
 /// Serves nothing: every incoming call is refused with `unknown_method`. The handler of
 /// a plain client connection.
 #[derive(Debug, Clone, Copy, Default)]

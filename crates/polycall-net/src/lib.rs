@@ -27,6 +27,8 @@
 
 // Resilience and quality-of-service layers: each a tower `Layer` + `Service` with its
 // config, in its own module.
+pub mod auth;
+pub mod authorize;
 pub mod balance;
 pub mod breaker;
 pub mod deadline;
@@ -50,7 +52,7 @@ mod transport;
 pub use client::{Channel, ChannelConfig};
 pub use connection::{ConnectionConfig, ConnectionHandle, PendingConnection, establish};
 pub use endpoint::{Endpoint, EndpointError};
-pub use handler::{ConnectionHandler, NoHandler, RouterHandler, SharedHandler};
+pub use handler::{ConnectionHandler, NoHandler, RouterHandler, ServiceHandler, SharedHandler};
 pub use prefixed::Prefixed;
 pub use server::{LegacyConnection, LegacyServe, MakeHandler, Server, ServerConfig};
 pub use transport::{BoxFuture, BoxIo, Io, Listener, Plain, Transport, TunedTcp};

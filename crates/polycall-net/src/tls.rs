@@ -21,8 +21,13 @@
 //! presented a certificate, where `IDENTITY` is
 //! [`polycall_security::peer_identity`]: its SPIFFE URI (for example
 //! `spiffe://example.org/ns/a@127.0.0.1:5000`), else its first DNS name; otherwise it
-//! is the address alone, as with [`Plain`](crate::Plain). Carrying that identity as a principal to
-//! handlers is later work.
+//! is the address alone, as with [`Plain`](crate::Plain). The connection turns that
+//! identity into the session's principal (see [`crate::auth`]).
+//!
+//! ## Certificate reload
+//!
+//! [`Tls::server_config_slot`] gives the listener's configuration; replacing it applies
+//! to every handshake after, while open connections keep theirs.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -63,7 +68,7 @@ const MAX_PENDING_HANDSHAKES: usize = 256;
 #[derive(Clone)]
 pub struct Tls {
     inner: Arc<dyn Transport>,
-    server: Option<Arc<rustls::ServerConfig>>,
+    server: Option<ServerConfigSlot>,
     client: Option<Arc<rustls::ClientConfig>>,
     server_name: Option<ServerName<'static>>,
     handshake_timeout: Duration,
@@ -81,6 +86,41 @@ impl std::fmt::Debug for Tls {
     }
 }
 
+/// The server configuration a [`Tls`] listener uses for each new handshake; replacing
+/// it (new certificates, CA bundle or revocation lists) takes effect for the next
+/// connection, without a restart and without touching connections already open.
+///
+/// ```
+/// # fn demo(tls: polycall_net::tls::Tls, fresh: std::sync::Arc<polycall_security::rustls::ServerConfig>) {
+/// let slot = tls.server_config_slot().expect("a server transport");
+/// slot.replace(fresh); // e.g. after `polycall certs issue` renewed the node certificate
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct ServerConfigSlot(Arc<std::sync::RwLock<Arc<rustls::ServerConfig>>>);
+
+impl ServerConfigSlot {
+    fn new(config: Arc<rustls::ServerConfig>) -> Self {
+        Self(Arc::new(std::sync::RwLock::new(config)))
+    }
+
+    /// The configuration in force.
+    pub fn current(&self) -> Arc<rustls::ServerConfig> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Uses `config` for every handshake from now on.
+    pub fn replace(&self, config: Arc<rustls::ServerConfig>) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = config;
+    }
+}
+
+impl std::fmt::Debug for ServerConfigSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerConfigSlot")
+    }
+}
+
 impl Tls {
     /// A transport with optional server and client configurations, over TCP with the
     /// kernel's default buffers.
@@ -90,7 +130,7 @@ impl Tls {
     ) -> Self {
         Self {
             inner: Arc::new(TunedTcp::default()),
-            server,
+            server: server.map(ServerConfigSlot::new),
             client,
             server_name: None,
             handshake_timeout: Duration::from_secs(10),
@@ -105,6 +145,12 @@ impl Tls {
     /// A connecting-only transport.
     pub fn client(config: Arc<rustls::ClientConfig>) -> Self {
         Self::new(None, Some(config))
+    }
+
+    /// Where the server configuration lives, to replace it while listening (certificate
+    /// reload); `None` for a connecting-only transport.
+    pub fn server_config_slot(&self) -> Option<ServerConfigSlot> {
+        self.server.clone()
     }
 
     /// Runs TLS over `inner` instead of plain TCP (e.g. a [`TunedTcp`] with bounded
@@ -198,12 +244,7 @@ impl Transport for Tls {
             let inner = this.inner.bind(&endpoint).await?;
             let local = inner.local_endpoint();
             let (tx, rx) = mpsc::channel(64);
-            let task = tokio::spawn(accept_task(
-                inner,
-                TlsAcceptor::from(config),
-                this.handshake_timeout,
-                tx,
-            ));
+            let task = tokio::spawn(accept_task(inner, config, this.handshake_timeout, tx));
             Ok(Box::new(TlsListener { rx, local, task }) as Box<dyn Listener>)
         })
     }
@@ -223,7 +264,7 @@ type Accepted = io::Result<(BoxIo, String)>;
 /// handshakes in flight) when the listener is dropped.
 async fn accept_task(
     mut inner: Box<dyn Listener>,
-    acceptor: TlsAcceptor,
+    config: ServerConfigSlot,
     timeout: Duration,
     tx: mpsc::Sender<Accepted>,
 ) {
@@ -234,7 +275,7 @@ async fn accept_task(
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
             a = inner.accept(), if handshakes.len() < MAX_PENDING_HANDSHAKES => match a {
                 Ok((io, peer)) => {
-                    let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                    let (acceptor, tx) = (TlsAcceptor::from(config.current()), tx.clone());
                     handshakes.spawn(async move {
                         match tokio::time::timeout(timeout, acceptor.accept(io)).await {
                             Ok(Ok(tls)) => {

@@ -1,99 +1,18 @@
 //! The TLS transport on loopback: real rustls on both sides, a real polycall server,
 //! and Debian's `openssl s_client` as an independent TLS 1.2 / 1.3 client.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use polycall_core::{Call, MethodInfo, Payload, Reply, Router, handler_fn};
 use polycall_net::tls::Tls;
 use polycall_net::{Channel, ChannelConfig, Endpoint, Server, ServerConfig, Transport};
-use polycall_security::{
-    Ca, ClientAuth, ClientTls, IssueOptions, Issued, SecretRef, ServerTls, write_private,
-};
+use polycall_security::{ClientAuth, ClientTls, IssueOptions, SecretRef, ServerTls};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn tmp(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "polycall-net-tls-{}-{}-{tag}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn store(dir: &Path, name: &str, i: &Issued) -> (SecretRef, SecretRef) {
-    let c = dir.join(format!("{name}.pem"));
-    let k = dir.join(format!("{name}.key"));
-    std::fs::write(&c, &i.cert_pem).unwrap();
-    write_private(&k, i.key_pem.as_bytes()).unwrap();
-    (SecretRef::File(c), SecretRef::File(k))
-}
-
-/// A CA in a temporary directory and a server certificate for the loopback names.
-struct Pki {
-    dir: PathBuf,
-    ca: Ca,
-}
-
-impl Pki {
-    fn new(tag: &str) -> Self {
-        let dir = tmp(tag);
-        let ca = Ca::init_named(dir.join("ca"), &format!("polycall test CA {tag}")).unwrap();
-        Self { dir, ca }
-    }
-
-    fn ca_file(&self) -> PathBuf {
-        self.dir.join("ca").join("ca.pem")
-    }
-
-    fn server_tls(&self, auth: ClientAuth) -> ServerTls {
-        let i = self
-            .ca
-            .issue(
-                "node-a",
-                Some("spiffe://test.local/node-a"),
-                IssueOptions::default().with_loopback(),
-            )
-            .unwrap();
-        let (c, k) = store(&self.dir, "server", &i);
-        ServerTls {
-            cert_chain: Some(c),
-            key: Some(k),
-            ca: Some(SecretRef::File(self.ca_file())),
-            client_auth: auth,
-            ..ServerTls::default()
-        }
-    }
-
-    /// A client trusting `trust`'s CA, with a certificate from this CA when `cert`.
-    fn client_tls(
-        &self,
-        trust: &Pki,
-        cert: Option<(&str, IssueOptions)>,
-    ) -> (ClientTls, Option<Issued>) {
-        let mut t = ClientTls {
-            ca: Some(SecretRef::File(trust.ca_file())),
-            ..ClientTls::default()
-        };
-        let mut issued = None;
-        if let Some((name, options)) = cert {
-            let i = self
-                .ca
-                .issue(name, Some(&format!("spiffe://test.local/{name}")), options)
-                .unwrap();
-            let (c, k) = store(&self.dir, name, &i);
-            t.cert_chain = Some(c);
-            t.key = Some(k);
-            issued = Some(i);
-        }
-        (t, issued)
-    }
-}
+mod common;
+use common::Pki;
 
 fn router() -> Router {
     Router::new()

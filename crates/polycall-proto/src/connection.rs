@@ -57,7 +57,9 @@ use crate::frame::{
     self, CallFrame, DataFrame, ErrorFrame, Frame, FrameBuf, GoAway, MethodEntry, MethodRef,
     ReplyFrame,
 };
-use crate::handshake::{HANDSHAKE_MAX_FRAME, Negotiated, Settings, features, negotiate};
+use crate::handshake::{
+    AuthMethod, HANDSHAKE_MAX_FRAME, Negotiated, Settings, features, negotiate,
+};
 use crate::meta::WireMeta;
 
 /// The 8 bytes each side sends before its first frame. The first byte, 0x89, is
@@ -132,8 +134,24 @@ pub struct IncomingCall {
 /// Something that happened on the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
-    /// The handshake completed; see [`Connection::negotiated`].
+    /// The handshake (and authentication, when one was negotiated) completed; see
+    /// [`Connection::negotiated`] and [`Connection::principal`].
     Connected,
+    /// A step of the authentication exchange is this side's to answer.
+    ///
+    /// On the client, the first arrives right after `WELCOME` with `step` 0 and no data:
+    /// send the method's first message with [`Connection::auth_continue`]. Later ones
+    /// carry the server's messages. On the server, each carries a client message: answer
+    /// with [`Connection::auth_continue`], [`Connection::auth_accept`] or
+    /// [`Connection::auth_reject`].
+    Authenticate {
+        /// The negotiated method.
+        method: crate::AuthMethod,
+        /// The peer's step number (0 on the client's first event).
+        step: u8,
+        /// The peer's method-specific bytes.
+        data: Bytes,
+    },
     /// The peer opened a call.
     Call(IncomingCall),
     /// The reply to a call this side opened.
@@ -211,9 +229,17 @@ pub enum Event {
 enum State {
     Preface,
     Handshake,
+    /// `WELCOME` named an authentication method: `AUTH` frames until the server accepts.
+    Auth,
     Open,
     Closed,
 }
+
+/// Step number the server sends to accept an authentication (its data: the principal).
+pub const AUTH_ACCEPTED: u8 = 0xFF;
+
+/// Most steps an authentication exchange may take (client and server together).
+pub const AUTH_MAX_STEPS: u8 = 16;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
@@ -330,6 +356,12 @@ pub struct Connection {
     state: State,
     negotiated: Option<Negotiated>,
     crc: bool,
+    /// Last authentication step sent or received.
+    auth_step: u8,
+    /// Whose turn it is in the authentication exchange: true when this side must answer.
+    auth_our_turn: bool,
+    /// The authenticated principal: accepted by this server, or announced by the server.
+    principal: Option<String>,
     rx: BytesMut,
     out: FrameBuf,
     events: VecDeque<(Event, u64)>,
@@ -408,6 +440,9 @@ impl Connection {
             state: State::Preface,
             negotiated: None,
             crc: false,
+            auth_step: 0,
+            auth_our_turn: false,
+            principal: None,
             rx: BytesMut::new(),
             out: FrameBuf::new(),
             events: VecDeque::new(),
@@ -510,10 +545,11 @@ impl Connection {
                     let _ = self.rx.split_to(PREFACE.len());
                     self.state = State::Handshake;
                 }
-                State::Handshake | State::Open => {
-                    let (max, crc) = match &self.negotiated {
-                        Some(n) => (n.local_limits.max_frame, self.crc),
-                        None => (HANDSHAKE_MAX_FRAME, false),
+                State::Handshake | State::Auth | State::Open => {
+                    let (max, crc) = match (&self.negotiated, self.state) {
+                        (Some(n), State::Open) => (n.local_limits.max_frame, self.crc),
+                        (Some(_), _) => (HANDSHAKE_MAX_FRAME, self.crc),
+                        (None, _) => (HANDSHAKE_MAX_FRAME, false),
                     };
                     let frame = match frame::decode(&mut self.rx, max, crc) {
                         Ok(Some(f)) => f,
@@ -605,6 +641,9 @@ impl Connection {
         if self.state == State::Handshake {
             return self.handle_handshake(frame);
         }
+        if self.state == State::Auth {
+            return self.handle_auth(frame);
+        }
         let flow = frame.flow_len() as u64;
         if flow > 0 {
             if flow > self.recv_credit {
@@ -621,7 +660,7 @@ impl Connection {
                 Err(Self::violation("handshake frame after the handshake"))
             }
             Frame::Auth(_) => Err(ProtoError::Violation(
-                "AUTH frame, but no authentication method was negotiated".into(),
+                "AUTH frame after the authentication exchange ended".into(),
             )),
             Frame::Call(c) => self.on_call(c),
             Frame::Reply(r) => self.on_reply(r),
@@ -683,7 +722,12 @@ impl Connection {
                 Ok(welcome) => {
                     let n = Negotiated::for_server(&self.config.settings, &hello, &welcome);
                     Frame::Welcome(welcome).encode(&mut self.out, false);
-                    self.open(n);
+                    if n.auth_method == AuthMethod::None {
+                        self.open(n);
+                    } else {
+                        // The client speaks first.
+                        self.start_auth(n, false);
+                    }
                     Ok(())
                 }
                 Err(ef) => {
@@ -704,7 +748,20 @@ impl Connection {
             (Role::Client, Frame::Welcome(w)) => {
                 let n = Negotiated::for_client(&self.config.settings, &w)
                     .map_err(ProtoError::Handshake)?;
-                self.open(n);
+                let method = n.auth_method;
+                if method == AuthMethod::None {
+                    self.open(n);
+                } else {
+                    self.start_auth(n, true);
+                    self.events.push_back((
+                        Event::Authenticate {
+                            method,
+                            step: 0,
+                            data: Bytes::new(),
+                        },
+                        0,
+                    ));
+                }
                 Ok(())
             }
             (_, Frame::Error(e)) if e.call_id == 0 => Err(ProtoError::Remote(e.status())),
@@ -726,6 +783,141 @@ impl Connection {
         self.negotiated = Some(n);
         self.state = State::Open;
         self.events.push_back((Event::Connected, 0));
+    }
+
+    /// Enters the authentication exchange: frames after `WELCOME` already carry the
+    /// CRC trailer when negotiated, but stay within the handshake's frame limit.
+    fn start_auth(&mut self, n: Negotiated, our_turn: bool) {
+        self.crc = n.has(features::CRC32C);
+        self.negotiated = Some(n);
+        self.state = State::Auth;
+        self.auth_our_turn = our_turn;
+    }
+
+    fn auth_method(&self) -> AuthMethod {
+        self.negotiated
+            .as_ref()
+            .map_or(AuthMethod::None, |n| n.auth_method)
+    }
+
+    fn handle_auth(&mut self, frame: Frame) -> Result<(), ProtoError> {
+        let a = match frame {
+            Frame::Auth(a) => a,
+            Frame::Error(e) if e.call_id == 0 => return Err(ProtoError::Remote(e.status())),
+            f => {
+                return Err(Self::violation(format!(
+                    "{:?} frame during authentication (expected AUTH)",
+                    f.frame_type()
+                )));
+            }
+        };
+        let method = self.auth_method();
+        if a.method != method as u8 {
+            return Err(Self::violation(format!(
+                "AUTH for method {} while method {} was negotiated",
+                a.method, method as u8
+            )));
+        }
+        if self.auth_our_turn {
+            return Err(Self::violation(
+                "AUTH frame out of turn: this side has not answered the last step",
+            ));
+        }
+        if self.role == Role::Client && a.step == AUTH_ACCEPTED {
+            let principal = std::str::from_utf8(&a.data)
+                .map_err(|_| Self::violation("the accepted principal is not UTF-8"))?;
+            if principal.len() > 1024 {
+                return Err(Self::violation("the accepted principal exceeds 1024 bytes"));
+            }
+            self.principal = (!principal.is_empty()).then(|| principal.to_owned());
+            let n = self.negotiated.take().expect("negotiated before AUTH");
+            self.open(n);
+            return Ok(());
+        }
+        // Client steps are odd, server steps even, each one more than the last.
+        let expected = self.auth_step + 1;
+        if a.step != expected || expected > AUTH_MAX_STEPS {
+            return Err(Self::violation(format!(
+                "AUTH step {} where step {expected} was expected (at most {AUTH_MAX_STEPS})",
+                a.step
+            )));
+        }
+        self.auth_step = a.step;
+        self.auth_our_turn = true;
+        self.events.push_back((
+            Event::Authenticate {
+                method,
+                step: a.step,
+                data: a.data,
+            },
+            0,
+        ));
+        Ok(())
+    }
+
+    fn check_auth_turn(&self) -> Result<(), SendError> {
+        match self.state {
+            State::Auth if self.auth_our_turn => Ok(()),
+            State::Closed => Err(SendError::Closed),
+            _ => Err(SendError::NotConnected),
+        }
+    }
+
+    /// Sends this side's next message of the authentication exchange (after an
+    /// [`Event::Authenticate`]).
+    pub fn auth_continue(&mut self, data: Bytes) -> Result<(), SendError> {
+        self.check_auth_turn()?;
+        let step = self.auth_step + 1;
+        if step > AUTH_MAX_STEPS {
+            return Err(SendError::Closed);
+        }
+        self.auth_step = step;
+        self.auth_our_turn = false;
+        let method = self.auth_method() as u8;
+        Frame::Auth(crate::frame::Auth { method, step, data }).encode(&mut self.out, self.crc);
+        Ok(())
+    }
+
+    /// The server accepts the client as `principal` (empty: authenticated but unnamed);
+    /// the connection opens ([`Event::Connected`]).
+    pub fn auth_accept(&mut self, principal: &str) -> Result<(), SendError> {
+        self.check_auth_turn()?;
+        if self.role != Role::Server {
+            return Err(SendError::NotConnected);
+        }
+        let method = self.auth_method() as u8;
+        Frame::Auth(crate::frame::Auth {
+            method,
+            step: AUTH_ACCEPTED,
+            data: Bytes::copy_from_slice(principal.as_bytes()),
+        })
+        .encode(&mut self.out, self.crc);
+        self.principal = (!principal.is_empty()).then(|| principal.to_owned());
+        let n = self.negotiated.take().expect("negotiated before AUTH");
+        self.open(n);
+        Ok(())
+    }
+
+    /// The server refuses the client: an `ERROR` frame (call id 0) with `status`
+    /// (`unauthenticated`), then the connection closes.
+    pub fn auth_reject(&mut self, status: &Status) -> Result<(), SendError> {
+        self.check_auth_turn()?;
+        Frame::Error(ErrorFrame::from_status(0, status)).encode(&mut self.out, self.crc);
+        self.close_calls(status.clone());
+        self.state = State::Closed;
+        self.events.push_back((
+            Event::Closed {
+                status: status.clone(),
+            },
+            0,
+        ));
+        Ok(())
+    }
+
+    /// Who the peer authenticated as: on a server, the principal it accepted; on a
+    /// client, the principal the server announced. `None` without authentication.
+    pub fn principal(&self) -> Option<&str> {
+        self.principal.as_deref()
     }
 
     fn local_limits(&self) -> crate::Limits {

@@ -51,8 +51,10 @@ pub mod features {
     pub const KNOWN: u64 = CRC32C | STREAMING | ZSTD_DICTIONARIES;
 }
 
-/// Authentication methods (wire ids). The exchanges arrive with the security work;
-/// this version negotiates only [`AuthMethod::None`].
+/// Authentication methods (wire ids). The exchange itself is a series of `AUTH`
+/// frames between `WELCOME` and the first call (see [`crate::Connection`]); what the
+/// bytes mean is up to the method's implementation (polycall-net and
+/// polycall-security).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum AuthMethod {
@@ -200,10 +202,9 @@ impl Settings {
             ));
         }
         self.limits.validate()?;
-        if self.auth_methods.iter().any(|m| *m != AuthMethod::None) {
+        if self.auth_methods.is_empty() {
             return Err(
-                "unsupported: only auth method `none` is implemented in this version; \
-                        token, OPAQUE and certificate authentication arrive with the security layer"
+                "no authentication method: offer at least one (`none` for anonymous sessions)"
                     .into(),
             );
         }

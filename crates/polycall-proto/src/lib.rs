@@ -32,7 +32,9 @@ pub mod legacy;
 pub mod meta;
 mod wire;
 
-pub use connection::{Config, Connection, Event, IncomingCall, PREFACE, Role};
+pub use connection::{
+    AUTH_ACCEPTED, AUTH_MAX_STEPS, Config, Connection, Event, IncomingCall, PREFACE, Role,
+};
 pub use error::{FrameError, ProtoError, SendError};
 pub use frame::Frame;
 pub use handshake::{AuthMethod, Limits, Negotiated, Settings, features, negotiate};

@@ -151,11 +151,27 @@ fn no_common_auth_method_is_unauthenticated() {
 }
 
 #[test]
-fn auth_methods_other_than_none_are_unsupported_for_now() {
+fn the_servers_first_method_the_client_offers_is_chosen() {
+    let mut server = Settings::default();
+    server.auth_methods = vec![
+        AuthMethod::Certificate,
+        AuthMethod::Opaque,
+        AuthMethod::Token,
+    ];
+    let mut client = Settings::default();
+    client.auth_methods = vec![AuthMethod::Token, AuthMethod::Opaque];
+    let w = negotiate(&server, &client.hello()).unwrap();
+    assert_eq!(w.auth_method, AuthMethod::Opaque as u8);
+    let n = Negotiated::for_client(&client, &w).unwrap();
+    assert_eq!(n.auth_method, AuthMethod::Opaque);
+}
+
+#[test]
+fn settings_without_any_auth_method_are_refused() {
     let mut s = Settings::default();
-    s.auth_methods = vec![AuthMethod::Token];
+    s.auth_methods.clear();
     let err = s.validate().unwrap_err();
-    assert!(err.starts_with("unsupported"), "{err}");
+    assert!(err.contains("no authentication method"), "{err}");
 }
 
 #[test]

@@ -140,7 +140,7 @@ impl LegacyServe for Compat {
                 state: self.state.clone(),
                 stack: self.stack.clone(),
                 config: self.config.clone(),
-                principal: Principal::new(format!("peer:{}", conn.peer)),
+                principal: Principal::anonymous(&conn.peer),
                 peer: conn.peer,
             },
             io: conn.io,

@@ -19,8 +19,8 @@ pub(crate) struct RuntimeConnection {
     pub(crate) state: Arc<State>,
     pub(crate) connection: ConnectionHandle,
     pub(crate) provider_id: u64,
-    /// The caller's identity on this connection.
-    pub(crate) principal: Principal,
+    /// The caller's identity when its session proved none (`anonymous:PEER`).
+    pub(crate) anonymous: Principal,
     /// Quality-of-service layers over [`Route`], live.
     pub(crate) stack: crate::LiveStack,
 }
@@ -71,9 +71,12 @@ impl Service<Call> for Route {
 
 impl ConnectionHandler for RuntimeConnection {
     fn call(&self, mut call: Call) -> BoxFuture {
-        // Who calls: until authentication arrives, the caller's connection. A principal
-        // the caller claims for itself is never trusted.
-        call.metadata.principal = Some(self.principal.clone());
+        // Who calls: the connection stamped the session's principal (authentication or
+        // TLS certificate) over whatever the caller claimed; without one, the caller is
+        // its connection.
+        if call.metadata.principal.is_none() {
+            call.metadata.principal = Some(self.anonymous.clone());
+        }
         let mut stack = self.stack.current();
         Box::pin(async move {
             std::future::poll_fn(|cx| stack.poll_ready(cx)).await?;
@@ -82,6 +85,27 @@ impl ConnectionHandler for RuntimeConnection {
     }
 
     fn register(&self, methods: Vec<MethodEntry>) -> Result<(), Status> {
+        let policy = self
+            .state
+            .qos
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .policy
+            .clone();
+        if let Some(policy) = policy {
+            let principal = self.connection.principal();
+            for m in &methods {
+                if let Err(denied) =
+                    policy.check_provide(principal, m.service.as_str(), m.method.as_str())
+                {
+                    tracing::info!(%denied, peer = self.connection.peer(), "registration refused");
+                    return Err(Status::new(
+                        polycall_core::Code::PermissionDenied,
+                        denied.to_string(),
+                    ));
+                }
+            }
+        }
         for m in &methods {
             if RESERVED.contains(&m.service.as_str())
                 || self

@@ -37,7 +37,7 @@ use serde_json::json;
 use tokio::sync::watch;
 
 pub use compat::CompatConfig;
-pub use provider::Provider;
+pub use provider::{Provider, ProviderConfig};
 pub use registry::{Provision, Registry};
 
 /// The endpoint a runtime listens on when none is configured: loopback only.
@@ -57,15 +57,24 @@ pub struct RuntimeConfig {
     pub qos: QosConfig,
     /// libpolycall clients (PCR1, first generation) on the same listener.
     pub compat: CompatConfig,
+    /// Serve TLS 1.3 with these settings (`None`: plain TCP, loopback only unless
+    /// `insecure_remote`).
+    pub tls: Option<polycall_security::ServerTls>,
+    /// Listen on a non-loopback address without TLS and authentication. Off by
+    /// default: such a runtime would let anyone on the network call anything.
+    pub insecure_remote: bool,
 }
 
-/// Quality of service the runtime applies to every call it serves, in this order: rate
+/// What the runtime applies to every call it serves, in this order: authorization, rate
 /// limit per client, concurrency limit (shedding low priorities first), fault injection.
 /// Each is off when `None`.
 #[derive(Debug, Clone, Default)]
 pub struct QosConfig {
-    /// Calls per second per client (each connection is a client until authentication
-    /// arrives); over the rate, `busy` with a retry-after hint.
+    /// Which principals may call which methods (`permission_denied` otherwise). Checked
+    /// first, so denied calls use no rate-limit tokens or concurrency slots.
+    pub policy: Option<Arc<polycall_security::authz::Policy>>,
+    /// Calls per second per client (per principal; each anonymous connection is a
+    /// client of its own); over the rate, `busy` with a retry-after hint.
     pub rate_limit: Option<polycall_net::rate_limit::RateLimitConfig>,
     /// Calls served at once by the whole runtime; over it, `busy` (lower classes first).
     pub concurrency: Option<polycall_net::limit::ConcurrencyLimitConfig>,
@@ -83,6 +92,8 @@ impl Default for RuntimeConfig {
             server: ServerConfig::default(),
             qos: QosConfig::default(),
             compat: CompatConfig::default(),
+            tls: None,
+            insecure_remote: false,
         }
     }
 }
@@ -100,6 +111,21 @@ pub enum RuntimeError {
         /// The cause.
         source: std::io::Error,
     },
+    /// A non-loopback endpoint without TLS and authentication.
+    #[error(
+        "refusing to listen on {endpoint} without {missing}: anyone who can reach it could call every method. \
+         Enable [tls] and [auth] (anonymous = false with tokens, users or certificates), listen on 127.0.0.1, \
+         or pass --insecure-remote if the network itself is trusted"
+    )]
+    InsecureRemote {
+        /// The endpoint.
+        endpoint: Endpoint,
+        /// What is missing ("TLS", "authentication", or both).
+        missing: String,
+    },
+    /// The TLS settings could not be loaded.
+    #[error("TLS: {0}")]
+    Tls(#[from] polycall_security::Error),
     /// The state directory could not be written.
     #[error("cannot write the state directory {dir}: {source}")]
     StateDir {
@@ -123,6 +149,13 @@ pub(crate) struct State {
     qos_generation: AtomicU64,
     /// Where the configuration came from and how its last reload went (sys.health).
     config_status: std::sync::Mutex<serde_json::Value>,
+    /// The TLS settings in force and the listener's configuration slot, for reloads.
+    tls: std::sync::Mutex<
+        Option<(
+            polycall_security::ServerTls,
+            polycall_net::tls::ServerConfigSlot,
+        )>,
+    >,
 }
 
 /// The runtime's QoS layers over routing, as one connection (or the legacy listener)
@@ -225,6 +258,8 @@ impl std::fmt::Debug for Runtime {
 
 /// The runtime's quality-of-service layers, shared by every connection.
 struct Qos {
+    policy: Option<Arc<polycall_security::authz::Policy>>,
+    authorize: Option<polycall_net::authorize::AuthorizeLayer>,
     rate: Option<polycall_net::rate_limit::RateLimitLayer>,
     limit: Option<polycall_net::limit::ConcurrencyLimitLayer>,
     faults: Option<polycall_net::fault::FaultInjectionLayer>,
@@ -233,6 +268,12 @@ struct Qos {
 impl Qos {
     fn new(c: &QosConfig) -> Self {
         Self {
+            policy: c.policy.clone(),
+            authorize: c
+                .policy
+                .clone()
+                .filter(|p| !p.is_open())
+                .map(polycall_net::authorize::AuthorizeLayer::new),
             rate: c
                 .rate_limit
                 .clone()
@@ -248,7 +289,8 @@ impl Qos {
         }
     }
 
-    /// rate limit → concurrency limit → faults → `inner`, each only when configured.
+    /// authorization → rate limit → concurrency limit → faults → `inner`, each only when
+    /// configured.
     fn stack(&self, inner: connection::Route) -> BoxHandler {
         use tower::Layer;
         let mut s = BoxHandler::new(inner);
@@ -261,8 +303,35 @@ impl Qos {
         if let Some(r) = &self.rate {
             s = BoxHandler::new(r.layer(s));
         }
+        if let Some(a) = &self.authorize {
+            s = BoxHandler::new(a.layer(s));
+        }
         s
     }
+}
+
+/// Refuses a listener others can reach unless it is secured (or the operator said the
+/// network is trusted).
+fn check_exposure(config: &RuntimeConfig) -> Result<(), RuntimeError> {
+    if config.insecure_remote || config.endpoint.is_loopback() {
+        return Ok(());
+    }
+    let authenticated = config
+        .server
+        .connection
+        .authenticator
+        .as_ref()
+        .is_some_and(|a| !a.methods().contains(&polycall_proto::AuthMethod::None));
+    let missing = match (config.tls.is_some(), authenticated) {
+        (true, true) => return Ok(()),
+        (false, true) => "TLS",
+        (true, false) => "authentication",
+        (false, false) => "TLS and authentication",
+    };
+    Err(RuntimeError::InsecureRemote {
+        endpoint: config.endpoint.clone(),
+        missing: missing.into(),
+    })
 }
 
 fn new_token() -> String {
@@ -285,7 +354,15 @@ fn new_token() -> String {
 
 impl Runtime {
     /// Starts listening and serving.
-    pub async fn start(config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+    pub async fn start(mut config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
+        check_exposure(&config)?;
+        let mut tls_slot = None;
+        if let Some(tls) = &config.tls {
+            let transport = polycall_net::tls::Tls::server(tls.build()?)
+                .over(Arc::new(polycall_net::TunedTcp::default()));
+            tls_slot = transport.server_config_slot();
+            config.server.transport = Arc::new(transport);
+        }
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new_cyclic(|weak| State {
             registry: Registry::default(),
@@ -298,6 +375,7 @@ impl Runtime {
             qos: std::sync::RwLock::new(Arc::new(Qos::new(&config.qos))),
             qos_generation: AtomicU64::new(0),
             config_status: std::sync::Mutex::new(json!({"source": "embedded defaults"})),
+            tls: std::sync::Mutex::new(config.tls.clone().zip(tls_slot)),
         });
         let next_provider = Arc::new(AtomicU64::new(1));
         let make_state = state.clone();
@@ -315,7 +393,7 @@ impl Runtime {
                     state: make_state.clone(),
                     connection: conn.clone(),
                     provider_id: next_provider.fetch_add(1, Ordering::Relaxed),
-                    principal: polycall_core::Principal::new(format!("peer:{peer}")),
+                    anonymous: polycall_core::Principal::anonymous(peer),
                     stack: LiveStack::new(make_state.clone()),
                 })
             },
@@ -361,8 +439,28 @@ impl Runtime {
         Ok(())
     }
 
-    /// Replaces the QoS layers (rate limit, concurrency limit, faults) for every call
-    /// from now on, on connections already open too. Rate-limit buckets start afresh.
+    /// Reads the TLS certificate chain, key, CA bundle and revocation lists again — or
+    /// uses `settings` instead, when given — for every connection from now on; open
+    /// connections keep theirs. On an error the settings in force stay. Returns false
+    /// when the runtime does not serve TLS.
+    pub fn reload_tls(
+        &self,
+        settings: Option<polycall_security::ServerTls>,
+    ) -> Result<bool, RuntimeError> {
+        let mut tls = self.state.tls.lock().unwrap_or_else(|e| e.into_inner());
+        let Some((current, slot)) = tls.as_mut() else {
+            return Ok(false);
+        };
+        let next = settings.unwrap_or_else(|| current.clone());
+        slot.replace(next.build()?);
+        *current = next;
+        tracing::info!("TLS certificates reloaded");
+        Ok(true)
+    }
+
+    /// Replaces the QoS layers (authorization, rate limit, concurrency limit, faults) for
+    /// every call from now on, on connections already open too. Rate-limit buckets start
+    /// afresh.
     pub fn update_qos(&self, qos: &QosConfig) {
         *self.state.qos.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Qos::new(qos));
         self.state.qos_generation.fetch_add(1, Ordering::AcqRel);

@@ -49,11 +49,40 @@ fn entries(router: &Router) -> Vec<MethodEntry> {
         .collect()
 }
 
+/// How a provider connects: the transport (TLS, …) and the connection settings
+/// (credentials, limits).
+#[derive(Clone)]
+pub struct ProviderConfig {
+    /// The transport.
+    pub transport: Arc<dyn Transport>,
+    /// The connection settings; `credentials` authenticate the provider.
+    pub connection: ConnectionConfig,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        Self {
+            transport: Arc::new(Plain),
+            connection: ConnectionConfig::default(),
+        }
+    }
+}
+
+impl std::fmt::Debug for ProviderConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderConfig")
+            .field("transport", &self.transport.name())
+            .field("connection", &self.connection)
+            .finish()
+    }
+}
+
 async fn connect_and_register(
     endpoint: &Endpoint,
     router: &Router,
-    transport: &dyn Transport,
+    config: &ProviderConfig,
 ) -> Result<ConnectionHandle, Status> {
+    let transport = config.transport.as_ref();
     let io = transport
         .connect(endpoint)
         .await
@@ -63,7 +92,7 @@ async fn connect_and_register(
         io,
         endpoint.to_string(),
         Role::Client,
-        ConnectionConfig::default(),
+        config.connection.clone(),
         handler,
     )
     .await?;
@@ -75,8 +104,16 @@ impl Provider {
     /// Connects, registers every method of `router`, and keeps doing so after a lost
     /// connection. Fails if the first connection or registration fails.
     pub async fn start(endpoint: Endpoint, router: Router) -> Result<Provider, Status> {
-        let transport: Arc<dyn Transport> = Arc::new(Plain);
-        let first = connect_and_register(&endpoint, &router, transport.as_ref()).await?;
+        Self::start_with(endpoint, router, ProviderConfig::default()).await
+    }
+
+    /// Like [`Provider::start`], over `config`'s transport and with its credentials.
+    pub async fn start_with(
+        endpoint: Endpoint,
+        router: Router,
+        config: ProviderConfig,
+    ) -> Result<Provider, Status> {
+        let first = connect_and_register(&endpoint, &router, &config).await?;
         let (tx, rx) = watch::channel(Some(first.clone()));
         let task = tokio::spawn(async move {
             let mut conn = first;
@@ -86,7 +123,7 @@ impl Provider {
                 let _ = tx.send(None);
                 loop {
                     tokio::time::sleep(backoff).await;
-                    match connect_and_register(&endpoint, &router, transport.as_ref()).await {
+                    match connect_and_register(&endpoint, &router, &config).await {
                         Ok(c) => {
                             conn = c;
                             backoff = Duration::from_millis(50);

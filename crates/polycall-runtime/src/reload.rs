@@ -56,6 +56,8 @@ fn applied_live(key: &str) -> bool {
         || key == "log.level"
         || key == "runtime.max_connections"
         || key == "runtime.drain_timeout_ms"
+        || key == "auth.file"
+        || key.starts_with("tls.")
 }
 
 /// Watches `running.path` and applies changes to `runtime` as they come.
@@ -134,12 +136,36 @@ pub fn watch(
                     let diff = running.diff(&new);
                     let (applied, not_live): (Vec<_>, Vec<_>) =
                         diff.reloadable.iter().partition(|c| applied_live(&c.key));
-                    let next = new.to_runtime_config();
+                    let next = match new.runtime_config() {
+                        Ok(next) => next,
+                        Err(e) => {
+                            tracing::warn!("configuration change not applied: {e}");
+                            let last_reload = json!({
+                                "ok": false,
+                                "at_unix_ms": now_ms(),
+                                "errors": [e.to_string()],
+                                "running": "the previous configuration is kept",
+                            });
+                            runtime.set_config_status(json!({"source": source, "reloads": reloads, "last_reload": last_reload}));
+                            continue;
+                        }
+                    };
                     let changed = |k: &str| applied.iter().any(|c| c.key == k);
-                    if applied.iter().any(|c| c.key.starts_with("qos.")) {
+                    if applied
+                        .iter()
+                        .any(|c| c.key.starts_with("qos.") || c.key == "auth.file")
+                    {
                         runtime.update_qos(&next.qos);
                     }
-                    if applied.iter().any(|c| c.key.starts_with("limits.")) {
+                    if applied.iter().any(|c| c.key.starts_with("tls."))
+                        && let Err(e) = runtime.reload_tls(next.tls.clone())
+                    {
+                        tracing::warn!("TLS settings not reloaded: {e}");
+                    }
+                    if applied
+                        .iter()
+                        .any(|c| c.key.starts_with("limits.") || c.key == "auth.file")
+                    {
                         runtime.update_server(|s| s.connection = next.server.connection.clone());
                     }
                     if changed("runtime.max_connections") {

@@ -223,10 +223,11 @@ fn tls_is_validated_and_flagged() {
         l.config.tls.cert_file.as_deref(),
         Some(dir.join("cert.pem").as_path())
     );
-    assert!(
-        l.warnings
-            .iter()
-            .any(|w| w.message.contains("TLS is not available in this build"))
+    let rc = l.runtime_config().unwrap();
+    let tls = rc.tls.expect("TLS settings in the runtime configuration");
+    assert_eq!(
+        tls.cert_chain.map(|r| r.to_string()),
+        Some(format!("file:{}", dir.join("cert.pem").display()))
     );
     std::fs::write(&path, "version = 1\n[tls]\nenabled = true\n").unwrap();
     let d = Config::load(Some(&path), &[], &[]).unwrap_err();

@@ -105,6 +105,16 @@ impl std::fmt::Debug for Issued {
     }
 }
 
+/// A certificate issued for a public key whose private key this CA never saw
+/// ([`Ca::issue_for_public_key`]).
+#[derive(Debug, Clone)]
+pub struct IssuedCert {
+    /// The certificate (PEM).
+    pub cert_pem: String,
+    /// Its serial number (big-endian bytes), to revoke it with [`Ca::crl`].
+    pub serial: Vec<u8>,
+}
+
 /// Writes a secret file readable by its owner only (mode 0600), replacing any
 /// earlier file.
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
@@ -238,48 +248,32 @@ impl Ca {
         spiffe: Option<&str>,
         options: IssueOptions,
     ) -> Result<Issued, Error> {
-        let mut sans =
-            vec![SanType::DnsName(name.try_into().map_err(|_| {
-                Error::Config(format!("{name:?} is not a DNS name"))
-            })?)];
-        if let Some(id) = spiffe {
-            validate_spiffe(id)?;
-            sans.push(SanType::URI(id.try_into().map_err(|_| {
-                Error::Config(format!("{id:?} is not a valid URI"))
-            })?));
-        }
-        if options.loopback {
-            if name != "localhost" {
-                sans.push(SanType::DnsName("localhost".try_into()?));
-            }
-            sans.push(SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
-            sans.push(SanType::IpAddress(IpAddr::from(
-                std::net::Ipv6Addr::LOCALHOST,
-            )));
-        }
-        sans.extend(options.ips.iter().copied().map(SanType::IpAddress));
-
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        params.subject_alt_names = sans;
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        let serial = random_serial()?;
-        params.serial_number = Some(serial.clone());
-        params.not_before = options.not_before.into();
-        params.not_after = options.not_after.into();
+        let (params, serial) = leaf_params(name, spiffe, &options)?;
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
         Ok(Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            serial: serial.to_bytes(),
+        })
+    }
+
+    /// Like [`Ca::issue`], for a key pair made elsewhere (for example inside an HSM,
+    /// see [`crate::hsm::HsmKey::generate`]): certifies the public key `spki_der`
+    /// (SubjectPublicKeyInfo DER: ECDSA P-256/P-384, Ed25519 or RSA).
+    pub fn issue_for_public_key(
+        &self,
+        name: &str,
+        spiffe: Option<&str>,
+        spki_der: &[u8],
+        options: IssueOptions,
+    ) -> Result<IssuedCert, Error> {
+        let public = rcgen::SubjectPublicKeyInfo::from_der(spki_der)
+            .map_err(|e| Error::Config(format!("not a usable public key (SPKI DER): {e}")))?;
+        let (params, serial) = leaf_params(name, spiffe, &options)?;
+        let cert = params.signed_by(&public, &self.issuer)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
             serial: serial.to_bytes(),
         })
     }
@@ -305,6 +299,52 @@ impl Ca {
         };
         Ok(params.signed_by(&self.issuer)?.pem()?)
     }
+}
+
+/// The parameters of an end-entity certificate (see [`Ca::issue`]) and its serial.
+fn leaf_params(
+    name: &str,
+    spiffe: Option<&str>,
+    options: &IssueOptions,
+) -> Result<(CertificateParams, SerialNumber), Error> {
+    let mut sans =
+        vec![SanType::DnsName(name.try_into().map_err(|_| {
+            Error::Config(format!("{name:?} is not a DNS name"))
+        })?)];
+    if let Some(id) = spiffe {
+        validate_spiffe(id)?;
+        sans.push(SanType::URI(id.try_into().map_err(|_| {
+            Error::Config(format!("{id:?} is not a valid URI"))
+        })?));
+    }
+    if options.loopback {
+        if name != "localhost" {
+            sans.push(SanType::DnsName("localhost".try_into()?));
+        }
+        sans.push(SanType::IpAddress(IpAddr::from([127, 0, 0, 1])));
+        sans.push(SanType::IpAddress(IpAddr::from(
+            std::net::Ipv6Addr::LOCALHOST,
+        )));
+    }
+    sans.extend(options.ips.iter().copied().map(SanType::IpAddress));
+
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.subject_alt_names = sans;
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    let serial = random_serial()?;
+    params.serial_number = Some(serial.clone());
+    params.not_before = options.not_before.into();
+    params.not_after = options.not_after.into();
+    Ok((params, serial))
 }
 
 fn validate_spiffe(id: &str) -> Result<(), Error> {

@@ -46,4 +46,7 @@ pub enum Error {
     /// Certificate or CRL generation failed.
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A key held in a PKCS#11 token could not be loaded or used.
+    #[error(transparent)]
+    Hsm(#[from] crate::hsm::HsmError),
 }

@@ -30,15 +30,17 @@
 //! # let _ = config; Ok(()) }
 //! ```
 
+pub mod authz;
 mod ca;
 mod error;
 pub mod hsm;
-pub mod opaque;
 mod identity;
+pub mod opaque;
 mod secret;
 mod tls;
+pub mod token;
 
-pub use ca::{Ca, IssueOptions, Issued, write_private};
+pub use ca::{Ca, IssueOptions, Issued, IssuedCert, write_private};
 pub use error::Error;
 pub use identity::{peer_identity, spiffe_id};
 pub use secret::SecretRef;
@@ -46,6 +48,7 @@ pub use tls::{
     ALPN, ClientAuth, ClientTls, ServerTls, client_config, load_certs, load_crls, load_key,
     load_roots, provider, server_config,
 };
+pub use tls::{client_config_certified, hsm_certified_key, server_config_certified};
 
 /// Re-exported so users name the same rustls types as this crate.
 pub use rustls;

@@ -1,15 +1,18 @@
 //! rustls configurations: TLS 1.3 only, aws-lc-rs, ALPN `polycall/1`, client
-//! authentication and revocation lists.
+//! authentication and revocation lists. A server's or client's private key is either
+//! PEM (`key`) or held in a PKCS#11 token (`hsm_key`, see [`crate::hsm`]).
 
 use std::sync::Arc;
 
-use rustls::RootCertStore;
 use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::{ConfigBuilder, RootCertStore};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
+use crate::hsm::{HsmKey, HsmSigningKey};
 use crate::{Error, SecretRef};
 
 /// The ALPN protocol id polycall offers and accepts.
@@ -104,8 +107,12 @@ pub fn load_roots(r: &SecretRef) -> Result<RootCertStore, Error> {
 pub struct ServerTls {
     /// The certificate chain, end-entity first (PEM).
     pub cert_chain: Option<SecretRef>,
-    /// The private key of the end-entity certificate (PEM).
+    /// The private key of the end-entity certificate (PEM). Exactly one of `key` and
+    /// `hsm_key` is set.
     pub key: Option<SecretRef>,
+    /// The private key of the end-entity certificate, held in a PKCS#11 token: the
+    /// handshake signs inside the token and the key never enters this process.
+    pub hsm_key: Option<HsmKey>,
     /// The CA bundle client certificates must chain to (needed unless
     /// `client_auth` is [`ClientAuth::Off`]).
     pub ca: Option<SecretRef>,
@@ -125,18 +132,28 @@ impl ServerTls {
             .cert_chain
             .as_ref()
             .ok_or_else(|| Error::Config("the server needs a certificate chain".into()))?;
-        let key = self
-            .key
-            .as_ref()
-            .ok_or_else(|| Error::Config("the server needs a private key".into()))?;
+        let chain = load_certs(chain)?;
+        let identity = match (&self.key, &self.hsm_key) {
+            (Some(key), None) => Identity::Key(chain, load_key(key)?),
+            (None, Some(hsm)) => Identity::Certified(hsm_certified_key(chain, &hsm.load()?)?),
+            (None, None) => {
+                return Err(Error::Config(
+                    "the server needs a private key (key or hsm_key)".into(),
+                ));
+            }
+            (Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "the server has both key and hsm_key; set only one".into(),
+                ));
+            }
+        };
         let roots = self.ca.as_ref().map(load_roots).transpose()?;
         let mut crls = Vec::new();
         for r in &self.crls {
             crls.extend(load_crls(r)?);
         }
-        server_config(
-            load_certs(chain)?,
-            load_key(key)?,
+        build_server(
+            identity,
             roots,
             self.client_auth,
             crls,
@@ -145,10 +162,79 @@ impl ServerTls {
     }
 }
 
+/// A certificate chain with the key that signs for it.
+enum Identity {
+    /// A private key in memory.
+    Key(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>),
+    /// A key that signs elsewhere (a PKCS#11 token), already checked against the chain.
+    Certified(Arc<CertifiedKey>),
+}
+
+/// Pairs a certificate chain (end-entity first) with a token-held key, checking that
+/// the end-entity certificate certifies exactly that key.
+pub fn hsm_certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: &HsmSigningKey,
+) -> Result<Arc<CertifiedKey>, Error> {
+    let certified = CertifiedKey::new(chain, Arc::new(key.clone()));
+    certified.keys_match().map_err(|e| {
+        Error::Config(format!(
+            "the certificate does not belong to key {:?} in token {:?}: {e}",
+            key.key_label(),
+            key.token_label()
+        ))
+    })?;
+    Ok(Arc::new(certified))
+}
+
 /// Builds a TLS 1.3-only server configuration (ALPN [`ALPN`]) from parsed parts.
 pub fn server_config(
     chain: Vec<CertificateDer<'static>>,
     key: PrivateKeyDer<'static>,
+    roots: Option<RootCertStore>,
+    client_auth: ClientAuth,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    allow_unknown_revocation: bool,
+) -> Result<Arc<rustls::ServerConfig>, Error> {
+    build_server(
+        Identity::Key(chain, key),
+        roots,
+        client_auth,
+        crls,
+        allow_unknown_revocation,
+    )
+}
+
+/// Like [`server_config`], with a key that signs elsewhere (see
+/// [`hsm_certified_key`]).
+pub fn server_config_certified(
+    certified: Arc<CertifiedKey>,
+    roots: Option<RootCertStore>,
+    client_auth: ClientAuth,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    allow_unknown_revocation: bool,
+) -> Result<Arc<rustls::ServerConfig>, Error> {
+    build_server(
+        Identity::Certified(certified),
+        roots,
+        client_auth,
+        crls,
+        allow_unknown_revocation,
+    )
+}
+
+fn with_server_identity(
+    builder: ConfigBuilder<rustls::ServerConfig, rustls::server::WantsServerCert>,
+    identity: Identity,
+) -> Result<rustls::ServerConfig, Error> {
+    Ok(match identity {
+        Identity::Key(chain, key) => builder.with_single_cert(chain, key)?,
+        Identity::Certified(c) => builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(c))),
+    })
+}
+
+fn build_server(
+    identity: Identity,
     roots: Option<RootCertStore>,
     client_auth: ClientAuth,
     crls: Vec<CertificateRevocationListDer<'static>>,
@@ -163,7 +249,7 @@ pub fn server_config(
                     "revocation lists are given but client authentication is off".into(),
                 ));
             }
-            builder.with_no_client_auth().with_single_cert(chain, key)?
+            with_server_identity(builder.with_no_client_auth(), identity)?
         }
         ClientAuth::Optional | ClientAuth::Required => {
             let roots = roots.ok_or_else(|| {
@@ -182,9 +268,7 @@ pub fn server_config(
             let verifier = v
                 .build()
                 .map_err(|e| Error::Config(format!("client certificate verifier: {e}")))?;
-            builder
-                .with_client_cert_verifier(verifier)
-                .with_single_cert(chain, key)?
+            with_server_identity(builder.with_client_cert_verifier(verifier), identity)?
         }
     };
     config.alpn_protocols = vec![ALPN.to_vec()];
@@ -198,8 +282,10 @@ pub struct ClientTls {
     pub ca: Option<SecretRef>,
     /// A client certificate chain, for mutual TLS (with `key`).
     pub cert_chain: Option<SecretRef>,
-    /// The client certificate's private key.
+    /// The client certificate's private key (at most one of `key` and `hsm_key`).
     pub key: Option<SecretRef>,
+    /// The client certificate's private key, held in a PKCS#11 token.
+    pub hsm_key: Option<HsmKey>,
     /// Revocation lists checked against server certificates.
     pub crls: Vec<SecretRef>,
     /// Accept server certificates whose revocation status no CRL covers.
@@ -213,12 +299,21 @@ impl ClientTls {
             .ca
             .as_ref()
             .ok_or_else(|| Error::Config("the client needs a CA bundle".into()))?;
-        let identity = match (&self.cert_chain, &self.key) {
-            (Some(c), Some(k)) => Some((load_certs(c)?, load_key(k)?)),
-            (None, None) => None,
+        let identity = match (&self.cert_chain, &self.key, &self.hsm_key) {
+            (Some(c), Some(k), None) => Some(Identity::Key(load_certs(c)?, load_key(k)?)),
+            (Some(c), None, Some(h)) => Some(Identity::Certified(hsm_certified_key(
+                load_certs(c)?,
+                &h.load()?,
+            )?)),
+            (None, None, None) => None,
+            (_, Some(_), Some(_)) => {
+                return Err(Error::Config(
+                    "the client has both key and hsm_key; set only one".into(),
+                ));
+            }
             _ => {
                 return Err(Error::Config(
-                    "a client certificate needs both a chain and a key".into(),
+                    "a client certificate needs both a chain and a key (key or hsm_key)".into(),
                 ));
             }
         };
@@ -226,7 +321,7 @@ impl ClientTls {
         for r in &self.crls {
             crls.extend(load_crls(r)?);
         }
-        client_config(
+        build_client(
             load_roots(ca)?,
             identity,
             crls,
@@ -242,6 +337,36 @@ pub fn client_config(
     crls: Vec<CertificateRevocationListDer<'static>>,
     allow_unknown_revocation: bool,
 ) -> Result<Arc<rustls::ClientConfig>, Error> {
+    build_client(
+        roots,
+        identity.map(|(chain, key)| Identity::Key(chain, key)),
+        crls,
+        allow_unknown_revocation,
+    )
+}
+
+/// Like [`client_config`], with a client certificate whose key signs elsewhere (see
+/// [`hsm_certified_key`]).
+pub fn client_config_certified(
+    roots: RootCertStore,
+    certified: Arc<CertifiedKey>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    allow_unknown_revocation: bool,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
+    build_client(
+        roots,
+        Some(Identity::Certified(certified)),
+        crls,
+        allow_unknown_revocation,
+    )
+}
+
+fn build_client(
+    roots: RootCertStore,
+    identity: Option<Identity>,
+    crls: Vec<CertificateRevocationListDer<'static>>,
+    allow_unknown_revocation: bool,
+) -> Result<Arc<rustls::ClientConfig>, Error> {
     let mut v =
         WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider()).with_crls(crls);
     if allow_unknown_revocation {
@@ -254,7 +379,10 @@ pub fn client_config(
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_webpki_verifier(verifier);
     let mut config = match identity {
-        Some((chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        Some(Identity::Key(chain, key)) => builder.with_client_auth_cert(chain, key)?,
+        Some(Identity::Certified(c)) => {
+            builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(c)))
+        }
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![ALPN.to_vec()];

@@ -29,6 +29,9 @@ pub use polycall_core::*;
 #[cfg(feature = "proto")]
 pub use polycall_proto as proto;
 
+#[cfg(feature = "security")]
+pub use polycall_security as security;
+
 #[cfg(feature = "net")]
 pub use polycall_net as net;
 

@@ -8,8 +8,8 @@ use toml::de::{DeTable, DeValue};
 use super::schema::{self, CURRENT_VERSION, DefaultValue, KEYS, KeyDef, Kind, SECTIONS};
 use super::suggest;
 use super::{
-    ClientAuth, CompatSection, Config, Diagnostic, Entry, LimitsSection, LoadedConfig, LogFormat,
-    LogSection, Origin, QosSection, RuntimeSection, TlsSection, Value,
+    AuthSection, ClientAuth, CompatSection, Config, Diagnostic, Entry, LimitsSection, LoadedConfig,
+    LogFormat, LogSection, Origin, QosSection, RuntimeSection, TlsSection, Value,
 };
 
 /// Environment variables read: `POLYCALL_SECTION__KEY`.
@@ -103,6 +103,9 @@ fn check(def: &KeyDef, v: Value) -> Result<Value, String> {
         (Kind::Path, Value::Str(s)) if s.is_empty() => {
             Err(format!("`{}` is an empty path", def.path()))
         }
+        (Kind::Text, Value::Str(s)) if s.is_empty() => {
+            Err(format!("`{}` is an empty string", def.path()))
+        }
         (Kind::Endpoint, Value::Str(s)) => match s.parse::<polycall_net::Endpoint>() {
             Ok(_) => Ok(v),
             Err(e) => Err(format!("`{}`: {e}", def.path())),
@@ -159,7 +162,7 @@ fn from_toml(def: &KeyDef, v: &DeValue<'_>) -> Result<Value, String> {
             }
         },
         (Kind::Bool, DeValue::Boolean(b)) => Value::Bool(*b),
-        (Kind::Path | Kind::Endpoint | Kind::Enum(_), DeValue::String(s)) => {
+        (Kind::Path | Kind::Endpoint | Kind::Enum(_) | Kind::Text, DeValue::String(s)) => {
             Value::Str(s.to_string())
         }
         _ => return Err(want()),
@@ -199,7 +202,7 @@ pub(crate) fn from_str(def: &KeyDef, s: &str) -> Result<Value, String> {
                 ));
             }
         },
-        Kind::Path | Kind::Endpoint | Kind::Enum(_) => Value::Str(unquoted.to_owned()),
+        Kind::Path | Kind::Endpoint | Kind::Enum(_) | Kind::Text => Value::Str(unquoted.to_owned()),
     };
     check(def, v)
 }
@@ -578,6 +581,17 @@ fn typed(values: &[(&'static KeyDef, Entry)], base: &Path) -> Config {
                 Some("required") => ClientAuth::Required,
                 _ => ClientAuth::Off,
             },
+            crl_file: file("tls.crl_file"),
+            hsm_module: file("tls.hsm_module"),
+            hsm_token: string("tls.hsm_token"),
+            hsm_key: string("tls.hsm_key"),
+            hsm_pin_env: string("tls.hsm_pin_env").unwrap_or_default(),
+        },
+        auth: AuthSection {
+            anonymous: boolean("auth.anonymous"),
+            certificate: boolean("auth.certificate"),
+            file: file("auth.file"),
+            users_file: file("auth.users_file"),
         },
     }
 }

@@ -25,6 +25,7 @@
 mod load;
 pub mod migrate;
 pub mod schema;
+pub mod security;
 mod suggest;
 mod validate;
 
@@ -282,7 +283,7 @@ pub struct CompatSection {
     pub fixtures: bool,
 }
 
-/// `[tls]` (validated; TLS itself arrives with the security work).
+/// `[tls]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSection {
     /// `enabled`.
@@ -295,6 +296,29 @@ pub struct TlsSection {
     pub ca_file: Option<PathBuf>,
     /// `client_auth`.
     pub client_auth: ClientAuth,
+    /// `crl_file`, resolved likewise.
+    pub crl_file: Option<PathBuf>,
+    /// `hsm_module`: the private key lives in this PKCS#11 module's token.
+    pub hsm_module: Option<PathBuf>,
+    /// `hsm_token`.
+    pub hsm_token: Option<String>,
+    /// `hsm_key`.
+    pub hsm_key: Option<String>,
+    /// `hsm_pin_env`.
+    pub hsm_pin_env: String,
+}
+
+/// `[auth]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthSection {
+    /// `anonymous`.
+    pub anonymous: bool,
+    /// `certificate`.
+    pub certificate: bool,
+    /// `file`: tokens, roles and rules.
+    pub file: Option<PathBuf>,
+    /// `users_file`: OPAQUE users.
+    pub users_file: Option<PathBuf>,
 }
 
 /// A validated `polycall.toml` (version 1), every value filled in.
@@ -314,6 +338,8 @@ pub struct Config {
     pub compat: CompatSection,
     /// `[tls]`.
     pub tls: TlsSection,
+    /// `[auth]`.
+    pub auth: AuthSection,
 }
 
 /// An effective value and where it came from.
@@ -481,6 +507,14 @@ impl LoadedConfig {
                     ..Default::default()
                 });
         rc
+    }
+
+    /// The runtime configuration with its security settings: TLS, the authenticator
+    /// and the authorization policy, every secret read from its reference.
+    pub fn runtime_config(&self) -> Result<RuntimeConfig, security::SecurityError> {
+        let mut rc = self.to_runtime_config();
+        security::Security::from_config(&self.config)?.apply(&mut rc);
+        Ok(rc)
     }
 
     /// `[log] level`, as an env-filter directive.

@@ -34,6 +34,8 @@ pub enum Kind {
     Endpoint,
     /// One of the listed words.
     Enum(&'static [&'static str]),
+    /// A non-empty string (a label, a variable name).
+    Text,
 }
 
 impl Kind {
@@ -46,6 +48,7 @@ impl Kind {
             Kind::Path => "a path (string)".into(),
             Kind::Endpoint => "an endpoint (HOST:PORT or unix:PATH)".into(),
             Kind::Enum(w) => format!("one of {}", w.join("|")),
+            Kind::Text => "a string".into(),
         }
     }
 }
@@ -104,7 +107,7 @@ macro_rules! key {
 }
 
 /// The sections, in the order files and documentation list them.
-pub const SECTIONS: &[&str] = &["runtime", "limits", "qos", "log", "compat", "tls"];
+pub const SECTIONS: &[&str] = &["runtime", "limits", "qos", "log", "compat", "tls", "auth"];
 
 /// Every key of version 1.
 pub static KEYS: &[KeyDef] = &[
@@ -304,7 +307,7 @@ pub static KEYS: &[KeyDef] = &[
         Kind::Bool,
         DefaultValue::Bool(false),
         false,
-        "Serve TLS 1.3 only (not available in this build: `run` refuses it, exit 4)."
+        "Serve TLS 1.3 only (aws-lc-rs); certificates reload on SIGHUP or a configuration change."
     ),
     key!(
         "tls",
@@ -337,6 +340,78 @@ pub static KEYS: &[KeyDef] = &[
         DefaultValue::Str("off"),
         false,
         "Whether clients present a certificate."
+    ),
+    key!(
+        "tls",
+        "crl_file",
+        Kind::Path,
+        DefaultValue::None,
+        true,
+        "PEM certificate revocation lists checked against client certificates."
+    ),
+    key!(
+        "tls",
+        "hsm_module",
+        Kind::Path,
+        DefaultValue::None,
+        true,
+        "PKCS#11 module holding the private key instead of key_file (e.g. /usr/lib/softhsm/libsofthsm2.so)."
+    ),
+    key!(
+        "tls",
+        "hsm_token",
+        Kind::Text,
+        DefaultValue::None,
+        true,
+        "Label of the PKCS#11 token holding the key."
+    ),
+    key!(
+        "tls",
+        "hsm_key",
+        Kind::Text,
+        DefaultValue::None,
+        true,
+        "Label (CKA_LABEL) of the private key in the token."
+    ),
+    key!(
+        "tls",
+        "hsm_pin_env",
+        Kind::Text,
+        DefaultValue::Str("POLYCALL_HSM_PIN"),
+        true,
+        "Environment variable holding the token's user PIN (the PIN itself is never configured)."
+    ),
+    key!(
+        "auth",
+        "anonymous",
+        Kind::Bool,
+        DefaultValue::Bool(true),
+        false,
+        "Admit clients that prove nothing (their calls run as anonymous:PEER). Must be false on a non-loopback endpoint."
+    ),
+    key!(
+        "auth",
+        "certificate",
+        Kind::Bool,
+        DefaultValue::Bool(false),
+        false,
+        "Accept the TLS client certificate as proof; its SPIFFE URI (else DNS name) is the principal."
+    ),
+    key!(
+        "auth",
+        "file",
+        Kind::Path,
+        DefaultValue::None,
+        true,
+        "TOML file with [tokens] (NAME = \"env:VAR\" or \"file:PATH\"), [roles] and [[rules]] (see docs/security.md)."
+    ),
+    key!(
+        "auth",
+        "users_file",
+        Kind::Path,
+        DefaultValue::None,
+        false,
+        "OPAQUE password users (`polycall users add NAME`); the server's OPAQUE secret is kept beside it in opaque-setup."
     ),
 ];
 

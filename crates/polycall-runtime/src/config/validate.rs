@@ -73,18 +73,39 @@ pub(crate) fn cross_check(
     }
     // TLS: pairs complete, files present, client authentication has a CA.
     let t = &c.tls;
-    match (&t.cert_file, &t.key_file) {
-        (Some(_), None) => d.push_on(&["tls.cert_file", "tls.key_file"], Diagnostic::error(
+    let hsm = t.hsm_module.is_some() || t.hsm_token.is_some() || t.hsm_key.is_some();
+    if hsm && !(t.hsm_module.is_some() && t.hsm_token.is_some() && t.hsm_key.is_some()) {
+        d.push_on(
+            &["tls.hsm_module", "tls.hsm_token", "tls.hsm_key"],
+            Diagnostic::error(
+                blame(values, &["tls.hsm_module", "tls.hsm_token", "tls.hsm_key"]),
+                "an HSM-held key needs all of `tls.hsm_module`, `tls.hsm_token` and `tls.hsm_key`",
+            ),
+        );
+    }
+    if hsm && t.key_file.is_some() {
+        d.push_on(
+            &["tls.key_file", "tls.hsm_key"],
+            Diagnostic::error(
+                blame(values, &["tls.hsm_key", "tls.key_file"]),
+                "`tls.key_file` and `tls.hsm_key` both name the private key: keep one",
+            ),
+        );
+    }
+    let has_key = t.key_file.is_some() || hsm;
+    match (&t.cert_file, has_key) {
+        (Some(_), false) => d.push_on(&["tls.cert_file", "tls.key_file"], Diagnostic::error(
             origin(values, "tls.cert_file"),
-            "`tls.cert_file` is set without `tls.key_file`: a certificate needs its private key",
+            "`tls.cert_file` is set without `tls.key_file` (or `tls.hsm_key`): a certificate needs its private key",
         )),
-        (None, Some(_)) => d.push_on(&["tls.cert_file", "tls.key_file"], Diagnostic::error(
-            origin(values, "tls.key_file"),
-            "`tls.key_file` is set without `tls.cert_file`: a private key needs its certificate",
+        (None, true) => d.push_on(&["tls.cert_file", "tls.key_file"], Diagnostic::error(
+            blame(values, &["tls.key_file", "tls.hsm_key"]),
+            "a private key is set without `tls.cert_file`: a private key needs its certificate",
         )),
-        (None, None) if t.enabled => d.push_on(&["tls.enabled", "tls.cert_file", "tls.key_file"], Diagnostic::error(
+        (None, false) if t.enabled => d.push_on(&["tls.enabled", "tls.cert_file", "tls.key_file"], Diagnostic::error(
             origin(values, "tls.enabled"),
-            "`tls.enabled = true` needs `tls.cert_file` and `tls.key_file`",
+            "`tls.enabled = true` needs `tls.cert_file` and `tls.key_file` (or an HSM-held key); \
+             `polycall certs init` and `polycall certs issue` make them",
         )),
         _ => {}
     }
@@ -92,6 +113,9 @@ pub(crate) fn cross_check(
         ("tls.cert_file", &t.cert_file),
         ("tls.key_file", &t.key_file),
         ("tls.ca_file", &t.ca_file),
+        ("tls.crl_file", &t.crl_file),
+        ("tls.hsm_module", &t.hsm_module),
+        ("auth.file", &c.auth.file),
     ] {
         if let Some(f) = file
             && !f.is_file()
@@ -114,11 +138,29 @@ pub(crate) fn cross_check(
             ),
         );
     }
-    if t.enabled {
-        d.push_on(&["tls.enabled"], Diagnostic::warning(
-            origin(values, "tls.enabled"),
-            "TLS is not available in this build (it arrives with the security work): `polycall run` refuses `tls.enabled = true` (exit 4)",
+    if t.crl_file.is_some() && t.client_auth == ClientAuth::Off {
+        d.push_on(
+            &["tls.crl_file", "tls.client_auth"],
+            Diagnostic::error(
+                origin(values, "tls.crl_file"),
+                "`tls.crl_file` revokes client certificates, but `tls.client_auth` is off",
+            ),
+        );
+    }
+    if c.auth.certificate && (!t.enabled || t.client_auth == ClientAuth::Off) {
+        d.push_on(&["auth.certificate", "tls.enabled", "tls.client_auth"], Diagnostic::error(
+            origin(values, "auth.certificate"),
+            "`auth.certificate = true` needs `tls.enabled = true` and `tls.client_auth` optional or required",
         ));
+    }
+    if let Some(f) = &c.auth.file
+        && f.is_file()
+        && let Err(e) = super::security::AuthFile::read(f)
+    {
+        d.push_on(
+            &["auth.file"],
+            Diagnostic::error(origin(values, "auth.file"), e),
+        );
     }
     // The state directory must not be the socket itself.
     if let Some(sock) = c.runtime.endpoint.strip_prefix("unix:")

@@ -1,0 +1,317 @@
+//! Authentication in the handshake: who the peer is, proven before its first call.
+//!
+//! The protocol negotiates a method in `HELLO`/`WELCOME` and then carries the method's
+//! messages in `AUTH` frames (polycall-proto). This module gives those bytes meaning:
+//!
+//! - on a server, an [`Authenticator`] lists the methods it accepts and runs one
+//!   [`ServerExchange`] per connection; [`ServerAuth`] is the one polycall ships (bearer
+//!   tokens, OPAQUE passwords, the TLS client certificate, optionally anonymous);
+//! - on a client, [`Credentials`] say what the client can prove.
+//!
+//! The session's principal — `token:NAME`, `user:NAME`, or the TLS client certificate's
+//! identity (its SPIFFE URI) — is stamped on every call the connection receives; a
+//! principal the caller claims for itself is never trusted by a server. A TLS client
+//! certificate makes the session authenticated even when the method negotiated is
+//! `none`.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::sync::Arc;
+//! use polycall_net::auth::{Credentials, ServerAuth};
+//! use polycall_net::{Channel, ChannelConfig, ServerConfig};
+//! use polycall_security::token::Tokens;
+//!
+//! let mut tokens = Tokens::default();
+//! tokens.insert("ci", b"0123456789abcdef0123")?;
+//! let mut server = ServerConfig::default();
+//! server.connection.authenticator = Some(Arc::new(ServerAuth { tokens, ..ServerAuth::default() }));
+//!
+//! let mut client = ChannelConfig::default();
+//! client.connection.credentials = Some(Credentials::token(b"0123456789abcdef0123".to_vec()));
+//! # let _ = (server, client); Ok(()) }
+//! ```
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use polycall_core::Status;
+use polycall_proto::AuthMethod;
+use polycall_security::opaque::{ClientLogin, OpaqueError, ServerLogin, ServerSetup, UserStore};
+use polycall_security::token::Tokens;
+
+/// The outcome of one step of a server's exchange.
+#[derive(Debug)]
+pub enum Step {
+    /// Send these bytes to the client and wait for its next message.
+    Continue(Bytes),
+    /// The client is authenticated as this principal.
+    Accept(String),
+    /// The client is refused (an `unauthenticated` status; the connection closes).
+    Reject(Status),
+}
+
+/// One connection's authentication on the server side.
+pub trait ServerExchange: Send {
+    /// Handles the client's next message.
+    fn step(&mut self, data: &[u8]) -> Step;
+}
+
+/// What a server accepts, and how it checks it.
+pub trait Authenticator: std::fmt::Debug + Send + Sync + 'static {
+    /// Methods accepted, preferred first ([`AuthMethod::None`] admits anonymous
+    /// sessions).
+    fn methods(&self) -> Vec<AuthMethod>;
+
+    /// Starts checking a client that chose `method`. `transport_identity` is what the
+    /// transport proved already (the TLS client certificate's identity), if anything.
+    fn start(
+        &self,
+        method: AuthMethod,
+        transport_identity: Option<&str>,
+    ) -> Box<dyn ServerExchange>;
+}
+
+/// The server side of OPAQUE: the server's long-term setup and its users.
+pub struct OpaqueUsers {
+    /// The server's OPAQUE secret.
+    pub setup: ServerSetup,
+    /// Registration records by user name.
+    pub users: UserStore,
+}
+
+impl std::fmt::Debug for OpaqueUsers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpaqueUsers")
+            .field("users", &self.users.names().len())
+            .finish()
+    }
+}
+
+/// polycall's authenticator: bearer tokens, OPAQUE password logins and TLS client
+/// certificates; anonymous sessions only when `anonymous` is set.
+#[derive(Debug, Default, Clone)]
+pub struct ServerAuth {
+    /// Accepted bearer tokens (principal `token:NAME`).
+    pub tokens: Tokens,
+    /// OPAQUE users (principal `user:NAME`).
+    pub opaque: Option<Arc<OpaqueUsers>>,
+    /// Accept the TLS client certificate as proof (principal: its identity).
+    pub certificate: bool,
+    /// Admit clients that prove nothing (their calls carry no principal).
+    pub anonymous: bool,
+}
+
+fn refused(why: impl Into<String>) -> Status {
+    Status::unauthenticated(why)
+}
+
+impl Authenticator for ServerAuth {
+    fn methods(&self) -> Vec<AuthMethod> {
+        let mut m = Vec::new();
+        if self.certificate {
+            m.push(AuthMethod::Certificate);
+        }
+        if self.opaque.is_some() {
+            m.push(AuthMethod::Opaque);
+        }
+        if !self.tokens.is_empty() {
+            m.push(AuthMethod::Token);
+        }
+        if self.anonymous || m.is_empty() {
+            m.push(AuthMethod::None);
+        }
+        m
+    }
+
+    fn start(
+        &self,
+        method: AuthMethod,
+        transport_identity: Option<&str>,
+    ) -> Box<dyn ServerExchange> {
+        match method {
+            AuthMethod::Token => Box::new(TokenExchange(self.tokens.clone())),
+            AuthMethod::Certificate => {
+                Box::new(CertificateExchange(transport_identity.map(str::to_owned)))
+            }
+            AuthMethod::Opaque => match &self.opaque {
+                Some(o) => Box::new(OpaqueServerExchange {
+                    users: o.clone(),
+                    login: None,
+                }),
+                None => Box::new(Refuse("OPAQUE logins are not configured here")),
+            },
+            AuthMethod::None => Box::new(Refuse("no exchange for method none")),
+        }
+    }
+}
+
+struct Refuse(&'static str);
+
+impl ServerExchange for Refuse {
+    fn step(&mut self, _: &[u8]) -> Step {
+        Step::Reject(refused(self.0))
+    }
+}
+
+struct TokenExchange(Tokens);
+
+impl ServerExchange for TokenExchange {
+    fn step(&mut self, data: &[u8]) -> Step {
+        match self.0.verify(data) {
+            Some(name) => Step::Accept(format!("token:{name}")),
+            None => Step::Reject(refused(
+                "the bearer token is not accepted here; check the token the client reads \
+                 (its env or file reference) against the server's [auth.tokens]",
+            )),
+        }
+    }
+}
+
+struct CertificateExchange(Option<String>);
+
+impl ServerExchange for CertificateExchange {
+    fn step(&mut self, _: &[u8]) -> Step {
+        match self.0.take() {
+            Some(identity) => Step::Accept(identity),
+            None => Step::Reject(refused(
+                "certificate authentication needs a TLS client certificate from the server's CA; \
+                 none was presented",
+            )),
+        }
+    }
+}
+
+struct OpaqueServerExchange {
+    users: Arc<OpaqueUsers>,
+    login: Option<ServerLogin>,
+}
+
+fn opaque_refusal(e: &OpaqueError) -> Status {
+    match e {
+        OpaqueError::Malformed(why) => refused(format!("malformed OPAQUE message: {why}")),
+        // One answer for a wrong password, an unknown user and a replay.
+        _ => refused("login failed: wrong user name or password"),
+    }
+}
+
+impl ServerExchange for OpaqueServerExchange {
+    fn step(&mut self, data: &[u8]) -> Step {
+        match self.login.take() {
+            None => match ServerLogin::start(&self.users.setup, &self.users.users, data) {
+                Ok((login, response)) => {
+                    self.login = Some(login);
+                    Step::Continue(Bytes::from(response))
+                }
+                Err(e) => Step::Reject(opaque_refusal(&e)),
+            },
+            Some(login) => match login.finish(data) {
+                Ok(name) => Step::Accept(format!("user:{name}")),
+                Err(e) => Step::Reject(opaque_refusal(&e)),
+            },
+        }
+    }
+}
+
+/// What a client proves. Secrets are held in memory only as long as the value lives
+/// and are never printed.
+#[derive(Clone)]
+pub enum Credentials {
+    /// A bearer token.
+    Token(Arc<Vec<u8>>),
+    /// An OPAQUE password login: the password never leaves this process.
+    Password {
+        /// The user name.
+        user: String,
+        /// The password.
+        password: Arc<Vec<u8>>,
+    },
+    /// The TLS client certificate (configure it on the TLS transport).
+    Certificate,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Token(_) => f.write_str("Token(<redacted>)"),
+            Self::Password { user, .. } => write!(f, "Password {{ user: {user:?}, .. }}"),
+            Self::Certificate => f.write_str("Certificate"),
+        }
+    }
+}
+
+impl Credentials {
+    /// A bearer token.
+    pub fn token(token: Vec<u8>) -> Self {
+        Self::Token(Arc::new(token))
+    }
+
+    /// A user name and password for OPAQUE.
+    pub fn password(user: impl Into<String>, password: Vec<u8>) -> Self {
+        Self::Password {
+            user: user.into(),
+            password: Arc::new(password),
+        }
+    }
+
+    /// The method these credentials perform.
+    pub fn method(&self) -> AuthMethod {
+        match self {
+            Self::Token(_) => AuthMethod::Token,
+            Self::Password { .. } => AuthMethod::Opaque,
+            Self::Certificate => AuthMethod::Certificate,
+        }
+    }
+
+    pub(crate) fn start(&self) -> ClientExchange {
+        ClientExchange {
+            credentials: self.clone(),
+            login: None,
+        }
+    }
+}
+
+/// One connection's authentication on the client side.
+pub(crate) struct ClientExchange {
+    credentials: Credentials,
+    login: Option<ClientLogin>,
+}
+
+impl ClientExchange {
+    /// The client's message answering the server's `step` (0: the first message).
+    pub(crate) fn step(&mut self, step: u8, data: &[u8]) -> Result<Bytes, Status> {
+        match (&self.credentials, step) {
+            (Credentials::Token(t), 0) => Ok(Bytes::copy_from_slice(t)),
+            (Credentials::Certificate, 0) => Ok(Bytes::new()),
+            (Credentials::Password { user, password }, 0) => {
+                let (login, first) = ClientLogin::start(user, password)
+                    .map_err(|e| Status::invalid_input(format!("OPAQUE login: {e}")))?;
+                self.login = Some(login);
+                Ok(Bytes::from(first))
+            }
+            (Credentials::Password { .. }, _) => {
+                let login = self.login.take().ok_or_else(|| {
+                    Status::malformed("the server continued an OPAQUE login that is over")
+                })?;
+                let (finish, _session_key) = login.finish(data).map_err(|e| match e {
+                    OpaqueError::Malformed(why) => {
+                        Status::malformed(format!("the server's OPAQUE message: {why}"))
+                    }
+                    _ => refused("login failed: wrong user name or password"),
+                })?;
+                Ok(Bytes::from(finish))
+            }
+            (c, s) => Err(Status::malformed(format!(
+                "the server asked for step {s} of {:?}, which has a single step",
+                c.method()
+            ))),
+        }
+    }
+}
+
+/// The identity in a transport's peer description `IDENTITY@ADDRESS` (what the
+/// [`Tls`](crate::tls::Tls) transport reports for a client certificate).
+pub fn transport_identity(peer: &str) -> Option<&str> {
+    peer.rsplit_once('@')
+        .map(|(id, _)| id)
+        .filter(|id| !id.is_empty())
+}

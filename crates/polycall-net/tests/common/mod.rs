@@ -1,0 +1,91 @@
+//! Test helpers shared by the TLS and authentication tests: a CA in a temporary
+//! directory and certificates issued from it.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use polycall_security::{
+    Ca, ClientAuth, ClientTls, IssueOptions, Issued, SecretRef, ServerTls, write_private,
+};
+
+pub fn tmp(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "polycall-net-tls-{}-{}-{tag}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+pub fn store(dir: &Path, name: &str, i: &Issued) -> (SecretRef, SecretRef) {
+    let c = dir.join(format!("{name}.pem"));
+    let k = dir.join(format!("{name}.key"));
+    std::fs::write(&c, &i.cert_pem).unwrap();
+    write_private(&k, i.key_pem.as_bytes()).unwrap();
+    (SecretRef::File(c), SecretRef::File(k))
+}
+
+/// A CA in a temporary directory and a server certificate for the loopback names.
+pub struct Pki {
+    pub dir: PathBuf,
+    pub ca: Ca,
+}
+
+impl Pki {
+    pub fn new(tag: &str) -> Self {
+        let dir = tmp(tag);
+        let ca = Ca::init_named(dir.join("ca"), &format!("polycall test CA {tag}")).unwrap();
+        Self { dir, ca }
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca").join("ca.pem")
+    }
+
+    pub fn server_tls(&self, auth: ClientAuth) -> ServerTls {
+        let i = self
+            .ca
+            .issue(
+                "node-a",
+                Some("spiffe://test.local/node-a"),
+                IssueOptions::default().with_loopback(),
+            )
+            .unwrap();
+        let (c, k) = store(&self.dir, "server", &i);
+        ServerTls {
+            cert_chain: Some(c),
+            key: Some(k),
+            ca: Some(SecretRef::File(self.ca_file())),
+            client_auth: auth,
+            ..ServerTls::default()
+        }
+    }
+
+    /// A client trusting `trust`'s CA, with a certificate from this CA when `cert`.
+    pub fn client_tls(
+        &self,
+        trust: &Pki,
+        cert: Option<(&str, IssueOptions)>,
+    ) -> (ClientTls, Option<Issued>) {
+        let mut t = ClientTls {
+            ca: Some(SecretRef::File(trust.ca_file())),
+            ..ClientTls::default()
+        };
+        let mut issued = None;
+        if let Some((name, options)) = cert {
+            let i = self
+                .ca
+                .issue(name, Some(&format!("spiffe://test.local/{name}")), options)
+                .unwrap();
+            let (c, k) = store(&self.dir, name, &i);
+            t.cert_chain = Some(c);
+            t.key = Some(k);
+            issued = Some(i);
+        }
+        (t, issued)
+    }
+}
