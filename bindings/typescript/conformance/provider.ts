@@ -1,0 +1,58 @@
+/**
+ * The conformance provider: registers SERVICE.{echo,add,fail,sleep,exit_now} with the
+ * runtime (the generated `ConformanceProvider`), prints `ready` once registered and
+ * serves until killed.
+ *
+ *     node dist/conformance/provider.js --endpoint HOST:PORT --service NAME
+ */
+
+import { setTimeout as sleep } from "node:timers/promises";
+
+import { type CallContext, Methods, PolycallError, Provider, isCode } from "polycall";
+
+import { type AddInput, type AddOutput, ConformanceProvider, type Empty, type FailInput, type SleepInput } from "../generated/conformance.js";
+import { parseArgs, required } from "./args.js";
+
+const USAGE = "provider.js --endpoint HOST:PORT --service NAME";
+
+class Conformance extends ConformanceProvider {
+  echo(request: Uint8Array): Uint8Array {
+    return request;
+  }
+
+  add(request: AddInput): AddOutput {
+    return { sum: request.a + request.b };
+  }
+
+  fail(request: FailInput): Empty {
+    if (!isCode(request.code)) {
+      throw new PolycallError("invalid_input", `${JSON.stringify(request.code)} is not a status code name`);
+    }
+    throw new PolycallError(request.code, request.message);
+  }
+
+  async sleep(request: SleepInput, ctx: CallContext): Promise<Empty> {
+    await sleep(request.ms, undefined, { signal: ctx.signal });
+    return {};
+  }
+
+  exitNow(): Uint8Array {
+    // A provider that disconnects mid-call: no reply, no goodbye.
+    process.exit(0);
+  }
+}
+
+const args = parseArgs(process.argv.slice(2), USAGE);
+const endpoint = required(args, "endpoint", USAGE);
+const service = required(args, "service", USAGE);
+
+try {
+  const provider = await Provider.connect(endpoint, new Conformance().register(new Methods(), service));
+  process.stdout.write("ready\n");
+  const why = await provider.closed;
+  process.stderr.write(`conformance provider: connection ended: ${why.message}\n`);
+  process.exit(1);
+} catch (e) {
+  process.stderr.write(`conformance provider: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+}

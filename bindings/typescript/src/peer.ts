@@ -1,0 +1,381 @@
+/**
+ * One connection to a polycall peer over a `net` socket: the connection state machine
+ * driven by socket events, calls as promises, and (for providers) incoming calls
+ * dispatched to handlers.
+ */
+
+import * as net from "node:net";
+
+import { type ConnectionEvent, Connection, ProtoError, defaultConnectionConfig } from "./connection.js";
+import { FEATURES, type Negotiated, type Settings, defaultSettings } from "./handshake.js";
+import type { Priority, TraceContext, WireMeta } from "./meta.js";
+import { Payload } from "./payload.js";
+import { PolycallError } from "./status.js";
+
+/** Options of one call. */
+export interface CallOptions {
+  /** Time the call may take, in milliseconds; after it the call fails with `deadline_exceeded` and is cancelled. */
+  deadlineMs?: number | undefined;
+  /** Priority class (default normal). */
+  priority?: Priority | undefined;
+  /** Aborting cancels the call (a CANCEL frame) and fails it with `cancelled`. */
+  signal?: AbortSignal | undefined;
+  /** The call may be retried safely. */
+  idempotent?: boolean | undefined;
+  /** Deduplication key. */
+  idempotencyKey?: string | undefined;
+  /** W3C trace context to propagate. */
+  trace?: TraceContext | undefined;
+}
+
+/** Options of a connection. */
+export interface ConnectOptions {
+  /** Offer the CRC32C frame trailer (default false: TCP checksums suffice on loopback; the cost is one table lookup per byte). */
+  crc32c?: boolean | undefined;
+  /** Fail connecting after this many milliseconds (default 10 000). */
+  connectTimeoutMs?: number | undefined;
+  /** Largest payload fragment per frame (default 64 KiB). */
+  fragmentSize?: number | undefined;
+  /** Protocol settings to change (limits, agent, versions). */
+  settings?: Partial<Settings> | undefined;
+}
+
+/** Where a runtime listens: `HOST:PORT`, `[V6]:PORT`, `tcp://HOST:PORT` or `unix:/path`. */
+export function parseEndpoint(endpoint: string): net.NetConnectOpts {
+  if (endpoint.startsWith("unix:")) return { path: endpoint.slice("unix:".length) };
+  const rest = endpoint.startsWith("tcp://") ? endpoint.slice("tcp://".length) : endpoint;
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d+)$/.exec(rest);
+  if (!m) {
+    throw new PolycallError("invalid_input", `endpoint ${JSON.stringify(endpoint)} is not HOST:PORT, [V6]:PORT or unix:/path`);
+  }
+  const port = Number(m[3]);
+  if (port < 1 || port > 65535) throw new PolycallError("invalid_input", `endpoint ${JSON.stringify(endpoint)}: port out of range`);
+  return { host: m[1] ?? m[2]!, port };
+}
+
+interface Pending {
+  resolve: (p: Payload) => void;
+  reject: (e: PolycallError) => void;
+  timer: NodeJS.Timeout | undefined;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+/** Bytes buffered in the socket above which no more payload is framed until it drains. */
+const WRITE_HIGH_WATER = 1024 * 1024;
+
+/** Time left of a deadline in microseconds, for the metadata entry. */
+function metaOf(o: CallOptions): WireMeta {
+  const m: WireMeta = {};
+  if (o.deadlineMs !== undefined) m.timeoutUs = BigInt(Math.max(0, Math.round(o.deadlineMs * 1000)));
+  if (o.priority !== undefined && o.priority !== "normal") m.priority = o.priority;
+  if (o.trace !== undefined) m.trace = o.trace;
+  if (o.idempotent) m.idempotent = true;
+  if (o.idempotencyKey !== undefined) m.idempotencyKey = o.idempotencyKey;
+  return m;
+}
+
+/**
+ * A connection to a polycall runtime (or any polycall server) with calls as promises.
+ * {@link Client} and {@link Provider} are built on it.
+ */
+export class Peer {
+  /** The state machine. */
+  protected readonly conn: Connection;
+  private readonly pending = new Map<number, Pending>();
+  private flushScheduled = false;
+  private waitingDrain = false;
+  private closedError: PolycallError | null = null;
+  private readonly closedPromise: Promise<PolycallError>;
+  private resolveClosed!: (e: PolycallError) => void;
+  private readonly pongs = new Map<bigint, () => void>();
+  private pingSeq = 0n;
+
+  protected constructor(
+    private readonly socket: net.Socket,
+    settings: Settings,
+    fragmentSize: number,
+  ) {
+    const config = defaultConnectionConfig(settings);
+    config.fragmentSize = fragmentSize;
+    this.conn = new Connection("client", config);
+    this.closedPromise = new Promise((r) => (this.resolveClosed = r));
+    socket.setNoDelay(true);
+    socket.on("data", (chunk: Buffer) => this.onData(chunk));
+    socket.on("error", (e) => this.onTransportEnd(`connection error: ${e.message}`));
+    socket.on("close", () => this.onTransportEnd("the peer closed the connection"));
+    socket.on("drain", () => {
+      this.waitingDrain = false;
+      this.flush();
+    });
+  }
+
+  /** Opens the socket and completes the handshake. */
+  protected static async establish<T extends Peer>(
+    endpoint: string,
+    options: ConnectOptions,
+    make: (socket: net.Socket, settings: Settings, fragmentSize: number) => T,
+  ): Promise<T> {
+    const target = parseEndpoint(endpoint);
+    const settings = defaultSettings(options.settings);
+    if (options.crc32c) settings.features |= FEATURES.crc32c;
+    const timeoutMs = options.connectTimeoutMs ?? 10_000;
+    const socket = net.connect(target);
+    const peer = make(socket, settings, options.fragmentSize ?? 64 * 1024);
+    const connected = new Promise<void>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        reject(new PolycallError("unavailable", `no handshake with ${endpoint} within ${timeoutMs} ms`));
+        socket.destroy();
+      }, timeoutMs);
+      peer.onConnected = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      void peer.closedPromise.then((e) => {
+        clearTimeout(timer);
+        reject(
+          new PolycallError(e.code === "ok" ? "unavailable" : e.code, `cannot connect to ${endpoint}: ${e.detail}`, {
+            cause: e,
+            supportedVersions: e.supportedVersions,
+          }),
+        );
+      });
+    });
+    socket.once("connect", () => peer.flush());
+    await connected;
+    return peer;
+  }
+
+  private onConnected: (() => void) | undefined;
+
+  /** What the handshake agreed. */
+  get negotiated(): Negotiated {
+    return this.conn.negotiated!;
+  }
+
+  /** Resolves when the connection ends, with why (`ok` for a close this side asked for). */
+  get closed(): Promise<PolycallError> {
+    return this.closedPromise;
+  }
+
+  /** Whether the connection ended. */
+  get isClosed(): boolean {
+    return this.closedError !== null;
+  }
+
+  /** Calls this side has open. */
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /**
+   * Calls `service.method` with `payload` and resolves with the reply's payload; fails
+   * with a {@link PolycallError} (the callee's, or `deadline_exceeded`, `cancelled`,
+   * `unavailable` when the connection ends).
+   */
+  call(service: string, method: string, payload: Payload | Uint8Array, options: CallOptions = {}): Promise<Payload> {
+    const p = payload instanceof Payload ? payload : Payload.raw(payload);
+    if (this.closedError !== null) {
+      return Promise.reject(new PolycallError("unavailable", `the connection is closed: ${this.closedError.detail}`));
+    }
+    const signal = options.signal;
+    if (signal?.aborted) return Promise.reject(new PolycallError("cancelled", "the call was aborted before it was sent"));
+    let id: number;
+    try {
+      id = this.conn.openCall(service, method, p, metaOf(options));
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    this.scheduleFlush();
+    return new Promise<Payload>((resolve, reject) => {
+      const entry: Pending = { resolve, reject, timer: undefined, signal, onAbort: undefined };
+      if (options.deadlineMs !== undefined) {
+        const ms = options.deadlineMs;
+        entry.timer = setTimeout(() => {
+          this.abandon(id, new PolycallError("deadline_exceeded", `the call's deadline of ${ms} ms passed before its reply arrived`));
+        }, ms);
+      }
+      if (signal !== undefined) {
+        entry.onAbort = () => this.abandon(id, new PolycallError("cancelled", "the caller aborted the call"));
+        signal.addEventListener("abort", entry.onAbort, { once: true });
+      }
+      this.pending.set(id, entry);
+    });
+  }
+
+  /** Calls with a JSON request and decodes the JSON reply. */
+  async callJson<R = unknown>(service: string, method: string, value: unknown, options: CallOptions = {}): Promise<R> {
+    const reply = await this.call(service, method, Payload.json(value), options);
+    return reply.json<R>();
+  }
+
+  /** Round trip of a PING, in milliseconds. */
+  ping(timeoutMs = 5000): Promise<number> {
+    const opaque = ++this.pingSeq;
+    const start = performance.now();
+    try {
+      this.conn.ping(opaque);
+    } catch (e) {
+      return Promise.reject(e);
+    }
+    this.scheduleFlush();
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pongs.delete(opaque);
+        reject(new PolycallError("deadline_exceeded", `no PONG within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.pongs.set(opaque, () => {
+        clearTimeout(timer);
+        resolve(performance.now() - start);
+      });
+    });
+  }
+
+  /** Closes the connection; calls in flight fail with `unavailable`. */
+  async close(reason = "the client closed the connection"): Promise<void> {
+    if (this.closedError === null) {
+      this.conn.close(new PolycallError("ok", reason));
+      this.drainEvents();
+      this.flush();
+      this.socket.end();
+    }
+    await this.closedPromise;
+  }
+
+  /** Stops waiting for a call: cancels it on the wire and fails its promise. */
+  private abandon(id: number, error: PolycallError): void {
+    const p = this.pending.get(id);
+    if (p === undefined) return;
+    this.settle(id, p);
+    try {
+      this.conn.cancel(id);
+    } catch {
+      // the connection is closed: nothing to tell the peer
+    }
+    this.scheduleFlush();
+    p.reject(error);
+  }
+
+  private settle(id: number, p: Pending): void {
+    this.pending.delete(id);
+    if (p.timer !== undefined) clearTimeout(p.timer);
+    if (p.onAbort !== undefined) p.signal?.removeEventListener("abort", p.onAbort);
+  }
+
+  private onData(chunk: Buffer): void {
+    try {
+      this.conn.feed(chunk);
+    } catch (e) {
+      if (!(e instanceof ProtoError)) throw e;
+      // The error frame for the peer is queued: send it, then close.
+      this.drainEvents();
+      this.flush();
+      this.socket.end();
+      return;
+    }
+    this.drainEvents();
+    this.flush();
+  }
+
+  private onTransportEnd(reason: string): void {
+    this.conn.transportClosed(reason);
+    this.drainEvents();
+    if (!this.socket.destroyed) this.socket.destroy();
+  }
+
+  private drainEvents(): void {
+    for (let e = this.conn.pollEvent(); e !== undefined; e = this.conn.pollEvent()) this.dispatch(e);
+  }
+
+  /** Handles one event; providers override to serve calls. */
+  protected dispatch(e: ConnectionEvent): void {
+    switch (e.type) {
+      case "connected":
+        this.onConnected?.();
+        return;
+      case "reply": {
+        const p = this.pending.get(e.callId);
+        if (p !== undefined) {
+          this.settle(e.callId, p);
+          p.resolve(e.payload);
+        }
+        return;
+      }
+      case "failed": {
+        const p = this.pending.get(e.callId);
+        if (p !== undefined) {
+          this.settle(e.callId, p);
+          p.reject(e.error);
+        }
+        return;
+      }
+      case "pong":
+        this.pongs.get(e.opaque)?.();
+        this.pongs.delete(e.opaque);
+        return;
+      case "closed":
+        this.closedError = e.error;
+        for (const [id, p] of [...this.pending]) {
+          this.settle(id, p);
+          p.reject(new PolycallError("unavailable", `connection ended before the call completed: ${e.error.detail}`));
+        }
+        this.resolveClosed(e.error);
+        return;
+      case "call":
+        // A plain client serves nothing.
+        this.respondError(e.callId, new PolycallError("unknown_method", `this client serves no methods (called ${e.service}.${e.method})`));
+        return;
+      default:
+        return;
+    }
+  }
+
+  /** Answers a call the peer opened with an error (ignored if it was cancelled meanwhile). */
+  protected respondError(callId: number, error: PolycallError): void {
+    if (!this.conn.isCallOpen(callId)) return;
+    try {
+      this.conn.sendError(callId, error);
+    } catch {
+      return;
+    }
+    this.scheduleFlush();
+  }
+
+  /** Answers a call the peer opened (ignored if it was cancelled meanwhile). */
+  protected respond(callId: number, payload: Payload): void {
+    if (!this.conn.isCallOpen(callId)) return;
+    try {
+      this.conn.sendReply(callId, payload);
+    } catch (e) {
+      this.respondError(callId, e instanceof PolycallError ? e : new PolycallError("internal", String(e)));
+      return;
+    }
+    this.scheduleFlush();
+  }
+
+  /** Flushes on the next turn of the event loop, so calls made together leave in one write. */
+  protected scheduleFlush(): void {
+    if (this.flushScheduled) return;
+    this.flushScheduled = true;
+    setImmediate(() => {
+      this.flushScheduled = false;
+      this.flush();
+    });
+  }
+
+  /** Writes what the connection has to send, within the socket's buffer budget. */
+  protected flush(): void {
+    if (this.socket.destroyed || this.socket.pending || this.socket.connecting) return;
+    const budget = Math.max(0, WRITE_HIGH_WATER - this.socket.writableLength);
+    const chunks = this.conn.pollTransmit(budget);
+    if (chunks.length > 0) {
+      this.socket.cork();
+      for (const c of chunks) this.socket.write(c);
+      this.socket.uncork();
+    }
+    if (this.conn.queued > 0 && this.conn.credit > 0 && !this.waitingDrain) {
+      if (this.socket.writableLength >= WRITE_HIGH_WATER) this.waitingDrain = true;
+      else this.scheduleFlush();
+    }
+  }
+}

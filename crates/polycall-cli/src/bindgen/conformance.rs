@@ -1,0 +1,577 @@
+//! The Rust side of the cross-language conformance suite (`bindings/conformance/`): a
+//! client that runs every scenario against a provider of the conformance interface, and
+//! a provider of that interface.
+//!
+//! This file is shared: `polycall bindgen verify` uses it, and so does
+//! `tests/tests/conformance.rs` (through `#[path]`). The including module provides
+//! `pc_core`, `pc_net` and `pc_runtime` (the polycall crates, however it reaches them).
+
+// Shared by two crates, each of which uses a different part.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{pc_core, pc_net, pc_runtime};
+use pc_core::{Call, Code, Metadata, MethodInfo, Payload, Reply, Router, Status};
+use pc_net::{Channel, Endpoint};
+
+/// The scenarios, in the order they run (`provider_disconnect` last: it ends the
+/// provider).
+pub const SCENARIOS: [&str; 8] = [
+    "echo_small",
+    "add",
+    "error_typed",
+    "unknown_method",
+    "deadline",
+    "big_8mib",
+    "concurrent_1000",
+    "provider_disconnect",
+];
+
+/// What one scenario gave.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    /// The scenario's name.
+    pub scenario: String,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What was seen.
+    pub detail: String,
+}
+
+impl Outcome {
+    fn new(scenario: &str, result: Result<String, String>) -> Self {
+        let (ok, detail) = match result {
+            Ok(d) => (true, d),
+            Err(d) => (false, d),
+        };
+        Self {
+            scenario: scenario.to_owned(),
+            ok,
+            detail,
+        }
+    }
+
+    /// Parses a JSON line `{"scenario", "ok", "detail"}` printed by a language's client.
+    pub fn from_json_line(line: &str) -> Option<Self> {
+        let v: serde_json::Value = serde_json::from_str(line.trim()).ok()?;
+        Some(Self {
+            scenario: v["scenario"].as_str()?.to_owned(),
+            ok: v["ok"].as_bool()?,
+            detail: v["detail"].as_str().unwrap_or_default().to_owned(),
+        })
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift), so payloads are incompressible
+/// without a random-number dependency.
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn call(name: &str, payload: Payload) -> Result<Call, String> {
+    Call::new(name, payload).map_err(|e| format!("bad method name {name}: {e}"))
+}
+
+fn json_call(name: &str, v: serde_json::Value) -> Result<Call, String> {
+    call(name, Payload::json(&v).map_err(|e| e.to_string())?)
+}
+
+async fn echo_small(ch: &Channel, svc: &str) -> Result<String, String> {
+    let data = noise(64, 7);
+    let reply = ch
+        .call(call(&format!("{svc}.echo"), Payload::raw(data.clone()))?)
+        .await
+        .map_err(|e| format!("echo failed: {e}"))?;
+    if reply.payload.bytes[..] == data[..] {
+        Ok("64 bytes back unchanged".into())
+    } else {
+        Err(format!(
+            "echo returned {} different bytes",
+            reply.payload.bytes.len()
+        ))
+    }
+}
+
+async fn add(ch: &Channel, svc: &str, a: i64, b: i64) -> Result<i64, String> {
+    let reply = ch
+        .call(json_call(
+            &format!("{svc}.add"),
+            serde_json::json!({"a": a, "b": b}),
+        )?)
+        .await
+        .map_err(|e| format!("add({a}, {b}) failed: {e}"))?;
+    let v: serde_json::Value = reply
+        .payload
+        .to_json()
+        .map_err(|e| format!("add reply is not JSON: {e}"))?;
+    v["sum"]
+        .as_i64()
+        .ok_or_else(|| format!("add reply has no integer sum: {v}"))
+}
+
+fn expect_code(r: Result<Reply, Status>, code: Code, what: &str) -> Result<Status, String> {
+    match r {
+        Ok(reply) => Err(format!(
+            "{what}: expected {code}, got a reply of {} bytes",
+            reply.payload.len()
+        )),
+        Err(s) if s.code == code => Ok(s),
+        Err(s) => Err(format!(
+            "{what}: expected {code}, got {}: {}",
+            s.code, s.message
+        )),
+    }
+}
+
+async fn scenario(ch: &Channel, svc: &str, name: &str) -> Result<String, String> {
+    match name {
+        "echo_small" => echo_small(ch, svc).await,
+        "add" => match add(ch, svc, 2, 40).await? {
+            42 => Ok("2 + 40 = 42".into()),
+            n => Err(format!("2 + 40 gave {n}")),
+        },
+        "error_typed" => {
+            let r = ch
+                .call(json_call(
+                    &format!("{svc}.fail"),
+                    serde_json::json!({"code": "invalid_input", "message": "bad x"}),
+                )?)
+                .await;
+            let s = expect_code(r, Code::InvalidInput, "fail")?;
+            if s.message.contains("bad x") {
+                Ok(format!("invalid_input: {}", s.message))
+            } else {
+                Err(format!("message {:?} lacks \"bad x\"", s.message))
+            }
+        }
+        "unknown_method" => {
+            let r = ch
+                .call(call(&format!("{svc}.nope"), Payload::empty())?)
+                .await;
+            let s = expect_code(r, Code::UnknownMethod, "nope")?;
+            Ok(format!("unknown_method: {}", s.message))
+        }
+        "deadline" => {
+            let started = Instant::now();
+            let c = json_call(&format!("{svc}.sleep"), serde_json::json!({"ms": 2000}))?
+                .with_metadata(
+                    Metadata::default().with_timeout(started, Duration::from_millis(200)),
+                );
+            let r = tokio::time::timeout(Duration::from_secs(5), ch.call(c))
+                .await
+                .map_err(|_| "no answer within 5 s of a 200 ms deadline".to_owned())?;
+            let took = started.elapsed();
+            expect_code(r, Code::DeadlineExceeded, "sleep 2000 ms")?;
+            if took < Duration::from_millis(1500) {
+                Ok(format!("deadline_exceeded after {} ms", took.as_millis()))
+            } else {
+                Err(format!(
+                    "deadline_exceeded only after {} ms",
+                    took.as_millis()
+                ))
+            }
+        }
+        "big_8mib" => {
+            let data = noise(8 << 20, 11);
+            let reply = ch
+                .call(call(&format!("{svc}.echo"), Payload::raw(data.clone()))?)
+                .await
+                .map_err(|e| format!("8 MiB echo failed: {e}"))?;
+            if reply.payload.bytes[..] == data[..] {
+                Ok("8 MiB back unchanged".into())
+            } else {
+                Err(format!(
+                    "8 MiB echo returned {} bytes that differ",
+                    reply.payload.bytes.len()
+                ))
+            }
+        }
+        "concurrent_1000" => {
+            let mut tasks = Vec::with_capacity(1000);
+            for i in 0..1000i64 {
+                let ch = ch.clone();
+                let svc = svc.to_owned();
+                tasks.push(tokio::spawn(async move {
+                    (i, add(&ch, &svc, i, 3 * i + 1).await)
+                }));
+            }
+            let mut bad = Vec::new();
+            for t in tasks {
+                match t.await {
+                    Ok((i, Ok(sum))) if sum == 4 * i + 1 => {}
+                    Ok((i, Ok(sum))) => bad.push(format!("#{i}: sum {sum}")),
+                    Ok((i, Err(e))) => bad.push(format!("#{i}: {e}")),
+                    Err(e) => bad.push(format!("task: {e}")),
+                }
+            }
+            if bad.is_empty() {
+                Ok("1000 concurrent adds, each reply matching its input".into())
+            } else {
+                Err(format!("{} of 1000 wrong, first: {}", bad.len(), bad[0]))
+            }
+        }
+        "provider_disconnect" => {
+            let r = tokio::time::timeout(
+                Duration::from_secs(10),
+                ch.call(call(&format!("{svc}.exit_now"), Payload::raw("bye"))?),
+            )
+            .await
+            .map_err(|_| "exit_now hung for 10 s".to_owned())?;
+            let s = expect_code(r, Code::Unavailable, "exit_now")?;
+            Ok(format!("unavailable: {}", s.message))
+        }
+        other => Err(format!("unknown scenario {other}")),
+    }
+}
+
+/// Runs every scenario (but those in `skip`) against `service` at `endpoint`, on one
+/// connection.
+pub async fn run_client(endpoint: Endpoint, service: &str, skip: &[String]) -> Vec<Outcome> {
+    let ch = match Channel::connect(endpoint.clone()).await {
+        Ok(c) => c,
+        Err(e) => {
+            return SCENARIOS
+                .iter()
+                .map(|s| Outcome::new(s, Err(format!("cannot connect to {endpoint}: {e}"))))
+                .collect();
+        }
+    };
+    let mut out = Vec::new();
+    for s in SCENARIOS {
+        if skip
+            .iter()
+            .any(|k| k == s || (k == "exit_now" && s == "provider_disconnect"))
+        {
+            continue;
+        }
+        out.push(Outcome::new(s, scenario(&ch, service, s).await));
+    }
+    out
+}
+
+/// The Rust conformance provider, registered with a runtime.
+pub struct RustProvider {
+    provider: Arc<pc_runtime::Provider>,
+    closer: tokio::task::JoinHandle<()>,
+}
+
+fn router(service: &str, exit: tokio::sync::mpsc::UnboundedSender<()>) -> Result<Router, Status> {
+    use pc_core::handler_fn;
+    let name = |m: &str| format!("{service}.{m}");
+    let bad = |e: pc_core::NameError| Status::invalid_input(e.to_string());
+    let json_in = |c: &Call| -> Result<serde_json::Value, Status> {
+        c.payload
+            .to_json()
+            .map_err(|e| Status::invalid_input(format!("{} expects JSON: {e}", c.full_name())))
+    };
+    let json_out = |v: serde_json::Value| -> Result<Reply, Status> {
+        Payload::json(&v)
+            .map(Reply::new)
+            .map_err(|e| Status::internal(e.to_string()))
+    };
+    Router::new()
+        .route(
+            &name("echo"),
+            MethodInfo::new("Returns its input unchanged.")
+                .input("bytes")
+                .output("bytes")
+                .idempotent(true),
+            handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) }),
+        )
+        .map_err(bad)?
+        .route(
+            &name("add"),
+            MethodInfo::new("Adds two integers.")
+                .input(r#"{"a": int, "b": int}"#)
+                .output(r#"{"sum": int}"#)
+                .idempotent(true),
+            handler_fn(move |c: Call| async move {
+                let v = json_in(&c)?;
+                let (Some(a), Some(b)) = (v["a"].as_i64(), v["b"].as_i64()) else {
+                    return Err(Status::invalid_input("add needs {\"a\": int, \"b\": int}"));
+                };
+                json_out(serde_json::json!({"sum": a.wrapping_add(b)}))
+            }),
+        )
+        .map_err(bad)?
+        .route(
+            &name("fail"),
+            MethodInfo::new("Answers the error it is asked for.")
+                .input(r#"{"code": string, "message": string}"#)
+                .output("{}"),
+            handler_fn(move |c: Call| async move {
+                let v = json_in(&c)?;
+                let code = v["code"].as_str().unwrap_or_default();
+                let message = v["message"].as_str().unwrap_or_default().to_owned();
+                match Code::from_name(code) {
+                    Some(code) if code != Code::Ok => Err(Status::new(code, message)),
+                    _ => Err(Status::invalid_input(format!(
+                        "fail: {code:?} is not a status code name"
+                    ))),
+                }
+            }),
+        )
+        .map_err(bad)?
+        .route(
+            &name("sleep"),
+            MethodInfo::new("Sleeps ms milliseconds.")
+                .input(r#"{"ms": int}"#)
+                .output("{}"),
+            handler_fn(move |c: Call| async move {
+                let v = json_in(&c)?;
+                let ms = v["ms"]
+                    .as_u64()
+                    .ok_or_else(|| Status::invalid_input("sleep needs {\"ms\": int}"))?;
+                tokio::time::sleep(Duration::from_millis(ms)).await;
+                json_out(serde_json::json!({}))
+            }),
+        )
+        .map_err(bad)?
+        .route(
+            &name("exit_now"),
+            MethodInfo::new("Drops the provider's connection without replying.")
+                .input("bytes")
+                .output("bytes"),
+            handler_fn(move |_c: Call| {
+                let exit = exit.clone();
+                async move {
+                    let _ = exit.send(());
+                    // Never answers: the connection goes away under the call.
+                    std::future::pending::<Result<Reply, Status>>().await
+                }
+            }),
+        )
+        .map_err(bad)
+}
+
+impl RustProvider {
+    /// Connects to the runtime at `endpoint` and registers `service`. `exit_now`
+    /// closes the provider's connection mid-call (the provider then reconnects).
+    pub async fn start(endpoint: Endpoint, service: &str) -> Result<Self, Status> {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let provider = Arc::new(pc_runtime::Provider::start(endpoint, router(service, tx)?).await?);
+        let p = Arc::downgrade(&provider);
+        let closer = tokio::spawn(async move {
+            while rx.recv().await.is_some() {
+                if let Some(conn) = p.upgrade().and_then(|p| p.connection()) {
+                    conn.close(Status::unavailable(
+                        "the conformance provider exits (exit_now)",
+                    ));
+                }
+            }
+        });
+        Ok(Self { provider, closer })
+    }
+
+    /// Stops serving.
+    pub async fn stop(self) {
+        self.closer.abort();
+        if let Ok(p) = Arc::try_unwrap(self.provider) {
+            p.stop().await;
+        }
+    }
+}
+
+/// A binding whose conformance programs can be run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lang {
+    /// `bindings/python` (python3).
+    Python,
+    /// `bindings/typescript` (node, after `npm run build`).
+    TypeScript,
+}
+
+impl Lang {
+    /// The language of a `--lang` value.
+    pub fn parse(s: &str) -> Option<Lang> {
+        match s {
+            "python" => Some(Lang::Python),
+            "typescript" | "ts" | "node" => Some(Lang::TypeScript),
+            _ => None,
+        }
+    }
+
+    /// Its name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Lang::Python => "python",
+            Lang::TypeScript => "typescript",
+        }
+    }
+
+    /// The command of one of its conformance programs (`provider` or `client`, or
+    /// `bench/client`).
+    pub fn command(self, root: &Path, program: &str) -> Command {
+        let (exe, script) = match self {
+            Lang::Python => (
+                "python3",
+                root.join("bindings/python").join(if program.contains('/') {
+                    format!("{program}.py")
+                } else {
+                    format!("conformance/{program}.py")
+                }),
+            ),
+            Lang::TypeScript => (
+                "node",
+                root.join("bindings/typescript/dist")
+                    .join(if program.contains('/') {
+                        format!("{program}.js")
+                    } else {
+                        format!("conformance/{program}.js")
+                    }),
+            ),
+        };
+        let mut c = Command::new(exe);
+        c.arg(script).current_dir(root);
+        c
+    }
+}
+
+/// A language's conformance provider, running, registered and serving.
+pub struct ProviderProcess {
+    child: Child,
+}
+
+impl ProviderProcess {
+    /// Starts `lang`'s provider for `service` at `endpoint` and waits (up to 60 s) for it
+    /// to print `ready`.
+    pub async fn start(
+        lang: Lang,
+        root: &Path,
+        endpoint: &Endpoint,
+        service: &str,
+    ) -> Result<Self, String> {
+        let mut cmd = lang.command(root, "provider");
+        cmd.args(["--endpoint", &endpoint.to_string(), "--service", service])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| format!("cannot start the {} provider ({cmd:?}): {e}", lang.name()))?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first.and_then(Result::ok));
+            // Keep draining so the provider never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let mut me = Self { child };
+        match tokio::time::timeout(Duration::from_secs(60), rx).await {
+            Ok(Ok(Some(line))) if line.trim() == "ready" => Ok(me),
+            Ok(Ok(Some(line))) => {
+                me.kill();
+                Err(format!(
+                    "the {} provider printed {line:?} instead of ready",
+                    lang.name()
+                ))
+            }
+            Ok(_) => {
+                let status = me.child.wait().map(|s| s.to_string()).unwrap_or_default();
+                Err(format!(
+                    "the {} provider exited before it was ready ({status})",
+                    lang.name()
+                ))
+            }
+            Err(_) => {
+                me.kill();
+                Err(format!(
+                    "the {} provider was not ready within 60 s",
+                    lang.name()
+                ))
+            }
+        }
+    }
+
+    /// Ends the provider (if `exit_now` has not already).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ProviderProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Runs `lang`'s conformance client against `service` at `endpoint` (up to 5 minutes);
+/// returns its outcomes and whether it exited 0. A scenario it did not report counts as
+/// failed.
+pub async fn run_client_process(
+    lang: Lang,
+    root: &Path,
+    endpoint: &Endpoint,
+    service: &str,
+) -> (Vec<Outcome>, bool) {
+    let mut cmd = lang.command(root, "client");
+    cmd.args(["--endpoint", &endpoint.to_string(), "--service", service])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit());
+    let what = format!("{cmd:?}");
+    let run = tokio::task::spawn_blocking(move || cmd.output());
+    let output = match tokio::time::timeout(Duration::from_secs(300), run).await {
+        Ok(Ok(Ok(o))) => o,
+        Ok(Ok(Err(e))) => {
+            return (missing(&[], &format!("cannot run {what}: {e}")), false);
+        }
+        _ => {
+            return (
+                missing(&[], &format!("{what} did not finish within 5 minutes")),
+                false,
+            );
+        }
+    };
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut seen: Vec<Outcome> = text.lines().filter_map(Outcome::from_json_line).collect();
+    let absent = missing(
+        &seen,
+        &format!(
+            "not reported by the {} client ({})",
+            lang.name(),
+            output.status
+        ),
+    );
+    seen.extend(absent);
+    (seen, output.status.success())
+}
+
+fn missing(seen: &[Outcome], why: &str) -> Vec<Outcome> {
+    SCENARIOS
+        .iter()
+        .filter(|s| !seen.iter().any(|o| o.scenario == **s))
+        .map(|s| Outcome::new(s, Err(why.to_owned())))
+        .collect()
+}
+
+/// The outcomes as a table, one row per scenario.
+pub fn table(title: &str, outcomes: &[Outcome]) -> String {
+    let mut s = format!("{title}\n");
+    for o in outcomes {
+        s.push_str(&format!(
+            "  {:<22} {:<5} {}\n",
+            o.scenario,
+            if o.ok { "pass" } else { "FAIL" },
+            o.detail
+        ));
+    }
+    s
+}

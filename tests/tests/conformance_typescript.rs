@@ -1,0 +1,705 @@
+//! The TypeScript binding (`bindings/typescript`) against the real runtime: its own unit
+//! tests (golden vectors included), its generated stubs against a fresh generation, its
+//! provider called from Rust and from Python, and its client against a Rust provider and
+//! a Python provider.
+//!
+//! Needs `node` (≥ 20) and `npm`: the first test to run installs the binding's dev
+//! dependencies (`npm ci`) when `node_modules` is missing and compiles it with `tsc`
+//! (`npm run build`); the other test processes wait on a lock file meanwhile.
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use polycall_core::{Call, Code, Metadata, MethodInfo, Payload, Reply, Router, Status, handler_fn};
+use polycall_net::{Channel, ConnectionHandle, Endpoint};
+use polycall_runtime::{Provider, Runtime, RuntimeConfig};
+use serde_json::{Value, json};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+fn binding() -> PathBuf {
+    repo().join("bindings").join("typescript")
+}
+
+fn run(cmd: &mut Command, what: &str) -> String {
+    let out = cmd.output().unwrap_or_else(|e| {
+        panic!("{what}: cannot start: {e} (is node/npm installed? `cargo xtask ci` installs them)")
+    });
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
+        out.status
+    );
+    stdout
+}
+
+/// Every file the build reads, with its contents, hashed: the build is redone when it changes.
+fn source_stamp() -> String {
+    use std::hash::{DefaultHasher, Hasher};
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in rd.filter_map(Result::ok) {
+            let p = e.path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "ts") {
+                out.push(p);
+            }
+        }
+    }
+    let b = binding();
+    let mut files = vec![
+        b.join("package.json"),
+        b.join("package-lock.json"),
+        b.join("tsconfig.json"),
+    ];
+    for d in ["src", "test", "generated", "conformance", "bench"] {
+        walk(&b.join(d), &mut files);
+    }
+    files.sort();
+    let mut h = DefaultHasher::new();
+    for f in files {
+        h.write(f.to_string_lossy().as_bytes());
+        h.write(&std::fs::read(&f).unwrap_or_default());
+    }
+    format!("{:016x}", h.finish())
+}
+
+/// Installs the dev dependencies (when missing) and compiles the binding, once per
+/// source state, across the test processes nextest runs in parallel.
+fn build_binding() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let b = binding();
+        let lock = std::fs::File::create(b.join(".build.lock")).expect("lock file");
+        lock.lock().expect("lock the binding build");
+        if !b.join("node_modules").join("typescript").is_dir() {
+            let ci = Command::new("npm")
+                .args(["ci", "--no-audit", "--no-fund"])
+                .current_dir(&b)
+                .output();
+            if !ci.as_ref().is_ok_and(|o| o.status.success()) {
+                run(
+                    Command::new("npm")
+                        .args(["install", "--no-audit", "--no-fund"])
+                        .current_dir(&b),
+                    "npm install (bindings/typescript)",
+                );
+            }
+        }
+        let stamp = source_stamp();
+        let stamp_file = b.join("dist").join(".source-stamp");
+        if std::fs::read_to_string(&stamp_file).ok().as_deref() != Some(stamp.as_str()) {
+            run(
+                Command::new("npm").args(["run", "build"]).current_dir(&b),
+                "npm run build (tsc, bindings/typescript)",
+            );
+            std::fs::write(&stamp_file, stamp).expect("write the build stamp");
+        }
+        let _ = lock.unlock();
+        b
+    })
+}
+
+mod tempdir {
+    pub struct Dir {
+        pub path: std::path::PathBuf,
+    }
+    impl Dir {
+        pub fn new() -> Self {
+            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let path = std::env::temp_dir().join(format!(
+                "polycall-ts-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            ));
+            std::fs::create_dir_all(&path).unwrap();
+            Self { path }
+        }
+    }
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+async fn runtime() -> (Runtime, Endpoint, tempdir::Dir) {
+    let dir = tempdir::Dir::new();
+    let config = RuntimeConfig {
+        endpoint: "127.0.0.1:0".parse().unwrap(),
+        state_dir: dir.path.clone(),
+        ..RuntimeConfig::default()
+    };
+    let rt = Runtime::start(config).await.unwrap();
+    let ep = rt.local_endpoint().clone();
+    (rt, ep, dir)
+}
+
+/// A child process killed when dropped.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts a provider program and waits for its `ready` line.
+fn start_provider(program: &str, args: &[&str]) -> Proc {
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let mut r = BufReader::new(stdout);
+        let _ = r.read_line(&mut line);
+        let _ = tx.send(line);
+        // Keep draining so the provider never blocks on a full pipe.
+        let _ = std::io::copy(&mut r, &mut std::io::sink());
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not print `ready` within 30 s"));
+    assert_eq!(line, "ready\n", "{program} {args:?}: first line");
+    Proc(child)
+}
+
+/// Runs a conformance client program; returns its scenario lines and whether it exited 0.
+fn run_client(program: &str, args: &[&str]) -> (Vec<Value>, bool, String) {
+    let mut child = Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    let mut err = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    let ok = child.wait().unwrap().success();
+    let lines = out
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str(l)
+                .unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}\nstderr: {err}"))
+        })
+        .collect();
+    (lines, ok, err)
+}
+
+const SCENARIOS: [&str; 8] = [
+    "echo_small",
+    "add",
+    "error_typed",
+    "unknown_method",
+    "deadline",
+    "big_8mib",
+    "concurrent_1000",
+    "provider_disconnect",
+];
+
+fn assert_all_passed(who: &str, lines: &[Value], ok: bool, stderr: &str) {
+    let names: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| l["scenario"].as_str())
+        .collect();
+    assert_eq!(
+        names, SCENARIOS,
+        "{who}: scenarios run, in order\nstderr: {stderr}"
+    );
+    let failed: Vec<&Value> = lines.iter().filter(|l| l["ok"] != json!(true)).collect();
+    assert!(
+        failed.is_empty(),
+        "{who}: failed scenarios: {failed:#?}\nstderr: {stderr}"
+    );
+    assert!(
+        ok,
+        "{who}: the client exited non-zero although every scenario passed\nstderr: {stderr}"
+    );
+}
+
+fn node_program(rel: &str) -> String {
+    build_binding()
+        .join("dist")
+        .join(rel)
+        .to_string_lossy()
+        .into_owned()
+}
+
+fn python_program(rel: &str) -> String {
+    let p = repo().join("bindings").join("python").join(rel);
+    assert!(
+        p.is_file(),
+        "{} is missing: the Python binding's conformance programs are needed for the cross-language runs",
+        p.display()
+    );
+    p.to_string_lossy().into_owned()
+}
+
+// ------------------------------------------------------------------ the binding's own tests
+
+#[test]
+fn typescript_unit_tests_pass_including_the_golden_vectors() {
+    let b = build_binding();
+    let out = run(
+        Command::new("node")
+            .args(["--test", "dist/test/"])
+            .current_dir(b),
+        "node --test dist/test/",
+    );
+    let count = |key: &str| -> u64 {
+        out.lines()
+            .find_map(|l| l.strip_prefix(&format!("# {key} ")))
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no `# {key}` line in the node test output:\n{out}"))
+    };
+    assert_eq!(count("fail"), 0, "{out}");
+    assert!(count("pass") >= 10, "too few TypeScript tests ran:\n{out}");
+}
+
+#[test]
+fn generated_typescript_stubs_equal_a_fresh_generation() {
+    let schema_path = repo().join("bindings/conformance/conformance.toml");
+    let text = std::fs::read_to_string(&schema_path).expect("conformance schema");
+    let schema = polycall_bindgen::parse_schema(&text, "bindings/conformance/conformance.toml")
+        .expect("valid schema");
+    let files = polycall_bindgen::generate(&schema, "typescript").expect("generation");
+    let dir = binding().join("generated");
+    let bless = std::env::var_os("POLYCALL_BLESS").is_some();
+    assert!(files.iter().any(|f| f.path.ends_with("conformance.ts")));
+    assert!(files.iter().any(|f| f.path.ends_with("conformance.md")));
+    for f in &files {
+        let path = dir.join(&f.path);
+        if bless {
+            std::fs::write(&path, &f.contents).unwrap();
+            continue;
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == f.contents,
+            "{} differs from a fresh generation: regenerate with \
+             `POLYCALL_BLESS=1 cargo nextest run --workspace -E 'test(generated_typescript_stubs)'` \
+             (or `polycall bindgen --schema bindings/conformance/conformance.toml --lang typescript --out bindings/typescript/generated`)",
+            path.display()
+        );
+    }
+}
+
+// ------------------------------------------------------------------ a Rust provider of the interface
+
+fn status_of(v: &Value) -> Status {
+    let code = v["code"]
+        .as_str()
+        .and_then(Code::from_name)
+        .unwrap_or(Code::Internal);
+    Status::new(code, v["message"].as_str().unwrap_or_default())
+}
+
+fn json_in(c: &Call) -> Result<Value, Status> {
+    c.payload
+        .to_json()
+        .map_err(|e| Status::invalid_input(format!("expected JSON: {e}")))
+}
+
+fn json_out(v: &Value) -> Result<Reply, Status> {
+    Ok(Reply::new(
+        Payload::json(v).map_err(|e| Status::internal(e.to_string()))?,
+    ))
+}
+
+/// The conformance interface in Rust: `exit_now` closes the provider's connection
+/// without replying (the in-process stand-in for a process that exits).
+fn rust_conformance(service: &str, conn: Arc<OnceLock<ConnectionHandle>>) -> Router {
+    let name = |m: &str| format!("{service}.{m}");
+    Router::new()
+        .route(
+            &name("echo"),
+            MethodInfo::new("echo").idempotent(true),
+            handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) }),
+        )
+        .and_then(|r| {
+            r.route(
+                &name("add"),
+                MethodInfo::new("add").idempotent(true),
+                handler_fn(|c: Call| async move {
+                    let v = json_in(&c)?;
+                    json_out(&json!({"sum": v["a"].as_i64().unwrap_or(0) + v["b"].as_i64().unwrap_or(0)}))
+                }),
+            )
+        })
+        .and_then(|r| {
+            r.route(
+                &name("fail"),
+                MethodInfo::new("fail"),
+                handler_fn(|c: Call| async move { Err(status_of(&json_in(&c)?)) }),
+            )
+        })
+        .and_then(|r| {
+            r.route(
+                &name("sleep"),
+                MethodInfo::new("sleep"),
+                handler_fn(|c: Call| async move {
+                    let v = json_in(&c)?;
+                    tokio::time::sleep(Duration::from_millis(v["ms"].as_u64().unwrap_or(0))).await;
+                    json_out(&json!({}))
+                }),
+            )
+        })
+        .and_then(|r| {
+            r.route(
+                &name("exit_now"),
+                MethodInfo::new("exit_now"),
+                handler_fn(move |_c: Call| {
+                    let conn = conn.clone();
+                    async move {
+                        if let Some(h) = conn.get() {
+                            h.close(Status::unavailable("exit_now: the provider goes away"));
+                        }
+                        std::future::pending::<Result<Reply, Status>>().await
+                    }
+                }),
+            )
+        })
+        .expect("valid names")
+}
+
+// ------------------------------------------------------------------ a Rust client of the interface
+
+async fn rust_scenarios(ep: &Endpoint, service: &str) -> Vec<(String, Result<(), String>)> {
+    let ch = Channel::connect(ep.clone()).await.expect("connect");
+    let call = |m: &str, p: Payload| Call::new(&format!("{service}.{m}"), p).expect("name");
+    let mut out = Vec::new();
+
+    let small: Vec<u8> = (0..64u8).collect();
+    let r = ch.call(call("echo", Payload::raw(small.clone()))).await;
+    out.push((
+        "echo_small".into(),
+        match r {
+            Ok(rep) if rep.payload.bytes[..] == small[..] => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    ));
+
+    let r = ch
+        .call(call(
+            "add",
+            Payload::json(&json!({"a": 2, "b": 40})).unwrap(),
+        ))
+        .await;
+    out.push((
+        "add".into(),
+        match r.map(|rep| rep.payload.to_json::<Value>()) {
+            Ok(Ok(v)) if v == json!({"sum": 42}) => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    ));
+
+    let r = ch
+        .call(call(
+            "fail",
+            Payload::json(&json!({"code": "invalid_input", "message": "bad x"})).unwrap(),
+        ))
+        .await;
+    out.push((
+        "error_typed".into(),
+        match r {
+            Err(s) if s.code == Code::InvalidInput && s.message.contains("bad x") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    ));
+
+    let r = ch.call(call("nope", Payload::raw("x"))).await;
+    out.push((
+        "unknown_method".into(),
+        match r {
+            Err(s) if s.code == Code::UnknownMethod => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    ));
+
+    let started = Instant::now();
+    let c = call("sleep", Payload::json(&json!({"ms": 2000})).unwrap()).with_metadata(
+        Metadata::default().with_timeout(Instant::now(), Duration::from_millis(200)),
+    );
+    let r = ch.call(c).await;
+    let took = started.elapsed();
+    out.push((
+        "deadline".into(),
+        match r {
+            Err(s) if s.code == Code::DeadlineExceeded && took < Duration::from_millis(1500) => {
+                Ok(())
+            }
+            other => Err(format!("{other:?} after {took:?}")),
+        },
+    ));
+
+    let big: Vec<u8> = (0..8 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let r = ch.call(call("echo", Payload::raw(big.clone()))).await;
+    out.push((
+        "big_8mib".into(),
+        match r {
+            Ok(rep) if rep.payload.bytes[..] == big[..] => Ok(()),
+            Ok(rep) => Err(format!(
+                "{} bytes came back, not the same",
+                rep.payload.len()
+            )),
+            Err(e) => Err(e.to_string()),
+        },
+    ));
+
+    let conn = ch.any_connection().await.expect("a connection");
+    let calls = (0..1000i64).map(|i| {
+        let c = call("add", Payload::json(&json!({"a": i, "b": 1000})).unwrap());
+        let conn = conn.clone();
+        async move { (i, conn.call(c).await) }
+    });
+    let results = futures_join_all(calls).await;
+    let bad: Vec<String> = results
+        .into_iter()
+        .filter_map(|(i, r)| match r.map(|rep| rep.payload.to_json::<Value>()) {
+            Ok(Ok(v)) if v == json!({"sum": i + 1000}) => None,
+            other => Some(format!("{i}: {other:?}")),
+        })
+        .collect();
+    out.push((
+        "concurrent_1000".into(),
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} wrong, first {:?}",
+                bad.len(),
+                &bad[..bad.len().min(3)]
+            ))
+        },
+    ));
+
+    let r = tokio::time::timeout(
+        Duration::from_secs(10),
+        ch.call(call("exit_now", Payload::raw("bye"))),
+    )
+    .await;
+    out.push((
+        "provider_disconnect".into(),
+        match r {
+            Ok(Err(s)) if s.code == Code::Unavailable => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    ));
+    out
+}
+
+/// Runs futures concurrently on the current task (no extra dependency).
+async fn futures_join_all<F: std::future::Future>(
+    futs: impl IntoIterator<Item = F>,
+) -> Vec<F::Output> {
+    let handles: Vec<_> = futs.into_iter().map(|f| Box::pin(f)).collect();
+    let mut outs: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
+    let mut handles: Vec<Option<_>> = handles.into_iter().map(Some).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, h) in handles.iter_mut().enumerate() {
+            if let Some(f) = h {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => {
+                        outs[i] = Some(v);
+                        *h = None;
+                    }
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    outs.into_iter()
+        .map(|o| o.expect("every future completed"))
+        .collect()
+}
+
+// ------------------------------------------------------------------ cross-language runs
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_provider_called_from_rust() {
+    let provider = node_program("conformance/provider.js");
+    let (rt, ep, _dir) = runtime().await;
+    let ep_s = ep.to_string();
+    let _p = start_provider(
+        "node",
+        &[&provider, "--endpoint", &ep_s, "--service", "ts_conf"],
+    );
+    let results = rust_scenarios(&ep, "ts_conf").await;
+    let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
+    assert_eq!(results.len(), SCENARIOS.len());
+    assert!(
+        failed.is_empty(),
+        "scenarios failed against the TypeScript provider: {failed:#?}"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_client_against_a_rust_provider() {
+    let client = node_program("conformance/client.js");
+    let (rt, ep, _dir) = runtime().await;
+    let conn = Arc::new(OnceLock::new());
+    let provider = Provider::start(ep.clone(), rust_conformance("rust_conf", conn.clone()))
+        .await
+        .expect("Rust provider");
+    conn.set(provider.connection().expect("connected")).ok();
+    let ep_s = ep.to_string();
+    let (lines, ok, err) = tokio::task::spawn_blocking(move || {
+        run_client(
+            "node",
+            &[&client, "--endpoint", &ep_s, "--service", "rust_conf"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_all_passed("TypeScript client → Rust provider", &lines, ok, &err);
+    provider.stop().await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_provider_called_from_python() {
+    let provider = node_program("conformance/provider.js");
+    let client = python_program("conformance/client.py");
+    let (rt, ep, _dir) = runtime().await;
+    let ep_s = ep.to_string();
+    let _p = start_provider(
+        "node",
+        &[&provider, "--endpoint", &ep_s, "--service", "ts_conf"],
+    );
+    let (lines, ok, err) = tokio::task::spawn_blocking(move || {
+        run_client(
+            "python3",
+            &[&client, "--endpoint", &ep_s, "--service", "ts_conf"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_all_passed("Python client → TypeScript provider", &lines, ok, &err);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typescript_client_against_a_python_provider() {
+    let client = node_program("conformance/client.js");
+    let provider = python_program("conformance/provider.py");
+    let (rt, ep, _dir) = runtime().await;
+    let ep_s = ep.to_string();
+    let _p = start_provider(
+        "python3",
+        &[&provider, "--endpoint", &ep_s, "--service", "py_conf"],
+    );
+    let (lines, ok, err) = tokio::task::spawn_blocking(move || {
+        run_client(
+            "node",
+            &[&client, "--endpoint", &ep_s, "--service", "py_conf"],
+        )
+    })
+    .await
+    .unwrap();
+    assert_all_passed("TypeScript client → Python provider", &lines, ok, &err);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_typescript_providers_under_different_names_and_the_bench_client() {
+    let provider = node_program("conformance/provider.js");
+    let bench = node_program("bench/client.js");
+    let (rt, ep, _dir) = runtime().await;
+    let ep_s = ep.to_string();
+    let _a = start_provider(
+        "node",
+        &[&provider, "--endpoint", &ep_s, "--service", "ts_a"],
+    );
+    let _b = start_provider(
+        "node",
+        &[&provider, "--endpoint", &ep_s, "--service", "ts_b"],
+    );
+    let ch = Channel::connect(ep.clone()).await.unwrap();
+    for svc in ["ts_a", "ts_b"] {
+        let rep = ch
+            .call(
+                Call::new(
+                    &format!("{svc}.add"),
+                    Payload::json(&json!({"a": 1, "b": 2})).unwrap(),
+                )
+                .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            rep.payload.to_json::<Value>().unwrap(),
+            json!({"sum": 3}),
+            "{svc}"
+        );
+    }
+    // The bench client's one line, from a short run (no timing is asserted).
+    let out = tokio::task::spawn_blocking(move || {
+        run(
+            Command::new("node").args([
+                bench.as_str(),
+                "--endpoint",
+                &ep_s,
+                "--size",
+                "64",
+                "--inflight",
+                "16",
+                "--seconds",
+                "1",
+            ]),
+            "bench client",
+        )
+    })
+    .await
+    .unwrap();
+    let line: Value = serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(line["lang"], "node");
+    assert!(line["calls"].as_u64().unwrap_or(0) > 0, "{line}");
+    assert!(
+        line["calls_per_sec"].as_f64().unwrap_or(0.0) > 0.0,
+        "{line}"
+    );
+    rt.shutdown().await;
+}
