@@ -4,9 +4,14 @@
 //! cargo xtask ci                      everything CI checks: fmt, clippy, tests, doctests, ring guard
 //! cargo xtask bench proto [--quick]   framing and compression benchmarks → target/bench/
 //! cargo xtask bench memory            runtime RSS idle and with 1,000 idle connections
+//! cargo xtask bench tls [--quick]      handshake cost and call throughput, TLS against plain TCP
 //! cargo xtask bench priority          critical calls beside saturating low-priority load
-//! cargo xtask bench rpc [--quick] [--pinned]
-//!                                     calls/s, latency and CPU: raw TCP echo, polycall direct and routed
+//! cargo xtask bench rpc [--quick] [--pinned | --unpinned] [--seconds S] [--peers LIST]
+//!                                     calls/s, latency and CPU: polycall direct and routed against raw
+//!                                     TCP, tonic and nats-server; default and pinned scheduling
+//! cargo xtask bench bindings [--seconds S]
+//!                                     Python and Node client calls/s against the runtime beside Rust's
+//! cargo xtask bench micro [--quick]   microbenchmarks: framing, compression choice, routing, writer
 //! cargo xtask fuzz [TARGET] [--runs N] [--seconds S]
 //!                                     cargo-fuzz targets under fuzz/ (default: all, 1,000,000 runs each)
 //! ```
@@ -19,7 +24,10 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod bench_bindings;
+mod bench_micro;
 mod bench_rpc;
+use bench_micro::bench_micro;
 use bench_rpc::bench_rpc;
 
 fn main() -> ExitCode {
@@ -30,7 +38,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | bench proto [--quick] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
+                "usage: cargo xtask ci | bench proto|memory|priority|micro [--quick] | bench rpc [--quick] [--pinned|--unpinned] [--seconds S] [--peers raw,direct,routed,tonic,nats] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
             );
             return ExitCode::from(2);
         }
@@ -114,6 +122,10 @@ fn ci() -> Result<()> {
     ensure_cargo_tool("nextest", "cargo-nextest")?;
     ensure_apt("openssl", "openssl")?;
     ensure_apt("python3", "python3")?;
+    bench_bindings::ensure_pip("zstandard", "zstandard")?;
+    ensure_apt("node", "nodejs")?; // the TypeScript binding's tests (bindings/typescript)
+    ensure_apt("npm", "npm")?;
+    ensure_apt("softhsm2-util", "softhsm2")?;
     run(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--check"]),
@@ -169,12 +181,22 @@ fn bench(args: &[String]) -> Result<()> {
             "runtime memory benchmark",
             cargo().args(["bench", "-p", "polycall-cli", "--bench", "memory"]),
         ),
-        Some("rpc") => bench_rpc(quick, args.iter().any(|a| a == "--pinned")),
+        Some("bindings") => bench_bindings::bench_bindings(&args[1..]),
+        Some("rpc") => bench_rpc(&args[1..]),
+        Some("micro") => bench_micro(quick),
+        Some("tls") => {
+            let mut c = cargo();
+            c.args(["bench", "-p", "polycall-net", "--bench", "tls", "--"]);
+            if quick {
+                c.arg("--quick");
+            }
+            run("TLS and authentication benchmark", &mut c)
+        }
         Some("priority") => run(
             "priority benchmark",
             cargo().args(["bench", "-p", "polycall-net", "--bench", "priority"]),
         ),
-        other => bail!("unknown bench {other:?}; available: proto, memory, priority, rpc"),
+        other => bail!("unknown bench {other:?}; available: proto, memory, priority, rpc, micro, tls"),
     }
 }
 
@@ -348,4 +370,3 @@ fn seed_corpus(target: &str, dir: &Path) -> Result<()> {
     }
     Ok(())
 }
-

@@ -4,11 +4,13 @@
 //! invalid input, 4 unsupported or unknown operation, 5 transport, 6 deadline, 7 auth,
 //! 130 interrupted.
 
+mod bindgen;
 mod client;
 mod config_cmd;
 mod demo;
 mod output;
 mod run;
+mod security_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +48,26 @@ pub(crate) struct Target {
     /// The runtime's state directory.
     #[arg(long, default_value = ".polycall", env = "POLYCALL_STATE_DIR")]
     pub(crate) state_dir: PathBuf,
+    /// Connect with TLS 1.3, trusting the CA certificates in this PEM file.
+    #[arg(long, env = "POLYCALL_CA")]
+    pub(crate) ca: Option<PathBuf>,
+    /// A client certificate (PEM) for mutual TLS; with --key.
+    #[arg(long, requires = "key", requires = "ca")]
+    pub(crate) cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, requires = "cert")]
+    pub(crate) key: Option<PathBuf>,
+    /// The name the server's certificate must carry (default: the endpoint's host).
+    #[arg(long)]
+    pub(crate) server_name: Option<String>,
+    /// Authenticate with the bearer token in this environment variable (never on the
+    /// command line).
+    #[arg(long, value_name = "VAR", conflicts_with = "user")]
+    pub(crate) token_env: Option<String>,
+    /// Log in as this user (OPAQUE: the password never leaves this process); the
+    /// password is read from POLYCALL_PASSWORD, else from the terminal.
+    #[arg(long)]
+    pub(crate) user: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -74,6 +96,19 @@ enum Command {
     },
     /// A runtime, a provider and a few calls in one process: a first look at polycall.
     Demo,
+    /// Typed bindings from an interface schema or a live runtime; `verify` runs the
+    /// cross-language conformance suite (docs/bindgen.md).
+    Bindgen(bindgen::BindgenArgs),
+    /// Your own certificate authority: init, issue (with SPIFFE IDs), revoke.
+    Certs {
+        #[command(subcommand)]
+        command: security_cmd::CertsCommand,
+    },
+    /// OPAQUE password users: add (password from the terminal or stdin), remove, list.
+    Users {
+        #[command(subcommand)]
+        command: security_cmd::UsersCommand,
+    },
     /// Validate, show or migrate configuration (polycall.toml, libpolycall's files).
     Config {
         #[command(subcommand)]
@@ -123,7 +158,8 @@ fn main() -> ExitCode {
                 ));
             }
         },
-        (Some(_), Command::Config { .. }) | (None, _) => None,
+        (Some(_), Command::Config { .. } | Command::Certs { .. } | Command::Users { .. })
+        | (None, _) => None,
         (Some(path), _) => {
             let status = polycall::Status::unsupported(format!(
                 "--config {}: configuration files configure `run` and `config` only in this build",
@@ -166,6 +202,8 @@ fn main() -> ExitCode {
         Command::Config { command } => {
             return ExitCode::from(config_cmd::config(command, cli.config.as_deref(), out));
         }
+        Command::Certs { command } => return ExitCode::from(security_cmd::certs(command, out)),
+        Command::Users { command } => return ExitCode::from(security_cmd::users(command, out)),
         other => other,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -187,7 +225,10 @@ fn main() -> ExitCode {
             Command::Status { target } => client::status(target, timeout, out).await,
             Command::Stop { target, token } => client::stop(target, token, timeout, out).await,
             Command::Demo => demo::demo(out).await,
-            Command::Config { .. } => output::exit::OK,
+            Command::Bindgen(args) => bindgen::bindgen(args, timeout, out).await,
+            Command::Config { .. } | Command::Certs { .. } | Command::Users { .. } => {
+                output::exit::OK
+            }
         }
     });
     ExitCode::from(code)
