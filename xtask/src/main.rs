@@ -196,7 +196,9 @@ fn bench(args: &[String]) -> Result<()> {
             "priority benchmark",
             cargo().args(["bench", "-p", "polycall-net", "--bench", "priority"]),
         ),
-        other => bail!("unknown bench {other:?}; available: proto, memory, priority, rpc, micro, tls"),
+        other => {
+            bail!("unknown bench {other:?}; available: proto, memory, priority, rpc, micro, tls")
+        }
     }
 }
 

@@ -16,7 +16,12 @@
 //! use tower::{Layer, ServiceExt};
 //!
 //! let policy = Policy::new(&PolicyConfig {
-//!     rules: vec![RuleConfig { service: "kv".into(), method: "get".into(), allow: vec!["authenticated".into()] }],
+//!     rules: vec![RuleConfig {
+//!         service: "kv".into(),
+//!         method: "get".into(),
+//!         allow: vec!["authenticated".into()],
+//!         provide: vec![],
+//!     }],
 //!     ..PolicyConfig::default()
 //! }).unwrap();
 //! let svc = AuthorizeLayer::new(Arc::new(policy))
