@@ -25,6 +25,7 @@ mod connection;
 mod provider;
 mod registry;
 pub mod reload;
+mod state_service;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -39,6 +40,7 @@ use tokio::sync::watch;
 pub use compat::CompatConfig;
 pub use provider::{Provider, ProviderConfig};
 pub use registry::{Provision, Registry};
+pub use state_service::StateSettings;
 
 /// The endpoint a runtime listens on when none is configured: loopback only.
 pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7464";
@@ -63,6 +65,8 @@ pub struct RuntimeConfig {
     /// Listen on a non-loopback address without TLS and authentication. Off by
     /// default: such a runtime would let anyone on the network call anything.
     pub insecure_remote: bool,
+    /// State machines: where their definitions and their database are.
+    pub state: StateSettings,
 }
 
 /// What the runtime applies to every call it serves, in this order: authorization, rate
@@ -94,6 +98,7 @@ impl Default for RuntimeConfig {
             compat: CompatConfig::default(),
             tls: None,
             insecure_remote: false,
+            state: StateSettings::default(),
         }
     }
 }
@@ -126,6 +131,10 @@ pub enum RuntimeError {
     /// The TLS settings could not be loaded.
     #[error("TLS: {0}")]
     Tls(#[from] polycall_security::Error),
+    /// The state machines could not be loaded (definition errors with file:line:col)
+    /// or their database could not be opened or recovered.
+    #[error("state machines: {0}")]
+    State(String),
     /// The state directory could not be written.
     #[error("cannot write the state directory {dir}: {source}")]
     StateDir {
@@ -138,6 +147,8 @@ pub enum RuntimeError {
 
 pub(crate) struct State {
     pub(crate) registry: Registry,
+    /// The state machines and their instances (none loaded: `None`).
+    pub(crate) machines: Option<Arc<polycall_state::StateHost>>,
     pub(crate) builtins: Router,
     started: Instant,
     token: String,
@@ -334,6 +345,37 @@ fn check_exposure(config: &RuntimeConfig) -> Result<(), RuntimeError> {
     })
 }
 
+/// Loads the machine definitions and recovers their instances from the database.
+fn open_machines(
+    config: &RuntimeConfig,
+) -> Result<Option<Arc<polycall_state::StateHost>>, RuntimeError> {
+    let Some(dir) = &config.state.machine_dir else {
+        return Ok(None);
+    };
+    let machines =
+        polycall_state::load::from_dir(dir).map_err(|e| RuntimeError::State(format!("\n{e}")))?;
+    if machines.is_empty() {
+        tracing::warn!(dir = %dir.display(), "no machine definitions (*.toml) found");
+        return Ok(None);
+    }
+    let db = config
+        .state
+        .database
+        .clone()
+        .unwrap_or_else(|| config.state_dir.join("state.redb"));
+    let mut store = polycall_state::StoreConfig::new(db);
+    store.batch_window = config.state.batch_window;
+    store.keep_snapshots = config.state.keep_snapshots;
+    let host = polycall_state::StateHost::open(machines, store)
+        .map_err(|e| RuntimeError::State(e.to_string()))?;
+    tracing::info!(
+        machines = host.machines().count(),
+        last_index = host.last_index(),
+        "state machines loaded and instances recovered"
+    );
+    Ok(Some(Arc::new(host)))
+}
+
 fn new_token() -> String {
     use std::hash::{BuildHasher, Hasher};
     // 128 bits from the OS-seeded hasher keys (std's RandomState) and the clock.
@@ -363,10 +405,16 @@ impl Runtime {
             tls_slot = transport.server_config_slot();
             config.server.transport = Arc::new(transport);
         }
+        let machines = open_machines(&config)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new_cyclic(|weak| State {
             registry: Registry::default(),
-            builtins: builtins::router(weak.clone(), config.compat.fixtures),
+            builtins: match &machines {
+                Some(host) => builtins::router(weak.clone(), config.compat.fixtures)
+                    .merge(&state_service::router(host, weak.clone())),
+                None => builtins::router(weak.clone(), config.compat.fixtures),
+            },
+            machines: machines.clone(),
             started: Instant::now(),
             token: new_token(),
             shutdown,
@@ -407,6 +455,14 @@ impl Runtime {
         let server = Arc::new(server);
         let _ = state.endpoint.set(server.local_endpoint().clone());
         let _ = state.connections.set(server.clone());
+        if let (Some(host), Some(every)) = (&machines, config.state.backup_every) {
+            let dir = config
+                .state
+                .backup_dir
+                .clone()
+                .unwrap_or_else(|| config.state_dir.join("backups"));
+            state_service::schedule_backups(host.clone(), dir, every, config.state.backup_keep);
+        }
         let runtime = Runtime {
             state,
             server,
@@ -486,6 +542,11 @@ impl Runtime {
     /// Where the runtime listens.
     pub fn local_endpoint(&self) -> &Endpoint {
         self.server.local_endpoint()
+    }
+
+    /// The state machines and their instances, when any are loaded.
+    pub fn machines(&self) -> Option<&Arc<polycall_state::StateHost>> {
+        self.state.machines.as_ref()
     }
 
     /// The registry of provided methods.

@@ -1,0 +1,476 @@
+//! The runtime's state machines as methods any language can call:
+//!
+//! - per machine, service `state.<machine>`: `create`, `fire`, `get`, `history`,
+//!   `snapshot`, `restore`, `lock`, `unlock`, `recover` (one instance, to a time or log
+//!   index), `graph`, `timeline`;
+//! - service `state`: `machines`, `watch` (changes after a log index, long-polled),
+//!   `backup` and `recover` (every instance) — these two need the runtime's token, like
+//!   `sys.shutdown`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use polycall_core::{Call, MethodInfo, Payload, Reply, Router, Status, handler_fn};
+use polycall_state::{At, StateHost, graph};
+use serde_json::{Value as Json, json};
+
+use crate::State;
+
+/// Where and how the runtime keeps state machines.
+#[derive(Debug, Clone)]
+pub struct StateSettings {
+    /// A directory of machine definitions (`*.toml`, docs/state.md). No machines: no
+    /// state methods and no database.
+    pub machine_dir: Option<PathBuf>,
+    /// The database file (default: `<state dir>/state.redb`).
+    pub database: Option<PathBuf>,
+    /// The longest a `batched` machine's acknowledged event waits for its fsync.
+    pub batch_window: Duration,
+    /// Snapshots kept per instance (the point-in-time recovery window).
+    pub keep_snapshots: usize,
+    /// Take a backup this often (`None`: never).
+    pub backup_every: Option<Duration>,
+    /// Backups kept; older ones are deleted.
+    pub backup_keep: usize,
+    /// Where scheduled backups go (default: `<state dir>/backups`).
+    pub backup_dir: Option<PathBuf>,
+}
+
+impl Default for StateSettings {
+    fn default() -> Self {
+        Self {
+            machine_dir: None,
+            database: None,
+            batch_window: Duration::from_millis(50),
+            keep_snapshots: 16,
+            backup_every: None,
+            backup_keep: 7,
+            backup_dir: None,
+        }
+    }
+}
+
+fn json_reply(v: impl serde::Serialize) -> Result<Reply, Status> {
+    Payload::json(&v)
+        .map(Reply::new)
+        .map_err(|e| Status::internal(e.to_string()))
+}
+
+fn input(call: &Call) -> Result<Json, Status> {
+    if call.payload.is_empty() {
+        return Ok(json!({}));
+    }
+    match call.payload.to_json::<Json>() {
+        Ok(v @ Json::Object(_)) => Ok(v),
+        Ok(_) | Err(_) => Err(Status::invalid_input(format!(
+            "{} expects a JSON object",
+            call.full_name()
+        ))),
+    }
+}
+
+fn field<'a>(v: &'a Json, name: &str, call: &Call) -> Result<&'a str, Status> {
+    v[name].as_str().ok_or_else(|| {
+        Status::invalid_input(format!(
+            "{} needs {{\"{name}\": <string>}}",
+            call.full_name()
+        ))
+    })
+}
+
+/// `{"at": "RFC 3339" | micros}` or `{"index": n}`.
+fn point(v: &Json) -> Result<At, Status> {
+    match (&v["at"], &v["index"]) {
+        (Json::String(s), Json::Null) => polycall_state::time::parse(s)
+            .map(At::Time)
+            .map_err(Status::invalid_input),
+        (Json::Number(n), Json::Null) => n
+            .as_u64()
+            .map(At::Time)
+            .ok_or_else(|| Status::invalid_input("`at` in microseconds is a non-negative integer")),
+        (Json::Null, Json::Number(n)) => n
+            .as_u64()
+            .map(At::Index)
+            .ok_or_else(|| Status::invalid_input("`index` is a non-negative integer")),
+        _ => Err(Status::invalid_input(
+            "give exactly one of {\"at\": \"2026-12-06T03:15:00Z\"} or {\"index\": <log index>}",
+        )),
+    }
+}
+
+fn principal(call: &Call) -> Option<String> {
+    call.metadata
+        .principal
+        .as_ref()
+        .map(|p| p.as_str().to_string())
+}
+
+type Fut = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, Status>> + Send>>;
+
+/// Adds a method whose body gets the host and the call.
+fn add<F>(r: Router, name: &str, info: MethodInfo, host: &Arc<StateHost>, f: F) -> Router
+where
+    F: Fn(Arc<StateHost>, Call) -> Fut + Clone + Send + Sync + 'static,
+{
+    let host = host.clone();
+    r.route(
+        name,
+        info,
+        handler_fn(move |c: Call| {
+            let f = f.clone();
+            let host = host.clone();
+            async move { f(host, c).await }
+        }),
+    )
+    .unwrap_or_else(|e| panic!("state method names are validated with their machine: {e}"))
+}
+
+/// The state methods of every machine `host` holds.
+pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
+    let mut r = Router::new();
+    let mut names: Vec<String> = host.machines().map(|m| m.name().to_string()).collect();
+    names.sort();
+    for name in names {
+        let svc = format!("state.{name}");
+        let m = name.clone();
+        r = add(
+            r,
+            &format!("{svc}.create"),
+            MethodInfo::new(format!("creates an instance of machine {name}"))
+                .input(r#"{"id"?: string, "context"?: object}"#)
+                .output("the instance"),
+            host,
+            move |h, c| {
+                let m = m.clone();
+                Box::pin(async move {
+                    let v = input(&c)?;
+                    let id = v["id"].as_str();
+                    json_reply(h.create(&m, id, v["context"].clone()).await?)
+                })
+            },
+        );
+        r = add(
+            r,
+            &format!("{svc}.fire"),
+            MethodInfo::new("fires a named transition; acknowledged once it is in the log")
+                .input(r#"{"id": string, "transition": string, "event"?: any}"#)
+                .output(r#"{"fired": {"transition", "exited", "entered"}, "instance": ...}"#),
+            host,
+            |h, c| {
+                Box::pin(async move {
+                    let v = input(&c)?;
+                    let (fired, view) = h
+                        .fire(
+                            field(&v, "id", &c)?,
+                            field(&v, "transition", &c)?,
+                            v["event"].clone(),
+                            principal(&c).as_deref(),
+                        )
+                        .await?;
+                    json_reply(json!({"fired": fired, "instance": view}))
+                })
+            },
+        );
+        r = add(
+            r,
+            &format!("{svc}.get"),
+            MethodInfo::new("the instance now")
+                .input(r#"{"id": string}"#)
+                .idempotent(true),
+            host,
+            |h, c| {
+                Box::pin(async move {
+                    let v = input(&c)?;
+                    json_reply(h.get(field(&v, "id", &c)?).await?)
+                })
+            },
+        );
+        r = add(
+            r,
+            &format!("{svc}.history"),
+            MethodInfo::new("the instance's logged events, oldest first")
+                .input(r#"{"id": string, "limit"?: u64}"#)
+                .idempotent(true),
+            host,
+            |h, c| {
+                Box::pin(async move {
+                    let v = input(&c)?;
+                    let limit = v["limit"].as_u64().unwrap_or(1000) as usize;
+                    json_reply(h.history(field(&v, "id", &c)?, limit)?)
+                })
+            },
+        );
+        r = add(
+            r,
+            &format!("{svc}.snapshot"),
+            MethodInfo::new("a self-verifying snapshot (state + BLAKE3 integrity hash)")
+                .input(r#"{"id": string}"#)
+                .idempotent(true),
+            host,
+            |h, c| {
+                Box::pin(async move {
+                    let v = input(&c)?;
+                    json_reply(h.snapshot(field(&v, "id", &c)?).await?)
+                })
+            },
+        );
+        r = add(
+            r,
+            &format!("{svc}.restore"),
+            MethodInfo::new("restores a snapshot (integrity, machine version and locks checked)")
+                .input(r#"{"id": string, "snapshot": object}"#),
+            host,
+            |h, c| {
+                Box::pin(async move {
+                    let v = input(&c)?;
+                    let snap: polycall_state::Snapshot =
+                        serde_json::from_value(v["snapshot"].clone())
+                            .map_err(|e| Status::invalid_input(format!("`snapshot`: {e}")))?;
+                    json_reply(h.restore(field(&v, "id", &c)?, &snap).await?)
+                })
+            },
+        );
+        for (method, lock) in [("lock", true), ("unlock", false)] {
+            r = add(
+                r,
+                &format!("{svc}.{method}"),
+                MethodInfo::new(format!("{method}s a state of the instance"))
+                    .input(r#"{"id": string, "state": string}"#),
+                host,
+                move |h, c| {
+                    Box::pin(async move {
+                        let v = input(&c)?;
+                        json_reply(
+                            h.set_lock(field(&v, "id", &c)?, field(&v, "state", &c)?, lock)
+                                .await?,
+                        )
+                    })
+                },
+            );
+        }
+        r = add(
+            r,
+            &format!("{svc}.recover"),
+            MethodInfo::new("point-in-time recovery of one instance (logged, so it can be undone)")
+                .input(
+                    r#"{"id": string, "at": "RFC 3339" | micros} or {"id": string, "index": u64}"#,
+                ),
+            host,
+            |h, c| {
+                Box::pin(async move {
+                    let v = input(&c)?;
+                    let out = h.restore_to(Some(field(&v, "id", &c)?), point(&v)?).await?;
+                    json_reply(
+                        json!({"restored": out.into_iter().map(|(id, s)| json!({"id": id, "instance": s})).collect::<Vec<_>>()}),
+                    )
+                })
+            },
+        );
+        let m = name.clone();
+        r = add(
+            r,
+            &format!("{svc}.graph"),
+            MethodInfo::new(
+                "the machine as DOT, Mermaid or JSON; with an id, its active states highlighted",
+            )
+            .input(r#"{"format"?: "dot" | "mermaid" | "json", "id"?: string}"#)
+            .output(r#"{"format", "text"}"#)
+            .idempotent(true),
+            host,
+            move |h, c| {
+                let m = m.clone();
+                Box::pin(async move {
+                    let v = input(&c)?;
+                    let format: graph::Format = v["format"]
+                        .as_str()
+                        .unwrap_or("dot")
+                        .parse()
+                        .map_err(Status::invalid_input)?;
+                    let active: Vec<String> = match v["id"].as_str() {
+                        Some(id) => h.get(id).await?.state.active.into_iter().collect(),
+                        None => Vec::new(),
+                    };
+                    let machine = h
+                        .machine(&m)
+                        .ok_or_else(|| Status::not_found(format!("no machine {m}")))?;
+                    json_reply(
+                        json!({"format": v["format"].as_str().unwrap_or("dot"), "text": graph::render(machine, format, &active)}),
+                    )
+                })
+            },
+        );
+        r = add(
+            r,
+            &format!("{svc}.timeline"),
+            MethodInfo::new("a self-contained HTML timeline of the instance's transitions")
+                .input(r#"{"id": string}"#)
+                .output(r#"{"html": string}"#)
+                .idempotent(true),
+            host,
+            |h, c| {
+                Box::pin(async move {
+                    let v = input(&c)?;
+                    let id = field(&v, "id", &c)?;
+                    let history = h.history(id, usize::MAX)?;
+                    json_reply(json!({"html": graph::timeline_html(id, &history)}))
+                })
+            },
+        );
+    }
+    r = add(
+        r,
+        "state.machines",
+        MethodInfo::new(
+            "the loaded machines (name, version, states, transitions) and their instances",
+        )
+        .idempotent(true),
+        host,
+        |h, _c| {
+            Box::pin(async move {
+                let instances = h.instances().await;
+                let mut machines: Vec<Json> = h
+                    .machines()
+                    .map(|m| json!({"name": m.name(), "version": m.version(), "graph": graph::json_graph(m)}))
+                    .collect();
+                machines.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+                json_reply(
+                    json!({"machines": machines, "instances": instances, "last_index": h.last_index()}),
+                )
+            })
+        },
+    );
+    r = add(
+        r,
+        "state.watch",
+        MethodInfo::new(
+            "transitions logged after `after` (all instances), waiting up to wait_ms for the first",
+        )
+        .input(r#"{"after"?: u64, "limit"?: u64, "wait_ms"?: u64}"#)
+        .output(r#"{"changes": [...], "last_index": u64}"#)
+        .idempotent(true),
+        host,
+        |h, c| {
+            Box::pin(async move {
+                let v = input(&c)?;
+                let after = v["after"].as_u64().unwrap_or(0);
+                let limit = v["limit"].as_u64().unwrap_or(1000).min(10_000) as usize;
+                let mut wait =
+                    Duration::from_millis(v["wait_ms"].as_u64().unwrap_or(10_000).min(60_000));
+                if let Some(d) = c.metadata.deadline {
+                    // Answer before the caller gives up.
+                    wait = wait.min(
+                        d.remaining(std::time::Instant::now())
+                            .saturating_sub(Duration::from_millis(50)),
+                    );
+                }
+                let changes = h.changes(after, limit, wait).await?;
+                let last = changes.last().map_or(after, |c| c.index);
+                json_reply(json!({"changes": changes, "last_index": last}))
+            })
+        },
+    );
+    let rt = runtime.clone();
+    r = add(
+        r,
+        "state.backup",
+        MethodInfo::new(
+            "an online consistent backup of every instance to a new file; needs the runtime token",
+        )
+        .input(r#"{"path": string, "token": string}"#)
+        .output(r#"{"path", "records", "last_index", "bytes"}"#),
+        host,
+        move |h, c| {
+            let rt = rt.clone();
+            Box::pin(async move {
+                let v = input(&c)?;
+                check_token(&rt, &v)?;
+                let path = PathBuf::from(field(&v, "path", &c)?);
+                json_reply(h.backup(&path).await?)
+            })
+        },
+    );
+    let rt = runtime;
+    add(
+        r,
+        "state.recover",
+        MethodInfo::new("point-in-time recovery of every instance; needs the runtime token").input(
+            r#"{"at": "RFC 3339" | micros, "token": string} or {"index": u64, "token": string}"#,
+        ),
+        host,
+        move |h, c| {
+            let rt = rt.clone();
+            Box::pin(async move {
+                let v = input(&c)?;
+                check_token(&rt, &v)?;
+                let out = h.restore_to(None, point(&v)?).await?;
+                json_reply(
+                    json!({"restored": out.into_iter().map(|(id, s)| json!({"id": id, "instance": s})).collect::<Vec<_>>()}),
+                )
+            })
+        },
+    )
+}
+
+fn check_token(rt: &Weak<State>, v: &Json) -> Result<(), Status> {
+    let state = rt
+        .upgrade()
+        .ok_or_else(|| Status::unavailable("the runtime is shutting down"))?;
+    match v["token"].as_str() {
+        Some(t) if state.token_matches(t) => Ok(()),
+        Some(_) => Err(Status::permission_denied("wrong runtime token")),
+        None => Err(Status::unauthenticated(
+            "this method needs {\"token\": ...}; the polycall CLI reads it from the state directory",
+        )),
+    }
+}
+
+/// Takes a backup every `every` into `dir` (`state-<time>.redb`), keeping the newest
+/// `keep`.
+pub(crate) fn schedule_backups(
+    host: Arc<StateHost>,
+    dir: PathBuf,
+    every: Duration,
+    keep: usize,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            if let Err(e) = std::fs::create_dir_all(&dir) {
+                tracing::error!(dir = %dir.display(), error = %e, "scheduled backup: cannot create the directory");
+                continue;
+            }
+            let name = format!(
+                "state-{}.redb",
+                polycall_state::time::format(polycall_state::now_us()).replace(':', "")
+            );
+            match host.backup(&dir.join(&name)).await {
+                Ok(info) => {
+                    tracing::info!(file = %info.path.display(), records = info.records, "scheduled backup written")
+                }
+                Err(e) => tracing::error!(error = %e, "scheduled backup failed"),
+            }
+            let mut old: Vec<PathBuf> = std::fs::read_dir(&dir)
+                .map(|rd| {
+                    rd.filter_map(|e| e.ok().map(|e| e.path()))
+                        .filter(|p| {
+                            p.file_name()
+                                .and_then(|n| n.to_str())
+                                .is_some_and(|n| n.starts_with("state-") && n.ends_with(".redb"))
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            old.sort();
+            while old.len() > keep.max(1) {
+                let p = old.remove(0);
+                if let Err(e) = std::fs::remove_file(&p) {
+                    tracing::warn!(file = %p.display(), error = %e, "cannot delete an old backup");
+                }
+            }
+        }
+    })
+}
