@@ -126,6 +126,7 @@ fn ci() -> Result<()> {
     ensure_apt("node", "nodejs")?; // the TypeScript binding's tests (bindings/typescript)
     ensure_apt("npm", "npm")?;
     ensure_apt("softhsm2-util", "softhsm2")?;
+    ensure_apt("dot", "graphviz")?; // renders the state-machine DOT in a test
     run(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--check"]),

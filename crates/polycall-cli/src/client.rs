@@ -385,3 +385,27 @@ pub async fn stop(target: Target, token: Option<String>, timeout: Duration, out:
         Err(s) => out.fail("stop", &s),
     }
 }
+
+/// Calls `name` on the runtime with a JSON input and returns the JSON reply (for
+/// commands built on runtime methods, such as `polycall state`).
+pub(crate) async fn call_json(target: &Target, name: &str, input: Value, timeout: Duration, idempotent: bool) -> Result<Value, Status> {
+    let channel = connect(target, timeout).await?;
+    let payload = Payload::json(&input).map_err(|e| Status::internal(e.to_string()))?;
+    let reply = invoke(&channel, name, payload, timeout, Policy { idempotent, ..PLAIN }).await?;
+    Ok(payload_json(&reply))
+}
+
+/// The runtime's token: `token`, else `STATE_DIR/runtime.token`.
+pub(crate) fn runtime_token(target: &Target, token: Option<String>) -> Result<String, Status> {
+    match token {
+        Some(t) => Ok(t),
+        None => std::fs::read_to_string(target.state_dir.join("runtime.token"))
+            .map(|t| t.trim().to_owned())
+            .map_err(|e| {
+                Status::unauthenticated(format!(
+                    "no token: cannot read {}: {e}; pass --token or --state-dir",
+                    target.state_dir.join("runtime.token").display()
+                ))
+            }),
+    }
+}

@@ -11,6 +11,7 @@ mod demo;
 mod output;
 mod run;
 mod security_cmd;
+mod state_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -108,6 +109,12 @@ enum Command {
     Users {
         #[command(subcommand)]
         command: security_cmd::UsersCommand,
+    },
+    /// State machines: check and draw definitions; recover, back up, watch and trace
+    /// instances of a running runtime (docs/state.md).
+    State {
+        #[command(subcommand)]
+        command: state_cmd::StateCommand,
     },
     /// Validate, show or migrate configuration (polycall.toml, libpolycall's files).
     Config {
@@ -226,6 +233,7 @@ fn main() -> ExitCode {
             Command::Stop { target, token } => client::stop(target, token, timeout, out).await,
             Command::Demo => demo::demo(out).await,
             Command::Bindgen(args) => bindgen::bindgen(args, timeout, out).await,
+            Command::State { command } => state_cmd::state(command, timeout, out).await,
             Command::Config { .. } | Command::Certs { .. } | Command::Users { .. } => {
                 output::exit::OK
             }

@@ -43,6 +43,10 @@ pub struct RunArgs {
     /// Calls the runtime serves at once; over it, `busy` — low priorities are shed first.
     #[arg(long)]
     max_concurrency: Option<usize>,
+    /// Load state machine definitions (*.toml) from this directory [default:
+    /// state.machine_dir of --config, else none].
+    #[arg(long)]
+    machines: Option<PathBuf>,
     /// Listen on a non-loopback address without TLS and authentication. Only for a
     /// network you trust entirely: anyone who reaches the port can call every method.
     #[arg(long)]
@@ -74,6 +78,9 @@ pub async fn run(
     if let Some(d) = &args.state_dir {
         config.state_dir = d.clone();
     }
+    if let Some(d) = &args.machines {
+        config.state.machine_dir = Some(d.clone());
+    }
     if let Some(n) = args.max_connections {
         config.server.max_connections = n;
     }
@@ -97,6 +104,9 @@ pub async fn run(
     let runtime = match Runtime::start(config).await {
         Ok(r) => std::sync::Arc::new(r),
         Err(e @ polycall::runtime::RuntimeError::InsecureRemote { .. }) => {
+            return out.fail_with("run", &Status::invalid_input(e.to_string()), exit::INPUT);
+        }
+        Err(e @ polycall::runtime::RuntimeError::State(_)) => {
             return out.fail_with("run", &Status::invalid_input(e.to_string()), exit::INPUT);
         }
         Err(e @ polycall::runtime::RuntimeError::Tls(_)) => {

@@ -9,11 +9,12 @@
 //! | always | [`core`] and the root | `polycall-core`: names, calls, status, metadata, router |
 //! | `proto` (default) | [`proto`] | `polycall-proto`: the wire protocol, sans-IO |
 //! | `net` (default) | [`net`] | `polycall-net`: TCP / Unix transports, connections, `Channel`, `Server` |
+//! | `security` | [`security`] | `polycall-security`: TLS 1.3, CA, tokens, OPAQUE, HSM keys, authorization |
+//! | `state` | [`state`] | `polycall-state`: durable state machines, point-in-time recovery, backups |
 //! | `runtime` | [`runtime`] | `polycall-runtime`: the embeddable runtime and `Provider` |
 //! | `full` | all of the above | |
 //!
-//! Security, state machines, configuration and the rest arrive as their own crates and
-//! features. Runnable examples: `cargo run -p polycall --features runtime --example
+//! Runnable examples: `cargo run -p polycall --features runtime --example
 //! provider` and `--example client`.
 //!
 //! ```
@@ -34,6 +35,9 @@ pub use polycall_security as security;
 
 #[cfg(feature = "net")]
 pub use polycall_net as net;
+
+#[cfg(feature = "state")]
+pub use polycall_state as state;
 
 #[cfg(feature = "runtime")]
 pub use polycall_runtime as runtime;

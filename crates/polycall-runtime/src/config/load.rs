@@ -8,7 +8,7 @@ use toml::de::{DeTable, DeValue};
 use super::schema::{self, CURRENT_VERSION, DefaultValue, KEYS, KeyDef, Kind, SECTIONS};
 use super::suggest;
 use super::{
-    AuthSection, ClientAuth, CompatSection, Config, Diagnostic, Entry, LimitsSection, LoadedConfig,
+    AuthSection, ClientAuth, CompatSection, Config, StateSection, Diagnostic, Entry, LimitsSection, LoadedConfig,
     LogFormat, LogSection, Origin, QosSection, RuntimeSection, TlsSection, Value,
 };
 
@@ -570,6 +570,15 @@ fn typed(values: &[(&'static KeyDef, Entry)], base: &Path) -> Config {
             pcr1: boolean("compat.pcr1"),
             legacy_v1: boolean("compat.legacy_v1"),
             fixtures: boolean("compat.fixtures"),
+        },
+        state: StateSection {
+            machine_dir: file("state.machine_dir"),
+            database: file("state.database"),
+            batch_window_ms: int("state.batch_window_ms").unwrap_or(50),
+            keep_snapshots: int("state.keep_snapshots").unwrap_or(16),
+            backup_every_s: int("state.backup_every_s"),
+            backup_keep: int("state.backup_keep").unwrap_or(7),
+            backup_dir: file("state.backup_dir"),
         },
         tls: TlsSection {
             enabled: boolean("tls.enabled"),

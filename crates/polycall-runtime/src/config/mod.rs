@@ -283,6 +283,25 @@ pub struct CompatSection {
     pub fixtures: bool,
 }
 
+/// `[state]`: state machines.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StateSection {
+    /// `machine_dir`.
+    pub machine_dir: Option<PathBuf>,
+    /// `database`.
+    pub database: Option<PathBuf>,
+    /// `batch_window_ms`.
+    pub batch_window_ms: u64,
+    /// `keep_snapshots`.
+    pub keep_snapshots: u64,
+    /// `backup_every_s`.
+    pub backup_every_s: Option<u64>,
+    /// `backup_keep`.
+    pub backup_keep: u64,
+    /// `backup_dir`.
+    pub backup_dir: Option<PathBuf>,
+}
+
 /// `[tls]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsSection {
@@ -336,6 +355,8 @@ pub struct Config {
     pub log: LogSection,
     /// `[compat]`.
     pub compat: CompatSection,
+    /// `[state]`.
+    pub state: StateSection,
     /// `[tls]`.
     pub tls: TlsSection,
     /// `[auth]`.
@@ -499,6 +520,15 @@ impl LoadedConfig {
         rc.compat.pcr1 = c.compat.pcr1;
         rc.compat.legacy_v1 = c.compat.legacy_v1;
         rc.compat.fixtures = c.compat.fixtures;
+        rc.state = crate::StateSettings {
+            machine_dir: c.state.machine_dir.clone(),
+            database: c.state.database.clone(),
+            batch_window: Duration::from_millis(c.state.batch_window_ms),
+            keep_snapshots: c.state.keep_snapshots as usize,
+            backup_every: c.state.backup_every_s.map(Duration::from_secs),
+            backup_keep: c.state.backup_keep as usize,
+            backup_dir: c.state.backup_dir.clone(),
+        };
         rc.qos.concurrency =
             c.qos
                 .max_concurrency

@@ -107,7 +107,7 @@ macro_rules! key {
 }
 
 /// The sections, in the order files and documentation list them.
-pub const SECTIONS: &[&str] = &["runtime", "limits", "qos", "log", "compat", "tls", "auth"];
+pub const SECTIONS: &[&str] = &["runtime", "limits", "qos", "log", "compat", "state", "tls", "auth"];
 
 /// Every key of version 1.
 pub static KEYS: &[KeyDef] = &[
@@ -300,6 +300,62 @@ pub static KEYS: &[KeyDef] = &[
         DefaultValue::Bool(false),
         false,
         "Serve libpolycall's conformance fixture method `inventory.get`."
+    ),
+    key!(
+        "state",
+        "machine_dir",
+        Kind::Path,
+        DefaultValue::None,
+        false,
+        "Directory of state machine definitions (*.toml, docs/state.md); unset: no state machines."
+    ),
+    key!(
+        "state",
+        "database",
+        Kind::Path,
+        DefaultValue::None,
+        false,
+        "The state database file (redb); unset: state.redb in the state directory."
+    ),
+    key!(
+        "state",
+        "batch_window_ms",
+        Kind::Int { min: 1, max: 60_000 },
+        DefaultValue::Int(50),
+        false,
+        "For machines with durability = \"batched\": the longest an acknowledged event waits for its fsync (the loss window)."
+    ),
+    key!(
+        "state",
+        "keep_snapshots",
+        Kind::Int { min: 1, max: 1_000_000 },
+        DefaultValue::Int(16),
+        false,
+        "Snapshots kept per instance; the log behind the oldest is compacted (the point-in-time recovery window)."
+    ),
+    key!(
+        "state",
+        "backup_every_s",
+        Kind::Int { min: 1, max: 31_536_000 },
+        DefaultValue::None,
+        false,
+        "Take an online backup of the state database this often (seconds); unset: no scheduled backups."
+    ),
+    key!(
+        "state",
+        "backup_keep",
+        Kind::Int { min: 1, max: 100_000 },
+        DefaultValue::Int(7),
+        false,
+        "Scheduled backups kept; older ones are deleted."
+    ),
+    key!(
+        "state",
+        "backup_dir",
+        Kind::Path,
+        DefaultValue::None,
+        false,
+        "Where scheduled backups go; unset: backups/ in the state directory."
     ),
     key!(
         "tls",
