@@ -12,6 +12,7 @@
 //! cargo xtask bench bindings [--seconds S]
 //!                                     Python and Node client calls/s against the runtime beside Rust's
 //! cargo xtask bench micro [--quick]   microbenchmarks: framing, compression choice, routing, writer
+//! cargo xtask bench state [--quick] [--seconds S]  sync transitions/s (1 and 64 instances) beside raw redb commits/s
 //! cargo xtask fuzz [TARGET] [--runs N] [--seconds S]
 //!                                     cargo-fuzz targets under fuzz/ (default: all, 1,000,000 runs each)
 //! ```
@@ -38,7 +39,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | bench proto|memory|priority|micro [--quick] | bench rpc [--quick] [--pinned|--unpinned] [--seconds S] [--peers raw,direct,routed,tonic,nats] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
+                "usage: cargo xtask ci | bench proto|memory|priority|micro|state [--quick] | bench rpc [--quick] [--pinned|--unpinned] [--seconds S] [--peers raw,direct,routed,tonic,nats] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
             );
             return ExitCode::from(2);
         }
@@ -193,12 +194,20 @@ fn bench(args: &[String]) -> Result<()> {
             }
             run("TLS and authentication benchmark", &mut c)
         }
+        Some("state") => {
+            let mut c = cargo();
+            c.args(["bench", "-p", "polycall-state", "--bench", "state", "--"]);
+            c.args(&args[1..]);
+            run("state machine persistence benchmark", &mut c)
+        }
         Some("priority") => run(
             "priority benchmark",
             cargo().args(["bench", "-p", "polycall-net", "--bench", "priority"]),
         ),
         other => {
-            bail!("unknown bench {other:?}; available: proto, memory, priority, rpc, micro, tls")
+            bail!(
+                "unknown bench {other:?}; available: proto, memory, priority, rpc, micro, tls, state, bindings"
+            )
         }
     }
 }

@@ -388,10 +388,26 @@ pub async fn stop(target: Target, token: Option<String>, timeout: Duration, out:
 
 /// Calls `name` on the runtime with a JSON input and returns the JSON reply (for
 /// commands built on runtime methods, such as `polycall state`).
-pub(crate) async fn call_json(target: &Target, name: &str, input: Value, timeout: Duration, idempotent: bool) -> Result<Value, Status> {
+pub(crate) async fn call_json(
+    target: &Target,
+    name: &str,
+    input: Value,
+    timeout: Duration,
+    idempotent: bool,
+) -> Result<Value, Status> {
     let channel = connect(target, timeout).await?;
     let payload = Payload::json(&input).map_err(|e| Status::internal(e.to_string()))?;
-    let reply = invoke(&channel, name, payload, timeout, Policy { idempotent, ..PLAIN }).await?;
+    let reply = invoke(
+        &channel,
+        name,
+        payload,
+        timeout,
+        Policy {
+            idempotent,
+            ..PLAIN
+        },
+    )
+    .await?;
     Ok(payload_json(&reply))
 }
 

@@ -110,7 +110,8 @@ pub enum StateCommand {
 
 fn write_out(output: &Option<PathBuf>, text: &str) -> Result<(), Status> {
     match output {
-        Some(p) => std::fs::write(p, text).map_err(|e| Status::invalid_input(format!("cannot write {}: {e}", p.display()))),
+        Some(p) => std::fs::write(p, text)
+            .map_err(|e| Status::invalid_input(format!("cannot write {}: {e}", p.display()))),
         None => {
             print!("{text}");
             Ok(())
@@ -123,7 +124,11 @@ pub async fn state(cmd: StateCommand, timeout: Duration, out: Out) -> u8 {
     match cmd {
         StateCommand::Check { path } => {
             let result = if path.is_dir() {
-                load::from_dir(&path).map(|m| m.into_iter().map(|m| m.name().to_string()).collect::<Vec<_>>())
+                load::from_dir(&path).map(|m| {
+                    m.into_iter()
+                        .map(|m| m.name().to_string())
+                        .collect::<Vec<_>>()
+                })
             } else {
                 load::from_file(&path).map(|m| vec![m.name().to_string()])
             };
@@ -156,11 +161,17 @@ pub async fn state(cmd: StateCommand, timeout: Duration, out: Out) -> u8 {
                 let format: graph::Format = graph_format.parse().map_err(Status::invalid_input)?;
                 let text = match (&dir, &id) {
                     (Some(dir), None) => {
-                        let machines = load::from_dir(dir).map_err(|e| Status::invalid_input(e.to_string()))?;
+                        let machines = load::from_dir(dir)
+                            .map_err(|e| Status::invalid_input(e.to_string()))?;
                         let m = machines
                             .iter()
                             .find(|m| m.name() == machine)
-                            .ok_or_else(|| Status::not_found(format!("no machine `{machine}` in {}", dir.display())))?;
+                            .ok_or_else(|| {
+                                Status::not_found(format!(
+                                    "no machine `{machine}` in {}",
+                                    dir.display()
+                                ))
+                            })?;
                         graph::render(m, format, &[])
                     }
                     _ => {
@@ -168,7 +179,14 @@ pub async fn state(cmd: StateCommand, timeout: Duration, out: Out) -> u8 {
                         if let Some(id) = &id {
                             input["id"] = json!(id);
                         }
-                        let v = call_json(&target, &format!("state.{machine}.graph"), input, timeout, true).await?;
+                        let v = call_json(
+                            &target,
+                            &format!("state.{machine}.graph"),
+                            input,
+                            timeout,
+                            true,
+                        )
+                        .await?;
                         v["text"].as_str().unwrap_or_default().to_string()
                     }
                 };
@@ -215,9 +233,14 @@ pub async fn state(cmd: StateCommand, timeout: Duration, out: Out) -> u8 {
                 Err(s) => out.fail("state restore", &s),
             }
         }
-        StateCommand::Backup { file, token, target } => {
+        StateCommand::Backup {
+            file,
+            token,
+            target,
+        } => {
             let result = async {
-                let path = std::path::absolute(&file).map_err(|e| Status::invalid_input(e.to_string()))?;
+                let path =
+                    std::path::absolute(&file).map_err(|e| Status::invalid_input(e.to_string()))?;
                 let token = runtime_token(&target, token)?;
                 call_json(
                     &target,
@@ -252,22 +275,36 @@ pub async fn state(cmd: StateCommand, timeout: Duration, out: Out) -> u8 {
                 Ok(()) => out.ok(
                     "state restore-backup",
                     json!({"database": db.display().to_string()}),
-                    || format!("{} installed as {}; start the runtime with it", file.display(), db.display()),
+                    || {
+                        format!(
+                            "{} installed as {}; start the runtime with it",
+                            file.display(),
+                            db.display()
+                        )
+                    },
                 ),
                 Err(e) => out.fail_with("state restore-backup", &Status::from(e), exit::INPUT),
             }
         }
-        StateCommand::Watch { after, count, target } => {
+        StateCommand::Watch {
+            after,
+            count,
+            target,
+        } => {
             let mut after = match after {
                 Some(a) => a,
-                None => match call_json(&target, "state.machines", json!({}), timeout, true).await {
-                    Ok(v) => v["last_index"].as_u64().unwrap_or(0),
-                    Err(s) => return out.fail("state watch", &s),
-                },
+                None => {
+                    match call_json(&target, "state.machines", json!({}), timeout, true).await {
+                        Ok(v) => v["last_index"].as_u64().unwrap_or(0),
+                        Err(s) => return out.fail("state watch", &s),
+                    }
+                }
             };
             let mut seen = 0u64;
             loop {
-                let wait = timeout.saturating_sub(Duration::from_millis(500)).max(Duration::from_millis(100));
+                let wait = timeout
+                    .saturating_sub(Duration::from_millis(500))
+                    .max(Duration::from_millis(100));
                 let input = json!({"after": after, "wait_ms": wait.as_millis() as u64});
                 match call_json(&target, "state.watch", input, timeout, true).await {
                     Ok(v) => {
@@ -291,7 +328,14 @@ pub async fn state(cmd: StateCommand, timeout: Duration, out: Out) -> u8 {
             target,
         } => {
             let result = async {
-                let v: Value = call_json(&target, &format!("state.{machine}.timeline"), json!({"id": id}), timeout, true).await?;
+                let v: Value = call_json(
+                    &target,
+                    &format!("state.{machine}.timeline"),
+                    json!({"id": id}),
+                    timeout,
+                    true,
+                )
+                .await?;
                 write_out(&output, v["html"].as_str().unwrap_or_default())
             }
             .await;

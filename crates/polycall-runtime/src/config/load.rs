@@ -8,8 +8,8 @@ use toml::de::{DeTable, DeValue};
 use super::schema::{self, CURRENT_VERSION, DefaultValue, KEYS, KeyDef, Kind, SECTIONS};
 use super::suggest;
 use super::{
-    AuthSection, ClientAuth, CompatSection, Config, StateSection, Diagnostic, Entry, LimitsSection, LoadedConfig,
-    LogFormat, LogSection, Origin, QosSection, RuntimeSection, TlsSection, Value,
+    AuthSection, ClientAuth, CompatSection, Config, Diagnostic, Entry, LimitsSection, LoadedConfig,
+    LogFormat, LogSection, Origin, QosSection, RuntimeSection, StateSection, TlsSection, Value,
 };
 
 /// Environment variables read: `POLYCALL_SECTION__KEY`.

@@ -107,7 +107,9 @@ macro_rules! key {
 }
 
 /// The sections, in the order files and documentation list them.
-pub const SECTIONS: &[&str] = &["runtime", "limits", "qos", "log", "compat", "state", "tls", "auth"];
+pub const SECTIONS: &[&str] = &[
+    "runtime", "limits", "qos", "log", "compat", "state", "tls", "auth",
+];
 
 /// Every key of version 1.
 pub static KEYS: &[KeyDef] = &[
@@ -320,7 +322,10 @@ pub static KEYS: &[KeyDef] = &[
     key!(
         "state",
         "batch_window_ms",
-        Kind::Int { min: 1, max: 60_000 },
+        Kind::Int {
+            min: 1,
+            max: 60_000
+        },
         DefaultValue::Int(50),
         false,
         "For machines with durability = \"batched\": the longest an acknowledged event waits for its fsync (the loss window)."
@@ -328,7 +333,10 @@ pub static KEYS: &[KeyDef] = &[
     key!(
         "state",
         "keep_snapshots",
-        Kind::Int { min: 1, max: 1_000_000 },
+        Kind::Int {
+            min: 1,
+            max: 1_000_000
+        },
         DefaultValue::Int(16),
         false,
         "Snapshots kept per instance; the log behind the oldest is compacted (the point-in-time recovery window)."
@@ -336,7 +344,10 @@ pub static KEYS: &[KeyDef] = &[
     key!(
         "state",
         "backup_every_s",
-        Kind::Int { min: 1, max: 31_536_000 },
+        Kind::Int {
+            min: 1,
+            max: 31_536_000
+        },
         DefaultValue::None,
         false,
         "Take an online backup of the state database this often (seconds); unset: no scheduled backups."
@@ -344,7 +355,10 @@ pub static KEYS: &[KeyDef] = &[
     key!(
         "state",
         "backup_keep",
-        Kind::Int { min: 1, max: 100_000 },
+        Kind::Int {
+            min: 1,
+            max: 100_000
+        },
         DefaultValue::Int(7),
         false,
         "Scheduled backups kept; older ones are deleted."
