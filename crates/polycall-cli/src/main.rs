@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use output::{Format, Out};
+use output::{FormatArg, Out};
 
 /// polycall: a polyglot call runtime.
 #[derive(Debug, Parser)]
@@ -26,9 +26,10 @@ struct Cli {
     /// A polycall.toml for `run` and `config` (docs/config.md).
     #[arg(long, global = true, env = "POLYCALL_CONFIG")]
     config: Option<PathBuf>,
-    /// Output for people (text) or for programs (one JSON object).
+    /// Output for people (text) or for programs (one JSON object); `state graph` also
+    /// takes dot and mermaid.
     #[arg(long, global = true, value_enum, default_value = "text")]
-    format: Format,
+    format: FormatArg,
     /// Print nothing on success.
     #[arg(long, short, global = true)]
     quiet: bool,
@@ -136,9 +137,20 @@ fn level_hook<S: 'static>(
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Out {
-        format: cli.format,
+        format: cli.format.output(),
         quiet: cli.quiet,
     };
+    let graph_command = matches!(
+        cli.command,
+        Command::State {
+            command: state_cmd::StateCommand::Graph { .. }
+        }
+    );
+    if matches!(cli.format, FormatArg::Dot | FormatArg::Mermaid) && !graph_command {
+        eprintln!("error: --format dot and --format mermaid apply to `polycall state graph` only");
+        return ExitCode::from(output::exit::USAGE);
+    }
+    let graph_format = cli.format;
     // `--config FILE` configures `run` (and names the file of `config`); invalid: exit 3.
     let loaded = match (&cli.config, &cli.command) {
         // No file, but --set or POLYCALL_SECTION__KEY variables: those over the defaults.
@@ -233,7 +245,9 @@ fn main() -> ExitCode {
             Command::Stop { target, token } => client::stop(target, token, timeout, out).await,
             Command::Demo => demo::demo(out).await,
             Command::Bindgen(args) => bindgen::bindgen(args, timeout, out).await,
-            Command::State { command } => state_cmd::state(command, timeout, out).await,
+            Command::State { command } => {
+                state_cmd::state(command, graph_format, timeout, out).await
+            }
             Command::Config { .. } | Command::Certs { .. } | Command::Users { .. } => {
                 output::exit::OK
             }

@@ -13,12 +13,38 @@ pub enum Format {
     Json,
 }
 
+/// The global `--format` as given: `dot` and `mermaid` draw a state machine and apply to
+/// `polycall state graph` only (which prints DOT for `text`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum FormatArg {
+    /// For people.
+    Text,
+    /// For programs: the JSON envelope (a machine's graph as JSON for `state graph`).
+    Json,
+    /// Graphviz DOT (`state graph`).
+    Dot,
+    /// Mermaid (`state graph`).
+    Mermaid,
+}
+
+impl FormatArg {
+    /// How ordinary output is printed.
+    pub fn output(self) -> Format {
+        match self {
+            FormatArg::Json => Format::Json,
+            _ => Format::Text,
+        }
+    }
+}
+
 /// Exit codes of libpolycall's CLI contract.
 pub mod exit {
     /// Success.
     pub const OK: u8 = 0;
     /// Runtime error.
     pub const RUNTIME: u8 = 1;
+    /// Usage: arguments that do not fit the command.
+    pub const USAGE: u8 = 2;
     /// Configuration or invalid input.
     pub const INPUT: u8 = 3;
     /// Interrupted (SIGINT).

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use crate::Target;
 use crate::client::{call_json, runtime_token};
-use crate::output::{Out, exit};
+use crate::output::{FormatArg, Out, exit};
 
 /// `polycall state …`.
 #[derive(Debug, clap::Subcommand)]
@@ -22,13 +22,10 @@ pub enum StateCommand {
         /// A directory of definitions or one file.
         path: PathBuf,
     },
-    /// Draw a machine: DOT (graphviz), Mermaid or JSON.
+    /// Draw a machine: `--format dot` (graphviz; also the default), `mermaid` or `json`.
     Graph {
         /// The machine's name.
         machine: String,
-        /// dot, mermaid or json.
-        #[arg(long, default_value = "dot")]
-        graph_format: String,
         /// Read the definition from this directory instead of asking the runtime.
         #[arg(long)]
         dir: Option<PathBuf>,
@@ -120,7 +117,7 @@ fn write_out(output: &Option<PathBuf>, text: &str) -> Result<(), Status> {
 }
 
 /// Runs a `polycall state` command.
-pub async fn state(cmd: StateCommand, timeout: Duration, out: Out) -> u8 {
+pub async fn state(cmd: StateCommand, format: FormatArg, timeout: Duration, out: Out) -> u8 {
     match cmd {
         StateCommand::Check { path } => {
             let result = if path.is_dir() {
@@ -151,14 +148,17 @@ pub async fn state(cmd: StateCommand, timeout: Duration, out: Out) -> u8 {
         }
         StateCommand::Graph {
             machine,
-            graph_format,
             dir,
             id,
             output,
             target,
         } => {
             let result = async {
-                let format: graph::Format = graph_format.parse().map_err(Status::invalid_input)?;
+                let (format, graph_format) = match format {
+                    FormatArg::Text | FormatArg::Dot => (graph::Format::Dot, "dot"),
+                    FormatArg::Mermaid => (graph::Format::Mermaid, "mermaid"),
+                    FormatArg::Json => (graph::Format::Json, "json"),
+                };
                 let text = match (&dir, &id) {
                     (Some(dir), None) => {
                         let machines = load::from_dir(dir)

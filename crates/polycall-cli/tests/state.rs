@@ -309,15 +309,21 @@ fn recover_backup_graph_timeline_and_watch_through_the_cli() {
         assert!(svg.contains(needle), "{needle} missing from the SVG");
     }
     let mermaid = rt.cli(&[
-        "state",
-        "graph",
-        "order",
-        "--graph-format",
-        "mermaid",
-        "--id",
-        "o-1",
+        "state", "graph", "order", "--format", "mermaid", "--id", "o-1",
     ]);
     assert!(String::from_utf8_lossy(&mermaid.stdout).starts_with("stateDiagram-v2\n"));
+    // As JSON, from the definitions: the states and transitions for tools.
+    let graph_json = bin()
+        .args(["state", "graph", "order", "--format", "json", "--dir"])
+        .arg(machines())
+        .output()
+        .unwrap();
+    let g: Value = serde_json::from_slice(&graph_json.stdout).unwrap();
+    assert_eq!(g["initial"], json!("draft"));
+    assert_eq!(g["transitions"].as_array().unwrap().len(), 4);
+    // dot and mermaid belong to `state graph` only: a usage error elsewhere.
+    let misuse = rt.cli(&["--format", "dot", "status"]);
+    assert_eq!(misuse.status.code(), Some(2));
     // Timeline: one self-contained HTML page with every event.
     let html_file = dir.join("o-1.html");
     let o = rt.cli(&[
