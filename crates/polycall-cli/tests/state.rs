@@ -358,22 +358,18 @@ fn recover_backup_graph_timeline_and_watch_through_the_cli() {
     rt.signal("-TERM");
     rt.wait(Duration::from_secs(10));
     let fresh = temp("e2e-fresh");
-    let o = bin()
-        .args(["state", "restore-backup"])
-        .arg(&backup)
-        .arg("--state-dir")
-        .arg(fresh.join("state"))
-        .output()
-        .unwrap();
+    let restore_backup = || {
+        bin()
+            .args(["state", "restore-backup"])
+            .arg(&backup)
+            .arg("--state-dir")
+            .arg(fresh.join("state"))
+            .output()
+            .unwrap()
+    };
+    let o = restore_backup();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    let again = bin()
-        .args(["state", "restore-backup"])
-        .arg(&backup)
-        .arg("--state-dir")
-        .arg(fresh.join("state"))
-        .output()
-        .unwrap();
-    assert_eq!(again.status.code(), Some(3), "never overwrites");
+    assert_eq!(restore_backup().status.code(), Some(3), "never overwrites");
     let rt2 = start(&fresh);
     let after = cli_json(
         &rt2,
