@@ -225,10 +225,24 @@ fn main() -> ExitCode {
         Command::Users { command } => return ExitCode::from(security_cmd::users(command, out)),
         other => other,
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    // `run`: as many threads as configured (one event loop by default); other commands:
+    // one per core.
+    let workers = match &command {
+        Command::Run(args) => args
+            .worker_threads
+            .or_else(|| loaded.as_ref().map(|l| l.config.runtime.worker_threads))
+            .unwrap_or(1),
+        _ => 0,
+    };
+    let built = match workers {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build(),
+    };
+    let runtime = match built {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -30,6 +30,11 @@ pub struct RunArgs {
     /// .polycall].
     #[arg(long, env = "POLYCALL_STATE_DIR")]
     state_dir: Option<PathBuf>,
+    /// Threads that run connections: 1 (one event loop: a routed call never crosses
+    /// threads), N, or 0 for one per core [default: runtime.worker_threads of --config,
+    /// else 1].
+    #[arg(long)]
+    pub(crate) worker_threads: Option<usize>,
     /// Most connections at once [default: runtime.max_connections of --config, else 10000].
     #[arg(long)]
     max_connections: Option<usize>,

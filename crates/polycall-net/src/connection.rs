@@ -30,7 +30,9 @@ use polycall_proto::frame::MethodEntry;
 use polycall_proto::{Connection as Proto, Event, Role, WireMeta};
 use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::AbortHandle;
+use futures_util::StreamExt;
+use futures_util::future::{AbortHandle as InlineAbort, Abortable, Aborted};
+use futures_util::stream::FuturesUnordered;
 use tokio::time::Sleep;
 
 use crate::auth::{Authenticator, ClientExchange, Credentials, ServerExchange, Step};
@@ -59,6 +61,14 @@ pub struct ConnectionConfig {
     pub authenticator: Option<Arc<dyn Authenticator>>,
     /// Client side: what this side proves when the server asks.
     pub credentials: Option<Credentials>,
+    /// Run each incoming call's handler in a tokio task of its own (`true`: handlers of
+    /// one connection run in parallel on every core, at the cost of a spawn, a channel
+    /// message and a wake-up per call) instead of inside the connection's task (`false`,
+    /// the default: no spawn, and replies leave in the same write as the other replies
+    /// of that round). With `false`, a handler that computes for long should move that
+    /// work to `tokio::task::spawn_blocking` or a task of its own, or it holds up the
+    /// connection's other calls.
+    pub spawn_handlers: bool,
 }
 
 impl Default for ConnectionConfig {
@@ -72,9 +82,28 @@ impl Default for ConnectionConfig {
             max_concurrent_handlers: 4096,
             authenticator: None,
             credentials: None,
+            spawn_handlers: false,
         }
     }
 }
+
+/// A running handler: in its own task, or inside the connection's task.
+enum Serving {
+    Task(tokio::task::AbortHandle),
+    Inline(InlineAbort),
+}
+
+impl Serving {
+    fn abort(&self) {
+        match self {
+            Serving::Task(h) => h.abort(),
+            Serving::Inline(h) => h.abort(),
+        }
+    }
+}
+
+type Answer = (u32, Result<Reply, Status>);
+type InlineHandler = Abortable<Pin<Box<dyn Future<Output = Answer> + Send>>>;
 
 enum Command {
     Call {
@@ -357,6 +386,7 @@ impl PendingConnection {
             pending: HashMap::new(),
             tokens: HashMap::new(),
             serving: HashMap::new(),
+            handlers: FuturesUnordered::new(),
             backlog: ClassQueues::default(),
             out: VecDeque::new(),
             out_front: 0,
@@ -417,7 +447,9 @@ struct Driver {
     waiting: Vec<Command>,
     pending: HashMap<u32, PendingCall>,
     tokens: HashMap<u64, u32>,
-    serving: HashMap<u32, AbortHandle>,
+    serving: HashMap<u32, Serving>,
+    /// Handlers run inside this task (`spawn_handlers = false`).
+    handlers: FuturesUnordered<InlineHandler>,
     /// Incoming calls waiting for a free handler, by class.
     backlog: ClassQueues<(u32, Call)>,
     out: VecDeque<Bytes>,
@@ -504,6 +536,7 @@ impl Driver {
         for (_, h) in self.serving.drain() {
             h.abort();
         }
+        self.handlers = FuturesUnordered::new();
         self.backlog.clear();
         for cmd in self.waiting.drain(..) {
             reject(cmd, status);
@@ -678,14 +711,12 @@ impl Driver {
         self.finish(status);
     }
 
-    /// Runs the handler of an incoming call in its own task, within the call's deadline.
+    /// Starts the handler of an incoming call, within the call's deadline: inside this
+    /// task (polled with the connection), or in a task of its own.
     fn spawn_handler(&mut self, call_id: u32, call: Call) {
         let deadline = call.metadata.deadline;
         let fut = self.handler.call(call);
-        let Some(answers) = self.answers.upgrade() else {
-            return;
-        };
-        let task = tokio::spawn(async move {
+        let run = async move {
             let result = match deadline {
                 Some(d) => tokio::time::timeout_at(d.0.into(), fut)
                     .await
@@ -696,9 +727,55 @@ impl Driver {
                     }),
                 None => fut.await,
             };
+            (call_id, result)
+        };
+        if !self.config.spawn_handlers {
+            let (abort, registration) = InlineAbort::new_pair();
+            self.handlers
+                .push(Abortable::new(Box::pin(run), registration));
+            self.serving.insert(call_id, Serving::Inline(abort));
+            return;
+        }
+        let Some(answers) = self.answers.upgrade() else {
+            return;
+        };
+        let task = tokio::spawn(async move {
+            let (call_id, result) = run.await;
             let _ = answers.send(Command::Answer(call_id, result));
         });
-        self.serving.insert(call_id, task.abort_handle());
+        self.serving
+            .insert(call_id, Serving::Task(task.abort_handle()));
+    }
+
+    /// Polls the handlers running inside this task; answers the finished ones.
+    fn poll_handlers(&mut self, cx: &mut Context<'_>) -> bool {
+        let mut progressed = false;
+        for _ in 0..1024 {
+            match self.handlers.poll_next_unpin(cx) {
+                Poll::Ready(Some(Ok((call_id, result)))) => {
+                    progressed = true;
+                    self.answer(call_id, result);
+                }
+                Poll::Ready(Some(Err(Aborted))) => progressed = true,
+                Poll::Ready(None) | Poll::Pending => break,
+            }
+        }
+        progressed
+    }
+
+    /// Sends a handler's result, unless the call was cancelled meanwhile.
+    fn answer(&mut self, call_id: u32, result: Result<Reply, Status>) {
+        if self.serving.remove(&call_id).is_none() {
+            return; // cancelled meanwhile
+        }
+        self.dispatch_backlog();
+        let sent = match result {
+            Ok(reply) => self.proto.send_reply(call_id, reply.payload, false),
+            Err(status) => self.proto.send_error(call_id, &status),
+        };
+        if let Err(e) = sent {
+            let _ = self.proto.send_error(call_id, &e.status());
+        }
     }
 
     /// Hands waiting calls to free handler slots, most urgent class first.
@@ -776,19 +853,7 @@ impl Driver {
                 }
                 self.finish(status);
             }
-            Command::Answer(call_id, result) => {
-                if self.serving.remove(&call_id).is_none() {
-                    return; // cancelled meanwhile
-                }
-                self.dispatch_backlog();
-                let sent = match result {
-                    Ok(reply) => self.proto.send_reply(call_id, reply.payload, false),
-                    Err(status) => self.proto.send_error(call_id, &status),
-                };
-                if let Err(e) = sent {
-                    let _ = self.proto.send_error(call_id, &e.status());
-                }
-            }
+            Command::Answer(call_id, result) => self.answer(call_id, result),
         }
     }
 
@@ -1044,6 +1109,7 @@ impl Future for Driver {
             }
             let mut progressed = this.poll_commands(cx);
             progressed |= this.poll_read(cx);
+            progressed |= this.poll_handlers(cx);
             progressed |= this.poll_write(cx);
             progressed |= this.poll_timers(cx);
             if this.draining

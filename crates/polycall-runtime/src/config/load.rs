@@ -539,6 +539,7 @@ fn typed(values: &[(&'static KeyDef, Entry)], base: &Path) -> Config {
             endpoint: string("runtime.endpoint").unwrap_or_default(),
             state_dir: PathBuf::from(string("runtime.state_dir").unwrap_or_default()),
             max_connections: int("runtime.max_connections").unwrap_or(1) as usize,
+            worker_threads: int("runtime.worker_threads").unwrap_or(1) as usize,
             drain_timeout_ms: int("runtime.drain_timeout_ms").unwrap_or(0),
         },
         limits: LimitsSection {

@@ -227,6 +227,8 @@ pub struct RuntimeSection {
     pub state_dir: PathBuf,
     /// `max_connections`.
     pub max_connections: usize,
+    /// `worker_threads` (0: one per core).
+    pub worker_threads: usize,
     /// `drain_timeout_ms`.
     pub drain_timeout_ms: u64,
 }

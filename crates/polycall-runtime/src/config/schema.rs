@@ -131,6 +131,14 @@ pub static KEYS: &[KeyDef] = &[
     ),
     key!(
         "runtime",
+        "worker_threads",
+        Kind::Int { min: 0, max: 1024 },
+        DefaultValue::Int(1),
+        false,
+        "Threads that run connections: 1 (one event loop, as linkerd2-proxy defaults to: a routed call never crosses threads), N, or 0 for one per core."
+    ),
+    key!(
+        "runtime",
         "max_connections",
         Kind::Int {
             min: 1,
