@@ -28,6 +28,7 @@
 mod call;
 mod classes;
 mod handler;
+mod id_map;
 mod metadata;
 mod name;
 mod payload;
@@ -37,6 +38,7 @@ mod status;
 pub use call::{Call, CallId, Reply};
 pub use classes::ClassQueues;
 pub use handler::{BoxFuture, BoxHandler, Handler, HandlerFn, handler_fn};
+pub use id_map::{IdHashState, IdHasher, IdMap};
 pub use metadata::{Deadline, Metadata, Principal, Priority, TraceContext, TraceContextError};
 pub use name::{MethodName, NameError, ServiceName, split_full_name};
 pub use payload::{ContentType, Payload};

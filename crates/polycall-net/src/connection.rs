@@ -15,7 +15,7 @@
 //! caller stops waiting (and cancels) when its deadline passes; a handler is cancelled
 //! when the deadline it received passes.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::io::IoSlice;
 use std::pin::Pin;
@@ -25,14 +25,14 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use polycall_core::{Call, ClassQueues, Code, MethodName, Reply, ServiceName, Status};
+use futures_util::StreamExt;
+use futures_util::future::{AbortHandle as InlineAbort, Abortable, Aborted};
+use futures_util::stream::FuturesUnordered;
+use polycall_core::{Call, ClassQueues, Code, IdMap, MethodName, Reply, ServiceName, Status};
 use polycall_proto::frame::MethodEntry;
 use polycall_proto::{Connection as Proto, Event, Role, WireMeta};
 use tokio::io::AsyncWrite;
 use tokio::sync::{mpsc, oneshot};
-use futures_util::StreamExt;
-use futures_util::future::{AbortHandle as InlineAbort, Abortable, Aborted};
-use futures_util::stream::FuturesUnordered;
 use tokio::time::Sleep;
 
 use crate::auth::{Authenticator, ClientExchange, Credentials, ServerExchange, Step};
@@ -383,9 +383,9 @@ impl PendingConnection {
             handler,
             connected: Some(connected_tx),
             waiting: Vec::new(),
-            pending: HashMap::new(),
-            tokens: HashMap::new(),
-            serving: HashMap::new(),
+            pending: IdMap::default(),
+            tokens: IdMap::default(),
+            serving: IdMap::default(),
             handlers: FuturesUnordered::new(),
             backlog: ClassQueues::default(),
             out: VecDeque::new(),
@@ -445,9 +445,9 @@ struct Driver {
     connected: Option<oneshot::Sender<Result<(), Status>>>,
     /// Commands that arrived before the handshake completed.
     waiting: Vec<Command>,
-    pending: HashMap<u32, PendingCall>,
-    tokens: HashMap<u64, u32>,
-    serving: HashMap<u32, Serving>,
+    pending: IdMap<u32, PendingCall>,
+    tokens: IdMap<u64, u32>,
+    serving: IdMap<u32, Serving>,
     /// Handlers run inside this task (`spawn_handlers = false`).
     handlers: FuturesUnordered<InlineHandler>,
     /// Incoming calls waiting for a free handler, by class.

@@ -49,7 +49,7 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash, Hasher};
 
 use bytes::{Bytes, BytesMut};
-use polycall_core::{Code, ContentType, MethodName, Payload, Priority, ServiceName, Status};
+use polycall_core::{Code, ContentType, IdMap, MethodName, Payload, Priority, ServiceName, Status};
 
 use crate::compress::{AdaptiveCompressor, Algorithm, Decompressor, SelectorConfig};
 use crate::error::{ProtoError, SendError};
@@ -365,7 +365,7 @@ pub struct Connection {
     rx: BytesMut,
     out: FrameBuf,
     events: VecDeque<(Event, u64)>,
-    calls: HashMap<u32, CallState>,
+    calls: IdMap<u32, CallState>,
     next_local_id: u32,
     highest_peer_id: u32,
     local_open: u32,
@@ -377,7 +377,7 @@ pub struct Connection {
     credit_to_return: u64,
     held_bytes: u64,
     reassembling: usize,
-    queues: HashMap<u32, CallQueue>,
+    queues: IdMap<u32, CallQueue>,
     ready: polycall_core::ClassQueues<u32>,
     queued_bytes: usize,
     peer_going_away: Option<u32>,
@@ -446,7 +446,7 @@ impl Connection {
             rx: BytesMut::new(),
             out: FrameBuf::new(),
             events: VecDeque::new(),
-            calls: HashMap::new(),
+            calls: IdMap::default(),
             next_local_id: if role == Role::Client { 1 } else { 2 },
             highest_peer_id: 0,
             local_open: 0,
@@ -457,7 +457,7 @@ impl Connection {
             credit_to_return: 0,
             held_bytes: 0,
             reassembling: 0,
-            queues: HashMap::new(),
+            queues: IdMap::default(),
             ready: polycall_core::ClassQueues::default(),
             queued_bytes: 0,
             peer_going_away: None,
