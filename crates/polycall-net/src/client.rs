@@ -105,7 +105,9 @@ impl Channel {
         mut config: ChannelConfig,
     ) -> Result<Self, Status> {
         config.pool.connections = config.pool.connections.max(1);
-        if config.transport.authenticates_bytes() {
+        // CRC32C guards bytes on a wire TCP's checksum may miss; TLS authenticates every
+        // byte, and a loopback or Unix-socket path has no wire.
+        if config.transport.authenticates_bytes() || endpoint.is_loopback() {
             config.connection.proto.settings.features &= !polycall_proto::features::CRC32C;
         }
         let pool = Pool::new(

@@ -474,7 +474,7 @@ const READS_PER_ROUND: usize = 4;
 /// Read buffer growth: from this…
 const MIN_READ: usize = 8 * 1024;
 /// …to this, while reads keep filling it.
-const MAX_READ: usize = 64 * 1024;
+const MAX_READ: usize = 256 * 1024;
 
 /// The link's throughput as the writer sees it, for the compression selector: seeded by
 /// the kind of peer, then measured over busy periods (from the moment bytes are queued
