@@ -291,3 +291,60 @@ async fn under_load_the_server_dispatches_waiting_calls_by_priority() {
     assert_eq!(order[2], "normal", "{order:?}");
     server.shutdown().await;
 }
+
+/// Both ways of running handlers: inside the connection's task (default) and a task per
+/// call (`spawn_handlers`): answers, cancellation and deadlines behave the same, and a
+/// waiting handler does not hold up the connection's other calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn inline_and_spawned_handlers_answer_cancel_and_keep_deadlines() {
+    for spawn in [false, true] {
+        let mut config = ServerConfig::default();
+        config.connection.spawn_handlers = spawn;
+        let (server, hits) = serve("127.0.0.1:0", config).await;
+        let ch = Channel::connect(server.local_endpoint().clone())
+            .await
+            .unwrap();
+        // A slow call in flight; 500 echoes complete meanwhile.
+        let slow = tokio::spawn({
+            let ch = ch.clone();
+            async move { ch.call(call("debug.sleep", "400")).await }
+        });
+        let echoes: Vec<_> = (0..500)
+            .map(|i| {
+                let ch = ch.clone();
+                tokio::spawn(async move { ch.call(call("debug.echo", &i.to_string())).await })
+            })
+            .collect();
+        for (i, e) in echoes.into_iter().enumerate() {
+            let r = e.await.unwrap().unwrap();
+            assert_eq!(r.payload.bytes, i.to_string().as_bytes(), "spawn={spawn}");
+        }
+        assert!(
+            !slow.is_finished(),
+            "spawn={spawn}: echoes did not wait for the sleeper"
+        );
+        assert_eq!(&slow.await.unwrap().unwrap().payload.bytes[..], b"slept");
+        // Cancelled by the caller: the handler stops.
+        let before = hits.load(Ordering::SeqCst);
+        let r = tokio::time::timeout(
+            Duration::from_millis(50),
+            ch.call(call("debug.sleep", "300")),
+        )
+        .await;
+        assert!(r.is_err());
+        // Past its deadline: answered deadline_exceeded, the handler stops.
+        let md = Metadata::default().with_timeout(Instant::now(), Duration::from_millis(50));
+        let err = ch
+            .call(call("debug.sleep", "300").with_metadata(md))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, Code::DeadlineExceeded, "spawn={spawn}");
+        tokio::time::sleep(Duration::from_millis(450)).await;
+        assert_eq!(
+            hits.load(Ordering::SeqCst),
+            before,
+            "spawn={spawn}: both handlers were stopped"
+        );
+        server.shutdown().await;
+    }
+}
