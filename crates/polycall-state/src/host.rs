@@ -16,8 +16,8 @@ use crate::error::StateError;
 use crate::instance::{Fired, InstanceState, Snapshot};
 use crate::machine::Machine;
 use crate::store::{
-    BackupInfo, DEFINITIONS, Entry, INSTANCES, LOG, ORDER, Record, SNAPSHOTS, Store, StoreConfig,
-    StoredSnapshot, Write, now_us,
+    BackupInfo, CREATED, DEFINITIONS, Entry, INSTANCES, LOG, ORDER, Record, SNAPSHOTS, Store,
+    StoreConfig, StoredSnapshot, Write, now_us,
 };
 
 use redb::{ReadableDatabase, ReadableTable};
@@ -182,7 +182,16 @@ impl StateHost {
             let rec: Record = postcard::from_bytes(v.value()).map_err(|e| corrupt(id, idx, e))?;
             if first && from == 0 && !matches!(rec.entry, Entry::Created { .. }) {
                 // The log before this record was compacted away and no snapshot reaches
-                // back to the target.
+                // back to the target: fine if the instance was created after it.
+                let created = read.open_table(CREATED)?.get(id)?.map(|v| v.value());
+                let before_creation = match (until, created) {
+                    (Some(At::Index(i)), Some((ci, _))) => i < ci,
+                    (Some(At::Time(t)), Some((_, ct))) => t < ct,
+                    _ => false,
+                };
+                if before_creation {
+                    return Ok((None, 0));
+                }
                 return Err(StateError::Precondition(format!(
                     "instance `{id}`: the requested point is before the recovery window (the oldest kept snapshot)"
                 )));
@@ -343,7 +352,7 @@ impl StateHost {
         };
         let mut writes = vec![Write::Append {
             instance: id.to_string(),
-            machine: created.then(|| machine_name.clone()),
+            created: created.then(|| (machine_name.clone(), ts_us)),
             record: postcard::to_stdvec(&record).map_err(|e| StateError::Store(e.to_string()))?,
         }];
         if let Some(s) = &next
@@ -575,11 +584,17 @@ impl StateHost {
                 v
             }
         };
-        let mut out = Vec::new();
+        // Every past state first: one instance before the recovery window refuses the
+        // whole recovery, before anything changed.
+        let mut pasts = Vec::with_capacity(ids.len());
         for id in ids {
+            let past = self.state_at(&id, at)?;
+            pasts.push((id, past));
+        }
+        let mut out = Vec::new();
+        for (id, past) in pasts {
             let slot = self.slot_or_insert(&id);
             let mut guard = slot.lock().await;
-            let past = self.state_at(&id, at)?;
             let entry = match (&past, guard.as_ref()) {
                 (None, None) => continue,
                 (None, Some(_)) => Entry::Deleted,

@@ -11,6 +11,7 @@
 //! | `order` | index | instance |
 //! | `snapshots` | (instance, index) | [`StoredSnapshot`] |
 //! | `instances` | instance | machine name |
+//! | `created` | instance | (log index, time) of its (latest) creation |
 //! | `definitions` | machine version | the definition (JSON) |
 //! | `meta` | name | u64 (`next_index`) |
 
@@ -29,6 +30,8 @@ pub(crate) const LOG: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new
 pub(crate) const ORDER: TableDefinition<u64, &str> = TableDefinition::new("order");
 pub(crate) const SNAPSHOTS: TableDefinition<(&str, u64), &[u8]> = TableDefinition::new("snapshots");
 pub(crate) const INSTANCES: TableDefinition<&str, &str> = TableDefinition::new("instances");
+/// When each instance was (last) created: (log index, microseconds since the epoch).
+pub(crate) const CREATED: TableDefinition<&str, (u64, u64)> = TableDefinition::new("created");
 pub(crate) const DEFINITIONS: TableDefinition<&str, &str> = TableDefinition::new("definitions");
 pub(crate) const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 
@@ -127,7 +130,8 @@ pub(crate) enum Write {
     /// A record for an instance (the committer assigns its index).
     Append {
         instance: String,
-        machine: Option<String>,
+        /// For a creation: the machine and the time.
+        created: Option<(String, u64)>,
         record: Vec<u8>,
     },
     /// A snapshot at the index of this request's last append, then compaction.
@@ -189,6 +193,7 @@ impl Store {
             txn.open_table(ORDER)?;
             txn.open_table(SNAPSHOTS)?;
             txn.open_table(INSTANCES)?;
+            txn.open_table(CREATED)?;
             txn.open_table(DEFINITIONS)?;
             txn.open_table(META)?;
         }
@@ -308,6 +313,12 @@ impl Store {
                     let (k, v) = row?;
                     dst.insert(k.value(), v.value())?;
                 }
+            }
+            let src = read.open_table(CREATED)?;
+            let mut dst = txn.open_table(CREATED)?;
+            for row in src.iter()? {
+                let (k, v) = row?;
+                dst.insert(k.value(), v.value())?;
             }
             let src = read.open_table(META)?;
             let mut dst = txn.open_table(META)?;
@@ -502,20 +513,22 @@ fn commit(
         let mut order = txn.open_table(ORDER)?;
         let mut snaps = txn.open_table(SNAPSHOTS)?;
         let mut instances = txn.open_table(INSTANCES)?;
+        let mut created_at = txn.open_table(CREATED)?;
         for req in batch {
             let mut last = 0;
             for w in &req.writes {
                 match w {
                     Write::Append {
                         instance,
-                        machine,
+                        created,
                         record,
                     } => {
                         last = next;
                         log.insert((instance.as_str(), next), record.as_slice())?;
                         order.insert(next, instance.as_str())?;
-                        if let Some(m) = machine {
+                        if let Some((m, ts)) = created {
                             instances.insert(instance.as_str(), m.as_str())?;
+                            created_at.insert(instance.as_str(), (next, *ts))?;
                         }
                         next += 1;
                     }

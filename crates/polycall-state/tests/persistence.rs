@@ -426,3 +426,50 @@ async fn watchers_see_changes_as_they_happen() {
         .unwrap();
     assert!(none.is_empty());
 }
+
+#[tokio::test]
+async fn recovery_before_the_window_changes_nothing_and_later_instances_did_not_exist() {
+    let dir = TempDir::new("window");
+    let mut cfg = StoreConfig::new(dir.db());
+    cfg.keep_snapshots = 1;
+    let host = StateHost::open(vec![counter(Durability::Sync, 5)], cfg).unwrap();
+    host.create("counter", Some("early"), json!({}))
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        host.fire("early", "add", json!({"by": 1}), None)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    let t = now_us();
+    tokio::time::sleep(std::time::Duration::from_millis(3)).await;
+    host.create("counter", Some("late"), json!({}))
+        .await
+        .unwrap();
+    for _ in 0..30 {
+        host.fire("late", "add", json!({"by": 1}), None)
+            .await
+            .unwrap();
+        host.fire("early", "add", json!({"by": 1}), None)
+            .await
+            .unwrap();
+    }
+    // Both logs are compacted behind their newest snapshot.
+    assert!(host.history("late", 1000).unwrap().len() < 10);
+    // `late` was created after t: it did not exist then, compacted log or not.
+    assert_eq!(host.state_at("late", At::Time(t)).unwrap(), None);
+    // `early`'s history before t is gone: recovering every instance to t is refused,
+    // and refused before anything changed.
+    let (early, late) = (
+        host.get("early").await.unwrap().state,
+        host.get("late").await.unwrap().state,
+    );
+    let err = host.restore_to(None, At::Time(t)).await.unwrap_err();
+    assert!(
+        err.to_string().contains("before the recovery window"),
+        "{err}"
+    );
+    assert_eq!(host.get("early").await.unwrap().state, early);
+    assert_eq!(host.get("late").await.unwrap().state, late);
+}
