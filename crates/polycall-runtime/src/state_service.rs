@@ -108,10 +108,10 @@ fn principal(call: &Call) -> Option<String> {
 
 type Fut = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, Status>> + Send>>;
 
-/// Adds a method whose body gets the host and the call.
+/// Adds a method whose body gets the host, the call and its input (a JSON object).
 fn add<F>(r: Router, name: &str, info: MethodInfo, host: &Arc<StateHost>, f: F) -> Router
 where
-    F: Fn(Arc<StateHost>, Call) -> Fut + Clone + Send + Sync + 'static,
+    F: Fn(Arc<StateHost>, Call, Json) -> Fut + Clone + Send + Sync + 'static,
 {
     let host = host.clone();
     r.route(
@@ -120,7 +120,10 @@ where
         handler_fn(move |c: Call| {
             let f = f.clone();
             let host = host.clone();
-            async move { f(host, c).await }
+            async move {
+                let v = input(&c)?;
+                f(host, c, v).await
+            }
         }),
     )
     .unwrap_or_else(|e| panic!("state method names are validated with their machine: {e}"))
@@ -141,10 +144,9 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
                 .input(r#"{"id"?: string, "context"?: object}"#)
                 .output("the instance"),
             host,
-            move |h, c| {
+            move |h, _c, v| {
                 let m = m.clone();
                 Box::pin(async move {
-                    let v = input(&c)?;
                     let id = v["id"].as_str();
                     json_reply(h.create(&m, id, v["context"].clone()).await?)
                 })
@@ -157,9 +159,8 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
                 .input(r#"{"id": string, "transition": string, "event"?: any}"#)
                 .output(r#"{"fired": {"transition", "exited", "entered"}, "instance": ...}"#),
             host,
-            |h, c| {
+            |h, c, v| {
                 Box::pin(async move {
-                    let v = input(&c)?;
                     let (fired, view) = h
                         .fire(
                             field(&v, "id", &c)?,
@@ -179,12 +180,7 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
                 .input(r#"{"id": string}"#)
                 .idempotent(true),
             host,
-            |h, c| {
-                Box::pin(async move {
-                    let v = input(&c)?;
-                    json_reply(h.get(field(&v, "id", &c)?).await?)
-                })
-            },
+            |h, c, v| Box::pin(async move { json_reply(h.get(field(&v, "id", &c)?).await?) }),
         );
         r = add(
             r,
@@ -193,9 +189,8 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
                 .input(r#"{"id": string, "limit"?: u64}"#)
                 .idempotent(true),
             host,
-            |h, c| {
+            |h, c, v| {
                 Box::pin(async move {
-                    let v = input(&c)?;
                     let limit = v["limit"].as_u64().unwrap_or(1000) as usize;
                     json_reply(h.history(field(&v, "id", &c)?, limit)?)
                 })
@@ -208,12 +203,7 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
                 .input(r#"{"id": string}"#)
                 .idempotent(true),
             host,
-            |h, c| {
-                Box::pin(async move {
-                    let v = input(&c)?;
-                    json_reply(h.snapshot(field(&v, "id", &c)?).await?)
-                })
-            },
+            |h, c, v| Box::pin(async move { json_reply(h.snapshot(field(&v, "id", &c)?).await?) }),
         );
         r = add(
             r,
@@ -221,9 +211,8 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
             MethodInfo::new("restores a snapshot (integrity, machine version and locks checked)")
                 .input(r#"{"id": string, "snapshot": object}"#),
             host,
-            |h, c| {
+            |h, c, v| {
                 Box::pin(async move {
-                    let v = input(&c)?;
                     let snap: polycall_state::Snapshot =
                         serde_json::from_value(v["snapshot"].clone())
                             .map_err(|e| Status::invalid_input(format!("`snapshot`: {e}")))?;
@@ -238,9 +227,8 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
                 MethodInfo::new(format!("{method}s a state of the instance"))
                     .input(r#"{"id": string, "state": string}"#),
                 host,
-                move |h, c| {
+                move |h, c, v| {
                     Box::pin(async move {
-                        let v = input(&c)?;
                         json_reply(
                             h.set_lock(field(&v, "id", &c)?, field(&v, "state", &c)?, lock)
                                 .await?,
@@ -257,9 +245,8 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
                     r#"{"id": string, "at": "RFC 3339" | micros} or {"id": string, "index": u64}"#,
                 ),
             host,
-            |h, c| {
+            |h, c, v| {
                 Box::pin(async move {
-                    let v = input(&c)?;
                     let out = h.restore_to(Some(field(&v, "id", &c)?), point(&v)?).await?;
                     json_reply(
                         json!({"restored": out.into_iter().map(|(id, s)| json!({"id": id, "instance": s})).collect::<Vec<_>>()}),
@@ -278,10 +265,9 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
             .output(r#"{"format", "text"}"#)
             .idempotent(true),
             host,
-            move |h, c| {
+            move |h, _c, v| {
                 let m = m.clone();
                 Box::pin(async move {
-                    let v = input(&c)?;
                     let format: graph::Format = v["format"]
                         .as_str()
                         .unwrap_or("dot")
@@ -308,9 +294,8 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
                 .output(r#"{"html": string}"#)
                 .idempotent(true),
             host,
-            |h, c| {
+            |h, c, v| {
                 Box::pin(async move {
-                    let v = input(&c)?;
                     let id = field(&v, "id", &c)?;
                     let history = h.history(id, usize::MAX)?;
                     json_reply(json!({"html": graph::timeline_html(id, &history)}))
@@ -326,7 +311,7 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
         )
         .idempotent(true),
         host,
-        |h, _c| {
+        |h, _c, _v| {
             Box::pin(async move {
                 let instances = h.instances().await;
                 let mut machines: Vec<Json> = h
@@ -350,9 +335,8 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
         .output(r#"{"changes": [...], "last_index": u64}"#)
         .idempotent(true),
         host,
-        |h, c| {
+        |h, c, v| {
             Box::pin(async move {
-                let v = input(&c)?;
                 let after = v["after"].as_u64().unwrap_or(0);
                 let limit = v["limit"].as_u64().unwrap_or(1000).min(10_000) as usize;
                 let mut wait =
@@ -380,10 +364,9 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
         .input(r#"{"path": string, "token": string}"#)
         .output(r#"{"path", "records", "last_index", "bytes"}"#),
         host,
-        move |h, c| {
+        move |h, c, v| {
             let rt = rt.clone();
             Box::pin(async move {
-                let v = input(&c)?;
                 check_token(&rt, &v)?;
                 let path = PathBuf::from(field(&v, "path", &c)?);
                 json_reply(h.backup(&path).await?)
@@ -398,10 +381,9 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
             r#"{"at": "RFC 3339" | micros, "token": string} or {"index": u64, "token": string}"#,
         ),
         host,
-        move |h, c| {
+        move |h, _c, v| {
             let rt = rt.clone();
             Box::pin(async move {
-                let v = input(&c)?;
                 check_token(&rt, &v)?;
                 let out = h.restore_to(None, point(&v)?).await?;
                 json_reply(

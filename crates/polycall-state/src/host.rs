@@ -311,19 +311,8 @@ impl StateHost {
             .clone()
     }
 
-    /// Applies `entry` to the instance under its lock, logs it, and only then makes it
-    /// the instance's state.
-    async fn commit(
-        &self,
-        slot: &Slot,
-        id: &str,
-        entry: Entry,
-    ) -> Result<(Option<InstanceState>, u64), StateError> {
-        let mut guard = slot.lock().await;
-        let next = self.apply(guard.clone(), id, &entry)?;
-        self.log(&mut guard, id, entry, next).await
-    }
-
+    /// Logs `entry` (as durably as the machine asks) and only then makes `next` the
+    /// instance's state.
     async fn log(
         &self,
         guard: &mut tokio::sync::MutexGuard<'_, Option<InstanceState>>,
@@ -456,6 +445,25 @@ impl StateHost {
             .ok_or_else(|| StateError::UnknownInstance(id.to_string()))
     }
 
+    /// Changes an existing instance under its lock: `change` works on a copy and names
+    /// the log entry; the copy becomes the instance once the entry is durable.
+    async fn change<T>(
+        &self,
+        id: &str,
+        change: impl FnOnce(&mut InstanceState, &Machine) -> Result<(T, Entry), StateError>,
+    ) -> Result<(T, InstanceView), StateError> {
+        let slot = self.existing(id)?;
+        let mut guard = slot.lock().await;
+        let mut next = guard
+            .clone()
+            .ok_or_else(|| StateError::UnknownInstance(id.to_string()))?;
+        let m = self.machine_version(&next.version)?;
+        let (out, entry) = change(&mut next, &m)?;
+        let (state, index) = self.log(&mut guard, id, entry, Some(next)).await?;
+        let state = state.ok_or_else(|| StateError::UnknownInstance(id.to_string()))?;
+        Ok((out, self.view(state, index)))
+    }
+
     /// Fires `transition` on instance `id` with `event`, on behalf of `principal`.
     pub async fn fire(
         &self,
@@ -464,21 +472,16 @@ impl StateHost {
         event: Json,
         principal: Option<&str>,
     ) -> Result<(Fired, InstanceView), StateError> {
-        let slot = self.existing(id)?;
-        let mut guard = slot.lock().await;
-        let mut next = guard
-            .clone()
-            .ok_or_else(|| StateError::UnknownInstance(id.to_string()))?;
-        let m = self.machine_version(&next.version)?;
-        let fired = next.fire(&m, transition, &event, principal)?;
-        let entry = Entry::Fired {
-            transition: transition.to_string(),
-            event: event.to_string(),
-            principal: principal.map(str::to_string),
-        };
-        let (state, index) = self.log(&mut guard, id, entry, Some(next)).await?;
-        let state = state.ok_or_else(|| StateError::Store("fired into nothing".into()))?;
-        Ok((fired, self.view(state, index)))
+        self.change(id, |s, m| {
+            let fired = s.fire(m, transition, &event, principal)?;
+            let entry = Entry::Fired {
+                transition: transition.to_string(),
+                event: event.to_string(),
+                principal: principal.map(str::to_string),
+            };
+            Ok((fired, entry))
+        })
+        .await
     }
 
     /// Locks or unlocks a state of instance `id`.
@@ -488,17 +491,18 @@ impl StateHost {
         state: &str,
         lock: bool,
     ) -> Result<InstanceView, StateError> {
-        let slot = self.existing(id)?;
-        let entry = if lock {
-            Entry::Locked(state.to_string())
-        } else {
-            Entry::Unlocked(state.to_string())
-        };
-        let (s, index) = self.commit(&slot, id, entry).await?;
-        Ok(self.view(
-            s.ok_or_else(|| StateError::UnknownInstance(id.to_string()))?,
-            index,
-        ))
+        let (_, view) = self
+            .change(id, |s, m| {
+                s.set_lock(m, state, lock)?;
+                let entry = if lock {
+                    Entry::Locked(state.to_string())
+                } else {
+                    Entry::Unlocked(state.to_string())
+                };
+                Ok(((), entry))
+            })
+            .await?;
+        Ok(view)
     }
 
     /// The instance now.
@@ -535,21 +539,15 @@ impl StateHost {
 
     /// Restores the instance from a snapshot (integrity, version and locks checked).
     pub async fn restore(&self, id: &str, snapshot: &Snapshot) -> Result<InstanceView, StateError> {
-        let slot = self.existing(id)?;
-        let mut guard = slot.lock().await;
-        let mut next = guard
-            .clone()
-            .ok_or_else(|| StateError::UnknownInstance(id.to_string()))?;
-        let m = self.machine_version(&next.version)?;
-        next.restore(&m, snapshot)?;
-        let entry = Entry::Restored(
-            serde_json::to_string(&next).map_err(|e| StateError::Store(e.to_string()))?,
-        );
-        let (s, index) = self.log(&mut guard, id, entry, Some(next)).await?;
-        Ok(self.view(
-            s.ok_or_else(|| StateError::UnknownInstance(id.to_string()))?,
-            index,
-        ))
+        let (_, view) = self
+            .change(id, |s, m| {
+                s.restore(m, snapshot)?;
+                let json =
+                    serde_json::to_string(s).map_err(|e| StateError::Store(e.to_string()))?;
+                Ok(((), Entry::Restored(json)))
+            })
+            .await?;
+        Ok(view)
     }
 
     /// The instance as it was at `at`, without changing anything (`None`: it did not

@@ -283,50 +283,13 @@ impl Store {
         let out = Database::create(&tmp)?;
         let mut txn = out.begin_write()?;
         txn.set_durability(redb::Durability::Immediate)?;
-        let mut records = 0u64;
-        {
-            let src = read.open_table(LOG)?;
-            let mut dst = txn.open_table(LOG)?;
-            for row in src.iter()? {
-                let (k, v) = row?;
-                let (i, n) = k.value();
-                dst.insert((i, n), v.value())?;
-                records += 1;
-            }
-            let src = read.open_table(ORDER)?;
-            let mut dst = txn.open_table(ORDER)?;
-            for row in src.iter()? {
-                let (k, v) = row?;
-                dst.insert(k.value(), v.value())?;
-            }
-            let src = read.open_table(SNAPSHOTS)?;
-            let mut dst = txn.open_table(SNAPSHOTS)?;
-            for row in src.iter()? {
-                let (k, v) = row?;
-                let (i, n) = k.value();
-                dst.insert((i, n), v.value())?;
-            }
-            for def in [INSTANCES, DEFINITIONS] {
-                let src = read.open_table(def)?;
-                let mut dst = txn.open_table(def)?;
-                for row in src.iter()? {
-                    let (k, v) = row?;
-                    dst.insert(k.value(), v.value())?;
-                }
-            }
-            let src = read.open_table(CREATED)?;
-            let mut dst = txn.open_table(CREATED)?;
-            for row in src.iter()? {
-                let (k, v) = row?;
-                dst.insert(k.value(), v.value())?;
-            }
-            let src = read.open_table(META)?;
-            let mut dst = txn.open_table(META)?;
-            for row in src.iter()? {
-                let (k, v) = row?;
-                dst.insert(k.value(), v.value())?;
-            }
-        }
+        let records = copy_table(&read, &txn, LOG)?;
+        copy_table(&read, &txn, ORDER)?;
+        copy_table(&read, &txn, SNAPSHOTS)?;
+        copy_table(&read, &txn, INSTANCES)?;
+        copy_table(&read, &txn, CREATED)?;
+        copy_table(&read, &txn, DEFINITIONS)?;
+        copy_table(&read, &txn, META)?;
         txn.commit()?;
         drop(out);
         std::fs::rename(&tmp, dest).map_err(|e| {
@@ -384,6 +347,24 @@ impl Drop for Store {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+/// Copies every row of `table` from a read transaction into a write transaction (of
+/// another database); the number of rows.
+fn copy_table<K: redb::Key + 'static, V: redb::Value + 'static>(
+    read: &redb::ReadTransaction,
+    write: &redb::WriteTransaction,
+    table: TableDefinition<K, V>,
+) -> Result<u64, StateError> {
+    let src = read.open_table(table)?;
+    let mut dst = write.open_table(table)?;
+    let mut rows = 0;
+    for row in src.iter()? {
+        let (k, v) = row?;
+        dst.insert(k.value(), v.value())?;
+        rows += 1;
+    }
+    Ok(rows)
 }
 
 /// What a backup wrote.
