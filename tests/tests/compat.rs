@@ -311,8 +311,11 @@ async fn pcr1_client_in_python_gets_every_documented_answer() {
     assert_eq!(r["bad_type_closed"], true);
     assert_eq!(r["trickle_closed"], true);
     let t = r["trickle_s"].as_f64().unwrap();
+    // Closed by the 0.8 s read timeout, not sooner (load cannot make it sooner); the upper
+    // bound, 10x the typical ~0.8 s and below the client's 10 s socket timeout, is
+    // generous so that a loaded 2-core machine cannot break it.
     assert!(
-        t >= READ_TIMEOUT.as_secs_f64() * 0.8 && t < READ_TIMEOUT.as_secs_f64() + 2.0,
+        t >= READ_TIMEOUT.as_secs_f64() * 0.8 && t < 8.0,
         "trickler closed after {t} s"
     );
     assert_eq!(r["busy"]["id"], 301);

@@ -13,6 +13,9 @@
 //!                                     Python and Node client calls/s against the runtime beside Rust's
 //! cargo xtask bench micro [--quick]   microbenchmarks: framing, compression choice, routing, writer
 //! cargo xtask bench state [--quick] [--seconds S]  sync transitions/s (1 and 64 instances) beside raw redb commits/s
+//! cargo xtask bench stall [--quick] [--seconds S]  event-loop stalls: sys.ping p50/p99 on one connection, idle
+//!                                     and beside OPAQUE logins, HSM-signed TLS handshakes, brotli
+//!                                     messages and a CPU-bound handler (target: p99 ≤ 3× idle)
 //! cargo xtask fuzz [TARGET] [--runs N] [--seconds S]
 //!                                     cargo-fuzz targets under fuzz/ (default: all, 1,000,000 runs each)
 //! ```
@@ -28,6 +31,7 @@ use anyhow::{Context, Result, bail};
 mod bench_bindings;
 mod bench_micro;
 mod bench_rpc;
+mod bench_stall;
 use bench_micro::bench_micro;
 use bench_rpc::bench_rpc;
 
@@ -39,7 +43,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | bench proto|memory|priority|micro|state [--quick] | bench rpc [--quick] [--pinned|--unpinned] [--seconds S] [--peers raw,direct,routed,tonic,nats] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
+                "usage: cargo xtask ci | bench proto|memory|priority|micro|state|stall [--quick] | bench rpc [--quick] [--pinned|--unpinned] [--seconds S] [--peers raw,direct,routed,tonic,nats] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
             );
             return ExitCode::from(2);
         }
@@ -99,24 +103,37 @@ fn ensure_cargo_tool(subcommand: &str, krate: &str) -> Result<()> {
 }
 
 /// Installs a Debian package when its program is missing (tests use real foreign
-/// clients: `openssl s_client` is the TLS 1.2 client the TLS tests must refuse).
+/// clients: `openssl s_client` is the TLS 1.2 client the TLS tests must refuse). An
+/// error when the install fails or the program is still missing: CI fails, it never
+/// goes on to tests that would lack the tool.
 fn ensure_apt(program: &str, package: &str) -> Result<()> {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if found {
+    let found = || {
+        Command::new("sh")
+            .args(["-c", &format!("command -v {program}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    };
+    if found() {
         return Ok(());
     }
-    let _ = run(
-        "apt-get update",
-        Command::new("apt-get").args(["update", "-q"]),
-    );
+    let apt = || {
+        let mut c = Command::new("apt-get");
+        c.env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["-o", "DPkg::Lock::Timeout=300", "-q"]);
+        c
+    };
+    // A failed update is not fatal by itself (the index may be recent enough); the
+    // install that follows decides.
+    let _ = run("apt-get update", apt().arg("update"));
     run(
         &format!("apt-get install {package}"),
-        Command::new("apt-get").args(["install", "-y", "-q", package]),
-    )
+        apt().args(["install", "-y", package]),
+    )?;
+    if !found() {
+        bail!("apt-get installed {package}, but `{program}` is still not on the PATH");
+    }
+    Ok(())
 }
 
 fn ci() -> Result<()> {
@@ -128,6 +145,7 @@ fn ci() -> Result<()> {
     ensure_apt("npm", "npm")?;
     ensure_apt("softhsm2-util", "softhsm2")?;
     ensure_apt("dot", "graphviz")?; // renders the state-machine DOT in a test
+    ensure_apt("nats-server", "nats-server")?; // the NATS benchmark peer's test (polycall-bench)
     run(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--check"]),
@@ -186,6 +204,7 @@ fn bench(args: &[String]) -> Result<()> {
         Some("bindings") => bench_bindings::bench_bindings(&args[1..]),
         Some("rpc") => bench_rpc(&args[1..]),
         Some("micro") => bench_micro(quick),
+        Some("stall") => bench_stall::bench_stall(&args[1..]),
         Some("tls") => {
             let mut c = cargo();
             c.args(["bench", "-p", "polycall-net", "--bench", "tls", "--"]);
@@ -206,7 +225,7 @@ fn bench(args: &[String]) -> Result<()> {
         ),
         other => {
             bail!(
-                "unknown bench {other:?}; available: proto, memory, priority, rpc, micro, tls, state, bindings"
+                "unknown bench {other:?}; available: proto, memory, priority, rpc, micro, tls, state, stall, bindings"
             )
         }
     }

@@ -9,6 +9,9 @@
 //! polycall-bench load --peer raw|polycall|tonic|nats --endpoint EP --payload N
 //!                     --concurrency C --connections K --seconds S [--warmup S]
 //!                     [--server-pids P,Q]                    → one JSON line of results
+//! polycall-bench stall-serve | stall-ping | stall-load | stall-hsm-cert …
+//!                                     the event-loop stall benchmark (cargo xtask bench stall);
+//!                                     see the doc comments of src/stall.rs and src/stall_load.rs
 //! ```
 //!
 //! The raw echo is the practical limit of any framed protocol here: a 4-byte
@@ -21,6 +24,8 @@ mod load;
 mod nats_peer;
 mod polycall;
 mod raw;
+mod stall;
+mod stall_load;
 mod tonic_peer;
 
 /// Why a benchmark process could not do its part.
@@ -124,8 +129,9 @@ pub fn payload(len: usize) -> bytes::Bytes {
     out.into()
 }
 
-const USAGE: &str = "usage: polycall-bench serve-raw|serve-polycall|provide|serve-tonic|serve-nats|load … \
-(see the doc comment of crates/polycall-bench/src/main.rs)";
+const USAGE: &str = "usage: polycall-bench serve-raw|serve-polycall|provide|serve-tonic|serve-nats|load|\
+stall-serve|stall-ping|stall-load|stall-hsm-cert … (see the doc comments of crates/polycall-bench/src/main.rs \
+and src/stall.rs)";
 
 fn main() -> std::process::ExitCode {
     let args = Args(std::env::args().collect());
@@ -147,6 +153,10 @@ fn main() -> std::process::ExitCode {
             Some("serve-tonic") => tonic_peer::serve(&args).await,
             Some("serve-nats") => nats_peer::serve(&args).await,
             Some("load") => load::run(&args).await,
+            Some("stall-serve") => stall::serve(&args).await,
+            Some("stall-ping") => stall::ping(&args).await,
+            Some("stall-load") => stall_load::run(&args).await,
+            Some("stall-hsm-cert") => stall::hsm_cert(&args),
             _ => Err(Fail::new("polycall-bench", USAGE)),
         }
     });

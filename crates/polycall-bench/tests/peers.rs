@@ -123,26 +123,78 @@ fn tonic_server_serves_the_load_client() {
     serve_and_load("serve-tonic", "tonic");
 }
 
-#[test]
-fn nats_responder_answers_through_nats_server() {
-    let found = Command::new("sh")
-        .args(["-c", "command -v nats-server"])
+/// Whether `program` is on the PATH.
+fn on_path(program: &str) -> bool {
+    Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
         .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        eprintln!("skipped: nats-server is not installed (apt-get install -y nats-server)");
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Installs nats-server from apt when it is missing, as `cargo xtask bench rpc` and
+/// `cargo xtask ci` do (`ensure_apt`). A machine where it cannot be installed fails the
+/// test: the NATS peer is never skipped.
+fn ensure_nats_server() {
+    if on_path("nats-server") {
         return;
     }
+    let apt = |args: &[&str]| {
+        let out = Command::new("apt-get")
+            // Waits for another apt/dpkg run instead of failing on its lock.
+            .args(["-o", "DPkg::Lock::Timeout=300", "-q"])
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output();
+        match out {
+            Ok(o) if o.status.success() => Ok(()),
+            Ok(o) => Err(format!(
+                "apt-get {} failed ({}):\n{}",
+                args.join(" "),
+                o.status,
+                String::from_utf8_lossy(&o.stderr)
+            )),
+            Err(e) => Err(format!("apt-get {}: cannot start: {e}", args.join(" "))),
+        }
+    };
+    let installed = apt(&["install", "-y", "nats-server"]).or_else(|first| {
+        // A stale or empty package index: refresh it and try once more.
+        apt(&["update"]).map_err(|e| format!("{first}\n{e}"))?;
+        apt(&["install", "-y", "nats-server"]).map_err(|e| format!("{first}\n{e}"))
+    });
+    if let Err(e) = installed {
+        panic!(
+            "nats-server is missing and could not be installed \
+             (`apt-get install -y nats-server`; `cargo xtask ci` installs it):\n{e}"
+        );
+    }
+    assert!(
+        on_path("nats-server"),
+        "apt-get installed nats-server, but it is not on the PATH"
+    );
+}
+
+#[test]
+fn nats_responder_answers_through_nats_server() {
+    ensure_nats_server();
+    // Started as `cargo xtask bench rpc` starts it: a config file, a free loopback port.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
         .port();
     let ep = format!("127.0.0.1:{port}");
-    let broker = Proc(
+    let conf = tmp("nats.conf");
+    // The default max_payload (1 MB) already carries the 300 KB payload; said explicitly.
+    std::fs::write(&conf, format!("listen: {ep}\nmax_payload: 1048576\n"))
+        .expect("write nats.conf");
+    let broker_log = tmp("nats-server.log");
+    let mut broker = Proc(
         Command::new("nats-server")
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
+            .arg("-c")
+            .arg(&conf)
+            .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&broker_log).expect("nats-server log"))
             .spawn()
             .expect("spawn nats-server"),
     );
@@ -155,6 +207,12 @@ fn nats_responder_answers_through_nats_server() {
         ready.to_str().expect("utf-8 path"),
     ]);
     wait_ready(&ready);
+    let exited = broker.0.try_wait().expect("nats-server status");
+    assert!(
+        exited.is_none(),
+        "nats-server exited ({exited:?}):\n{}",
+        std::fs::read_to_string(&broker_log).unwrap_or_default()
+    );
     check_load("nats", &ep, broker.0.id());
 }
 

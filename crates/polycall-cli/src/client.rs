@@ -311,17 +311,29 @@ pub async fn status(target: Target, timeout: Duration, out: Out) -> u8 {
     match result {
         Ok(p) => {
             let data = payload_json(&p);
-            out.ok("status", data.clone(), || {
-                format!(
-                    "runtime {} at {}: up {:.1}s, {} connections, {} providers, {} methods",
-                    data["status"].as_str().unwrap_or("?"),
-                    data["endpoint"].as_str().unwrap_or("?"),
-                    data["uptime_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
-                    data["connections"],
-                    data["providers"],
-                    data["methods"]
-                )
-            })
+            let line = format!(
+                "runtime {} at {}: up {:.1}s, {} connections, {} providers, {} methods",
+                data["status"].as_str().unwrap_or("?"),
+                data["endpoint"].as_str().unwrap_or("?"),
+                data["uptime_ms"].as_u64().unwrap_or(0) as f64 / 1000.0,
+                data["connections"],
+                data["providers"],
+                data["methods"]
+            );
+            if data["status"] == "ok" {
+                return out.ok("status", data.clone(), || line);
+            }
+            // Degraded (or a status this build does not know): say why, exit non-zero.
+            let reasons: Vec<String> = data["reasons"]
+                .as_array()
+                .map(|r| r.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                .unwrap_or_default();
+            let status = Status::unavailable(format!(
+                "the runtime is {}: {}",
+                data["status"].as_str().unwrap_or("not ok"),
+                if reasons.is_empty() { "no reason given".to_owned() } else { reasons.join("; ") }
+            ));
+            out.fail_with_data("status", data, &status, crate::output::exit::RUNTIME, || line)
         }
         Err(s) => out.fail("status", &s),
     }

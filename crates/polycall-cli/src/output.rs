@@ -96,6 +96,33 @@ impl Out {
         exit::OK
     }
 
+    /// Prints an answer that is itself bad news (a degraded runtime's health): the data
+    /// and the failure together, with `code` as the exit code.
+    pub fn fail_with_data(
+        &self,
+        command: &str,
+        data: Value,
+        status: &Status,
+        code: u8,
+        text: impl FnOnce() -> String,
+    ) -> u8 {
+        let h = hint(status.code);
+        match self.format {
+            Format::Json => println!(
+                "{}",
+                json!({"schema_version": 1, "ok": false, "command": command, "data": data,
+                       "error": {"code": status.code.name(), "message": status.message, "hint": h}})
+            ),
+            Format::Text => {
+                if !self.quiet {
+                    println!("{}", text());
+                }
+                eprintln!("error: {status}");
+            }
+        }
+        code
+    }
+
     /// Prints a failure and returns its exit code.
     pub fn fail(&self, command: &str, status: &Status) -> u8 {
         self.fail_with(command, status, status.code.exit_code())

@@ -56,6 +56,35 @@ pub struct RunArgs {
     /// network you trust entirely: anyone who reaches the port can call every method.
     #[arg(long)]
     insecure_remote: bool,
+    /// Serve the test aids `debug.echo` and `debug.sleep` [default:
+    /// runtime.debug_methods of --config, else off].
+    #[arg(long)]
+    debug_methods: bool,
+}
+
+/// Writes `text` to `path` so that a reader sees all of it or nothing: a temporary
+/// file beside it, synced, then renamed over it.
+fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let name = path.file_name().ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path")
+    })?;
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(text.as_bytes())?;
+        f.sync_all()
+    });
+    match written.and_then(|()| std::fs::rename(&tmp, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            Err(e)
+        }
+    }
 }
 
 /// Runs the runtime: embedded defaults, or the loaded `--config` file; flags win over
@@ -74,6 +103,7 @@ pub async fn run(
         }
     };
     config.insecure_remote = args.insecure_remote;
+    config.debug_methods |= args.debug_methods;
     if let Some(ep) = &args.endpoint {
         config.endpoint = match ep.parse() {
             Ok(e) => e,
@@ -142,7 +172,7 @@ pub async fn run(
     };
     let bound = runtime.local_endpoint().to_string();
     if let Some(f) = &args.endpoint_file
-        && let Err(e) = std::fs::write(f, format!("{bound}\n"))
+        && let Err(e) = write_atomically(f, &format!("{bound}\n"))
     {
         runtime.shutdown().await;
         return out.fail_with(

@@ -298,7 +298,9 @@ fn recover_backup_graph_timeline_and_watch_through_the_cli() {
         .arg("-Tsvg")
         .arg(&dot_file)
         .output()
-        .unwrap();
+        .expect(
+            "graphviz's dot is needed: apt-get install -y graphviz (`cargo xtask ci` installs it)",
+        );
     assert!(
         svg.status.success(),
         "graphviz rejected the DOT: {}",

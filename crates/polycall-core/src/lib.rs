@@ -8,6 +8,8 @@
 //! - [`Status`] and [`Code`]: errors as values with a stable code table, mapped to
 //!   libpolycall's PCR1 error strings and the CLI's exit codes.
 //! - [`Metadata`]: deadline, priority, W3C trace context, idempotency, principal.
+//! - [`Principal`], [`PeerAddr`]: who calls, typed (anonymous peer, token, user,
+//!   certificate identity; Unix-socket peers by their kernel credentials).
 //! - [`Payload`]: `bytes::Bytes` plus a [`ContentType`].
 //! - [`Handler`]: the `tower::Service<Call>` alias every method implementation is.
 //! - [`Router`]: a method table with [`Router::describe`].
@@ -32,6 +34,7 @@ mod id_map;
 mod metadata;
 mod name;
 mod payload;
+mod principal;
 mod router;
 mod status;
 
@@ -39,8 +42,9 @@ pub use call::{Call, CallId, Reply};
 pub use classes::ClassQueues;
 pub use handler::{BoxFuture, BoxHandler, Handler, HandlerFn, handler_fn};
 pub use id_map::{IdHashState, IdHasher, IdMap};
-pub use metadata::{Deadline, Metadata, Principal, Priority, TraceContext, TraceContextError};
+pub use metadata::{Deadline, Metadata, Priority, TraceContext, TraceContextError};
 pub use name::{MethodName, NameError, ServiceName, split_full_name};
 pub use payload::{ContentType, Payload};
+pub use principal::{PeerAddr, Principal, PrincipalError, UnixCredentials};
 pub use router::{MethodDescription, MethodInfo, Router};
 pub use status::{Code, Status};

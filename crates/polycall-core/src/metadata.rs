@@ -1,8 +1,8 @@
 //! Call metadata: deadline, priority, trace context, idempotency, principal.
 
-use std::fmt;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use crate::Principal;
 
 /// The instant by which a call must complete. On the wire it travels as the remaining
 /// time, so the peers' clocks never need to agree.
@@ -189,54 +189,6 @@ fn hex_encode(bytes: &[u8], s: &mut String) {
     for b in bytes {
         s.push(HEX[usize::from(b >> 4)] as char);
         s.push(HEX[usize::from(b & 15)] as char);
-    }
-}
-
-/// The authenticated identity a call runs as (a SPIFFE URI, `user:alice`, …). Set by
-/// the side that authenticated the caller, never trusted from a caller's own claim.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Principal(Arc<str>);
-
-impl Principal {
-    /// A principal named `name`.
-    pub fn new(name: impl AsRef<str>) -> Self {
-        Self(Arc::from(name.as_ref()))
-    }
-
-    /// The name.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// The principal of a caller that proved nothing, `anonymous:PEER`: one per
-    /// connection, so per-client limits still tell callers apart.
-    ///
-    /// ```
-    /// use polycall_core::Principal;
-    /// assert!(Principal::anonymous("127.0.0.1:5000").is_anonymous());
-    /// assert!(!Principal::new("user:alice").is_anonymous());
-    /// ```
-    pub fn anonymous(peer: &str) -> Self {
-        Self::new(format!("{ANONYMOUS_PREFIX}{peer}"))
-    }
-
-    /// Whether the caller proved nothing (see [`Principal::anonymous`]).
-    pub fn is_anonymous(&self) -> bool {
-        self.0.starts_with(ANONYMOUS_PREFIX)
-    }
-}
-
-const ANONYMOUS_PREFIX: &str = "anonymous:";
-
-impl fmt::Debug for Principal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
-    }
-}
-
-impl fmt::Display for Principal {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
     }
 }
 

@@ -8,11 +8,17 @@
 //!   tokens, OPAQUE passwords, the TLS client certificate, optionally anonymous);
 //! - on a client, [`Credentials`] say what the client can prove.
 //!
-//! The session's principal — `token:NAME`, `user:NAME`, or the TLS client certificate's
-//! identity (its SPIFFE URI) — is stamped on every call the connection receives; a
-//! principal the caller claims for itself is never trusted by a server. A TLS client
-//! certificate makes the session authenticated even when the method negotiated is
-//! `none`.
+//! The session's [`Principal`] — a token's name, a user, or the TLS client certificate's
+//! identity (its SPIFFE ID, else its DNS name) — is stamped on every call the connection
+//! receives; a principal the caller claims for itself is never trusted by a server. A
+//! TLS client certificate makes the session authenticated even when the method
+//! negotiated is `none`.
+//!
+//! An OPAQUE step costs milliseconds of CPU (Argon2 on the client, group operations on
+//! the server): the connection runs it on the [`crate::offload`] runtime, never on its
+//! own task. The same sources also check credentials that arrive outside the handshake
+//! (libpolycall's dialects): [`Authenticator::verify_token`] and
+//! [`Authenticator::verify_password`].
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -34,7 +40,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use polycall_core::Status;
+use polycall_core::{Principal, Status};
 use polycall_proto::AuthMethod;
 use polycall_security::opaque::{ClientLogin, OpaqueError, ServerLogin, ServerSetup, UserStore};
 use polycall_security::token::Tokens;
@@ -45,7 +51,7 @@ pub enum Step {
     /// Send these bytes to the client and wait for its next message.
     Continue(Bytes),
     /// The client is authenticated as this principal.
-    Accept(String),
+    Accept(Principal),
     /// The client is refused (an `unauthenticated` status; the connection closes).
     Reject(Status),
 }
@@ -67,8 +73,28 @@ pub trait Authenticator: std::fmt::Debug + Send + Sync + 'static {
     fn start(
         &self,
         method: AuthMethod,
-        transport_identity: Option<&str>,
+        transport_identity: Option<&Principal>,
     ) -> Box<dyn ServerExchange>;
+
+    /// Whether clients that prove nothing are admitted.
+    fn admits_anonymous(&self) -> bool {
+        self.methods().contains(&AuthMethod::None)
+    }
+
+    /// Checks a bearer token presented outside the handshake (a libpolycall PCR1
+    /// request's `auth_token`), in constant time. By default none is accepted.
+    fn verify_token(&self, token: &[u8]) -> Option<Principal> {
+        let _ = token;
+        None
+    }
+
+    /// Checks a user name and password presented outside the handshake (a libpolycall
+    /// first-generation AUTH message) against the same sources the handshake uses. May
+    /// take milliseconds of CPU: call it off the event loop. By default refused.
+    fn verify_password(&self, user: &str, password: &[u8]) -> Option<Principal> {
+        let _ = (user, password);
+        None
+    }
 }
 
 /// The server side of OPAQUE: the server's long-term setup and its users.
@@ -126,13 +152,11 @@ impl Authenticator for ServerAuth {
     fn start(
         &self,
         method: AuthMethod,
-        transport_identity: Option<&str>,
+        transport_identity: Option<&Principal>,
     ) -> Box<dyn ServerExchange> {
         match method {
             AuthMethod::Token => Box::new(TokenExchange(self.tokens.clone())),
-            AuthMethod::Certificate => {
-                Box::new(CertificateExchange(transport_identity.map(str::to_owned)))
-            }
+            AuthMethod::Certificate => Box::new(CertificateExchange(transport_identity.cloned())),
             AuthMethod::Opaque => match &self.opaque {
                 Some(o) => Box::new(OpaqueServerExchange {
                     users: o.clone(),
@@ -142,6 +166,28 @@ impl Authenticator for ServerAuth {
             },
             AuthMethod::None => Box::new(Refuse("no exchange for method none")),
         }
+    }
+
+    fn verify_token(&self, token: &[u8]) -> Option<Principal> {
+        self.tokens.verify(token).map(Principal::token)
+    }
+
+    /// A password user (checked by running both sides of an OPAQUE login against the
+    /// user's record, so the record is the only thing stored), or a bearer token given
+    /// as user = its name and password = the token.
+    fn verify_password(&self, user: &str, password: &[u8]) -> Option<Principal> {
+        let token = self
+            .tokens
+            .verify(password)
+            .filter(|name| *name == user)
+            .map(Principal::token);
+        let opaque = self.opaque.as_ref().and_then(|o| {
+            let (client, first) = ClientLogin::start(user, password).ok()?;
+            let (server, response) = ServerLogin::start(&o.setup, &o.users, &first).ok()?;
+            let (finish, _) = client.finish(&response).ok()?;
+            server.finish(&finish).ok().map(Principal::user)
+        });
+        token.or(opaque)
     }
 }
 
@@ -158,7 +204,7 @@ struct TokenExchange(Tokens);
 impl ServerExchange for TokenExchange {
     fn step(&mut self, data: &[u8]) -> Step {
         match self.0.verify(data) {
-            Some(name) => Step::Accept(format!("token:{name}")),
+            Some(name) => Step::Accept(Principal::token(name)),
             None => Step::Reject(refused(
                 "the bearer token is not accepted here; check the token the client reads \
                  (its env or file reference) against the server's [auth.tokens]",
@@ -167,7 +213,7 @@ impl ServerExchange for TokenExchange {
     }
 }
 
-struct CertificateExchange(Option<String>);
+struct CertificateExchange(Option<Principal>);
 
 impl ServerExchange for CertificateExchange {
     fn step(&mut self, _: &[u8]) -> Step {
@@ -205,7 +251,7 @@ impl ServerExchange for OpaqueServerExchange {
                 Err(e) => Step::Reject(opaque_refusal(&e)),
             },
             Some(login) => match login.finish(data) {
-                Ok(name) => Step::Accept(format!("user:{name}")),
+                Ok(name) => Step::Accept(Principal::user(name)),
                 Err(e) => Step::Reject(opaque_refusal(&e)),
             },
         }
@@ -306,12 +352,4 @@ impl ClientExchange {
             ))),
         }
     }
-}
-
-/// The identity in a transport's peer description `IDENTITY@ADDRESS` (what the
-/// [`Tls`](crate::tls::Tls) transport reports for a client certificate).
-pub fn transport_identity(peer: &str) -> Option<&str> {
-    peer.rsplit_once('@')
-        .map(|(id, _)| id)
-        .filter(|id| !id.is_empty())
 }

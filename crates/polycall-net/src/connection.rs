@@ -37,7 +37,7 @@ use tokio::time::Sleep;
 
 use crate::auth::{Authenticator, ClientExchange, Credentials, ServerExchange, Step};
 use crate::handler::SharedHandler;
-use crate::transport::BoxIo;
+use crate::transport::{BoxIo, Peer};
 
 /// Settings of one connection.
 #[derive(Debug, Clone)]
@@ -61,20 +61,31 @@ pub struct ConnectionConfig {
     pub authenticator: Option<Arc<dyn Authenticator>>,
     /// Client side: what this side proves when the server asks.
     pub credentials: Option<Credentials>,
-    /// Run each incoming call's handler in a tokio task of its own (`true`: handlers of
-    /// one connection run in parallel on every core, at the cost of a spawn, a channel
-    /// message and a wake-up per call) instead of inside the connection's task (`false`,
-    /// the default: no spawn, and replies leave in the same write as the other replies
-    /// of that round). With `false`, a handler that computes for long should move that
-    /// work to `tokio::task::spawn_blocking` or a task of its own, or it holds up the
-    /// connection's other calls.
+    /// Run each incoming call's handler in a tokio task of its own (`true`, the default,
+    /// as tonic does: a handler that computes for long holds up one worker thread, never
+    /// the connection's other calls, and handlers of one connection run in parallel on
+    /// every core) instead of inside the connection's task (`false`: no spawn, channel
+    /// message or wake-up per call, and replies leave in the same write as the other
+    /// replies of that round — an optimisation for handlers known to answer at once,
+    /// such as a router forwarding calls; one handler that computes then stalls every
+    /// call of its connection).
     pub spawn_handlers: bool,
+    /// The link's throughput in bytes per second, as the compression selector should
+    /// assume it at first (`None`: 1.25 GB/s for loopback and Unix-socket peers, where
+    /// compression cannot pay, 12.5 MB/s otherwise). The writer keeps measuring the link
+    /// and updates the figure; set it for a link you know is slow.
+    pub link_throughput: Option<f64>,
 }
 
 impl Default for ConnectionConfig {
     fn default() -> Self {
+        let mut proto = polycall_proto::Config::default();
+        // Compressing or decompressing a large message takes milliseconds: above these
+        // sizes it runs on the offload runtime, never on the connection's task.
+        proto.max_compress_size = OFFLOAD_COMPRESS_ABOVE;
+        proto.defer_decompression_above = Some(OFFLOAD_DECOMPRESS_ABOVE);
         Self {
-            proto: polycall_proto::Config::default(),
+            proto,
             handshake_timeout: Duration::from_secs(5),
             frame_timeout: Duration::from_secs(30),
             write_stall_timeout: Duration::from_secs(30),
@@ -82,10 +93,17 @@ impl Default for ConnectionConfig {
             max_concurrent_handlers: 4096,
             authenticator: None,
             credentials: None,
-            spawn_handlers: false,
+            spawn_handlers: true,
+            link_throughput: None,
         }
     }
 }
+
+/// Messages larger than this are compressed on the [`crate::offload`] runtime.
+pub const OFFLOAD_COMPRESS_ABOVE: usize = 64 * 1024;
+/// Received messages whose compressed form is larger than this are decompressed on the
+/// [`crate::offload`] runtime.
+pub const OFFLOAD_DECOMPRESS_ABOVE: usize = 16 * 1024;
 
 /// A running handler: in its own task, or inside the connection's task.
 enum Serving {
@@ -123,11 +141,28 @@ enum Command {
     GoAway(Status),
     Close(Status),
     Answer(u32, Result<Reply, Status>),
+    /// A server authentication step computed off the event loop.
+    ServerAuthStep(Box<dyn ServerExchange>, Step),
+    /// A client authentication step computed off the event loop.
+    ClientAuthStep(ClientExchange, Result<Bytes, Status>),
+    /// A received message decompressed off the event loop: the event it held.
+    Decompressed(Event),
+    /// A received message that did not decompress.
+    DecompressFailed(polycall_proto::compress::DeferredError),
+    /// A reply compressed off the event loop, ready to send.
+    ReplyCompressed(u32, polycall_core::Payload, polycall_proto::compress::Compressed),
+    /// A call whose payload was compressed off the event loop, ready to open.
+    CallCompressed {
+        call: Call,
+        token: u64,
+        reply: oneshot::Sender<Result<Reply, Status>>,
+        compressed: polycall_proto::compress::Compressed,
+    },
 }
 
 #[derive(Debug)]
 struct Shared {
-    peer: String,
+    peer: Peer,
     next_token: AtomicU64,
     in_flight: AtomicUsize,
     closed: AtomicBool,
@@ -136,6 +171,8 @@ struct Shared {
     /// Who the peer authenticated as (server side), or who the server says this side
     /// is (client side); set once the connection is open.
     principal: std::sync::OnceLock<Option<polycall_core::Principal>>,
+    /// The negotiated feature bits, once open.
+    features: AtomicU64,
 }
 
 /// A handle to a running connection: make calls, register methods, shut it down.
@@ -279,8 +316,8 @@ impl ConnectionHandle {
         self.shared.going_away.load(Ordering::Acquire)
     }
 
-    /// Who the peer is (an address).
-    pub fn peer(&self) -> &str {
+    /// Who the peer is: its address and what its transport proved.
+    pub fn peer(&self) -> &Peer {
         &self.shared.peer
     }
 
@@ -302,6 +339,12 @@ impl ConnectionHandle {
         self.shared.principal.get().and_then(Option::as_ref)
     }
 
+    /// The protocol features both sides agreed on in the handshake
+    /// ([`polycall_proto::features`]); 0 before the connection is open.
+    pub fn features(&self) -> u64 {
+        self.shared.features.load(Ordering::Acquire)
+    }
+
     /// Whether two handles are of the same connection.
     pub fn same_connection(&self, other: &ConnectionHandle) -> bool {
         Arc::ptr_eq(&self.shared, &other.shared)
@@ -317,7 +360,7 @@ pub struct PendingConnection {
 
 impl PendingConnection {
     /// A connection to `peer`, not yet running.
-    pub fn new(peer: impl Into<String>) -> Self {
+    pub fn new(peer: impl Into<Peer>) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         Self {
             handle: ConnectionHandle {
@@ -330,6 +373,7 @@ impl PendingConnection {
                     going_away: AtomicBool::new(false),
                     done: tokio::sync::Notify::new(),
                     principal: std::sync::OnceLock::new(),
+                    features: AtomicU64::new(0),
                 }),
             },
             commands: rx,
@@ -351,6 +395,9 @@ impl PendingConnection {
         handler: SharedHandler,
     ) -> Result<(ConnectionHandle, oneshot::Receiver<Result<(), Status>>), Status> {
         let mut proto_config = config.proto.clone();
+        // Offer only what this build serves end to end: streaming calls are refused
+        // here (`unsupported`) until their API exists, so the bit is never offered.
+        proto_config.settings.features &= !polycall_proto::features::STREAMING;
         match role {
             Role::Server => {
                 if let Some(a) = &config.authenticator {
@@ -364,7 +411,10 @@ impl PendingConnection {
             }
         }
         let mut proto = Proto::new(role, proto_config).map_err(Status::invalid_input)?;
-        let link = LinkEstimate::for_peer(&self.handle.shared.peer);
+        let mut link = LinkEstimate::for_peer(&self.handle.shared.peer);
+        if let Some(rate) = config.link_throughput.filter(|r| *r > 0.0) {
+            link.bytes_per_sec = rate;
+        }
         proto.set_link_throughput(link.bytes_per_sec);
         let (connected_tx, connected_rx) = oneshot::channel();
         let handle = self.handle.clone();
@@ -407,7 +457,7 @@ impl PendingConnection {
 /// Runs a connection over `io` and waits for its handshake.
 pub async fn establish(
     io: BoxIo,
-    peer: impl Into<String>,
+    peer: impl Into<Peer>,
     role: Role,
     config: ConnectionConfig,
     handler: SharedHandler,
@@ -486,11 +536,8 @@ struct LinkEstimate {
 }
 
 impl LinkEstimate {
-    fn for_peer(peer: &str) -> Self {
-        let local = peer.starts_with("unix:")
-            || peer.starts_with("127.")
-            || peer.starts_with("[::1]")
-            || peer.starts_with("localhost");
+    fn for_peer(peer: &Peer) -> Self {
+        let local = peer.addr.is_local();
         Self {
             // Loopback and Unix sockets move gigabytes a second: compression cannot pay.
             bytes_per_sec: if local { 1.25e9 } else { 12.5e6 },
@@ -566,16 +613,16 @@ impl Driver {
             Event::Connected => {
                 self.handshake = None;
                 let principal = match self.proto.principal() {
-                    Some(p) => Some(polycall_core::Principal::new(p)),
+                    Some(p) => polycall_core::Principal::parse(p).ok(),
                     // Without an exchange, a verified TLS client certificate still says
                     // who the client is.
-                    None if self.role == Role::Server => {
-                        crate::auth::transport_identity(&self.shared.peer)
-                            .map(polycall_core::Principal::new)
-                    }
+                    None if self.role == Role::Server => self.shared.peer.identity.clone(),
                     None => None,
                 };
                 let _ = self.shared.principal.set(principal.clone());
+                if let Some(n) = self.proto.negotiated() {
+                    self.shared.features.store(n.features, Ordering::Release);
+                }
                 self.principal = principal;
                 if let Some(c) = self.connected.take() {
                     let _ = c.send(Ok(()));
@@ -652,36 +699,40 @@ impl Driver {
             Event::Closed { status } => {
                 self.finish(status);
             }
+            Event::Deferred(deferred) => {
+                // A large compressed message: decompressed on the offload runtime, then
+                // handled like any other event.
+                self.offload_command(move || match deferred.decompress() {
+                    Ok(ev) => Command::Decompressed(ev),
+                    Err(e) => Command::DecompressFailed(e),
+                });
+            }
             Event::StreamMessage { .. } | Event::StreamEnd { .. } | Event::Pong { .. } => {}
         }
     }
 
-    /// One step of the authentication exchange that is this side's to answer.
+    /// One step of the authentication exchange that is this side's to answer. OPAQUE
+    /// steps cost milliseconds of CPU: they run on the offload runtime and come back as
+    /// a command; the others are answered at once.
     fn authenticate(&mut self, method: polycall_proto::AuthMethod, step: u8, data: &[u8]) {
-        let sent = match self.role {
+        let offload = method == polycall_proto::AuthMethod::Opaque;
+        match self.role {
             Role::Server => {
-                let exchange = match (&mut self.server_auth, &self.config.authenticator) {
+                let mut exchange = match (self.server_auth.take(), &self.config.authenticator) {
                     (Some(x), _) => x,
-                    (None, Some(a)) => self.server_auth.insert(
-                        a.start(method, crate::auth::transport_identity(&self.shared.peer)),
-                    ),
-                    (None, None) => {
-                        // Not reachable: without an authenticator only `none` is offered.
-                        self.server_auth.insert(Box::new(RefuseAll))
-                    }
+                    (None, Some(a)) => a.start(method, self.shared.peer.identity.as_ref()),
+                    // Not reachable: without an authenticator only `none` is offered.
+                    (None, None) => Box::new(RefuseAll),
                 };
-                match exchange.step(data) {
-                    Step::Continue(bytes) => self.proto.auth_continue(bytes),
-                    Step::Accept(principal) => {
-                        tracing::debug!(peer = %self.shared.peer, %principal, "authenticated");
-                        self.server_auth = None;
-                        self.proto.auth_accept(&principal)
-                    }
-                    Step::Reject(status) => {
-                        tracing::info!(peer = %self.shared.peer, %status, "authentication refused");
-                        self.server_auth = None;
-                        self.proto.auth_reject(&status)
-                    }
+                if offload {
+                    let data = data.to_vec();
+                    self.offload_command(move || {
+                        let step = exchange.step(&data);
+                        Command::ServerAuthStep(exchange, step)
+                    });
+                } else {
+                    let step = exchange.step(data);
+                    self.server_auth_step(exchange, step);
                 }
             }
             Role::Client => {
@@ -691,18 +742,70 @@ impl Driver {
                     ));
                     return;
                 };
-                let exchange = self.client_auth.get_or_insert_with(|| credentials.start());
-                match exchange.step(step, data) {
-                    Ok(bytes) => self.proto.auth_continue(bytes),
-                    Err(status) => {
-                        self.close_now(status);
-                        return;
-                    }
+                let mut exchange = self
+                    .client_auth
+                    .take()
+                    .unwrap_or_else(|| credentials.start());
+                if offload {
+                    let data = data.to_vec();
+                    self.offload_command(move || {
+                        let r = exchange.step(step, &data);
+                        Command::ClientAuthStep(exchange, r)
+                    });
+                } else {
+                    let r = exchange.step(step, data);
+                    self.client_auth_step(exchange, r);
                 }
+            }
+        }
+    }
+
+    /// Runs `work` on the offload runtime; the command it makes comes back to this task.
+    fn offload_command(&mut self, work: impl FnOnce() -> Command + Send + 'static) {
+        let Some(back) = self.answers.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            match crate::offload::run(work).await {
+                Ok(cmd) => {
+                    let _ = back.send(cmd);
+                }
+                Err(status) => {
+                    let _ = back.send(Command::Close(status));
+                }
+            }
+        });
+    }
+
+    fn server_auth_step(&mut self, exchange: Box<dyn ServerExchange>, step: Step) {
+        let sent = match step {
+            Step::Continue(bytes) => {
+                self.server_auth = Some(exchange);
+                self.proto.auth_continue(bytes)
+            }
+            Step::Accept(principal) => {
+                tracing::debug!(peer = %self.shared.peer, %principal, "authenticated");
+                self.proto.auth_accept(&principal.to_string())
+            }
+            Step::Reject(status) => {
+                tracing::info!(peer = %self.shared.peer, %status, "authentication refused");
+                self.proto.auth_reject(&status)
             }
         };
         if let Err(e) = sent {
             self.close_now(e.status());
+        }
+    }
+
+    fn client_auth_step(&mut self, exchange: ClientExchange, r: Result<Bytes, Status>) {
+        match r {
+            Ok(bytes) => {
+                self.client_auth = Some(exchange);
+                if let Err(e) = self.proto.auth_continue(bytes) {
+                    self.close_now(e.status());
+                }
+            }
+            Err(status) => self.close_now(status),
         }
     }
 
@@ -770,7 +873,17 @@ impl Driver {
         }
         self.dispatch_backlog();
         let sent = match result {
-            Ok(reply) => self.proto.send_reply(call_id, reply.payload, false),
+            Ok(reply) => match self.proto.reply_compression_job(call_id, &reply.payload) {
+                // Too large to compress here: compressed on the offload runtime.
+                Some(job) => {
+                    let payload = reply.payload;
+                    self.offload_command(move || {
+                        Command::ReplyCompressed(call_id, payload, job.run())
+                    });
+                    return;
+                }
+                None => self.proto.send_reply(call_id, reply.payload, false),
+            },
             Err(status) => self.proto.send_error(call_id, &status),
         };
         if let Err(e) = sent {
@@ -798,7 +911,11 @@ impl Driver {
     }
 
     fn on_command(&mut self, cmd: Command) {
-        if !self.proto.is_open() && !self.proto.is_closed() && !matches!(cmd, Command::Close(_)) {
+        let handshake_step = matches!(
+            cmd,
+            Command::Close(_) | Command::ServerAuthStep(..) | Command::ClientAuthStep(..)
+        );
+        if !self.proto.is_open() && !self.proto.is_closed() && !handshake_step {
             self.waiting.push(cmd);
             return;
         }
@@ -807,24 +924,57 @@ impl Driver {
                 if reply.is_closed() {
                     return; // the caller gave up before the call left
                 }
-                let meta = WireMeta::from_metadata(&call.metadata, Instant::now());
-                match self
-                    .proto
-                    .open_call(&call.service, &call.method, call.payload, meta, false)
+                if let Some(job) =
+                    self.proto
+                        .call_compression_job(&call.service, &call.method, &call.payload)
                 {
-                    Ok(id) => {
-                        self.tokens.insert(token, id);
-                        self.pending.insert(
-                            id,
-                            PendingCall {
-                                reply,
-                                token: Some(token),
-                            },
-                        );
+                    // Too large to compress here: compressed on the offload runtime, opened
+                    // when done (a cancel meanwhile drops the caller's side, seen then).
+                    self.offload_command(move || Command::CallCompressed {
+                        call,
+                        token,
+                        reply,
+                        compressed: job.run(),
+                    });
+                    return;
+                }
+                self.open_call(call, token, reply, None);
+            }
+            Command::CallCompressed {
+                call,
+                token,
+                reply,
+                compressed,
+            } => {
+                if !reply.is_closed() {
+                    self.open_call(call, token, reply, Some(compressed));
+                }
+            }
+            Command::ReplyCompressed(call_id, payload, compressed) => {
+                // Unknown by now when the call was cancelled meanwhile.
+                if let Err(e) = self
+                    .proto
+                    .send_reply_compressed(call_id, payload, compressed, false)
+                    && !matches!(e, polycall_proto::SendError::UnknownCall(_))
+                {
+                    let _ = self.proto.send_error(call_id, &e.status());
+                }
+            }
+            Command::Decompressed(ev) => {
+                if !self.finished {
+                    self.on_event(ev);
+                }
+            }
+            Command::DecompressFailed(e) => {
+                if e.reply {
+                    if let Some(p) = self.pending.remove(&e.call_id) {
+                        if let Some(t) = p.token {
+                            self.tokens.remove(&t);
+                        }
+                        let _ = p.reply.send(Err(e.status));
                     }
-                    Err(e) => {
-                        let _ = reply.send(Err(e.status()));
-                    }
+                } else {
+                    let _ = self.proto.send_error(e.call_id, &e.status);
                 }
             }
             Command::Cancel(token) => {
@@ -854,6 +1004,55 @@ impl Driver {
                 self.finish(status);
             }
             Command::Answer(call_id, result) => self.answer(call_id, result),
+            Command::ServerAuthStep(exchange, step) => {
+                if !self.finished {
+                    self.server_auth_step(exchange, step);
+                }
+            }
+            Command::ClientAuthStep(exchange, r) => {
+                if !self.finished {
+                    self.client_auth_step(exchange, r);
+                }
+            }
+        }
+    }
+
+    /// Opens `call` on the wire (with its payload compressed already, or not).
+    fn open_call(
+        &mut self,
+        call: Call,
+        token: u64,
+        reply: oneshot::Sender<Result<Reply, Status>>,
+        compressed: Option<polycall_proto::compress::Compressed>,
+    ) {
+        let meta = WireMeta::from_metadata(&call.metadata, Instant::now());
+        let opened = match compressed {
+            Some(c) => self.proto.open_call_compressed(
+                &call.service,
+                &call.method,
+                call.payload,
+                c,
+                meta,
+                false,
+            ),
+            None => self
+                .proto
+                .open_call(&call.service, &call.method, call.payload, meta, false),
+        };
+        match opened {
+            Ok(id) => {
+                self.tokens.insert(token, id);
+                self.pending.insert(
+                    id,
+                    PendingCall {
+                        reply,
+                        token: Some(token),
+                    },
+                );
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e.status()));
+            }
         }
     }
 
@@ -1090,6 +1289,7 @@ fn reject(cmd: Command, status: &Status) {
     let s = Status::unavailable(format!("connection closed: {}", status.message)).not_executed();
     match cmd {
         Command::Call { reply, .. }
+        | Command::CallCompressed { reply, .. }
         | Command::Register { reply, .. }
         | Command::Unregister { reply, .. } => {
             let _ = reply.send(Err(s));

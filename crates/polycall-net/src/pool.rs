@@ -335,7 +335,7 @@ impl Pool {
                     Code::Ok,
                     "the client closes this idle connection",
                 ));
-                tracing::debug!(peer = h.peer(), "idle connection closed");
+                tracing::debug!(peer = %h.peer(), "idle connection closed");
                 reaped.idle += 1;
                 continue;
             }
@@ -345,7 +345,7 @@ impl Pool {
                     Code::Ok,
                     "the client retires this connection: it reached its max lifetime",
                 ));
-                tracing::debug!(peer = h.peer(), "connection retired after its max lifetime");
+                tracing::debug!(peer = %h.peer(), "connection retired after its max lifetime");
                 reaped.retired.push(i);
             }
         }

@@ -54,7 +54,7 @@ impl RateKey {
                 .metadata
                 .principal
                 .as_ref()
-                .map_or_else(|| ANONYMOUS.to_owned(), |p| p.as_str().to_owned()),
+                .map_or_else(|| ANONYMOUS.to_owned(), ToString::to_string),
             RateKey::Function(f) => f(call),
             RateKey::Global => String::new(),
         }

@@ -17,10 +17,10 @@ use crate::Endpoint;
 use crate::connection::{ConnectionConfig, ConnectionHandle, PendingConnection};
 use crate::handler::{RouterHandler, SharedHandler};
 use crate::prefixed::Prefixed;
-use crate::transport::{BoxFuture, BoxIo, Listener, Plain, Transport};
+use crate::transport::{BoxFuture, BoxIo, Listener, Peer, Plain, Transport};
 
 /// Builds the handler of each accepted connection, given its handle and peer.
-pub type MakeHandler = Arc<dyn Fn(&ConnectionHandle, &str) -> SharedHandler + Send + Sync>;
+pub type MakeHandler = Arc<dyn Fn(&ConnectionHandle, &Peer) -> SharedHandler + Send + Sync>;
 
 /// A connection that speaks one of libpolycall's dialects, handed to a [`LegacyServe`].
 pub struct LegacyConnection {
@@ -28,8 +28,8 @@ pub struct LegacyConnection {
     pub dialect: Dialect,
     /// The stream; its reads return the bytes read to tell the dialect first.
     pub io: BoxIo,
-    /// A description of the peer.
-    pub peer: String,
+    /// Who the peer is (address, and what the transport proved).
+    pub peer: Peer,
     /// Becomes `true` when the server shuts down: finish the message at hand, then
     /// close. Connections still open after the drain timeout are aborted.
     pub stopping: watch::Receiver<bool>,
@@ -151,7 +151,7 @@ impl Server {
         Self::serve(
             endpoint,
             config,
-            Arc::new(move |_: &ConnectionHandle, _: &str| handler.clone()),
+            Arc::new(move |_: &ConnectionHandle, _: &Peer| handler.clone()),
         )
         .await
     }
@@ -362,7 +362,7 @@ async fn accept_loop(
 /// Runs the polycall driver over `io`; the slot is given back when it closes.
 async fn start_polycall(
     io: BoxIo,
-    peer: String,
+    peer: Peer,
     config: &ServerConfig,
     make: &MakeHandler,
     shared: &Shared,
@@ -392,7 +392,7 @@ async fn start_polycall(
 #[allow(clippy::too_many_arguments)]
 async fn sniff_and_serve(
     mut io: BoxIo,
-    peer: String,
+    peer: Peer,
     hook: Arc<dyn LegacyServe>,
     config: ServerConfig,
     make: MakeHandler,

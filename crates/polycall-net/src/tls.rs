@@ -15,14 +15,19 @@
 //! never holds up the accept loop. Failed handshakes (wrong CA, expired or revoked
 //! certificate, TLS 1.2, …) are logged at debug level and dropped.
 //!
-//! ## Peer description
+//! ## Peer identity
 //!
-//! The peer string [`Listener::accept`] returns is `IDENTITY@ADDRESS` when the client
-//! presented a certificate, where `IDENTITY` is
-//! [`polycall_security::peer_identity`]: its SPIFFE URI (for example
-//! `spiffe://example.org/ns/a@127.0.0.1:5000`), else its first DNS name; otherwise it
-//! is the address alone, as with [`Plain`](crate::Plain). The connection turns that
-//! identity into the session's principal (see [`crate::auth`]).
+//! The [`Peer`] [`Listener::accept`] returns carries, besides the address, the
+//! identity a verified client certificate proved
+//! ([`polycall_security::peer_identity`]: its SPIFFE ID, else its first DNS name), as a
+//! typed [`polycall_core::Principal`]. The connection makes that identity the session's
+//! principal (see [`crate::auth`]).
+//!
+//! ## Off the event loop
+//!
+//! Handshakes run on the [`crate::offload`] runtime, not on the connection tasks' threads:
+//! the signature with the server key (possibly in an HSM, through PKCS#11), key
+//! agreement and certificate checks never stall calls on open connections.
 //!
 //! ## Certificate reload
 //!
@@ -58,7 +63,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio_rustls::{TlsAcceptor, TlsConnector};
 
-use crate::{BoxFuture, BoxIo, Endpoint, Listener, Transport, TunedTcp};
+use crate::{BoxFuture, BoxIo, Endpoint, Listener, Peer, Transport, TunedTcp};
 
 /// Handshakes in flight per listener; sockets beyond wait in the kernel's backlog.
 const MAX_PENDING_HANDSHAKES: usize = 256;
@@ -221,9 +226,15 @@ impl Transport for Tls {
             let name = this.server_name_for(&endpoint)?;
             let io = this.inner.connect(&endpoint).await?;
             let d = this.handshake_timeout;
-            let tls = tokio::time::timeout(d, TlsConnector::from(config).connect(name, io))
-                .await
-                .map_err(|_| timed_out(&format!("with {endpoint}"), d))?
+            // The handshake's crypto (and a client key in an HSM) runs off the caller's
+            // event loop.
+            let connector = TlsConnector::from(config);
+            let tls = crate::offload::spawn(async move {
+                tokio::time::timeout(d, connector.connect(name, io)).await
+            })
+            .await
+            .map_err(|_| io::Error::other("the TLS handshake task ended abnormally"))?
+            .map_err(|_| timed_out(&format!("with {endpoint}"), d))?
                 .map_err(|e| {
                     io::Error::new(e.kind(), format!("TLS handshake with {endpoint}: {e}"))
                 })?;
@@ -258,7 +269,7 @@ impl Transport for Tls {
     }
 }
 
-type Accepted = io::Result<(BoxIo, String)>;
+type Accepted = io::Result<(BoxIo, Peer)>;
 
 /// Accepts sockets and runs their handshakes, a task each; ends (aborting the
 /// handshakes in flight) when the listener is dropped.
@@ -277,17 +288,18 @@ async fn accept_task(
                 Ok((io, peer)) => {
                     let (acceptor, tx) = (TlsAcceptor::from(config.current()), tx.clone());
                     handshakes.spawn(async move {
-                        match tokio::time::timeout(timeout, acceptor.accept(io)).await {
+                        let handshake = crate::offload::spawn(async move {
+                            tokio::time::timeout(timeout, acceptor.accept(io)).await
+                        });
+                        let Ok(done) = handshake.await else { return };
+                        match done {
                             Ok(Ok(tls)) => {
-                                let identity = tls
+                                let mut peer = peer;
+                                peer.identity = tls
                                     .get_ref()
                                     .1
                                     .peer_certificates()
                                     .and_then(polycall_security::peer_identity);
-                                let peer = match identity {
-                                    Some(id) => format!("{id}@{peer}"),
-                                    None => peer,
-                                };
                                 let _ = tx.send(Ok((Box::new(tls) as BoxIo, peer))).await;
                             }
                             Ok(Err(e)) => {
@@ -318,7 +330,7 @@ struct TlsListener {
 }
 
 impl Listener for TlsListener {
-    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, String)>> {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, Peer)>> {
         Box::pin(async move {
             match self.rx.recv().await {
                 Some(a) => a,

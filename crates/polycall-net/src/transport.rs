@@ -11,10 +11,77 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 
+use polycall_core::{PeerAddr, Principal, UnixCredentials};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 
 use crate::Endpoint;
+
+/// Who is at the other end of a stream: where it connected from, and what the transport
+/// proved about it.
+///
+/// ```
+/// use polycall_core::{PeerAddr, Principal};
+/// use polycall_net::Peer;
+/// let p = Peer::from("127.0.0.1:5000");
+/// assert_eq!(p.addr, PeerAddr::Ip("127.0.0.1:5000".parse().unwrap()));
+/// assert_eq!(p.anonymous(), Principal::Anonymous(p.addr.clone()));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Peer {
+    /// Where the peer connected from (a Unix-socket peer by its kernel credentials).
+    pub addr: PeerAddr,
+    /// What the transport verified about the peer: a TLS client certificate's SPIFFE ID
+    /// or DNS name. `None` when it proved nothing.
+    pub identity: Option<Principal>,
+}
+
+impl Peer {
+    /// A peer that proved nothing.
+    pub fn new(addr: PeerAddr) -> Self {
+        Self {
+            addr,
+            identity: None,
+        }
+    }
+
+    /// The principal of this peer when it authenticates no further.
+    pub fn anonymous(&self) -> Principal {
+        Principal::Anonymous(self.addr.clone())
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.identity {
+            Some(id) => write!(f, "{id} ({})", self.addr),
+            None => write!(f, "{}", self.addr),
+        }
+    }
+}
+
+impl From<&str> for Peer {
+    /// A peer described by text: a socket address, or any other name (a client's view of
+    /// the endpoint it dialled).
+    fn from(text: &str) -> Self {
+        Self::new(PeerAddr::parse(text).unwrap_or_else(|| PeerAddr::named(text)))
+    }
+}
+
+impl From<String> for Peer {
+    fn from(text: String) -> Self {
+        Self::from(text.as_str())
+    }
+}
+
+impl From<&Endpoint> for Peer {
+    fn from(e: &Endpoint) -> Self {
+        match e {
+            Endpoint::Tcp(hp) => Self::from(hp.as_str()),
+            Endpoint::Unix(_) => Self::new(PeerAddr::named(e.to_string())),
+        }
+    }
+}
 
 /// A byte stream a connection runs over.
 pub trait Io: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
@@ -28,8 +95,8 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A source of accepted byte streams.
 pub trait Listener: Send + 'static {
-    /// The next accepted stream and a description of the peer.
-    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, String)>>;
+    /// The next accepted stream and who is at its other end.
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, Peer)>>;
     /// Where the listener is bound (with the real port when port 0 was asked for).
     fn local_endpoint(&self) -> Endpoint;
 }
@@ -143,11 +210,11 @@ struct Tcp(TcpListener);
 struct Unix(UnixListener, std::path::PathBuf);
 
 impl Listener for Tcp {
-    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, String)>> {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, Peer)>> {
         Box::pin(async move {
             let (s, addr) = self.0.accept().await?;
             s.set_nodelay(true)?;
-            Ok((Box::new(s) as BoxIo, addr.to_string()))
+            Ok((Box::new(s) as BoxIo, Peer::new(PeerAddr::Ip(addr))))
         })
     }
 
@@ -160,10 +227,17 @@ impl Listener for Tcp {
 }
 
 impl Listener for Unix {
-    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, String)>> {
+    fn accept(&mut self) -> BoxFuture<'_, io::Result<(BoxIo, Peer)>> {
         Box::pin(async move {
             let (s, _) = self.0.accept().await?;
-            Ok((Box::new(s) as BoxIo, format!("unix:{}", self.1.display())))
+            // Who connected, as the kernel says (SO_PEERCRED), not where they connected.
+            let cred = s.peer_cred()?;
+            let addr = PeerAddr::Unix(UnixCredentials {
+                uid: cred.uid(),
+                gid: cred.gid(),
+                pid: cred.pid().and_then(|p| u32::try_from(p).ok()),
+            });
+            Ok((Box::new(s) as BoxIo, Peer::new(addr)))
         })
     }
 

@@ -99,21 +99,23 @@ async fn failover_moves_to_the_secondary_and_back_to_a_restarted_primary() {
     assert_eq!(failover.active(), 1);
     assert!(!failover.is_up(0));
 
-    // A new primary on the same port: probes find it and traffic returns.
+    // A new primary on the same port: probes find it and traffic returns, every call
+    // answered meanwhile. Typically within ~100 ms (2 probes 50 ms apart); the 10 s
+    // limit only stops a test that would never see it return, so a loaded 2-core
+    // machine cannot break it.
     let restarted = whoami_server(&primary_ep.to_string(), "primary (restarted)").await;
     let started = Instant::now();
     let mut back = false;
-    while started.elapsed() < Duration::from_secs(3) {
+    while started.elapsed() < Duration::from_secs(10) {
         if whoami(&failover).await.unwrap() == "primary (restarted)" {
             back = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(back, "traffic did not return to the restarted primary");
     assert!(
-        started.elapsed() < Duration::from_secs(1),
-        "{:?}",
+        back,
+        "traffic did not return to the restarted primary in {:?}",
         started.elapsed()
     );
     assert_eq!(failover.active(), 0);
@@ -229,7 +231,11 @@ async fn a_full_stack_bounds_retries_during_an_outage_and_recovers_after() {
     );
     let handle = &breaker.breakers()[0];
     assert!(handle.opened() >= 1, "the breaker opened");
-    assert!(outage_time < Duration::from_secs(3), "{outage_time:?}");
+    // Each call ends within its 300 ms deadline, so the 4 waves take at most ~1.2 s
+    // (typically far less: the breaker and the budget refuse at once). The retry bound
+    // is asserted by the counts above; this generous limit only catches calls that
+    // outlive their deadline, and a loaded 2-core machine cannot break it.
+    assert!(outage_time < Duration::from_secs(15), "{outage_time:?}");
 
     // The outage ends: the breaker closes through half-open and calls succeed.
     outage.store(false, Ordering::SeqCst);
@@ -238,7 +244,9 @@ async fn a_full_stack_bounds_retries_during_an_outage_and_recovers_after() {
         if client.clone().oneshot(call()).await.is_ok() {
             break;
         }
-        assert!(t1.elapsed() < Duration::from_secs(2), "no recovery");
+        // Typically one open_for (100 ms) and two probes; the limit only stops a test
+        // that never recovers, generous so that a loaded 2-core machine cannot break it.
+        assert!(t1.elapsed() < Duration::from_secs(10), "no recovery");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for _ in 0..20 {

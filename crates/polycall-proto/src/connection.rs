@@ -51,7 +51,9 @@ use std::hash::{Hash, Hasher};
 use bytes::{Bytes, BytesMut};
 use polycall_core::{Code, ContentType, IdMap, MethodName, Payload, Priority, ServiceName, Status};
 
-use crate::compress::{AdaptiveCompressor, Algorithm, Decompressor, SelectorConfig};
+use crate::compress::{
+    AdaptiveCompressor, Algorithm, CompressJob, Compressed, Decompressor, Deferred, SelectorConfig,
+};
 use crate::error::{ProtoError, SendError};
 use crate::frame::{
     self, CallFrame, DataFrame, ErrorFrame, Frame, FrameBuf, GoAway, MethodEntry, MethodRef,
@@ -91,10 +93,14 @@ pub struct Config {
     pub fragment_size: u32,
     /// Adaptive compression settings.
     pub compression: SelectorConfig,
-    /// Largest message the connection compresses (larger ones are sent as they are):
-    /// compressing happens inline, and a 64 MiB message would stall the connection's
-    /// other calls for tens of milliseconds. Compress such payloads before sending.
+    /// Largest message the connection compresses itself, where its frames are
+    /// produced; larger ones are sent as they are unless the caller compresses them
+    /// elsewhere ([`Connection::call_compression_job`], [`crate::compress::CompressJob`]).
     pub max_compress_size: usize,
+    /// Calls and replies whose compressed message is larger than this many bytes are
+    /// delivered still compressed, as [`Event::Deferred`], for the caller to decompress
+    /// away from the connection. `None`: every message is decompressed here.
+    pub defer_decompression_above: Option<usize>,
     /// Most bytes of partly received messages held at once on the connection. A message
     /// that would go over is refused with `busy` (and a retry hint) instead of stalling
     /// the connection. At least `max_message`.
@@ -109,6 +115,7 @@ impl Default for Config {
             compression: SelectorConfig::default(),
             reassembly_budget: 128 * 1024 * 1024,
             max_compress_size: 1024 * 1024,
+            defer_decompression_above: None,
         }
     }
 }
@@ -197,6 +204,10 @@ pub enum Event {
         /// The methods.
         methods: Vec<MethodEntry>,
     },
+    /// A call ([`Event::Call`]) or reply ([`Event::Reply`]) whose payload is still
+    /// compressed (see [`Config::defer_decompression_above`]): decompress it with
+    /// [`Deferred::decompress`], away from the connection, and handle the event it holds.
+    Deferred(Deferred),
     /// A provider withdraws methods. Answer like [`Event::Register`].
     Unregister {
         /// The request's call id.
@@ -383,6 +394,8 @@ pub struct Connection {
     peer_going_away: Option<u32>,
     local_going_away: Option<u32>,
     compressor: AdaptiveCompressor,
+    /// A compression done by the caller, for the message being queued now.
+    precompressed: Option<Compressed>,
     decompressor: Decompressor,
 }
 
@@ -462,6 +475,7 @@ impl Connection {
             queued_bytes: 0,
             peer_going_away: None,
             local_going_away: None,
+            precompressed: None,
             decompressor: Decompressor::new(),
         };
         c.out.push_raw(&PREFACE);
@@ -1268,7 +1282,15 @@ impl Connection {
             Received::One(b) => b,
             Received::Many { buf, .. } => buf.freeze(),
         };
-        let bytes = if msg.compression == Algorithm::None {
+        // The first message of a call or reply may be handed out still compressed.
+        let defer = msg.compression != Algorithm::None
+            && !c.rx_delivered
+            && (c.pending.is_some() || c.local)
+            && self
+                .config
+                .defer_decompression_above
+                .is_some_and(|n| joined.len() > n);
+        let bytes = if msg.compression == Algorithm::None || defer {
             joined
         } else {
             match self.decompressor.decompress(msg.compression, &joined, max) {
@@ -1311,6 +1333,15 @@ impl Connection {
             }
         } else {
             Event::StreamMessage { call_id, payload }
+        };
+        let event = if defer {
+            Event::Deferred(Deferred {
+                event: Box::new(event),
+                algorithm: msg.compression,
+                limit: max,
+            })
+        } else {
+            event
         };
         self.held_bytes += wire_len;
         self.events.push_back((event, wire_len));
@@ -1504,8 +1535,24 @@ impl Connection {
     }
 
     fn compress(&mut self, key: u64, payload: &Payload) -> (Algorithm, Bytes) {
+        if let Some(pre) = self.precompressed.take()
+            && pre.key == key
+            && pre.input_len == payload.len()
+            && pre.content_type == payload.content_type
+        {
+            self.compressor.selector_mut().observe(
+                key,
+                pre.content_type,
+                pre.choice,
+                pre.input_len,
+                pre.output_len,
+                pre.cpu,
+            );
+            return (pre.algorithm, pre.data);
+        }
         // Compression runs where the connection's frames are produced, so a huge message
-        // would hold back every other call for as long as it takes: those go as they are.
+        // would hold back every other call for as long as it takes: those go as they are
+        // (or compressed by the caller, see `call_compression_job`).
         if payload.len() > self.config.max_compress_size {
             return (Algorithm::None, payload.bytes.clone());
         }
@@ -1515,6 +1562,80 @@ impl Connection {
             .map_or(&[][..], |n| &n.compressions[..]);
         self.compressor
             .encode(key, payload.content_type, &payload.bytes, allowed)
+    }
+
+    fn compression_job(&mut self, key: u64, payload: &Payload) -> Option<CompressJob> {
+        if payload.len() <= self.config.max_compress_size {
+            return None; // compressed here, when it is sent
+        }
+        let allowed = self
+            .negotiated
+            .as_ref()
+            .map_or(&[][..], |n| &n.compressions[..]);
+        let choice = self.compressor.selector_mut().choose(
+            key,
+            payload.content_type,
+            &payload.bytes,
+            allowed,
+        );
+        (choice.algorithm != Algorithm::None).then(|| CompressJob {
+            key,
+            choice,
+            content_type: payload.content_type,
+            input: payload.bytes.clone(),
+        })
+    }
+
+    /// For a call of `service.method` with a payload too large to compress here
+    /// (over [`Config::max_compress_size`]): the compression the selector chooses, to
+    /// run elsewhere and send with [`Connection::open_call_compressed`]. `None`: send
+    /// it with [`Connection::open_call`] as it is.
+    pub fn call_compression_job(
+        &mut self,
+        service: &ServiceName,
+        method: &MethodName,
+        payload: &Payload,
+    ) -> Option<CompressJob> {
+        self.compression_job(method_key(service, method), payload)
+    }
+
+    /// Like [`Connection::call_compression_job`], for the reply to the peer's call
+    /// `call_id` (send with [`Connection::send_reply_compressed`]).
+    pub fn reply_compression_job(&mut self, call_id: u32, payload: &Payload) -> Option<CompressJob> {
+        let key = self.calls.get(&call_id)?.method_key;
+        self.compression_job(key, payload)
+    }
+
+    /// [`Connection::open_call`] with `payload` already compressed by a
+    /// [`CompressJob`] of [`Connection::call_compression_job`].
+    pub fn open_call_compressed(
+        &mut self,
+        service: &ServiceName,
+        method: &MethodName,
+        payload: Payload,
+        compressed: Compressed,
+        meta: WireMeta,
+        stream: bool,
+    ) -> Result<u32, SendError> {
+        self.precompressed = Some(compressed);
+        let r = self.open_call(service, method, payload, meta, stream);
+        self.precompressed = None;
+        r
+    }
+
+    /// [`Connection::send_reply`] with `payload` already compressed by a
+    /// [`CompressJob`] of [`Connection::reply_compression_job`].
+    pub fn send_reply_compressed(
+        &mut self,
+        call_id: u32,
+        payload: Payload,
+        compressed: Compressed,
+        stream: bool,
+    ) -> Result<(), SendError> {
+        self.precompressed = Some(compressed);
+        let r = self.send_reply(call_id, payload, stream);
+        self.precompressed = None;
+        r
     }
 
     fn enqueue(&mut self, call_id: u32, item: OutItem) {

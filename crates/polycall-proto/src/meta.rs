@@ -62,7 +62,7 @@ impl WireMeta {
             trace: md.trace.clone(),
             idempotent: md.idempotent,
             idempotency_key: md.idempotency_key.clone(),
-            principal: md.principal.as_ref().map(|p| p.as_str().to_owned()),
+            principal: md.principal.as_ref().map(ToString::to_string),
             extensions: Vec::new(),
         }
     }
@@ -75,7 +75,11 @@ impl WireMeta {
             trace: self.trace.clone(),
             idempotent: self.idempotent,
             idempotency_key: self.idempotency_key.clone(),
-            principal: self.principal.as_deref().map(Principal::new),
+            // A principal this build cannot read is dropped, never guessed at.
+            principal: self
+                .principal
+                .as_deref()
+                .and_then(|p| Principal::parse(p).ok()),
         }
     }
 

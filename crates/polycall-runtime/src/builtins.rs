@@ -1,6 +1,7 @@
 //! Methods every runtime serves itself: `sys.ping`, `sys.describe`, `sys.health`,
-//! `sys.shutdown`, `debug.echo`, `debug.sleep`; with `compat.fixtures` on, also
-//! libpolycall's conformance fixture `inventory.get`.
+//! `sys.shutdown`; `debug.echo` and `debug.sleep` only when enabled
+//! (`runtime.debug_methods`, or `compat.fixtures`, whose conformance suite calls them);
+//! with `compat.fixtures` on, also libpolycall's conformance fixture `inventory.get`.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -34,9 +35,14 @@ fn upgrade(state: &Weak<State>) -> Result<Arc<State>, Status> {
 /// libpolycall's conformance fixture: item id → quantity.
 const INVENTORY: &[(&str, u64)] = &[("widget-a", 42), ("widget-b", 7), ("gadget-c", 0)];
 
+/// The longest `debug.sleep` accepted: a test aid must not hold a handler for hours.
+pub(crate) const MAX_DEBUG_SLEEP_MS: u64 = 60_000;
+
 /// The built-in methods, bound to the runtime's state (weakly: the state owns them);
-/// `fixtures` adds libpolycall's `inventory.get` fixture.
-pub(crate) fn router(state: Weak<State>, fixtures: bool) -> Router {
+/// `debug` adds `debug.echo` and `debug.sleep`, `fixtures` libpolycall's
+/// `inventory.get` fixture (and the debug methods its suite calls).
+pub(crate) fn router(state: Weak<State>, debug: bool, fixtures: bool) -> Router {
+    let debug = debug || fixtures;
     let s1 = state.clone();
     let s2 = state.clone();
     let s3 = state;
@@ -96,6 +102,9 @@ pub(crate) fn router(state: Weak<State>, fixtures: bool) -> Router {
             )
         })
         .and_then(|r| {
+            if !debug {
+                return Ok(r);
+            }
             r.route(
                 "debug.echo",
                 MethodInfo::new("returns its input").input("any").output("the input").idempotent(true),
@@ -103,9 +112,12 @@ pub(crate) fn router(state: Weak<State>, fixtures: bool) -> Router {
             )
         })
         .and_then(|r| {
+            if !debug {
+                return Ok(r);
+            }
             r.route(
                 "debug.sleep",
-                MethodInfo::new("sleeps for ms milliseconds, honouring the deadline")
+                MethodInfo::new("sleeps for ms milliseconds (at most 60,000), honouring the deadline")
                     .input(r#"{"ms": u64}"#)
                     .output(r#"{"slept_ms": u64}"#)
                     .idempotent(true),
@@ -114,6 +126,11 @@ pub(crate) fn router(state: Weak<State>, fixtures: bool) -> Router {
                     let ms = input["ms"]
                         .as_u64()
                         .ok_or_else(|| Status::invalid_input("debug.sleep needs {\"ms\": <milliseconds>}"))?;
+                    if ms > MAX_DEBUG_SLEEP_MS {
+                        return Err(Status::invalid_input(format!(
+                            "debug.sleep sleeps at most {MAX_DEBUG_SLEEP_MS} ms; asked for {ms}"
+                        )));
+                    }
                     let want = Duration::from_millis(ms);
                     if let Some(d) = c.metadata.deadline
                         && d.remaining(Instant::now()) < want

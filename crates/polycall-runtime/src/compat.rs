@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use polycall_core::{Call, Code, Metadata, Payload, Principal, Reply, Status};
-use polycall_net::{BoxFuture, BoxIo, LegacyConnection, LegacyServe};
+use polycall_net::auth::Authenticator;
+use polycall_net::{BoxFuture, BoxIo, LegacyConnection, LegacyServe, Peer};
 use polycall_proto::detect::Dialect;
 use polycall_proto::legacy::{self, pcr1, v1};
 use serde_json::{Value, json};
@@ -40,25 +41,25 @@ use crate::State;
 ///
 /// ```
 /// use polycall_runtime::CompatConfig;
-/// let c = CompatConfig {
-///     credentials: vec![("alice".into(), "s3cret".into())],
-///     ..CompatConfig::default()
-/// };
-/// assert!(c.pcr1 && c.legacy_v1 && !c.fixtures);
-/// assert!(!format!("{c:?}").contains("s3cret"));
+/// let c = CompatConfig::default();
+/// assert!(c.pcr1 && c.legacy_v1 && !c.fixtures && !c.when_secured);
 /// ```
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct CompatConfig {
     /// Serve libpolycall PCR1 clients (default on).
     pub pcr1: bool,
-    /// Serve libpolycall first-generation clients (default on; every login is refused
-    /// while [`CompatConfig::credentials`] is empty).
+    /// Serve libpolycall first-generation clients (default on). Their AUTH step is
+    /// checked against the runtime's own sources: `[auth]` tokens (user = the token's
+    /// name, password = the token) and OPAQUE users (their password).
     pub legacy_v1: bool,
     /// Serve libpolycall's conformance fixture `inventory.get` (default off).
     pub fixtures: bool,
-    /// `(user, password)` pairs first-generation clients may log in with (compared in
-    /// constant time). Empty: every login is refused.
-    pub credentials: Vec<(String, String)>,
+    /// Serve the legacy dialects also when the runtime requires authentication or
+    /// listens beyond loopback (default off: then they are answered `unsupported`).
+    /// When on and authentication is required, every PCR1 message must carry a valid
+    /// `auth_token` and every first-generation session must log in; anything else is
+    /// answered with the dialect's `auth.denied` and reaches no handler.
+    pub when_secured: bool,
     /// The largest message either dialect carries, in bytes (default and most: 1 MiB).
     pub max_message: u32,
     /// Time allowed for each message to arrive, and for each answer to be written.
@@ -74,32 +75,11 @@ impl Default for CompatConfig {
             pcr1: true,
             legacy_v1: true,
             fixtures: false,
-            credentials: Vec::new(),
+            when_secured: false,
             max_message: legacy::MAX_MESSAGE,
             read_timeout: Duration::from_secs(10),
             default_deadline: Duration::from_secs(30),
         }
-    }
-}
-
-impl std::fmt::Debug for CompatConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CompatConfig")
-            .field("pcr1", &self.pcr1)
-            .field("legacy_v1", &self.legacy_v1)
-            .field("fixtures", &self.fixtures)
-            .field(
-                "credentials",
-                &self
-                    .credentials
-                    .iter()
-                    .map(|(u, _)| format!("{u}:<redacted>"))
-                    .collect::<Vec<_>>(),
-            )
-            .field("max_message", &self.max_message)
-            .field("read_timeout", &self.read_timeout)
-            .field("default_deadline", &self.default_deadline)
-            .finish()
     }
 }
 
@@ -110,12 +90,52 @@ impl CompatConfig {
     }
 }
 
+/// How the runtime's authentication policy applies to legacy connections.
+#[derive(Clone)]
+pub(crate) struct LegacyPolicy {
+    /// The runtime's authenticator: the sources tokens and passwords are checked against.
+    pub(crate) auth: Option<Arc<dyn Authenticator>>,
+    /// Whether every client must prove who it is.
+    pub(crate) required: bool,
+    /// Why the legacy dialects are not served at all (a secured runtime without
+    /// `compat.when_secured`).
+    pub(crate) refused: Option<String>,
+}
+
+impl LegacyPolicy {
+    /// The policy of a runtime with `auth`, listening beyond loopback when `exposed`.
+    pub(crate) fn new(
+        config: &CompatConfig,
+        auth: Option<Arc<dyn Authenticator>>,
+        exposed: bool,
+    ) -> Self {
+        let required = auth.as_ref().is_some_and(|a| !a.admits_anonymous());
+        let refused = ((required || exposed) && !config.when_secured).then(|| {
+            let why = match (required, exposed) {
+                (true, true) => "requires authentication and listens beyond loopback",
+                (true, false) => "requires authentication",
+                _ => "listens beyond loopback",
+            };
+            format!(
+                "this runtime {why}, and serves libpolycall's dialects there only when \
+                 compat.when_secured = true (then with credentials); use a polycall client"
+            )
+        });
+        Self {
+            auth,
+            required,
+            refused,
+        }
+    }
+}
+
 /// Serves legacy connections for one runtime.
 pub(crate) struct Compat {
     state: Arc<State>,
     /// The QoS stack over [`Route`], as native connections have it.
     stack: crate::LiveStack,
     config: CompatConfig,
+    policy: LegacyPolicy,
 }
 
 impl Compat {
@@ -123,12 +143,14 @@ impl Compat {
         state: Arc<State>,
         stack: crate::LiveStack,
         mut config: CompatConfig,
+        policy: LegacyPolicy,
     ) -> Self {
         config.max_message = config.max_message.min(legacy::MAX_MESSAGE);
         Self {
             state,
             stack,
             config,
+            policy,
         }
     }
 }
@@ -140,7 +162,8 @@ impl LegacyServe for Compat {
                 state: self.state.clone(),
                 stack: self.stack.clone(),
                 config: self.config.clone(),
-                principal: Principal::anonymous(&conn.peer),
+                policy: self.policy.clone(),
+                principal: conn.peer.anonymous(),
                 peer: conn.peer,
             },
             io: conn.io,
@@ -160,8 +183,10 @@ struct Ctx {
     state: Arc<State>,
     stack: crate::LiveStack,
     config: CompatConfig,
+    policy: LegacyPolicy,
+    /// Who the connection's calls run as: anonymous (its peer) until it proves more.
     principal: Principal,
-    peer: String,
+    peer: Peer,
 }
 
 /// One legacy connection.
@@ -227,6 +252,12 @@ impl Conn {
                 Code::Unsupported,
                 "this runtime does not serve libpolycall PCR1 clients (compat.pcr1 is off)",
             );
+            self.pcr1_send(pcr1::Kind::Response, 0, &body).await;
+            return self.close().await;
+        }
+        if let Some(why) = self.ctx.policy.refused.clone() {
+            tracing::info!(peer = %self.ctx.peer, "PCR1 client refused: {why}");
+            let body = pcr1::error_body(Code::Unsupported, &why);
             self.pcr1_send(pcr1::Kind::Response, 0, &body).await;
             return self.close().await;
         }
@@ -324,6 +355,12 @@ impl Conn {
             self.v1_send(v1::MsgType::Error, 0, &e).await;
             return self.close().await;
         }
+        if let Some(why) = self.ctx.policy.refused.clone() {
+            tracing::info!(peer = %self.ctx.peer, "first-generation client refused: {why}");
+            self.v1_send(v1::MsgType::Error, 0, &v1_error(Code::Unsupported, &why))
+                .await;
+            return self.close().await;
+        }
         let decoder = v1::Decoder {
             max: self.ctx.config.max_message,
         };
@@ -396,25 +433,23 @@ impl Conn {
                     self.v1_send(v1::MsgType::Response, sequence, &answer).await
                 }
                 v1::Input::Auth(c) => {
-                    let ok = self.ctx.verify(&c);
-                    session.authenticated(ok);
-                    if ok {
-                        tracing::debug!(peer = %self.ctx.peer, user = %c.username, "first-generation login");
-                        self.ctx.principal = Principal::new(format!("legacy:{}", c.username));
+                    let verified = self.ctx.verify(&c).await;
+                    session.authenticated(verified.is_some());
+                    if let Some(principal) = verified {
+                        tracing::debug!(peer = %self.ctx.peer, %principal, "first-generation login");
+                        self.ctx.principal = principal;
                         let body = json!({"authenticated": true, "username": c.username});
                         self.v1_send(v1::MsgType::Response, sequence, body.to_string().as_bytes())
                             .await
                     } else {
-                        let why = if self.ctx.config.credentials.is_empty() {
-                            "first-generation logins are refused: this runtime has no credentials configured (compat.credentials)".to_owned()
-                        } else {
-                            format!(
-                                "login refused for {:?}: wrong user name or password; the connection is closed",
-                                c.username
-                            )
-                        };
+                        let why = format!(
+                            "login refused for {:?}: wrong user name or password (first-generation \
+                             logins are checked against [auth]: a token as user = its name and \
+                             password = the token, or an OPAQUE user's password); the connection is closed",
+                            c.username
+                        );
                         tracing::info!(peer = %self.ctx.peer, user = %c.username, "first-generation login refused");
-                        let body = v1_error(Code::PermissionDenied, &why);
+                        let body = v1_error(Code::Unauthenticated, &why);
                         self.v1_send(v1::MsgType::Error, sequence, &body).await;
                         session.close();
                         return self.close().await;
@@ -422,7 +457,8 @@ impl Conn {
                 }
                 v1::Input::Command(cmd) => {
                     let deadline = self.ctx.config.default_deadline;
-                    match self.ctx.call(&cmd.command, cmd.data, deadline).await {
+                    let principal = self.ctx.principal.clone();
+                    match self.ctx.call(&cmd.command, cmd.data, deadline, principal).await {
                         Ok(out) => {
                             self.v1_send(
                                 v1::MsgType::Response,
@@ -448,15 +484,22 @@ impl Conn {
 }
 
 impl Ctx {
-    /// Calls `name` with `input` through the runtime's stack, within the deadline.
-    async fn call(&self, name: &str, input: Value, deadline: Duration) -> Result<Value, Status> {
+    /// Calls `name` with `input` through the runtime's stack, within the deadline, as
+    /// `principal`.
+    async fn call(
+        &self,
+        name: &str,
+        input: Value,
+        deadline: Duration,
+        principal: Principal,
+    ) -> Result<Value, Status> {
         let payload = Payload::json(&input).map_err(|e| Status::internal(e.to_string()))?;
         let mut call = Call::new(name, payload).map_err(|e| {
             Status::unknown_method(format!("{name:?} is not an operation name: {e}"))
         })?;
         call.metadata = Metadata::default()
             .with_timeout(Instant::now(), deadline)
-            .with_principal(self.principal.clone());
+            .with_principal(principal);
         let mut stack = self.stack.current();
         let run = async move {
             std::future::poll_fn(|cx| stack.poll_ready(cx)).await?;
@@ -483,9 +526,13 @@ impl Ctx {
             Ok(r) => r,
             Err(e) => return pcr1::error_body(Code::Malformed, &e.0),
         };
+        let principal = match self.token_principal(req.auth_token.as_deref()) {
+            Ok(p) => p,
+            Err(denied) => return denied,
+        };
         let name = format!("{}.{}", req.service, req.operation);
         let deadline = self.deadline_of(req.deadline_ms);
-        match self.call(&name, req.input, deadline).await {
+        match self.call(&name, req.input, deadline, principal).await {
             Ok(out) => pcr1::ok_response(out),
             Err(s) => pcr1::error_body(s.code, &s.message),
         }
@@ -496,6 +543,11 @@ impl Ctx {
             Ok(c) => c,
             Err(e) => return pcr1::error_body(Code::Malformed, &e.0),
         };
+        if control.action != pcr1::Action::Shutdown
+            && let Err(denied) = self.token_principal(control.auth_token.as_deref())
+        {
+            return denied;
+        }
         match control.action {
             pcr1::Action::Ping => pcr1::ok_control(json!("pong")),
             pcr1::Action::Health => pcr1::ok_control(self.state.health()),
@@ -518,27 +570,45 @@ impl Ctx {
         }
     }
 
-    /// Whether `c` is one of the configured credentials, comparing every pair in full
-    /// (time does not depend on where a mismatch is, nor on which pair matched).
-    fn verify(&self, c: &v1::Credentials) -> bool {
-        let mut ok = false;
-        for (user, password) in &self.config.credentials {
-            let m = ct_eq(user.as_bytes(), c.username.as_bytes())
-                & ct_eq(password.as_bytes(), c.password.as_bytes());
-            ok |= m;
+    /// Who a PCR1 message's `auth_token` proves the caller is. Without a token the
+    /// caller is anonymous, which a runtime requiring authentication refuses; a token
+    /// that is not accepted is refused either way. The answer on refusal is the
+    /// dialect's `auth.denied`.
+    fn token_principal(&self, token: Option<&str>) -> Result<Principal, Value> {
+        match token {
+            Some(t) => self
+                .policy
+                .auth
+                .as_ref()
+                .and_then(|a| a.verify_token(t.as_bytes()))
+                .ok_or_else(|| {
+                    tracing::info!(peer = %self.peer, "PCR1 auth_token refused");
+                    pcr1::error_body(
+                        Code::Unauthenticated,
+                        "the auth_token is not accepted here; send a token the runtime's [auth] file lists",
+                    )
+                }),
+            None if self.policy.required => {
+                tracing::info!(peer = %self.peer, "PCR1 message without auth_token refused");
+                Err(pcr1::error_body(
+                    Code::Unauthenticated,
+                    "this runtime requires authentication: send \"auth_token\" with a token its [auth] file lists",
+                ))
+            }
+            None => Ok(self.principal.clone()),
         }
-        ok
     }
-}
 
-/// Constant-time equality (in the longer input's length).
-fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    let mut diff = a.len() ^ b.len();
-    for i in 0..a.len().max(b.len()) {
-        let x = a.get(i).copied().unwrap_or(0) ^ b.get(i).copied().unwrap_or(0);
-        diff |= usize::from(x);
+    /// The principal first-generation credentials prove, checked off the event loop
+    /// against the runtime's tokens and OPAQUE users.
+    async fn verify(&self, c: &v1::Credentials) -> Option<Principal> {
+        let auth = self.policy.auth.clone()?;
+        let (user, password) = (c.username.clone(), c.password.clone());
+        polycall_net::offload::run(move || auth.verify_password(&user, password.as_bytes()))
+            .await
+            .ok()
+            .flatten()
     }
-    std::hint::black_box(diff) == 0
 }
 
 /// A first-generation error payload: `{"code", "message"}` with the PCR1 code string.
@@ -596,15 +666,6 @@ fn describe(state: &State) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn constant_time_equality() {
-        assert!(ct_eq(b"s3cret", b"s3cret"));
-        assert!(!ct_eq(b"s3cret", b"s3creT"));
-        assert!(!ct_eq(b"s3cret", b"s3cret!"));
-        assert!(!ct_eq(b"", b"x"));
-        assert!(ct_eq(b"", b""));
-    }
 
     #[test]
     fn replies_become_json() {

@@ -98,7 +98,7 @@ impl ConnectionHandler for RuntimeConnection {
                 if let Err(denied) =
                     policy.check_provide(principal, m.service.as_str(), m.method.as_str())
                 {
-                    tracing::info!(%denied, peer = self.connection.peer(), "registration refused");
+                    tracing::info!(%denied, peer = %self.connection.peer(), "registration refused");
                     return Err(Status::new(
                         polycall_core::Code::PermissionDenied,
                         denied.to_string(),
@@ -129,7 +129,7 @@ impl ConnectionHandler for RuntimeConnection {
             .collect();
         tracing::info!(
             provider = self.provider_id,
-            peer = self.connection.peer(),
+            peer = %self.connection.peer(),
             methods = list.len(),
             "provider registered"
         );

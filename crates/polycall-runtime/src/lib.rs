@@ -5,7 +5,8 @@
 //! to a provider (the one with the fewest calls outstanding), forwards the caller's
 //! remaining deadline, fails a call at once with `unavailable` when its provider
 //! disconnects, and serves its own methods (`sys.ping`, `sys.describe`, `sys.health`,
-//! `sys.shutdown`, `debug.echo`, `debug.sleep`).
+//! `sys.shutdown`; `debug.echo` and `debug.sleep` when [`RuntimeConfig::debug_methods`]
+//! is set).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -42,6 +43,9 @@ pub use provider::{Provider, ProviderConfig};
 pub use registry::{Provision, Registry};
 pub use state_service::StateSettings;
 
+/// How long before its TLS certificate expires a runtime reports itself `degraded`.
+pub const CERT_EXPIRY_WARNING: std::time::Duration = std::time::Duration::from_secs(14 * 24 * 3600);
+
 /// The endpoint a runtime listens on when none is configured: loopback only.
 pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7464";
 
@@ -67,6 +71,9 @@ pub struct RuntimeConfig {
     pub insecure_remote: bool,
     /// State machines: where their definitions and their database are.
     pub state: StateSettings,
+    /// Serve `debug.echo` and `debug.sleep` (off by default: test aids, not part of a
+    /// production surface).
+    pub debug_methods: bool,
 }
 
 /// What the runtime applies to every call it serves, in this order: authorization, rate
@@ -88,17 +95,24 @@ pub struct QosConfig {
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
+        let mut server = ServerConfig::default();
+        // The runtime's own handlers answer at once or wait without computing (routing
+        // forwards to a provider; state methods wait on the store's threads; nothing reads
+        // disk or hashes on the connection's task), so they run inside the connection's
+        // task, sparing a spawn and a wake-up per routed call.
+        server.connection.spawn_handlers = false;
         Self {
             endpoint: DEFAULT_ENDPOINT
                 .parse()
                 .unwrap_or(Endpoint::Tcp(DEFAULT_ENDPOINT.into())),
             state_dir: PathBuf::from(".polycall"),
-            server: ServerConfig::default(),
+            server,
             qos: QosConfig::default(),
             compat: CompatConfig::default(),
             tls: None,
             insecure_remote: false,
             state: StateSettings::default(),
+            debug_methods: false,
         }
     }
 }
@@ -160,6 +174,8 @@ pub(crate) struct State {
     qos_generation: AtomicU64,
     /// Where the configuration came from and how its last reload went (sys.health).
     config_status: std::sync::Mutex<serde_json::Value>,
+    /// When the TLS certificate in force stops being valid (`sys.health` warns ahead).
+    tls_not_after: std::sync::Mutex<Option<std::time::SystemTime>>,
     /// The TLS settings in force and the listener's configuration slot, for reloads.
     tls: std::sync::Mutex<
         Option<(
@@ -208,12 +224,8 @@ impl LiveStack {
 
 impl State {
     fn token_matches(&self, t: &str) -> bool {
-        // Constant-time comparison: the token guards shutdown.
-        t.len() == self.token.len()
-            && t.bytes()
-                .zip(self.token.bytes())
-                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-                == 0
+        // The token guards shutdown: compared in constant time.
+        polycall_security::token::constant_time_eq(t.as_bytes(), self.token.as_bytes())
     }
 
     fn request_shutdown(&self) {
@@ -233,14 +245,56 @@ impl State {
         json!({ "methods": methods })
     }
 
+    /// Why the runtime is not fully well: a rejected configuration reload, a state
+    /// store whose last commit failed, a TLS certificate close to its expiry.
+    fn degraded_reasons(&self, config: &serde_json::Value) -> Vec<String> {
+        let mut reasons = Vec::new();
+        let reload = &config["last_reload"];
+        if reload["ok"] == json!(false) {
+            let first = reload["errors"][0].as_str().unwrap_or("see the log");
+            reasons.push(format!(
+                "the last configuration reload was rejected ({first}); the previous configuration is running"
+            ));
+        }
+        if let Some(host) = &self.machines {
+            let stats = host.store().stats();
+            if stats.failing {
+                reasons.push(format!(
+                    "state store: its last commit failed ({} failed so far), so state writes are refused; see the log",
+                    stats.failures
+                ));
+            }
+        }
+        let not_after = *self
+            .tls_not_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = not_after {
+            let now = std::time::SystemTime::now();
+            match t.duration_since(now) {
+                Err(_) => reasons.push(
+                    "the TLS certificate has expired: clients refuse the handshake; issue a new one and reload".into(),
+                ),
+                Ok(left) if left < CERT_EXPIRY_WARNING => reasons.push(format!(
+                    "the TLS certificate expires in {} hours; issue a new one and reload (SIGHUP)",
+                    left.as_secs() / 3600
+                )),
+                Ok(_) => {}
+            }
+        }
+        reasons
+    }
+
     fn health(&self) -> serde_json::Value {
         let config = self
             .config_status
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        let reasons = self.degraded_reasons(&config);
         json!({
-            "status": "ok",
+            "status": if reasons.is_empty() { "ok" } else { "degraded" },
+            "reasons": reasons,
             "config": config,
             "version": env!("CARGO_PKG_VERSION"),
             "endpoint": self.endpoint.get().map(ToString::to_string),
@@ -376,24 +430,6 @@ fn open_machines(
     Ok(Some(Arc::new(host)))
 }
 
-fn new_token() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    // 128 bits from the OS-seeded hasher keys (std's RandomState) and the clock.
-    let mut out = String::new();
-    for i in 0..2u64 {
-        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-        h.write_u64(i);
-        h.write_u128(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_nanos()),
-        );
-        h.write_u32(std::process::id());
-        out.push_str(&format!("{:016x}", h.finish()));
-    }
-    out
-}
-
 impl Runtime {
     /// Starts listening and serving.
     pub async fn start(mut config: RuntimeConfig) -> Result<Runtime, RuntimeError> {
@@ -406,42 +442,60 @@ impl Runtime {
             config.server.transport = Arc::new(transport);
         }
         let machines = open_machines(&config)?;
+        let tls_not_after = match &config.tls {
+            Some(t) => Some(t.not_after()?),
+            None => None,
+        };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let state = Arc::new_cyclic(|weak| State {
             registry: Registry::default(),
             builtins: match &machines {
-                Some(host) => builtins::router(weak.clone(), config.compat.fixtures)
-                    .merge(&state_service::router(host, weak.clone())),
-                None => builtins::router(weak.clone(), config.compat.fixtures),
+                Some(host) => builtins::router(
+                    weak.clone(),
+                    config.debug_methods,
+                    config.compat.fixtures,
+                )
+                .merge(&state_service::router(host, weak.clone())),
+                None => builtins::router(weak.clone(), config.debug_methods, config.compat.fixtures),
             },
             machines: machines.clone(),
             started: Instant::now(),
-            token: new_token(),
+            token: polycall_security::token::generate(),
             shutdown,
             endpoint: std::sync::OnceLock::new(),
             connections: std::sync::OnceLock::new(),
             qos: std::sync::RwLock::new(Arc::new(Qos::new(&config.qos))),
             qos_generation: AtomicU64::new(0),
             config_status: std::sync::Mutex::new(json!({"source": "embedded defaults"})),
+            tls_not_after: std::sync::Mutex::new(tls_not_after),
             tls: std::sync::Mutex::new(config.tls.clone().zip(tls_slot)),
         });
         let next_provider = Arc::new(AtomicU64::new(1));
         let make_state = state.clone();
         let mut server_config = config.server.clone();
         if config.compat.any() {
+            let policy = compat::LegacyPolicy::new(
+                &config.compat,
+                config.server.connection.authenticator.clone(),
+                !config.endpoint.is_loopback(),
+            );
+            if let Some(why) = &policy.refused {
+                tracing::warn!("libpolycall dialects are not served: {why}");
+            }
             server_config.legacy = Some(Arc::new(compat::Compat::new(
                 state.clone(),
                 LiveStack::new(state.clone()),
                 config.compat.clone(),
+                policy,
             )));
         }
         let make = Arc::new(
-            move |conn: &ConnectionHandle, peer: &str| -> SharedHandler {
+            move |conn: &ConnectionHandle, peer: &polycall_net::Peer| -> SharedHandler {
                 Arc::new(connection::RuntimeConnection {
                     state: make_state.clone(),
                     connection: conn.clone(),
                     provider_id: next_provider.fetch_add(1, Ordering::Relaxed),
-                    anonymous: polycall_core::Principal::anonymous(peer),
+                    anonymous: peer.anonymous(),
                     stack: LiveStack::new(make_state.clone()),
                 })
             },
@@ -484,14 +538,11 @@ impl Runtime {
             "version": env!("CARGO_PKG_VERSION"),
         });
         std::fs::write(dir.join("runtime.json"), format!("{info:#}\n")).map_err(err)?;
-        let token_path = dir.join("runtime.token");
-        std::fs::write(&token_path, &self.state.token).map_err(err)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&token_path, std::fs::Permissions::from_mode(0o600))
-                .map_err(err)?;
-        }
+        polycall_security::private_file::replace(
+            &dir.join("runtime.token"),
+            self.state.token.as_bytes(),
+        )
+        .map_err(err)?;
         Ok(())
     }
 
@@ -509,6 +560,11 @@ impl Runtime {
         };
         let next = settings.unwrap_or_else(|| current.clone());
         slot.replace(next.build()?);
+        *self
+            .state
+            .tls_not_after
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = next.not_after().ok();
         *current = next;
         tracing::info!("TLS certificates reloaded");
         Ok(true)

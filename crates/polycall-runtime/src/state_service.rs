@@ -103,7 +103,18 @@ fn principal(call: &Call) -> Option<String> {
     call.metadata
         .principal
         .as_ref()
-        .map(|p| p.as_str().to_string())
+        .map(ToString::to_string)
+}
+
+/// Runs a database read (and what it feeds) on tokio's blocking pool, off the
+/// connection's task.
+async fn blocking<T: Send + 'static>(
+    read: impl FnOnce() -> Result<T, polycall_state::StateError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(read)
+        .await
+        .map_err(|e| Status::internal(format!("a state read failed: {e}")))?
+        .map_err(Status::from)
 }
 
 type Fut = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, Status>> + Send>>;
@@ -192,7 +203,8 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
             |h, c, v| {
                 Box::pin(async move {
                     let limit = v["limit"].as_u64().unwrap_or(1000) as usize;
-                    json_reply(h.history(field(&v, "id", &c)?, limit)?)
+                    let id = field(&v, "id", &c)?.to_string();
+                    json_reply(blocking(move || h.history(&id, limit)).await?)
                 })
             },
         );
@@ -296,9 +308,13 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
             host,
             |h, c, v| {
                 Box::pin(async move {
-                    let id = field(&v, "id", &c)?;
-                    let history = h.history(id, usize::MAX)?;
-                    json_reply(json!({"html": graph::timeline_html(id, &history)}))
+                    let id = field(&v, "id", &c)?.to_string();
+                    let html = blocking(move || {
+                        let history = h.history(&id, usize::MAX)?;
+                        Ok(graph::timeline_html(&id, &history))
+                    })
+                    .await?;
+                    json_reply(json!({"html": html}))
                 })
             },
         );

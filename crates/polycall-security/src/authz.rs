@@ -12,7 +12,10 @@
 //! | `any` | every session, authenticated or not |
 //! | `authenticated` | every authenticated session |
 //! | `role:NAME` | principals listed in role `NAME` |
-//! | a principal pattern | `user:alice`, `token:ci`, `spiffe://example.org/ns/*` |
+//! | a principal pattern | `user:alice`, `token:ci`, `spiffe://example.org/ns/*`, `dns:*.example.org` |
+//!
+//! Patterns are typed: the kind (`token:`, `user:`, `spiffe://`, `dns:`) must match the
+//! caller's [`Principal`] kind, then the glob is matched against its name alone.
 //!
 //! Permissions are additive by session state, as libpolycall's hierarchical model
 //! meant: an unauthenticated session has what `any` grants; an authenticated one has
@@ -31,9 +34,9 @@
 //!     ]
 //! }"#).unwrap();
 //! let policy = Policy::new(&config).unwrap();
-//! let alice = Principal::new("user:alice");
-//! let bob = Principal::new("user:bob");
-//! let anon = Principal::anonymous("127.0.0.1:4000");
+//! let alice = Principal::user("alice");
+//! let bob = Principal::user("bob");
+//! let anon = Principal::anonymous("127.0.0.1:4000".parse::<std::net::SocketAddr>().map(polycall_core::PeerAddr::Ip).unwrap());
 //! assert!(policy.check(Some(&anon), "sys", "ping").is_ok());
 //! assert!(policy.check(Some(&anon), "inventory", "get").is_err());
 //! assert!(policy.check(Some(&bob), "inventory", "get").is_ok());
@@ -111,12 +114,54 @@ impl Glob {
     }
 }
 
+/// A principal pattern, typed: the kind of principal, then a glob over its name.
+/// `user:ali*` matches users whose name starts with `ali`, never a token of that name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum PrincipalPattern {
+    Token(Glob),
+    User(Glob),
+    Spiffe(Glob),
+    Dns(Glob),
+}
+
+impl PrincipalPattern {
+    fn parse(what: &str, text: &str) -> Result<Self, Error> {
+        let kinded = |prefix: &str| text.strip_prefix(prefix).map(|rest| check_glob(what, rest));
+        if let Some(g) = kinded("token:") {
+            return g.map(Self::Token);
+        }
+        if let Some(g) = kinded("user:") {
+            return g.map(Self::User);
+        }
+        if let Some(g) = kinded("dns:") {
+            return g.map(Self::Dns);
+        }
+        if text.starts_with("spiffe://") {
+            return check_glob(what, text).map(Self::Spiffe);
+        }
+        Err(Error::Config(format!(
+            "authorization: {what} {text:?} names no kind of principal; write token:NAME, \
+             user:NAME, spiffe://DOMAIN/PATH or dns:NAME (globs with `*`)"
+        )))
+    }
+
+    fn matches(&self, p: &Principal) -> bool {
+        match (self, p) {
+            (Self::Token(g), Principal::Token(n))
+            | (Self::User(g), Principal::User(n))
+            | (Self::Spiffe(g), Principal::Spiffe(n))
+            | (Self::Dns(g), Principal::Dns(n)) => g.matches(n),
+            _ => false,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Grant {
     Any,
     Authenticated,
     Role(String),
-    Principal(Glob),
+    Principal(PrincipalPattern),
 }
 
 #[derive(Debug, Clone)]
@@ -130,7 +175,7 @@ struct Rule {
 /// A compiled policy. Cheap to check: a linear scan of the rules (policies are short).
 #[derive(Debug, Clone, Default)]
 pub struct Policy {
-    roles: BTreeMap<String, Vec<Glob>>,
+    roles: BTreeMap<String, Vec<PrincipalPattern>>,
     rules: Vec<Rule>,
 }
 
@@ -169,7 +214,7 @@ impl Policy {
         for (name, members) in &config.roles {
             let globs = members
                 .iter()
-                .map(|m| check_glob(&format!("role {name} member"), m))
+                .map(|m| PrincipalPattern::parse(&format!("role {name} member"), m))
                 .collect::<Result<Vec<_>, _>>()?;
             roles.insert(name.clone(), globs);
         }
@@ -197,7 +242,7 @@ impl Policy {
                         )))
                     }
                 }
-                g => check_glob("principal", g).map(Grant::Principal),
+                g => PrincipalPattern::parse("principal", g).map(Grant::Principal),
             };
             rules.push(Rule {
                 service: check_glob("service", &r.service)?,
@@ -215,7 +260,7 @@ impl Policy {
     }
 
     /// The roles `principal` belongs to.
-    pub fn roles_of(&self, principal: &str) -> Vec<&str> {
+    pub fn roles_of(&self, principal: &Principal) -> Vec<&str> {
         self.roles
             .iter()
             .filter(|(_, members)| members.iter().any(|m| m.matches(principal)))
@@ -223,7 +268,7 @@ impl Policy {
             .collect()
     }
 
-    fn grants(&self, grant: &Grant, principal: Option<&str>) -> bool {
+    fn grants(&self, grant: &Grant, principal: Option<&Principal>) -> bool {
         match (grant, principal) {
             (Grant::Any, _) => true,
             (_, None) => false,
@@ -265,7 +310,7 @@ impl Policy {
         if self.is_open() {
             return Ok(());
         }
-        let authenticated = principal.filter(|p| !p.is_anonymous()).map(|p| p.as_str());
+        let authenticated = principal.filter(|p| p.is_authenticated());
         let allowed = self.rules.iter().any(|r| {
             r.service.matches(service)
                 && r.method.matches(method)
@@ -276,7 +321,7 @@ impl Policy {
         } else {
             Err(Denied {
                 action,
-                who: authenticated.unwrap_or("anonymous").to_owned(),
+                who: authenticated.map_or_else(|| "anonymous".to_owned(), ToString::to_string),
                 service: service.to_owned(),
                 method: method.to_owned(),
             })
@@ -324,10 +369,10 @@ mod tests {
                 {"service":"ops","allow":["role:admin"]},
                 {"service":"own","allow":["token:ci"]}]}"#,
         );
-        let anon = Principal::anonymous("x");
-        let user = Principal::new("user:bob");
-        let root = Principal::new("user:root");
-        let ci = Principal::new("token:ci");
+        let anon = Principal::anonymous(polycall_core::PeerAddr::named("x"));
+        let user = Principal::user("bob");
+        let root = Principal::user("root");
+        let ci = Principal::token("ci");
         for (who, svc, ok) in [
             (&anon, "pub", true),
             (&anon, "app", false),
@@ -341,7 +386,9 @@ mod tests {
         ] {
             assert_eq!(p.check(Some(who), svc, "m").is_ok(), ok, "{who} {svc}");
         }
-        assert_eq!(p.roles_of("user:root"), vec!["admin"]);
+        assert_eq!(p.roles_of(&root), vec!["admin"]);
+        // A token named like a user is not that user.
+        assert!(p.check(Some(&Principal::token("root")), "ops", "m").is_err());
     }
 
     #[test]
@@ -353,5 +400,7 @@ mod tests {
             r#"{"rules":[{"service":"a","provide":["role:nope"]}]}"#
         ));
         assert!(bad(r#"{"rules":[{"service":"","allow":["any"]}]}"#));
+        assert!(bad(r#"{"rules":[{"service":"a","allow":["alice"]}]}"#));
+        assert!(bad(r#"{"roles":{"r":["user:"]},"rules":[{"service":"a","allow":["role:r"]}]}"#));
     }
 }

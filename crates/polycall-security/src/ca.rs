@@ -1,7 +1,6 @@
 //! A small certificate authority: one self-signed CA in a directory (`ca.pem`,
 //! `ca.key`), certificates with DNS and SPIFFE names, and revocation lists.
 
-use std::io::Write;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -116,16 +115,9 @@ pub struct IssuedCert {
 }
 
 /// Writes a secret file readable by its owner only (mode 0600), replacing any
-/// earlier file.
+/// earlier file atomically ([`crate::private_file::replace`]).
 pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    let _ = std::fs::remove_file(path);
-    let mut o = std::fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    let mut f = o.open(path)?;
-    f.write_all(contents)?;
-    f.sync_all()
+    crate::private_file::replace(path, contents)
 }
 
 fn random_serial() -> Result<SerialNumber, Error> {

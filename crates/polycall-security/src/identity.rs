@@ -1,5 +1,6 @@
 //! Peer identities from certificates: SPIFFE URIs, else DNS names.
 
+use polycall_core::Principal;
 use rustls_pki_types::CertificateDer;
 use x509_parser::extensions::GeneralName;
 
@@ -32,15 +33,20 @@ pub fn spiffe_id(certs: &[CertificateDer<'_>]) -> Option<String> {
 
 /// Who a verified certificate chain (end-entity first, as rustls reports
 /// `peer_certificates()`) identifies: the SPIFFE URI SAN of the end-entity
-/// certificate, else its first DNS name SAN; `None` without either (or without
-/// certificates).
+/// certificate ([`Principal::Spiffe`]), else its first DNS name SAN
+/// ([`Principal::Dns`]); `None` without either (or without certificates).
 ///
 /// Call it only on chains the TLS handshake has verified.
-pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Option<String> {
+pub fn peer_identity(certs: &[CertificateDer<'_>]) -> Option<Principal> {
     let names = names(certs.first()?);
-    names
+    if let Some((_, id)) = names
         .iter()
         .find(|(uri, n)| *uri && n.starts_with("spiffe://"))
-        .or_else(|| names.iter().find(|(uri, _)| !*uri))
-        .map(|(_, n)| n.clone())
+    {
+        return Some(Principal::Spiffe(id.as_str().into()));
+    }
+    names
+        .into_iter()
+        .find(|(uri, _)| !*uri)
+        .map(|(_, n)| Principal::Dns(n.into()))
 }

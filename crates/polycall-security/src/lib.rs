@@ -30,6 +30,7 @@
 //! # let _ = config; Ok(()) }
 //! ```
 
+pub mod private_file;
 pub mod authz;
 mod ca;
 mod error;

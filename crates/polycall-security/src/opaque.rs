@@ -65,7 +65,6 @@ use std::fs;
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use opaque_ke::errors::{InternalError, ProtocolError};
 use opaque_ke::generic_array::typenum::Unsigned;
@@ -393,35 +392,12 @@ fn create_parent(path: &Path) -> Result<(), OpaqueError> {
     b.create(parent).map_err(|e| io_err(parent, e))
 }
 
-/// Writes `contents` to a fresh temporary file (mode 0600) beside `path`, synced.
+/// Writes `contents` to a fresh private temporary file beside `path`
+/// ([`crate::private_file`]).
 fn write_temp(path: &Path, contents: &[u8]) -> Result<PathBuf, OpaqueError> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let file_name = path.file_name().ok_or_else(|| OpaqueError::Io {
-        path: path.display().to_string(),
-        reason: "not a file path".into(),
-    })?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(
-        ".tmp-{}-{}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let tmp = path.with_file_name(tmp_name);
-    let mut o = fs::OpenOptions::new();
-    o.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
-    let result = o.open(&tmp).and_then(|mut f| {
-        f.write_all(contents)?;
-        f.sync_all()
-    });
-    match result {
-        Ok(()) => Ok(tmp),
-        Err(e) => {
-            let _ = fs::remove_file(&tmp);
-            Err(io_err(&tmp, e))
-        }
-    }
+    let tmp = crate::private_file::temporary_beside(path).map_err(|e| io_err(path, e))?;
+    crate::private_file::create_new(&tmp, contents).map_err(|e| io_err(&tmp, e))?;
+    Ok(tmp)
 }
 
 fn sync_parent(path: &Path) {
@@ -432,16 +408,10 @@ fn sync_parent(path: &Path) {
     }
 }
 
-/// Replaces `path` atomically (temporary file + rename), mode 0600.
+/// Replaces `path` atomically with a private file ([`crate::private_file::replace`]).
 fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), OpaqueError> {
     create_parent(path)?;
-    let tmp = write_temp(path, contents)?;
-    if let Err(e) = fs::rename(&tmp, path) {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(path, e));
-    }
-    sync_parent(path);
-    Ok(())
+    crate::private_file::replace(path, contents).map_err(|e| io_err(path, e))
 }
 
 fn hex_encode(b: &[u8]) -> String {

@@ -126,6 +126,23 @@ pub struct ServerTls {
 }
 
 impl ServerTls {
+    /// When the end-entity certificate stops being valid (its `notAfter`), read from
+    /// the chain's reference.
+    pub fn not_after(&self) -> Result<std::time::SystemTime, Error> {
+        let chain = self
+            .cert_chain
+            .as_ref()
+            .ok_or_else(|| Error::Config("the server needs a certificate chain".into()))?;
+        let certs = load_certs(chain)?;
+        let leaf = certs
+            .first()
+            .ok_or_else(|| Error::Config("the certificate chain is empty".into()))?;
+        let (_, x509) = x509_parser::parse_x509_certificate(leaf.as_ref())
+            .map_err(|e| Error::Config(format!("the server certificate does not parse: {e}")))?;
+        let secs = x509.validity().not_after.timestamp();
+        Ok(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs.max(0) as u64))
+    }
+
     /// Reads every reference and builds the rustls configuration.
     pub fn build(&self) -> Result<Arc<rustls::ServerConfig>, Error> {
         let chain = self

@@ -41,12 +41,35 @@ fn digest(token: &[u8]) -> [u8; 64] {
 
 /// Compares two digests in constant time.
 fn same(a: &[u8; 64], b: &[u8; 64]) -> bool {
-    let mut diff = 0u8;
-    for (x, y) in a.iter().zip(b) {
-        diff |= x ^ y;
-    }
-    // Keep the optimizer from turning the fold into an early exit.
-    std::hint::black_box(diff) == 0
+    constant_time_eq(a, b)
+}
+
+/// Whether `a` and `b` are equal, in time that depends only on their lengths (the
+/// `subtle` crate): the one comparison of secrets polycall uses.
+///
+/// ```
+/// use polycall_security::token::constant_time_eq;
+/// assert!(constant_time_eq(b"s3cret", b"s3cret"));
+/// assert!(!constant_time_eq(b"s3cret", b"s3creT"));
+/// assert!(!constant_time_eq(b"s3cret", b"s3cret!"));
+/// ```
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    use subtle::ConstantTimeEq;
+    bool::from(a.ct_eq(b))
+}
+
+/// A new random token: 32 bytes from the operating system's CSPRNG, hex-encoded.
+///
+/// ```
+/// let t = polycall_security::token::generate();
+/// assert_eq!(t.len(), 64);
+/// assert_ne!(t, polycall_security::token::generate());
+/// ```
+pub fn generate() -> String {
+    use rand::RngCore;
+    let mut b = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut b);
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Whether `name` is a usable token name: ASCII letters, digits, `-`, `_`, `.`.

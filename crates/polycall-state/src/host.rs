@@ -513,18 +513,27 @@ impl StateHost {
             .clone()
             .ok_or_else(|| StateError::UnknownInstance(id.to_string()))?;
         drop(guard);
-        let index = self.last_index_of(id)?;
+        let id = id.to_string();
+        let index = self
+            .read_store(move |store| last_index_in(store, &id))
+            .await?;
         Ok(self.view(s, index))
     }
 
+    /// Runs a read of the database on tokio's blocking pool: a redb read may wait on the
+    /// disk, and must not on the caller's event loop.
+    async fn read_store<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(&Store) -> Result<T, StateError> + Send + 'static,
+    ) -> Result<T, StateError> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || read(&store))
+            .await
+            .map_err(|e| StateError::Store(format!("a database read failed: {e}")))?
+    }
+
     fn last_index_of(&self, id: &str) -> Result<u64, StateError> {
-        let read = self.store.db().begin_read()?;
-        let log = read.open_table(LOG)?;
-        let last = log
-            .range((id, 0)..=(id, u64::MAX))?
-            .next_back()
-            .transpose()?;
-        Ok(last.map_or(0, |(k, _)| k.value().1))
+        last_index_in(&self.store, id)
     }
 
     /// A self-verifying snapshot of the instance.
@@ -647,20 +656,23 @@ impl StateHost {
     ) -> Result<Vec<Change>, StateError> {
         let mut rx = self.last_index.subscribe();
         let _ = tokio::time::timeout(wait, rx.wait_for(|&l| l > after)).await;
-        let read = self.store.db().begin_read()?;
-        let order = read.open_table(ORDER)?;
-        let log = read.open_table(LOG)?;
-        let mut out = Vec::new();
-        for row in order.range(after.saturating_add(1)..)?.take(limit) {
-            let (k, v) = row?;
-            let (idx, id) = (k.value(), v.value().to_string());
-            if let Some(rec) = log.get((id.as_str(), idx))? {
-                let rec: Record =
-                    postcard::from_bytes(rec.value()).map_err(|e| corrupt(&id, idx, e))?;
-                out.push(change(idx, &id, rec));
+        self.read_store(move |store| {
+            let read = store.db().begin_read()?;
+            let order = read.open_table(ORDER)?;
+            let log = read.open_table(LOG)?;
+            let mut out = Vec::new();
+            for row in order.range(after.saturating_add(1)..)?.take(limit) {
+                let (k, v) = row?;
+                let (idx, id) = (k.value(), v.value().to_string());
+                if let Some(rec) = log.get((id.as_str(), idx))? {
+                    let rec: Record =
+                        postcard::from_bytes(rec.value()).map_err(|e| corrupt(&id, idx, e))?;
+                    out.push(change(idx, &id, rec));
+                }
             }
-        }
-        Ok(out)
+            Ok(out)
+        })
+        .await
     }
 
     /// The newest log index.
@@ -695,6 +707,17 @@ impl StateHost {
             .await
             .map_err(|e| StateError::Store(e.to_string()))?
     }
+}
+
+/// The newest log index of instance `id` (0: none).
+fn last_index_in(store: &Store, id: &str) -> Result<u64, StateError> {
+    let read = store.db().begin_read()?;
+    let log = read.open_table(LOG)?;
+    let last = log
+        .range((id, 0)..=(id, u64::MAX))?
+        .next_back()
+        .transpose()?;
+    Ok(last.map_or(0, |(k, _)| k.value().1))
 }
 
 fn corrupt(id: &str, idx: u64, e: impl std::fmt::Display) -> StateError {

@@ -153,6 +153,10 @@ pub struct CommitStats {
     pub syncs: u64,
     /// Append requests carried.
     pub requests: u64,
+    /// Transactions that failed (their requests were refused).
+    pub failures: u64,
+    /// Whether the newest transaction failed: the store is not taking writes.
+    pub failing: bool,
 }
 
 /// The state database: reads from any thread, writes through the committer.
@@ -435,7 +439,10 @@ fn commit_loop(
                 }
             }
             Err(e) => {
-                tracing::error!(error = %e, "state store commit failed; {} requests refused", batch.len())
+                tracing::error!(error = %e, "state store commit failed; {} requests refused", batch.len());
+                let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+                s.failures += 1;
+                s.failing = true;
             }
         }
         match result {
@@ -457,6 +464,7 @@ fn commit_loop(
 
 fn bump(stats: &std::sync::Mutex<CommitStats>, requests: u64, sync: bool) {
     let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
+    s.failing = false;
     if requests > 0 {
         s.commits += 1;
         s.requests += requests;

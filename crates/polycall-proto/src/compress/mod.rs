@@ -37,6 +37,7 @@
 //! # Ok::<(), polycall_proto::compress::CompressError>(())
 //! ```
 
+mod offload;
 mod adaptive;
 mod codec;
 mod model;
@@ -46,6 +47,7 @@ use std::fmt;
 
 pub use adaptive::{AdaptiveCompressor, AdaptiveSelector, SelectorConfig};
 pub use codec::{Compressor, Decompressor};
+pub use offload::{CompressJob, Compressed, Deferred, DeferredError};
 
 /// A compression algorithm as carried on the wire.
 ///

@@ -306,6 +306,9 @@ pub struct Request {
     pub deadline_ms: Option<u64>,
     /// The input (`null` when absent).
     pub input: Value,
+    /// The caller's bearer token, as libpolycall's control messages carry it (needed when
+    /// the server requires authentication).
+    pub auth_token: Option<String>,
 }
 
 /// Why a payload is not the JSON shape expected; answered as `request.malformed`.
@@ -354,11 +357,17 @@ impl Request {
                 ShapeError("\"deadline_ms\" must be a non-negative integer".into())
             })?),
         };
+        let auth_token = match m.get("auth_token") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(ShapeError("\"auth_token\" must be a string".into())),
+        };
         Ok(Request {
             service,
             operation,
             deadline_ms,
             input: m.remove("input").unwrap_or(Value::Null),
+            auth_token,
         })
     }
 
@@ -368,6 +377,9 @@ impl Request {
             json!({"service": self.service, "operation": self.operation, "input": self.input});
         if let Some(d) = self.deadline_ms {
             v["deadline_ms"] = d.into();
+        }
+        if let Some(t) = &self.auth_token {
+            v["auth_token"] = t.clone().into();
         }
         v
     }

@@ -541,6 +541,7 @@ fn typed(values: &[(&'static KeyDef, Entry)], base: &Path) -> Config {
             max_connections: int("runtime.max_connections").unwrap_or(1) as usize,
             worker_threads: int("runtime.worker_threads").unwrap_or(1) as usize,
             drain_timeout_ms: int("runtime.drain_timeout_ms").unwrap_or(0),
+            debug_methods: boolean("runtime.debug_methods"),
         },
         limits: LimitsSection {
             max_frame: u32_("limits.max_frame"),
@@ -571,6 +572,7 @@ fn typed(values: &[(&'static KeyDef, Entry)], base: &Path) -> Config {
             pcr1: boolean("compat.pcr1"),
             legacy_v1: boolean("compat.legacy_v1"),
             fixtures: boolean("compat.fixtures"),
+            when_secured: boolean("compat.when_secured"),
         },
         state: StateSection {
             machine_dir: file("state.machine_dir"),

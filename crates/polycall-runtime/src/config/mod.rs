@@ -231,6 +231,8 @@ pub struct RuntimeSection {
     pub worker_threads: usize,
     /// `drain_timeout_ms`.
     pub drain_timeout_ms: u64,
+    /// `debug_methods`.
+    pub debug_methods: bool,
 }
 
 /// `[limits]`.
@@ -283,6 +285,8 @@ pub struct CompatSection {
     pub legacy_v1: bool,
     /// `fixtures`.
     pub fixtures: bool,
+    /// `when_secured`.
+    pub when_secured: bool,
 }
 
 /// `[state]`: state machines.
@@ -522,6 +526,8 @@ impl LoadedConfig {
         rc.compat.pcr1 = c.compat.pcr1;
         rc.compat.legacy_v1 = c.compat.legacy_v1;
         rc.compat.fixtures = c.compat.fixtures;
+        rc.compat.when_secured = c.compat.when_secured;
+        rc.debug_methods = c.runtime.debug_methods;
         rc.state = crate::StateSettings {
             machine_dir: c.state.machine_dir.clone(),
             database: c.state.database.clone(),

@@ -160,6 +160,14 @@ pub static KEYS: &[KeyDef] = &[
         "Time given to calls in flight at shutdown, in milliseconds."
     ),
     key!(
+        "runtime",
+        "debug_methods",
+        Kind::Bool,
+        DefaultValue::Bool(false),
+        false,
+        "Serve debug.echo and debug.sleep (test aids; off in production). compat.fixtures turns them on too."
+    ),
+    key!(
         "limits",
         "max_frame",
         Kind::Size {
@@ -310,6 +318,14 @@ pub static KEYS: &[KeyDef] = &[
         DefaultValue::Bool(false),
         false,
         "Serve libpolycall's conformance fixture method `inventory.get`."
+    ),
+    key!(
+        "compat",
+        "when_secured",
+        Kind::Bool,
+        DefaultValue::Bool(false),
+        false,
+        "Serve the libpolycall dialects also when [auth] requires authentication or the endpoint is not loopback; PCR1 messages must then carry a valid auth_token and first-generation sessions log in with [auth] credentials."
     ),
     key!(
         "state",
