@@ -35,6 +35,7 @@ mod tempdir {
 }
 
 const READ_TIMEOUT: Duration = Duration::from_millis(800);
+const ALICE: &str = "alice-s3cret-token-0123456789";
 
 async fn runtime(concurrency: Option<usize>) -> (Runtime, Endpoint, tempdir::Dir) {
     let dir = tempdir::Dir::new();
@@ -43,12 +44,22 @@ async fn runtime(concurrency: Option<usize>) -> (Runtime, Endpoint, tempdir::Dir
         state_dir: dir.path.clone(),
         compat: CompatConfig {
             fixtures: true,
-            credentials: vec![("alice".into(), "s3cret".into())],
             read_timeout: READ_TIMEOUT,
             ..CompatConfig::default()
         },
         ..RuntimeConfig::default()
     };
+    // First-generation logins are checked against [auth]: here a token named alice
+    // (anonymous sessions stay allowed, so PCR1 clients need no token).
+    let mut tokens = polycall_security::token::Tokens::default();
+    tokens.insert("alice", ALICE.as_bytes()).unwrap();
+    config.server.connection.authenticator = Some(std::sync::Arc::new(
+        polycall_net::auth::ServerAuth {
+            tokens,
+            anonymous: true,
+            ..Default::default()
+        },
+    ));
     config.server.connection.handshake_timeout = Duration::from_millis(800);
     if let Some(max) = concurrency {
         config.qos.concurrency = Some(polycall_net::limit::ConcurrencyLimitConfig {
@@ -415,7 +426,7 @@ async fn first_generation_client_and_native_channel_share_the_port() {
     let mut c = V1::connect(&ep).await;
     c.handshake().await;
     let (k, v) = c
-        .call(2, 0, br#"{"username":"alice","password":"s3cret"}"#)
+        .call(2, 0, format!(r#"{{"username":"alice","password":"{ALICE}"}}"#).as_bytes())
         .await;
     assert_eq!(k, 4, "{v}");
     assert_eq!(v["authenticated"], true);
@@ -480,7 +491,7 @@ async fn first_generation_client_and_native_channel_share_the_port() {
     let mut c4 = V1::connect(&ep).await;
     c4.handshake().await;
     let seq = c4
-        .send(2, 0, br#"{"username":"alice","password":"s3cret"}"#, true)
+        .send(2, 0, format!(r#"{{"username":"alice","password":"{ALICE}"}}"#).as_bytes(), true)
         .await;
     let (k, s, p) = c4.recv().await;
     let v: Value = serde_json::from_slice(&p).unwrap();
@@ -524,7 +535,7 @@ async fn without_credentials_every_first_generation_login_is_refused() {
     let (k, v) = c.call(2, 0, br#"{"username":"","password":""}"#).await;
     assert_eq!((k, v["code"].as_str()), (5, Some("auth.denied")));
     assert!(
-        v["message"].as_str().unwrap().contains("no credentials"),
+        v["message"].as_str().unwrap().contains("wrong user name or password"),
         "{v}"
     );
     assert!(c.closed().await);

@@ -45,6 +45,7 @@ async fn runtime(tag: &str) -> (Runtime, pc_net::Endpoint, TempDir) {
     let config = RuntimeConfig {
         endpoint: "127.0.0.1:0".parse().expect("endpoint"),
         state_dir: dir.0.clone(),
+        debug_methods: true,
         ..RuntimeConfig::default()
     };
     let rt = Runtime::start(config).await.expect("runtime starts");

@@ -141,6 +141,7 @@ async fn runtime() -> (Runtime, Endpoint, tempdir::Dir) {
     let config = RuntimeConfig {
         endpoint: "127.0.0.1:0".parse().unwrap(),
         state_dir: dir.path.clone(),
+        debug_methods: true,
         ..RuntimeConfig::default()
     };
     let rt = Runtime::start(config).await.unwrap();

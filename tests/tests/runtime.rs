@@ -16,6 +16,7 @@ async fn runtime() -> (Runtime, Endpoint, tempdir::Dir) {
     let mut config = RuntimeConfig {
         endpoint: "127.0.0.1:0".parse().unwrap(),
         state_dir: dir.path.clone(),
+        debug_methods: true,
         ..RuntimeConfig::default()
     };
     config.server.connection.handshake_timeout = Duration::from_millis(500);
@@ -528,6 +529,7 @@ async fn runtime_with(qos: polycall_runtime::QosConfig) -> (Runtime, Endpoint, t
         endpoint: "127.0.0.1:0".parse().unwrap(),
         state_dir: dir.path.clone(),
         qos,
+        debug_methods: true,
         ..RuntimeConfig::default()
     };
     let rt = Runtime::start(config).await.unwrap();
@@ -554,7 +556,7 @@ async fn a_rate_limited_client_gets_busy_and_others_do_not() {
     for _ in 0..20 {
         // Claiming another principal does not help: the runtime sets it.
         let mut c = Call::new("sys.ping", Payload::empty()).unwrap();
-        c.metadata.principal = Some(polycall_core::Principal::new(format!("spoof-{busy}")));
+        c.metadata.principal = Some(polycall_core::Principal::user(format!("spoof-{busy}")));
         match greedy.call(c).await {
             Ok(_) => {}
             Err(e) => {

@@ -31,6 +31,7 @@ async fn runtime(dir: &Path, state: StateSettings) -> Runtime {
         endpoint: "127.0.0.1:0".parse().expect("endpoint"),
         state_dir: dir.to_path_buf(),
         state,
+        debug_methods: true,
         ..RuntimeConfig::default()
     })
     .await

@@ -68,6 +68,7 @@ async fn run() -> Result<(), Status> {
             .parse()
             .map_err(|e| Status::internal(format!("{e}")))?,
         state_dir: state_dir.clone(),
+        debug_methods: true,
         ..RuntimeConfig::default()
     };
     println!(
@@ -181,7 +182,7 @@ async fn run() -> Result<(), Status> {
     runtime.shutdown().await;
     let _ = std::fs::remove_dir_all(&state_dir);
     println!(
-        "\nDone. Next: `polycall run` in one terminal, `polycall call debug.echo --json '{{\"hi\": 1}}'` in another."
+        "\nDone. Next: `polycall run --debug-methods` in one terminal, `polycall call debug.echo --json '{{\"hi\": 1}}'` in another."
     );
     Ok(())
 }

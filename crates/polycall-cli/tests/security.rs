@@ -161,6 +161,7 @@ allow = ["role:writers", "spiffe://test.local/*"]
             r#"version = 1
 [runtime]
 endpoint = "127.0.0.1:0"
+debug_methods = true
 [tls]
 enabled = true
 cert_file = "{node}/node.pem"

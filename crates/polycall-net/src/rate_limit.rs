@@ -284,7 +284,7 @@ mod tests {
     fn call_as(who: Option<&str>) -> Call {
         let mut md = Metadata::default();
         if let Some(w) = who {
-            md = md.with_principal(Principal::new(w));
+            md = md.with_principal(Principal::user(w));
         }
         Call::new("api.get", Payload::empty())
             .unwrap()
@@ -317,7 +317,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code, Code::Busy);
         assert!(err.never_ran());
-        assert!(err.message.contains("\"alice\""), "{}", err.message);
+        assert!(err.message.contains("\"user:alice\""), "{}", err.message);
         let wait = err.retry_after.unwrap();
         assert!(
             wait > Duration::ZERO && wait <= Duration::from_millis(100),

@@ -152,7 +152,7 @@ async fn a_claimed_principal_is_replaced_by_the_session_principal() {
     ] {
         let ch = connect(&s, creds, None).await.unwrap();
         let mut c = Call::new("who.ami", Payload::raw("x")).unwrap();
-        c.metadata.principal = Some(Principal::new("user:root"));
+        c.metadata.principal = Some(Principal::user("root"));
         let r = ch.call(c).await.unwrap();
         assert_eq!(&r.payload.bytes[..], expected.as_bytes());
     }

@@ -12,7 +12,7 @@ use polycall_runtime::config::Config;
 
 fn config_text(dir: &std::path::Path, rate: &str) -> String {
     format!(
-        "version = 1\n\n[runtime]\nendpoint = \"127.0.0.1:0\"\nstate_dir = \"{}\"\n\n[qos]\nrate_limit_per_second = {rate}\nrate_limit_burst = {rate}\n",
+        "version = 1\n\n[runtime]\nendpoint = \"127.0.0.1:0\"\ndebug_methods = true\nstate_dir = \"{}\"\n\n[qos]\nrate_limit_per_second = {rate}\nrate_limit_burst = {rate}\n",
         dir.join("state").display()
     )
 }
@@ -125,7 +125,7 @@ async fn limits_and_the_connection_cap_reload_for_new_connections() {
     let path = dir.join("polycall.toml");
     let text = |cap: u32, in_flight: u32| {
         format!(
-            "version = 1\n\n[runtime]\nendpoint = \"127.0.0.1:0\"\nstate_dir = \"{}\"\nmax_connections = {cap}\n\n[limits]\nmax_in_flight = {in_flight}\n",
+            "version = 1\n\n[runtime]\nendpoint = \"127.0.0.1:0\"\ndebug_methods = true\nstate_dir = \"{}\"\nmax_connections = {cap}\n\n[limits]\nmax_in_flight = {in_flight}\n",
             dir.join("state").display()
         )
     };

@@ -281,7 +281,7 @@ async fn exchange(
         tls.shutdown().await.unwrap();
         let (_, conn) = tls.get_ref();
         ServerSaw {
-            client_identity: conn.peer_certificates().and_then(peer_identity),
+            client_identity: conn.peer_certificates().and_then(peer_identity).map(|p| p.to_string()),
         }
     });
     let connector = tokio_rustls::TlsConnector::from(client);

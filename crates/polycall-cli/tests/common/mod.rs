@@ -52,6 +52,8 @@ impl Runtime {
             .args(global)
             .arg("run")
             .args(run)
+            // The tests call the debug methods (off by default).
+            .arg("--debug-methods")
             .arg("--endpoint-file")
             .arg(&ep_file)
             .arg("--state-dir")

@@ -162,6 +162,32 @@ pub(crate) fn cross_check(
             Diagnostic::error(origin(values, "auth.file"), e),
         );
     }
+    // The legacy dialects on a secured runtime: an explicit choice.
+    let loopback = c
+        .runtime
+        .endpoint
+        .parse::<polycall_net::Endpoint>()
+        .is_ok_and(|e| e.is_loopback());
+    let requires_auth = !c.auth.anonymous;
+    if (c.compat.pcr1 || c.compat.legacy_v1) && !c.compat.when_secured && (requires_auth || !loopback) {
+        let why = match (requires_auth, loopback) {
+            (true, false) => "`auth.anonymous = false` and `runtime.endpoint` is not loopback",
+            (true, true) => "`auth.anonymous = false`",
+            _ => "`runtime.endpoint` is not loopback",
+        };
+        d.push_on(
+            &["compat.pcr1", "compat.legacy_v1", "compat.when_secured"],
+            Diagnostic::warning(
+                blame(values, &["compat.pcr1", "compat.legacy_v1", "auth.anonymous", "runtime.endpoint"]),
+                format!(
+                    "libpolycall's dialects (compat.pcr1, compat.legacy_v1) will not be served: {why}, and a \
+                     secured runtime serves them only with `compat.when_secured = true` (PCR1 clients must \
+                     then send an auth_token, first-generation clients log in with [auth] credentials); \
+                     set it, or set compat.pcr1 and compat.legacy_v1 to false to silence this"
+                ),
+            ),
+        );
+    }
     // The state directory must not be the socket itself.
     if let Some(sock) = c.runtime.endpoint.strip_prefix("unix:")
         && std::path::Path::new(sock.trim_start_matches("//")) == c.runtime.state_dir
