@@ -402,6 +402,8 @@ pub(crate) fn bench_stall(args: &[String]) -> Result<()> {
 
     // The runtime: TLS with the key in SoftHSM2, an OPAQUE user, anonymous sessions.
     let (config, ca, softhsm_conf) = setup_runtime(&p).context("preparing the runtime")?;
+    // `debug.echo` (the brotli row's target) is served by default only until the
+    // runtime learns `runtime.debug_methods`; then it must be asked for.
     let shown = output(
         "polycall config show",
         Command::new(&p.polycall)
@@ -410,7 +412,7 @@ pub(crate) fn bench_stall(args: &[String]) -> Result<()> {
             .env(PIN_VAR, PIN)
             .arg("--config")
             .arg(&config)
-            .args(["config", "show"]),
+            .args(["config", "show", "--effective"]),
     )?;
     let debug_methods_key = shown.contains("runtime.debug_methods");
     let ready = p.tmp.join("runtime.endpoint");
