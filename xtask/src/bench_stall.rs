@@ -586,7 +586,9 @@ fn workload(r: &Value) -> String {
         0 => String::new(),
         n => format!(", {n} errors"),
     };
-    let nice = l["nice"].as_i64().map_or(String::new(), |n| format!(", nice {n}"));
+    let nice = l["nice"]
+        .as_i64()
+        .map_or(String::new(), |n| format!(", nice {n}"));
     match l["workload"].as_str().unwrap_or("") {
         "opaque" => format!(
             "{} concurrent: {rate:.0} logins/s{errors}{nice}",
@@ -645,7 +647,10 @@ fn markdown(o: &Options, rows: &[Value], command: &str, load: f64, debug_key: bo
         if let Some(e) = r.get("error") {
             md.push_str(&format!(
                 "| {name} | {server} | | | | | | failed: {} | |\n",
-                e.as_str().unwrap_or("").replace('|', "/").replace('\n', " ")
+                e.as_str()
+                    .unwrap_or("")
+                    .replace('|', "/")
+                    .replace('\n', " ")
             ));
             continue;
         }
@@ -701,12 +706,18 @@ mod tests {
         assert_eq!(rows[0]["result"], "baseline");
         assert_eq!(rows[1]["result"], "PASS");
         assert_eq!(rows[2]["result"], "FAIL");
-        assert_eq!(rows[4]["result"], "PASS", "compared with the direct idle row");
+        assert_eq!(
+            rows[4]["result"], "PASS",
+            "compared with the direct idle row"
+        );
         assert_eq!(rows[4]["p99_ratio"], 2.5);
         assert_eq!(rows[5]["result"], "n/a");
         let o = Options::parse(&["--quick".to_owned()]).expect("valid");
         let md = markdown(&o, &rows, "cargo xtask bench stall --quick", 0.5, false);
-        assert!(md.contains("| opaque | runtime | 50 / 100 | 60 / 290 |"), "{md}");
+        assert!(
+            md.contains("| opaque | runtime | 50 / 100 | 60 / 290 |"),
+            "{md}"
+        );
         assert!(md.contains("failed: boom"), "{md}");
         assert!(md.contains("nice -n 19"), "{md}");
         assert!(Options::parse(&["--bogus".to_owned()]).is_err());

@@ -162,8 +162,7 @@ pub async fn ping(args: &Args) -> Result<(), Fail> {
     let spin_n: usize = opt(args, "--spin", 0)?;
     let spin_ms: u64 = opt(args, "--spin-ms", 50)?;
     let row = args.get("--row").unwrap_or("ping").to_owned();
-    if seconds.is_nan() || seconds <= 0.0 || warmup.is_nan() || warmup < 0.0 || interval_us == 0
-    {
+    if seconds.is_nan() || seconds <= 0.0 || warmup.is_nan() || warmup < 0.0 || interval_us == 0 {
         return Err(Fail::new(
             "stall-ping",
             "--seconds and --interval-us must be positive, --warmup not negative",

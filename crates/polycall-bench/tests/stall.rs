@@ -65,7 +65,14 @@ fn json(out: &Output, what: &str) -> serde_json::Value {
 fn ping(ep: &str, extra: &[&str]) -> serde_json::Value {
     let out = Command::new(BIN)
         .args(["stall-ping", "--endpoint", ep, "--row", "test"])
-        .args(["--seconds", "0.4", "--warmup", "0.1", "--interval-us", "1000"])
+        .args([
+            "--seconds",
+            "0.4",
+            "--warmup",
+            "0.1",
+            "--interval-us",
+            "1000",
+        ])
         .args(extra)
         .output()
         .expect("run stall-ping");
@@ -82,8 +89,18 @@ fn stall_processes_print_their_json_lines() {
     assert_eq!(idle["spin_in_flight"], 0);
     assert_eq!(idle["errors"], 0, "{idle}");
     assert!(idle["pings"].as_u64().expect("pings") > 0, "{idle}");
+    // CPU-bound calls on the pinger's own connection.
+    let spun = ping(&ep, &["--spin", "2", "--spin-ms", "5"]);
+    assert_eq!(spun["spin_in_flight"], 2);
+    assert_eq!(spun["spin_ms"], 5);
+    assert!(
+        spun["spin_calls"].as_u64().expect("spin_calls") > 0,
+        "{spun}"
+    );
+    assert!(spun["pings"].as_u64().expect("pings") > 0, "{spun}");
+
     let q = |v: &serde_json::Value, k: &str| v[k].as_u64().unwrap_or_else(|| panic!("{k}: {v}"));
-    for v in [&idle] {
+    for v in [&idle, &spun] {
         assert!(q(v, "p50_us") >= 1, "{v}");
         assert!(q(v, "p50_us") <= q(v, "p90_us"), "{v}");
         assert!(q(v, "p90_us") <= q(v, "p99_us"), "{v}");
@@ -92,13 +109,6 @@ fn stall_processes_print_their_json_lines() {
         assert!(q(v, "p99_corrected_us") >= q(v, "p99_us"), "{v}");
         assert!(v["seconds"].as_f64().expect("seconds") >= 0.4, "{v}");
     }
-
-    // CPU-bound calls on the pinger's own connection.
-    let spun = ping(&ep, &["--spin", "2", "--spin-ms", "5"]);
-    assert_eq!(spun["spin_in_flight"], 2);
-    assert_eq!(spun["spin_ms"], 5);
-    assert!(spun["spin_calls"].as_u64().expect("spin_calls") > 0, "{spun}");
-    assert!(spun["pings"].as_u64().expect("pings") > 0, "{spun}");
 
     // The brotli generator against an echo server: it must really compress.
     let (_echo, echo_ep) = serve("serve-polycall");

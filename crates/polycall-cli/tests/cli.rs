@@ -442,6 +442,36 @@ fn run_with_a_config_file_starts_and_serves() {
 }
 
 #[test]
+fn status_exits_non_zero_when_the_runtime_is_degraded() {
+    let dir = config_temp("degraded");
+    let cfg = dir.join("polycall.toml");
+    std::fs::write(&cfg, "version = 1\n[runtime]\nendpoint = \"127.0.0.1:0\"\n").unwrap();
+    let rt = Runtime::start_with(&["--config", cfg.to_str().unwrap()], &[]);
+    let o = rt.cli(&["--format", "json", "status"]);
+    assert_eq!(code(&o), 0, "{o:?}");
+    // A rejected edit: the runtime keeps running on the old configuration, degraded.
+    std::fs::write(&cfg, "version = 1\n[runtime]\nendpont = 1\n").unwrap();
+    let started = std::time::Instant::now();
+    let o = loop {
+        let o = rt.cli(&["--format", "json", "status"]);
+        if code(&o) != 0 || started.elapsed() > std::time::Duration::from_secs(20) {
+            break o;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(code(&o), 1, "{o:?}");
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["data"]["status"], "degraded", "{v}");
+    assert!(
+        v["error"]["message"].as_str().unwrap().contains("reload was rejected"),
+        "{v}"
+    );
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn run_takes_set_overrides_without_a_file() {
     let rt = Runtime::start_with(
         &[],

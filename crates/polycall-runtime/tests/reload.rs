@@ -101,6 +101,12 @@ async fn a_live_rate_limit_edit_applies_without_dropping_the_connection() {
     tokio::time::sleep(Duration::from_millis(600)).await; // let the 2/s bucket refill for the health calls
     let h = wait_for_reloads(&ch, 2).await;
     assert_eq!(h["config"]["last_reload"]["ok"], false, "{h}");
+    // Health tells the truth: degraded, and why.
+    assert_eq!(h["status"], "degraded", "{h}");
+    assert!(
+        h["reasons"][0].as_str().unwrap().contains("reload was rejected"),
+        "{h}"
+    );
     let errors = h["config"]["last_reload"]["errors"].to_string();
     assert!(
         errors.contains("polycall.toml:"),
