@@ -516,3 +516,32 @@ fn diff_splits_reloadable_from_restart_required() {
     assert_eq!(concurrency.new, Some(Value::Int(10)));
     assert!(a.diff(&a).is_empty());
 }
+
+#[test]
+fn validate_says_why_a_secured_runtime_serves_no_legacy_dialect() {
+    let warned = |text: &str| -> Vec<String> {
+        let l = Config::load_str(text, Path::new("polycall.toml"), &[], &[]).unwrap();
+        l.warnings.iter().map(ToString::to_string).collect()
+    };
+    let secured = warned("version = 1\n[auth]\nanonymous = false\n");
+    assert!(
+        secured
+            .iter()
+            .any(|w| w.contains("compat.when_secured") && w.contains("auth.anonymous = false")),
+        "{secured:#?}"
+    );
+    let exposed = warned("version = 1\n[runtime]\nendpoint = \"0.0.0.0:7464\"\n");
+    assert!(
+        exposed.iter().any(|w| w.contains("not loopback")),
+        "{exposed:#?}"
+    );
+    // The explicit choice, either way, silences it; a loopback development runtime too.
+    for quiet in [
+        "version = 1\n[auth]\nanonymous = false\n[compat]\nwhen_secured = true\n",
+        "version = 1\n[auth]\nanonymous = false\n[compat]\npcr1 = false\nlegacy_v1 = false\n",
+        "version = 1\n",
+    ] {
+        let w = warned(quiet);
+        assert!(!w.iter().any(|w| w.contains("when_secured")), "{quiet}: {w:#?}");
+    }
+}
