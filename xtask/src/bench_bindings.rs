@@ -81,6 +81,8 @@ fn start_runtime(polycall: &Path, dir: &Path) -> Result<(Runtime, String)> {
         .args([
             "--quiet",
             "run",
+            // The bindings' bench clients call debug.echo.
+            "--debug-methods",
             "--endpoint",
             "127.0.0.1:0",
             "--endpoint-file",
