@@ -586,9 +586,13 @@ fn workload(r: &Value) -> String {
         0 => String::new(),
         n => format!(", {n} errors"),
     };
-    let nice = l["nice"]
-        .as_i64()
-        .map_or(String::new(), |n| format!(", nice {n}"));
+    let nice = match (l["nice"].as_i64(), l["lowest_thread_nice_seen"].as_i64()) {
+        (Some(n), Some(low)) if low < n => {
+            format!(", nice {n} (threads that set nice {low} were put back)")
+        }
+        (Some(n), _) => format!(", nice {n}"),
+        _ => String::new(),
+    };
     match l["workload"].as_str().unwrap_or("") {
         "opaque" => format!(
             "{} concurrent: {rate:.0} logins/s{errors}{nice}",

@@ -102,8 +102,9 @@ impl Default for ConnectionConfig {
 /// Messages larger than this are compressed on the [`crate::offload`] runtime.
 pub const OFFLOAD_COMPRESS_ABOVE: usize = 64 * 1024;
 /// Received messages whose compressed form is larger than this are decompressed on the
-/// [`crate::offload`] runtime.
-pub const OFFLOAD_DECOMPRESS_ABOVE: usize = 16 * 1024;
+/// [`crate::offload`] runtime: all of them, since a few hundred compressed bytes may
+/// decompress to megabytes (up to the message limit), whatever their size on the wire.
+pub const OFFLOAD_DECOMPRESS_ABOVE: usize = 0;
 
 /// A running handler: in its own task, or inside the connection's task.
 enum Serving {

@@ -1157,3 +1157,95 @@ fn call_ids_increase_on_the_wire_whatever_the_priorities() {
         5
     );
 }
+
+/// Large messages are compressed and decompressed by the caller, away from the
+/// connection: a `CompressJob` out, an `Event::Deferred` in; small ones as before.
+#[test]
+fn large_messages_are_compressed_and_decompressed_by_the_caller() {
+    let mut client = Config::default();
+    client.max_compress_size = 64 * 1024;
+    client.compression.candidates = vec![polycall_proto::compress::Choice::brotli(5)];
+    let mut server = Config::default();
+    server.defer_decompression_above = Some(0);
+    let mut p = Pair::with(client, server);
+    p.client.set_link_throughput(1e6); // a slow link: compression pays
+    let text: Vec<u8> = (0..1_000_000u32)
+        .map(|i| b"polycall "[(i % 9) as usize])
+        .collect();
+    let payload = Payload::raw(text.clone());
+    let (s, m) = names("bulk.put");
+    // Over max_compress_size: the connection will not compress it itself…
+    let job = p
+        .client
+        .call_compression_job(&s, &m, &payload)
+        .expect("the selector compresses on a slow link");
+    assert_eq!(
+        job.choice().algorithm,
+        polycall_proto::compress::Algorithm::Brotli
+    );
+    // …the caller runs the job (anywhere) and sends the result.
+    let done = job.run();
+    assert!(done.len() < text.len() / 10, "{} bytes", done.len());
+    let id = p
+        .client
+        .open_call_compressed(&s, &m, payload, done, WireMeta::default(), false)
+        .unwrap();
+    p.pump();
+    let Some(Event::Deferred(d)) = p.server.poll_event() else {
+        panic!("a large compressed call is handed out still compressed")
+    };
+    assert_eq!(d.call_id(), id);
+    let Ok(Event::Call(call)) = d.decompress() else {
+        panic!("decompresses into the call")
+    };
+    assert_eq!(&call.payload.bytes[..], &text[..]);
+    // A small message is neither handed out nor deferred.
+    let small = Payload::raw(vec![b'x'; 4096]);
+    assert!(p.client.call_compression_job(&s, &m, &small).is_none());
+}
+
+/// A deferred message that would decompress past the message limit fails alone.
+#[test]
+fn a_deferred_bomb_is_refused_by_its_limit() {
+    let mut config = Config::default();
+    config.settings.limits.max_message = 64 * 1024;
+    config.defer_decompression_above = Some(16);
+    let mut raw = Connection::new(Role::Server, config).unwrap();
+    let mut bytes = PREFACE.to_vec();
+    bytes.extend_from_slice(&Frame::Hello(Settings::default().hello()).to_bytes(false));
+    raw.feed(&bytes).unwrap();
+    let mut out = Vec::new();
+    raw.poll_transmit(usize::MAX, &mut out);
+    assert_eq!(raw.poll_event(), Some(Event::Connected));
+    let crc = raw
+        .negotiated()
+        .unwrap()
+        .has(polycall_proto::features::CRC32C);
+    let bomb = {
+        let mut c = polycall_proto::compress::Compressor::new();
+        let mut out = Vec::new();
+        c.compress(
+            polycall_proto::compress::Choice::zstd(3),
+            &vec![0u8; 16 << 20],
+            &mut out,
+        )
+        .unwrap();
+        Bytes::from(out)
+    };
+    let Frame::Call(mut f) = call_frame(1, b"", false) else {
+        unreachable!()
+    };
+    f.compression = polycall_proto::compress::Algorithm::Zstd;
+    f.payload = bomb;
+    raw.feed(&Frame::Call(f).to_bytes(crc)).unwrap();
+    let Some(Event::Deferred(d)) = raw.poll_event() else {
+        panic!("deferred")
+    };
+    let e = d.decompress().unwrap_err();
+    assert_eq!(e.status.code, Code::TooLarge, "{:?}", e.status);
+    assert!(!e.reply);
+    assert_eq!(e.call_id, 1);
+    // The caller answers it; the connection goes on.
+    raw.send_error(1, &e.status).unwrap();
+    assert!(raw.is_open());
+}
