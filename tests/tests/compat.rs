@@ -53,13 +53,12 @@ async fn runtime(concurrency: Option<usize>) -> (Runtime, Endpoint, tempdir::Dir
     // (anonymous sessions stay allowed, so PCR1 clients need no token).
     let mut tokens = polycall_security::token::Tokens::default();
     tokens.insert("alice", ALICE.as_bytes()).unwrap();
-    config.server.connection.authenticator = Some(std::sync::Arc::new(
-        polycall_net::auth::ServerAuth {
+    config.server.connection.authenticator =
+        Some(std::sync::Arc::new(polycall_net::auth::ServerAuth {
             tokens,
             anonymous: true,
             ..Default::default()
-        },
-    ));
+        }));
     config.server.connection.handshake_timeout = Duration::from_millis(800);
     if let Some(max) = concurrency {
         config.qos.concurrency = Some(polycall_net::limit::ConcurrencyLimitConfig {
@@ -426,7 +425,11 @@ async fn first_generation_client_and_native_channel_share_the_port() {
     let mut c = V1::connect(&ep).await;
     c.handshake().await;
     let (k, v) = c
-        .call(2, 0, format!(r#"{{"username":"alice","password":"{ALICE}"}}"#).as_bytes())
+        .call(
+            2,
+            0,
+            format!(r#"{{"username":"alice","password":"{ALICE}"}}"#).as_bytes(),
+        )
         .await;
     assert_eq!(k, 4, "{v}");
     assert_eq!(v["authenticated"], true);
@@ -491,7 +494,12 @@ async fn first_generation_client_and_native_channel_share_the_port() {
     let mut c4 = V1::connect(&ep).await;
     c4.handshake().await;
     let seq = c4
-        .send(2, 0, format!(r#"{{"username":"alice","password":"{ALICE}"}}"#).as_bytes(), true)
+        .send(
+            2,
+            0,
+            format!(r#"{{"username":"alice","password":"{ALICE}"}}"#).as_bytes(),
+            true,
+        )
         .await;
     let (k, s, p) = c4.recv().await;
     let v: Value = serde_json::from_slice(&p).unwrap();
@@ -535,7 +543,10 @@ async fn without_credentials_every_first_generation_login_is_refused() {
     let (k, v) = c.call(2, 0, br#"{"username":"","password":""}"#).await;
     assert_eq!((k, v["code"].as_str()), (5, Some("auth.denied")));
     assert!(
-        v["message"].as_str().unwrap().contains("wrong user name or password"),
+        v["message"]
+            .as_str()
+            .unwrap()
+            .contains("wrong user name or password"),
         "{v}"
     );
     assert!(c.closed().await);

@@ -54,7 +54,10 @@ async fn debug_methods_are_off_unless_enabled_and_sleep_is_bounded() {
     c.debug_methods = true;
     let rt = Runtime::start(c).await.unwrap();
     let ch = Channel::connect(rt.local_endpoint().clone()).await.unwrap();
-    assert_eq!(call(&ch, "debug.echo", json!({"a": 1})).await.unwrap(), json!({"a": 1}));
+    assert_eq!(
+        call(&ch, "debug.echo", json!({"a": 1})).await.unwrap(),
+        json!({"a": 1})
+    );
     let e = call(&ch, "debug.sleep", json!({"ms": 3_600_000}))
         .await
         .unwrap_err();

@@ -195,12 +195,7 @@ async fn pcr1_obeys_the_policy(tls: bool) {
     let mut io = open(&s).await;
     let v = pcr1(&mut io, 1, &request(Some(TOKEN))).await;
     assert_eq!(v, json!({"ok": true, "output": {"hits": 1}}));
-    let v = pcr1(
-        &mut io,
-        3,
-        &json!({"action": "ping", "auth_token": TOKEN}),
-    )
-    .await;
+    let v = pcr1(&mut io, 3, &json!({"action": "ping", "auth_token": TOKEN})).await;
     assert_eq!(v["ok"], true, "{v}");
     assert_eq!(s.hits.load(Ordering::SeqCst), 1);
     s.runtime.shutdown().await;
@@ -335,7 +330,11 @@ async fn a_secured_runtime_serves_no_legacy_dialect_unless_told_to() {
     let mut hs = 0x0050_4C43u32.to_le_bytes().to_vec();
     hs.extend_from_slice(&[1, 0, 0]);
     let (k, v) = c.call(1, &hs).await;
-    assert_eq!((k, v["code"].as_str()), (5, Some("operation.unsupported")), "{v}");
+    assert_eq!(
+        (k, v["code"].as_str()),
+        (5, Some("operation.unsupported")),
+        "{v}"
+    );
     assert_eq!(s.hits.load(Ordering::SeqCst), 0);
     s.runtime.shutdown().await;
 }

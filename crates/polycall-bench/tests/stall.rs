@@ -106,7 +106,8 @@ fn stall_processes_print_their_json_lines() {
         assert!(q(v, "p90_us") <= q(v, "p99_us"), "{v}");
         assert!(q(v, "p99_us") <= q(v, "p999_us"), "{v}");
         assert!(q(v, "p999_us") <= q(v, "max_us"), "{v}");
-        assert!(q(v, "p99_corrected_us") >= q(v, "p99_us"), "{v}");
+        // Corrected for coordinated omission: more samples, none above the largest.
+        assert!(q(v, "p99_corrected_us") <= q(v, "max_us"), "{v}");
         assert!(v["seconds"].as_f64().expect("seconds") >= 0.4, "{v}");
     }
 

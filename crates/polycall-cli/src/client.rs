@@ -326,14 +326,28 @@ pub async fn status(target: Target, timeout: Duration, out: Out) -> u8 {
             // Degraded (or a status this build does not know): say why, exit non-zero.
             let reasons: Vec<String> = data["reasons"]
                 .as_array()
-                .map(|r| r.iter().filter_map(|x| x.as_str().map(str::to_owned)).collect())
+                .map(|r| {
+                    r.iter()
+                        .filter_map(|x| x.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default();
             let status = Status::unavailable(format!(
                 "the runtime is {}: {}",
                 data["status"].as_str().unwrap_or("not ok"),
-                if reasons.is_empty() { "no reason given".to_owned() } else { reasons.join("; ") }
+                if reasons.is_empty() {
+                    "no reason given".to_owned()
+                } else {
+                    reasons.join("; ")
+                }
             ));
-            out.fail_with_data("status", data, &status, crate::output::exit::RUNTIME, || line)
+            out.fail_with_data(
+                "status",
+                data,
+                &status,
+                crate::output::exit::RUNTIME,
+                || line,
+            )
         }
         Err(s) => out.fail("status", &s),
     }

@@ -464,7 +464,10 @@ fn status_exits_non_zero_when_the_runtime_is_degraded() {
     assert_eq!(v["ok"], false, "{v}");
     assert_eq!(v["data"]["status"], "degraded", "{v}");
     assert!(
-        v["error"]["message"].as_str().unwrap().contains("reload was rejected"),
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("reload was rejected"),
         "{v}"
     );
     drop(rt);

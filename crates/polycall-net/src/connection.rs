@@ -145,20 +145,27 @@ enum Command {
     /// A server authentication step computed off the event loop.
     ServerAuthStep(Box<dyn ServerExchange>, Step),
     /// A client authentication step computed off the event loop.
-    ClientAuthStep(ClientExchange, Result<Bytes, Status>),
+    ClientAuthStep(Box<ClientExchange>, Result<Bytes, Status>),
     /// A received message decompressed off the event loop: the event it held.
     Decompressed(Event),
     /// A received message that did not decompress.
     DecompressFailed(polycall_proto::compress::DeferredError),
     /// A reply compressed off the event loop, ready to send.
-    ReplyCompressed(u32, polycall_core::Payload, polycall_proto::compress::Compressed),
+    ReplyCompressed(
+        u32,
+        polycall_core::Payload,
+        polycall_proto::compress::Compressed,
+    ),
     /// A call whose payload was compressed off the event loop, ready to open.
-    CallCompressed {
-        call: Call,
-        token: u64,
-        reply: oneshot::Sender<Result<Reply, Status>>,
-        compressed: polycall_proto::compress::Compressed,
-    },
+    CallCompressed(Box<CompressedCall>),
+}
+
+/// A call and its payload compressed off the event loop.
+struct CompressedCall {
+    call: Call,
+    token: u64,
+    reply: oneshot::Sender<Result<Reply, Status>>,
+    compressed: polycall_proto::compress::Compressed,
 }
 
 #[derive(Debug)]
@@ -751,7 +758,7 @@ impl Driver {
                     let data = data.to_vec();
                     self.offload_command(move || {
                         let r = exchange.step(step, &data);
-                        Command::ClientAuthStep(exchange, r)
+                        Command::ClientAuthStep(Box::new(exchange), r)
                     });
                 } else {
                     let r = exchange.step(step, data);
@@ -931,22 +938,25 @@ impl Driver {
                 {
                     // Too large to compress here: compressed on the offload runtime, opened
                     // when done (a cancel meanwhile drops the caller's side, seen then).
-                    self.offload_command(move || Command::CallCompressed {
-                        call,
-                        token,
-                        reply,
-                        compressed: job.run(),
+                    self.offload_command(move || {
+                        Command::CallCompressed(Box::new(CompressedCall {
+                            call,
+                            token,
+                            reply,
+                            compressed: job.run(),
+                        }))
                     });
                     return;
                 }
                 self.open_call(call, token, reply, None);
             }
-            Command::CallCompressed {
-                call,
-                token,
-                reply,
-                compressed,
-            } => {
+            Command::CallCompressed(c) => {
+                let CompressedCall {
+                    call,
+                    token,
+                    reply,
+                    compressed,
+                } = *c;
                 if !reply.is_closed() {
                     self.open_call(call, token, reply, Some(compressed));
                 }
@@ -1012,7 +1022,7 @@ impl Driver {
             }
             Command::ClientAuthStep(exchange, r) => {
                 if !self.finished {
-                    self.client_auth_step(exchange, r);
+                    self.client_auth_step(*exchange, r);
                 }
             }
         }
@@ -1290,10 +1300,12 @@ fn reject(cmd: Command, status: &Status) {
     let s = Status::unavailable(format!("connection closed: {}", status.message)).not_executed();
     match cmd {
         Command::Call { reply, .. }
-        | Command::CallCompressed { reply, .. }
         | Command::Register { reply, .. }
         | Command::Unregister { reply, .. } => {
             let _ = reply.send(Err(s));
+        }
+        Command::CallCompressed(c) => {
+            let _ = c.reply.send(Err(s));
         }
         _ => {}
     }

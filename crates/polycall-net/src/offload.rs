@@ -72,9 +72,7 @@ impl<T> Future for Offloaded<T> {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         Pin::new(&mut self.0).poll(cx).map(|r| {
-            r.map_err(|e| {
-                Status::internal(format!("work moved off the event loop failed: {e}"))
-            })
+            r.map_err(|e| Status::internal(format!("work moved off the event loop failed: {e}")))
         })
     }
 }

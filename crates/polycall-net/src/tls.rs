@@ -235,9 +235,7 @@ impl Transport for Tls {
             .await
             .map_err(|_| io::Error::other("the TLS handshake task ended abnormally"))?
             .map_err(|_| timed_out(&format!("with {endpoint}"), d))?
-                .map_err(|e| {
-                    io::Error::new(e.kind(), format!("TLS handshake with {endpoint}: {e}"))
-                })?;
+            .map_err(|e| io::Error::new(e.kind(), format!("TLS handshake with {endpoint}: {e}")))?;
             Ok(Box::new(tls) as BoxIo)
         })
     }

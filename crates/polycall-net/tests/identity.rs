@@ -129,7 +129,11 @@ async fn a_handler_that_computes_does_not_hold_up_its_connection() {
                     while !r.load(Ordering::SeqCst) && start.elapsed() < Duration::from_secs(10) {
                         x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
                     }
-                    let out = if r.load(Ordering::SeqCst) { "released" } else { "starved" };
+                    let out = if r.load(Ordering::SeqCst) {
+                        "released"
+                    } else {
+                        "starved"
+                    };
                     std::hint::black_box(x);
                     Ok(Reply::new(Payload::raw(out)))
                 }
@@ -149,20 +153,34 @@ async fn a_handler_that_computes_does_not_hold_up_its_connection() {
         )
         .unwrap();
     // The default server configuration: what a production server gets.
-    let server = Server::serve_router("127.0.0.1:0".parse().unwrap(), ServerConfig::default(), router)
-        .await
-        .unwrap();
+    let server = Server::serve_router(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::default(),
+        router,
+    )
+    .await
+    .unwrap();
     let ch = Channel::connect(server.local_endpoint().clone())
         .await
         .unwrap();
-    assert_eq!(ch.connections().len(), 1, "one connection carries both calls");
+    assert_eq!(
+        ch.connections().len(),
+        1,
+        "one connection carries both calls"
+    );
     let spin = tokio::spawn({
         let ch = ch.clone();
-        async move { ch.call(Call::new("spin.wait", Payload::empty()).unwrap()).await }
+        async move {
+            ch.call(Call::new("spin.wait", Payload::empty()).unwrap())
+                .await
+        }
     });
     let waited = Instant::now();
     while !spinning.load(Ordering::SeqCst) {
-        assert!(waited.elapsed() < Duration::from_secs(10), "spin.wait never started");
+        assert!(
+            waited.elapsed() < Duration::from_secs(10),
+            "spin.wait never started"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     ch.call(Call::new("spin.release", Payload::empty()).unwrap())

@@ -58,7 +58,10 @@ async fn large_compressed_messages_round_trip_through_the_offload_runtime() {
     for b in big {
         let r = b.await.unwrap().unwrap();
         assert_eq!(r.payload.bytes.len(), text.len());
-        assert!(r.payload.bytes[..] == text[..], "the payload came back intact");
+        assert!(
+            r.payload.bytes[..] == text[..],
+            "the payload came back intact"
+        );
     }
     server.shutdown().await;
 }

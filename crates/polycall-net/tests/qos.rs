@@ -61,14 +61,16 @@ async fn serve() -> (Server, Hits) {
     let server = Server::serve(
         "127.0.0.1:0".parse().unwrap(),
         ServerConfig::default(),
-        Arc::new(move |_: &ConnectionHandle, _: &polycall_net::Peer| -> SharedHandler {
-            let h = Arc::new(AtomicUsize::new(0));
-            per_conn.lock().unwrap().push(h.clone());
-            Arc::new(Counting {
-                router: RouterHandler(router.clone()),
-                hits: h,
-            })
-        }),
+        Arc::new(
+            move |_: &ConnectionHandle, _: &polycall_net::Peer| -> SharedHandler {
+                let h = Arc::new(AtomicUsize::new(0));
+                per_conn.lock().unwrap().push(h.clone());
+                Arc::new(Counting {
+                    router: RouterHandler(router.clone()),
+                    hits: h,
+                })
+            },
+        ),
     )
     .await
     .unwrap();

@@ -1601,7 +1601,11 @@ impl Connection {
 
     /// Like [`Connection::call_compression_job`], for the reply to the peer's call
     /// `call_id` (send with [`Connection::send_reply_compressed`]).
-    pub fn reply_compression_job(&mut self, call_id: u32, payload: &Payload) -> Option<CompressJob> {
+    pub fn reply_compression_job(
+        &mut self,
+        call_id: u32,
+        payload: &Payload,
+    ) -> Option<CompressJob> {
         let key = self.calls.get(&call_id)?.method_key;
         self.compression_job(key, payload)
     }

@@ -458,7 +458,11 @@ impl Conn {
                 v1::Input::Command(cmd) => {
                     let deadline = self.ctx.config.default_deadline;
                     let principal = self.ctx.principal.clone();
-                    match self.ctx.call(&cmd.command, cmd.data, deadline, principal).await {
+                    match self
+                        .ctx
+                        .call(&cmd.command, cmd.data, deadline, principal)
+                        .await
+                    {
                         Ok(out) => {
                             self.v1_send(
                                 v1::MsgType::Response,

@@ -265,10 +265,7 @@ impl State {
                 ));
             }
         }
-        let not_after = *self
-            .tls_not_after
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let not_after = *self.tls_not_after.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(t) = not_after {
             let now = std::time::SystemTime::now();
             match t.duration_since(now) {
@@ -450,13 +447,13 @@ impl Runtime {
         let state = Arc::new_cyclic(|weak| State {
             registry: Registry::default(),
             builtins: match &machines {
-                Some(host) => builtins::router(
-                    weak.clone(),
-                    config.debug_methods,
-                    config.compat.fixtures,
-                )
-                .merge(&state_service::router(host, weak.clone())),
-                None => builtins::router(weak.clone(), config.debug_methods, config.compat.fixtures),
+                Some(host) => {
+                    builtins::router(weak.clone(), config.debug_methods, config.compat.fixtures)
+                        .merge(&state_service::router(host, weak.clone()))
+                }
+                None => {
+                    builtins::router(weak.clone(), config.debug_methods, config.compat.fixtures)
+                }
             },
             machines: machines.clone(),
             started: Instant::now(),

@@ -100,10 +100,7 @@ fn point(v: &Json) -> Result<At, Status> {
 }
 
 fn principal(call: &Call) -> Option<String> {
-    call.metadata
-        .principal
-        .as_ref()
-        .map(ToString::to_string)
+    call.metadata.principal.as_ref().map(ToString::to_string)
 }
 
 /// Runs a database read (and what it feeds) on tokio's blocking pool, off the

@@ -542,6 +542,9 @@ fn validate_says_why_a_secured_runtime_serves_no_legacy_dialect() {
         "version = 1\n",
     ] {
         let w = warned(quiet);
-        assert!(!w.iter().any(|w| w.contains("when_secured")), "{quiet}: {w:#?}");
+        assert!(
+            !w.iter().any(|w| w.contains("when_secured")),
+            "{quiet}: {w:#?}"
+        );
     }
 }

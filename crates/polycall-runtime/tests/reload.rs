@@ -104,7 +104,10 @@ async fn a_live_rate_limit_edit_applies_without_dropping_the_connection() {
     // Health tells the truth: degraded, and why.
     assert_eq!(h["status"], "degraded", "{h}");
     assert!(
-        h["reasons"][0].as_str().unwrap().contains("reload was rejected"),
+        h["reasons"][0]
+            .as_str()
+            .unwrap()
+            .contains("reload was rejected"),
         "{h}"
     );
     let errors = h["config"]["last_reload"]["errors"].to_string();

@@ -388,7 +388,10 @@ mod tests {
         }
         assert_eq!(p.roles_of(&root), vec!["admin"]);
         // A token named like a user is not that user.
-        assert!(p.check(Some(&Principal::token("root")), "ops", "m").is_err());
+        assert!(
+            p.check(Some(&Principal::token("root")), "ops", "m")
+                .is_err()
+        );
     }
 
     #[test]
@@ -401,6 +404,8 @@ mod tests {
         ));
         assert!(bad(r#"{"rules":[{"service":"","allow":["any"]}]}"#));
         assert!(bad(r#"{"rules":[{"service":"a","allow":["alice"]}]}"#));
-        assert!(bad(r#"{"roles":{"r":["user:"]},"rules":[{"service":"a","allow":["role:r"]}]}"#));
+        assert!(bad(
+            r#"{"roles":{"r":["user:"]},"rules":[{"service":"a","allow":["role:r"]}]}"#
+        ));
     }
 }

@@ -30,13 +30,13 @@
 //! # let _ = config; Ok(()) }
 //! ```
 
-pub mod private_file;
 pub mod authz;
 mod ca;
 mod error;
 pub mod hsm;
 mod identity;
 pub mod opaque;
+pub mod private_file;
 mod secret;
 mod tls;
 pub mod token;

@@ -281,7 +281,10 @@ async fn exchange(
         tls.shutdown().await.unwrap();
         let (_, conn) = tls.get_ref();
         ServerSaw {
-            client_identity: conn.peer_certificates().and_then(peer_identity).map(|p| p.to_string()),
+            client_identity: conn
+                .peer_certificates()
+                .and_then(peer_identity)
+                .map(|p| p.to_string()),
         }
     });
     let connector = tokio_rustls::TlsConnector::from(client);

@@ -184,7 +184,9 @@ fn identity_is_spiffe_else_dns() {
         )
         .unwrap();
     assert_eq!(
-        peer_identity(&certs(&a.cert_pem)).map(|p| p.to_string()).as_deref(),
+        peer_identity(&certs(&a.cert_pem))
+            .map(|p| p.to_string())
+            .as_deref(),
         Some("spiffe://test.local/ns/a")
     );
     assert_eq!(
@@ -193,7 +195,9 @@ fn identity_is_spiffe_else_dns() {
     );
     let b = ca.issue("node-b", None, IssueOptions::default()).unwrap();
     assert_eq!(
-        peer_identity(&certs(&b.cert_pem)).map(|p| p.to_string()).as_deref(),
+        peer_identity(&certs(&b.cert_pem))
+            .map(|p| p.to_string())
+            .as_deref(),
         Some("dns:node-b")
     );
     assert_eq!(spiffe_id(&certs(&b.cert_pem)), None);
@@ -224,11 +228,15 @@ fn tls13_handshake_with_alpn_and_mtls_identity() {
     assert_eq!(c.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
     assert_eq!(s.alpn_protocol(), Some(ALPN));
     assert_eq!(
-        peer_identity(s.peer_certificates().unwrap()).map(|p| p.to_string()).as_deref(),
+        peer_identity(s.peer_certificates().unwrap())
+            .map(|p| p.to_string())
+            .as_deref(),
         Some("spiffe://test.local/client-a")
     );
     assert_eq!(
-        peer_identity(c.peer_certificates().unwrap()).map(|p| p.to_string()).as_deref(),
+        peer_identity(c.peer_certificates().unwrap())
+            .map(|p| p.to_string())
+            .as_deref(),
         Some("spiffe://test.local/node-a")
     );
 }

@@ -167,16 +167,19 @@ async fn scenario(ch: &Channel, svc: &str, name: &str) -> Result<String, String>
         }
         "deadline" => {
             let started = Instant::now();
-            let c = json_call(&format!("{svc}.sleep"), serde_json::json!({"ms": 2000}))?
+            // The handler would sleep 10 s; the 200 ms deadline must end the call long
+            // before (5 s: a bound a loaded 2-core machine cannot break, as the other
+            // languages' clients use).
+            let c = json_call(&format!("{svc}.sleep"), serde_json::json!({"ms": 10_000}))?
                 .with_metadata(
                     Metadata::default().with_timeout(started, Duration::from_millis(200)),
                 );
-            let r = tokio::time::timeout(Duration::from_secs(5), ch.call(c))
+            let r = tokio::time::timeout(Duration::from_secs(8), ch.call(c))
                 .await
-                .map_err(|_| "no answer within 5 s of a 200 ms deadline".to_owned())?;
+                .map_err(|_| "no answer within 8 s of a 200 ms deadline".to_owned())?;
             let took = started.elapsed();
-            expect_code(r, Code::DeadlineExceeded, "sleep 2000 ms")?;
-            if took < Duration::from_millis(1500) {
+            expect_code(r, Code::DeadlineExceeded, "sleep 10000 ms")?;
+            if took < Duration::from_secs(5) {
                 Ok(format!("deadline_exceeded after {} ms", took.as_millis()))
             } else {
                 Err(format!(

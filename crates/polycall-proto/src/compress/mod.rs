@@ -37,10 +37,10 @@
 //! # Ok::<(), polycall_proto::compress::CompressError>(())
 //! ```
 
-mod offload;
 mod adaptive;
 mod codec;
 mod model;
+mod offload;
 mod probe;
 
 use std::fmt;

@@ -73,7 +73,11 @@ impl CompressJob {
             } else {
                 Algorithm::None
             },
-            data: if smaller { Bytes::from(out) } else { self.input },
+            data: if smaller {
+                Bytes::from(out)
+            } else {
+                self.input
+            },
         }
     }
 }

@@ -169,7 +169,10 @@ pub(crate) fn cross_check(
         .parse::<polycall_net::Endpoint>()
         .is_ok_and(|e| e.is_loopback());
     let requires_auth = !c.auth.anonymous;
-    if (c.compat.pcr1 || c.compat.legacy_v1) && !c.compat.when_secured && (requires_auth || !loopback) {
+    if (c.compat.pcr1 || c.compat.legacy_v1)
+        && !c.compat.when_secured
+        && (requires_auth || !loopback)
+    {
         let why = match (requires_auth, loopback) {
             (true, false) => "`auth.anonymous = false` and `runtime.endpoint` is not loopback",
             (true, true) => "`auth.anonymous = false`",
