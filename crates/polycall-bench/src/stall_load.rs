@@ -13,6 +13,11 @@
 //!   brotli-5 and assumes a 1 MB/s link, so its selector compresses. The connections go
 //!   through a byte-counting relay in this process: `wire_ratio` (bytes the server
 //!   received ÷ payload bytes sent) shows whether brotli was really used.
+//!   `--per-second R` paces the messages (R a second in all, start to start).
+//! - `echo` (a control): as `brotli`, uncompressed: what moving the same messages
+//!   through the server costs the pings, without any decompression to do.
+//! - `cpu` (a control): `--concurrency` (one per core) threads busy-computing, no traffic
+//!   to the server at all: what the machine's CPU contention alone does to the pings.
 //!
 //! Prints one JSON line: operations completed, errors, ops/s, this process's CPU and
 //! its nice value (every thread is held at the nice value the process started with,
@@ -170,11 +175,12 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
     let default_concurrency = match workload.as_str() {
         "opaque" => 20,
         "tls" => 8,
-        "brotli" => 4,
+        "brotli" | "echo" => 4,
+        "cpu" => std::thread::available_parallelism().map_or(2, |n| n.get()),
         other => {
             return Err(Fail::new(
                 "--workload",
-                format!("{other:?} is none of opaque, tls, brotli"),
+                format!("{other:?} is none of opaque, tls, brotli, echo, cpu"),
             ));
         }
     };
@@ -187,6 +193,17 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
         None => 1024 * 1024,
     };
     let method = args.get("--method").unwrap_or("debug.echo").to_owned();
+    // brotli / echo: at most this many messages a second in all (start to start).
+    let gap = match args.get("--per-second") {
+        Some(_) => {
+            let r: f64 = args.parse("--per-second")?;
+            if r.is_nan() || r <= 0.0 {
+                return Err(Fail::new("--per-second", "must be positive"));
+            }
+            Some(Duration::from_secs_f64(concurrency as f64 / r))
+        }
+        None => None,
+    };
 
     let mut config = ConnectionConfig::default();
     let mut target = ep.clone();
@@ -205,6 +222,10 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
             config.link_throughput = Some(1e6);
             target = relay(ep.clone(), up.clone()).await?;
         }
+        "echo" => {
+            config.proto.compression.candidates = Vec::new();
+            target = relay(ep.clone(), up.clone()).await?;
+        }
         _ => {}
     }
     // Full handshakes for `tls` (resumption would skip the server's signature).
@@ -213,6 +234,33 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
     let cpu0 = cpu_seconds(None);
     let begin = Instant::now();
     let end = begin + Duration::from_secs_f64(seconds);
+    if workload == "cpu" {
+        let spinners: Vec<_> = (0..concurrency)
+            .map(|_| {
+                std::thread::spawn(move || {
+                    let mut ms = 0u64;
+                    while Instant::now() < end {
+                        crate::stall::spin(Duration::from_millis(1));
+                        ms += 1;
+                    }
+                    ms
+                })
+            })
+            .collect();
+        let ops: u64 = spinners.into_iter().map(|t| t.join().unwrap_or(0)).sum();
+        let elapsed = begin.elapsed().as_secs_f64();
+        let cpu = cpu_seconds(None) - cpu0;
+        println!(
+            "{}",
+            serde_json::json!({
+                "workload": workload, "concurrency": concurrency, "ops": ops, "errors": 0,
+                "first_error": null, "seconds": elapsed, "ops_per_sec": ops as f64 / elapsed,
+                "cpu_s": cpu, "cpu_ms_per_op": cpu * 1000.0 / ops.max(1) as f64,
+                "nice": niceness(), "lowest_thread_nice_seen": lowest_nice.load(Ordering::Relaxed),
+            })
+        );
+        return Ok(());
+    }
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
         let (transport, target, config, workload, method, body) = (
@@ -231,7 +279,7 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
                 *errors += 1;
                 first_error.get_or_insert_with(|| e.to_string());
             };
-            if workload == "brotli" {
+            if workload == "brotli" || workload == "echo" {
                 let conn = match connect(transport.as_ref(), &target, config).await {
                     Ok(c) => c,
                     Err(e) => {
@@ -240,6 +288,7 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
                     }
                 };
                 while Instant::now() < end {
+                    let started = tokio::time::Instant::now();
                     let call = match Call::new(&method, Payload::raw(body.clone())) {
                         Ok(c) => c,
                         Err(e) => {
@@ -255,6 +304,9 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
                                 break;
                             }
                         }
+                    }
+                    if let Some(g) = gap {
+                        tokio::time::sleep_until(started + g).await;
                     }
                 }
                 conn.close(Status::unavailable("done"));
@@ -319,7 +371,7 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
         "nice": niceness(),
         "lowest_thread_nice_seen": lowest_nice.load(Ordering::Relaxed),
     });
-    if workload == "brotli" {
+    if workload == "brotli" || workload == "echo" {
         let sent = up.load(Ordering::Relaxed);
         v["payload_bytes"] = (ops * size as u64).into();
         v["wire_bytes_up"] = sent.into();

@@ -135,5 +135,5 @@ fn stall_processes_print_their_json_lines() {
         .output()
         .expect("run stall-load");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("none of opaque, tls, brotli"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("none of opaque, tls, brotli, cpu"));
 }

@@ -23,6 +23,11 @@ pub struct MethodInfo {
     pub output: String,
     /// Whether calling twice is as good as calling once (retries are safe).
     pub idempotent: bool,
+    /// The method answers at once, never computing or blocking (a lookup, a liveness
+    /// check): a connection may run it inside its own task, sparing a thread hop. A
+    /// local hint for this process's server, never sent or described.
+    #[serde(skip)]
+    pub inline: bool,
 }
 
 impl MethodInfo {
@@ -49,6 +54,14 @@ impl MethodInfo {
     /// Sets the idempotent flag.
     pub fn idempotent(mut self, yes: bool) -> Self {
         self.idempotent = yes;
+        self
+    }
+
+    /// Marks the method as answering at once (see [`MethodInfo::inline`]): a server may
+    /// run it inside the connection's task. A method marked so that computes for long
+    /// holds up every call of its connection — mark only what cannot.
+    pub fn inline(mut self, yes: bool) -> Self {
+        self.inline = yes;
         self
     }
 }

@@ -70,6 +70,13 @@ pub struct ConnectionConfig {
     /// such as a router forwarding calls; one handler that computes then stalls every
     /// call of its connection).
     pub spawn_handlers: bool,
+    /// Where spawned handlers run (with [`ConnectionConfig::spawn_handlers`]). `None`, the
+    /// default: [`crate::offload::handlers`], threads of their own, so a handler that
+    /// computes never keeps a thread that polls sockets from doing so. `Some(handle)`:
+    /// that runtime (`Some(Handle::current())` for the connection's own, as tonic does —
+    /// cheaper, but a handler that blocks a worker there also delays the connections
+    /// that worker would have polled).
+    pub handler_runtime: Option<tokio::runtime::Handle>,
     /// The link's throughput in bytes per second, as the compression selector should
     /// assume it at first (`None`: 1.25 GB/s for loopback and Unix-socket peers, where
     /// compression cannot pay, 12.5 MB/s otherwise). The writer keeps measuring the link
@@ -94,6 +101,7 @@ impl Default for ConnectionConfig {
             authenticator: None,
             credentials: None,
             spawn_handlers: true,
+            handler_runtime: None,
             link_throughput: None,
         }
     }
@@ -450,6 +458,8 @@ impl PendingConnection {
             out_front: 0,
             link,
             read_size: MIN_READ,
+            wake_bytes: 0,
+            yielding: None,
             draining: false,
             finished: false,
             peer_eof: false,
@@ -514,6 +524,12 @@ struct Driver {
     out_front: usize,
     link: LinkEstimate,
     read_size: usize,
+    /// Bytes read and written in this wake-up (see [`WAKE_IO_BUDGET`]).
+    wake_bytes: usize,
+    /// A yield in progress once a wake-up's budget is used: tokio's `yield_now`, which
+    /// lets the I/O driver run before this task does again (a plain self-wake would keep
+    /// the scheduler busy with tasks while sockets wait to be polled).
+    yielding: Option<Pin<Box<dyn Future<Output = ()> + Send>>>,
     draining: bool,
     finished: bool,
     peer_eof: bool,
@@ -529,6 +545,10 @@ const MAX_SLICES: usize = 64;
 const ROUNDS_PER_WAKE: usize = 4;
 /// Socket reads per round.
 const READS_PER_ROUND: usize = 4;
+/// Bytes read and written per wake-up before yielding: a connection moving large
+/// messages (decrypting and encrypting them, under TLS) must not hold the event loop for
+/// long while other connections wait for their turn.
+const WAKE_IO_BUDGET: usize = 64 * 1024;
 /// Read buffer growth: from this…
 const MIN_READ: usize = 8 * 1024;
 /// …to this, while reads keep filling it.
@@ -826,6 +846,7 @@ impl Driver {
     /// task (polled with the connection), or in a task of its own.
     fn spawn_handler(&mut self, call_id: u32, call: Call) {
         let deadline = call.metadata.deadline;
+        let inline = !self.config.spawn_handlers || self.handler.runs_inline(&call);
         let fut = self.handler.call(call);
         let run = async move {
             let result = match deadline {
@@ -840,7 +861,7 @@ impl Driver {
             };
             (call_id, result)
         };
-        if !self.config.spawn_handlers {
+        if inline {
             let (abort, registration) = InlineAbort::new_pair();
             self.handlers
                 .push(Abortable::new(Box::pin(run), registration));
@@ -850,10 +871,14 @@ impl Driver {
         let Some(answers) = self.answers.upgrade() else {
             return;
         };
-        let task = tokio::spawn(async move {
+        let answer = async move {
             let (call_id, result) = run.await;
             let _ = answers.send(Command::Answer(call_id, result));
-        });
+        };
+        let task = match &self.config.handler_runtime {
+            Some(rt) => rt.spawn(answer),
+            None => crate::offload::handlers().spawn(answer),
+        };
         self.serving
             .insert(call_id, Serving::Task(task.abort_handle()));
     }
@@ -1092,7 +1117,7 @@ impl Driver {
     fn poll_read(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progressed = false;
         for _ in 0..READS_PER_ROUND {
-            if self.finished || self.peer_eof {
+            if self.finished || self.peer_eof || self.wake_bytes >= WAKE_IO_BUDGET {
                 break;
             }
             let read_size = self.read_size;
@@ -1116,6 +1141,7 @@ impl Driver {
                 }
                 Poll::Ready(Ok(n)) => {
                     progressed = true;
+                    self.wake_bytes += n;
                     // Reads that fill the buffer ask for a bigger one (bulk transfer);
                     // small ones keep an idle connection's footprint small.
                     if n == spare {
@@ -1157,6 +1183,9 @@ impl Driver {
     fn poll_write(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progressed = false;
         loop {
+            if self.wake_bytes >= WAKE_IO_BUDGET {
+                return progressed;
+            }
             if self.out.is_empty() {
                 let mut chunks = Vec::new();
                 self.proto
@@ -1185,6 +1214,7 @@ impl Driver {
                 }
                 Poll::Ready(Ok(mut written)) => {
                     progressed = true;
+                    self.wake_bytes += written;
                     self.link.wrote(written);
                     self.stall_timer = None;
                     while written > 0 {
@@ -1316,8 +1346,15 @@ impl Future for Driver {
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
         let this = &mut *self;
+        if let Some(y) = &mut this.yielding {
+            if y.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            this.yielding = None;
+        }
+        this.wake_bytes = 0;
         for _ in 0..ROUNDS_PER_WAKE {
-            if this.finished {
+            if this.finished || this.wake_bytes >= WAKE_IO_BUDGET {
                 break;
             }
             let mut progressed = this.poll_commands(cx);
@@ -1350,8 +1387,13 @@ impl Future for Driver {
             this.commands.close();
             return Poll::Ready(());
         }
-        // Budget used: let other tasks run, then continue.
-        cx.waker().wake_by_ref();
+        // Budget used: let other tasks and the I/O driver run, then continue.
+        let mut y: Pin<Box<dyn Future<Output = ()> + Send>> = Box::pin(tokio::task::yield_now());
+        if y.as_mut().poll(cx).is_ready() {
+            cx.waker().wake_by_ref();
+        } else {
+            this.yielding = Some(y);
+        }
         Poll::Pending
     }
 }

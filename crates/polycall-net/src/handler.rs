@@ -18,6 +18,13 @@ pub trait ConnectionHandler: Send + Sync + 'static {
     /// cancels.
     fn call(&self, call: Call) -> BoxFuture;
 
+    /// Whether `call`'s handler answers at once ([`polycall_core::MethodInfo::inline`]),
+    /// so the connection may run it inside its own task even when it spawns the others.
+    fn runs_inline(&self, call: &Call) -> bool {
+        let _ = call;
+        false
+    }
+
     /// The peer announces methods it serves.
     fn register(&self, methods: Vec<MethodEntry>) -> Result<(), Status> {
         let _ = methods;
@@ -46,6 +53,12 @@ impl ConnectionHandler for RouterHandler {
     fn call(&self, call: Call) -> BoxFuture {
         let mut router = self.0.clone();
         router.call(call)
+    }
+
+    fn runs_inline(&self, call: &Call) -> bool {
+        self.0
+            .info(call.service.as_str(), call.method.as_str())
+            .is_some_and(|i| i.inline)
     }
 }
 

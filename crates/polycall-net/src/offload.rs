@@ -26,7 +26,8 @@ use polycall_core::Status;
 use tokio::runtime::{Handle, Runtime};
 use tokio::task::JoinHandle;
 
-/// The nice value of the offload threads (higher runs less).
+/// How much lower the offload threads' nice value is than the process's (+10; never
+/// past 19, the lowest). They also run under SCHED_IDLE on Linux.
 const NICENESS: i32 = 10;
 
 fn runtime() -> &'static Runtime {
@@ -38,7 +39,7 @@ fn runtime() -> &'static Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name("polycall-cpu")
-            .on_thread_start(lower_priority)
+            .on_thread_start(|| lower_priority_by(NICENESS))
             .enable_all()
             .build()
             .expect("the offload runtime starts (threads and timers)")
@@ -46,20 +47,61 @@ fn runtime() -> &'static Runtime {
 }
 
 #[cfg(target_os = "linux")]
-fn lower_priority() {
-    // On Linux the nice value is per thread: this one's, not the process's.
+fn lower_priority_by(niceness: i32) {
+    // SCHED_IDLE: the kernel lets any normal thread (an event loop that a socket just
+    // woke) preempt this one at once. A high nice value alone is not enough: the
+    // scheduler lets a running thread finish its slice — milliseconds — first.
+    use thread_priority::unix::{
+        NormalThreadSchedulePolicy, ThreadSchedulePolicy, set_thread_priority_and_policy,
+        thread_native_id,
+    };
     let tid = rustix::thread::gettid();
-    if let Err(e) = rustix::process::setpriority_process(Some(tid), NICENESS) {
+    let inherited = rustix::process::getpriority_process(Some(tid)).unwrap_or(0);
+    if let Err(e) = set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle),
+    ) {
+        tracing::debug!(error = ?e, "could not make the offload thread SCHED_IDLE");
+    }
+    // And a lower nice value, relative to what the thread inherited: a process already
+    // niced runs its offload work lower still, never higher.
+    let nice = inherited.saturating_add(niceness).min(19);
+    if let Err(e) = rustix::process::setpriority_process(Some(tid), nice) {
         tracing::debug!(error = %e, "could not lower the offload thread's priority");
     }
 }
 
 #[cfg(not(target_os = "linux"))]
-fn lower_priority() {}
+fn lower_priority_by(_: i32) {}
 
 /// The offload runtime's handle.
 pub fn handle() -> &'static Handle {
     runtime().handle()
+}
+
+/// The runtime where connections run their incoming calls' handlers by default
+/// ([`crate::ConnectionConfig::handler_runtime`]): worker threads of its own (one per
+/// core, named `polycall-handler`, normal priority). A handler that computes for long
+/// holds one of these threads, never a thread that polls sockets: on a tokio runtime,
+/// a worker busy in a handler also stops polling the I/O driver, so every connection
+/// on it would wait — which is why handlers do not run where connections do.
+pub fn handlers() -> &'static Handle {
+    static RT: OnceLock<Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        let workers = std::env::var("POLYCALL_HANDLER_THREADS")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("polycall-handler")
+            .enable_all()
+            .build()
+            .expect("the handler runtime starts (threads and timers)")
+    })
+    .handle()
 }
 
 /// A task on the offload runtime; aborted when dropped, so an abandoned handshake does
@@ -107,16 +149,24 @@ where
 mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn work_runs_on_named_low_priority_threads() {
-        let (name, nice) = super::run(|| {
+        let (name, nice, policy) = super::run(|| {
             let name = std::thread::current().name().map(str::to_owned);
             let nice =
                 rustix::process::getpriority_process(Some(rustix::thread::gettid())).unwrap();
-            (name, nice)
+            let policy = thread_priority::unix::thread_schedule_policy().unwrap();
+            (name, nice, policy)
         })
         .await
         .unwrap();
         assert_eq!(name.as_deref(), Some("polycall-cpu"));
-        assert!(nice >= super::NICENESS, "nice {nice}");
+        assert_eq!(
+            policy,
+            thread_priority::unix::ThreadSchedulePolicy::Normal(
+                thread_priority::unix::NormalThreadSchedulePolicy::Idle
+            )
+        );
+        let inherited = rustix::process::getpriority_process(None).unwrap();
+        assert_eq!(nice, (inherited + super::NICENESS).min(19));
     }
 
     #[tokio::test(flavor = "current_thread")]

@@ -999,6 +999,7 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
                     input: text()?,
                     output: text()?,
                     idempotent: flag == 1,
+                    inline: false,
                 };
                 methods.push(MethodEntry {
                     service,

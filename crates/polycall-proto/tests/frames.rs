@@ -121,6 +121,7 @@ fn entry() -> impl Strategy<Value = MethodEntry> {
                     input,
                     output,
                     idempotent,
+                    inline: false,
                 },
             },
         )
