@@ -135,5 +135,7 @@ fn stall_processes_print_their_json_lines() {
         .output()
         .expect("run stall-load");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("none of opaque, tls, brotli, cpu"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("none of opaque, tls, brotli, echo, cpu")
+    );
 }

@@ -4,10 +4,14 @@
 //! agreement, a signature that may happen in an HSM over PKCS#11), an OPAQUE login
 //! (Argon2 on the client, group operations on the server) or compressing a large message
 //! takes milliseconds. Such work runs here: on a small tokio runtime of its own (one
-//! worker per core, at most four, threads named `polycall-cpu`) whose threads run at a
-//! lower scheduling priority (nice +10 on Linux), so the event loops preempt them whenever
-//! they have calls to serve. The pool is bounded by its threads: a burst of logins queues
-//! here instead of taking every core from the calls in flight.
+//! worker per core, at most four, threads named `polycall-cpu`) whose threads run at the
+//! lowest priority (SCHED_IDLE and nice +10 on Linux), so an event loop that a socket
+//! woke preempts them at once. The pool is bounded by its threads: a burst of logins
+//! queues here instead of taking every core from the calls in flight. In a process whose
+//! cores are saturated, this work gets only what is left (a handshake or a login waits):
+//! calls on established connections come first.
+//!
+//! [`handlers`] is the other runtime here: where connections run their handlers.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -86,6 +90,7 @@ pub fn handle() -> &'static Handle {
 /// holds one of these threads, never a thread that polls sockets: on a tokio runtime,
 /// a worker busy in a handler also stops polling the I/O driver, so every connection
 /// on it would wait — which is why handlers do not run where connections do.
+/// `POLYCALL_HANDLER_THREADS` sets the number of threads.
 pub fn handlers() -> &'static Handle {
     static RT: OnceLock<Runtime> = OnceLock::new();
     RT.get_or_init(|| {
