@@ -210,7 +210,7 @@ struct Paths {
 /// One row: what runs beside the pinger.
 struct Row {
     name: &'static str,
-    /// `stall-load --workload` (run under `nice -n 19`), if any.
+    /// `stall-load --workload` (run under SCHED_IDLE and `nice -n 19`), if any.
     workload: Option<&'static str>,
     /// bench.spin calls in flight on the pinger's own connection.
     spin: usize,
@@ -411,7 +411,7 @@ pub(crate) fn bench_stall(args: &[String]) -> Result<()> {
     let started = Instant::now();
     let load_at_start = loadavg();
     eprintln!(
-        "\n== stall: workload generators run under `nice -n 19` (they burn CPU of their own — \
+        "\n== stall: workload generators run under SCHED_IDLE and `nice -n 19` (they burn CPU of their own — \
          client-side Argon2, TLS handshakes, brotli — that must not compete with the measured \
          server on {} cores); the pinger and the server run at normal priority",
         std::thread::available_parallelism()
@@ -678,10 +678,12 @@ fn markdown(o: &Options, rows: &[Value], command: &str, load: f64, debug_key: bo
          is in SoftHSM2 (PKCS#11), an OPAQUE user and anonymous sessions{}; `direct` = a \
          polycall `Server` with default `ServerConfig` / `ConnectionConfig` on a default \
          multi-thread tokio runtime (`polycall-bench stall-serve`). The workload generators run \
-         in their own process under `nice -n 19` (client-side Argon2, TLS and brotli would \
-         otherwise compete with the server on 2 cores); the pinger runs at normal priority in its \
-         own process; the cpu-handler calls share the pinger's connection. The control row sends \
-         nothing to the server: it shows what the generators' CPU use alone costs the pings.\n\n\
+         in their own process under SCHED_IDLE and `nice -n 19` (client-side Argon2, TLS and \
+         brotli would otherwise compete with the server on 2 cores); the pinger runs at normal \
+         priority in its own process; the cpu-handler calls share the pinger's connection. The \
+         controls are not judged: `echo 1 MiB` is the brotli row's traffic uncompressed (what \
+         the traffic alone costs), `cpu-noise` sends nothing (what the generators' CPU use alone \
+         costs).\n\n\
          | row | server | idle p50 / p99 µs | loaded p50 / p99 µs | loaded max µs | p99 ratio | target | result | workload during the row |\n\
          |---|---|---|---|---|---|---|---|---|\n",
         o.interval_us,

@@ -134,6 +134,13 @@ fn level_hook<S: 'static>(
     })
 }
 
+/// mimalloc instead of the system allocator: megabyte messages (decompressed on one
+/// thread, sent and freed on another) are recycled instead of returned to the kernel and
+/// mapped again each time; with glibc, that churn has the kernel freeing pages on the
+/// event loop's core (measured: `cargo xtask bench stall`, docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let out = Out {
