@@ -29,7 +29,7 @@
 //! let mut call = Call::new("kv.get", Payload::raw("k")).unwrap();
 //! let denied = svc.clone().oneshot(call.clone()).await.unwrap_err();
 //! assert_eq!(denied.code, Code::PermissionDenied);
-//! call.metadata.principal = Some(Principal::new("user:alice"));
+//! call.metadata.principal = Some(Principal::user("alice"));
 //! assert!(svc.oneshot(call).await.is_ok());
 //! # }
 //! ```
