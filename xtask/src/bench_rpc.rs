@@ -19,14 +19,15 @@
 //! Writes `target/bench/rpc.md` (per mode, a table per payload, then the targets with
 //! PASS/FAIL) and `target/bench/rpc.json` (every cell, the targets, the machine's load).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{cargo, ensure_apt, root, run};
+use crate::{ensure_apt, root};
+use crate::BenchProcesses as Paths;
 
 /// The systems measured, in the order they run and appear.
 const SYSTEMS: [&str; 5] = ["raw", "direct", "routed", "tonic", "nats"];
@@ -219,11 +220,6 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-struct Paths {
-    bench: PathBuf,
-    polycall: PathBuf,
-    tmp: PathBuf,
-}
 
 /// Starts the servers of `system`; returns them and the endpoint the client uses.
 fn start_system(system: &str, mode: Mode, p: &Paths) -> Result<(Vec<Proc>, String)> {
@@ -363,25 +359,8 @@ pub(crate) fn bench_rpc(args: &[String]) -> Result<()> {
     if o.modes.contains(&Mode::Pinned) {
         ensure_apt("taskset", "util-linux")?;
     }
-    run(
-        "build the benchmark processes (release)",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "polycall-bench",
-            "-p",
-            "polycall-cli",
-        ]),
-    )?;
+    let p = crate::build_bench_processes("rpc-tmp")?;
     let target = root().join("target");
-    let p = Paths {
-        bench: target.join("release/polycall-bench"),
-        polycall: target.join("release/polycall"),
-        tmp: target.join("bench/rpc-tmp"),
-    };
-    let _ = std::fs::remove_dir_all(&p.tmp);
-    std::fs::create_dir_all(&p.tmp)?;
     let mut cells: Vec<(usize, usize, usize)> = Vec::new();
     for &payload in &o.payloads {
         for &conc in &o.concurrencies {

@@ -49,7 +49,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{cargo, ensure_apt, root, run};
+use crate::{ensure_apt, root};
+use crate::BenchProcesses as Paths;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN: &str = "polycall";
@@ -201,11 +202,6 @@ fn json_of(what: &str, mut child: Child, limit: Duration) -> Result<Value> {
     serde_json::from_slice(&out.stdout).with_context(|| format!("reading {what}'s JSON line"))
 }
 
-struct Paths {
-    bench: PathBuf,
-    polycall: PathBuf,
-    tmp: PathBuf,
-}
 
 /// One row: what runs beside the pinger.
 struct Row {
@@ -389,25 +385,8 @@ fn loadavg() -> f64 {
 pub(crate) fn bench_stall(args: &[String]) -> Result<()> {
     let o = Options::parse(args)?;
     ensure_apt("softhsm2-util", "softhsm2")?;
-    run(
-        "build the benchmark processes (release)",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "polycall-bench",
-            "-p",
-            "polycall-cli",
-        ]),
-    )?;
+    let p = crate::build_bench_processes("stall-tmp")?;
     let target = root().join("target");
-    let p = Paths {
-        bench: target.join("release/polycall-bench"),
-        polycall: target.join("release/polycall"),
-        tmp: target.join("bench/stall-tmp"),
-    };
-    let _ = std::fs::remove_dir_all(&p.tmp);
-    std::fs::create_dir_all(&p.tmp)?;
     let started = Instant::now();
     let load_at_start = loadavg();
     eprintln!(

@@ -9,11 +9,16 @@ use crate::{Args, Ctx, Fail};
 /// The method every polycall peer serves.
 pub const METHOD: &str = "bench.echo";
 
+/// `bench.echo` answers at once and says so (`MethodInfo::inline`): it runs in the
+/// connection's task. Unmarked methods run on polycall's handler runtime, a thread hop
+/// each way (docs/benchmarks.md has both figures).
 fn echo_router() -> Result<Router, Fail> {
     Router::new()
         .route(
             METHOD,
-            MethodInfo::new("returns its input").idempotent(true),
+            MethodInfo::new("returns its input")
+                .idempotent(true)
+                .inline(true),
             handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) }),
         )
         .ctx("building the echo router")

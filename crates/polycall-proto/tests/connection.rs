@@ -361,7 +361,12 @@ fn the_in_flight_limit_is_kept_by_both_sides() {
 
 /// A server, handshaken, fed by hand-made frames: for peers that break the rules.
 fn raw_server(settings: Settings) -> (Connection, bool) {
-    let mut server = Connection::server(settings).unwrap();
+    raw_server_with(Connection::server(settings).unwrap())
+}
+
+/// Completes the handshake of `server` with a default client; returns it and whether
+/// CRC32C was negotiated.
+fn raw_server_with(mut server: Connection) -> (Connection, bool) {
     let mut bytes = PREFACE.to_vec();
     bytes.extend_from_slice(&Frame::Hello(Settings::default().hello()).to_bytes(false));
     server.feed(&bytes).unwrap();
@@ -890,23 +895,25 @@ fn compressible_payloads_are_compressed_and_arrive_intact() {
     );
 }
 
+/// 16 MiB of zeros, zstd-compressed to a few hundred bytes: far under any frame limit.
+fn zstd_bomb() -> Bytes {
+    let mut c = polycall_proto::compress::Compressor::new();
+    let mut out = Vec::new();
+    c.compress(
+        polycall_proto::compress::Choice::zstd(3),
+        &vec![0u8; 16 << 20],
+        &mut out,
+    )
+    .unwrap();
+    Bytes::from(out)
+}
+
 #[test]
 fn a_decompression_bomb_fails_the_call_not_the_connection() {
     let mut settings = Settings::default();
     settings.limits.max_message = 64 * 1024;
     let (mut raw, crc) = raw_server(settings);
-    // 16 MiB of zeros compresses to a few hundred bytes: far under the frame limit.
-    let bomb = {
-        let mut c = polycall_proto::compress::Compressor::new();
-        let mut out = Vec::new();
-        c.compress(
-            polycall_proto::compress::Choice::zstd(3),
-            &vec![0u8; 16 << 20],
-            &mut out,
-        )
-        .unwrap();
-        Bytes::from(out)
-    };
+    let bomb = zstd_bomb();
     assert!(bomb.len() < 4096);
     let Frame::Call(mut f) = call_frame(1, b"", false) else {
         unreachable!()
@@ -1210,33 +1217,12 @@ fn a_deferred_bomb_is_refused_by_its_limit() {
     let mut config = Config::default();
     config.settings.limits.max_message = 64 * 1024;
     config.defer_decompression_above = Some(16);
-    let mut raw = Connection::new(Role::Server, config).unwrap();
-    let mut bytes = PREFACE.to_vec();
-    bytes.extend_from_slice(&Frame::Hello(Settings::default().hello()).to_bytes(false));
-    raw.feed(&bytes).unwrap();
-    let mut out = Vec::new();
-    raw.poll_transmit(usize::MAX, &mut out);
-    assert_eq!(raw.poll_event(), Some(Event::Connected));
-    let crc = raw
-        .negotiated()
-        .unwrap()
-        .has(polycall_proto::features::CRC32C);
-    let bomb = {
-        let mut c = polycall_proto::compress::Compressor::new();
-        let mut out = Vec::new();
-        c.compress(
-            polycall_proto::compress::Choice::zstd(3),
-            &vec![0u8; 16 << 20],
-            &mut out,
-        )
-        .unwrap();
-        Bytes::from(out)
-    };
+    let (mut raw, crc) = raw_server_with(Connection::new(Role::Server, config).unwrap());
     let Frame::Call(mut f) = call_frame(1, b"", false) else {
         unreachable!()
     };
     f.compression = polycall_proto::compress::Algorithm::Zstd;
-    f.payload = bomb;
+    f.payload = zstd_bomb();
     raw.feed(&Frame::Call(f).to_bytes(crc)).unwrap();
     let Some(Event::Deferred(d)) = raw.poll_event() else {
         panic!("deferred")
