@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{ensure_apt, root};
 use crate::BenchProcesses as Paths;
+use crate::{ensure_apt, root};
 
 /// The systems measured, in the order they run and appear.
 const SYSTEMS: [&str; 5] = ["raw", "direct", "routed", "tonic", "nats"];
@@ -219,7 +219,6 @@ fn free_port() -> Result<u16> {
         .local_addr()?
         .port())
 }
-
 
 /// Starts the servers of `system`; returns them and the endpoint the client uses.
 fn start_system(system: &str, mode: Mode, p: &Paths) -> Result<(Vec<Proc>, String)> {

@@ -49,8 +49,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::{ensure_apt, root};
 use crate::BenchProcesses as Paths;
+use crate::{ensure_apt, root};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const TOKEN: &str = "polycall";
@@ -201,7 +201,6 @@ fn json_of(what: &str, mut child: Child, limit: Duration) -> Result<Value> {
     }
     serde_json::from_slice(&out.stdout).with_context(|| format!("reading {what}'s JSON line"))
 }
-
 
 /// One row: what runs beside the pinger.
 struct Row {
