@@ -20,13 +20,14 @@
 //! PASS/FAIL) and `target/bench/rpc.json` (every cell, the targets, the machine's load).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::BenchProcesses as Paths;
+use crate::bench_procs::{Proc, loadavg, spawn, wait_ready};
 use crate::{ensure_apt, root};
 
 /// The systems measured, in the order they run and appear.
@@ -141,37 +142,6 @@ impl Options {
     }
 }
 
-/// A benchmark process, killed when dropped.
-struct Proc {
-    child: Child,
-    what: String,
-}
-
-impl Proc {
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Fails when the process has exited.
-    fn check_alive(&mut self, logs: &Path) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "{} exited ({status}); its stderr is in {}",
-                self.what,
-                logs.display()
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// `cmd`, run under `taskset -c CPUS` when pinned.
 fn pinned(program: &Path, pin: Option<&str>) -> Command {
     match pin {
@@ -181,35 +151,6 @@ fn pinned(program: &Path, pin: Option<&str>) -> Command {
             t
         }
         None => Command::new(program),
-    }
-}
-
-/// Starts a server process; its stderr goes to `log`.
-fn spawn(what: &str, mut cmd: Command, log: &Path) -> Result<Proc> {
-    let err = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
-    let child = cmd.spawn().with_context(|| format!("spawning {what}"))?;
-    Ok(Proc {
-        child,
-        what: what.to_owned(),
-    })
-}
-
-fn wait_ready(file: &Path, procs: &mut [Proc], logs: &Path) -> Result<String> {
-    let started = Instant::now();
-    loop {
-        if let Ok(t) = std::fs::read_to_string(file)
-            && t.ends_with('\n')
-        {
-            return Ok(t.trim().to_owned());
-        }
-        for p in procs.iter_mut() {
-            p.check_alive(logs)?;
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("{} never became ready", file.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -242,7 +183,7 @@ fn start_system(system: &str, mode: Mode, p: &Paths) -> Result<(Vec<Proc>, Strin
                 _ => "serve-tonic",
             };
             procs.push(spawn(sub, serve(sub), &log)?);
-            wait_ready(&ready, &mut procs, &log)?
+            wait_ready(&ready, &mut procs)?
         }
         "routed" => {
             let mut c = pinned(&p.polycall, pin);
@@ -257,7 +198,7 @@ fn start_system(system: &str, mode: Mode, p: &Paths) -> Result<(Vec<Proc>, Strin
             .arg("--state-dir")
             .arg(p.tmp.join(format!("{tag}-state")));
             procs.push(spawn("polycall run", c, &log)?);
-            let ep = wait_ready(&ready, &mut procs, &log)?;
+            let ep = wait_ready(&ready, &mut procs)?;
             let provided = p.tmp.join(format!("{tag}-provider.ready"));
             let _ = std::fs::remove_file(&provided);
             let mut c = pinned(&p.bench, pin);
@@ -265,7 +206,7 @@ fn start_system(system: &str, mode: Mode, p: &Paths) -> Result<(Vec<Proc>, Strin
                 .arg(&provided);
             let plog = p.tmp.join(format!("{tag}-provider.log"));
             procs.push(spawn("provide", c, &plog)?);
-            wait_ready(&provided, &mut procs, &plog)?;
+            wait_ready(&provided, &mut procs)?;
             ep
         }
         _ => {
@@ -283,7 +224,7 @@ fn start_system(system: &str, mode: Mode, p: &Paths) -> Result<(Vec<Proc>, Strin
             let mut c = pinned(&p.bench, pin);
             c.args(["serve-nats", "--nats", &ep, "--ready"]).arg(&ready);
             procs.push(spawn("serve-nats", c, &log)?);
-            wait_ready(&ready, &mut procs, &log)?;
+            wait_ready(&ready, &mut procs)?;
             ep
         }
     };
@@ -341,14 +282,6 @@ fn run_cell(
     serde_json::from_slice(&out.stdout).context("reading the load generator's JSON line")
 }
 
-/// The 1-minute load average (other work on the machine skews the figures).
-fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
 /// Calls/s, latency and CPU of every system in every cell, in each mode asked for.
 pub(crate) fn bench_rpc(args: &[String]) -> Result<()> {
     let o = Options::parse(args)?;
@@ -386,7 +319,7 @@ pub(crate) fn bench_rpc(args: &[String]) -> Result<()> {
                 let (payload, conc, conns) = cell;
                 let mut v = match procs
                     .iter_mut()
-                    .try_for_each(|x| x.check_alive(&p.tmp))
+                    .try_for_each(|x| x.check_alive())
                     .and_then(|()| run_cell(&p, mode, system, &endpoint, &pids, cell, o.seconds))
                 {
                     Ok(v) => v,

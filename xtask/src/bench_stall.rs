@@ -50,6 +50,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::BenchProcesses as Paths;
+use crate::bench_procs::{Proc, loadavg, spawn, wait_ready};
 use crate::{ensure_apt, root};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -107,60 +108,6 @@ impl Options {
             seconds,
             interval_us,
         })
-    }
-}
-
-/// A process killed when dropped.
-struct Proc {
-    child: Child,
-    what: String,
-    log: PathBuf,
-}
-
-impl Proc {
-    fn check_alive(&mut self) -> Result<()> {
-        if let Some(status) = self.child.try_wait()? {
-            bail!(
-                "{} exited ({status}); its stderr is in {}",
-                self.what,
-                self.log.display()
-            );
-        }
-        Ok(())
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn spawn_server(what: &str, mut cmd: Command, log: &Path) -> Result<Proc> {
-    let err = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
-    let child = cmd.spawn().with_context(|| format!("spawning {what}"))?;
-    Ok(Proc {
-        child,
-        what: what.to_owned(),
-        log: log.to_owned(),
-    })
-}
-
-fn wait_ready(file: &Path, server: &mut Proc) -> Result<String> {
-    let started = Instant::now();
-    loop {
-        if let Ok(t) = std::fs::read_to_string(file)
-            && t.ends_with('\n')
-        {
-            return Ok(t.trim().to_owned());
-        }
-        server.check_alive()?;
-        if started.elapsed() > Duration::from_secs(30) {
-            bail!("{} never became ready", file.display());
-        }
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
@@ -372,14 +319,6 @@ fn path(p: &Path) -> Result<&str> {
         .with_context(|| format!("{} is not UTF-8", p.display()))
 }
 
-/// The 1-minute load average (other work on the machine skews the figures).
-fn loadavg() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(f64::NAN)
-}
-
 /// Event-loop stall: ping latency idle and under each workload; table and JSON.
 pub(crate) fn bench_stall(args: &[String]) -> Result<()> {
     let o = Options::parse(args)?;
@@ -426,8 +365,8 @@ pub(crate) fn bench_stall(args: &[String]) -> Result<()> {
     if debug_methods_key {
         c.args(["--set", "runtime.debug_methods=true"]);
     }
-    let mut runtime = spawn_server("polycall run", c, &p.tmp.join("runtime.log"))?;
-    let endpoint = wait_ready(&ready, &mut runtime)?;
+    let mut runtime = spawn("polycall run", c, &p.tmp.join("runtime.log"))?;
+    let endpoint = wait_ready(&ready, std::slice::from_mut(&mut runtime))?;
     eprintln!(
         "runtime (TLS, key in SoftHSM2, OPAQUE user, anonymous pinger{}) at {endpoint}",
         if debug_methods_key {
@@ -504,8 +443,8 @@ pub(crate) fn bench_stall(args: &[String]) -> Result<()> {
     let mut c = Command::new(&p.bench);
     c.args(["stall-serve", "--listen", "127.0.0.1:0", "--ready"])
         .arg(&ready);
-    let mut direct = spawn_server("stall-serve", c, &p.tmp.join("direct.log"))?;
-    let endpoint = wait_ready(&ready, &mut direct)?;
+    let mut direct = spawn("stall-serve", c, &p.tmp.join("direct.log"))?;
+    let endpoint = wait_ready(&ready, std::slice::from_mut(&mut direct))?;
     for row in [
         Row {
             name: "idle (direct Server)",

@@ -30,9 +30,11 @@ use anyhow::{Context, Result, bail};
 
 mod bench_bindings;
 mod bench_micro;
+mod bench_procs;
 mod bench_rpc;
 mod bench_stall;
 use bench_micro::bench_micro;
+pub(crate) use bench_procs::{BenchProcesses, build_bench_processes};
 use bench_rpc::bench_rpc;
 
 fn main() -> ExitCode {
@@ -176,41 +178,6 @@ fn ci() -> Result<()> {
 
 /// Exactly one rustls crypto provider: `ring` must not be in the normal dependency graph
 /// (with aws-lc-rs also present, rustls panics at run time).
-/// The release benchmark processes (`polycall-bench`, `polycall`) and a fresh scratch
-/// directory under `target/bench/`.
-pub(crate) struct BenchProcesses {
-    /// `target/release/polycall-bench`.
-    pub(crate) bench: PathBuf,
-    /// `target/release/polycall`.
-    pub(crate) polycall: PathBuf,
-    /// The scratch directory, emptied.
-    pub(crate) tmp: PathBuf,
-}
-
-/// Builds the benchmark processes (release) and empties `target/bench/<scratch>`.
-pub(crate) fn build_bench_processes(scratch: &str) -> Result<BenchProcesses> {
-    run(
-        "build the benchmark processes (release)",
-        cargo().args([
-            "build",
-            "--release",
-            "-p",
-            "polycall-bench",
-            "-p",
-            "polycall-cli",
-        ]),
-    )?;
-    let target = root().join("target");
-    let p = BenchProcesses {
-        bench: target.join("release/polycall-bench"),
-        polycall: target.join("release/polycall"),
-        tmp: target.join("bench").join(scratch),
-    };
-    let _ = std::fs::remove_dir_all(&p.tmp);
-    std::fs::create_dir_all(&p.tmp)?;
-    Ok(p)
-}
-
 fn ring_guard() -> Result<()> {
     eprintln!("\n==> ring guard");
     let out = cargo()

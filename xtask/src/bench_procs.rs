@@ -1,0 +1,119 @@
+//! What the benchmarks that run processes share: building them, starting one with its
+//! stderr in a log, waiting for its ready file, killing it when done, and the load average
+//! the results are read against.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{cargo, root, run};
+
+/// The release benchmark processes (`polycall-bench`, `polycall`) and a fresh scratch
+/// directory under `target/bench/`.
+pub(crate) struct BenchProcesses {
+    /// `target/release/polycall-bench`.
+    pub(crate) bench: PathBuf,
+    /// `target/release/polycall`.
+    pub(crate) polycall: PathBuf,
+    /// The scratch directory, emptied.
+    pub(crate) tmp: PathBuf,
+}
+
+/// Builds the benchmark processes (release) and empties `target/bench/<scratch>`.
+pub(crate) fn build_bench_processes(scratch: &str) -> Result<BenchProcesses> {
+    run(
+        "build the benchmark processes (release)",
+        cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "polycall-bench",
+            "-p",
+            "polycall-cli",
+        ]),
+    )?;
+    let target = root().join("target");
+    let p = BenchProcesses {
+        bench: target.join("release/polycall-bench"),
+        polycall: target.join("release/polycall"),
+        tmp: target.join("bench").join(scratch),
+    };
+    let _ = std::fs::remove_dir_all(&p.tmp);
+    std::fs::create_dir_all(&p.tmp)?;
+    Ok(p)
+}
+
+/// A benchmark process, killed when dropped.
+pub(crate) struct Proc {
+    child: Child,
+    what: String,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Its process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Fails when the process has exited, naming its log.
+    pub(crate) fn check_alive(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!(
+                "{} exited ({status}); its stderr is in {}",
+                self.what,
+                self.log.display()
+            );
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts a server process; its stderr goes to `log`.
+pub(crate) fn spawn(what: &str, mut cmd: Command, log: &Path) -> Result<Proc> {
+    let err = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(err);
+    let child = cmd.spawn().with_context(|| format!("spawning {what}"))?;
+    Ok(Proc {
+        child,
+        what: what.to_owned(),
+        log: log.to_owned(),
+    })
+}
+
+/// Waits (30 s at most) until `file` holds a whole line — what a started process writes
+/// when it is ready — and returns it; fails as soon as one of `procs` has exited.
+pub(crate) fn wait_ready(file: &Path, procs: &mut [Proc]) -> Result<String> {
+    let started = Instant::now();
+    loop {
+        if let Ok(t) = std::fs::read_to_string(file)
+            && t.ends_with('\n')
+        {
+            return Ok(t.trim().to_owned());
+        }
+        for p in procs.iter_mut() {
+            p.check_alive()?;
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("{} never became ready", file.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The 1-minute load average (other work on the machine skews the figures).
+pub(crate) fn loadavg() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(f64::NAN)
+}
