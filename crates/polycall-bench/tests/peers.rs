@@ -3,57 +3,10 @@
 //! themselves are not judged (benchmarks measure, tests check behaviour).
 
 use std::io::{Read, Write};
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
-const BIN: &str = env!("CARGO_BIN_EXE_polycall-bench");
-
-/// A child process, killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start(args: &[&str]) -> Proc {
-    Proc(
-        Command::new(BIN)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn polycall-bench"),
-    )
-}
-
-fn wait_ready(file: &Path) -> String {
-    let started = Instant::now();
-    loop {
-        if let Ok(t) = std::fs::read_to_string(file)
-            && t.ends_with('\n')
-        {
-            return t.trim().to_owned();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "{} never became ready",
-            file.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("polycall-bench-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let f = dir.join(name);
-    let _ = std::fs::remove_file(&f);
-    f
-}
+mod common;
+use common::{BIN, Proc, start, tmp, wait_ready};
 
 fn load(peer: &str, endpoint: &str, payload: usize, server_pid: Option<u32>) -> Output {
     let mut c = Command::new(BIN);

@@ -2,55 +2,23 @@
 //! the pinger (idle and beside CPU-bound calls on its own connection) and the brotli
 //! workload generator, each printing its JSON line. The figures are not judged.
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_polycall-bench");
-
-/// A child process, killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("polycall-bench-stall-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let f = dir.join(name);
-    let _ = std::fs::remove_file(&f);
-    f
-}
+mod common;
+use common::{BIN, start, tmp, wait_ready};
 
 /// Starts `sub --listen 127.0.0.1:0 --ready F` and returns it with its endpoint.
-fn serve(sub: &str) -> (Proc, String) {
-    let ready = tmp(&format!("{sub}.ready"));
-    let p = Proc(
-        Command::new(BIN)
-            .args([sub, "--listen", "127.0.0.1:0", "--ready"])
-            .arg(&ready)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("spawn polycall-bench"),
-    );
-    let started = Instant::now();
-    loop {
-        if let Ok(t) = std::fs::read_to_string(&ready)
-            && t.ends_with('\n')
-        {
-            return (p, t.trim().to_owned());
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(15),
-            "{sub} never became ready"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn serve(sub: &str) -> (common::Proc, String) {
+    let ready = tmp(&format!("stall-{sub}.ready"));
+    let p = start(&[
+        sub,
+        "--listen",
+        "127.0.0.1:0",
+        "--ready",
+        ready.to_str().unwrap(),
+    ]);
+    let ep = wait_ready(&ready);
+    (p, ep)
 }
 
 fn json(out: &Output, what: &str) -> serde_json::Value {
