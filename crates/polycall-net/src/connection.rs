@@ -426,7 +426,8 @@ impl PendingConnection {
                 }
             }
         }
-        let mut proto = Proto::new(role, proto_config).map_err(Status::invalid_input)?;
+        let mut proto =
+            Proto::new(role, proto_config).map_err(|e| Status::invalid_input(e.to_string()))?;
         let mut link = LinkEstimate::for_peer(&self.handle.shared.peer);
         if let Some(rate) = config.link_throughput.filter(|r| *r > 0.0) {
             link.bytes_per_sec = rate;

@@ -54,7 +54,7 @@ use polycall_core::{Code, ContentType, IdMap, MethodName, Payload, Priority, Ser
 use crate::compress::{
     AdaptiveCompressor, Algorithm, CompressJob, Compressed, Decompressor, Deferred, SelectorConfig,
 };
-use crate::error::{ProtoError, SendError};
+use crate::error::{ConfigError, ProtoError, SendError};
 use crate::frame::{
     self, CallFrame, DataFrame, ErrorFrame, Frame, FrameBuf, GoAway, MethodEntry, MethodRef,
     ReplyFrame,
@@ -412,7 +412,7 @@ impl std::fmt::Debug for Connection {
 impl Connection {
     /// The connecting side with default configuration and `settings`. It queues the
     /// preface and `HELLO` at once.
-    pub fn client(settings: Settings) -> Result<Self, String> {
+    pub fn client(settings: Settings) -> Result<Self, ConfigError> {
         Self::new(
             Role::Client,
             Config {
@@ -423,7 +423,7 @@ impl Connection {
     }
 
     /// The accepting side with default configuration and `settings`.
-    pub fn server(settings: Settings) -> Result<Self, String> {
+    pub fn server(settings: Settings) -> Result<Self, ConfigError> {
         Self::new(
             Role::Server,
             Config {
@@ -434,16 +434,18 @@ impl Connection {
     }
 
     /// A connection of `role` with `config`. Fails when the settings are incoherent.
-    pub fn new(role: Role, config: Config) -> Result<Self, String> {
+    pub fn new(role: Role, config: Config) -> Result<Self, ConfigError> {
         config.settings.validate()?;
         if config.fragment_size == 0 {
-            return Err("fragment_size is 0".into());
+            return Err(ConfigError::Zero {
+                field: "fragment_size",
+            });
         }
         if config.reassembly_budget < config.settings.limits.max_message as usize {
-            return Err(format!(
-                "reassembly_budget {} is below max_message {}: a largest message could never arrive",
-                config.reassembly_budget, config.settings.limits.max_message
-            ));
+            return Err(ConfigError::ReassemblyBudget {
+                budget: config.reassembly_budget,
+                max_message: config.settings.limits.max_message,
+            });
         }
         let mut c = Self {
             role,

@@ -2,7 +2,58 @@
 
 use polycall_core::{Code, Status};
 
+use crate::compress::Algorithm;
 use crate::frame::FrameType;
+
+/// Why [`Settings`](crate::Settings), [`Limits`](crate::Limits) or a connection
+/// [`Config`](crate::connection::Config) cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A limit below its minimum.
+    #[error("{field} {value} is below the minimum of {min}")]
+    BelowMinimum {
+        /// The setting.
+        field: &'static str,
+        /// Its value.
+        value: u64,
+        /// The smallest value accepted.
+        min: u64,
+    },
+    /// A count or size that must not be zero.
+    #[error("{field} is 0")]
+    Zero {
+        /// The setting.
+        field: &'static str,
+    },
+    /// The version range is empty.
+    #[error("min_version {min} is above max_version {max}")]
+    Versions {
+        /// The lowest version.
+        min: u16,
+        /// The highest version.
+        max: u16,
+    },
+    /// No authentication method is offered.
+    #[error("no authentication method: offer at least one (`none` for anonymous sessions)")]
+    NoAuthMethod,
+    /// A compression algorithm this build leaves out (its cargo feature is off).
+    #[error("{algorithm} is not built into this program (enable polycall's `{algorithm}` feature)")]
+    CompressionNotBuilt {
+        /// The algorithm.
+        algorithm: Algorithm,
+    },
+    /// The reassembly budget could never hold a largest message.
+    #[error(
+        "reassembly_budget {budget} is below max_message {max_message}: a largest message could never arrive"
+    )]
+    ReassemblyBudget {
+        /// The budget, in bytes.
+        budget: usize,
+        /// The largest message accepted.
+        max_message: u32,
+    },
+}
 
 /// Why bytes could not be decoded into a frame. Every variant is a connection error:
 /// after it, the byte stream cannot be trusted to be in sync.

@@ -23,7 +23,7 @@ use bytes::{BufMut, BytesMut};
 use polycall_core::{Code, ContentType, Status};
 
 use crate::compress::Algorithm;
-use crate::error::FrameError;
+use crate::error::{ConfigError, FrameError};
 use crate::frame::{ErrorFrame, Hello, Welcome};
 use crate::wire::Reader;
 
@@ -125,24 +125,30 @@ impl Limits {
 
     /// Checks the limits are usable: a frame of at least 1 KiB, a window of at least one
     /// frame, at least one call in flight.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_frame < MIN_MAX_FRAME {
-            return Err(format!(
-                "max_frame {} is below the minimum of {MIN_MAX_FRAME}",
-                self.max_frame
-            ));
+            return Err(ConfigError::BelowMinimum {
+                field: "max_frame",
+                value: self.max_frame.into(),
+                min: MIN_MAX_FRAME.into(),
+            });
         }
         if self.max_message == 0 {
-            return Err("max_message is 0".into());
+            return Err(ConfigError::Zero {
+                field: "max_message",
+            });
         }
         if self.max_in_flight == 0 {
-            return Err("max_in_flight is 0".into());
+            return Err(ConfigError::Zero {
+                field: "max_in_flight",
+            });
         }
         if self.initial_window < MIN_MAX_FRAME {
-            return Err(format!(
-                "initial_window {} is below the minimum of {MIN_MAX_FRAME}",
-                self.initial_window
-            ));
+            return Err(ConfigError::BelowMinimum {
+                field: "initial_window",
+                value: self.initial_window.into(),
+                min: MIN_MAX_FRAME.into(),
+            });
         }
         Ok(())
     }
@@ -177,7 +183,7 @@ impl Default for Settings {
             features: features::CRC32C | features::STREAMING,
             limits: Limits::default(),
             codecs: vec![ContentType::Postcard, ContentType::Json, ContentType::Raw],
-            compressions: vec![Algorithm::Zstd, Algorithm::Brotli, Algorithm::None],
+            compressions: Algorithm::built(),
             auth_methods: vec![AuthMethod::None],
             agent: concat!("polycall-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
@@ -194,19 +200,19 @@ impl Settings {
     }
 
     /// Checks the settings are coherent.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ConfigError> {
         if self.min_version > self.max_version {
-            return Err(format!(
-                "min_version {} is above max_version {}",
-                self.min_version, self.max_version
-            ));
+            return Err(ConfigError::Versions {
+                min: self.min_version,
+                max: self.max_version,
+            });
         }
         self.limits.validate()?;
         if self.auth_methods.is_empty() {
-            return Err(
-                "no authentication method: offer at least one (`none` for anonymous sessions)"
-                    .into(),
-            );
+            return Err(ConfigError::NoAuthMethod);
+        }
+        if let Some(&algorithm) = self.compressions.iter().find(|a| !a.is_built()) {
+            return Err(ConfigError::CompressionNotBuilt { algorithm });
         }
         Ok(())
     }
@@ -405,6 +411,7 @@ impl Negotiated {
             .compressions
             .iter()
             .filter_map(|&id| Algorithm::from_id(id))
+            .filter(|a| a.is_built())
             .collect();
         if !compressions.contains(&Algorithm::None) {
             compressions.push(Algorithm::None);

@@ -35,7 +35,7 @@ mod wire;
 pub use connection::{
     AUTH_ACCEPTED, AUTH_MAX_STEPS, Config, Connection, Event, IncomingCall, PREFACE, Role,
 };
-pub use error::{FrameError, ProtoError, SendError};
+pub use error::{ConfigError, FrameError, ProtoError, SendError};
 pub use frame::Frame;
 pub use handshake::{AuthMethod, Limits, Negotiated, Settings, features, negotiate};
 pub use meta::WireMeta;

@@ -875,6 +875,7 @@ fn a_final_reply_ends_a_call_whose_request_stream_is_still_open() {
 }
 
 #[test]
+#[cfg(feature = "zstd")]
 fn compressible_payloads_are_compressed_and_arrive_intact() {
     let mut p = Pair::new();
     p.client.set_link_throughput(12.5e6); // 100 Mbit/s: compression pays
@@ -896,6 +897,7 @@ fn compressible_payloads_are_compressed_and_arrive_intact() {
 }
 
 /// 16 MiB of zeros, zstd-compressed to a few hundred bytes: far under any frame limit.
+#[cfg(feature = "zstd")]
 fn zstd_bomb() -> Bytes {
     let mut c = polycall_proto::compress::Compressor::new();
     let mut out = Vec::new();
@@ -909,6 +911,7 @@ fn zstd_bomb() -> Bytes {
 }
 
 #[test]
+#[cfg(feature = "zstd")]
 fn a_decompression_bomb_fails_the_call_not_the_connection() {
     let mut settings = Settings::default();
     settings.limits.max_message = 64 * 1024;
@@ -1168,6 +1171,7 @@ fn call_ids_increase_on_the_wire_whatever_the_priorities() {
 /// Large messages are compressed and decompressed by the caller, away from the
 /// connection: a `CompressJob` out, an `Event::Deferred` in; small ones as before.
 #[test]
+#[cfg(feature = "zstd")]
 fn large_messages_are_compressed_and_decompressed_by_the_caller() {
     let mut client = Config::default();
     client.max_compress_size = 64 * 1024;
@@ -1213,6 +1217,7 @@ fn large_messages_are_compressed_and_decompressed_by_the_caller() {
 
 /// A deferred message that would decompress past the message limit fails alone.
 #[test]
+#[cfg(feature = "zstd")]
 fn a_deferred_bomb_is_refused_by_its_limit() {
     let mut config = Config::default();
     config.settings.limits.max_message = 64 * 1024;

@@ -1,6 +1,6 @@
 //! Handshake negotiation: versions, feature bits, codecs, compression, auth, limits.
 
-use polycall_core::{Code, ContentType};
+use polycall_core::Code;
 use polycall_proto::compress::Algorithm;
 use polycall_proto::{AuthMethod, Limits, Negotiated, Settings, features, negotiate};
 
@@ -105,7 +105,9 @@ fn crc_is_on_only_when_both_offer_it() {
 }
 
 #[test]
+#[cfg(all(feature = "zstd", feature = "brotli"))]
 fn codecs_and_compression_fall_back() {
+    use polycall_core::ContentType;
     let mut client = Settings::default();
     client.codecs = vec![ContentType::Postcard, ContentType::Json];
     client.compressions = vec![Algorithm::Brotli];
@@ -171,7 +173,10 @@ fn settings_without_any_auth_method_are_refused() {
     let mut s = Settings::default();
     s.auth_methods.clear();
     let err = s.validate().unwrap_err();
-    assert!(err.contains("no authentication method"), "{err}");
+    assert!(
+        err.to_string().contains("no authentication method"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -204,4 +209,26 @@ fn each_side_sends_within_the_other_sides_limits() {
         (s.local_limits.max_frame, s.peer_limits.max_frame),
         (8192, 4096)
     );
+}
+
+/// A build offers only the compression it can decode, and refuses settings that ask for more.
+#[test]
+fn only_built_compression_is_offered() {
+    let hello = Settings::default().hello();
+    for id in &hello.compressions {
+        let algorithm = Algorithm::from_id(*id).unwrap();
+        assert!(algorithm.is_built(), "{algorithm} offered but not built");
+    }
+    assert_eq!(hello.compressions.last(), Some(&Algorithm::None.id()));
+    for algorithm in Algorithm::ALL.into_iter().filter(|a| !a.is_built()) {
+        let mut settings = Settings::default();
+        settings.compressions = vec![algorithm, Algorithm::None];
+        let err = settings.validate().unwrap_err();
+        assert!(err.to_string().contains("not built"), "{err}");
+        // A peer that offers it anyway is answered without it.
+        let mut hello = Settings::default().hello();
+        hello.compressions = vec![algorithm.id(), Algorithm::None.id()];
+        let w = negotiate(&Settings::default(), &hello).unwrap();
+        assert_eq!(w.compressions, vec![Algorithm::None.id()]);
+    }
 }

@@ -1,29 +1,21 @@
 //! The codecs: [`Compressor`] and [`Decompressor`], with reusable contexts.
+//!
+//! Each algorithm lives in its own module behind its cargo feature
+//! (`zstd`, `brotli`); an algorithm this build leaves out answers
+//! [`CompressError::Unsupported`] and is never offered in the handshake.
 
-use std::io::Cursor;
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
-use brotli::enc::StandardAlloc;
-use brotli::enc::encode::{
-    BrotliEncoderDestroyInstance, BrotliEncoderOperation, BrotliEncoderParameter,
-    BrotliEncoderStateStruct,
-};
-use brotli::{BrotliDecompressStream, BrotliResult, BrotliState};
-use zstd::zstd_safe::{self, DCtx, zstd_sys::ZSTD_ErrorCode};
-
+#[cfg(feature = "brotli")]
+use super::brotli_codec;
+#[cfg(feature = "zstd")]
+use super::zstd_codec;
 use super::{Algorithm, Choice, CompressError};
 
-/// The smallest and largest brotli window (log2) the encoder uses.
-///
-/// Windows below 2^18 make brotli's Rust encoder switch to much slower hash
-/// tables at qualities 5 and up, for no gain, so small inputs still get 18.
-const BROTLI_MIN_LGWIN: u32 = 18;
-const BROTLI_MAX_LGWIN: u32 = 24;
-
 /// How much a frame of unknown content size is first assumed to expand.
-const UNKNOWN_SIZE_GUESS_FACTOR: usize = 4;
+#[cfg_attr(not(any(feature = "zstd", feature = "brotli")), allow(dead_code))]
+pub(super) const UNKNOWN_SIZE_GUESS_FACTOR: usize = 4;
 /// The smallest first buffer for a frame of unknown content size.
-const UNKNOWN_SIZE_MIN_GUESS: usize = 64 * 1024;
+#[cfg_attr(not(feature = "zstd"), allow(dead_code))]
+pub(super) const UNKNOWN_SIZE_MIN_GUESS: usize = 64 * 1024;
 
 /// Compresses payloads, keeping a zstd context per level it has used.
 ///
@@ -48,15 +40,16 @@ const UNKNOWN_SIZE_MIN_GUESS: usize = 64 * 1024;
 #[derive(Default)]
 pub struct Compressor {
     /// One zstd context per level, created on first use.
-    zstd: Vec<(i32, zstd::bulk::Compressor<'static>)>,
+    #[cfg(feature = "zstd")]
+    zstd: zstd_codec::Encoders,
 }
 
 impl std::fmt::Debug for Compressor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let levels: Vec<i32> = self.zstd.iter().map(|(level, _)| *level).collect();
-        f.debug_struct("Compressor")
-            .field("zstd_levels", &levels)
-            .finish()
+        let mut debug = f.debug_struct("Compressor");
+        #[cfg(feature = "zstd")]
+        debug.field("zstd_levels", &self.zstd.levels());
+        debug.finish()
     }
 }
 
@@ -87,138 +80,35 @@ impl Compressor {
                 out.extend_from_slice(input);
                 Ok(())
             }
-            Algorithm::Zstd => self.compress_zstd(choice.level, input, out),
-            Algorithm::Brotli => compress_brotli(choice.level, input, out),
+            #[cfg(feature = "zstd")]
+            Algorithm::Zstd => self.zstd.compress(choice.level, input, out),
+            #[cfg(feature = "brotli")]
+            Algorithm::Brotli => brotli_codec::compress(choice.level, input, out),
+            #[allow(unreachable_patterns)]
+            algorithm => Err(CompressError::Unsupported { algorithm }),
         }
     }
 
     /// Sets up whatever `choice` needs (a zstd context for its level), so
     /// that the first [`compress`](Self::compress) with it does not pay for
-    /// that. Returns an error for a level the encoder rejects.
+    /// that. Returns an error for a level the encoder rejects, or an
+    /// algorithm this build leaves out.
     pub fn prepare(&mut self, choice: Choice) -> Result<(), CompressError> {
         match choice.algorithm {
             Algorithm::None => Ok(()),
-            Algorithm::Zstd => self.zstd_context(choice.level).map(|_| ()),
-            Algorithm::Brotli if (0..=11).contains(&choice.level) => Ok(()),
+            #[cfg(feature = "zstd")]
+            Algorithm::Zstd => self.zstd.context(choice.level).map(|_| ()),
+            #[cfg(feature = "brotli")]
+            Algorithm::Brotli if brotli_codec::QUALITIES.contains(&choice.level) => Ok(()),
+            #[cfg(feature = "brotli")]
             Algorithm::Brotli => Err(CompressError::encode(
                 Algorithm::Brotli,
                 format!("quality {} is outside 0..=11", choice.level),
             )),
+            #[allow(unreachable_patterns)]
+            algorithm => Err(CompressError::Unsupported { algorithm }),
         }
     }
-
-    fn zstd_context(
-        &mut self,
-        level: i32,
-    ) -> Result<&mut zstd::bulk::Compressor<'static>, CompressError> {
-        let index = match self.zstd.iter().position(|(l, _)| *l == level) {
-            Some(index) => index,
-            None => {
-                let context = zstd::bulk::Compressor::new(level)
-                    .map_err(|e| CompressError::encode(Algorithm::Zstd, e.to_string()))?;
-                self.zstd.push((level, context));
-                self.zstd.len() - 1
-            }
-        };
-        Ok(&mut self.zstd[index].1)
-    }
-
-    fn compress_zstd(
-        &mut self,
-        level: i32,
-        input: &[u8],
-        out: &mut Vec<u8>,
-    ) -> Result<(), CompressError> {
-        let context = self.zstd_context(level)?;
-        let start = out.len();
-        out.reserve(zstd_safe::compress_bound(input.len()));
-        let mut cursor = Cursor::new(&mut *out);
-        cursor.set_position(start as u64);
-        let result = context.compress_to_buffer(input, &mut cursor);
-        if let Err(e) = result {
-            out.truncate(start);
-            return Err(CompressError::encode(Algorithm::Zstd, e.to_string()));
-        }
-        Ok(())
-    }
-}
-
-/// The brotli window (log2) for an input of `len` bytes.
-fn brotli_lgwin(len: usize) -> u32 {
-    // The window holds 2^lgwin - 16 bytes.
-    let needed = usize::BITS - (len.saturating_add(16)).leading_zeros();
-    needed.clamp(BROTLI_MIN_LGWIN, BROTLI_MAX_LGWIN)
-}
-
-fn compress_brotli(level: i32, input: &[u8], out: &mut Vec<u8>) -> Result<(), CompressError> {
-    if !(0..=11).contains(&level) {
-        return Err(CompressError::encode(
-            Algorithm::Brotli,
-            format!("quality {level} is outside 0..=11"),
-        ));
-    }
-    let start = out.len();
-    let bound = brotli::enc::BrotliEncoderMaxCompressedSize(input.len()).max(input.len() + 64);
-    out.resize(start + bound, 0);
-    let written = catch_unwind(AssertUnwindSafe(|| {
-        brotli_encode(level, input, &mut out[start..])
-    }));
-    match written {
-        Ok(Some(written)) => {
-            out.truncate(start + written);
-            Ok(())
-        }
-        Ok(None) => {
-            out.truncate(start);
-            Err(CompressError::encode(
-                Algorithm::Brotli,
-                "the encoder did not finish the stream",
-            ))
-        }
-        Err(_) => {
-            out.truncate(start);
-            Err(CompressError::encode(
-                Algorithm::Brotli,
-                "the encoder panicked",
-            ))
-        }
-    }
-}
-
-/// Runs a one-shot brotli encode into `output`; the number of bytes written.
-fn brotli_encode(quality: i32, input: &[u8], output: &mut [u8]) -> Option<usize> {
-    let mut state = BrotliEncoderStateStruct::new(StandardAlloc::default());
-    state.set_parameter(BrotliEncoderParameter::BROTLI_PARAM_QUALITY, quality as u32);
-    state.set_parameter(
-        BrotliEncoderParameter::BROTLI_PARAM_LGWIN,
-        brotli_lgwin(input.len()),
-    );
-    state.set_parameter(
-        BrotliEncoderParameter::BROTLI_PARAM_SIZE_HINT,
-        u32::try_from(input.len()).unwrap_or(u32::MAX),
-    );
-    let mut available_in = input.len();
-    let mut in_offset = 0;
-    let mut available_out = output.len();
-    let mut out_offset = 0;
-    let mut total_out = Some(0);
-    let mut ok = state.compress_stream(
-        BrotliEncoderOperation::BROTLI_OPERATION_FINISH,
-        &mut available_in,
-        input,
-        &mut in_offset,
-        &mut available_out,
-        output,
-        &mut out_offset,
-        &mut total_out,
-        &mut |_: &mut brotli::interface::PredictionModeContextMap<brotli::InputReferenceMut>,
-              _: &mut [brotli::interface::StaticCommand],
-              _: brotli::InputPair,
-              _: &mut StandardAlloc| (),
-    );
-    ok &= state.is_finished();
-    BrotliEncoderDestroyInstance(&mut state);
-    ok.then_some(out_offset)
 }
 
 /// Decompresses payloads, never allocating past the caller's limit.
@@ -238,14 +128,16 @@ fn brotli_encode(quality: i32, input: &[u8], output: &mut [u8]) -> Option<usize>
 /// ```
 #[derive(Default)]
 pub struct Decompressor {
-    zstd: Option<DCtx<'static>>,
+    #[cfg(feature = "zstd")]
+    zstd: zstd_codec::Decoder,
 }
 
 impl std::fmt::Debug for Decompressor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Decompressor")
-            .field("zstd_context", &self.zstd.is_some())
-            .finish()
+        let mut debug = f.debug_struct("Decompressor");
+        #[cfg(feature = "zstd")]
+        debug.field("zstd_context", &self.zstd.is_ready());
+        debug.finish()
     }
 }
 
@@ -285,105 +177,19 @@ impl Decompressor {
                     Ok(input.to_vec())
                 }
             }
-            Algorithm::Zstd => self.decompress_zstd(input, limit),
-            Algorithm::Brotli => decompress_brotli(input, limit),
+            #[cfg(feature = "zstd")]
+            Algorithm::Zstd => self.zstd.decompress(input, limit),
+            #[cfg(feature = "brotli")]
+            Algorithm::Brotli => brotli_codec::decompress(input, limit),
+            #[allow(unreachable_patterns)]
+            algorithm => Err(CompressError::Unsupported { algorithm }),
         }
     }
-
-    fn decompress_zstd(&mut self, input: &[u8], limit: usize) -> Result<Vec<u8>, CompressError> {
-        if input.is_empty() {
-            return Err(CompressError::corrupt(Algorithm::Zstd, "empty input"));
-        }
-        let declared = declared_zstd_size(input)?;
-        if declared.known > limit as u64 {
-            return Err(CompressError::TooLarge { limit });
-        }
-        let context = self.zstd.get_or_insert_with(DCtx::create);
-        if !declared.unknown {
-            // Every frame says how large it is, and all of them fit: decode
-            // in one go into a buffer of exactly that size. A frame whose
-            // content outgrows its header fails rather than reallocating.
-            let size = declared.known as usize;
-            let mut buffer = allocate(size, limit)?;
-            return match context.decompress(&mut buffer, input) {
-                Ok(written) if written == size => Ok(buffer),
-                Ok(_) => Err(CompressError::corrupt(
-                    Algorithm::Zstd,
-                    "content is shorter than its declared size",
-                )),
-                Err(code) if is_dst_too_small(code) => Err(CompressError::corrupt(
-                    Algorithm::Zstd,
-                    "content is larger than its declared size",
-                )),
-                Err(code) => Err(zstd_corrupt(code)),
-            };
-        }
-        // Some frame does not record its size. Decoding in one shot needs no
-        // window buffer, so guess a size, and double it (up to `limit`) each
-        // time the output does not fit: memory stays within `limit`, and the
-        // work within about twice that of the final attempt.
-        let guess = input
-            .len()
-            .saturating_mul(UNKNOWN_SIZE_GUESS_FACTOR)
-            .max(UNKNOWN_SIZE_MIN_GUESS)
-            .max(declared.known as usize);
-        let mut capacity = guess.min(limit);
-        loop {
-            let mut buffer = allocate(capacity, limit)?;
-            match context.decompress(&mut buffer, input) {
-                Ok(_) => return Ok(buffer),
-                Err(code) if is_dst_too_small(code) => {
-                    if capacity >= limit {
-                        return Err(CompressError::TooLarge { limit });
-                    }
-                    capacity = capacity.saturating_mul(2).min(limit);
-                }
-                Err(code) => return Err(zstd_corrupt(code)),
-            }
-        }
-    }
-}
-
-/// What the frame headers of a zstd input say about its decompressed size.
-struct DeclaredSize {
-    /// The total of the frames that record their size.
-    known: u64,
-    /// Whether some frame does not record its size.
-    unknown: bool,
-}
-
-fn declared_zstd_size(mut data: &[u8]) -> Result<DeclaredSize, CompressError> {
-    let mut declared = DeclaredSize {
-        known: 0,
-        unknown: false,
-    };
-    while !data.is_empty() {
-        let frame_len = zstd_safe::find_frame_compressed_size(data).map_err(zstd_corrupt)?;
-        if frame_len == 0 || frame_len > data.len() {
-            return Err(CompressError::corrupt(Algorithm::Zstd, "bad frame length"));
-        }
-        match zstd_safe::get_frame_content_size(data) {
-            Ok(Some(size)) => declared.known = declared.known.saturating_add(size),
-            Ok(None) => declared.unknown = true,
-            Err(_) => {
-                return Err(CompressError::corrupt(Algorithm::Zstd, "bad frame header"));
-            }
-        }
-        data = &data[frame_len..];
-    }
-    Ok(declared)
-}
-
-fn is_dst_too_small(code: zstd_safe::ErrorCode) -> bool {
-    zstd_safe::is_error_kind(code, ZSTD_ErrorCode::ZSTD_error_dstSize_tooSmall)
-}
-
-fn zstd_corrupt(code: zstd_safe::ErrorCode) -> CompressError {
-    CompressError::corrupt(Algorithm::Zstd, zstd_safe::get_error_name(code))
 }
 
 /// An empty buffer with room for exactly `size` bytes, `size <= limit`.
-fn allocate(size: usize, limit: usize) -> Result<Vec<u8>, CompressError> {
+#[cfg_attr(not(feature = "zstd"), allow(dead_code))]
+pub(super) fn allocate(size: usize, limit: usize) -> Result<Vec<u8>, CompressError> {
     let mut buffer = Vec::new();
     buffer
         .try_reserve_exact(size)
@@ -391,236 +197,10 @@ fn allocate(size: usize, limit: usize) -> Result<Vec<u8>, CompressError> {
     Ok(buffer)
 }
 
-type BrotliDecoder = BrotliState<BoundedAlloc, StandardAlloc, StandardAlloc>;
-
-/// brotli's byte allocator for decoding: it refuses (with the empty cell the
-/// decoder takes as a failed allocation) any single allocation larger than
-/// its budget. The only large one is the ring buffer, which a valid stream
-/// of at most `limit` bytes never needs larger than the next power of two;
-/// a stream that declares more is cut short before it gets the memory.
-struct BoundedAlloc {
-    budget: usize,
-}
-
-/// What the decoder allocates past its ring buffer's size, and some.
-const BROTLI_RING_SLACK: usize = 1024;
-/// The smallest ring buffer the decoder allocates.
-const BROTLI_MIN_RING: usize = 1024;
-
-impl BoundedAlloc {
-    fn for_limit(limit: usize) -> Self {
-        let ring = limit
-            .checked_next_power_of_two()
-            .unwrap_or(usize::MAX)
-            .max(BROTLI_MIN_RING);
-        BoundedAlloc {
-            budget: ring.saturating_add(BROTLI_RING_SLACK),
-        }
-    }
-}
-
-impl brotli::Allocator<u8> for BoundedAlloc {
-    type AllocatedMemory = <StandardAlloc as brotli::Allocator<u8>>::AllocatedMemory;
-
-    fn alloc_cell(&mut self, len: usize) -> Self::AllocatedMemory {
-        if len > self.budget {
-            return Self::AllocatedMemory::default();
-        }
-        <StandardAlloc as brotli::Allocator<u8>>::alloc_cell(&mut StandardAlloc::default(), len)
-    }
-
-    fn free_cell(&mut self, _data: Self::AllocatedMemory) {}
-}
-
-/// Whether the decoder failed because [`BoundedAlloc`] refused it a ring
-/// buffer (`BROTLI_DECODER_ERROR_ALLOC_RING_BUFFER_1` and `_2`).
-fn refused_ring_buffer(decoder: &BrotliDecoder) -> bool {
-    matches!(decoder.error_code as i32, -26 | -27)
-}
-
-/// The first output buffer for brotli, before it grows.
-const BROTLI_FIRST_BUFFER: usize = 16 * 1024;
-
-fn decompress_brotli(input: &[u8], limit: usize) -> Result<Vec<u8>, CompressError> {
-    if input.is_empty() {
-        return Err(CompressError::corrupt(Algorithm::Brotli, "empty input"));
-    }
-    match catch_unwind(AssertUnwindSafe(|| brotli_decode(input, limit))) {
-        Ok(result) => result,
-        Err(_) => Err(CompressError::corrupt(
-            Algorithm::Brotli,
-            "the decoder panicked",
-        )),
-    }
-}
-
-/// Streams `input` through a brotli decoder into a buffer that grows, by
-/// doubling, up to `limit` bytes and no further.
-///
-/// The decoder is the strict one (no large windows), and its ring buffer is
-/// held to the next power of two of `limit` by [`BoundedAlloc`].
-fn brotli_decode(input: &[u8], limit: usize) -> Result<Vec<u8>, CompressError> {
-    let mut decoder = BrotliDecoder::new_strict(
-        BoundedAlloc::for_limit(limit),
-        StandardAlloc::default(),
-        StandardAlloc::default(),
-    );
-    let first = input
-        .len()
-        .saturating_mul(UNKNOWN_SIZE_GUESS_FACTOR)
-        .max(BROTLI_FIRST_BUFFER)
-        .min(limit);
-    let mut output = vec![0u8; first];
-    let mut written = 0;
-    let mut available_in = input.len();
-    let mut in_offset = 0;
-    let mut total_out = 0;
-    loop {
-        if written == output.len() {
-            if output.len() >= limit {
-                // The buffer is at the limit: one more byte means too large.
-                return match brotli_at_limit(&mut decoder, input, &mut available_in, &mut in_offset)
-                {
-                    Ok(()) => {
-                        output.truncate(written);
-                        Ok(output)
-                    }
-                    Err(e) => Err(e.with_limit(limit)),
-                };
-            }
-            let grown = output.len().saturating_mul(2).clamp(1, limit);
-            output.resize(grown, 0);
-        }
-        let before = (in_offset, written);
-        let mut available_out = output.len() - written;
-        let mut out_offset = written;
-        let result = BrotliDecompressStream(
-            &mut available_in,
-            &mut in_offset,
-            input,
-            &mut available_out,
-            &mut out_offset,
-            &mut output,
-            &mut total_out,
-            &mut decoder,
-        );
-        written = out_offset;
-        match result {
-            BrotliResult::ResultSuccess => {
-                if in_offset != input.len() {
-                    return Err(CompressError::corrupt(
-                        Algorithm::Brotli,
-                        "trailing bytes after the end of the stream",
-                    ));
-                }
-                output.truncate(written);
-                return Ok(output);
-            }
-            BrotliResult::NeedsMoreOutput => {
-                if written < output.len() && before == (in_offset, written) {
-                    return Err(CompressError::corrupt(
-                        Algorithm::Brotli,
-                        "the decoder made no progress",
-                    ));
-                }
-            }
-            BrotliResult::NeedsMoreInput => {
-                return Err(CompressError::corrupt(
-                    Algorithm::Brotli,
-                    "truncated stream",
-                ));
-            }
-            BrotliResult::ResultFailure if refused_ring_buffer(&decoder) => {
-                return Err(CompressError::TooLarge { limit });
-            }
-            BrotliResult::ResultFailure => {
-                return Err(CompressError::corrupt(
-                    Algorithm::Brotli,
-                    format!("invalid stream ({:?})", decoder.error_code),
-                ));
-            }
-        }
-    }
-}
-
-/// The outcome of decoding past a full output buffer.
-enum AtLimit {
-    TooLarge,
-    Corrupt(CompressError),
-}
-
-impl AtLimit {
-    fn with_limit(self, limit: usize) -> CompressError {
-        match self {
-            AtLimit::TooLarge => CompressError::TooLarge { limit },
-            AtLimit::Corrupt(e) => e,
-        }
-    }
-}
-
-/// With the output full, checks that the stream ends without another byte.
-fn brotli_at_limit(
-    decoder: &mut BrotliDecoder,
-    input: &[u8],
-    available_in: &mut usize,
-    in_offset: &mut usize,
-) -> Result<(), AtLimit> {
-    let mut scratch = [0u8; 1];
-    let mut total_out = 0;
-    loop {
-        let before = *in_offset;
-        let mut available_out = 1;
-        let mut out_offset = 0;
-        let result = BrotliDecompressStream(
-            available_in,
-            in_offset,
-            input,
-            &mut available_out,
-            &mut out_offset,
-            &mut scratch,
-            &mut total_out,
-            decoder,
-        );
-        if out_offset > 0 {
-            return Err(AtLimit::TooLarge);
-        }
-        match result {
-            BrotliResult::ResultSuccess if *in_offset == input.len() => return Ok(()),
-            BrotliResult::ResultSuccess => {
-                return Err(AtLimit::Corrupt(CompressError::corrupt(
-                    Algorithm::Brotli,
-                    "trailing bytes after the end of the stream",
-                )));
-            }
-            BrotliResult::NeedsMoreOutput if *in_offset != before => continue,
-            BrotliResult::NeedsMoreOutput => {
-                return Err(AtLimit::Corrupt(CompressError::corrupt(
-                    Algorithm::Brotli,
-                    "the decoder made no progress",
-                )));
-            }
-            BrotliResult::NeedsMoreInput => {
-                return Err(AtLimit::Corrupt(CompressError::corrupt(
-                    Algorithm::Brotli,
-                    "truncated stream",
-                )));
-            }
-            BrotliResult::ResultFailure if refused_ring_buffer(decoder) => {
-                return Err(AtLimit::TooLarge);
-            }
-            BrotliResult::ResultFailure => {
-                return Err(AtLimit::Corrupt(CompressError::corrupt(
-                    Algorithm::Brotli,
-                    format!("invalid stream ({:?})", decoder.error_code),
-                )));
-            }
-        }
-    }
-}
-
-#[cfg(test)]
+#[cfg(all(test, feature = "zstd", feature = "brotli"))]
 mod tests {
     use super::*;
+    use zstd::zstd_safe;
 
     fn sample_text(len: usize) -> Vec<u8> {
         let words = [
@@ -947,6 +527,34 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+}
+
+/// A build without an algorithm refuses it by name, in both directions.
+#[cfg(all(test, not(all(feature = "zstd", feature = "brotli"))))]
+mod without_every_algorithm {
+    use super::*;
+
+    #[test]
+    fn an_algorithm_left_out_is_unsupported() {
+        for algorithm in Algorithm::ALL.into_iter().filter(|a| !a.is_built()) {
+            let choice = Choice {
+                algorithm,
+                level: 3,
+            };
+            let mut out = Vec::new();
+            let err = Compressor::new()
+                .compress(choice, b"abc", &mut out)
+                .unwrap_err();
+            assert!(matches!(err, CompressError::Unsupported { algorithm: a } if a == algorithm));
+            assert!(out.is_empty());
+            let err = Compressor::new().prepare(choice).unwrap_err();
+            assert!(matches!(err, CompressError::Unsupported { .. }));
+            let err = Decompressor::new()
+                .decompress(algorithm, b"abc", 64)
+                .unwrap_err();
+            assert!(err.to_string().contains("not built"), "{err}");
         }
     }
 }

@@ -38,10 +38,14 @@
 //! ```
 
 mod adaptive;
+#[cfg(feature = "brotli")]
+mod brotli_codec;
 mod codec;
 mod model;
 mod offload;
 mod probe;
+#[cfg(feature = "zstd")]
+mod zstd_codec;
 
 use std::fmt;
 
@@ -89,6 +93,32 @@ impl Algorithm {
             2 => Some(Algorithm::Brotli),
             _ => None,
         }
+    }
+
+    /// Whether this build can compress and decompress it: `none` always,
+    /// `zstd` and `brotli` with their cargo features. Only these are offered
+    /// in the handshake.
+    ///
+    /// ```
+    /// use polycall_proto::compress::Algorithm;
+    /// assert!(Algorithm::None.is_built());
+    /// assert_eq!(Algorithm::Zstd.is_built(), cfg!(feature = "zstd"));
+    /// ```
+    pub fn is_built(self) -> bool {
+        match self {
+            Algorithm::None => true,
+            Algorithm::Zstd => cfg!(feature = "zstd"),
+            Algorithm::Brotli => cfg!(feature = "brotli"),
+        }
+    }
+
+    /// The algorithms this build serves, best first, `none` last: what a
+    /// handshake offers by default.
+    pub fn built() -> Vec<Algorithm> {
+        [Algorithm::Zstd, Algorithm::Brotli, Algorithm::None]
+            .into_iter()
+            .filter(|a| a.is_built())
+            .collect()
     }
 
     /// A short lowercase name (`none`, `zstd`, `brotli`).
@@ -191,9 +221,18 @@ pub enum CompressError {
         /// What the encoder reported.
         detail: String,
     },
+    /// This build leaves the algorithm out (its cargo feature is off); it
+    /// is never offered in the handshake, so only a peer that ignores the
+    /// negotiation sends it.
+    #[error("{algorithm} is not built into this program (enable polycall's `{algorithm}` feature)")]
+    Unsupported {
+        /// The algorithm asked for.
+        algorithm: Algorithm,
+    },
 }
 
 impl CompressError {
+    #[cfg_attr(not(any(feature = "zstd", feature = "brotli")), allow(dead_code))]
     fn corrupt(algorithm: Algorithm, detail: impl Into<String>) -> Self {
         CompressError::Corrupt {
             algorithm,
@@ -201,6 +240,7 @@ impl CompressError {
         }
     }
 
+    #[cfg_attr(not(any(feature = "zstd", feature = "brotli")), allow(dead_code))]
     fn encode(algorithm: Algorithm, detail: impl Into<String>) -> Self {
         CompressError::Encode {
             algorithm,
