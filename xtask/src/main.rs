@@ -1,7 +1,9 @@
 //! polycall's own automation.
 //!
 //! ```text
-//! cargo xtask ci                      everything CI checks: fmt, clippy, tests, doctests, ring guard
+//! cargo xtask ci                      everything CI checks: fmt, clippy, tests, doctests, ring guard,
+//!                                     the facade's feature matrix
+//! cargo xtask features                the feature matrix alone
 //! cargo xtask bench proto [--quick]   framing and compression benchmarks → target/bench/
 //! cargo xtask bench memory            runtime RSS idle and with 1,000 idle connections
 //! cargo xtask bench tls [--quick]      handshake cost and call throughput, TLS against plain TCP
@@ -33,6 +35,7 @@ mod bench_micro;
 mod bench_procs;
 mod bench_rpc;
 mod bench_stall;
+mod features;
 use bench_micro::bench_micro;
 pub(crate) use bench_procs::{BenchProcesses, build_bench_processes};
 use bench_rpc::bench_rpc;
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
+        Some("features") => features::feature_matrix(),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
@@ -172,6 +176,7 @@ fn ci() -> Result<()> {
         cargo().args(["test", "--doc", "--workspace"]),
     )?;
     ring_guard()?;
+    features::feature_matrix()?;
     eprintln!("\nxtask ci: all checks passed");
     Ok(())
 }

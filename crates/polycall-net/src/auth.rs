@@ -42,6 +42,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use polycall_core::{Principal, Status};
 use polycall_proto::AuthMethod;
+#[cfg(feature = "opaque")]
 use polycall_security::opaque::{ClientLogin, OpaqueError, ServerLogin, ServerSetup, UserStore};
 use polycall_security::token::Tokens;
 
@@ -98,6 +99,7 @@ pub trait Authenticator: std::fmt::Debug + Send + Sync + 'static {
 }
 
 /// The server side of OPAQUE: the server's long-term setup and its users.
+#[cfg(feature = "opaque")]
 pub struct OpaqueUsers {
     /// The server's OPAQUE secret.
     pub setup: ServerSetup,
@@ -105,6 +107,7 @@ pub struct OpaqueUsers {
     pub users: UserStore,
 }
 
+#[cfg(feature = "opaque")]
 impl std::fmt::Debug for OpaqueUsers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("OpaqueUsers")
@@ -119,7 +122,8 @@ impl std::fmt::Debug for OpaqueUsers {
 pub struct ServerAuth {
     /// Accepted bearer tokens (principal `token:NAME`).
     pub tokens: Tokens,
-    /// OPAQUE users (principal `user:NAME`).
+    /// OPAQUE users (principal `user:NAME`); with the `opaque` feature.
+    #[cfg(feature = "opaque")]
     pub opaque: Option<Arc<OpaqueUsers>>,
     /// Accept the TLS client certificate as proof (principal: its identity).
     pub certificate: bool,
@@ -137,6 +141,7 @@ impl Authenticator for ServerAuth {
         if self.certificate {
             m.push(AuthMethod::Certificate);
         }
+        #[cfg(feature = "opaque")]
         if self.opaque.is_some() {
             m.push(AuthMethod::Opaque);
         }
@@ -157,6 +162,7 @@ impl Authenticator for ServerAuth {
         match method {
             AuthMethod::Token => Box::new(TokenExchange(self.tokens.clone())),
             AuthMethod::Certificate => Box::new(CertificateExchange(transport_identity.cloned())),
+            #[cfg(feature = "opaque")]
             AuthMethod::Opaque => match &self.opaque {
                 Some(o) => Box::new(OpaqueServerExchange {
                     users: o.clone(),
@@ -164,6 +170,8 @@ impl Authenticator for ServerAuth {
                 }),
                 None => Box::new(Refuse("OPAQUE logins are not configured here")),
             },
+            #[cfg(not(feature = "opaque"))]
+            AuthMethod::Opaque => Box::new(Refuse(OPAQUE_NOT_BUILT)),
             AuthMethod::None => Box::new(Refuse("no exchange for method none")),
         }
     }
@@ -181,15 +189,22 @@ impl Authenticator for ServerAuth {
             .verify(password)
             .filter(|name| *name == user)
             .map(Principal::token);
-        let opaque = self.opaque.as_ref().and_then(|o| {
+        #[cfg(feature = "opaque")]
+        let token = token.or_else(|| {
+            let o = self.opaque.as_ref()?;
             let (client, first) = ClientLogin::start(user, password).ok()?;
             let (server, response) = ServerLogin::start(&o.setup, &o.users, &first).ok()?;
             let (finish, _) = client.finish(&response).ok()?;
             server.finish(&finish).ok().map(Principal::user)
         });
-        token.or(opaque)
+        token
     }
 }
+
+/// What a build without the `opaque` feature answers an OPAQUE login.
+#[cfg(not(feature = "opaque"))]
+const OPAQUE_NOT_BUILT: &str =
+    "OPAQUE password logins are not built into this program (enable polycall's `opaque` feature)";
 
 struct Refuse(&'static str);
 
@@ -227,11 +242,13 @@ impl ServerExchange for CertificateExchange {
     }
 }
 
+#[cfg(feature = "opaque")]
 struct OpaqueServerExchange {
     users: Arc<OpaqueUsers>,
     login: Option<ServerLogin>,
 }
 
+#[cfg(feature = "opaque")]
 fn opaque_refusal(e: &OpaqueError) -> Status {
     match e {
         OpaqueError::Malformed(why) => refused(format!("malformed OPAQUE message: {why}")),
@@ -240,6 +257,7 @@ fn opaque_refusal(e: &OpaqueError) -> Status {
     }
 }
 
+#[cfg(feature = "opaque")]
 impl ServerExchange for OpaqueServerExchange {
     fn step(&mut self, data: &[u8]) -> Step {
         match self.login.take() {
@@ -311,6 +329,7 @@ impl Credentials {
     pub(crate) fn start(&self) -> ClientExchange {
         ClientExchange {
             credentials: self.clone(),
+            #[cfg(feature = "opaque")]
             login: None,
         }
     }
@@ -319,21 +338,28 @@ impl Credentials {
 /// One connection's authentication on the client side.
 pub(crate) struct ClientExchange {
     credentials: Credentials,
+    #[cfg(feature = "opaque")]
     login: Option<ClientLogin>,
 }
 
 impl ClientExchange {
     /// The client's message answering the server's `step` (0: the first message).
     pub(crate) fn step(&mut self, step: u8, data: &[u8]) -> Result<Bytes, Status> {
+        #[cfg(not(feature = "opaque"))]
+        let _ = data;
         match (&self.credentials, step) {
             (Credentials::Token(t), 0) => Ok(Bytes::copy_from_slice(t)),
             (Credentials::Certificate, 0) => Ok(Bytes::new()),
+            #[cfg(not(feature = "opaque"))]
+            (Credentials::Password { .. }, _) => Err(Status::unsupported(OPAQUE_NOT_BUILT)),
+            #[cfg(feature = "opaque")]
             (Credentials::Password { user, password }, 0) => {
                 let (login, first) = ClientLogin::start(user, password)
                     .map_err(|e| Status::invalid_input(format!("OPAQUE login: {e}")))?;
                 self.login = Some(login);
                 Ok(Bytes::from(first))
             }
+            #[cfg(feature = "opaque")]
             (Credentials::Password { .. }, _) => {
                 let login = self.login.take().ok_or_else(|| {
                     Status::malformed("the server continued an OPAQUE login that is over")
@@ -351,5 +377,28 @@ impl ClientExchange {
                 c.method()
             ))),
         }
+    }
+}
+
+/// A build without the `opaque` feature refuses OPAQUE by name on both sides.
+#[cfg(all(test, not(feature = "opaque")))]
+mod without_opaque {
+    use super::*;
+    use polycall_core::Code;
+
+    #[test]
+    fn opaque_is_refused_as_not_built() {
+        let auth = ServerAuth::default();
+        assert!(!auth.methods().contains(&AuthMethod::Opaque));
+        match auth.start(AuthMethod::Opaque, None).step(b"hello") {
+            Step::Reject(status) => assert!(status.message.contains("not built"), "{status}"),
+            other => panic!("an OPAQUE login was not refused: {other:?}"),
+        }
+        let err = Credentials::password("alice", b"secret".to_vec())
+            .start()
+            .step(0, b"")
+            .unwrap_err();
+        assert_eq!(err.code, Code::Unsupported);
+        assert!(err.message.contains("`opaque` feature"), "{err}");
     }
 }

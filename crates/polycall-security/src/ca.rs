@@ -89,7 +89,7 @@ impl IssueOptions {
 pub struct Issued {
     /// The certificate (PEM).
     pub cert_pem: String,
-    /// Its private key (PKCS#8 PEM): a secret, store with [`write_private`].
+    /// Its private key (PKCS#8 PEM): a secret, store with [`write_private`](crate::write_private).
     pub key_pem: String,
     /// Its serial number (big-endian bytes), to revoke it with [`Ca::crl`].
     pub serial: Vec<u8>,
@@ -112,12 +112,6 @@ pub struct IssuedCert {
     pub cert_pem: String,
     /// Its serial number (big-endian bytes), to revoke it with [`Ca::crl`].
     pub serial: Vec<u8>,
-}
-
-/// Writes a secret file readable by its owner only (mode 0600), replacing any
-/// earlier file atomically ([`crate::private_file::replace`]).
-pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
-    crate::private_file::replace(path, contents)
 }
 
 fn random_serial() -> Result<SerialNumber, Error> {
@@ -179,7 +173,7 @@ impl Ca {
         params.key_identifier_method = KeyIdMethod::Sha256;
         let cert = params.self_signed(&key)?;
         let cert_pem = cert.pem();
-        write_private(&dir.join(CA_KEY), key.serialize_pem().as_bytes())
+        crate::write_private(&dir.join(CA_KEY), key.serialize_pem().as_bytes())
             .map_err(|e| ca_err(dir, format!("writing {CA_KEY}: {e}")))?;
         std::fs::write(dir.join(CA_CERT), &cert_pem)
             .map_err(|e| ca_err(dir, format!("writing {CA_CERT}: {e}")))?;

@@ -44,6 +44,7 @@ pub enum Error {
         reason: String,
     },
     /// Certificate or CRL generation failed.
+    #[cfg(feature = "ca")]
     #[error("certificate generation: {0}")]
     Generate(#[from] rcgen::Error),
     /// A key held in a PKCS#11 token could not be loaded or used.

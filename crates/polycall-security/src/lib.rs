@@ -12,7 +12,12 @@
 //! - [`peer_identity`]: the identity a peer's certificate proves (its SPIFFE URI, else
 //!   its first DNS name).
 //!
+//! Cargo features: `ca` (the certificate authority, rcgen), `opaque` (OPAQUE
+//! password login), `hsm` (PKCS#11 keys, cryptoki). All are on by default; a
+//! plain TLS client or server needs none of them.
+//!
 //! ```no_run
+//! # #[cfg(feature = "ca")]
 //! # fn demo() -> Result<(), polycall_security::Error> {
 //! use polycall_security::{Ca, ClientAuth, IssueOptions, ServerTls};
 //! let ca = Ca::init("/var/lib/polycall/ca")?;
@@ -31,25 +36,31 @@
 //! ```
 
 pub mod authz;
+#[cfg(feature = "ca")]
 mod ca;
 mod error;
 pub mod hsm;
 mod identity;
+#[cfg(feature = "opaque")]
 pub mod opaque;
 pub mod private_file;
 mod secret;
 mod tls;
 pub mod token;
 
-pub use ca::{Ca, IssueOptions, Issued, IssuedCert, write_private};
+#[cfg(feature = "ca")]
+pub use ca::{Ca, IssueOptions, Issued, IssuedCert};
 pub use error::Error;
 pub use identity::{peer_identity, spiffe_id};
+pub use private_file::write_private;
 pub use secret::SecretRef;
+#[cfg(feature = "hsm")]
+pub use tls::hsm_certified_key;
 pub use tls::{
     ALPN, ClientAuth, ClientTls, ServerTls, client_config, load_certs, load_crls, load_key,
     load_roots, provider, server_config,
 };
-pub use tls::{client_config_certified, hsm_certified_key, server_config_certified};
+pub use tls::{client_config_certified, server_config_certified};
 
 /// Re-exported so users name the same rustls types as this crate.
 pub use rustls;

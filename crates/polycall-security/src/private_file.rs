@@ -70,6 +70,13 @@ pub fn temporary_beside(path: &Path) -> io::Result<PathBuf> {
     Ok(path.with_file_name(tmp))
 }
 
+/// Writes a secret file readable by its owner only (mode 0600), replacing any
+/// earlier file atomically: the same as [`replace`], under the name the
+/// certificate tools use.
+pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    replace(path, contents)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,9 @@ use rustls::{ConfigBuilder, RootCertStore};
 use rustls_pki_types::pem::{self, PemObject};
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
 
-use crate::hsm::{HsmKey, HsmSigningKey};
+use crate::hsm::HsmKey;
+#[cfg(feature = "hsm")]
+use crate::hsm::HsmSigningKey;
 use crate::{Error, SecretRef};
 
 /// The ALPN protocol id polycall offers and accepts.
@@ -145,6 +147,7 @@ impl ServerTls {
 
     /// Reads every reference and builds the rustls configuration.
     pub fn build(&self) -> Result<Arc<rustls::ServerConfig>, Error> {
+        refuse_unbuilt_hsm(self.hsm_key.as_ref())?;
         let chain = self
             .cert_chain
             .as_ref()
@@ -152,7 +155,7 @@ impl ServerTls {
         let chain = load_certs(chain)?;
         let identity = match (&self.key, &self.hsm_key) {
             (Some(key), None) => Identity::Key(chain, load_key(key)?),
-            (None, Some(hsm)) => Identity::Certified(hsm_certified_key(chain, &hsm.load()?)?),
+            (None, Some(hsm)) => hsm_identity(chain, hsm)?,
             (None, None) => {
                 return Err(Error::Config(
                     "the server needs a private key (key or hsm_key)".into(),
@@ -187,8 +190,30 @@ enum Identity {
     Certified(Arc<CertifiedKey>),
 }
 
+/// Loads a token-held key and pairs it with its certificate chain.
+#[cfg(feature = "hsm")]
+fn hsm_identity(chain: Vec<CertificateDer<'static>>, key: &HsmKey) -> Result<Identity, Error> {
+    Ok(Identity::Certified(hsm_certified_key(chain, &key.load()?)?))
+}
+
+/// A build without the `hsm` feature cannot use a token-held key.
+#[cfg(not(feature = "hsm"))]
+fn hsm_identity(_chain: Vec<CertificateDer<'static>>, key: &HsmKey) -> Result<Identity, Error> {
+    Err(Error::Hsm(key.not_built()))
+}
+
+/// Refuses a token-held key up front, before any file is read, when this build
+/// cannot use one.
+fn refuse_unbuilt_hsm(key: Option<&HsmKey>) -> Result<(), Error> {
+    match key {
+        Some(key) if !cfg!(feature = "hsm") => Err(Error::Hsm(key.not_built())),
+        _ => Ok(()),
+    }
+}
+
 /// Pairs a certificate chain (end-entity first) with a token-held key, checking that
 /// the end-entity certificate certifies exactly that key.
+#[cfg(feature = "hsm")]
 pub fn hsm_certified_key(
     chain: Vec<CertificateDer<'static>>,
     key: &HsmSigningKey,
@@ -312,16 +337,14 @@ pub struct ClientTls {
 impl ClientTls {
     /// Reads every reference and builds the rustls configuration.
     pub fn build(&self) -> Result<Arc<rustls::ClientConfig>, Error> {
+        refuse_unbuilt_hsm(self.hsm_key.as_ref())?;
         let ca = self
             .ca
             .as_ref()
             .ok_or_else(|| Error::Config("the client needs a CA bundle".into()))?;
         let identity = match (&self.cert_chain, &self.key, &self.hsm_key) {
             (Some(c), Some(k), None) => Some(Identity::Key(load_certs(c)?, load_key(k)?)),
-            (Some(c), None, Some(h)) => Some(Identity::Certified(hsm_certified_key(
-                load_certs(c)?,
-                &h.load()?,
-            )?)),
+            (Some(c), None, Some(h)) => Some(hsm_identity(load_certs(c)?, h)?),
             (None, None, None) => None,
             (_, Some(_), Some(_)) => {
                 return Err(Error::Config(
@@ -404,4 +427,27 @@ fn build_client(
     };
     config.alpn_protocols = vec![ALPN.to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A build without the `hsm` feature refuses a token-held key by name.
+#[cfg(all(test, not(feature = "hsm")))]
+mod without_hsm {
+    use super::*;
+
+    #[test]
+    fn a_token_held_key_is_refused_as_not_built() {
+        let hsm_key = HsmKey {
+            module: "/usr/lib/softhsm/libsofthsm2.so".into(),
+            token_label: "polycall".into(),
+            key_label: "node".into(),
+            pin_env: "POLYCALL_HSM_PIN".into(),
+        };
+        let server = ServerTls {
+            cert_chain: Some(SecretRef::File("/nonexistent/chain.pem".into())),
+            hsm_key: Some(hsm_key),
+            ..ServerTls::default()
+        };
+        let err = server.build().unwrap_err().to_string();
+        assert!(err.contains("built without HSM support"), "{err}");
+    }
 }

@@ -7,12 +7,25 @@
 //! | feature | module | crate |
 //! |---|---|---|
 //! | always | [`core`] and the root | `polycall-core`: names, calls, status, metadata, router |
-//! | `proto` (default) | [`proto`] | `polycall-proto`: the wire protocol, sans-IO |
-//! | `net` (default) | [`net`] | `polycall-net`: TCP / Unix transports, connections, `Channel`, `Server` |
-//! | `security` | [`security`] | `polycall-security`: TLS 1.3, CA, tokens, OPAQUE, HSM keys, authorization |
-//! | `state` | [`state`] | `polycall-state`: durable state machines, point-in-time recovery, backups |
-//! | `runtime` | [`runtime`] | `polycall-runtime`: the embeddable runtime and `Provider` |
+//! | `proto` | [`proto`] | `polycall-proto`: the wire protocol, sans-IO |
+//! | `security` | [`security`] | `polycall-security`: TLS 1.3, tokens, authorization, secret references |
+//! | `net` (default) | [`net`] | `polycall-net`: TCP / Unix / TLS transports, connections, `Channel`, `Server` (implies `proto`, `security`) |
+//! | `state` | [`state`] | `polycall-state`: durable state machines (redb, CEL), point-in-time recovery, backups |
+//! | `runtime` | [`runtime`] | `polycall-runtime`: the embeddable runtime and `Provider` (implies every feature) |
 //! | `full` | all of the above | |
+//!
+//! Features that add capabilities (and their dependencies) to the layers above:
+//!
+//! | feature | adds | pulls in |
+//! |---|---|---|
+//! | `zstd` (default), `brotli` (default) | that compression algorithm, offered in the handshake | `zstd`, `brotli` |
+//! | `opaque` | OPAQUE zero-knowledge password logins | `opaque-ke`, `argon2` |
+//! | `hsm` | TLS keys held in a PKCS#11 token | `cryptoki` |
+//! | `ca` | a certificate authority (`security::Ca`) | `rcgen` |
+//!
+//! A build without a capability never offers it to a peer and answers a clear
+//! "not built" error when asked to use it. `default-features = false, features =
+//! ["net"]` is a client and server with TLS and tokens and nothing else.
 //!
 //! Runnable examples: `cargo run -p polycall --features runtime --example
 //! provider` and `--example client`.
