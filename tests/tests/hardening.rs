@@ -96,26 +96,21 @@ async fn health_with_certificate_for(days: u64) -> Value {
     let dir = tmp("cert");
     let ca = Ca::init(dir.join("ca")).unwrap();
     let now = SystemTime::now();
-    let options = IssueOptions {
-        not_before: now - Duration::from_secs(3600),
-        not_after: now + Duration::from_secs(days * 24 * 3600),
-        ..IssueOptions::default()
-    }
-    .with_loopback();
+    let options = IssueOptions::default()
+        .not_before(now - Duration::from_secs(3600))
+        .not_after(now + Duration::from_secs(days * 24 * 3600))
+        .with_loopback();
     let issued = ca.issue("node", None, options).unwrap();
     std::fs::write(dir.join("node.pem"), &issued.cert_pem).unwrap();
     polycall_security::write_private(&dir.join("node.key"), issued.key_pem.as_bytes()).unwrap();
     let mut c = config(&dir);
-    c.tls = Some(ServerTls {
-        cert_chain: Some(SecretRef::File(dir.join("node.pem"))),
-        key: Some(SecretRef::File(dir.join("node.key"))),
-        ..ServerTls::default()
-    });
+    c.tls = Some(
+        ServerTls::default()
+            .cert_chain(SecretRef::File(dir.join("node.pem")))
+            .key(SecretRef::File(dir.join("node.key"))),
+    );
     let rt = Runtime::start(c).await.unwrap();
-    let client = ClientTls {
-        ca: Some(SecretRef::File(dir.join("ca").join("ca.pem"))),
-        ..ClientTls::default()
-    };
+    let client = ClientTls::default().ca(SecretRef::File(dir.join("ca").join("ca.pem")));
     let ch = Channel::with_config(
         rt.local_endpoint().clone(),
         ChannelConfig {

@@ -51,16 +51,11 @@ fn pki(dir: &std::path::Path) -> Pki {
     polycall_security::write_private(&key, issued.key_pem.as_bytes()).unwrap();
     let ca_file = SecretRef::File(dir.join("ca").join("ca.pem"));
     Pki {
-        server: ServerTls {
-            cert_chain: Some(SecretRef::File(cert)),
-            key: Some(SecretRef::File(key)),
-            client_auth: ClientAuth::Off,
-            ..ServerTls::default()
-        },
-        client: ClientTls {
-            ca: Some(ca_file),
-            ..ClientTls::default()
-        },
+        server: ServerTls::default()
+            .cert_chain(SecretRef::File(cert))
+            .key(SecretRef::File(key))
+            .client_auth(ClientAuth::Off),
+        client: ClientTls::default().ca(ca_file),
     }
 }
 

@@ -71,20 +71,15 @@ impl Pki {
 
     fn server_tls(&self) -> ServerTls {
         let (cert_chain, key) = self.issue("node", Some("spiffe://test.local/node"));
-        ServerTls {
-            cert_chain: Some(cert_chain),
-            key: Some(key),
-            ca: Some(self.ca_ref()),
-            client_auth: ClientAuth::Optional,
-            ..ServerTls::default()
-        }
+        ServerTls::default()
+            .cert_chain(cert_chain)
+            .key(key)
+            .ca(self.ca_ref())
+            .client_auth(ClientAuth::Optional)
     }
 
     fn client(&self, cert: Option<&str>) -> Arc<dyn Transport> {
-        let mut t = ClientTls {
-            ca: Some(self.ca_ref()),
-            ..ClientTls::default()
-        };
+        let mut t = ClientTls::default().ca(self.ca_ref());
         if let Some(name) = cert {
             let (c, k) = self.issue(name, Some(&format!("spiffe://test.local/{name}")));
             t.cert_chain = Some(c);

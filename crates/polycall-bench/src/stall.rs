@@ -101,12 +101,10 @@ pub fn transport(args: &Args, resume: bool) -> Result<Arc<dyn polycall_net::Tran
     let Some(ca) = args.get("--ca") else {
         return Ok(Arc::new(polycall_net::Plain));
     };
-    let built = polycall_security::ClientTls {
-        ca: Some(polycall_security::SecretRef::File(ca.into())),
-        ..polycall_security::ClientTls::default()
-    }
-    .build()
-    .ctx("--ca: building the TLS client configuration")?;
+    let built = polycall_security::ClientTls::default()
+        .ca(polycall_security::SecretRef::File(ca.into()))
+        .build()
+        .ctx("--ca: building the TLS client configuration")?;
     let config = if resume {
         built
     } else {
@@ -274,12 +272,12 @@ pub async fn ping(args: &Args) -> Result<(), Fail> {
 pub fn hsm_cert(args: &Args) -> Result<(), Fail> {
     use polycall_security::hsm::{HsmAlgorithm, HsmKey};
     let ca = polycall_security::Ca::load(args.need("--ca")?).ctx("loading the CA")?;
-    let key = HsmKey {
-        module: args.need("--module")?.into(),
-        token_label: args.need("--token")?.to_owned(),
-        key_label: args.need("--key")?.to_owned(),
-        pin_env: args.need("--pin-env")?.to_owned(),
-    };
+    let key = HsmKey::new(
+        args.need("--module")?,
+        args.need("--token")?,
+        args.need("--key")?,
+        args.need("--pin-env")?,
+    );
     let spki = key
         .generate(HsmAlgorithm::EcdsaP256)
         .ctx("generating the key in the token")?;

@@ -94,12 +94,9 @@ pub(crate) fn channel_config(target: &Target, timeout: Duration) -> Result<Chann
         ..ChannelConfig::default()
     };
     if let Some(ca) = &target.ca {
-        let tls = ClientTls {
-            ca: Some(SecretRef::File(ca.clone())),
-            cert_chain: target.cert.clone().map(SecretRef::File),
-            key: target.key.clone().map(SecretRef::File),
-            ..ClientTls::default()
-        };
+        let mut tls = ClientTls::default().ca(SecretRef::File(ca.clone()));
+        tls.cert_chain = target.cert.clone().map(SecretRef::File);
+        tls.key = target.key.clone().map(SecretRef::File);
         let built = tls
             .build()
             .map_err(|e| Status::invalid_input(e.to_string()))?;

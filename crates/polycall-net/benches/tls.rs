@@ -49,23 +49,13 @@ fn pki(dir: &std::path::Path) -> (ServerTls, ClientTls, ClientTls) {
     let ca_ref = SecretRef::File(dir.join("ca/ca.pem"));
     let (sc, sk) = write("node", None);
     let (cc, ck) = write("client", Some("spiffe://bench.local/client"));
-    let server = ServerTls {
-        cert_chain: Some(sc),
-        key: Some(sk),
-        ca: Some(ca_ref.clone()),
-        client_auth: ClientAuth::Optional,
-        ..ServerTls::default()
-    };
-    let client = ClientTls {
-        ca: Some(ca_ref.clone()),
-        ..ClientTls::default()
-    };
-    let mtls = ClientTls {
-        ca: Some(ca_ref),
-        cert_chain: Some(cc),
-        key: Some(ck),
-        ..ClientTls::default()
-    };
+    let server = ServerTls::default()
+        .cert_chain(sc)
+        .key(sk)
+        .ca(ca_ref.clone())
+        .client_auth(ClientAuth::Optional);
+    let client = ClientTls::default().ca(ca_ref.clone());
+    let mtls = ClientTls::default().ca(ca_ref).cert_chain(cc).key(ck);
     (server, client, mtls)
 }
 

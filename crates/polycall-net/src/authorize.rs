@@ -15,15 +15,10 @@
 //! use polycall_security::authz::{Policy, PolicyConfig, RuleConfig};
 //! use tower::{Layer, ServiceExt};
 //!
-//! let policy = Policy::new(&PolicyConfig {
-//!     rules: vec![RuleConfig {
-//!         service: "kv".into(),
-//!         method: "get".into(),
-//!         allow: vec!["authenticated".into()],
-//!         provide: vec![],
-//!     }],
-//!     ..PolicyConfig::default()
-//! }).unwrap();
+//! let policy = Policy::new(
+//!     &PolicyConfig::default().rules([RuleConfig::new("kv").method("get").allow(["authenticated"])]),
+//! )
+//! .unwrap();
 //! let svc = AuthorizeLayer::new(Arc::new(policy))
 //!     .layer(handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) }));
 //! let mut call = Call::new("kv.get", Payload::raw("k")).unwrap();

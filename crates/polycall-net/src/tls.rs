@@ -39,13 +39,11 @@
 //! use std::sync::Arc;
 //! use polycall_net::{Server, ServerConfig, tls::Tls};
 //! use polycall_security::{ClientAuth, ServerTls};
-//! let tls = ServerTls {
-//!     cert_chain: Some("file:/etc/polycall/node.pem".parse()?),
-//!     key: Some("file:/etc/polycall/node.key".parse()?),
-//!     ca: Some("file:/etc/polycall/ca.pem".parse()?),
-//!     client_auth: ClientAuth::Required,
-//!     ..ServerTls::default()
-//! };
+//! let tls = ServerTls::default()
+//!     .cert_chain("file:/etc/polycall/node.pem".parse()?)
+//!     .key("file:/etc/polycall/node.key".parse()?)
+//!     .ca("file:/etc/polycall/ca.pem".parse()?)
+//!     .client_auth(ClientAuth::Required);
 //! let config = ServerConfig { transport: Arc::new(Tls::server(tls.build()?)), ..ServerConfig::default() };
 //! # let _ = config; Ok(()) }
 //! ```

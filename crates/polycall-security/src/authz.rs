@@ -54,6 +54,7 @@ use crate::Error;
 /// A policy as written in configuration (`[auth.roles]`, `[[auth.rules]]`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct PolicyConfig {
     /// Role name → principal patterns in the role.
     #[serde(default)]
@@ -63,9 +64,24 @@ pub struct PolicyConfig {
     pub rules: Vec<RuleConfig>,
 }
 
+impl PolicyConfig {
+    /// Sets the roles: role name → principal patterns in the role.
+    pub fn roles(mut self, roles: BTreeMap<String, Vec<String>>) -> Self {
+        self.roles = roles;
+        self
+    }
+
+    /// Sets the rules; any one allowing a call is enough.
+    pub fn rules(mut self, rules: impl IntoIterator<Item = RuleConfig>) -> Self {
+        self.rules = rules.into_iter().collect();
+        self
+    }
+}
+
 /// One rule as written in configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct RuleConfig {
     /// Service glob (`*` matches any run of characters).
     pub service: String,
@@ -80,6 +96,53 @@ pub struct RuleConfig {
     /// registered by it — no one can slip in as the provider of another's method.
     #[serde(default)]
     pub provide: Vec<String>,
+}
+
+impl RuleConfig {
+    /// A rule for the services `service` matches (a glob), every method, allowing no one
+    /// to call or provide them until [`allow`](Self::allow()) or
+    /// [`provide`](Self::provide()) say who.
+    ///
+    /// ```
+    /// use polycall_security::authz::{PolicyConfig, RuleConfig};
+    /// let config = PolicyConfig::default().rules([
+    ///     RuleConfig::new("sys").method("ping").allow(["any"]),
+    ///     RuleConfig::new("inventory").allow(["authenticated"]),
+    /// ]);
+    /// assert_eq!(config.rules[1].method, "*");
+    /// ```
+    pub fn new(service: impl Into<String>) -> Self {
+        Self {
+            service: service.into(),
+            method: star(),
+            allow: Vec::new(),
+            provide: Vec::new(),
+        }
+    }
+
+    /// Sets the service glob (`*` matches any run of characters).
+    pub fn service(mut self, service: impl Into<String>) -> Self {
+        self.service = service.into();
+        self
+    }
+
+    /// Sets the method glob (every method when not set).
+    pub fn method(mut self, method: impl Into<String>) -> Self {
+        self.method = method.into();
+        self
+    }
+
+    /// Sets who may call: `any`, `authenticated`, `role:NAME` or principal patterns.
+    pub fn allow(mut self, allow: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.allow = allow.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Sets who may provide (register) these methods on a runtime, in the same grants.
+    pub fn provide(mut self, provide: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.provide = provide.into_iter().map(Into::into).collect();
+        self
+    }
 }
 
 fn star() -> String {

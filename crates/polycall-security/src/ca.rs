@@ -36,6 +36,7 @@ impl std::fmt::Debug for Ca {
 
 /// What to put in an issued certificate besides its name.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct IssueOptions {
     /// Valid from…
     pub not_before: SystemTime,
@@ -80,6 +81,31 @@ impl IssueOptions {
     /// Adds the loopback names.
     pub fn with_loopback(mut self) -> Self {
         self.loopback = true;
+        self
+    }
+
+    /// Sets when the certificate becomes valid.
+    pub fn not_before(mut self, not_before: SystemTime) -> Self {
+        self.not_before = not_before;
+        self
+    }
+
+    /// Sets when the certificate stops being valid (both in the past gives an expired
+    /// certificate, for tests).
+    pub fn not_after(mut self, not_after: SystemTime) -> Self {
+        self.not_after = not_after;
+        self
+    }
+
+    /// Sets whether the certificate also names `localhost`, 127.0.0.1 and ::1.
+    pub fn loopback(mut self, loopback: bool) -> Self {
+        self.loopback = loopback;
+        self
+    }
+
+    /// Sets more IP address SANs.
+    pub fn ips(mut self, ips: impl IntoIterator<Item = IpAddr>) -> Self {
+        self.ips = ips.into_iter().collect();
         self
     }
 }

@@ -24,13 +24,11 @@
 //! let issued = ca.issue("node-a", Some("spiffe://example.org/node-a"), IssueOptions::default())?;
 //! std::fs::write("/etc/polycall/node.pem", &issued.cert_pem).unwrap();
 //! // … and the key, with mode 0600 (see `write_private`).
-//! let server = ServerTls {
-//!     cert_chain: Some("file:/etc/polycall/node.pem".parse()?),
-//!     key: Some("file:/etc/polycall/node.key".parse()?),
-//!     ca: Some("file:/var/lib/polycall/ca/ca.pem".parse()?),
-//!     client_auth: ClientAuth::Required,
-//!     ..ServerTls::default()
-//! };
+//! let server = ServerTls::default()
+//!     .cert_chain("file:/etc/polycall/node.pem".parse()?)
+//!     .key("file:/etc/polycall/node.key".parse()?)
+//!     .ca("file:/var/lib/polycall/ca/ca.pem".parse()?)
+//!     .client_auth(ClientAuth::Required);
 //! let config = server.build()?; // Arc<rustls::ServerConfig>
 //! # let _ = config; Ok(()) }
 //! ```

@@ -106,6 +106,7 @@ pub fn load_roots(r: &SecretRef) -> Result<RootCertStore, Error> {
 
 /// A server's TLS settings, all secrets by reference.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ServerTls {
     /// The certificate chain, end-entity first (PEM).
     pub cert_chain: Option<SecretRef>,
@@ -125,6 +126,53 @@ pub struct ServerTls {
     /// Accept client certificates whose revocation status no CRL covers (by default
     /// they are refused once any CRL is configured).
     pub allow_unknown_revocation: bool,
+}
+
+impl ServerTls {
+    /// Sets the certificate chain, end-entity first (PEM).
+    pub fn cert_chain(mut self, cert_chain: SecretRef) -> Self {
+        self.cert_chain = Some(cert_chain);
+        self
+    }
+
+    /// Sets the private key of the end-entity certificate (PEM); set this or `hsm_key`, not
+    /// both.
+    pub fn key(mut self, key: SecretRef) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Sets the private key of the end-entity certificate held in a PKCS#11 token (instead
+    /// of `key`).
+    pub fn hsm_key(mut self, hsm_key: HsmKey) -> Self {
+        self.hsm_key = Some(hsm_key);
+        self
+    }
+
+    /// Sets the CA bundle client certificates must chain to (needed unless `client_auth` is
+    /// [`ClientAuth::Off`]).
+    pub fn ca(mut self, ca: SecretRef) -> Self {
+        self.ca = Some(ca);
+        self
+    }
+
+    /// Sets whether clients are asked for certificates.
+    pub fn client_auth(mut self, client_auth: ClientAuth) -> Self {
+        self.client_auth = client_auth;
+        self
+    }
+
+    /// Sets the revocation lists checked against client certificates.
+    pub fn crls(mut self, crls: impl IntoIterator<Item = SecretRef>) -> Self {
+        self.crls = crls.into_iter().collect();
+        self
+    }
+
+    /// Sets whether client certificates whose revocation status no CRL covers are accepted.
+    pub fn allow_unknown_revocation(mut self, allow_unknown_revocation: bool) -> Self {
+        self.allow_unknown_revocation = allow_unknown_revocation;
+        self
+    }
 }
 
 impl ServerTls {
@@ -319,6 +367,7 @@ fn build_server(
 
 /// A client's TLS settings, all secrets by reference.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct ClientTls {
     /// The CA bundle server certificates must chain to.
     pub ca: Option<SecretRef>,
@@ -332,6 +381,44 @@ pub struct ClientTls {
     pub crls: Vec<SecretRef>,
     /// Accept server certificates whose revocation status no CRL covers.
     pub allow_unknown_revocation: bool,
+}
+
+impl ClientTls {
+    /// Sets the CA bundle server certificates must chain to.
+    pub fn ca(mut self, ca: SecretRef) -> Self {
+        self.ca = Some(ca);
+        self
+    }
+
+    /// Sets a client certificate chain, for mutual TLS (with `key`).
+    pub fn cert_chain(mut self, cert_chain: SecretRef) -> Self {
+        self.cert_chain = Some(cert_chain);
+        self
+    }
+
+    /// Sets the client certificate's private key (set at most one of `key` and `hsm_key`).
+    pub fn key(mut self, key: SecretRef) -> Self {
+        self.key = Some(key);
+        self
+    }
+
+    /// Sets the client certificate's private key held in a PKCS#11 token.
+    pub fn hsm_key(mut self, hsm_key: HsmKey) -> Self {
+        self.hsm_key = Some(hsm_key);
+        self
+    }
+
+    /// Sets the revocation lists checked against server certificates.
+    pub fn crls(mut self, crls: impl IntoIterator<Item = SecretRef>) -> Self {
+        self.crls = crls.into_iter().collect();
+        self
+    }
+
+    /// Sets whether server certificates whose revocation status no CRL covers are accepted.
+    pub fn allow_unknown_revocation(mut self, allow_unknown_revocation: bool) -> Self {
+        self.allow_unknown_revocation = allow_unknown_revocation;
+        self
+    }
 }
 
 impl ClientTls {

@@ -178,12 +178,12 @@ fn unknown_labels_and_mismatches_are_typed_errors() {
 
 #[test]
 fn missing_module_is_a_typed_error() {
-    let key = HsmKey {
-        module: PathBuf::from("/nonexistent/libpkcs11-polycall.so"),
-        token_label: TOKEN.into(),
-        key_label: "node".into(),
-        pin_env: PIN_VAR.into(),
-    };
+    let key = HsmKey::new(
+        PathBuf::from("/nonexistent/libpkcs11-polycall.so"),
+        TOKEN,
+        "node",
+        PIN_VAR,
+    );
     let e = key.load().unwrap_err();
     assert!(matches!(e, HsmError::ModuleMissing { .. }), "{e:?}");
     let msg = e.to_string();
@@ -206,12 +206,7 @@ fn child_dir() -> PathBuf {
 }
 
 fn hsm_key(token: &str, key: &str) -> HsmKey {
-    HsmKey {
-        module: PathBuf::from(MODULE),
-        token_label: token.into(),
-        key_label: key.into(),
-        pin_env: PIN_VAR.into(),
-    }
+    HsmKey::new(PathBuf::from(MODULE), token, key, PIN_VAR)
 }
 
 /// A CA in `dir/ca` and a certificate from it for a key generated in the token.
@@ -393,21 +388,12 @@ async fn child_server_handshake_signs_inside_the_token() {
     let cert = token_cert(&ca, &dir, &key, HsmAlgorithm::EcdsaP256, "localhost");
     assert_no_pem_keys_but_the_cas(&dir, &ca);
 
-    let server = ServerTls {
-        cert_chain: Some(cert.clone()),
-        hsm_key: Some(key.clone()),
-        ..ServerTls::default()
-    }
-    .build()
-    .unwrap();
-    let client = || {
-        ClientTls {
-            ca: Some(ca_ref(&ca)),
-            ..ClientTls::default()
-        }
+    let server = ServerTls::default()
+        .cert_chain(cert.clone())
+        .hsm_key(key.clone())
         .build()
-        .unwrap()
-    };
+        .unwrap();
+    let client = || ClientTls::default().ca(ca_ref(&ca)).build().unwrap();
     // The configuration holds the loaded key; loading again gives that same key.
     let loaded = key.load().unwrap();
     assert_eq!(loaded.sign_count(), 0);
@@ -460,23 +446,19 @@ async fn child_mutual_tls_with_both_keys_in_the_token() {
     let client_cert = token_cert(&ca, &dir, &client_key, HsmAlgorithm::EcdsaP384, "worker");
     assert_no_pem_keys_but_the_cas(&dir, &ca);
 
-    let server = ServerTls {
-        cert_chain: Some(server_cert),
-        hsm_key: Some(server_key.clone()),
-        ca: Some(ca_ref(&ca)),
-        client_auth: ClientAuth::Required,
-        ..ServerTls::default()
-    }
-    .build()
-    .unwrap();
-    let client = ClientTls {
-        ca: Some(ca_ref(&ca)),
-        cert_chain: Some(client_cert),
-        hsm_key: Some(client_key.clone()),
-        ..ClientTls::default()
-    }
-    .build()
-    .unwrap();
+    let server = ServerTls::default()
+        .cert_chain(server_cert)
+        .hsm_key(server_key.clone())
+        .ca(ca_ref(&ca))
+        .client_auth(ClientAuth::Required)
+        .build()
+        .unwrap();
+    let client = ClientTls::default()
+        .ca(ca_ref(&ca))
+        .cert_chain(client_cert)
+        .hsm_key(client_key.clone())
+        .build()
+        .unwrap();
     let server_loaded = server_key.load().unwrap();
     let client_loaded = client_key.load().unwrap();
     let (server_saw, _) = exchange(server, client).await;
@@ -501,19 +483,12 @@ async fn child_rsa_pss_key_in_the_token() {
     let ca = Ca::init(dir.join("ca")).unwrap();
     let key = hsm_key(TOKEN, "rsa-node");
     let cert = token_cert(&ca, &dir, &key, HsmAlgorithm::Rsa(2048), "localhost");
-    let server = ServerTls {
-        cert_chain: Some(cert),
-        hsm_key: Some(key.clone()),
-        ..ServerTls::default()
-    }
-    .build()
-    .unwrap();
-    let client = ClientTls {
-        ca: Some(ca_ref(&ca)),
-        ..ClientTls::default()
-    }
-    .build()
-    .unwrap();
+    let server = ServerTls::default()
+        .cert_chain(cert)
+        .hsm_key(key.clone())
+        .build()
+        .unwrap();
+    let client = ClientTls::default().ca(ca_ref(&ca)).build().unwrap();
     let loaded = key.load().unwrap();
     exchange(server, client).await;
     assert_eq!(loaded.sign_count(), 1);
@@ -528,13 +503,11 @@ fn child_openssl_s_client_sees_the_hsm_backed_server() {
     let ca = Ca::init(dir.join("ca")).unwrap();
     let key = hsm_key(TOKEN, "node");
     let cert = token_cert(&ca, &dir, &key, HsmAlgorithm::EcdsaP256, "localhost");
-    let server = ServerTls {
-        cert_chain: Some(cert),
-        hsm_key: Some(key.clone()),
-        ..ServerTls::default()
-    }
-    .build()
-    .unwrap();
+    let server = ServerTls::default()
+        .cert_chain(cert)
+        .hsm_key(key.clone())
+        .build()
+        .unwrap();
     let loaded = key.load().unwrap();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -595,13 +568,11 @@ fn child_wrong_pin_is_a_typed_error() {
         .unwrap();
     let cert = dir.join("cert.pem");
     std::fs::write(&cert, issued.cert_pem).unwrap();
-    let e = ServerTls {
-        cert_chain: Some(SecretRef::File(cert)),
-        hsm_key: Some(key),
-        ..ServerTls::default()
-    }
-    .build()
-    .unwrap_err();
+    let e = ServerTls::default()
+        .cert_chain(SecretRef::File(cert))
+        .hsm_key(key)
+        .build()
+        .unwrap_err();
     assert!(matches!(e, Error::Hsm(HsmError::WrongPin { .. })), "{e:?}");
 }
 
@@ -660,13 +631,11 @@ fn child_unknown_labels_and_mismatches_are_typed_errors() {
         .unwrap();
     let cert = dir.join("other.pem");
     std::fs::write(&cert, issued.cert_pem).unwrap();
-    let e = ServerTls {
-        cert_chain: Some(SecretRef::File(cert.clone())),
-        hsm_key: Some(key.clone()),
-        ..ServerTls::default()
-    }
-    .build()
-    .unwrap_err();
+    let e = ServerTls::default()
+        .cert_chain(SecretRef::File(cert.clone()))
+        .hsm_key(key.clone())
+        .build()
+        .unwrap_err();
     assert!(
         e.to_string().contains("does not belong to key \"node\""),
         "{e}"
@@ -675,13 +644,11 @@ fn child_unknown_labels_and_mismatches_are_typed_errors() {
     // Both a PEM key and a token key: refused.
     let pem_key = dir.join("other.key");
     polycall_security::write_private(&pem_key, issued.key_pem.as_bytes()).unwrap();
-    let e = ServerTls {
-        cert_chain: Some(SecretRef::File(cert)),
-        key: Some(SecretRef::File(pem_key)),
-        hsm_key: Some(key),
-        ..ServerTls::default()
-    }
-    .build()
-    .unwrap_err();
+    let e = ServerTls::default()
+        .cert_chain(SecretRef::File(cert))
+        .key(SecretRef::File(pem_key))
+        .hsm_key(key)
+        .build()
+        .unwrap_err();
     assert!(e.to_string().contains("both key and hsm_key"), "{e}");
 }

@@ -102,13 +102,11 @@ impl Fixture {
         SecretRef::File(self.dir.join("ca").join("ca.pem"))
     }
     fn server_tls(&self, auth: ClientAuth) -> ServerTls {
-        ServerTls {
-            cert_chain: Some(self.server.0.clone()),
-            key: Some(self.server.1.clone()),
-            ca: Some(self.ca_ref()),
-            client_auth: auth,
-            ..ServerTls::default()
-        }
+        ServerTls::default()
+            .cert_chain(self.server.0.clone())
+            .key(self.server.1.clone())
+            .ca(self.ca_ref())
+            .client_auth(auth)
     }
     fn client(&self, name: &str, options: IssueOptions) -> ClientTls {
         let i = self
@@ -116,12 +114,7 @@ impl Fixture {
             .issue(name, Some(&format!("spiffe://test.local/{name}")), options)
             .unwrap();
         let (c, k) = store(&self.dir, name, &i);
-        ClientTls {
-            ca: Some(self.ca_ref()),
-            cert_chain: Some(c),
-            key: Some(k),
-            ..ClientTls::default()
-        }
+        ClientTls::default().ca(self.ca_ref()).cert_chain(c).key(k)
     }
 }
 
@@ -149,19 +142,12 @@ fn ca_files_have_private_modes_and_load_back() {
         dir: dir.parent().unwrap().to_owned(),
         ca,
     };
-    let server = ServerTls {
-        cert_chain: Some(f.server.0.clone()),
-        key: Some(f.server.1.clone()),
-        ..ServerTls::default()
-    }
-    .build()
-    .unwrap();
-    let client = ClientTls {
-        ca: Some(f.ca_ref()),
-        ..ClientTls::default()
-    }
-    .build()
-    .unwrap();
+    let server = ServerTls::default()
+        .cert_chain(f.server.0.clone())
+        .key(f.server.1.clone())
+        .build()
+        .unwrap();
+    let client = ClientTls::default().ca(f.ca_ref()).build().unwrap();
     // "svc" is not "localhost": the name check fails, the chain itself is fine.
     let (side, e) = handshake(client, server).unwrap_err();
     assert_eq!(side, "client");
@@ -263,12 +249,7 @@ fn tls12_only_client_is_refused() {
 #[test]
 fn client_auth_modes() {
     let f = fixture("modes");
-    let anonymous = ClientTls {
-        ca: Some(f.ca_ref()),
-        ..ClientTls::default()
-    }
-    .build()
-    .unwrap();
+    let anonymous = ClientTls::default().ca(f.ca_ref()).build().unwrap();
     // Off and Optional let a client without a certificate in; Required does not.
     handshake(
         anonymous.clone(),
@@ -307,12 +288,7 @@ fn bad_client_certificates_are_refused() {
     // Another CA.
     let other = fixture("other");
     let client = other.client("stranger", IssueOptions::default());
-    let client = ClientTls {
-        ca: Some(f.ca_ref()),
-        ..client
-    }
-    .build()
-    .unwrap();
+    let client = client.ca(f.ca_ref()).build().unwrap();
     let (side, e) =
         handshake(client, f.server_tls(ClientAuth::Required).build().unwrap()).unwrap_err();
     assert_eq!(side, "server");
@@ -348,14 +324,12 @@ fn bad_client_certificates_are_refused() {
     let mut server = f.server_tls(ClientAuth::Required);
     server.crls = vec![SecretRef::File(crl)];
     let server = server.build().unwrap();
-    let client = ClientTls {
-        ca: Some(f.ca_ref()),
-        cert_chain: Some(c),
-        key: Some(k),
-        ..ClientTls::default()
-    }
-    .build()
-    .unwrap();
+    let client = ClientTls::default()
+        .ca(f.ca_ref())
+        .cert_chain(c)
+        .key(k)
+        .build()
+        .unwrap();
     let (_, e) = handshake(client, server.clone()).unwrap_err();
     assert!(
         matches!(
@@ -372,12 +346,7 @@ fn bad_client_certificates_are_refused() {
 fn server_from_another_ca_is_refused_by_the_client() {
     let f = fixture("srv");
     let other = fixture("srv-other");
-    let client = ClientTls {
-        ca: Some(other.ca_ref()),
-        ..ClientTls::default()
-    }
-    .build()
-    .unwrap();
+    let client = ClientTls::default().ca(other.ca_ref()).build().unwrap();
     let (side, e) = handshake(client, f.server_tls(ClientAuth::Off).build().unwrap()).unwrap_err();
     assert_eq!(side, "client");
     assert!(matches!(e, rustls::Error::InvalidCertificate(_)), "{e:?}");
@@ -423,11 +392,9 @@ fn key_from_environment() {
         .unwrap()
         .parse()
         .unwrap();
-    ServerTls {
-        cert_chain: Some(cert),
-        key: Some(format!("env:{VAR}").parse().unwrap()),
-        ..ServerTls::default()
-    }
-    .build()
-    .unwrap();
+    ServerTls::default()
+        .cert_chain(cert)
+        .key(format!("env:{VAR}").parse().unwrap())
+        .build()
+        .unwrap();
 }

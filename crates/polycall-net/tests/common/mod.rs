@@ -56,13 +56,11 @@ impl Pki {
             )
             .unwrap();
         let (c, k) = store(&self.dir, "server", &i);
-        ServerTls {
-            cert_chain: Some(c),
-            key: Some(k),
-            ca: Some(SecretRef::File(self.ca_file())),
-            client_auth: auth,
-            ..ServerTls::default()
-        }
+        ServerTls::default()
+            .cert_chain(c)
+            .key(k)
+            .ca(SecretRef::File(self.ca_file()))
+            .client_auth(auth)
     }
 
     /// A client trusting `trust`'s CA, with a certificate from this CA when `cert`.
@@ -71,10 +69,7 @@ impl Pki {
         trust: &Pki,
         cert: Option<(&str, IssueOptions)>,
     ) -> (ClientTls, Option<Issued>) {
-        let mut t = ClientTls {
-            ca: Some(SecretRef::File(trust.ca_file())),
-            ..ClientTls::default()
-        };
+        let mut t = ClientTls::default().ca(SecretRef::File(trust.ca_file()));
         let mut issued = None;
         if let Some((name, options)) = cert {
             let i = self

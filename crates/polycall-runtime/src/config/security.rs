@@ -93,10 +93,9 @@ impl AuthFile {
 
     /// The roles and rules.
     pub fn policy_config(&self) -> PolicyConfig {
-        PolicyConfig {
-            roles: self.roles.clone(),
-            rules: self.rules.clone(),
-        }
+        PolicyConfig::default()
+            .roles(self.roles.clone())
+            .rules(self.rules.clone())
     }
 }
 
@@ -134,27 +133,26 @@ impl Security {
         let t = &c.tls;
         let tls = if t.enabled {
             let hsm_key = match (&t.hsm_module, &t.hsm_token, &t.hsm_key) {
-                (Some(module), Some(token), Some(key)) => Some(HsmKey {
-                    module: module.clone(),
-                    token_label: token.clone(),
-                    key_label: key.clone(),
-                    pin_env: t.hsm_pin_env.clone(),
-                }),
+                (Some(module), Some(token), Some(key)) => Some(HsmKey::new(
+                    module.clone(),
+                    token.clone(),
+                    key.clone(),
+                    t.hsm_pin_env.clone(),
+                )),
                 _ => None,
             };
-            Some(ServerTls {
-                cert_chain: t.cert_file.as_deref().map(file_ref),
-                key: t.key_file.as_deref().map(file_ref),
-                hsm_key,
-                ca: t.ca_file.as_deref().map(file_ref),
-                client_auth: match t.client_auth {
+            let mut tls = ServerTls::default()
+                .client_auth(match t.client_auth {
                     ClientAuth::Off => polycall_security::ClientAuth::Off,
                     ClientAuth::Optional => polycall_security::ClientAuth::Optional,
                     ClientAuth::Required => polycall_security::ClientAuth::Required,
-                },
-                crls: t.crl_file.as_deref().map(file_ref).into_iter().collect(),
-                ..ServerTls::default()
-            })
+                })
+                .crls(t.crl_file.as_deref().map(file_ref));
+            tls.cert_chain = t.cert_file.as_deref().map(file_ref);
+            tls.key = t.key_file.as_deref().map(file_ref);
+            tls.hsm_key = hsm_key;
+            tls.ca = t.ca_file.as_deref().map(file_ref);
+            Some(tls)
         } else {
             None
         };

@@ -50,6 +50,7 @@ pub use pkcs11::HsmSigningKey;
 /// `pin_env`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[non_exhaustive]
 pub struct HsmKey {
     /// The PKCS#11 module (shared library), e.g. `/usr/lib/softhsm/libsofthsm2.so`.
     pub module: PathBuf,
@@ -61,6 +62,60 @@ pub struct HsmKey {
     pub key_label: String,
     /// The environment variable that holds the user PIN.
     pub pin_env: String,
+}
+
+impl HsmKey {
+    /// The key labelled `key_label` in the token labelled `token_label` of the PKCS#11
+    /// `module`, logged into with the PIN in the environment variable `pin_env`. There
+    /// is no default: every part names something only the deployment knows.
+    ///
+    /// ```
+    /// use polycall_security::hsm::HsmKey;
+    /// let key = HsmKey::new(
+    ///     "/usr/lib/softhsm/libsofthsm2.so",
+    ///     "polycall",
+    ///     "node",
+    ///     "POLYCALL_HSM_PIN",
+    /// );
+    /// assert_eq!(key.token_label, "polycall");
+    /// ```
+    pub fn new(
+        module: impl Into<PathBuf>,
+        token_label: impl Into<String>,
+        key_label: impl Into<String>,
+        pin_env: impl Into<String>,
+    ) -> Self {
+        Self {
+            module: module.into(),
+            token_label: token_label.into(),
+            key_label: key_label.into(),
+            pin_env: pin_env.into(),
+        }
+    }
+
+    /// Sets the PKCS#11 module (shared library), e.g. `/usr/lib/softhsm/libsofthsm2.so`.
+    pub fn module(mut self, module: impl Into<PathBuf>) -> Self {
+        self.module = module.into();
+        self
+    }
+
+    /// Sets the label of the token that holds the key.
+    pub fn token_label(mut self, token_label: impl Into<String>) -> Self {
+        self.token_label = token_label.into();
+        self
+    }
+
+    /// Sets the label (`CKA_LABEL`) of the private key object.
+    pub fn key_label(mut self, key_label: impl Into<String>) -> Self {
+        self.key_label = key_label.into();
+        self
+    }
+
+    /// Sets the environment variable that holds the user PIN.
+    pub fn pin_env(mut self, pin_env: impl Into<String>) -> Self {
+        self.pin_env = pin_env.into();
+        self
+    }
 }
 
 /// What can go wrong with a token-held key. Every error names the module, token or
