@@ -457,10 +457,7 @@ fn run_static(corpus: &[Message], choice: Choice) -> Run {
 
 fn run_adaptive(corpus: &[Message], link: f64, dump: bool) -> Run {
     let mut run = Run::default();
-    let mut encoder = AdaptiveCompressor::new(SelectorConfig {
-        link_bytes_per_sec: link,
-        ..SelectorConfig::default()
-    });
+    let mut encoder = AdaptiveCompressor::new(SelectorConfig::default().link_bytes_per_sec(link));
     let mut decompressor = Decompressor::new();
     for m in corpus {
         let start = Instant::now();

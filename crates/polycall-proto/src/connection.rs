@@ -85,6 +85,7 @@ pub enum Role {
 
 /// Configuration of a [`Connection`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Config {
     /// Protocol settings offered in the handshake.
     pub settings: Settings,
@@ -117,6 +118,48 @@ impl Default for Config {
             max_compress_size: 1024 * 1024,
             defer_decompression_above: None,
         }
+    }
+}
+
+impl Config {
+    /// Sets the protocol settings offered in the handshake.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Sets the largest payload fragment per frame; larger messages are split (capped by
+    /// the peer's `max_frame`).
+    pub fn fragment_size(mut self, fragment_size: u32) -> Self {
+        self.fragment_size = fragment_size;
+        self
+    }
+
+    /// Sets the adaptive compression settings.
+    pub fn compression(mut self, compression: SelectorConfig) -> Self {
+        self.compression = compression;
+        self
+    }
+
+    /// Sets the largest message the connection compresses itself; larger ones are sent as
+    /// they are.
+    pub fn max_compress_size(mut self, max_compress_size: usize) -> Self {
+        self.max_compress_size = max_compress_size;
+        self
+    }
+
+    /// Sets the compressed size above which calls and replies are delivered still
+    /// compressed, as [`Event::Deferred`].
+    pub fn defer_decompression_above(mut self, defer_decompression_above: usize) -> Self {
+        self.defer_decompression_above = Some(defer_decompression_above);
+        self
+    }
+
+    /// Sets the most bytes of partly received messages held at once on the connection (at
+    /// least `max_message`).
+    pub fn reassembly_budget(mut self, reassembly_budget: usize) -> Self {
+        self.reassembly_budget = reassembly_budget;
+        self
     }
 }
 

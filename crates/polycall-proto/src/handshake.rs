@@ -156,6 +156,7 @@ impl Limits {
 
 /// One side's protocol settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Settings {
     /// Lowest protocol version spoken.
     pub min_version: u16,
@@ -187,6 +188,56 @@ impl Default for Settings {
             auth_methods: vec![AuthMethod::None],
             agent: concat!("polycall-rust/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
+    }
+}
+
+impl Settings {
+    /// Sets the lowest protocol version spoken.
+    pub fn min_version(mut self, min_version: u16) -> Self {
+        self.min_version = min_version;
+        self
+    }
+
+    /// Sets the highest protocol version spoken.
+    pub fn max_version(mut self, max_version: u16) -> Self {
+        self.max_version = max_version;
+        self
+    }
+
+    /// Sets the feature bits offered ([`features`]).
+    pub fn features(mut self, features: u64) -> Self {
+        self.features = features;
+        self
+    }
+
+    /// Sets this side's receive limits.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Sets the payload codecs this side reads, preferred first.
+    pub fn codecs(mut self, codecs: impl IntoIterator<Item = ContentType>) -> Self {
+        self.codecs = codecs.into_iter().collect();
+        self
+    }
+
+    /// Sets the compression algorithms this side reads, preferred first.
+    pub fn compressions(mut self, compressions: impl IntoIterator<Item = Algorithm>) -> Self {
+        self.compressions = compressions.into_iter().collect();
+        self
+    }
+
+    /// Sets the authentication methods, preferred first.
+    pub fn auth_methods(mut self, auth_methods: impl IntoIterator<Item = AuthMethod>) -> Self {
+        self.auth_methods = auth_methods.into_iter().collect();
+        self
+    }
+
+    /// Sets the implementation name sent to the peer.
+    pub fn agent(mut self, agent: impl Into<String>) -> Self {
+        self.agent = agent.into();
+        self
     }
 }
 

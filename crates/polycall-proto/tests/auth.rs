@@ -10,10 +10,7 @@ use polycall_proto::{
 };
 
 fn settings(methods: &[AuthMethod]) -> Settings {
-    Settings {
-        auth_methods: methods.to_vec(),
-        ..Settings::default()
-    }
+    Settings::default().auth_methods(methods.to_vec())
 }
 
 /// Moves every queued byte both ways until both sides are quiet; returns the first
@@ -169,16 +166,8 @@ fn frames_out_of_order_are_connection_errors() {
             "a call before authentication",
             vec![{
                 let (s, m) = polycall_core::split_full_name("a.b").unwrap();
-                let mut c = Connection::client(Settings {
-                    features: 0,
-                    ..Settings::default()
-                })
-                .unwrap();
-                let mut w = Connection::server(Settings {
-                    features: 0,
-                    ..Settings::default()
-                })
-                .unwrap();
+                let mut c = Connection::client(Settings::default().features(0)).unwrap();
+                let mut w = Connection::server(Settings::default().features(0)).unwrap();
                 pump(&mut c, &mut w).unwrap();
                 let _ = c.poll_event();
                 c.open_call(&s, &m, Payload::empty(), WireMeta::default(), false)

@@ -775,16 +775,8 @@ fn a_libpolycall_client_is_told_what_it_reached() {
 
 #[test]
 fn version_mismatch_ends_the_handshake_on_both_sides() {
-    let client = Settings {
-        min_version: 1,
-        max_version: 1,
-        ..Settings::default()
-    };
-    let server = Settings {
-        min_version: 2,
-        max_version: 3,
-        ..Settings::default()
-    };
+    let client = Settings::default().min_version(1).max_version(1);
+    let server = Settings::default().min_version(2).max_version(3);
     let mut c = Connection::client(client).unwrap();
     let mut s = Connection::server(server).unwrap();
     let mut up = Vec::new();
@@ -1010,10 +1002,7 @@ fn fragments_must_add_up_to_the_declared_length() {
 fn the_reassembly_budget_refuses_with_busy_instead_of_stalling() {
     let mut settings = Settings::default();
     settings.limits.max_message = 1 << 20;
-    let mut config = Config {
-        settings: settings.clone(),
-        ..Config::default()
-    };
+    let mut config = Config::default().settings(settings.clone());
     config.reassembly_budget = 2 << 20;
     let mut raw = Connection::new(Role::Server, config).unwrap();
     let mut hello = PREFACE.to_vec();
@@ -1039,16 +1028,7 @@ fn the_reassembly_budget_refuses_with_busy_instead_of_stalling() {
     raw.feed(&first_fragment(7, 1 << 20, b"x").to_bytes(crc))
         .unwrap();
     assert_eq!(sent_frames(&mut raw, crc), vec![]);
-    assert!(
-        Connection::new(
-            Role::Server,
-            Config {
-                reassembly_budget: 10,
-                ..Config::default()
-            }
-        )
-        .is_err()
-    );
+    assert!(Connection::new(Role::Server, Config::default().reassembly_budget(10)).is_err());
 }
 
 #[test]

@@ -5,11 +5,7 @@ use polycall_proto::compress::Algorithm;
 use polycall_proto::{AuthMethod, Limits, Negotiated, Settings, features, negotiate};
 
 fn with_versions(lo: u16, hi: u16) -> Settings {
-    Settings {
-        min_version: lo,
-        max_version: hi,
-        ..Settings::default()
-    }
+    Settings::default().min_version(lo).max_version(hi)
 }
 
 #[test]

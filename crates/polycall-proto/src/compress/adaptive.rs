@@ -15,14 +15,13 @@ use super::{Algorithm, Choice, Compressor};
 /// ```
 /// use polycall_proto::compress::{Choice, SelectorConfig};
 ///
-/// let config = SelectorConfig {
-///     link_bytes_per_sec: 125e6, // 1 Gbit/s
-///     candidates: vec![Choice::zstd(1), Choice::zstd(3)],
-///     ..SelectorConfig::default()
-/// };
+/// let config = SelectorConfig::default()
+///     .link_bytes_per_sec(125e6) // 1 Gbit/s
+///     .candidates([Choice::zstd(1), Choice::zstd(3)]);
 /// assert_eq!(config.min_size, SelectorConfig::default().min_size);
 /// ```
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct SelectorConfig {
     /// Payloads shorter than this many bytes are always sent as they are.
     pub min_size: usize,
@@ -70,6 +69,54 @@ impl Default for SelectorConfig {
             max_keys: 1024,
             learning_rate: 0.2,
         }
+    }
+}
+
+impl SelectorConfig {
+    /// Sets the size in bytes under which payloads are always sent as they are.
+    pub fn min_size(mut self, min_size: usize) -> Self {
+        self.min_size = min_size;
+        self
+    }
+
+    /// Sets the ways to compress that are considered (besides not compressing).
+    pub fn candidates(mut self, candidates: impl IntoIterator<Item = Choice>) -> Self {
+        self.candidates = candidates.into_iter().collect();
+        self
+    }
+
+    /// Sets the link's throughput, in bytes per second, until
+    /// [`AdaptiveSelector::set_link_throughput`] says otherwise.
+    pub fn link_bytes_per_sec(mut self, link_bytes_per_sec: f64) -> Self {
+        self.link_bytes_per_sec = link_bytes_per_sec;
+        self
+    }
+
+    /// Sets every how many messages of a key the selector tries a near-competitive
+    /// alternative (0 turns exploration off).
+    pub fn explore_every(mut self, explore_every: u32) -> Self {
+        self.explore_every = explore_every;
+        self
+    }
+
+    /// Sets how near is near-competitive: within this fraction of the best estimated
+    /// delivery time.
+    pub fn explore_margin(mut self, explore_margin: f64) -> Self {
+        self.explore_margin = explore_margin;
+        self
+    }
+
+    /// Sets the most keys the selector keeps estimates for.
+    pub fn max_keys(mut self, max_keys: usize) -> Self {
+        self.max_keys = max_keys;
+        self
+    }
+
+    /// Sets how fast estimates follow new observations: the weight of the newest one in the
+    /// moving averages.
+    pub fn learning_rate(mut self, learning_rate: f64) -> Self {
+        self.learning_rate = learning_rate;
+        self
     }
 }
 

@@ -23,10 +23,9 @@
 //! use polycall_core::ContentType;
 //! use polycall_proto::compress::{AdaptiveCompressor, Algorithm, Decompressor, SelectorConfig};
 //!
-//! let mut encoder = AdaptiveCompressor::new(SelectorConfig {
-//!     link_bytes_per_sec: 12.5e6, // 100 Mbit/s
-//!     ..SelectorConfig::default()
-//! });
+//! let mut encoder = AdaptiveCompressor::new(
+//!     SelectorConfig::default().link_bytes_per_sec(12.5e6), // 100 Mbit/s
+//! );
 //! let payload = Bytes::from(r#"{"level":"info","msg":"hello"}"#.repeat(200));
 //! let (algorithm, wire) = encoder.encode(7, ContentType::Json, &payload, &Algorithm::ALL);
 //! assert!(wire.len() <= payload.len());
