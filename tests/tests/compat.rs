@@ -61,11 +61,11 @@ async fn runtime(concurrency: Option<usize>) -> (Runtime, Endpoint, tempdir::Dir
         }));
     config.server.connection.handshake_timeout = Duration::from_millis(800);
     if let Some(max) = concurrency {
-        config.qos.concurrency = Some(polycall_net::limit::ConcurrencyLimitConfig {
-            max,
-            class_share: [1.0; 4],
-            ..Default::default()
-        });
+        config.qos.concurrency = Some(
+            polycall_net::limit::ConcurrencyLimitConfig::default()
+                .max(max)
+                .class_share([1.0; 4]),
+        );
     }
     let rt = Runtime::start(config).await.unwrap();
     let ep = rt.local_endpoint().clone();

@@ -113,10 +113,8 @@ async fn health_with_certificate_for(days: u64) -> Value {
     let client = ClientTls::default().ca(SecretRef::File(dir.join("ca").join("ca.pem")));
     let ch = Channel::with_config(
         rt.local_endpoint().clone(),
-        ChannelConfig {
-            transport: std::sync::Arc::new(Tls::client(client.build().unwrap())),
-            ..ChannelConfig::default()
-        },
+        ChannelConfig::default()
+            .transport(std::sync::Arc::new(Tls::client(client.build().unwrap()))),
     )
     .await
     .unwrap();

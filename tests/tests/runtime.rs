@@ -470,10 +470,7 @@ async fn hostile_clients_are_dropped_alone() {
 
 #[tokio::test]
 async fn a_channel_to_nowhere_fails_fast_and_typed() {
-    let cfg = ChannelConfig {
-        connect_timeout: Duration::from_millis(500),
-        ..ChannelConfig::default()
-    };
+    let cfg = ChannelConfig::default().connect_timeout(Duration::from_millis(500));
     let err = Channel::with_config("127.0.0.1:1".parse().unwrap(), cfg)
         .await
         .unwrap_err();
@@ -541,11 +538,7 @@ async fn runtime_with(qos: polycall_runtime::QosConfig) -> (Runtime, Endpoint, t
 async fn a_rate_limited_client_gets_busy_and_others_do_not() {
     use polycall_net::rate_limit::RateLimitConfig;
     let qos = polycall_runtime::QosConfig {
-        rate_limit: Some(RateLimitConfig {
-            per_second: 5,
-            burst: 5,
-            ..RateLimitConfig::default()
-        }),
+        rate_limit: Some(RateLimitConfig::default().per_second(5).burst(5)),
         ..Default::default()
     };
     let (rt, ep, _dir) = runtime_with(qos).await;
@@ -592,10 +585,7 @@ async fn the_concurrency_limit_sheds_low_priority_first() {
     use polycall_core::Priority;
     use polycall_net::limit::ConcurrencyLimitConfig;
     let qos = polycall_runtime::QosConfig {
-        concurrency: Some(ConcurrencyLimitConfig {
-            max: 4,
-            ..ConcurrencyLimitConfig::default()
-        }),
+        concurrency: Some(ConcurrencyLimitConfig::default().max(4)),
         ..Default::default()
     };
     let (rt, ep, _dir) = runtime_with(qos).await;

@@ -153,11 +153,9 @@ async fn channel(
     transport: Arc<dyn Transport>,
     credentials: Option<Credentials>,
 ) -> Result<Channel, Status> {
-    let mut config = ChannelConfig {
-        transport,
-        connect_timeout: Duration::from_secs(10),
-        ..ChannelConfig::default()
-    };
+    let mut config = ChannelConfig::default()
+        .transport(transport)
+        .connect_timeout(Duration::from_secs(10));
     config.connection.credentials = credentials;
     Channel::with_config(endpoint.clone(), config).await
 }

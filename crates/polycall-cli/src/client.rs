@@ -89,10 +89,7 @@ fn resolve(target: &Target) -> Result<Endpoint, Status> {
 pub(crate) fn channel_config(target: &Target, timeout: Duration) -> Result<ChannelConfig, Status> {
     use polycall::net::auth::Credentials;
     use polycall::security::{ClientTls, SecretRef};
-    let mut config = ChannelConfig {
-        connect_timeout: timeout.min(Duration::from_secs(15)),
-        ..ChannelConfig::default()
-    };
+    let mut config = ChannelConfig::default().connect_timeout(timeout.min(Duration::from_secs(15)));
     if let Some(ca) = &target.ca {
         let mut tls = ClientTls::default().ca(SecretRef::File(ca.clone()));
         tls.cert_chain = target.cert.clone().map(SecretRef::File);
@@ -180,10 +177,7 @@ async fn invoke(
         .map_err(|e| Status::invalid_input(e.to_string()))?
         .with_metadata(md);
     let reply = if policy.retries > 0 {
-        let config = RetryConfig {
-            max_attempts: policy.retries + 1,
-            ..RetryConfig::default()
-        };
+        let config = RetryConfig::default().max_attempts(policy.retries + 1);
         RetryLayer::new(config)
             .layer(channel.clone())
             .oneshot(call)
@@ -390,10 +384,7 @@ pub async fn stop(target: Target, token: Option<String>, timeout: Duration, out:
             // Wait (within the timeout) until the runtime is gone.
             let deadline = Instant::now() + timeout;
             while Instant::now() < deadline {
-                let probe = ChannelConfig {
-                    connect_timeout: Duration::from_millis(200),
-                    ..ChannelConfig::default()
-                };
+                let probe = ChannelConfig::default().connect_timeout(Duration::from_millis(200));
                 if Channel::with_config(endpoint.clone(), probe).await.is_err() {
                     break;
                 }

@@ -123,17 +123,10 @@ pub async fn run(
         config.server.drain_timeout = Duration::from_millis(ms);
     }
     if let Some(n) = args.rate_limit {
-        config.qos.rate_limit = Some(RateLimitConfig {
-            per_second: n,
-            burst: n,
-            ..RateLimitConfig::default()
-        });
+        config.qos.rate_limit = Some(RateLimitConfig::default().per_second(n).burst(n));
     }
     if let Some(n) = args.max_concurrency {
-        config.qos.concurrency = Some(ConcurrencyLimitConfig {
-            max: n,
-            ..ConcurrencyLimitConfig::default()
-        });
+        config.qos.concurrency = Some(ConcurrencyLimitConfig::default().max(n));
     }
     let state_dir = config.state_dir.clone();
     let runtime = match Runtime::start(config).await {

@@ -108,9 +108,18 @@ impl fmt::Debug for Strategy {
 
 /// Settings of a [`Balance`].
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct BalanceConfig {
     /// How an endpoint is chosen for each call.
     pub strategy: Strategy,
+}
+
+impl BalanceConfig {
+    /// Sets how an endpoint is chosen for each call.
+    pub fn strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
 }
 
 /// A stable 64-bit hash: FNV-1a, then MurmurHash3's finalizer for avalanche.
@@ -244,7 +253,7 @@ impl<S> State<S> {
 /// for addr in ["10.0.0.1:7000", "10.0.0.2:7000", "10.0.0.3:7000"] {
 ///     endpoints.push((addr.to_owned(), Channel::connect(addr.parse().unwrap()).await?));
 /// }
-/// let balance = BalanceLayer::new(BalanceConfig { strategy: Strategy::p2c() }).layer(endpoints);
+/// let balance = BalanceLayer::new(BalanceConfig::default().strategy(Strategy::p2c())).layer(endpoints);
 /// let reply = balance.oneshot(Call::new("sys.ping", Payload::empty()).unwrap()).await?;
 /// # let _ = reply; Ok(()) }
 /// ```

@@ -42,11 +42,12 @@ use tower_service::Service;
 
 /// How a [`CircuitBreaker`] decides to open and to close.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct BreakerConfig {
     /// Open after this many failures in a row (0 disables this rule). Default: 5.
     pub consecutive_failures: u32,
     /// Open when at least this share (0.0–1.0) of the calls completed within
-    /// [`window`](Self::window) failed (a value above 1.0 disables this rule).
+    /// `window` failed (a value above 1.0 disables this rule).
     /// Default: 0.5.
     pub failure_rate: f64,
     /// The sliding window over which the failure rate is measured. Default: 10 s.
@@ -79,6 +80,52 @@ impl Default for BreakerConfig {
                 Code::Busy,
             ],
         }
+    }
+}
+
+impl BreakerConfig {
+    /// Sets the failures in a row that open the circuit (0 disables this rule).
+    pub fn consecutive_failures(mut self, consecutive_failures: u32) -> Self {
+        self.consecutive_failures = consecutive_failures;
+        self
+    }
+
+    /// Sets the share (0.0–1.0) of the calls completed within the window whose failure
+    /// opens the circuit (above 1.0 disables this rule).
+    pub fn failure_rate(mut self, failure_rate: f64) -> Self {
+        self.failure_rate = failure_rate;
+        self
+    }
+
+    /// Sets the sliding window over which the failure rate is measured.
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Sets how many calls must complete within the window before the failure rate is
+    /// judged.
+    pub fn min_calls_in_window(mut self, min_calls_in_window: u32) -> Self {
+        self.min_calls_in_window = min_calls_in_window;
+        self
+    }
+
+    /// Sets how long the circuit stays open before probing.
+    pub fn open_for(mut self, open_for: Duration) -> Self {
+        self.open_for = open_for;
+        self
+    }
+
+    /// Sets the calls let through while half-open; all must succeed to close.
+    pub fn half_open_probes(mut self, half_open_probes: u32) -> Self {
+        self.half_open_probes = half_open_probes;
+        self
+    }
+
+    /// Sets the status codes counted as failures.
+    pub fn is_failure(mut self, is_failure: impl IntoIterator<Item = Code>) -> Self {
+        self.is_failure = is_failure.into_iter().collect();
+        self
     }
 }
 
@@ -403,11 +450,11 @@ impl BreakerHandle {
 /// let failing = handler_fn(|_c: Call| async move {
 ///     Err::<Reply, _>(Status::unavailable("down"))
 /// });
-/// let layer = CircuitBreakerLayer::new(BreakerConfig {
-///     consecutive_failures: 2,
-///     open_for: Duration::from_secs(1),
-///     ..BreakerConfig::default()
-/// });
+/// let layer = CircuitBreakerLayer::new(
+///     BreakerConfig::default()
+///         .consecutive_failures(2)
+///         .open_for(Duration::from_secs(1)),
+/// );
 /// let svc = layer.layer(failing);
 /// let call = || Call::new("debug.x", Payload::empty()).unwrap();
 /// for _ in 0..2 {

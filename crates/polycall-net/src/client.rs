@@ -16,6 +16,7 @@ use crate::transport::{Plain, Transport};
 
 /// How a [`Channel`] connects.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ChannelConfig {
     /// The connections kept to the endpoint: how many (calls go to the least loaded),
     /// when an idle one is closed and when an old one is replaced.
@@ -46,6 +47,51 @@ impl Default for ChannelConfig {
             transport: Arc::new(Plain),
             handler: Arc::new(NoHandler),
         }
+    }
+}
+
+impl ChannelConfig {
+    /// Sets how the connections to the endpoint are pooled: how many, when an idle one is
+    /// closed and when an old one is replaced.
+    pub fn pool(mut self, pool: PoolConfig) -> Self {
+        self.pool = pool;
+        self
+    }
+
+    /// Sets the time allowed to open a connection (transport and handshake).
+    pub fn connect_timeout(mut self, connect_timeout: Duration) -> Self {
+        self.connect_timeout = connect_timeout;
+        self
+    }
+
+    /// Sets the least wait after a failed connect before that slot is tried again.
+    pub fn reconnect_backoff(mut self, reconnect_backoff: Duration) -> Self {
+        self.reconnect_backoff = reconnect_backoff;
+        self
+    }
+
+    /// Sets the most the reconnect wait grows to, doubling from `reconnect_backoff`.
+    pub fn max_reconnect_backoff(mut self, max_reconnect_backoff: Duration) -> Self {
+        self.max_reconnect_backoff = max_reconnect_backoff;
+        self
+    }
+
+    /// Sets each connection's settings.
+    pub fn connection(mut self, connection: ConnectionConfig) -> Self {
+        self.connection = connection;
+        self
+    }
+
+    /// Sets the transport.
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Sets what serves calls the peer makes on these connections (a provider's router).
+    pub fn handler(mut self, handler: SharedHandler) -> Self {
+        self.handler = handler;
+        self
     }
 }
 

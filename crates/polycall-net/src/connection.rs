@@ -41,6 +41,7 @@ use crate::transport::{BoxIo, Peer};
 
 /// Settings of one connection.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct ConnectionConfig {
     /// Protocol settings and fragmentation.
     pub proto: polycall_proto::Config,
@@ -104,6 +105,78 @@ impl Default for ConnectionConfig {
             handler_runtime: None,
             link_throughput: None,
         }
+    }
+}
+
+impl ConnectionConfig {
+    /// Sets the protocol settings and fragmentation.
+    pub fn proto(mut self, proto: polycall_proto::Config) -> Self {
+        self.proto = proto;
+        self
+    }
+
+    /// Sets the time allowed for the preface and handshake.
+    pub fn handshake_timeout(mut self, handshake_timeout: Duration) -> Self {
+        self.handshake_timeout = handshake_timeout;
+        self
+    }
+
+    /// Sets the time allowed to complete a frame once its first byte arrived.
+    pub fn frame_timeout(mut self, frame_timeout: Duration) -> Self {
+        self.frame_timeout = frame_timeout;
+        self
+    }
+
+    /// Sets the time a peer may leave our writes blocked (not reading) before it is
+    /// dropped.
+    pub fn write_stall_timeout(mut self, write_stall_timeout: Duration) -> Self {
+        self.write_stall_timeout = write_stall_timeout;
+        self
+    }
+
+    /// Sets the bytes framed per write batch.
+    pub fn write_batch(mut self, write_batch: usize) -> Self {
+        self.write_batch = write_batch;
+        self
+    }
+
+    /// Sets the most handlers running at once for this connection's incoming calls.
+    pub fn max_concurrent_handlers(mut self, max_concurrent_handlers: usize) -> Self {
+        self.max_concurrent_handlers = max_concurrent_handlers;
+        self
+    }
+
+    /// Sets, on the server side, the methods clients may authenticate with and how they are
+    /// checked.
+    pub fn authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Self {
+        self.authenticator = Some(authenticator);
+        self
+    }
+
+    /// Sets, on the client side, what this side proves when the server asks.
+    pub fn credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Sets whether each incoming call's handler runs in a tokio task of its own (the
+    /// default) or inside the connection's task.
+    pub fn spawn_handlers(mut self, spawn_handlers: bool) -> Self {
+        self.spawn_handlers = spawn_handlers;
+        self
+    }
+
+    /// Sets the runtime spawned handlers run on (instead of [`crate::offload::handlers`]).
+    pub fn handler_runtime(mut self, handler_runtime: tokio::runtime::Handle) -> Self {
+        self.handler_runtime = Some(handler_runtime);
+        self
+    }
+
+    /// Sets the link's throughput in bytes per second, as the compression selector should
+    /// assume it at first.
+    pub fn link_throughput(mut self, link_throughput: f64) -> Self {
+        self.link_throughput = Some(link_throughput);
+        self
     }
 }
 

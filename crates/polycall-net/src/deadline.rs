@@ -32,6 +32,7 @@ use tower_service::Service;
 
 /// How [`DeadlineLayer`] treats deadlines.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct DeadlineConfig {
     /// The timeout given to a call that carries no deadline of its own (the deadline
     /// becomes "now + this" when the call enters the layer). `None` leaves such calls
@@ -44,6 +45,14 @@ impl Default for DeadlineConfig {
         Self {
             default_timeout: Some(Duration::from_secs(30)),
         }
+    }
+}
+
+impl DeadlineConfig {
+    /// Sets the timeout given to a call that carries no deadline of its own.
+    pub fn default_timeout(mut self, default_timeout: Duration) -> Self {
+        self.default_timeout = Some(default_timeout);
+        self
     }
 }
 
@@ -63,9 +72,9 @@ impl Default for DeadlineConfig {
 ///     Ok::<_, Status>(Reply::default())
 /// });
 /// let mut svc = ServiceBuilder::new()
-///     .layer(DeadlineLayer::new(DeadlineConfig {
-///         default_timeout: Some(Duration::from_millis(200)),
-///     }))
+///     .layer(DeadlineLayer::new(
+///         DeadlineConfig::default().default_timeout(Duration::from_millis(200)),
+///     ))
 ///     .service(slow);
 /// let call = Call::new("debug.slow", Payload::empty()).unwrap();
 /// let err = svc.ready().await.unwrap().call(call).await.unwrap_err();

@@ -49,6 +49,7 @@ use tower_service::Service;
 
 /// How a [`Failover`] judges and probes its endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct FailoverConfig {
     /// How often a downed endpoint is probed. Default: 1 s.
     pub probe_interval: Duration,
@@ -72,6 +73,38 @@ impl Default for FailoverConfig {
             probe_timeout: Duration::from_secs(1),
             probe_method: "sys.ping".to_owned(),
         }
+    }
+}
+
+impl FailoverConfig {
+    /// Sets how often a downed endpoint is probed.
+    pub fn probe_interval(mut self, probe_interval: Duration) -> Self {
+        self.probe_interval = probe_interval;
+        self
+    }
+
+    /// Sets the endpoint failures in a row that mark it down.
+    pub fn failure_threshold(mut self, failure_threshold: u32) -> Self {
+        self.failure_threshold = failure_threshold;
+        self
+    }
+
+    /// Sets the good probes in a row that mark a downed endpoint up again.
+    pub fn recovery_threshold(mut self, recovery_threshold: u32) -> Self {
+        self.recovery_threshold = recovery_threshold;
+        self
+    }
+
+    /// Sets the deadline of each probe call.
+    pub fn probe_timeout(mut self, probe_timeout: Duration) -> Self {
+        self.probe_timeout = probe_timeout;
+        self
+    }
+
+    /// Sets the method probes call (`SERVICE.METHOD`, with an empty payload).
+    pub fn probe_method(mut self, probe_method: impl Into<String>) -> Self {
+        self.probe_method = probe_method.into();
+        self
     }
 }
 
@@ -240,7 +273,7 @@ where
 /// let backup = Channel::connect("10.0.0.2:7000".parse().unwrap()).await?;
 /// let failover = Failover::new(
 ///     vec![primary, backup],
-///     FailoverConfig { probe_interval: Duration::from_millis(500), ..FailoverConfig::default() },
+///     FailoverConfig::default().probe_interval(Duration::from_millis(500)),
 /// );
 /// let reply = failover.clone().oneshot(Call::new("kv.get", Payload::raw("k")).unwrap()).await?;
 /// println!("answered by endpoint {}", failover.active());

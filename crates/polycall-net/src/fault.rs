@@ -30,6 +30,7 @@ use tower_service::Service;
 
 /// Which faults to inject, and how often.
 #[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
 pub struct FaultConfig {
     /// Delay a call by this long, with this probability (0.0–1.0). Default: none.
     pub delay: Option<(Duration, f64)>,
@@ -52,6 +53,35 @@ impl FaultConfig {
             Some(service) => call.service.to_string() == service,
             None => call.full_name() == *m,
         })
+    }
+
+    /// Sets the delay given to a call, and the probability (0.0–1.0) that a call is delayed.
+    pub fn delay(mut self, delay: Duration, probability: f64) -> Self {
+        self.delay = Some((delay, probability));
+        self
+    }
+
+    /// Sets the status a call is answered with instead of calling the inner service, and
+    /// the probability (0.0–1.0) that a call is.
+    pub fn abort(mut self, status: Status, probability: f64) -> Self {
+        self.abort = Some((status, probability));
+        self
+    }
+
+    /// Sets the seed of the random draws, for reproducible runs.
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Sets the only methods faults are injected into: full names (`"kv.get"`) or whole
+    /// services (`"kv.*"`).
+    pub fn only_methods(
+        mut self,
+        only_methods: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.only_methods = Some(only_methods.into_iter().map(Into::into).collect());
+        self
     }
 }
 
@@ -83,11 +113,11 @@ impl FaultStats {
 /// use tower::{Layer, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let layer = FaultInjectionLayer::new(FaultConfig {
-///     abort: Some((Status::unavailable("injected: chaos drill"), 1.0)),
-///     only_methods: Some(vec!["kv.*".into()]),
-///     ..FaultConfig::default()
-/// });
+/// let layer = FaultInjectionLayer::new(
+///     FaultConfig::default()
+///         .abort(Status::unavailable("injected: chaos drill"), 1.0)
+///         .only_methods(["kv.*"]),
+/// );
 /// let echo = handler_fn(|c: Call| async move { Ok::<_, Status>(Reply::new(c.payload)) });
 /// let svc = layer.layer(echo);
 /// let err = svc.clone().oneshot(Call::new("kv.get", Payload::empty()).unwrap()).await;

@@ -39,6 +39,7 @@ fn busy(message: String, retry_after: Duration) -> BoxFuture {
 
 /// Settings of a [`ConcurrencyLimit`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct ConcurrencyLimitConfig {
     /// Most calls in flight at once (0 is read as 1).
     pub max: usize,
@@ -87,6 +88,38 @@ impl ConcurrencyLimitConfig {
         let max = self.max.max(1);
         let share = self.class_share[priority as usize].clamp(0.0, 1.0);
         ((max as f64 * share).ceil() as usize).min(max)
+    }
+
+    /// Sets the most calls in flight at once (0 is read as 1).
+    pub fn max(mut self, max: usize) -> Self {
+        self.max = max;
+        self
+    }
+
+    /// Sets the share of `max` each priority class may fill (indexed by
+    /// `Priority as usize`).
+    pub fn class_share(mut self, class_share: [f64; 4]) -> Self {
+        self.class_share = class_share;
+        self
+    }
+
+    /// Sets how many calls over the limit may wait for a slot (0 never queues).
+    pub fn queue(mut self, queue: usize) -> Self {
+        self.queue = queue;
+        self
+    }
+
+    /// Sets the longest a queued call waits for a slot (never past its deadline) before it
+    /// is refused.
+    pub fn queue_timeout(mut self, queue_timeout: Duration) -> Self {
+        self.queue_timeout = queue_timeout;
+        self
+    }
+
+    /// Sets the retry-after hint of refusals.
+    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = retry_after;
+        self
     }
 }
 
@@ -151,10 +184,7 @@ impl Drop for Queued<'_> {
 /// use tower::Layer;
 ///
 /// // 100 calls at once; Low calls may fill half of them, Normal 80 %.
-/// let layer = ConcurrencyLimitLayer::new(ConcurrencyLimitConfig {
-///     max: 100,
-///     ..ConcurrencyLimitConfig::default()
-/// });
+/// let layer = ConcurrencyLimitLayer::new(ConcurrencyLimitConfig::default().max(100));
 /// let handler = handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) });
 /// let limited = layer.layer(handler);
 /// assert_eq!(limited.in_flight(), 0);
@@ -295,6 +325,7 @@ where
 
 /// Settings of an [`AdaptiveLimit`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct AdaptiveLimitConfig {
     /// The limit before any latency was measured.
     pub initial_limit: usize,
@@ -333,6 +364,63 @@ impl Default for AdaptiveLimitConfig {
             probe_interval: Some(Duration::from_secs(600)),
             retry_after: Duration::from_millis(50),
         }
+    }
+}
+
+impl AdaptiveLimitConfig {
+    /// Sets the limit before any latency was measured.
+    pub fn initial_limit(mut self, initial_limit: usize) -> Self {
+        self.initial_limit = initial_limit;
+        self
+    }
+
+    /// Sets the lowest the limit goes (0 is read as 1).
+    pub fn min_limit(mut self, min_limit: usize) -> Self {
+        self.min_limit = min_limit;
+        self
+    }
+
+    /// Sets the highest the limit goes.
+    pub fn max_limit(mut self, max_limit: usize) -> Self {
+        self.max_limit = max_limit;
+        self
+    }
+
+    /// Sets how far each update moves the limit toward the newly computed one (0 < s ≤ 1).
+    pub fn smoothing(mut self, smoothing: f64) -> Self {
+        self.smoothing = smoothing;
+        self
+    }
+
+    /// Sets how much slower than `min_rtt` a window may be before the limit comes down.
+    pub fn rtt_tolerance(mut self, rtt_tolerance: f64) -> Self {
+        self.rtt_tolerance = rtt_tolerance;
+        self
+    }
+
+    /// Sets the shortest window latency samples are averaged over.
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+
+    /// Sets the fewest samples a window averages; one limit update per window.
+    pub fn min_window_samples(mut self, min_window_samples: usize) -> Self {
+        self.min_window_samples = min_window_samples;
+        self
+    }
+
+    /// Sets how often `min_rtt` is forgotten and the limit dropped, to measure the latency
+    /// without load again.
+    pub fn probe_interval(mut self, probe_interval: Duration) -> Self {
+        self.probe_interval = Some(probe_interval);
+        self
+    }
+
+    /// Sets the retry-after hint of refusals.
+    pub fn retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = retry_after;
+        self
     }
 }
 
@@ -443,12 +531,12 @@ impl Drop for AdaptivePermit {
 /// use polycall_net::limit::{AdaptiveLimitConfig, AdaptiveLimitLayer};
 /// use tower::Layer;
 ///
-/// let layer = AdaptiveLimitLayer::new(AdaptiveLimitConfig {
-///     initial_limit: 50,
-///     max_limit: 500,
-///     window: Duration::from_millis(500),
-///     ..AdaptiveLimitConfig::default()
-/// });
+/// let layer = AdaptiveLimitLayer::new(
+///     AdaptiveLimitConfig::default()
+///         .initial_limit(50)
+///         .max_limit(500)
+///         .window(Duration::from_millis(500)),
+/// );
 /// let handler = handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) });
 /// let limited = layer.layer(handler);
 /// assert_eq!(limited.limit(), 50);

@@ -38,6 +38,7 @@ use crate::connection::ConnectionHandle;
 
 /// How a [`Channel`](crate::Channel) pools its connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct PoolConfig {
     /// Connections kept to the endpoint (0 is read as 1); calls go to the least loaded.
     pub connections: usize,
@@ -71,6 +72,26 @@ impl PoolConfig {
             (None, None) => return None,
         };
         Some((shortest / 4).clamp(Duration::from_millis(10), Duration::from_secs(1)))
+    }
+
+    /// Sets the connections kept to the endpoint (0 is read as 1); calls go to the least
+    /// loaded.
+    pub fn connections(mut self, connections: usize) -> Self {
+        self.connections = connections;
+        self
+    }
+
+    /// Sets how long a connection may have no call before it is closed (the next call that
+    /// needs it reopens it).
+    pub fn idle_timeout(mut self, idle_timeout: Duration) -> Self {
+        self.idle_timeout = Some(idle_timeout);
+        self
+    }
+
+    /// Sets the age at which a connection is retired and replaced by a new one.
+    pub fn max_lifetime(mut self, max_lifetime: Duration) -> Self {
+        self.max_lifetime = Some(max_lifetime);
+        self
     }
 }
 

@@ -75,6 +75,7 @@ const ANONYMOUS: &str = "<anonymous>";
 
 /// Settings of a [`RateLimit`].
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RateLimitConfig {
     /// Sustained calls per second of each key (0 is read as 1).
     pub per_second: u32,
@@ -99,6 +100,24 @@ impl RateLimitConfig {
         let per_second = NonZeroU32::new(self.per_second).unwrap_or(NonZeroU32::MIN);
         let burst = NonZeroU32::new(self.burst).unwrap_or(NonZeroU32::MIN);
         Quota::per_second(per_second).allow_burst(burst)
+    }
+
+    /// Sets the sustained calls per second of each key (0 is read as 1).
+    pub fn per_second(mut self, per_second: u32) -> Self {
+        self.per_second = per_second;
+        self
+    }
+
+    /// Sets the calls a key may make at once after a quiet period (0 is read as 1).
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = burst;
+        self
+    }
+
+    /// Sets which calls share a bucket.
+    pub fn key(mut self, key: RateKey) -> Self {
+        self.key = key;
+        self
     }
 }
 
@@ -170,11 +189,12 @@ impl Shared {
 /// use tower::Layer;
 ///
 /// // 20 calls per second per principal, bursts of 5.
-/// let layer = RateLimitLayer::new(RateLimitConfig {
-///     per_second: 20,
-///     burst: 5,
-///     key: RateKey::Principal,
-/// });
+/// let layer = RateLimitLayer::new(
+///     RateLimitConfig::default()
+///         .per_second(20)
+///         .burst(5)
+///         .key(RateKey::Principal),
+/// );
 /// let handler = handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) });
 /// let limited = layer.layer(handler);
 /// # let _ = limited;

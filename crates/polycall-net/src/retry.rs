@@ -53,6 +53,7 @@ use crate::breaker::SlidingCounts;
 
 /// How much extra load retries may add. See [`RetryBudget`].
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct BudgetConfig {
     /// Tokens each call deposits; each retry costs one token. 0.2 means retries may add
     /// at most 20 % to the load the callers generate. Default: 0.2.
@@ -74,8 +75,30 @@ impl Default for BudgetConfig {
     }
 }
 
+impl BudgetConfig {
+    /// Sets the tokens each call deposits; each retry costs one token (0.2: retries add at
+    /// most 20 % to the load).
+    pub fn ratio(mut self, ratio: f64) -> Self {
+        self.ratio = ratio;
+        self
+    }
+
+    /// Sets the retries per second allowed regardless of deposits.
+    pub fn min_per_second(mut self, min_per_second: u32) -> Self {
+        self.min_per_second = min_per_second;
+        self
+    }
+
+    /// Sets the sliding window deposits and withdrawals count in.
+    pub fn window(mut self, window: Duration) -> Self {
+        self.window = window;
+        self
+    }
+}
+
 /// How [`Retry`] retries.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct RetryConfig {
     /// Attempts per call, the first included (1 disables retries). Default: 3.
     pub max_attempts: u32,
@@ -114,11 +137,9 @@ impl RetryConfig {
     /// ```
     /// use std::time::Duration;
     /// use polycall_net::retry::RetryConfig;
-    /// let c = RetryConfig {
-    ///     base_backoff: Duration::from_millis(10),
-    ///     max_backoff: Duration::from_millis(50),
-    ///     ..RetryConfig::default()
-    /// };
+    /// let c = RetryConfig::default()
+    ///     .base_backoff(Duration::from_millis(10))
+    ///     .max_backoff(Duration::from_millis(50));
     /// let caps: Vec<u64> = (1..=5).map(|n| c.backoff_cap(n).as_millis() as u64).collect();
     /// assert_eq!(caps, [10, 20, 40, 50, 50]);
     /// ```
@@ -127,6 +148,43 @@ impl RetryConfig {
         self.base_backoff
             .saturating_mul(1 << doublings)
             .min(self.max_backoff)
+    }
+
+    /// Sets the attempts per call, the first included (1 disables retries).
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Sets the backoff cap of the first retry; it doubles for each further retry.
+    pub fn base_backoff(mut self, base_backoff: Duration) -> Self {
+        self.base_backoff = base_backoff;
+        self
+    }
+
+    /// Sets the largest backoff cap.
+    pub fn max_backoff(mut self, max_backoff: Duration) -> Self {
+        self.max_backoff = max_backoff;
+        self
+    }
+
+    /// Sets the retry budget of the services this config builds.
+    pub fn budget(mut self, budget: BudgetConfig) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// Sets the status codes worth retrying (still only when safe: see the [module
+    /// docs](crate::retry)).
+    pub fn retry_on(mut self, retry_on: impl IntoIterator<Item = Code>) -> Self {
+        self.retry_on = retry_on.into_iter().collect();
+        self
+    }
+
+    /// Sets the seed of the jitter, for reproducible runs (tests).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
     }
 }
 
@@ -148,11 +206,12 @@ struct BudgetState {
 /// use std::time::Duration;
 /// use polycall_net::retry::{BudgetConfig, RetryBudget};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
-/// let budget = RetryBudget::new(BudgetConfig {
-///     ratio: 0.5,
-///     min_per_second: 0,
-///     window: Duration::from_secs(10),
-/// });
+/// let budget = RetryBudget::new(
+///     BudgetConfig::default()
+///         .ratio(0.5)
+///         .min_per_second(0)
+///         .window(Duration::from_secs(10)),
+/// );
 /// budget.deposit();
 /// budget.deposit();
 /// assert_eq!(budget.available(), 1);
@@ -270,7 +329,7 @@ impl RetryBudget {
 ///         }
 ///     }
 /// });
-/// let layer = RetryLayer::new(RetryConfig { seed: Some(7), ..RetryConfig::default() });
+/// let layer = RetryLayer::new(RetryConfig::default().seed(7));
 /// let call = Call::new("kv.get", Payload::empty()).unwrap()
 ///     .with_metadata(Metadata::default().idempotent());
 /// layer.layer(flaky).oneshot(call).await.unwrap();

@@ -59,7 +59,7 @@ impl std::fmt::Debug for LegacyConnection {
 ///         Box::pin(async move { drop(conn.io) })
 ///     }
 /// }
-/// let config = ServerConfig { legacy: Some(Arc::new(Refuse)), ..ServerConfig::default() };
+/// let config = ServerConfig::default().legacy(Arc::new(Refuse));
 /// # let _ = config;
 /// ```
 pub trait LegacyServe: Send + Sync + 'static {
@@ -69,6 +69,7 @@ pub trait LegacyServe: Send + Sync + 'static {
 
 /// How a [`Server`] accepts.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ServerConfig {
     /// Most connections at once; more are told `busy` and closed.
     pub max_connections: usize,
@@ -92,6 +93,38 @@ impl Default for ServerConfig {
             transport: Arc::new(Plain),
             legacy: None,
         }
+    }
+}
+
+impl ServerConfig {
+    /// Sets the most connections at once; more are told `busy` and closed.
+    pub fn max_connections(mut self, max_connections: usize) -> Self {
+        self.max_connections = max_connections;
+        self
+    }
+
+    /// Sets the time given to calls in flight at shutdown before connections are closed.
+    pub fn drain_timeout(mut self, drain_timeout: Duration) -> Self {
+        self.drain_timeout = drain_timeout;
+        self
+    }
+
+    /// Sets each connection's settings.
+    pub fn connection(mut self, connection: ConnectionConfig) -> Self {
+        self.connection = connection;
+        self
+    }
+
+    /// Sets the transport.
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Sets what serves libpolycall's dialects on the same listener.
+    pub fn legacy(mut self, legacy: Arc<dyn LegacyServe>) -> Self {
+        self.legacy = Some(legacy);
+        self
     }
 }
 

@@ -49,6 +49,7 @@ impl Rate {
 
 /// Which rates a [`Shape`] enforces. `None` means unlimited.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct ShapeConfig {
     /// Rate of each priority class, indexed by `Priority as usize`
     /// (`[Critical, High, Normal, Low]`).
@@ -67,6 +68,13 @@ impl ShapeConfig {
     /// Limits all classes together to `rate`.
     pub fn total(mut self, rate: Rate) -> Self {
         self.total = Some(rate);
+        self
+    }
+
+    /// Sets the rate of each priority class, indexed by `Priority as usize` (`None`:
+    /// unlimited).
+    pub fn per_class(mut self, per_class: [Option<Rate>; 4]) -> Self {
+        self.per_class = per_class;
         self
     }
 }

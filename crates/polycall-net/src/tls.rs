@@ -44,7 +44,7 @@
 //!     .key("file:/etc/polycall/node.key".parse()?)
 //!     .ca("file:/etc/polycall/ca.pem".parse()?)
 //!     .client_auth(ClientAuth::Required);
-//! let config = ServerConfig { transport: Arc::new(Tls::server(tls.build()?)), ..ServerConfig::default() };
+//! let config = ServerConfig::default().transport(Arc::new(Tls::server(tls.build()?)));
 //! # let _ = config; Ok(()) }
 //! ```
 //!

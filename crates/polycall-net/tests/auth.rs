@@ -77,10 +77,7 @@ async fn connect(
     credentials: Option<Credentials>,
     transport: Option<Arc<dyn Transport>>,
 ) -> Result<Channel, polycall_core::Status> {
-    let mut config = ChannelConfig {
-        connect_timeout: Duration::from_secs(10),
-        ..ChannelConfig::default()
-    };
+    let mut config = ChannelConfig::default().connect_timeout(Duration::from_secs(10));
     config.connection.credentials = credentials;
     if let Some(t) = transport {
         config.transport = t;

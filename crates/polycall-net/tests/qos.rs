@@ -78,11 +78,9 @@ async fn serve() -> (Server, Hits) {
 }
 
 async fn channel(server: &Server, pool: PoolConfig) -> Channel {
-    let config = ChannelConfig {
-        pool,
-        reconnect_backoff: Duration::from_millis(10),
-        ..ChannelConfig::default()
-    };
+    let config = ChannelConfig::default()
+        .pool(pool)
+        .reconnect_backoff(Duration::from_millis(10));
     Channel::with_config(server.local_endpoint().clone(), config)
         .await
         .unwrap()
@@ -119,14 +117,7 @@ async fn concurrent_sleeps(ch: &Channel, n: usize, ms: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_opens_n_connections_and_spreads_calls_over_them() {
     let (server, hits) = serve().await;
-    let ch = channel(
-        &server,
-        PoolConfig {
-            connections: 4,
-            ..PoolConfig::default()
-        },
-    )
-    .await;
+    let ch = channel(&server, PoolConfig::default().connections(4)).await;
     assert_eq!(
         ch.connections().len(),
         1,
@@ -166,11 +157,7 @@ async fn an_idle_connection_is_closed_and_reopened_by_the_next_call() {
     let idle = Duration::from_millis(200);
     let ch = channel(
         &server,
-        PoolConfig {
-            connections: 1,
-            idle_timeout: Some(idle),
-            ..PoolConfig::default()
-        },
+        PoolConfig::default().connections(1).idle_timeout(idle),
     )
     .await;
     // A call longer than the idle timeout keeps its connection.
@@ -198,11 +185,9 @@ async fn a_connection_past_max_lifetime_is_replaced_without_failing_calls() {
     let opened = Instant::now();
     let ch = channel(
         &server,
-        PoolConfig {
-            connections: 1,
-            max_lifetime: Some(Duration::from_millis(300)),
-            ..PoolConfig::default()
-        },
+        PoolConfig::default()
+            .connections(1)
+            .max_lifetime(Duration::from_millis(300)),
     )
     .await;
     let first = ch.any_connection().await.unwrap();
@@ -262,11 +247,10 @@ async fn dropping_the_channel_closes_its_connections() {
     let (server, _) = serve().await;
     let ch = channel(
         &server,
-        PoolConfig {
-            connections: 2,
-            idle_timeout: Some(Duration::from_secs(60)),
-            max_lifetime: Some(Duration::from_secs(60)),
-        },
+        PoolConfig::default()
+            .connections(2)
+            .idle_timeout(Duration::from_secs(60))
+            .max_lifetime(Duration::from_secs(60)),
     )
     .await;
     concurrent_sleeps(&ch, 4, 50).await;

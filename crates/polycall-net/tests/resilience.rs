@@ -14,19 +14,14 @@ use polycall_net::{Channel, ChannelConfig, Endpoint, Server, ServerConfig};
 use tower::{ServiceBuilder, ServiceExt};
 
 fn server_config() -> ServerConfig {
-    ServerConfig {
-        drain_timeout: Duration::from_millis(200),
-        ..ServerConfig::default()
-    }
+    ServerConfig::default().drain_timeout(Duration::from_millis(200))
 }
 
 fn channel_config() -> ChannelConfig {
-    ChannelConfig {
-        connect_timeout: Duration::from_millis(500),
-        reconnect_backoff: Duration::from_millis(10),
-        max_reconnect_backoff: Duration::from_millis(50),
-        ..ChannelConfig::default()
-    }
+    ChannelConfig::default()
+        .connect_timeout(Duration::from_millis(500))
+        .reconnect_backoff(Duration::from_millis(10))
+        .max_reconnect_backoff(Duration::from_millis(50))
 }
 
 /// A server whose `debug.whoami` answers `name`.
@@ -67,12 +62,10 @@ async fn failover_moves_to_the_secondary_and_back_to_a_restarted_primary() {
     ];
     let failover = Failover::new(
         channels,
-        FailoverConfig {
-            probe_interval: Duration::from_millis(50),
-            probe_timeout: Duration::from_millis(200),
-            recovery_threshold: 2,
-            ..FailoverConfig::default()
-        },
+        FailoverConfig::default()
+            .probe_interval(Duration::from_millis(50))
+            .probe_timeout(Duration::from_millis(200))
+            .recovery_threshold(2),
     );
     for _ in 0..3 {
         assert_eq!(whoami(&failover).await.unwrap(), "primary");
@@ -160,23 +153,24 @@ async fn a_full_stack_bounds_retries_during_an_outage_and_recovers_after() {
 
     // The client: Deadline → Retry → CircuitBreaker → Channel.
     let reserve = 10; // min_per_second 1 over a 10 s window
-    let retry = RetryLayer::new(RetryConfig {
-        max_attempts: 3,
-        base_backoff: Duration::from_millis(5),
-        max_backoff: Duration::from_millis(40),
-        budget: BudgetConfig {
-            ratio: 0.2,
-            min_per_second: 1,
-            window: Duration::from_secs(10),
-        },
-        ..RetryConfig::default()
-    });
-    let breaker = CircuitBreakerLayer::new(BreakerConfig {
-        consecutive_failures: 5,
-        open_for: Duration::from_millis(100),
-        half_open_probes: 2,
-        ..BreakerConfig::default()
-    });
+    let retry = RetryLayer::new(
+        RetryConfig::default()
+            .max_attempts(3)
+            .base_backoff(Duration::from_millis(5))
+            .max_backoff(Duration::from_millis(40))
+            .budget(
+                BudgetConfig::default()
+                    .ratio(0.2)
+                    .min_per_second(1)
+                    .window(Duration::from_secs(10)),
+            ),
+    );
+    let breaker = CircuitBreakerLayer::new(
+        BreakerConfig::default()
+            .consecutive_failures(5)
+            .open_for(Duration::from_millis(100))
+            .half_open_probes(2),
+    );
     let client = ServiceBuilder::new()
         .layer(DeadlineLayer::with_default_timeout(Duration::from_millis(
             300,
@@ -278,17 +272,18 @@ async fn without_a_breaker_the_budget_alone_bounds_the_load_on_the_server() {
     let channel = Channel::with_config(server.local_endpoint().clone(), channel_config())
         .await
         .unwrap();
-    let retry = RetryLayer::new(RetryConfig {
-        max_attempts: 5,
-        base_backoff: Duration::from_millis(2),
-        max_backoff: Duration::from_millis(20),
-        budget: BudgetConfig {
-            ratio: 0.2,
-            min_per_second: 1,
-            window: Duration::from_secs(10),
-        },
-        ..RetryConfig::default()
-    });
+    let retry = RetryLayer::new(
+        RetryConfig::default()
+            .max_attempts(5)
+            .base_backoff(Duration::from_millis(2))
+            .max_backoff(Duration::from_millis(20))
+            .budget(
+                BudgetConfig::default()
+                    .ratio(0.2)
+                    .min_per_second(1)
+                    .window(Duration::from_secs(10)),
+            ),
+    );
     let client = ServiceBuilder::new()
         .layer(DeadlineLayer::with_default_timeout(Duration::from_millis(
             500,

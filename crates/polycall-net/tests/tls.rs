@@ -25,21 +25,16 @@ fn router() -> Router {
 }
 
 async fn tls_server(tls: &ServerTls) -> Server {
-    let config = ServerConfig {
-        transport: Arc::new(Tls::server(tls.build().unwrap())),
-        ..ServerConfig::default()
-    };
+    let config = ServerConfig::default().transport(Arc::new(Tls::server(tls.build().unwrap())));
     Server::serve_router("127.0.0.1:0".parse().unwrap(), config, router())
         .await
         .unwrap()
 }
 
 async fn channel(server: &Server, tls: &ClientTls) -> Result<Channel, polycall_core::Status> {
-    let config = ChannelConfig {
-        transport: Arc::new(Tls::client(tls.build().unwrap())),
-        connect_timeout: Duration::from_secs(5),
-        ..ChannelConfig::default()
-    };
+    let config = ChannelConfig::default()
+        .transport(Arc::new(Tls::client(tls.build().unwrap())))
+        .connect_timeout(Duration::from_secs(5));
     Channel::with_config(server.local_endpoint().clone(), config).await
 }
 

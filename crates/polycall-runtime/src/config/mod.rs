@@ -515,14 +515,11 @@ impl LoadedConfig {
         conn.frame_timeout = Duration::from_millis(c.limits.frame_timeout_ms);
         conn.write_stall_timeout = Duration::from_millis(c.limits.write_stall_timeout_ms);
         conn.max_concurrent_handlers = c.limits.max_concurrent_handlers;
-        rc.qos.rate_limit =
-            c.qos
-                .rate_limit_per_second
-                .map(|n| polycall_net::rate_limit::RateLimitConfig {
-                    per_second: n,
-                    burst: c.qos.rate_limit_burst.unwrap_or(n),
-                    ..Default::default()
-                });
+        rc.qos.rate_limit = c.qos.rate_limit_per_second.map(|n| {
+            polycall_net::rate_limit::RateLimitConfig::default()
+                .per_second(n)
+                .burst(c.qos.rate_limit_burst.unwrap_or(n))
+        });
         rc.compat.pcr1 = c.compat.pcr1;
         rc.compat.legacy_v1 = c.compat.legacy_v1;
         rc.compat.fixtures = c.compat.fixtures;
@@ -537,13 +534,10 @@ impl LoadedConfig {
             backup_keep: c.state.backup_keep as usize,
             backup_dir: c.state.backup_dir.clone(),
         };
-        rc.qos.concurrency =
-            c.qos
-                .max_concurrency
-                .map(|n| polycall_net::limit::ConcurrencyLimitConfig {
-                    max: n,
-                    ..Default::default()
-                });
+        rc.qos.concurrency = c
+            .qos
+            .max_concurrency
+            .map(|n| polycall_net::limit::ConcurrencyLimitConfig::default().max(n));
         rc
     }
 
