@@ -98,6 +98,7 @@ pub fn now_us() -> u64 {
 
 /// How the store runs.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StoreConfig {
     /// The database file.
     pub path: PathBuf,
@@ -121,6 +122,30 @@ impl StoreConfig {
             keep_snapshots: 16,
             max_batch: 4096,
         }
+    }
+
+    /// Sets the database file.
+    pub fn path(mut self, path: impl Into<PathBuf>) -> Self {
+        self.path = path.into();
+        self
+    }
+
+    /// Sets, for `batched` machines, the longest an acknowledged event waits for its fsync.
+    pub fn batch_window(mut self, batch_window: Duration) -> Self {
+        self.batch_window = batch_window;
+        self
+    }
+
+    /// Sets the snapshots kept per instance (how far back point-in-time recovery reaches).
+    pub fn keep_snapshots(mut self, keep_snapshots: usize) -> Self {
+        self.keep_snapshots = keep_snapshots;
+        self
+    }
+
+    /// Sets the most appends one transaction (one fsync) carries.
+    pub fn max_batch(mut self, max_batch: usize) -> Self {
+        self.max_batch = max_batch;
+        self
     }
 }
 
