@@ -39,16 +39,14 @@ const ALICE: &str = "alice-s3cret-token-0123456789";
 
 async fn runtime(concurrency: Option<usize>) -> (Runtime, Endpoint, tempdir::Dir) {
     let dir = tempdir::Dir::new();
-    let mut config = RuntimeConfig {
-        endpoint: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.path.clone(),
-        compat: CompatConfig {
-            fixtures: true,
-            read_timeout: READ_TIMEOUT,
-            ..CompatConfig::default()
-        },
-        ..RuntimeConfig::default()
-    };
+    let mut config = RuntimeConfig::default()
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .state_dir(dir.path.clone())
+        .compat(
+            CompatConfig::default()
+                .fixtures(true)
+                .read_timeout(READ_TIMEOUT),
+        );
     // First-generation logins are checked against [auth]: here a token named alice
     // (anonymous sessions stay allowed, so PCR1 clients need no token).
     let mut tokens = polycall_security::token::Tokens::default();
@@ -530,11 +528,11 @@ async fn first_generation_client_and_native_channel_share_the_port() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_credentials_every_first_generation_login_is_refused() {
     let dir = tempdir::Dir::new();
-    let rt = Runtime::start(RuntimeConfig {
-        endpoint: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.path.clone(),
-        ..RuntimeConfig::default()
-    })
+    let rt = Runtime::start(
+        RuntimeConfig::default()
+            .endpoint("127.0.0.1:0".parse().unwrap())
+            .state_dir(dir.path.clone()),
+    )
     .await
     .unwrap();
     let ep = rt.local_endpoint().clone();

@@ -42,12 +42,10 @@ impl Drop for TempDir {
 
 async fn runtime(tag: &str) -> (Runtime, pc_net::Endpoint, TempDir) {
     let dir = TempDir::new(tag);
-    let config = RuntimeConfig {
-        endpoint: "127.0.0.1:0".parse().expect("endpoint"),
-        state_dir: dir.0.clone(),
-        debug_methods: true,
-        ..RuntimeConfig::default()
-    };
+    let config = RuntimeConfig::default()
+        .endpoint("127.0.0.1:0".parse().expect("endpoint"))
+        .state_dir(dir.0.clone())
+        .debug_methods(true);
     let rt = Runtime::start(config).await.expect("runtime starts");
     let ep = rt.local_endpoint().clone();
     (rt, ep, dir)

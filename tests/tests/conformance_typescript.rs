@@ -138,12 +138,10 @@ mod tempdir {
 
 async fn runtime() -> (Runtime, Endpoint, tempdir::Dir) {
     let dir = tempdir::Dir::new();
-    let config = RuntimeConfig {
-        endpoint: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.path.clone(),
-        debug_methods: true,
-        ..RuntimeConfig::default()
-    };
+    let config = RuntimeConfig::default()
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .state_dir(dir.path.clone())
+        .debug_methods(true);
     let rt = Runtime::start(config).await.unwrap();
     let ep = rt.local_endpoint().clone();
     (rt, ep, dir)

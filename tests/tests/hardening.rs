@@ -25,11 +25,9 @@ fn tmp(tag: &str) -> PathBuf {
 }
 
 fn config(dir: &Path) -> RuntimeConfig {
-    RuntimeConfig {
-        endpoint: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.join("state"),
-        ..RuntimeConfig::default()
-    }
+    RuntimeConfig::default()
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .state_dir(dir.join("state"))
 }
 
 async fn call(ch: &Channel, name: &str, input: Value) -> Result<Value, polycall_core::Status> {

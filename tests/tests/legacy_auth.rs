@@ -83,17 +83,15 @@ async fn setup(tls: bool, when_secured: bool) -> Setup {
         anonymous: false,
         ..ServerAuth::default()
     };
-    let mut config = RuntimeConfig {
-        endpoint: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.join("state"),
-        compat: CompatConfig {
-            when_secured,
-            read_timeout: Duration::from_secs(5),
-            ..CompatConfig::default()
-        },
-        debug_methods: true,
-        ..RuntimeConfig::default()
-    };
+    let mut config = RuntimeConfig::default()
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .state_dir(dir.join("state"))
+        .compat(
+            CompatConfig::default()
+                .when_secured(when_secured)
+                .read_timeout(Duration::from_secs(5)),
+        )
+        .debug_methods(true);
     config.server.connection.authenticator = Some(Arc::new(auth));
     let client: Arc<dyn Transport> = if tls {
         let p = pki(&dir);
@@ -121,10 +119,9 @@ async fn setup(tls: bool, when_secured: bool) -> Setup {
     let provider = Provider::start_with(
         endpoint.clone(),
         router,
-        ProviderConfig {
-            transport: client.clone(),
-            connection,
-        },
+        ProviderConfig::default()
+            .transport(client.clone())
+            .connection(connection),
     )
     .await
     .unwrap();

@@ -13,12 +13,10 @@ use tokio::net::TcpStream;
 
 async fn runtime() -> (Runtime, Endpoint, tempdir::Dir) {
     let dir = tempdir::Dir::new();
-    let mut config = RuntimeConfig {
-        endpoint: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.path.clone(),
-        debug_methods: true,
-        ..RuntimeConfig::default()
-    };
+    let mut config = RuntimeConfig::default()
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .state_dir(dir.path.clone())
+        .debug_methods(true);
     config.server.connection.handshake_timeout = Duration::from_millis(500);
     config.server.connection.frame_timeout = Duration::from_millis(500);
     config.server.connection.write_stall_timeout = Duration::from_millis(500);
@@ -522,13 +520,11 @@ async fn a_provider_process_killed_with_sigkill_fails_its_call_at_once() {
 
 async fn runtime_with(qos: polycall_runtime::QosConfig) -> (Runtime, Endpoint, tempdir::Dir) {
     let dir = tempdir::Dir::new();
-    let config = RuntimeConfig {
-        endpoint: "127.0.0.1:0".parse().unwrap(),
-        state_dir: dir.path.clone(),
-        qos,
-        debug_methods: true,
-        ..RuntimeConfig::default()
-    };
+    let config = RuntimeConfig::default()
+        .endpoint("127.0.0.1:0".parse().unwrap())
+        .state_dir(dir.path.clone())
+        .qos(qos)
+        .debug_methods(true);
     let rt = Runtime::start(config).await.unwrap();
     let ep = rt.local_endpoint().clone();
     (rt, ep, dir)
@@ -537,10 +533,8 @@ async fn runtime_with(qos: polycall_runtime::QosConfig) -> (Runtime, Endpoint, t
 #[tokio::test]
 async fn a_rate_limited_client_gets_busy_and_others_do_not() {
     use polycall_net::rate_limit::RateLimitConfig;
-    let qos = polycall_runtime::QosConfig {
-        rate_limit: Some(RateLimitConfig::default().per_second(5).burst(5)),
-        ..Default::default()
-    };
+    let qos = polycall_runtime::QosConfig::default()
+        .rate_limit(RateLimitConfig::default().per_second(5).burst(5));
     let (rt, ep, _dir) = runtime_with(qos).await;
     let greedy = Channel::connect(ep.clone()).await.unwrap();
     let polite = Channel::connect(ep.clone()).await.unwrap();
@@ -584,10 +578,8 @@ async fn a_rate_limited_client_gets_busy_and_others_do_not() {
 async fn the_concurrency_limit_sheds_low_priority_first() {
     use polycall_core::Priority;
     use polycall_net::limit::ConcurrencyLimitConfig;
-    let qos = polycall_runtime::QosConfig {
-        concurrency: Some(ConcurrencyLimitConfig::default().max(4)),
-        ..Default::default()
-    };
+    let qos = polycall_runtime::QosConfig::default()
+        .concurrency(ConcurrencyLimitConfig::default().max(4));
     let (rt, ep, _dir) = runtime_with(qos).await;
     let client = Channel::connect(ep).await.unwrap();
     let sleep = |p: Priority| {

@@ -175,20 +175,14 @@ async fn routed_calls_carry_the_principal_and_are_authorized_as_configured() {
     let ep = runtime.local_endpoint().clone();
 
     // A provider without the `providers` role may not register kv methods.
-    let mut intruder = ProviderConfig {
-        transport: pki.client(None),
-        ..ProviderConfig::default()
-    };
+    let mut intruder = ProviderConfig::default().transport(pki.client(None));
     intruder.connection.credentials = Some(Credentials::password("alice", PASSWORD.to_vec()));
     let refused = Provider::start_with(ep.clone(), kv_router(), intruder)
         .await
         .unwrap_err();
     assert_eq!(refused.code, Code::PermissionDenied, "{refused}");
 
-    let mut provider = ProviderConfig {
-        transport: pki.client(None),
-        ..ProviderConfig::default()
-    };
+    let mut provider = ProviderConfig::default().transport(pki.client(None));
     provider.connection.credentials = Some(Credentials::token(PROVIDER_TOKEN.to_vec()));
     let provider = Provider::start_with(ep.clone(), kv_router(), provider)
         .await

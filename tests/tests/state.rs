@@ -27,13 +27,13 @@ fn temp(tag: &str) -> PathBuf {
 }
 
 async fn runtime(dir: &Path, state: StateSettings) -> Runtime {
-    Runtime::start(RuntimeConfig {
-        endpoint: "127.0.0.1:0".parse().expect("endpoint"),
-        state_dir: dir.to_path_buf(),
-        state,
-        debug_methods: true,
-        ..RuntimeConfig::default()
-    })
+    Runtime::start(
+        RuntimeConfig::default()
+            .endpoint("127.0.0.1:0".parse().expect("endpoint"))
+            .state_dir(dir.to_path_buf())
+            .state(state)
+            .debug_methods(true),
+    )
     .await
     .expect("runtime starts")
 }
@@ -72,14 +72,7 @@ asyncio.run(main())
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_program_drives_instances_through_the_runtime() {
     let dir = temp("python");
-    let rt = runtime(
-        &dir,
-        StateSettings {
-            machine_dir: Some(machines()),
-            ..StateSettings::default()
-        },
-    )
-    .await;
+    let rt = runtime(&dir, StateSettings::default().machine_dir(machines())).await;
     let ep = rt.local_endpoint().to_string();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("python3")
@@ -127,13 +120,11 @@ async fn scheduled_backups_appear_and_rotate() {
     let backups = dir.join("backups");
     let rt = runtime(
         &dir,
-        StateSettings {
-            machine_dir: Some(machines()),
-            backup_every: Some(Duration::from_millis(150)),
-            backup_keep: 2,
-            backup_dir: Some(backups.clone()),
-            ..StateSettings::default()
-        },
+        StateSettings::default()
+            .machine_dir(machines())
+            .backup_every(Duration::from_millis(150))
+            .backup_keep(2)
+            .backup_dir(backups.clone()),
     )
     .await;
     let host = rt.machines().expect("machines loaded").clone();
@@ -153,14 +144,7 @@ async fn scheduled_backups_appear_and_rotate() {
     // The newest backup restores into a fresh runtime with the instance in it.
     let fresh = temp("scheduled-fresh");
     polycall_state_restore(&files[1], &fresh.join("state.redb"));
-    let rt2 = runtime(
-        &fresh,
-        StateSettings {
-            machine_dir: Some(machines()),
-            ..StateSettings::default()
-        },
-    )
-    .await;
+    let rt2 = runtime(&fresh, StateSettings::default().machine_dir(machines())).await;
     let b = rt2
         .machines()
         .expect("machines")

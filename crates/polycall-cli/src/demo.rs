@@ -63,14 +63,14 @@ pub async fn demo(out: Out) -> u8 {
 
 async fn run() -> Result<(), Status> {
     let state_dir = std::env::temp_dir().join(format!("polycall-demo-{}", std::process::id()));
-    let config = RuntimeConfig {
-        endpoint: "127.0.0.1:0"
-            .parse()
-            .map_err(|e| Status::internal(format!("{e}")))?,
-        state_dir: state_dir.clone(),
-        debug_methods: true,
-        ..RuntimeConfig::default()
-    };
+    let config = RuntimeConfig::default()
+        .endpoint(
+            "127.0.0.1:0"
+                .parse()
+                .map_err(|e| Status::internal(format!("{e}")))?,
+        )
+        .state_dir(state_dir.clone())
+        .debug_methods(true);
     println!(
         "polycall demo: a runtime, a provider written in Rust, and a client, in one process.\n"
     );

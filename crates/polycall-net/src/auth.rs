@@ -24,16 +24,20 @@
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use std::sync::Arc;
 //! use polycall_net::auth::{Credentials, ServerAuth};
-//! use polycall_net::{Channel, ChannelConfig, ServerConfig};
+//! use polycall_net::{Channel, ChannelConfig, ConnectionConfig, ServerConfig};
 //! use polycall_security::token::Tokens;
 //!
 //! let mut tokens = Tokens::default();
 //! tokens.insert("ci", b"0123456789abcdef0123")?;
-//! let mut server = ServerConfig::default();
-//! server.connection.authenticator = Some(Arc::new(ServerAuth { tokens, ..ServerAuth::default() }));
+//! let server = ServerConfig::default().connection(
+//!     ConnectionConfig::default()
+//!         .authenticator(Arc::new(ServerAuth { tokens, ..ServerAuth::default() })),
+//! );
 //!
-//! let mut client = ChannelConfig::default();
-//! client.connection.credentials = Some(Credentials::token(b"0123456789abcdef0123".to_vec()));
+//! let client = ChannelConfig::default().connection(
+//!     ConnectionConfig::default()
+//!         .credentials(Credentials::token(b"0123456789abcdef0123".to_vec())),
+//! );
 //! # let _ = (server, client); Ok(()) }
 //! ```
 

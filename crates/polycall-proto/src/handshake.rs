@@ -3,17 +3,12 @@
 //! ```
 //! use polycall_proto::{negotiate, Settings};
 //!
-//! let mut client = Settings::default();
-//! client.min_version = 1;
-//! client.max_version = 3;
-//! let mut server = Settings::default();
-//! server.min_version = 2;
-//! server.max_version = 2;
+//! let client = Settings::default().min_version(1).max_version(3);
+//! let server = Settings::default().min_version(2).max_version(2);
 //! let welcome = negotiate(&server, &client.hello()).unwrap();
 //! assert_eq!(welcome.version, 2);
 //!
-//! server.min_version = 4;
-//! server.max_version = 5;
+//! let server = server.min_version(4).max_version(5);
 //! let refused = negotiate(&server, &client.hello()).unwrap_err();
 //! assert_eq!(refused.supported_versions, Some((4, 5)));
 //! assert!(refused.message.contains("1..=3") && refused.message.contains("4..=5"));

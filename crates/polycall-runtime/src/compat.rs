@@ -45,6 +45,7 @@ use crate::State;
 /// assert!(c.pcr1 && c.legacy_v1 && !c.fixtures && !c.when_secured);
 /// ```
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct CompatConfig {
     /// Serve libpolycall PCR1 clients (default on).
     pub pcr1: bool,
@@ -87,6 +88,49 @@ impl CompatConfig {
     /// Whether any legacy dialect is served.
     pub(crate) fn any(&self) -> bool {
         self.pcr1 || self.legacy_v1
+    }
+
+    /// Sets whether libpolycall PCR1 clients are served.
+    pub fn pcr1(mut self, pcr1: bool) -> Self {
+        self.pcr1 = pcr1;
+        self
+    }
+
+    /// Sets whether libpolycall first-generation clients are served.
+    pub fn legacy_v1(mut self, legacy_v1: bool) -> Self {
+        self.legacy_v1 = legacy_v1;
+        self
+    }
+
+    /// Sets whether libpolycall's conformance fixture `inventory.get` is served.
+    pub fn fixtures(mut self, fixtures: bool) -> Self {
+        self.fixtures = fixtures;
+        self
+    }
+
+    /// Sets whether the legacy dialects are served also when the runtime requires
+    /// authentication or listens beyond loopback.
+    pub fn when_secured(mut self, when_secured: bool) -> Self {
+        self.when_secured = when_secured;
+        self
+    }
+
+    /// Sets the largest message either dialect carries, in bytes (at most 1 MiB).
+    pub fn max_message(mut self, max_message: u32) -> Self {
+        self.max_message = max_message;
+        self
+    }
+
+    /// Sets the time allowed for each message to arrive, and for each answer to be written.
+    pub fn read_timeout(mut self, read_timeout: Duration) -> Self {
+        self.read_timeout = read_timeout;
+        self
+    }
+
+    /// Sets the deadline of calls that state none.
+    pub fn default_deadline(mut self, default_deadline: Duration) -> Self {
+        self.default_deadline = default_deadline;
+        self
     }
 }
 

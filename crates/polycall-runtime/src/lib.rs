@@ -11,8 +11,7 @@
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use polycall_runtime::{Runtime, RuntimeConfig};
-//! let mut config = RuntimeConfig::default();
-//! config.endpoint = "127.0.0.1:0".parse()?;
+//! let config = RuntimeConfig::default().endpoint("127.0.0.1:0".parse()?);
 //! let runtime = Runtime::start(config).await?;
 //! println!("listening on {}", runtime.local_endpoint());
 //! runtime.shutdown().await;
@@ -52,6 +51,7 @@ pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:7464";
 /// What a runtime needs to start. Every field has a working default: a runtime runs
 /// with no configuration file at all.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RuntimeConfig {
     /// Where to listen (port 0: any free port).
     pub endpoint: Endpoint,
@@ -80,6 +80,7 @@ pub struct RuntimeConfig {
 /// limit per client, concurrency limit (shedding low priorities first), fault injection.
 /// Each is off when `None`.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct QosConfig {
     /// Which principals may call which methods (`permission_denied` otherwise). Checked
     /// first, so denied calls use no rate-limit tokens or concurrency slots.
@@ -91,6 +92,33 @@ pub struct QosConfig {
     pub concurrency: Option<polycall_net::limit::ConcurrencyLimitConfig>,
     /// Injected delays and failures, for chaos drills.
     pub faults: Option<polycall_net::fault::FaultConfig>,
+}
+
+impl QosConfig {
+    /// Sets which principals may call which methods (`permission_denied` otherwise).
+    pub fn policy(mut self, policy: impl Into<Arc<polycall_security::authz::Policy>>) -> Self {
+        self.policy = Some(policy.into());
+        self
+    }
+
+    /// Sets the calls per second per client; over the rate, `busy` with a retry-after hint.
+    pub fn rate_limit(mut self, rate_limit: polycall_net::rate_limit::RateLimitConfig) -> Self {
+        self.rate_limit = Some(rate_limit);
+        self
+    }
+
+    /// Sets the calls served at once by the whole runtime; over it, `busy` (lower classes
+    /// first).
+    pub fn concurrency(mut self, concurrency: polycall_net::limit::ConcurrencyLimitConfig) -> Self {
+        self.concurrency = Some(concurrency);
+        self
+    }
+
+    /// Sets the injected delays and failures, for chaos drills.
+    pub fn faults(mut self, faults: polycall_net::fault::FaultConfig) -> Self {
+        self.faults = Some(faults);
+        self
+    }
 }
 
 impl Default for RuntimeConfig {
@@ -114,6 +142,63 @@ impl Default for RuntimeConfig {
             state: StateSettings::default(),
             debug_methods: false,
         }
+    }
+}
+
+impl RuntimeConfig {
+    /// Sets where to listen (port 0: any free port).
+    pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoint = endpoint;
+        self
+    }
+
+    /// Sets where the runtime keeps its files (`runtime.json`, `runtime.token`).
+    pub fn state_dir(mut self, state_dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = state_dir.into();
+        self
+    }
+
+    /// Sets the listener and connection limits.
+    pub fn server(mut self, server: ServerConfig) -> Self {
+        self.server = server;
+        self
+    }
+
+    /// Sets the rate limits, concurrency limits and fault injection applied to every call.
+    pub fn qos(mut self, qos: QosConfig) -> Self {
+        self.qos = qos;
+        self
+    }
+
+    /// Sets how libpolycall clients (PCR1, first generation) are served on the same
+    /// listener.
+    pub fn compat(mut self, compat: CompatConfig) -> Self {
+        self.compat = compat;
+        self
+    }
+
+    /// Sets the TLS 1.3 settings to serve with (plain TCP when not set).
+    pub fn tls(mut self, tls: polycall_security::ServerTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets whether to listen on a non-loopback address without TLS and authentication.
+    pub fn insecure_remote(mut self, insecure_remote: bool) -> Self {
+        self.insecure_remote = insecure_remote;
+        self
+    }
+
+    /// Sets where the state machines' definitions and their database are.
+    pub fn state(mut self, state: StateSettings) -> Self {
+        self.state = state;
+        self
+    }
+
+    /// Sets whether `debug.echo` and `debug.sleep` are served.
+    pub fn debug_methods(mut self, debug_methods: bool) -> Self {
+        self.debug_methods = debug_methods;
+        self
     }
 }
 

@@ -52,6 +52,7 @@ fn entries(router: &Router) -> Vec<MethodEntry> {
 /// How a provider connects: the transport (TLS, …) and the connection settings
 /// (credentials, limits).
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct ProviderConfig {
     /// The transport.
     pub transport: Arc<dyn Transport>,
@@ -65,6 +66,20 @@ impl Default for ProviderConfig {
             transport: Arc::new(Plain),
             connection: ConnectionConfig::default(),
         }
+    }
+}
+
+impl ProviderConfig {
+    /// Sets the transport.
+    pub fn transport(mut self, transport: Arc<dyn Transport>) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    /// Sets the connection settings (their `credentials` authenticate the provider).
+    pub fn connection(mut self, connection: ConnectionConfig) -> Self {
+        self.connection = connection;
+        self
     }
 }
 

@@ -19,6 +19,7 @@ use crate::State;
 
 /// Where and how the runtime keeps state machines.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct StateSettings {
     /// A directory of machine definitions (`*.toml`, docs/state.md). No machines: no
     /// state methods and no database.
@@ -48,6 +49,50 @@ impl Default for StateSettings {
             backup_keep: 7,
             backup_dir: None,
         }
+    }
+}
+
+impl StateSettings {
+    /// Sets the directory of machine definitions (`*.toml`, docs/state.md).
+    pub fn machine_dir(mut self, machine_dir: impl Into<PathBuf>) -> Self {
+        self.machine_dir = Some(machine_dir.into());
+        self
+    }
+
+    /// Sets the database file (default: `<state dir>/state.redb`).
+    pub fn database(mut self, database: impl Into<PathBuf>) -> Self {
+        self.database = Some(database.into());
+        self
+    }
+
+    /// Sets the longest a `batched` machine's acknowledged event waits for its fsync.
+    pub fn batch_window(mut self, batch_window: Duration) -> Self {
+        self.batch_window = batch_window;
+        self
+    }
+
+    /// Sets the snapshots kept per instance (the point-in-time recovery window).
+    pub fn keep_snapshots(mut self, keep_snapshots: usize) -> Self {
+        self.keep_snapshots = keep_snapshots;
+        self
+    }
+
+    /// Sets how often a backup is taken (never when not set).
+    pub fn backup_every(mut self, backup_every: Duration) -> Self {
+        self.backup_every = Some(backup_every);
+        self
+    }
+
+    /// Sets how many backups are kept; older ones are deleted.
+    pub fn backup_keep(mut self, backup_keep: usize) -> Self {
+        self.backup_keep = backup_keep;
+        self
+    }
+
+    /// Sets where scheduled backups go (default: `<state dir>/backups`).
+    pub fn backup_dir(mut self, backup_dir: impl Into<PathBuf>) -> Self {
+        self.backup_dir = Some(backup_dir.into());
+        self
     }
 }
 

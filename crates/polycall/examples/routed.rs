@@ -15,11 +15,9 @@ async fn shout(call: Call) -> Result<Reply, Status> {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::env::temp_dir().join(format!("polycall-routed-{}", std::process::id()));
-    let config = RuntimeConfig {
-        endpoint: "127.0.0.1:0".parse()?,
-        state_dir: dir.clone(),
-        ..RuntimeConfig::default()
-    };
+    let config = RuntimeConfig::default()
+        .endpoint("127.0.0.1:0".parse()?)
+        .state_dir(dir.clone());
     let runtime = Runtime::start(config).await?;
 
     let router = Router::new().route(
