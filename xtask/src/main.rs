@@ -4,6 +4,7 @@
 //! cargo xtask ci                      everything CI checks: fmt, clippy, tests, doctests, ring guard,
 //!                                     the facade's feature matrix
 //! cargo xtask features                the feature matrix alone
+//! cargo xtask api                     API rules alone (no public fn returns Result<_, String>)
 //! cargo xtask bench proto [--quick]   framing and compression benchmarks → target/bench/
 //! cargo xtask bench memory            runtime RSS idle and with 1,000 idle connections
 //! cargo xtask bench tls [--quick]      handshake cost and call throughput, TLS against plain TCP
@@ -30,6 +31,7 @@ use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 
+mod api_guard;
 mod bench_bindings;
 mod bench_micro;
 mod bench_procs;
@@ -45,6 +47,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("features") => features::feature_matrix(),
+        Some("api") => api_guard::no_string_errors(),
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
@@ -176,6 +179,7 @@ fn ci() -> Result<()> {
         cargo().args(["test", "--doc", "--workspace"]),
     )?;
     ring_guard()?;
+    api_guard::no_string_errors()?;
     features::feature_matrix()?;
     eprintln!("\nxtask ci: all checks passed");
     Ok(())

@@ -40,5 +40,5 @@ pub use generate::{
 };
 pub use schema::{
     Diagnostic, Field, FieldType, Message, Method, MethodType, Schema, SchemaError, Service,
-    parse as parse_schema,
+    TypeError, parse as parse_schema,
 };

@@ -107,7 +107,7 @@ pub enum FieldType {
 impl FieldType {
     /// Parses a schema type spelling (`int`, `list<optional<Item>>`); message names are
     /// not checked here.
-    pub fn parse(text: &str) -> Result<FieldType, String> {
+    pub fn parse(text: &str) -> Result<FieldType, TypeError> {
         let t = text.trim();
         let inner = |prefix: &str| -> Option<&str> {
             t.strip_prefix(prefix)
@@ -130,9 +130,9 @@ impl FieldType {
             "any" => FieldType::Any,
             _ if is_message_name(t) => FieldType::Message(t.to_owned()),
             _ => {
-                return Err(format!(
-                    "`{t}` is not a type: use string, int, float, bool, bytes, any, list<T>, optional<T> or a message name"
-                ));
+                return Err(TypeError {
+                    spelling: t.to_owned(),
+                });
             }
         })
     }
@@ -163,6 +163,16 @@ impl FieldType {
             _ => {}
         }
     }
+}
+
+/// A type spelling [`FieldType::parse`] does not know.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "`{spelling}` is not a type: use string, int, float, bool, bytes, any, list<T>, optional<T> or a message name"
+)]
+pub struct TypeError {
+    /// The spelling (the innermost part that failed).
+    pub spelling: String,
 }
 
 fn is_message_name(s: &str) -> bool {
@@ -352,7 +362,7 @@ pub fn parse(text: &str, file: &str) -> Result<Schema, SchemaError> {
                     },
                     f.ty.span(),
                 )),
-                Err(why) => d.at(f.ty.span(), why),
+                Err(why) => d.at(f.ty.span(), why.to_string()),
             }
         }
         messages.push((

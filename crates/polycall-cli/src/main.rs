@@ -129,8 +129,9 @@ fn level_hook<S: 'static>(
     handle: tracing_subscriber::reload::Handle<tracing_subscriber::EnvFilter, S>,
 ) -> polycall::runtime::reload::LogLevelHook {
     std::sync::Arc::new(move |level: &str| {
-        let filter = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
-        handle.modify(|f| *f = filter).map_err(|e| e.to_string())
+        let filter = tracing_subscriber::EnvFilter::try_new(level)?;
+        handle.modify(|f| *f = filter)?;
+        Ok(())
     })
 }
 

@@ -208,7 +208,7 @@ pub async fn state(cmd: StateCommand, format: FormatArg, timeout: Duration, out:
         } => {
             let result = async {
                 let mut input = match (&at, index) {
-                    (Some(t), _) => json!({"at": polycall::state::time::parse(t).map_err(Status::invalid_input)?}),
+                    (Some(t), _) => json!({"at": polycall::state::time::parse(t).map_err(|e| Status::invalid_input(e.to_string()))?}),
                     (None, Some(i)) => json!({"index": i}),
                     (None, None) => return Err(Status::invalid_input("give --at TIME or --index N")),
                 };

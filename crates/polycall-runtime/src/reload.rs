@@ -23,7 +23,25 @@ use crate::Runtime;
 use crate::config::{Config, LoadedConfig};
 
 /// Sets the log level (e.g. through a `tracing_subscriber::reload` handle).
-pub type LogLevelHook = Arc<dyn Fn(&str) -> Result<(), String> + Send + Sync>;
+pub type LogLevelHook =
+    Arc<dyn Fn(&str) -> Result<(), Box<dyn std::error::Error + Send + Sync>> + Send + Sync>;
+
+/// Why a configuration file cannot be watched.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WatchError {
+    /// The configuration came from defaults, the environment or `--set` only.
+    #[error("the configuration did not come from a file: nothing to watch")]
+    NoFile,
+    /// The operating system refused the watch.
+    #[error("cannot watch {}: {reason}", path.display())]
+    Watch {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the watcher said.
+        reason: String,
+    },
+}
 
 /// A running watch of the configuration file; dropping it stops the watch.
 pub struct ConfigWatcher {
@@ -74,11 +92,8 @@ pub fn watch(
     env: Vec<(String, String)>,
     sets: Vec<String>,
     log_level: Option<LogLevelHook>,
-) -> Result<ConfigWatcher, String> {
-    let path: PathBuf = running
-        .path
-        .clone()
-        .ok_or("the configuration did not come from a file: nothing to watch")?;
+) -> Result<ConfigWatcher, WatchError> {
+    let path: PathBuf = running.path.clone().ok_or(WatchError::NoFile)?;
     let dir = path
         .parent()
         .map(|p| {
@@ -99,10 +114,16 @@ pub fn watch(
             let _ = tx.send(());
         }
     })
-    .map_err(|e| format!("cannot watch {}: {e}", path.display()))?;
+    .map_err(|e| WatchError::Watch {
+        path: path.clone(),
+        reason: e.to_string(),
+    })?;
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| format!("cannot watch {}: {e}", dir.display()))?;
+        .map_err(|e| WatchError::Watch {
+            path: dir.clone(),
+            reason: e.to_string(),
+        })?;
     let source = path.display().to_string();
     runtime.set_config_status(json!({"source": source, "reloads": 0, "last_reload": null}));
     let task = tokio::spawn(async move {

@@ -129,7 +129,7 @@ fn point(v: &Json) -> Result<At, Status> {
     match (&v["at"], &v["index"]) {
         (Json::String(s), Json::Null) => polycall_state::time::parse(s)
             .map(At::Time)
-            .map_err(Status::invalid_input),
+            .map_err(|e| Status::invalid_input(e.to_string())),
         (Json::Number(n), Json::Null) => n
             .as_u64()
             .map(At::Time)

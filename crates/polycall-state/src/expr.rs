@@ -29,8 +29,9 @@ impl Expr {
     /// assert_eq!(e.eval(&json!({"amount": 5}), &json!({"limit": 10})).unwrap(), json!(true));
     /// assert!(Expr::compile("event.amount <=").is_err());
     /// ```
-    pub fn compile(source: &str) -> Result<Self, String> {
-        let program = cel::Program::compile(source).map_err(|e| one_line(&e.to_string()))?;
+    pub fn compile(source: &str) -> Result<Self, ExprError> {
+        let program = cel::Program::compile(source)
+            .map_err(|e| ExprError::Compile(one_line(&e.to_string())))?;
         Ok(Self {
             source: Arc::from(source),
             program: Arc::new(program),
@@ -43,24 +44,50 @@ impl Expr {
     }
 
     /// Evaluates over `event` and `context`; the value as JSON.
-    pub fn eval(&self, event: &Json, context: &Json) -> Result<Json, String> {
+    pub fn eval(&self, event: &Json, context: &Json) -> Result<Json, ExprError> {
         let mut ctx = cel::Context::default();
         ctx.add_variable_from_value("event", from_json(event));
         ctx.add_variable_from_value("context", from_json(context));
-        let v = self.program.execute(&ctx).map_err(|e| e.to_string())?;
+        let v = self
+            .program
+            .execute(&ctx)
+            .map_err(|e| ExprError::Eval(e.to_string()))?;
         to_json(&v)
     }
 
     /// Evaluates a guard: the value must be a boolean.
-    pub fn holds(&self, event: &Json, context: &Json) -> Result<bool, String> {
+    pub fn holds(&self, event: &Json, context: &Json) -> Result<bool, ExprError> {
         match self.eval(event, context)? {
             Json::Bool(b) => Ok(b),
-            other => Err(format!(
-                "guard `{}` gave {other}, not a boolean",
-                self.source
-            )),
+            value => Err(ExprError::NotBoolean {
+                guard: self.source.to_string(),
+                value,
+            }),
         }
     }
+}
+
+/// Why an expression did not compile or evaluate.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ExprError {
+    /// The source is not valid CEL (the parser's message, on one line).
+    #[error("{0}")]
+    Compile(String),
+    /// Evaluation failed (an unknown field, a type mismatch, …).
+    #[error("{0}")]
+    Eval(String),
+    /// The value has no JSON form (a NaN, a CEL type JSON lacks).
+    #[error("{0} has no JSON form")]
+    NoJsonForm(String),
+    /// A guard gave something other than a boolean.
+    #[error("guard `{guard}` gave {value}, not a boolean")]
+    NotBoolean {
+        /// The guard's source.
+        guard: String,
+        /// What it gave.
+        value: Json,
+    },
 }
 
 fn one_line(s: &str) -> String {
@@ -91,7 +118,7 @@ fn from_json(v: &Json) -> cel::Value {
     }
 }
 
-fn to_json(v: &cel::Value) -> Result<Json, String> {
+fn to_json(v: &cel::Value) -> Result<Json, ExprError> {
     use cel::Value as V;
     Ok(match v {
         V::Null => Json::Null,
@@ -100,7 +127,7 @@ fn to_json(v: &cel::Value) -> Result<Json, String> {
         V::UInt(u) => Json::from(*u),
         V::Float(f) => serde_json::Number::from_f64(*f)
             .map(Json::Number)
-            .ok_or_else(|| format!("{f} has no JSON form"))?,
+            .ok_or_else(|| ExprError::NoJsonForm(format!("{f}")))?,
         V::String(s) => Json::String(s.to_string()),
         V::List(items) => Json::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
         V::Map(m) => {
@@ -116,6 +143,10 @@ fn to_json(v: &cel::Value) -> Result<Json, String> {
             }
             Json::Object(out)
         }
-        other => return Err(format!("a CEL value of type {other:?} has no JSON form")),
+        other => {
+            return Err(ExprError::NoJsonForm(format!(
+                "a CEL value of type {other:?}"
+            )));
+        }
     })
 }

@@ -209,7 +209,7 @@ impl InstanceState {
                         break;
                     }
                     Ok(false) => rejected.push(g.source().to_string()),
-                    Err(e) => return Err(StateError::Guard(e)),
+                    Err(e) => return Err(StateError::Guard(e.to_string())),
                 },
             }
         }

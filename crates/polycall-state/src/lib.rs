@@ -40,13 +40,14 @@ pub mod load;
 mod machine;
 mod store;
 pub mod time;
+pub use time::TimeError;
 
 pub use definition::{
     Action, DEFAULT_SNAPSHOT_EVERY, Durability, Inherit, MachineBuilder, MachineDef, Position,
     StateDef, TransitionDef, TransitionKind,
 };
 pub use error::StateError;
-pub use expr::Expr;
+pub use expr::{Expr, ExprError};
 pub use host::{At, Change, InstanceView, StateHost};
 pub use instance::{Fired, InstanceState, Snapshot};
 pub use machine::{DefinitionError, DefinitionErrors, Machine};

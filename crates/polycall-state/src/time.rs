@@ -11,16 +11,14 @@
 /// assert_eq!(format(parse("2026-12-06T03:15:00.000042Z").unwrap()), "2026-12-06T03:15:00.000042Z");
 /// assert!(parse("yesterday").is_err());
 /// ```
-pub fn parse(s: &str) -> Result<u64, String> {
+pub fn parse(s: &str) -> Result<u64, TimeError> {
     let s = s.trim();
-    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
-        return s.parse().map_err(|e| format!("{s:?}: {e}"));
-    }
-    let bad = || {
-        format!(
-            "{s:?} is not a time: write RFC 3339 (2026-12-06T03:15:00Z) or microseconds since the Unix epoch"
-        )
+    let bad = || TimeError::NotATime {
+        input: s.to_owned(),
     };
+    if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+        return s.parse().map_err(|_| bad());
+    }
     let b = s.as_bytes();
     if b.len() < 19
         || b[4] != b'-'
@@ -71,9 +69,31 @@ pub fn parse(s: &str) -> Result<u64, String> {
     };
     let secs = days_from_civil(y, mo, d) * 86_400 + h * 3600 + mi * 60 + se - offset_s;
     if secs < 0 {
-        return Err(format!("{s:?} is before 1970"));
+        return Err(TimeError::BeforeEpoch {
+            input: s.to_owned(),
+        });
     }
     Ok(secs as u64 * 1_000_000 + micros as u64)
+}
+
+/// Why a text is not a point in time [`parse`] accepts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TimeError {
+    /// Neither RFC 3339 nor a whole number of microseconds that fits in 64 bits.
+    #[error(
+        "{input:?} is not a time: write RFC 3339 (2026-12-06T03:15:00Z) or microseconds since the Unix epoch"
+    )]
+    NotATime {
+        /// The text as given.
+        input: String,
+    },
+    /// A valid time before the Unix epoch, which the log cannot hold.
+    #[error("{input:?} is before 1970")]
+    BeforeEpoch {
+        /// The text as given.
+        input: String,
+    },
 }
 
 /// RFC 3339 in UTC with microseconds.

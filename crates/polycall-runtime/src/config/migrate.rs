@@ -744,7 +744,18 @@ fn render(sources: &[PathBuf], mapped: &[Mapped], unmapped: &[Unmapped]) -> Stri
 
 /// One step of the version chain: migrates a document of version `n` to `n + 1` in
 /// place, noting what it changed.
-pub type Step = fn(&mut toml::Table, &mut Vec<String>) -> Result<(), String>;
+pub type Step = fn(&mut toml::Table, &mut Vec<String>) -> Result<(), StepError>;
+
+/// Why a step of the version chain could not migrate a document.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct StepError(pub String);
+
+impl From<&str> for StepError {
+    fn from(why: &str) -> Self {
+        StepError(why.to_owned())
+    }
+}
 
 /// `STEPS[n]` migrates version `n` to `n + 1`.
 pub const STEPS: &[Step] = &[v0_to_v1];
@@ -846,7 +857,7 @@ pub fn migrate_toml(text: &str, path: &Path) -> Result<VersionMigration, Vec<Dia
 /// `[limits] max_frame_kib`, `[log] verbosity`; no `version` key. Version 1 renamed
 /// `[server]` to `[runtime]` (`listen` → `endpoint`, `state` → `state_dir`), counts time
 /// in milliseconds and sizes in bytes.
-fn v0_to_v1(t: &mut toml::Table, notes: &mut Vec<String>) -> Result<(), String> {
+fn v0_to_v1(t: &mut toml::Table, notes: &mut Vec<String>) -> Result<(), StepError> {
     if let Some(server) = t.remove("server") {
         let toml::Value::Table(server) = server else {
             return Err("`server` must be a table".into());

@@ -59,7 +59,11 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 impl AuthFile {
     /// Reads and checks the file: its TOML, token references and rules. Errors are
     /// `FILE:LINE:COL: what` when the position is known.
-    pub fn read(path: &Path) -> Result<Self, String> {
+    pub fn read(path: &Path) -> Result<Self, SecurityError> {
+        Self::read_checked(path).map_err(SecurityError)
+    }
+
+    fn read_checked(path: &Path) -> Result<Self, String> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
         let file: AuthFile = toml::from_str(&text).map_err(|e| match e.span() {
@@ -163,7 +167,7 @@ impl Security {
         };
         let mut policy = Policy::default();
         if let Some(f) = &c.auth.file {
-            let file = AuthFile::read(f).map_err(SecurityError)?;
+            let file = AuthFile::read(f)?;
             let mut tokens = Tokens::default();
             for (name, reference) in &file.tokens {
                 let r: SecretRef = reference

@@ -159,7 +159,7 @@ pub(crate) fn cross_check(
     {
         d.push_on(
             &["auth.file"],
-            Diagnostic::error(origin(values, "auth.file"), e),
+            Diagnostic::error(origin(values, "auth.file"), e.to_string()),
         );
     }
     // The legacy dialects on a secured runtime: an explicit choice.
