@@ -10,6 +10,7 @@ use crate::{cargo, run};
 const MATRIX: &[(&str, &[&str])] = &[
     ("proto", &[]),
     ("security", &[]),
+    ("layers", &[]),
     ("net", &["hello"]),
     ("zstd", &[]),
     ("brotli", &[]),

@@ -25,22 +25,16 @@
 //! # Ok(()) }
 //! ```
 
-// Resilience and quality-of-service layers: each a tower `Layer` + `Service` with its
-// config, in its own module.
 pub mod auth;
-pub mod authorize;
-pub mod balance;
-pub mod breaker;
-pub mod deadline;
-pub mod failover;
-pub mod fault;
-pub mod limit;
 pub mod offload;
 pub mod pool;
-pub mod rate_limit;
-pub mod retry;
-pub mod shape;
 pub mod tls;
+
+// The resilience and quality-of-service layers live in polycall-layers (they need no
+// sockets); re-exported here so a client stack names them beside `Channel`.
+pub use polycall_layers::{
+    authorize, balance, breaker, deadline, failover, fault, limit, rate_limit, retry, shape,
+};
 
 mod client;
 mod connection;

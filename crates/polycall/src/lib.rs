@@ -9,7 +9,8 @@
 //! | always | [`core`] and the root | `polycall-core`: names, calls, status, metadata, router |
 //! | `proto` | [`proto`] | `polycall-proto`: the wire protocol, sans-IO |
 //! | `security` | [`security`] | `polycall-security`: TLS 1.3, tokens, authorization, secret references |
-//! | `net` (default) | [`net`] | `polycall-net`: TCP / Unix / TLS transports, connections, `Channel`, `Server` (implies `proto`, `security`) |
+//! | `layers` | [`layers`] | `polycall-layers`: resilience and QoS tower layers, no sockets |
+//! | `net` (default) | [`net`] | `polycall-net`: TCP / Unix / TLS transports, connections, `Channel`, `Server` (implies `proto`, `security`, `layers`) |
 //! | `state` | [`state`] | `polycall-state`: durable state machines (redb, CEL), point-in-time recovery, backups |
 //! | `runtime` | [`runtime`] | `polycall-runtime`: the embeddable runtime and `Provider` (implies every feature) |
 //! | `full` | all of the above | |
@@ -45,6 +46,9 @@ pub use polycall_proto as proto;
 
 #[cfg(feature = "security")]
 pub use polycall_security as security;
+
+#[cfg(feature = "layers")]
+pub use polycall_layers as layers;
 
 #[cfg(feature = "net")]
 pub use polycall_net as net;

@@ -109,7 +109,7 @@ impl FaultStats {
 ///
 /// ```
 /// use polycall_core::{handler_fn, Call, Code, Payload, Reply, Status};
-/// use polycall_net::fault::{FaultConfig, FaultInjectionLayer};
+/// use polycall_layers::fault::{FaultConfig, FaultInjectionLayer};
 /// use tower::{Layer, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {

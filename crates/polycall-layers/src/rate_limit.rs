@@ -185,7 +185,7 @@ impl Shared {
 ///
 /// ```
 /// use polycall_core::{handler_fn, Call, Reply};
-/// use polycall_net::rate_limit::{RateKey, RateLimitConfig, RateLimitLayer};
+/// use polycall_layers::rate_limit::{RateKey, RateLimitConfig, RateLimitLayer};
 /// use tower::Layer;
 ///
 /// // 20 calls per second per principal, bursts of 5.

@@ -62,7 +62,7 @@ impl DeadlineConfig {
 /// ```
 /// use std::time::Duration;
 /// use polycall_core::{handler_fn, Call, Code, Payload, Reply, Status};
-/// use polycall_net::deadline::{DeadlineConfig, DeadlineLayer};
+/// use polycall_layers::deadline::{DeadlineConfig, DeadlineLayer};
 /// use tower::{Service, ServiceBuilder, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -136,7 +136,7 @@ impl RetryConfig {
     ///
     /// ```
     /// use std::time::Duration;
-    /// use polycall_net::retry::RetryConfig;
+    /// use polycall_layers::retry::RetryConfig;
     /// let c = RetryConfig::default()
     ///     .base_backoff(Duration::from_millis(10))
     ///     .max_backoff(Duration::from_millis(50));
@@ -204,7 +204,7 @@ struct BudgetState {
 ///
 /// ```
 /// use std::time::Duration;
-/// use polycall_net::retry::{BudgetConfig, RetryBudget};
+/// use polycall_layers::retry::{BudgetConfig, RetryBudget};
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {
 /// let budget = RetryBudget::new(
 ///     BudgetConfig::default()
@@ -314,7 +314,7 @@ impl RetryBudget {
 /// use std::sync::Arc;
 /// use std::sync::atomic::{AtomicU32, Ordering};
 /// use polycall_core::{handler_fn, Call, Metadata, Payload, Reply, Status};
-/// use polycall_net::retry::{RetryConfig, RetryLayer};
+/// use polycall_layers::retry::{RetryConfig, RetryLayer};
 /// use tower::{Layer, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {

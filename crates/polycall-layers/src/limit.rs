@@ -180,7 +180,7 @@ impl Drop for Queued<'_> {
 ///
 /// ```
 /// use polycall_core::{handler_fn, Call, Reply};
-/// use polycall_net::limit::{ConcurrencyLimitConfig, ConcurrencyLimitLayer};
+/// use polycall_layers::limit::{ConcurrencyLimitConfig, ConcurrencyLimitLayer};
 /// use tower::Layer;
 ///
 /// // 100 calls at once; Low calls may fill half of them, Normal 80 %.
@@ -528,7 +528,7 @@ impl Drop for AdaptivePermit {
 /// ```
 /// use std::time::Duration;
 /// use polycall_core::{handler_fn, Call, Reply};
-/// use polycall_net::limit::{AdaptiveLimitConfig, AdaptiveLimitLayer};
+/// use polycall_layers::limit::{AdaptiveLimitConfig, AdaptiveLimitLayer};
 /// use tower::Layer;
 ///
 /// let layer = AdaptiveLimitLayer::new(

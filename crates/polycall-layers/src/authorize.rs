@@ -11,7 +11,7 @@
 //! # async fn demo() {
 //! use std::sync::Arc;
 //! use polycall_core::{handler_fn, Call, Code, Payload, Principal, Reply};
-//! use polycall_net::authorize::AuthorizeLayer;
+//! use polycall_layers::authorize::AuthorizeLayer;
 //! use polycall_security::authz::{Policy, PolicyConfig, RuleConfig};
 //! use tower::{Layer, ServiceExt};
 //!

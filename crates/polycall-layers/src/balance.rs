@@ -1,6 +1,6 @@
 //! Load balancing over a set of endpoints.
 //!
-//! [`Balance`] spreads calls over endpoint services (typically one [`Channel`] per
+//! [`Balance`] spreads calls over endpoint services (typically one `polycall_net::Channel` per
 //! endpoint) with one of three [`Strategy`]s:
 //!
 //! - **Power of two choices over peak EWMA** (the default, as in Finagle, linkerd and
@@ -22,7 +22,6 @@
 //! The set changes at run time with [`Balance::push`] and [`Balance::remove`]; clones
 //! of a `Balance` share it.
 //!
-//! [`Channel`]: crate::Channel
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -246,7 +245,7 @@ impl<S> State<S> {
 /// # async fn demo() -> Result<(), polycall_core::Status> {
 /// use polycall_core::{Call, Payload};
 /// use polycall_net::Channel;
-/// use polycall_net::balance::{BalanceConfig, BalanceLayer, Strategy};
+/// use polycall_layers::balance::{BalanceConfig, BalanceLayer, Strategy};
 /// use tower::{Layer, ServiceExt};
 ///
 /// let mut endpoints = Vec::new();
@@ -749,7 +748,8 @@ mod tests {
 
     #[tokio::test]
     async fn no_endpoints_is_unavailable_and_not_executed() {
-        let b: Balance<crate::Channel> = Balance::new(BalanceConfig::default());
+        let b: Balance<tower::util::BoxCloneService<Call, polycall_core::Reply, Status>> =
+            Balance::new(BalanceConfig::default());
         let err = b.clone().oneshot(call()).await.unwrap_err();
         assert_eq!(err.code, polycall_core::Code::Unavailable);
         assert!(err.not_executed);

@@ -2,7 +2,7 @@
 //! one and returns to the primary when it heals.
 //!
 //! [`Failover`] holds an ordered list of services (usually one
-//! [`Channel`](crate::Channel) per endpoint, primary first) and sends each call to the
+//! `polycall_net::Channel` per endpoint, primary first) and sends each call to the
 //! first endpoint it believes healthy.
 //!
 //! - **Marking down.** A failure that says something about the endpoint — `unavailable`,
@@ -266,7 +266,7 @@ where
 /// use std::time::Duration;
 /// use polycall_core::{Call, Payload};
 /// use polycall_net::Channel;
-/// use polycall_net::failover::{Failover, FailoverConfig};
+/// use polycall_layers::failover::{Failover, FailoverConfig};
 /// use tower::ServiceExt;
 ///
 /// let primary = Channel::connect("10.0.0.1:7000".parse().unwrap()).await?;
@@ -432,7 +432,7 @@ where
 /// ```no_run
 /// # async fn demo() -> Result<(), polycall_core::Status> {
 /// use polycall_net::Channel;
-/// use polycall_net::failover::{FailoverConfig, FailoverLayer};
+/// use polycall_layers::failover::{FailoverConfig, FailoverLayer};
 /// let backup = Channel::connect("10.0.0.2:7000".parse().unwrap()).await?;
 /// let primary = Channel::connect("10.0.0.1:7000".parse().unwrap()).await?;
 /// let svc = tower::ServiceBuilder::new()

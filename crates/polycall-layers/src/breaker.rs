@@ -443,7 +443,7 @@ impl BreakerHandle {
 /// ```
 /// use std::time::Duration;
 /// use polycall_core::{handler_fn, Call, Code, Payload, Reply, Status};
-/// use polycall_net::breaker::{BreakerConfig, BreakerState, CircuitBreakerLayer};
+/// use polycall_layers::breaker::{BreakerConfig, BreakerState, CircuitBreakerLayer};
 /// use tower::{Layer, ServiceExt};
 ///
 /// # #[tokio::main(flavor = "current_thread")] async fn main() {

@@ -168,7 +168,7 @@ impl Buckets {
 ///
 /// ```
 /// use polycall_core::{handler_fn, Call, Priority, Reply};
-/// use polycall_net::shape::{Rate, ShapeConfig, ShapeLayer};
+/// use polycall_layers::shape::{Rate, ShapeConfig, ShapeLayer};
 /// use tower::Layer;
 ///
 /// // Background work gets 1 MB/s, everything together 10 MB/s.
