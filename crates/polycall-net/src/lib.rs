@@ -25,7 +25,8 @@
 //! # Ok(()) }
 //! ```
 
-pub mod auth;
+/// Authentication in the handshake: the sans-IO exchanges of polycall-security.
+pub use polycall_security::exchange as auth;
 pub mod offload;
 pub mod pool;
 pub mod tls;

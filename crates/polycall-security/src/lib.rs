@@ -37,6 +37,7 @@ pub mod authz;
 #[cfg(feature = "ca")]
 mod ca;
 mod error;
+pub mod exchange;
 pub mod hsm;
 mod identity;
 #[cfg(feature = "opaque")]

@@ -14,41 +14,41 @@
 //! TLS client certificate makes the session authenticated even when the method
 //! negotiated is `none`.
 //!
-//! An OPAQUE step costs milliseconds of CPU (Argon2 on the client, group operations on
-//! the server): the connection runs it on the [`crate::offload`] runtime, never on its
-//! own task. The same sources also check credentials that arrive outside the handshake
-//! (libpolycall's dialects): [`Authenticator::verify_token`] and
+//! Everything here is sans-IO: an exchange takes the peer's bytes and returns the next
+//! message or a verdict; the connection that carries the `AUTH` frames (polycall-net)
+//! decides where each step runs. An OPAQUE step costs milliseconds of CPU (Argon2 on the
+//! client, group operations on the server), so polycall-net runs it on its offload
+//! runtime, never on a connection's task. The same sources also check credentials that
+//! arrive outside the handshake (libpolycall's dialects): [`Authenticator::verify_token`] and
 //! [`Authenticator::verify_password`].
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
-//! use std::sync::Arc;
-//! use polycall_net::auth::{Credentials, ServerAuth};
-//! use polycall_net::{Channel, ChannelConfig, ConnectionConfig, ServerConfig};
+//! A token login, both sides in memory:
+//!
+//! ```
+//! use polycall_security::exchange::{Authenticator, Credentials, ServerAuth, Step};
 //! use polycall_security::token::Tokens;
 //!
 //! let mut tokens = Tokens::default();
 //! tokens.insert("ci", b"0123456789abcdef0123")?;
-//! let server = ServerConfig::default().connection(
-//!     ConnectionConfig::default()
-//!         .authenticator(Arc::new(ServerAuth { tokens, ..ServerAuth::default() })),
-//! );
+//! let server = ServerAuth { tokens, ..ServerAuth::default() };
 //!
-//! let client = ChannelConfig::default().connection(
-//!     ConnectionConfig::default()
-//!         .credentials(Credentials::token(b"0123456789abcdef0123".to_vec())),
-//! );
-//! # let _ = (server, client); Ok(()) }
+//! let credentials = Credentials::token(b"0123456789abcdef0123".to_vec());
+//! let first = credentials.start().step(0, b"")?;
+//! match server.start(credentials.method(), None).step(&first) {
+//!     Step::Accept(principal) => assert_eq!(principal.to_string(), "token:ci"),
+//!     other => panic!("refused: {other:?}"),
+//! }
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 use std::sync::Arc;
 
+#[cfg(feature = "opaque")]
+use crate::opaque::{ClientLogin, OpaqueError, ServerLogin, ServerSetup, UserStore};
+use crate::token::Tokens;
 use bytes::Bytes;
 use polycall_core::{Principal, Status};
-use polycall_proto::AuthMethod;
-#[cfg(feature = "opaque")]
-use polycall_security::opaque::{ClientLogin, OpaqueError, ServerLogin, ServerSetup, UserStore};
-use polycall_security::token::Tokens;
+pub use polycall_proto::AuthMethod;
 
 /// The outcome of one step of a server's exchange.
 #[derive(Debug)]
@@ -330,7 +330,8 @@ impl Credentials {
         }
     }
 
-    pub(crate) fn start(&self) -> ClientExchange {
+    /// The client's side of the exchange these credentials perform.
+    pub fn start(&self) -> ClientExchange {
         ClientExchange {
             credentials: self.clone(),
             #[cfg(feature = "opaque")]
@@ -340,7 +341,7 @@ impl Credentials {
 }
 
 /// One connection's authentication on the client side.
-pub(crate) struct ClientExchange {
+pub struct ClientExchange {
     credentials: Credentials,
     #[cfg(feature = "opaque")]
     login: Option<ClientLogin>,
@@ -348,7 +349,7 @@ pub(crate) struct ClientExchange {
 
 impl ClientExchange {
     /// The client's message answering the server's `step` (0: the first message).
-    pub(crate) fn step(&mut self, step: u8, data: &[u8]) -> Result<Bytes, Status> {
+    pub fn step(&mut self, step: u8, data: &[u8]) -> Result<Bytes, Status> {
         #[cfg(not(feature = "opaque"))]
         let _ = data;
         match (&self.credentials, step) {
