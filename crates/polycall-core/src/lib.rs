@@ -29,6 +29,7 @@
 
 mod call;
 mod classes;
+mod endpoint;
 mod handler;
 mod id_map;
 mod metadata;
@@ -40,6 +41,7 @@ mod status;
 
 pub use call::{Call, CallId, Reply};
 pub use classes::ClassQueues;
+pub use endpoint::{Endpoint, EndpointError};
 pub use handler::{BoxFuture, BoxHandler, Handler, HandlerFn, handler_fn};
 pub use id_map::{IdHashState, IdHasher, IdMap};
 pub use metadata::{Deadline, Metadata, Priority, TraceContext, TraceContextError};

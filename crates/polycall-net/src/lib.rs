@@ -39,7 +39,6 @@ pub use polycall_layers::{
 
 mod client;
 mod connection;
-mod endpoint;
 mod handler;
 mod prefixed;
 mod server;
@@ -47,7 +46,7 @@ mod transport;
 
 pub use client::{Channel, ChannelConfig};
 pub use connection::{ConnectionConfig, ConnectionHandle, PendingConnection, establish};
-pub use endpoint::{Endpoint, EndpointError};
+pub use polycall_core::{Endpoint, EndpointError};
 pub use handler::{ConnectionHandler, NoHandler, RouterHandler, ServiceHandler, SharedHandler};
 pub use prefixed::Prefixed;
 pub use server::{LegacyConnection, LegacyServe, MakeHandler, Server, ServerConfig};

@@ -7,7 +7,7 @@ use std::str::FromStr;
 /// A transport address.
 ///
 /// ```
-/// use polycall_net::Endpoint;
+/// use polycall_core::Endpoint;
 /// let tcp: Endpoint = "127.0.0.1:7000".parse()?;
 /// assert_eq!(tcp.to_string(), "127.0.0.1:7000");
 /// let tcp: Endpoint = "tcp://localhost:0".parse()?;
@@ -15,7 +15,7 @@ use std::str::FromStr;
 /// let unix: Endpoint = "unix:/run/polycall.sock".parse()?;
 /// assert_eq!(unix.to_string(), "unix:/run/polycall.sock");
 /// assert!("localhost".parse::<Endpoint>().is_err());
-/// # Ok::<(), polycall_net::EndpointError>(())
+/// # Ok::<(), polycall_core::EndpointError>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Endpoint {
@@ -69,7 +69,7 @@ impl Endpoint {
     /// other host is reachable from the network.
     ///
     /// ```
-    /// use polycall_net::Endpoint;
+    /// use polycall_core::Endpoint;
     /// let e = |s: &str| s.parse::<Endpoint>().unwrap();
     /// assert!(e("127.0.0.1:0").is_loopback() && e("[::1]:7464").is_loopback());
     /// assert!(e("localhost:7464").is_loopback() && e("unix:/tmp/p.sock").is_loopback());
