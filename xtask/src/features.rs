@@ -18,6 +18,7 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("hsm", &[]),
     ("ca", &[]),
     ("state", &[]),
+    ("config", &[]),
     ("runtime", &["routed"]),
 ];
 

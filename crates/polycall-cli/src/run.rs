@@ -6,7 +6,7 @@ use std::time::Duration;
 use polycall::Status;
 use polycall::net::limit::ConcurrencyLimitConfig;
 use polycall::net::rate_limit::RateLimitConfig;
-use polycall::runtime::config::LoadedConfig;
+use polycall::runtime::config::{LoadedConfig, RuntimeConfigExt};
 use polycall::runtime::{Runtime, RuntimeConfig};
 use serde_json::json;
 

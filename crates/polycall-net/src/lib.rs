@@ -46,8 +46,8 @@ mod transport;
 
 pub use client::{Channel, ChannelConfig};
 pub use connection::{ConnectionConfig, ConnectionHandle, PendingConnection, establish};
-pub use polycall_core::{Endpoint, EndpointError};
 pub use handler::{ConnectionHandler, NoHandler, RouterHandler, ServiceHandler, SharedHandler};
+pub use polycall_core::{Endpoint, EndpointError};
 pub use prefixed::Prefixed;
 pub use server::{LegacyConnection, LegacyServe, MakeHandler, Server, ServerConfig};
 pub use transport::{BoxFuture, BoxIo, Io, Listener, Peer, Plain, Transport, TunedTcp};

@@ -20,7 +20,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::Runtime;
-use crate::config::{Config, LoadedConfig};
+use crate::config::{Config, LoadedConfig, RuntimeConfigExt};
 
 /// Sets the log level (e.g. through a `tracing_subscriber::reload` handle).
 pub type LogLevelHook =

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use polycall_runtime::config::migrate::{self, Role};
-use polycall_runtime::config::{Config, Origin, Severity, Value};
+use polycall_runtime::config::{Config, Origin, RuntimeConfigExt, Severity, Value};
 
 fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")

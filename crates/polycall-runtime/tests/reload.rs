@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use polycall_core::{Call, Code, Payload};
 use polycall_net::Channel;
 use polycall_runtime::Runtime;
-use polycall_runtime::config::Config;
+use polycall_runtime::config::{Config, RuntimeConfigExt};
 
 fn config_text(dir: &std::path::Path, rate: &str) -> String {
     format!(

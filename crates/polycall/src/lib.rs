@@ -12,6 +12,7 @@
 //! | `layers` | [`layers`] | `polycall-layers`: resilience and QoS tower layers, no sockets |
 //! | `net` (default) | [`net`] | `polycall-net`: TCP / Unix / TLS transports, connections, `Channel`, `Server` (implies `proto`, `security`, `layers`) |
 //! | `state` | [`state`] | `polycall-state`: durable state machines (redb, CEL), point-in-time recovery, backups |
+//! | `config` | [`config`] | `polycall-config`: `polycall.toml` schema, layered loading, validation, migration |
 //! | `runtime` | [`runtime`] | `polycall-runtime`: the embeddable runtime and `Provider` (implies every feature) |
 //! | `full` | all of the above | |
 //!
@@ -55,6 +56,9 @@ pub use polycall_net as net;
 
 #[cfg(feature = "state")]
 pub use polycall_state as state;
+
+#[cfg(feature = "config")]
+pub use polycall_config as config;
 
 #[cfg(feature = "runtime")]
 pub use polycall_runtime as runtime;

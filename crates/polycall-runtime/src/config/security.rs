@@ -3,105 +3,19 @@
 //! policy. Secrets are read here, at start (and on reload), from their references;
 //! no error message quotes one.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use polycall_net::auth::{OpaqueUsers, ServerAuth};
-use polycall_security::authz::{Policy, PolicyConfig, RuleConfig};
+use polycall_security::authz::Policy;
 use polycall_security::hsm::HsmKey;
 use polycall_security::opaque::{ServerSetup, UserStore};
 use polycall_security::token::Tokens;
 use polycall_security::{SecretRef, ServerTls};
-use serde::Deserialize;
 
-use super::{ClientAuth, Config};
-
-/// The file `auth.file` names: bearer tokens by name, roles and authorization rules.
-///
-/// ```toml
-/// [tokens]
-/// ci = "env:POLYCALL_CI_TOKEN"      # or "file:/run/secrets/ci-token"
-///
-/// [roles]
-/// ops = ["user:alice", "spiffe://example.org/ops/*"]
-///
-/// [[rules]]
-/// service = "sys"
-/// method = "ping"
-/// allow = ["any"]
-///
-/// [[rules]]
-/// service = "inventory"
-/// allow = ["authenticated"]
-/// ```
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AuthFile {
-    /// Token name → secret reference (`env:NAME` or `file:PATH`, never the token).
-    #[serde(default)]
-    pub tokens: BTreeMap<String, String>,
-    /// Role name → principal patterns.
-    #[serde(default)]
-    pub roles: BTreeMap<String, Vec<String>>,
-    /// Authorization rules; once any exists, what no rule allows is denied.
-    #[serde(default)]
-    pub rules: Vec<RuleConfig>,
-}
-
-fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, col)
-}
-
-impl AuthFile {
-    /// Reads and checks the file: its TOML, token references and rules. Errors are
-    /// `FILE:LINE:COL: what` when the position is known.
-    pub fn read(path: &Path) -> Result<Self, SecurityError> {
-        Self::read_checked(path).map_err(SecurityError)
-    }
-
-    fn read_checked(path: &Path) -> Result<Self, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-        let file: AuthFile = toml::from_str(&text).map_err(|e| match e.span() {
-            Some(span) => {
-                let (l, c) = line_col(&text, span.start);
-                format!("{}:{l}:{c}: {}", path.display(), e.message())
-            }
-            None => format!("{}: {}", path.display(), e.message()),
-        })?;
-        for (name, reference) in &file.tokens {
-            if !polycall_security::token::valid_name(name) {
-                return Err(format!(
-                    "{}: token name {name:?}: use letters, digits, '-', '_' or '.'",
-                    path.display()
-                ));
-            }
-            let r: SecretRef = reference
-                .parse()
-                .map_err(|e| format!("{}: token {name}: {e}", path.display()))?;
-            if !reference.starts_with("env:") && !reference.starts_with("file:") {
-                return Err(format!(
-                    "{}: token {name}: write a reference (`env:NAME` or `file:PATH`), never the token itself",
-                    path.display()
-                ));
-            }
-            let _ = r;
-        }
-        Policy::new(&file.policy_config()).map_err(|e| format!("{}: {e}", path.display()))?;
-        Ok(file)
-    }
-
-    /// The roles and rules.
-    pub fn policy_config(&self) -> PolicyConfig {
-        PolicyConfig::default()
-            .roles(self.roles.clone())
-            .rules(self.rules.clone())
-    }
-}
+use polycall_config::auth_file::AuthFile;
+pub use polycall_config::auth_file::{AuthFileError, opaque_setup_path};
+use polycall_config::{ClientAuth, Config};
 
 /// Why the security configuration cannot be put in force.
 #[derive(Debug, thiserror::Error)]
@@ -117,14 +31,6 @@ pub struct Security {
     pub auth: ServerAuth,
     /// Who may call what.
     pub policy: Policy,
-}
-
-/// Where the OPAQUE server secret lives: beside the users file.
-pub fn opaque_setup_path(users_file: &Path) -> PathBuf {
-    users_file
-        .parent()
-        .unwrap_or(Path::new("."))
-        .join("opaque-setup")
 }
 
 fn file_ref(p: &Path) -> SecretRef {
@@ -167,7 +73,7 @@ impl Security {
         };
         let mut policy = Policy::default();
         if let Some(f) = &c.auth.file {
-            let file = AuthFile::read(f)?;
+            let file = AuthFile::read(f).map_err(|e| SecurityError(e.to_string()))?;
             let mut tokens = Tokens::default();
             for (name, reference) in &file.tokens {
                 let r: SecretRef = reference

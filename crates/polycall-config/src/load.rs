@@ -106,7 +106,7 @@ fn check(def: &KeyDef, v: Value) -> Result<Value, String> {
         (Kind::Text, Value::Str(s)) if s.is_empty() => {
             Err(format!("`{}` is an empty string", def.path()))
         }
-        (Kind::Endpoint, Value::Str(s)) => match s.parse::<polycall_net::Endpoint>() {
+        (Kind::Endpoint, Value::Str(s)) => match s.parse::<polycall_core::Endpoint>() {
             Ok(_) => Ok(v),
             Err(e) => Err(format!("`{}`: {e}", def.path())),
         },

@@ -155,7 +155,7 @@ pub(crate) fn cross_check(
     }
     if let Some(f) = &c.auth.file
         && f.is_file()
-        && let Err(e) = super::security::AuthFile::read(f)
+        && let Err(e) = crate::auth_file::AuthFile::read(f)
     {
         d.push_on(
             &["auth.file"],
@@ -166,7 +166,7 @@ pub(crate) fn cross_check(
     let loopback = c
         .runtime
         .endpoint
-        .parse::<polycall_net::Endpoint>()
+        .parse::<polycall_core::Endpoint>()
         .is_ok_and(|e| e.is_loopback());
     let requires_auth = !c.auth.anonymous;
     if (c.compat.pcr1 || c.compat.legacy_v1)
