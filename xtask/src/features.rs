@@ -20,6 +20,7 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("state", &[]),
     ("config", &[]),
     ("runtime", &["routed"]),
+    ("compat", &[]),
 ];
 
 /// What `default-features = false, features = ["net"]` must not compile.

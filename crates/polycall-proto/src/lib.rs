@@ -28,6 +28,7 @@ pub mod detect;
 mod error;
 pub mod frame;
 pub mod handshake;
+#[cfg(feature = "legacy")]
 pub mod legacy;
 pub mod meta;
 mod wire;

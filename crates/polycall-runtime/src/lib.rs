@@ -554,7 +554,15 @@ impl Runtime {
         });
         let next_provider = Arc::new(AtomicU64::new(1));
         let make_state = state.clone();
+        #[cfg_attr(not(feature = "compat"), allow(unused_mut))]
         let mut server_config = config.server.clone();
+        #[cfg(not(feature = "compat"))]
+        if config.compat.any() {
+            tracing::warn!(
+                "libpolycall dialects are not served: this build leaves them out (enable polycall's `compat` feature)"
+            );
+        }
+        #[cfg(feature = "compat")]
         if config.compat.any() {
             let policy = compat::LegacyPolicy::new(
                 &config.compat,

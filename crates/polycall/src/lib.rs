@@ -24,6 +24,7 @@
 //! | `opaque` | OPAQUE zero-knowledge password logins | `opaque-ke`, `argon2` |
 //! | `hsm` | TLS keys held in a PKCS#11 token | `cryptoki` |
 //! | `ca` | a certificate authority (`security::Ca`) | `rcgen` |
+//! | `compat` | the runtime serves libpolycall's PCR1 and first-generation clients; `config` migrates libpolycall's files | (the `runtime` feature) |
 //!
 //! A build without a capability never offers it to a peer and answers a clear
 //! "not built" error when asked to use it. `default-features = false, features =
