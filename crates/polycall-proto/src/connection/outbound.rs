@@ -1,0 +1,474 @@
+//! Outbound scheduling: opening calls, replies and streams, control frames, and the
+//! fair, credit-bounded choice of what goes on the wire next.
+
+use super::*;
+
+impl Connection {
+    pub(super) fn check_open(&self) -> Result<&Negotiated, SendError> {
+        match (self.state, &self.negotiated) {
+            (State::Open, Some(n)) => Ok(n),
+            (State::Closed, _) => Err(SendError::Closed),
+            _ => Err(SendError::NotConnected),
+        }
+    }
+
+    pub(super) fn check_payload(&self, payload: &Payload) -> Result<(), SendError> {
+        let n = self.check_open()?;
+        if payload.len() > n.peer_limits.max_message as usize {
+            return Err(SendError::TooLarge {
+                len: payload.len(),
+                max: n.peer_limits.max_message,
+            });
+        }
+        if !n.codecs.contains(&payload.content_type) {
+            return Err(SendError::NotNegotiated(match payload.content_type {
+                ContentType::Json => "the JSON codec",
+                ContentType::Postcard => "the postcard codec",
+                ContentType::Raw => "raw payloads",
+            }));
+        }
+        Ok(())
+    }
+
+    pub(super) fn enqueue(&mut self, call_id: u32, item: OutItem) {
+        if let OutItem::Msg(m) = &item {
+            self.queued_bytes += m.data.len();
+        }
+        let class = self
+            .calls
+            .get(&call_id)
+            .map_or(Priority::Normal, |c| c.priority);
+        let q = self.queues.entry(call_id).or_insert_with(|| CallQueue {
+            class,
+            items: VecDeque::new(),
+        });
+        if q.items.is_empty() {
+            self.ready.push(q.class, call_id);
+        }
+        q.items.push_back(item);
+    }
+
+    /// Opens a call of `service.method` with its first request message; with `stream`,
+    /// further messages follow through [`Connection::send_message`] and
+    /// [`Connection::send_end`]. Returns the call id; the reply arrives as
+    /// [`Event::Reply`] or [`Event::Failed`].
+    pub fn open_call(
+        &mut self,
+        service: &ServiceName,
+        method: &MethodName,
+        payload: Payload,
+        meta: WireMeta,
+        stream: bool,
+    ) -> Result<u32, SendError> {
+        let n = self.check_open()?;
+        if self.peer_going_away.is_some() || self.local_going_away.is_some() {
+            return Err(SendError::Closed);
+        }
+        let limit = n.peer_limits.max_in_flight;
+        if self.local_open >= limit {
+            return Err(SendError::TooManyInFlight { limit });
+        }
+        if stream && !n.has(features::STREAMING) {
+            return Err(SendError::NotNegotiated("streaming"));
+        }
+        let fields =
+            2 + 1 + service.as_str().len() + 1 + method.as_str().len() + 4 + meta.encoded_len() + 4;
+        let n_max_frame = n.peer_limits.max_frame;
+        if fields > n_max_frame as usize {
+            return Err(SendError::TooLarge {
+                len: fields,
+                max: n_max_frame,
+            });
+        }
+        self.check_payload(&payload)?;
+        let call_id = self.next_local_id;
+        if call_id > u32::MAX - 2 {
+            return Err(SendError::Closed);
+        }
+        self.next_local_id += 2;
+        let key = method_key(service, method);
+        let (compression, data) = self.compress(key, &payload);
+        let mut c = CallState::new(true, Kind::Call, key);
+        c.priority = meta.priority.unwrap_or_default();
+        c.tx_stream = stream;
+        c.tx_done = !stream;
+        self.calls.insert(call_id, c);
+        self.local_open += 1;
+        // The CALL frame leaves now, so call ids increase on the wire in the order calls
+        // open, whatever their priority. A small message travels whole in it; a large
+        // one (or one the credit does not cover) follows as DATA fragments, which the
+        // writer schedules by priority class.
+        let frame_room = (n_max_frame as usize).saturating_sub(fields);
+        let inline_max = INLINE_CALL_MAX
+            .min(self.config.fragment_size as usize)
+            .min(frame_room);
+        let credit = usize::try_from(self.send_credit).unwrap_or(usize::MAX);
+        let inline = data.len() <= inline_max && data.len() <= credit;
+        let first = if inline { data.clone() } else { Bytes::new() };
+        self.send_credit -= first.len() as u64;
+        let method_ref = intern(&mut self.tx_names, service, method);
+        Frame::Call(CallFrame {
+            call_id,
+            method: method_ref,
+            content_type: payload.content_type,
+            compression,
+            meta,
+            more: !inline,
+            message_len: (!inline).then_some(data.len() as u32),
+            stream,
+            payload: first,
+        })
+        .encode(&mut self.out, self.crc);
+        if !inline {
+            self.enqueue(
+                call_id,
+                OutItem::Msg(OutMsg {
+                    kind: OutKind::Message,
+                    content_type: payload.content_type,
+                    compression,
+                    data,
+                    offset: 0,
+                    started: true,
+                }),
+            );
+        }
+        Ok(call_id)
+    }
+
+    pub(super) fn peer_call_mut(&mut self, call_id: u32) -> Result<&mut CallState, SendError> {
+        match self.calls.get_mut(&call_id) {
+            Some(c) if !c.local => Ok(c),
+            Some(_) => Err(SendError::InvalidState {
+                call_id,
+                reason: "this side opened the call; only the peer replies to it",
+            }),
+            None => Err(SendError::UnknownCall(call_id)),
+        }
+    }
+
+    /// Answers a call the peer opened (or a register/unregister request) with its first
+    /// reply message; with `stream`, further messages follow through
+    /// [`Connection::send_message`] and [`Connection::send_end`].
+    pub fn send_reply(
+        &mut self,
+        call_id: u32,
+        payload: Payload,
+        stream: bool,
+    ) -> Result<(), SendError> {
+        let streaming = self.check_open()?.has(features::STREAMING);
+        self.check_payload(&payload)?;
+        let c = self.peer_call_mut(call_id)?;
+        if c.tx_replied {
+            return Err(SendError::InvalidState {
+                call_id,
+                reason: "the call was answered already",
+            });
+        }
+        if stream && (!streaming || c.kind == Kind::Admin) {
+            return Err(SendError::NotNegotiated("streaming"));
+        }
+        c.tx_replied = true;
+        c.tx_stream = stream;
+        c.tx_done = !stream;
+        let key = c.method_key;
+        let (compression, data) = self.compress(key, &payload);
+        self.enqueue(
+            call_id,
+            OutItem::Msg(OutMsg {
+                kind: OutKind::Reply { stream },
+                content_type: payload.content_type,
+                compression,
+                data,
+                offset: 0,
+                started: false,
+            }),
+        );
+        self.finish_if_done(call_id);
+        Ok(())
+    }
+
+    pub(super) fn stream_call_mut(&mut self, call_id: u32) -> Result<&mut CallState, SendError> {
+        let c = self
+            .calls
+            .get_mut(&call_id)
+            .ok_or(SendError::UnknownCall(call_id))?;
+        if !c.tx_stream || c.tx_done || (!c.local && !c.tx_replied) {
+            return Err(SendError::InvalidState {
+                call_id,
+                reason: "no open stream from this side on the call",
+            });
+        }
+        Ok(c)
+    }
+
+    /// Sends a further message on a stream this side opened (a streaming call or a
+    /// streaming reply).
+    pub fn send_message(&mut self, call_id: u32, payload: Payload) -> Result<(), SendError> {
+        self.check_payload(&payload)?;
+        let key = self.stream_call_mut(call_id)?.method_key;
+        let (compression, data) = self.compress(key, &payload);
+        self.enqueue(
+            call_id,
+            OutItem::Msg(OutMsg {
+                kind: OutKind::Message,
+                content_type: payload.content_type,
+                compression,
+                data,
+                offset: 0,
+                started: false,
+            }),
+        );
+        Ok(())
+    }
+
+    /// Ends this side's stream of messages on the call.
+    pub fn send_end(&mut self, call_id: u32) -> Result<(), SendError> {
+        self.check_open()?;
+        self.stream_call_mut(call_id)?.tx_done = true;
+        self.enqueue(call_id, OutItem::End);
+        self.finish_if_done(call_id);
+        Ok(())
+    }
+
+    /// Fails a call the peer opened (or refuses a register/unregister request).
+    /// Whatever of its reply was still queued is dropped.
+    pub fn send_error(&mut self, call_id: u32, status: &Status) -> Result<(), SendError> {
+        self.check_open()?;
+        self.peer_call_mut(call_id)?;
+        self.take_call(&call_id);
+        self.drop_call_output(call_id);
+        self.peer_open = self.peer_open.saturating_sub(1);
+        self.send_status(call_id, status);
+        Ok(())
+    }
+
+    /// Gives up on a call this side opened: tells the peer, drops queued request data.
+    /// Frames the peer sent before it saw the cancel are ignored.
+    pub fn cancel(&mut self, call_id: u32) -> Result<(), SendError> {
+        self.check_open()?;
+        match self.calls.get(&call_id) {
+            Some(c) if c.local => {}
+            Some(_) => {
+                return Err(SendError::InvalidState {
+                    call_id,
+                    reason: "the peer opened this call; fail it with send_error",
+                });
+            }
+            None => return Err(SendError::UnknownCall(call_id)),
+        }
+        self.take_call(&call_id);
+        self.drop_call_output(call_id);
+        self.local_open = self.local_open.saturating_sub(1);
+        Frame::Cancel { call_id }.encode(&mut self.out, self.crc);
+        Ok(())
+    }
+
+    /// Sends a `PING`; the answer arrives as [`Event::Pong`].
+    pub fn ping(&mut self, opaque: u64) -> Result<(), SendError> {
+        self.check_open()?;
+        Frame::Ping { opaque }.encode(&mut self.out, self.crc);
+        Ok(())
+    }
+
+    /// Announces that this side opens no new call and serves the peer's calls up to the
+    /// highest id seen so far; later calls are refused with `unavailable`.
+    pub fn go_away(&mut self, status: &Status) -> Result<(), SendError> {
+        self.check_open()?;
+        let last = self.highest_peer_id;
+        self.local_going_away = Some(last);
+        Frame::GoAway(GoAway {
+            last_call_id: last,
+            code: status.code as u16,
+            message: frame_text(&status.message),
+        })
+        .encode(&mut self.out, self.crc);
+        Ok(())
+    }
+
+    /// Closes the connection: an `ERROR` frame (call id 0) with `status` is queued and
+    /// every open call is failed.
+    pub fn close(&mut self, status: Status) {
+        if self.state == State::Closed {
+            return;
+        }
+        Frame::Error(ErrorFrame::from_status(0, &status)).encode(&mut self.out, self.crc);
+        self.close_calls(status.clone());
+        self.state = State::Closed;
+        self.events.push_back((Event::Closed { status }, 0));
+    }
+
+    /// Announces methods this side serves (connecting side only). The answer arrives
+    /// as [`Event::Reply`] (accepted) or [`Event::Failed`] on the returned call id.
+    pub fn register(&mut self, methods: Vec<MethodEntry>) -> Result<u32, SendError> {
+        let call_id = self.open_admin()?;
+        self.admin_frame(Frame::Register { call_id, methods })
+    }
+
+    /// Withdraws methods (connecting side only); answered like [`Connection::register`].
+    pub fn unregister(
+        &mut self,
+        methods: Vec<(ServiceName, MethodName)>,
+    ) -> Result<u32, SendError> {
+        let call_id = self.open_admin()?;
+        self.admin_frame(Frame::Unregister { call_id, methods })
+    }
+
+    pub(super) fn open_admin(&mut self) -> Result<u32, SendError> {
+        self.check_open()?;
+        if self.role != Role::Client {
+            return Err(SendError::InvalidState {
+                call_id: 0,
+                reason: "only the connecting side registers methods",
+            });
+        }
+        if self.peer_going_away.is_some() || self.local_going_away.is_some() {
+            return Err(SendError::Closed);
+        }
+        Ok(self.next_local_id)
+    }
+
+    pub(super) fn admin_frame(&mut self, frame: Frame) -> Result<u32, SendError> {
+        let call_id = frame.call_id();
+        let mut buf = FrameBuf::new();
+        frame.encode(&mut buf, self.crc);
+        let max = self.check_open()?.peer_limits.max_frame as usize;
+        let body = buf.len() - frame::HEADER_LEN - if self.crc { frame::CRC_LEN } else { 0 };
+        if body > max {
+            return Err(SendError::TooLarge {
+                len: body,
+                max: max as u32,
+            });
+        }
+        self.next_local_id += 2;
+        let mut c = CallState::new(true, Kind::Admin, 0);
+        c.tx_done = true;
+        self.calls.insert(call_id, c);
+        self.local_open += 1;
+        self.out.append(&mut buf);
+        Ok(call_id)
+    }
+
+    // ------------------------------------------------------------------ output
+
+    /// Payload bytes queued and not yet framed (waiting for their turn or for credit).
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes
+    }
+
+    /// Whether [`Connection::poll_transmit`] has something to return now.
+    pub fn wants_write(&self) -> bool {
+        !self.out.is_empty() || (!self.ready.is_empty() && self.state == State::Open)
+    }
+
+    /// Appends the bytes to send to `out` (in order), framing queued messages until
+    /// about `max_bytes` are buffered. Messages are cut into fragments of at most
+    /// [`Config::fragment_size`] bytes, and the fragments of concurrent calls take turns,
+    /// so one huge message never holds back small ones. Returns the number of bytes
+    /// appended.
+    pub fn poll_transmit(&mut self, max_bytes: usize, out: &mut Vec<Bytes>) -> usize {
+        self.maybe_return_credit();
+        if self.state == State::Open {
+            let mut stalled = 0;
+            while self.out.len() < max_bytes && stalled < self.ready.len() {
+                let Some((class, call_id)) = self.ready.pop() else {
+                    break;
+                };
+                if self.emit_one(call_id) {
+                    stalled = 0;
+                } else {
+                    stalled += 1;
+                }
+                if self
+                    .queues
+                    .get(&call_id)
+                    .is_some_and(|q| !q.items.is_empty())
+                {
+                    self.ready.push(class, call_id);
+                } else {
+                    self.queues.remove(&call_id);
+                }
+            }
+        }
+        let n = self.out.len();
+        self.out.drain_chunks(out);
+        n
+    }
+
+    /// Frames the next fragment of `call_id`'s queue; false when blocked on credit.
+    pub(super) fn emit_one(&mut self, call_id: u32) -> bool {
+        let crc = self.crc;
+        let (peer_max_frame, fragment) = match &self.negotiated {
+            Some(n) => (
+                n.peer_limits.max_frame as usize,
+                self.config.fragment_size as usize,
+            ),
+            None => return false,
+        };
+        let Some(q) = self.queues.get_mut(&call_id) else {
+            return false;
+        };
+        let q = &mut q.items;
+        let Some(item) = q.front_mut() else {
+            return false;
+        };
+        let m = match item {
+            OutItem::End => {
+                q.pop_front();
+                Frame::End { call_id }.encode(&mut self.out, crc);
+                return true;
+            }
+            OutItem::Msg(m) => m,
+        };
+        let left = m.data.len() - m.offset;
+        // Room for the fixed fields of a first frame: content type, compression and
+        // the declared message length.
+        let fields = 2 + 4;
+        let cap = fragment.min(peer_max_frame.saturating_sub(fields)).max(1);
+        let credit = usize::try_from(self.send_credit).unwrap_or(usize::MAX);
+        let chunk = left.min(cap).min(credit);
+        // Wait for credit rather than send slivers (the window is at least 1 KiB).
+        if chunk < left.min(cap).min(1024) {
+            return false;
+        }
+        let payload = m.data.slice(m.offset..m.offset + chunk);
+        m.offset += chunk;
+        let more = m.offset < m.data.len();
+        let frame = if m.started {
+            Frame::Data(DataFrame {
+                call_id,
+                first: None,
+                more,
+                message_len: None,
+                payload,
+            })
+        } else {
+            m.started = true;
+            let message_len = more.then_some(m.data.len() as u32);
+            match &m.kind {
+                OutKind::Reply { stream } => Frame::Reply(ReplyFrame {
+                    call_id,
+                    content_type: m.content_type,
+                    compression: m.compression,
+                    more,
+                    message_len,
+                    stream: *stream,
+                    payload,
+                }),
+                OutKind::Message => Frame::Data(DataFrame {
+                    call_id,
+                    first: Some((m.content_type, m.compression)),
+                    more,
+                    message_len,
+                    payload,
+                }),
+            }
+        };
+        if !more {
+            q.pop_front();
+        }
+        self.send_credit -= chunk as u64;
+        self.queued_bytes -= chunk;
+        frame.encode(&mut self.out, crc);
+        true
+    }
+}
