@@ -603,3 +603,49 @@ async fn the_concurrency_limit_sheds_low_priority_first() {
     assert!(critical.await.unwrap().is_ok());
     rt.shutdown().await;
 }
+
+/// A dropped `Provider` stops what it started: its connection closes, its methods leave
+/// the runtime, and it does not reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_provider_leaves_and_stays_gone() {
+    let (rt, ep, _dir) = runtime().await;
+    let hits = Arc::new(AtomicUsize::new(0));
+    let provider = Provider::start(ep.clone(), inventory("dropped", hits.clone()))
+        .await
+        .unwrap();
+    let client = Channel::connect(ep.clone()).await.unwrap();
+    let get = || call("inventory.get", serde_json::json!({"item_id": "x"}));
+    client.call(get()).await.unwrap();
+
+    drop(provider);
+
+    // Its methods leave the runtime (at once, typically; generous bound for 2 cores)…
+    let gone_by = Instant::now() + Duration::from_secs(10);
+    loop {
+        match client.call(get()).await {
+            Err(e) => {
+                assert!(
+                    matches!(e.code, Code::UnknownMethod | Code::Unavailable),
+                    "{e}"
+                );
+                break;
+            }
+            Ok(_) => assert!(
+                Instant::now() < gone_by,
+                "the dropped provider still serves"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // …and stay gone: a provider that kept reconnecting would be back within its
+    // 50 ms first backoff.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let served = hits.load(Ordering::SeqCst);
+    let err = client.call(get()).await.unwrap_err();
+    assert!(
+        matches!(err.code, Code::UnknownMethod | Code::Unavailable),
+        "{err}"
+    );
+    assert_eq!(hits.load(Ordering::SeqCst), served);
+    rt.shutdown().await;
+}

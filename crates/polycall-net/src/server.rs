@@ -141,7 +141,10 @@ impl std::fmt::Debug for ServerConfig {
 type Connections = Arc<Mutex<Vec<ConnectionHandle>>>;
 type LegacyTasks = Arc<std::sync::Mutex<Vec<AbortHandle>>>;
 
-/// A running server. Dropping it does not stop it; call [`Server::shutdown`].
+/// A running server. [`Server::shutdown`] stops it gracefully (draining calls in
+/// flight); dropping it stops it at once: the listener closes, open connections are
+/// closed (their calls in flight fail with `unavailable`) and legacy connections are
+/// aborted. Keep the handle for as long as the server should serve.
 ///
 /// ```no_run
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -154,6 +157,7 @@ type LegacyTasks = Arc<std::sync::Mutex<Vec<AbortHandle>>>;
 /// server.shutdown().await;
 /// # Ok(()) }
 /// ```
+#[must_use = "dropping a Server stops it; keep the handle while it serves"]
 pub struct Server {
     local: Endpoint,
     stop: watch::Sender<bool>,
@@ -163,6 +167,24 @@ pub struct Server {
     live: Arc<AtomicUsize>,
     /// The settings in force; [`Server::update`] changes them for what comes next.
     config: Arc<std::sync::RwLock<ServerConfig>>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Ok(mut accept) = self.accept.try_lock()
+            && let Some(task) = accept.take()
+        {
+            task.abort();
+        }
+        if let Ok(connections) = self.connections.try_lock() {
+            for c in connections.iter() {
+                c.close(Status::unavailable("the server was dropped"));
+            }
+        }
+        let legacy = self.legacy.lock().unwrap_or_else(|p| p.into_inner());
+        legacy.iter().for_each(AbortHandle::abort);
+    }
 }
 
 impl std::fmt::Debug for Server {
@@ -263,6 +285,26 @@ impl Server {
     /// Connections open now.
     pub fn connections(&self) -> usize {
         self.live.load(Ordering::Relaxed)
+    }
+
+    /// Serves until `shutdown` completes (a signal, a channel, a timer), then shuts down
+    /// gracefully ([`Server::shutdown`]).
+    ///
+    /// ```no_run
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// use polycall_core::{handler_fn, Call, MethodInfo, Reply, Router};
+    /// use polycall_net::{Server, ServerConfig};
+    /// let router = Router::new().route("debug.echo", MethodInfo::new("echo"),
+    ///     handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) }))?;
+    /// Server::serve_router("127.0.0.1:7000".parse()?, ServerConfig::default(), router)
+    ///     .await?
+    ///     .serve_until(async { tokio::signal::ctrl_c().await.unwrap() })
+    ///     .await;
+    /// # Ok(()) }
+    /// ```
+    pub async fn serve_until(self, shutdown: impl std::future::Future<Output = ()>) {
+        shutdown.await;
+        self.shutdown().await;
     }
 
     /// Graceful shutdown: stop accepting, tell every peer no new calls will be served,

@@ -29,6 +29,7 @@ use tokio::task::JoinHandle;
 /// # Ok(()) }
 /// ```
 #[derive(Debug)]
+#[must_use = "dropping a Provider stops it; keep the handle while it serves"]
 pub struct Provider {
     task: JoinHandle<()>,
     current: watch::Receiver<Option<ConnectionHandle>>,
@@ -161,12 +162,24 @@ impl Provider {
         self.current.borrow().clone()
     }
 
-    /// Stops serving: no reconnects; the connection closes (calls in flight fail).
+    /// Stops serving: no reconnects; the connection closes (calls in flight fail), and
+    /// this waits (up to a second) until it has.
     pub async fn stop(self) {
         self.task.abort();
         if let Some(c) = self.current.borrow().clone() {
             c.close(Status::unavailable("the provider stopped"));
             let _ = tokio::time::timeout(Duration::from_secs(1), c.closed()).await;
+        }
+    }
+}
+
+/// Dropping a provider stops it as [`Provider::stop`] does, without waiting: no
+/// reconnects, and its connection closes.
+impl Drop for Provider {
+    fn drop(&mut self) {
+        self.task.abort();
+        if let Some(c) = self.current.borrow().clone() {
+            c.close(Status::unavailable("the provider was dropped"));
         }
     }
 }
