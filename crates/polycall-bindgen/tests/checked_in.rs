@@ -36,6 +36,29 @@ fn python_conformance_stubs_match_a_fresh_generation() {
     }
 }
 
+/// The Rust target's output for the conformance schema is compiled and run: the Rust
+/// conformance client and provider (`crates/polycall-cli/src/bindgen/conformance.rs`)
+/// are built on it, and the conformance tests run them against the Python and
+/// TypeScript programs. Regenerate with `polycall bindgen --schema
+/// bindings/conformance/conformance.toml --lang rust --out
+/// crates/polycall-cli/src/bindgen/generated`.
+#[test]
+fn rust_conformance_stubs_match_a_fresh_generation() {
+    let dir = repo().join("crates/polycall-cli/src/bindgen/generated");
+    let files = polycall_bindgen::generate(&schema(), "rust").expect("generation");
+    assert_eq!(files.len(), 1, "a module per service");
+    for f in files {
+        let path = dir.join(&f.path);
+        let on_disk = std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}; regenerate it", path.display()));
+        assert!(
+            on_disk == f.contents,
+            "{} differs from a fresh generation; regenerate it (see this test's doc)",
+            path.display()
+        );
+    }
+}
+
 #[test]
 fn every_target_renders_the_conformance_schema() {
     let schema = schema();

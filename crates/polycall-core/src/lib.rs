@@ -38,6 +38,7 @@ mod payload;
 mod principal;
 mod router;
 mod status;
+pub mod typed;
 
 pub use call::{Call, CallId, Reply};
 pub use classes::ClassQueues;

@@ -16,8 +16,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{pc_core, pc_net, pc_runtime};
-use pc_core::{Call, Code, Metadata, MethodInfo, Payload, Reply, Router, Status};
+use pc_core::{Call, Code, Metadata, Payload, Router, Status};
 use pc_net::{Channel, Endpoint};
+
+/// What `polycall bindgen --lang rust` generates from `bindings/conformance/conformance.toml`
+/// (checked in; a test in polycall-bindgen keeps it equal to what the generator writes).
+#[rustfmt::skip]
+#[path = "generated/conformance.rs"]
+pub mod stubs;
+use stubs::{AddInput, ConformanceClient, Empty, FailInput, SleepInput};
 
 /// The scenarios, in the order they run (`provider_disconnect` last: it ends the
 /// provider).
@@ -86,48 +93,38 @@ fn call(name: &str, payload: Payload) -> Result<Call, String> {
     Call::new(name, payload).map_err(|e| format!("bad method name {name}: {e}"))
 }
 
-fn json_call(name: &str, v: serde_json::Value) -> Result<Call, String> {
-    call(name, Payload::json(&v).map_err(|e| e.to_string())?)
-}
-
-async fn echo_small(ch: &Channel, svc: &str) -> Result<String, String> {
+async fn echo_small(client: &ConformanceClient) -> Result<String, String> {
     let data = noise(64, 7);
-    let reply = ch
-        .call(call(&format!("{svc}.echo"), Payload::raw(data.clone()))?)
+    let back = client
+        .echo(Payload::raw(data.clone()))
         .await
         .map_err(|e| format!("echo failed: {e}"))?;
-    if reply.payload.bytes[..] == data[..] {
+    if back.bytes[..] == data[..] {
         Ok("64 bytes back unchanged".into())
     } else {
         Err(format!(
             "echo returned {} different bytes",
-            reply.payload.bytes.len()
+            back.bytes.len()
         ))
     }
 }
 
-async fn add(ch: &Channel, svc: &str, a: i64, b: i64) -> Result<i64, String> {
-    let reply = ch
-        .call(json_call(
-            &format!("{svc}.add"),
-            serde_json::json!({"a": a, "b": b}),
-        )?)
+async fn add(client: &ConformanceClient, a: i64, b: i64) -> Result<i64, String> {
+    client
+        .add(AddInput { a, b })
         .await
-        .map_err(|e| format!("add({a}, {b}) failed: {e}"))?;
-    let v: serde_json::Value = reply
-        .payload
-        .to_json()
-        .map_err(|e| format!("add reply is not JSON: {e}"))?;
-    v["sum"]
-        .as_i64()
-        .ok_or_else(|| format!("add reply has no integer sum: {v}"))
+        .map(|out| out.sum)
+        .map_err(|e| format!("add({a}, {b}) failed: {e}"))
 }
 
-fn expect_code(r: Result<Reply, Status>, code: Code, what: &str) -> Result<Status, String> {
+fn expect_code<T: std::fmt::Debug>(
+    r: Result<T, Status>,
+    code: Code,
+    what: &str,
+) -> Result<Status, String> {
     match r {
-        Ok(reply) => Err(format!(
-            "{what}: expected {code}, got a reply of {} bytes",
-            reply.payload.len()
+        Ok(answer) => Err(format!(
+            "{what}: expected {code}, got an answer: {answer:?}"
         )),
         Err(s) if s.code == code => Ok(s),
         Err(s) => Err(format!(
@@ -137,19 +134,27 @@ fn expect_code(r: Result<Reply, Status>, code: Code, what: &str) -> Result<Statu
     }
 }
 
-async fn scenario(ch: &Channel, svc: &str, name: &str) -> Result<String, String> {
+/// One scenario, through the client `polycall bindgen --lang rust` generated from the
+/// conformance schema (`unknown_method` calls a method the schema lacks, so it goes
+/// through the channel itself).
+async fn scenario(
+    ch: &Channel,
+    client: &ConformanceClient,
+    svc: &str,
+    name: &str,
+) -> Result<String, String> {
     match name {
-        "echo_small" => echo_small(ch, svc).await,
-        "add" => match add(ch, svc, 2, 40).await? {
+        "echo_small" => echo_small(client).await,
+        "add" => match add(client, 2, 40).await? {
             42 => Ok("2 + 40 = 42".into()),
             n => Err(format!("2 + 40 gave {n}")),
         },
         "error_typed" => {
-            let r = ch
-                .call(json_call(
-                    &format!("{svc}.fail"),
-                    serde_json::json!({"code": "invalid_input", "message": "bad x"}),
-                )?)
+            let r = client
+                .fail(FailInput {
+                    code: "invalid_input".into(),
+                    message: "bad x".into(),
+                })
                 .await;
             let s = expect_code(r, Code::InvalidInput, "fail")?;
             if s.message.contains("bad x") {
@@ -170,13 +175,13 @@ async fn scenario(ch: &Channel, svc: &str, name: &str) -> Result<String, String>
             // The handler would sleep 10 s; the 200 ms deadline must end the call long
             // before (5 s: a bound a loaded 2-core machine cannot break, as the other
             // languages' clients use).
-            let c = json_call(&format!("{svc}.sleep"), serde_json::json!({"ms": 10_000}))?
-                .with_metadata(
-                    Metadata::default().with_timeout(started, Duration::from_millis(200)),
-                );
-            let r = tokio::time::timeout(Duration::from_secs(8), ch.call(c))
-                .await
-                .map_err(|_| "no answer within 8 s of a 200 ms deadline".to_owned())?;
+            let metadata = Metadata::default().with_timeout(started, Duration::from_millis(200));
+            let r = tokio::time::timeout(
+                Duration::from_secs(8),
+                client.sleep_with(SleepInput { ms: 10_000 }, metadata),
+            )
+            .await
+            .map_err(|_| "no answer within 8 s of a 200 ms deadline".to_owned())?;
             let took = started.elapsed();
             expect_code(r, Code::DeadlineExceeded, "sleep 10000 ms")?;
             if took < Duration::from_secs(5) {
@@ -190,26 +195,25 @@ async fn scenario(ch: &Channel, svc: &str, name: &str) -> Result<String, String>
         }
         "big_8mib" => {
             let data = noise(8 << 20, 11);
-            let reply = ch
-                .call(call(&format!("{svc}.echo"), Payload::raw(data.clone()))?)
+            let back = client
+                .echo(Payload::raw(data.clone()))
                 .await
                 .map_err(|e| format!("8 MiB echo failed: {e}"))?;
-            if reply.payload.bytes[..] == data[..] {
+            if back.bytes[..] == data[..] {
                 Ok("8 MiB back unchanged".into())
             } else {
                 Err(format!(
                     "8 MiB echo returned {} bytes that differ",
-                    reply.payload.bytes.len()
+                    back.bytes.len()
                 ))
             }
         }
         "concurrent_1000" => {
             let mut tasks = Vec::with_capacity(1000);
             for i in 0..1000i64 {
-                let ch = ch.clone();
-                let svc = svc.to_owned();
+                let client = client.clone();
                 tasks.push(tokio::spawn(async move {
-                    (i, add(&ch, &svc, i, 3 * i + 1).await)
+                    (i, add(&client, i, 3 * i + 1).await)
                 }));
             }
             let mut bad = Vec::new();
@@ -230,7 +234,7 @@ async fn scenario(ch: &Channel, svc: &str, name: &str) -> Result<String, String>
         "provider_disconnect" => {
             let r = tokio::time::timeout(
                 Duration::from_secs(10),
-                ch.call(call(&format!("{svc}.exit_now"), Payload::raw("bye"))?),
+                client.exit_now(Payload::raw("bye")),
             )
             .await
             .map_err(|_| "exit_now hung for 10 s".to_owned())?;
@@ -253,6 +257,7 @@ pub async fn run_client(endpoint: Endpoint, service: &str, skip: &[String]) -> V
                 .collect();
         }
     };
+    let client = ConformanceClient::with_service(ch.clone(), service);
     let mut out = Vec::new();
     for s in SCENARIOS {
         if skip
@@ -261,7 +266,7 @@ pub async fn run_client(endpoint: Endpoint, service: &str, skip: &[String]) -> V
         {
             continue;
         }
-        out.push(Outcome::new(s, scenario(&ch, service, s).await));
+        out.push(Outcome::new(s, scenario(&ch, &client, service, s).await));
     }
     out
 }
@@ -272,93 +277,49 @@ pub struct RustProvider {
     closer: tokio::task::JoinHandle<()>,
 }
 
+/// The Rust conformance provider: the service trait `polycall bindgen --lang rust`
+/// generated from the conformance schema.
+struct Provides {
+    exit: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl stubs::Conformance for Provides {
+    async fn echo(&self, request: Payload, _: Metadata) -> Result<Payload, Status> {
+        Ok(request)
+    }
+
+    async fn add(&self, request: AddInput, _: Metadata) -> Result<stubs::AddOutput, Status> {
+        Ok(stubs::AddOutput {
+            sum: request.a.wrapping_add(request.b),
+        })
+    }
+
+    async fn fail(&self, request: FailInput, _: Metadata) -> Result<Empty, Status> {
+        match Code::from_name(&request.code) {
+            Some(code) if code != Code::Ok => Err(Status::new(code, request.message)),
+            _ => Err(Status::invalid_input(format!(
+                "fail: {:?} is not a status code name",
+                request.code
+            ))),
+        }
+    }
+
+    async fn sleep(&self, request: SleepInput, _: Metadata) -> Result<Empty, Status> {
+        let ms = u64::try_from(request.ms)
+            .map_err(|_| Status::invalid_input("sleep needs {\"ms\": int} of at least 0"))?;
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        Ok(Empty {})
+    }
+
+    async fn exit_now(&self, _: Payload, _: Metadata) -> Result<Payload, Status> {
+        let _ = self.exit.send(());
+        // Never answers: the connection goes away under the call.
+        std::future::pending().await
+    }
+}
+
 fn router(service: &str, exit: tokio::sync::mpsc::UnboundedSender<()>) -> Result<Router, Status> {
-    use pc_core::handler_fn;
-    let name = |m: &str| format!("{service}.{m}");
-    let bad = |e: pc_core::NameError| Status::invalid_input(e.to_string());
-    let json_in = |c: &Call| -> Result<serde_json::Value, Status> {
-        c.payload
-            .to_json()
-            .map_err(|e| Status::invalid_input(format!("{} expects JSON: {e}", c.full_name())))
-    };
-    let json_out = |v: serde_json::Value| -> Result<Reply, Status> {
-        Payload::json(&v)
-            .map(Reply::new)
-            .map_err(|e| Status::internal(e.to_string()))
-    };
-    Router::new()
-        .route(
-            &name("echo"),
-            MethodInfo::new("Returns its input unchanged.")
-                .input("bytes")
-                .output("bytes")
-                .idempotent(true),
-            handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) }),
-        )
-        .map_err(bad)?
-        .route(
-            &name("add"),
-            MethodInfo::new("Adds two integers.")
-                .input(r#"{"a": int, "b": int}"#)
-                .output(r#"{"sum": int}"#)
-                .idempotent(true),
-            handler_fn(move |c: Call| async move {
-                let v = json_in(&c)?;
-                let (Some(a), Some(b)) = (v["a"].as_i64(), v["b"].as_i64()) else {
-                    return Err(Status::invalid_input("add needs {\"a\": int, \"b\": int}"));
-                };
-                json_out(serde_json::json!({"sum": a.wrapping_add(b)}))
-            }),
-        )
-        .map_err(bad)?
-        .route(
-            &name("fail"),
-            MethodInfo::new("Answers the error it is asked for.")
-                .input(r#"{"code": string, "message": string}"#)
-                .output("{}"),
-            handler_fn(move |c: Call| async move {
-                let v = json_in(&c)?;
-                let code = v["code"].as_str().unwrap_or_default();
-                let message = v["message"].as_str().unwrap_or_default().to_owned();
-                match Code::from_name(code) {
-                    Some(code) if code != Code::Ok => Err(Status::new(code, message)),
-                    _ => Err(Status::invalid_input(format!(
-                        "fail: {code:?} is not a status code name"
-                    ))),
-                }
-            }),
-        )
-        .map_err(bad)?
-        .route(
-            &name("sleep"),
-            MethodInfo::new("Sleeps ms milliseconds.")
-                .input(r#"{"ms": int}"#)
-                .output("{}"),
-            handler_fn(move |c: Call| async move {
-                let v = json_in(&c)?;
-                let ms = v["ms"]
-                    .as_u64()
-                    .ok_or_else(|| Status::invalid_input("sleep needs {\"ms\": int}"))?;
-                tokio::time::sleep(Duration::from_millis(ms)).await;
-                json_out(serde_json::json!({}))
-            }),
-        )
-        .map_err(bad)?
-        .route(
-            &name("exit_now"),
-            MethodInfo::new("Drops the provider's connection without replying.")
-                .input("bytes")
-                .output("bytes"),
-            handler_fn(move |_c: Call| {
-                let exit = exit.clone();
-                async move {
-                    let _ = exit.send(());
-                    // Never answers: the connection goes away under the call.
-                    std::future::pending::<Result<Reply, Status>>().await
-                }
-            }),
-        )
-        .map_err(bad)
+    stubs::router_as(Provides { exit }, service).map_err(|e| Status::invalid_input(e.to_string()))
 }
 
 impl RustProvider {
