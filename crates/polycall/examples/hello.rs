@@ -20,21 +20,17 @@ struct Greeting {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let greet = typed::handler(|Json(g): Json<Greet>| async move {
-        Ok(Json(Greeting {
-            text: format!("hello, {}", g.name),
-        }))
+        let text = format!("hello, {}", g.name);
+        Ok(Json(Greeting { text }))
     });
     let router = Router::new().route("greeter.greet", MethodInfo::new("greets"), greet)?;
     let server =
         Server::serve_router("127.0.0.1:0".parse()?, ServerConfig::default(), router).await?;
 
     let channel = Channel::connect(server.local_endpoint().clone()).await?;
-    let request = Json(Greet {
-        name: "polycall".into(),
-    })
-    .into_payload()?;
+    let name = "polycall".to_owned();
+    let request = Json(Greet { name }).into_payload()?;
     let reply = channel.call(Call::new("greeter.greet", request)?).await?;
     println!("{}", Json::<Greeting>::from_payload(&reply.payload)?.0.text);
-    server.shutdown().await;
-    Ok(())
+    Ok(()) // dropping the server stops it
 }

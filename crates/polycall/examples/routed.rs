@@ -5,12 +5,8 @@
 
 use polycall::net::Channel;
 use polycall::runtime::{Provider, Runtime, RuntimeConfig};
-use polycall::{Call, MethodInfo, Payload, Reply, Router, Status, handler_fn};
-
-async fn shout(call: Call) -> Result<Reply, Status> {
-    let text = String::from_utf8_lossy(&call.payload.bytes).to_uppercase();
-    Ok(Reply::new(Payload::raw(text)))
-}
+use polycall::typed::{self, Json};
+use polycall::{Call, MethodInfo, Router};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -20,23 +16,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .state_dir(dir.clone());
     let runtime = Runtime::start(config).await?;
 
-    let router = Router::new().route(
-        "text.shout",
-        MethodInfo::new("upper-cases"),
-        handler_fn(shout),
-    )?;
+    let shout = typed::handler(|Json(s): Json<String>| async move { Ok(Json(s.to_uppercase())) });
+    let router = Router::new().route("text.shout", MethodInfo::new("upper-cases"), shout)?;
     let provider = Provider::start(runtime.local_endpoint().clone(), router).await?;
 
     let channel = Channel::connect(runtime.local_endpoint().clone()).await?;
-    let reply = channel
-        .call(Call::new(
-            "text.shout",
-            Payload::raw("through the runtime"),
-        )?)
-        .await?;
-    println!("{}", String::from_utf8_lossy(&reply.payload.bytes));
+    let request = Json("through the runtime").into_payload()?;
+    let reply = channel.call(Call::new("text.shout", request)?).await?;
+    println!("{}", Json::<String>::from_payload(&reply.payload)?.0);
 
-    provider.stop().await;
+    drop(provider); // a dropped provider leaves the runtime
     runtime.shutdown().await;
     std::fs::remove_dir_all(dir)?;
     Ok(())
