@@ -176,12 +176,11 @@ pub fn vector_frames() -> Vec<(&'static str, Frame, bool)> {
         min_version: 1,
         max_version: 3,
         features: 0b11,
-        limits: Limits {
-            max_frame: 262_144,
-            max_message: 67_108_864,
-            max_in_flight: 16_384,
-            initial_window: 8_388_608,
-        },
+        limits: Limits::default()
+            .max_frame(262_144)
+            .max_message(67_108_864)
+            .max_in_flight(16_384)
+            .initial_window(8_388_608),
         codecs: vec![2, 1, 0],
         compressions: vec![1, 2, 0],
         auth_methods: vec![0],

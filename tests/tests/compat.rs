@@ -51,12 +51,11 @@ async fn runtime(concurrency: Option<usize>) -> (Runtime, Endpoint, tempdir::Dir
     // (anonymous sessions stay allowed, so PCR1 clients need no token).
     let mut tokens = polycall_security::token::Tokens::default();
     tokens.insert("alice", ALICE.as_bytes()).unwrap();
-    config.server.connection.authenticator =
-        Some(std::sync::Arc::new(polycall_net::auth::ServerAuth {
-            tokens,
-            anonymous: true,
-            ..Default::default()
-        }));
+    config.server.connection.authenticator = Some(std::sync::Arc::new(
+        polycall_net::auth::ServerAuth::default()
+            .tokens(tokens)
+            .anonymous(true),
+    ));
     config.server.connection.handshake_timeout = Duration::from_millis(800);
     if let Some(max) = concurrency {
         config.qos.concurrency = Some(

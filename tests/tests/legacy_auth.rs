@@ -77,12 +77,10 @@ async fn setup(tls: bool, when_secured: bool) -> Setup {
     let setup = ServerSetup::load_or_create(&dir.join("opaque-setup")).unwrap();
     let mut users = UserStore::open(&dir.join("users.json")).unwrap();
     users.add(&setup, "alice", PASSWORD.as_bytes()).unwrap();
-    let auth = ServerAuth {
-        tokens,
-        opaque: Some(Arc::new(OpaqueUsers { setup, users })),
-        anonymous: false,
-        ..ServerAuth::default()
-    };
+    let auth = ServerAuth::default()
+        .tokens(tokens)
+        .opaque(Arc::new(OpaqueUsers { setup, users }))
+        .anonymous(false);
     let mut config = RuntimeConfig::default()
         .endpoint("127.0.0.1:0".parse().unwrap())
         .state_dir(dir.join("state"))

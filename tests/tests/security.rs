@@ -96,12 +96,11 @@ fn server_auth(dir: &Path) -> ServerAuth {
     let setup = ServerSetup::load_or_create(&dir.join("opaque-setup")).unwrap();
     let mut users = UserStore::open(&dir.join("users.json")).unwrap();
     users.add(&setup, "alice", PASSWORD).unwrap();
-    ServerAuth {
-        tokens,
-        opaque: Some(Arc::new(OpaqueUsers { setup, users })),
-        certificate: true,
-        anonymous: false,
-    }
+    ServerAuth::default()
+        .tokens(tokens)
+        .opaque(Arc::new(OpaqueUsers { setup, users }))
+        .certificate(true)
+        .anonymous(false)
 }
 
 fn policy() -> Policy {

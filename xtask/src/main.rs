@@ -47,7 +47,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("ci") => ci(),
         Some("features") => features::feature_matrix(),
-        Some("api") => api_guard::no_string_errors(),
+        Some("api") => {
+            api_guard::no_string_errors().and_then(|()| api_guard::configs_are_non_exhaustive())
+        }
         Some("bench") => bench(&args[1..]),
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
@@ -180,6 +182,7 @@ fn ci() -> Result<()> {
     )?;
     ring_guard()?;
     api_guard::no_string_errors()?;
+    api_guard::configs_are_non_exhaustive()?;
     features::feature_matrix()?;
     eprintln!("\nxtask ci: all checks passed");
     Ok(())

@@ -219,6 +219,7 @@ pub enum ClientAuth {
 
 /// `[runtime]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct RuntimeSection {
     /// `endpoint`.
     pub endpoint: String,
@@ -236,6 +237,7 @@ pub struct RuntimeSection {
 
 /// `[limits]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LimitsSection {
     /// `max_frame`, bytes.
     pub max_frame: u32,
@@ -257,6 +259,7 @@ pub struct LimitsSection {
 
 /// `[qos]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct QosSection {
     /// `rate_limit_per_second` (unset: no rate limit).
     pub rate_limit_per_second: Option<u32>,
@@ -268,6 +271,7 @@ pub struct QosSection {
 
 /// `[log]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct LogSection {
     /// `level`: error, warn, info, debug or trace.
     pub level: String,
@@ -277,6 +281,7 @@ pub struct LogSection {
 
 /// `[compat]`: libpolycall compatibility.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct CompatSection {
     /// `pcr1`.
     pub pcr1: bool,
@@ -290,6 +295,7 @@ pub struct CompatSection {
 
 /// `[state]`: state machines.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct StateSection {
     /// `machine_dir`.
     pub machine_dir: Option<PathBuf>,
@@ -309,6 +315,7 @@ pub struct StateSection {
 
 /// `[tls]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct TlsSection {
     /// `enabled`.
     pub enabled: bool,
@@ -334,6 +341,7 @@ pub struct TlsSection {
 
 /// `[auth]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct AuthSection {
     /// `anonymous`.
     pub anonymous: bool,
@@ -347,6 +355,7 @@ pub struct AuthSection {
 
 /// A validated `polycall.toml` (version 1), every value filled in.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Config {
     /// `version`: always [`CURRENT_VERSION`] once loaded.
     pub version: u64,

@@ -136,7 +136,7 @@ impl<'de> serde::Deserialize<'de> for Base64 {
 
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let bytes = text.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return None;
     }
     let mut out = Vec::with_capacity(bytes.len() / 4 * 3);
@@ -219,7 +219,7 @@ impl<T: Serialize> IntoReply for Postcard<T> {
 }
 
 /// A handler from an async function of a typed argument to a typed answer.
-pub fn handler<F, A, R, Fut>(f: F) -> impl crate::Handler + Clone
+pub fn handler<F, A, R, Fut>(f: F) -> impl crate::Handler
 where
     F: Fn(A) -> Fut + Clone + Send + Sync + 'static,
     A: FromCall + Send + 'static,

@@ -70,12 +70,11 @@ fn setups(dir: &std::path::Path) -> Vec<Setup> {
     let setup = ServerSetup::generate();
     let mut users = UserStore::open(&dir.join("users.json")).unwrap();
     users.add(&setup, "bench", PASSWORD).unwrap();
-    let auth = ServerAuth {
-        tokens,
-        opaque: Some(Arc::new(OpaqueUsers { setup, users })),
-        certificate: true,
-        anonymous: true,
-    };
+    let auth = ServerAuth::default()
+        .tokens(tokens)
+        .opaque(Arc::new(OpaqueUsers { setup, users }))
+        .certificate(true)
+        .anonymous(true);
     let server = |transport: Option<Arc<dyn Transport>>| {
         let mut s = ServerConfig::default();
         if let Some(t) = transport {

@@ -98,14 +98,7 @@ fn tokens() -> Tokens {
 
 #[tokio::test]
 async fn a_bearer_token_becomes_the_principal_and_a_wrong_one_is_refused() {
-    let s = server(
-        ServerAuth {
-            tokens: tokens(),
-            ..ServerAuth::default()
-        },
-        None,
-    )
-    .await;
+    let s = server(ServerAuth::default().tokens(tokens()), None).await;
     let ch = connect(&s, Some(Credentials::token(TOKEN.to_vec())), None)
         .await
         .unwrap();
@@ -134,15 +127,7 @@ async fn a_bearer_token_becomes_the_principal_and_a_wrong_one_is_refused() {
 
 #[tokio::test]
 async fn a_claimed_principal_is_replaced_by_the_session_principal() {
-    let s = server(
-        ServerAuth {
-            tokens: tokens(),
-            anonymous: true,
-            ..ServerAuth::default()
-        },
-        None,
-    )
-    .await;
+    let s = server(ServerAuth::default().tokens(tokens()).anonymous(true), None).await;
     for (creds, expected) in [
         (Some(Credentials::token(TOKEN.to_vec())), "token:ci"),
         (None, ""),
@@ -169,14 +154,7 @@ fn opaque_users(tag: &str) -> Arc<OpaqueUsers> {
 
 #[tokio::test]
 async fn an_opaque_login_succeeds_with_the_password_and_fails_without_it() {
-    let s = server(
-        ServerAuth {
-            opaque: Some(opaque_users("opaque")),
-            ..ServerAuth::default()
-        },
-        None,
-    )
-    .await;
+    let s = server(ServerAuth::default().opaque(opaque_users("opaque")), None).await;
     let ch = connect(
         &s,
         Some(Credentials::password(
@@ -217,10 +195,7 @@ async fn the_tls_client_certificate_identity_reaches_the_handler() {
 
     // Method `none`: the certificate alone makes the session authenticated.
     let s = server(
-        ServerAuth {
-            anonymous: true,
-            ..ServerAuth::default()
-        },
+        ServerAuth::default().anonymous(true),
         Some(Arc::new(Tls::server(tls.clone()))),
     )
     .await;
@@ -235,10 +210,7 @@ async fn the_tls_client_certificate_identity_reaches_the_handler() {
 
     // Method `certificate` required: a client without a certificate is refused.
     let s = server(
-        ServerAuth {
-            certificate: true,
-            ..ServerAuth::default()
-        },
+        ServerAuth::default().certificate(true),
         Some(Arc::new(Tls::server(tls))),
     )
     .await;
@@ -271,12 +243,10 @@ async fn direct_calls_are_authorized_exactly_as_configured() {
     )
     .unwrap();
     let s = server_with(
-        ServerAuth {
-            tokens: tokens(),
-            opaque: Some(opaque_users("authz")),
-            anonymous: true,
-            ..ServerAuth::default()
-        },
+        ServerAuth::default()
+            .tokens(tokens())
+            .opaque(opaque_users("authz"))
+            .anonymous(true),
         None,
         Some(Policy::new(&config).unwrap()),
     )

@@ -79,6 +79,7 @@ impl AuthMethod {
 
 /// What one side accepts: advertised in the handshake, enforced on every frame.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Limits {
     /// Largest frame body accepted, in bytes.
     pub max_frame: u32,
@@ -98,6 +99,32 @@ impl Default for Limits {
             max_in_flight: 16 * 1024,
             initial_window: 8 * 1024 * 1024,
         }
+    }
+}
+
+impl Limits {
+    /// Sets the largest frame body accepted, in bytes.
+    pub fn max_frame(mut self, max_frame: u32) -> Self {
+        self.max_frame = max_frame;
+        self
+    }
+
+    /// Sets the largest message accepted (after reassembly and decompression), in bytes.
+    pub fn max_message(mut self, max_message: u32) -> Self {
+        self.max_message = max_message;
+        self
+    }
+
+    /// Sets the most calls the peer may have open towards this side at once.
+    pub fn max_in_flight(mut self, max_in_flight: u32) -> Self {
+        self.max_in_flight = max_in_flight;
+        self
+    }
+
+    /// Sets the flow-control credit granted at the start, in payload bytes.
+    pub fn initial_window(mut self, initial_window: u32) -> Self {
+        self.initial_window = initial_window;
+        self
     }
 }
 

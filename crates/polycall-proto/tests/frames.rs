@@ -40,11 +40,12 @@ fn call_id() -> impl Strategy<Value = u32> {
 }
 
 fn limits() -> impl Strategy<Value = Limits> {
-    (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(a, b, c, d)| Limits {
-        max_frame: a,
-        max_message: b,
-        max_in_flight: c,
-        initial_window: d,
+    (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>()).prop_map(|(a, b, c, d)| {
+        Limits::default()
+            .max_frame(a)
+            .max_message(b)
+            .max_in_flight(c)
+            .initial_window(d)
     })
 }
 

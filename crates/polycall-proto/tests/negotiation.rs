@@ -178,10 +178,7 @@ fn settings_without_any_auth_method_are_refused() {
 #[test]
 fn absurd_limits_are_refused() {
     let mut hello = Settings::default().hello();
-    hello.limits = Limits {
-        max_frame: 10,
-        ..Limits::default()
-    };
+    hello.limits = Limits::default().max_frame(10);
     let e = negotiate(&Settings::default(), &hello).unwrap_err();
     assert_eq!(Code::from_u16(e.code), Code::InvalidInput);
     assert!(e.message.contains("max_frame 10"), "{}", e.message);

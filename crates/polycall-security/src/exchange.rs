@@ -30,7 +30,7 @@
 //!
 //! let mut tokens = Tokens::default();
 //! tokens.insert("ci", b"0123456789abcdef0123")?;
-//! let server = ServerAuth { tokens, ..ServerAuth::default() };
+//! let server = ServerAuth::default().tokens(tokens);
 //!
 //! let credentials = Credentials::token(b"0123456789abcdef0123".to_vec());
 //! let first = credentials.start().step(0, b"")?;
@@ -123,6 +123,7 @@ impl std::fmt::Debug for OpaqueUsers {
 /// polycall's authenticator: bearer tokens, OPAQUE password logins and TLS client
 /// certificates; anonymous sessions only when `anonymous` is set.
 #[derive(Debug, Default, Clone)]
+#[non_exhaustive]
 pub struct ServerAuth {
     /// Accepted bearer tokens (principal `token:NAME`).
     pub tokens: Tokens,
@@ -133,6 +134,33 @@ pub struct ServerAuth {
     pub certificate: bool,
     /// Admit clients that prove nothing (their calls carry no principal).
     pub anonymous: bool,
+}
+
+impl ServerAuth {
+    /// Sets the accepted bearer tokens.
+    pub fn tokens(mut self, tokens: Tokens) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
+    /// Sets the OPAQUE users.
+    #[cfg(feature = "opaque")]
+    pub fn opaque(mut self, users: Arc<OpaqueUsers>) -> Self {
+        self.opaque = Some(users);
+        self
+    }
+
+    /// Sets whether the TLS client certificate is accepted as proof.
+    pub fn certificate(mut self, certificate: bool) -> Self {
+        self.certificate = certificate;
+        self
+    }
+
+    /// Sets whether clients that prove nothing are admitted.
+    pub fn anonymous(mut self, anonymous: bool) -> Self {
+        self.anonymous = anonymous;
+        self
+    }
 }
 
 fn refused(why: impl Into<String>) -> Status {

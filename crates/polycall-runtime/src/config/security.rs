@@ -66,11 +66,9 @@ impl Security {
         } else {
             None
         };
-        let mut auth = ServerAuth {
-            anonymous: c.auth.anonymous,
-            certificate: c.auth.certificate,
-            ..ServerAuth::default()
-        };
+        let mut auth = ServerAuth::default()
+            .anonymous(c.auth.anonymous)
+            .certificate(c.auth.certificate);
         let mut policy = Policy::default();
         if let Some(f) = &c.auth.file {
             let file = AuthFile::read(f).map_err(|e| SecurityError(e.to_string()))?;
