@@ -62,31 +62,6 @@ pub struct RunArgs {
     debug_methods: bool,
 }
 
-/// Writes `text` to `path` so that a reader sees all of it or nothing: a temporary
-/// file beside it, synced, then renamed over it.
-fn write_atomically(path: &std::path::Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let name = path
-        .file_name()
-        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a file path"))?;
-    let tmp = path.with_file_name(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(text.as_bytes())?;
-        f.sync_all()
-    });
-    match written.and_then(|()| std::fs::rename(&tmp, path)) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
-}
-
 /// Runs the runtime: embedded defaults, or the loaded `--config` file; flags win over
 /// both.
 pub async fn run(
@@ -165,7 +140,8 @@ pub async fn run(
     };
     let bound = runtime.local_endpoint().to_string();
     if let Some(f) = &args.endpoint_file
-        && let Err(e) = write_atomically(f, &format!("{bound}\n"))
+        && let Err(e) =
+            polycall::security::private_file::replace(f, format!("{bound}\n").as_bytes())
     {
         runtime.shutdown().await;
         return out.fail_with(

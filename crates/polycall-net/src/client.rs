@@ -151,11 +151,11 @@ impl Channel {
         mut config: ChannelConfig,
     ) -> Result<Self, Status> {
         config.pool.connections = config.pool.connections.max(1);
-        // CRC32C guards bytes on a wire TCP's checksum may miss; TLS authenticates every
-        // byte, and a loopback or Unix-socket path has no wire.
-        if config.transport.authenticates_bytes() || endpoint.is_loopback() {
-            config.connection.proto.settings.features &= !polycall_proto::features::CRC32C;
-        }
+        crate::transport::settle_crc32c(
+            &mut config.connection.proto.settings,
+            config.transport.as_ref(),
+            Some(&endpoint),
+        );
         let pool = Pool::new(
             endpoint.to_string(),
             config.pool.clone(),

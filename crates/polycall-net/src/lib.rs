@@ -50,4 +50,6 @@ pub use handler::{ConnectionHandler, NoHandler, RouterHandler, ServiceHandler, S
 pub use polycall_core::{Endpoint, EndpointError};
 pub use prefixed::Prefixed;
 pub use server::{LegacyConnection, LegacyServe, MakeHandler, Server, ServerConfig};
-pub use transport::{BoxFuture, BoxIo, Io, Listener, Peer, Plain, Transport, TunedTcp};
+pub use transport::{
+    BoxFuture, BoxIo, Io, Listener, Peer, Plain, Transport, TunedTcp, crc32c_wanted, settle_crc32c,
+};

@@ -217,9 +217,11 @@ impl Server {
         mut config: ServerConfig,
         make: MakeHandler,
     ) -> std::io::Result<Server> {
-        if config.transport.authenticates_bytes() {
-            config.connection.proto.settings.features &= !polycall_proto::features::CRC32C;
-        }
+        crate::transport::settle_crc32c(
+            &mut config.connection.proto.settings,
+            config.transport.as_ref(),
+            None,
+        );
         let listener = config.transport.bind(&endpoint).await?;
         let local = listener.local_endpoint();
         let (stop, stop_rx) = watch::channel(false);
@@ -265,9 +267,8 @@ impl Server {
         f(&mut c);
         c.transport = transport;
         c.legacy = legacy;
-        if c.transport.authenticates_bytes() {
-            c.connection.proto.settings.features &= !polycall_proto::features::CRC32C;
-        }
+        let transport = c.transport.clone();
+        crate::transport::settle_crc32c(&mut c.connection.proto.settings, transport.as_ref(), None);
     }
 
     fn drain_timeout(&self) -> Duration {

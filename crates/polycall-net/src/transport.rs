@@ -116,6 +116,35 @@ pub trait Transport: Send + Sync + 'static {
     fn name(&self) -> &'static str;
 }
 
+/// Whether a connection over `transport` offers the protocol's CRC32C trailer: the one
+/// place this is decided. CRC32C guards bytes on a wire TCP's checksum may miss; a
+/// transport that authenticates every byte (TLS, QUIC) needs none, and neither does a
+/// path with no wire: a connecting side that knows its `peer` is loopback or a Unix
+/// socket leaves it out. (A listener passes `None`: it cannot tell its clients' paths,
+/// and the trailer is only used when both sides offer it.)
+///
+/// ```
+/// use polycall_net::{Plain, crc32c_wanted};
+/// assert!(crc32c_wanted(&Plain, Some(&"10.0.0.7:7000".parse().unwrap())));
+/// assert!(!crc32c_wanted(&Plain, Some(&"127.0.0.1:7000".parse().unwrap())));
+/// assert!(crc32c_wanted(&Plain, None));
+/// ```
+pub fn crc32c_wanted(transport: &dyn Transport, peer: Option<&Endpoint>) -> bool {
+    !transport.authenticates_bytes() && !peer.is_some_and(Endpoint::is_loopback)
+}
+
+/// Applies [`crc32c_wanted`] to the features `settings` offers (what `Channel`,
+/// `Server` and the runtime's `Provider` do before they connect or listen).
+pub fn settle_crc32c(
+    settings: &mut polycall_proto::Settings,
+    transport: &dyn Transport,
+    peer: Option<&Endpoint>,
+) {
+    if !crc32c_wanted(transport, peer) {
+        settings.features &= !polycall_proto::features::CRC32C;
+    }
+}
+
 /// TCP for `host:port` endpoints and Unix-domain sockets for `unix:` ones, with the
 /// kernel's default socket buffers.
 #[derive(Debug, Clone, Copy, Default)]

@@ -129,6 +129,12 @@ impl Provider {
         router: Router,
         config: ProviderConfig,
     ) -> Result<Provider, Status> {
+        let mut config = config;
+        polycall_net::settle_crc32c(
+            &mut config.connection.proto.settings,
+            config.transport.as_ref(),
+            Some(&endpoint),
+        );
         let first = connect_and_register(&endpoint, &router, &config).await?;
         let (tx, rx) = watch::channel(Some(first.clone()));
         let task = tokio::spawn(async move {
