@@ -2,6 +2,7 @@
 //! layout alone, a first-generation client in Rust over a raw socket, and a native
 //! polycall channel, all on one runtime listener.
 
+use polycall_test_support::TempDir;
 use std::time::Duration;
 
 use polycall_core::{Call, Payload};
@@ -11,37 +12,14 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-mod tempdir {
-    pub struct Dir {
-        pub path: std::path::PathBuf,
-    }
-    impl Dir {
-        pub fn new() -> Self {
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "polycall-compat-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Self { path }
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
 const READ_TIMEOUT: Duration = Duration::from_millis(800);
 const ALICE: &str = "alice-s3cret-token-0123456789";
 
-async fn runtime(concurrency: Option<usize>) -> (Runtime, Endpoint, tempdir::Dir) {
-    let dir = tempdir::Dir::new();
+async fn runtime(concurrency: Option<usize>) -> (Runtime, Endpoint, TempDir) {
+    let dir = TempDir::new("tests");
     let mut config = RuntimeConfig::default()
         .endpoint("127.0.0.1:0".parse().unwrap())
-        .state_dir(dir.path.clone())
+        .state_dir(dir.path().to_owned())
         .compat(
             CompatConfig::default()
                 .fixtures(true)
@@ -526,11 +504,11 @@ async fn first_generation_client_and_native_channel_share_the_port() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_credentials_every_first_generation_login_is_refused() {
-    let dir = tempdir::Dir::new();
+    let dir = TempDir::new("tests");
     let rt = Runtime::start(
         RuntimeConfig::default()
             .endpoint("127.0.0.1:0".parse().unwrap())
-            .state_dir(dir.path.clone()),
+            .state_dir(dir.path().to_owned()),
     )
     .await
     .unwrap();

@@ -9,7 +9,8 @@ use std::process::Command;
 use polycall_core as pc_core;
 use polycall_net as pc_net;
 use polycall_runtime as pc_runtime;
-use polycall_runtime::{Runtime, RuntimeConfig};
+use polycall_runtime::Runtime;
+use polycall_test_support::{TempDir, TestRuntime};
 
 #[path = "../../crates/polycall-cli/src/bindgen/conformance.rs"]
 mod conformance;
@@ -23,32 +24,9 @@ fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p =
-            std::env::temp_dir().join(format!("polycall-conformance-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&p).expect("temp dir");
-        Self(p)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-async fn runtime(tag: &str) -> (Runtime, pc_net::Endpoint, TempDir) {
-    let dir = TempDir::new(tag);
-    let config = RuntimeConfig::default()
-        .endpoint("127.0.0.1:0".parse().expect("endpoint"))
-        .state_dir(dir.0.clone())
-        .debug_methods(true);
-    let rt = Runtime::start(config).await.expect("runtime starts");
-    let ep = rt.local_endpoint().clone();
-    (rt, ep, dir)
+async fn runtime(_tag: &str) -> (Runtime, pc_net::Endpoint, TempDir) {
+    let t = TestRuntime::start().await;
+    (t.runtime, t.endpoint, t.dir)
 }
 
 fn assert_all_passed(what: &str, outcomes: &[Outcome]) {

@@ -7,6 +7,7 @@
 //! dependencies (`npm ci`) when `node_modules` is missing and compiles it with `tsc`
 //! (`npm run build`); the other test processes wait on a lock file meanwhile.
 
+use polycall_test_support::{TempDir, TestRuntime};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use polycall_core::{Call, Code, Metadata, MethodInfo, Payload, Reply, Router, Status, handler_fn};
 use polycall_net::{Channel, ConnectionHandle, Endpoint};
-use polycall_runtime::{Provider, Runtime, RuntimeConfig};
+use polycall_runtime::{Provider, Runtime};
 use serde_json::{Value, json};
 
 fn repo() -> PathBuf {
@@ -113,38 +114,9 @@ fn build_binding() -> &'static Path {
     })
 }
 
-mod tempdir {
-    pub struct Dir {
-        pub path: std::path::PathBuf,
-    }
-    impl Dir {
-        pub fn new() -> Self {
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "polycall-ts-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Self { path }
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
-}
-
-async fn runtime() -> (Runtime, Endpoint, tempdir::Dir) {
-    let dir = tempdir::Dir::new();
-    let config = RuntimeConfig::default()
-        .endpoint("127.0.0.1:0".parse().unwrap())
-        .state_dir(dir.path.clone())
-        .debug_methods(true);
-    let rt = Runtime::start(config).await.unwrap();
-    let ep = rt.local_endpoint().clone();
-    (rt, ep, dir)
+async fn runtime() -> (Runtime, Endpoint, TempDir) {
+    let t = TestRuntime::start().await;
+    (t.runtime, t.endpoint, t.dir)
 }
 
 /// A child process killed when dropped.

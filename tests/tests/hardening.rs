@@ -1,8 +1,8 @@
 //! A runtime's doors: test aids off unless enabled, secrets from the OS and kept
 //! private, and a health report that says what is wrong.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use polycall_test_support::TempDir;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use polycall_core::{Call, Code, Payload};
@@ -11,18 +11,6 @@ use polycall_net::{Channel, ChannelConfig};
 use polycall_runtime::{Runtime, RuntimeConfig};
 use polycall_security::{Ca, ClientTls, IssueOptions, SecretRef, ServerTls};
 use serde_json::{Value, json};
-
-fn tmp(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "polycall-hardening-{}-{}-{tag}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 fn config(dir: &Path) -> RuntimeConfig {
     RuntimeConfig::default()
@@ -39,7 +27,7 @@ async fn call(ch: &Channel, name: &str, input: Value) -> Result<Value, polycall_
 
 #[tokio::test]
 async fn debug_methods_are_off_unless_enabled_and_sleep_is_bounded() {
-    let dir = tmp("debug");
+    let dir = TempDir::new("debug");
     let rt = Runtime::start(config(&dir)).await.unwrap();
     let ch = Channel::connect(rt.local_endpoint().clone()).await.unwrap();
     for m in ["debug.echo", "debug.sleep"] {
@@ -67,7 +55,7 @@ async fn debug_methods_are_off_unless_enabled_and_sleep_is_bounded() {
 
 #[tokio::test]
 async fn the_shutdown_token_is_random_and_private() {
-    let dir = tmp("token");
+    let dir = TempDir::new("token");
     let mut seen = Vec::new();
     for _ in 0..2 {
         let rt = Runtime::start(config(&dir)).await.unwrap();
@@ -91,7 +79,7 @@ async fn the_shutdown_token_is_random_and_private() {
 
 /// A runtime serving TLS with a certificate valid for `days` more days, and its health.
 async fn health_with_certificate_for(days: u64) -> Value {
-    let dir = tmp("cert");
+    let dir = TempDir::new("cert");
     let ca = Ca::init(dir.join("ca")).unwrap();
     let now = SystemTime::now();
     let options = IssueOptions::default()

@@ -4,7 +4,7 @@
 //! handler — over plaintext loopback and inside TLS alike. A secured runtime serves the
 //! dialects only when `compat.when_secured` says so.
 
-use std::path::PathBuf;
+use polycall_test_support::TempDir;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -22,18 +22,6 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const TOKEN: &str = "legacy-ci-token-0123456789abcdef";
 const PASSWORD: &str = "correct horse battery staple";
-
-fn tmp(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "polycall-legacy-auth-{}-{}-{tag}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// TLS for the runtime (server certificate for the loopback names) and for clients.
 struct Pki {
@@ -67,11 +55,11 @@ struct Setup {
     client: Arc<dyn Transport>,
     hits: Arc<AtomicUsize>,
     _provider: Provider,
-    _dir: PathBuf,
+    _dir: TempDir,
 }
 
 async fn setup(tls: bool, when_secured: bool) -> Setup {
-    let dir = tmp(if tls { "tls" } else { "plain" });
+    let dir = TempDir::new(if tls { "tls" } else { "plain" });
     let mut tokens = Tokens::default();
     tokens.insert("ci", TOKEN.as_bytes()).unwrap();
     let setup = ServerSetup::load_or_create(&dir.join("opaque-setup")).unwrap();

@@ -1,6 +1,7 @@
 //! The runtime end to end on loopback: providers, routing, balancing, failure of a
 //! provider, hostile clients, large payloads beside small calls.
 
+use polycall_test_support::{TempDir, TestRuntime};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -11,41 +12,15 @@ use polycall_runtime::{Provider, Runtime, RuntimeConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-async fn runtime() -> (Runtime, Endpoint, tempdir::Dir) {
-    let dir = tempdir::Dir::new();
-    let mut config = RuntimeConfig::default()
-        .endpoint("127.0.0.1:0".parse().unwrap())
-        .state_dir(dir.path.clone())
-        .debug_methods(true);
-    config.server.connection.handshake_timeout = Duration::from_millis(500);
-    config.server.connection.frame_timeout = Duration::from_millis(500);
-    config.server.connection.write_stall_timeout = Duration::from_millis(500);
-    let rt = Runtime::start(config).await.unwrap();
-    let ep = rt.local_endpoint().clone();
-    (rt, ep, dir)
-}
-
-mod tempdir {
-    pub struct Dir {
-        pub path: std::path::PathBuf,
-    }
-    impl Dir {
-        pub fn new() -> Self {
-            static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-            let path = std::env::temp_dir().join(format!(
-                "polycall-test-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-            ));
-            std::fs::create_dir_all(&path).unwrap();
-            Self { path }
-        }
-    }
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.path);
-        }
-    }
+async fn runtime() -> (Runtime, Endpoint, TempDir) {
+    let t = TestRuntime::start_with(|mut config| {
+        config.server.connection.handshake_timeout = Duration::from_millis(500);
+        config.server.connection.frame_timeout = Duration::from_millis(500);
+        config.server.connection.write_stall_timeout = Duration::from_millis(500);
+        config
+    })
+    .await;
+    (t.runtime, t.endpoint, t.dir)
 }
 
 fn call(name: &str, json: serde_json::Value) -> Call {
@@ -518,11 +493,11 @@ async fn a_provider_process_killed_with_sigkill_fails_its_call_at_once() {
     rt.shutdown().await;
 }
 
-async fn runtime_with(qos: polycall_runtime::QosConfig) -> (Runtime, Endpoint, tempdir::Dir) {
-    let dir = tempdir::Dir::new();
+async fn runtime_with(qos: polycall_runtime::QosConfig) -> (Runtime, Endpoint, TempDir) {
+    let dir = TempDir::new("tests");
     let config = RuntimeConfig::default()
         .endpoint("127.0.0.1:0".parse().unwrap())
-        .state_dir(dir.path.clone())
+        .state_dir(dir.path().to_owned())
         .qos(qos)
         .debug_methods(true);
     let rt = Runtime::start(config).await.unwrap();

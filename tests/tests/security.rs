@@ -4,9 +4,9 @@
 //! routed calls as configured, certificates reload without a restart, and a runtime
 //! others can reach refuses to start unsecured.
 
+use polycall_test_support::TempDir;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use polycall_core::{Call, Code, MethodInfo, Payload, Reply, Router, Status, handler_fn};
@@ -22,18 +22,6 @@ use polycall_security::{Ca, ClientAuth, ClientTls, IssueOptions, SecretRef, Serv
 const CI_TOKEN: &[u8] = b"ci-token-0123456789abcdef";
 const PROVIDER_TOKEN: &[u8] = b"provider-token-0123456789";
 const PASSWORD: &[u8] = b"correct horse battery staple";
-
-fn tmp(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "polycall-security-{}-{}-{tag}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
 
 /// A CA and the files of one certificate it issued.
 struct Pki {
@@ -168,7 +156,7 @@ async fn call(ch: &Channel, method: &str) -> Result<String, Status> {
 
 #[tokio::test]
 async fn routed_calls_carry_the_principal_and_are_authorized_as_configured() {
-    let dir = tmp("routed");
+    let dir = TempDir::new("routed");
     let pki = Pki::new(&dir, "ca");
     let runtime = secured_runtime(&dir, &pki).await;
     let ep = runtime.local_endpoint().clone();
@@ -252,7 +240,7 @@ async fn routed_calls_carry_the_principal_and_are_authorized_as_configured() {
 
 #[tokio::test]
 async fn certificates_reload_for_new_connections_while_open_ones_keep_working() {
-    let dir = tmp("reload");
+    let dir = TempDir::new("reload");
     let old = Pki::new(&dir, "old");
     let new = Pki::new(&dir, "new");
     let mut config = RuntimeConfig::default();
@@ -288,7 +276,7 @@ async fn certificates_reload_for_new_connections_while_open_ones_keep_working() 
 
 #[tokio::test]
 async fn a_runtime_others_can_reach_refuses_to_start_unsecured() {
-    let dir = tmp("exposure");
+    let dir = TempDir::new("exposure");
     let pki = Pki::new(&dir, "ca");
     let base = || {
         let mut c = RuntimeConfig::default();

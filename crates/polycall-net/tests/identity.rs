@@ -10,13 +10,6 @@ use polycall_net::{
     Channel, ConnectionHandle, Endpoint, Peer, RouterHandler, Server, ServerConfig, SharedHandler,
 };
 
-fn tmp(tag: &str) -> std::path::PathBuf {
-    let d = std::env::temp_dir().join(format!("polycall-identity-{}-{tag}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
-
 /// A server whose only method answers with the peer its transport reported.
 async fn peer_echo_server(endpoint: Endpoint) -> Server {
     Server::serve(
@@ -44,7 +37,7 @@ async fn peer_echo_server(endpoint: Endpoint) -> Server {
 #[tokio::test]
 async fn a_unix_socket_peer_is_its_kernel_credentials_not_the_socket_path() {
     // A path that looks like an identity must not change who the client is.
-    let dir = tmp("unix");
+    let dir = polycall_test_support::TempDir::new("unix");
     let path = dir.join("token:root@spiffe:evil.sock");
     let server = peer_echo_server(Endpoint::Unix(path.clone())).await;
     let ch = Channel::connect(Endpoint::Unix(path)).await.unwrap();

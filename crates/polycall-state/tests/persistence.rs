@@ -1,32 +1,15 @@
 //! The store on disk (real redb files): recovery after a restart, snapshots and
 //! compaction, point-in-time recovery, backups, group commit, integrity.
 
+use polycall_test_support::TempDir;
 use std::path::PathBuf;
 
 use polycall_state::{At, Durability, Machine, StateError, StateHost, StoreConfig, load, now_us};
 use serde_json::json;
 
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> Self {
-        let p = std::env::temp_dir().join(format!(
-            "polycall-state-{tag}-{}-{}",
-            std::process::id(),
-            now_us()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        Self(p)
-    }
-    fn db(&self) -> PathBuf {
-        self.0.join("state.redb")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// The store's file in a scratch directory.
+fn db(dir: &TempDir) -> PathBuf {
+    dir.join("state.redb")
 }
 
 fn order_with(edit: impl Fn(String) -> String) -> Machine {
@@ -62,7 +45,7 @@ fn counter(durability: Durability, snapshot_every: u64) -> Machine {
 }
 
 fn open(dir: &TempDir, machines: Vec<Machine>) -> StateHost {
-    StateHost::open(machines, StoreConfig::new(dir.db())).unwrap()
+    StateHost::open(machines, StoreConfig::new(db(dir))).unwrap()
 }
 
 #[tokio::test]
@@ -107,7 +90,7 @@ async fn instances_survive_a_restart_with_snapshots_and_log() {
 #[tokio::test]
 async fn the_log_is_compacted_behind_kept_snapshots() {
     let dir = TempDir::new("compact");
-    let mut cfg = StoreConfig::new(dir.db());
+    let mut cfg = StoreConfig::new(db(&dir));
     cfg.keep_snapshots = 2;
     let host = StateHost::open(vec![counter(Durability::Sync, 10)], cfg.clone()).unwrap();
     host.create("counter", Some("c"), json!({})).await.unwrap();
@@ -224,15 +207,15 @@ async fn backup_under_writes_restores_into_a_fresh_directory() {
         })
     };
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let file = dir.0.join("backup.redb");
+    let file = dir.join("backup.redb");
     let info = host.backup(&file).await.unwrap();
     writer.await.unwrap();
     assert!(host.backup(&file).await.is_err(), "never overwrites");
     // The backup is one consistent point: x's count there equals its log length there.
     let fresh = TempDir::new("backup-restore");
-    polycall_state::Store::restore_backup(&file, &fresh.db()).unwrap();
+    polycall_state::Store::restore_backup(&file, &db(&fresh)).unwrap();
     assert!(
-        polycall_state::Store::restore_backup(&file, &fresh.db()).is_err(),
+        polycall_state::Store::restore_backup(&file, &db(&fresh)).is_err(),
         "only into a fresh directory"
     );
     let restored = open(&fresh, vec![counter(Durability::Sync, 8)]);
@@ -250,9 +233,9 @@ async fn backup_under_writes_restores_into_a_fresh_directory() {
         .await
         .unwrap();
     // A file that is not a backup is refused.
-    let junk = dir.0.join("junk.redb");
+    let junk = dir.join("junk.redb");
     std::fs::write(&junk, b"not a database").unwrap();
-    assert!(polycall_state::Store::restore_backup(&junk, &dir.0.join("other/state.redb")).is_err());
+    assert!(polycall_state::Store::restore_backup(&junk, &dir.join("other/state.redb")).is_err());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -298,7 +281,7 @@ async fn concurrent_instances_share_commits() {
 #[tokio::test]
 async fn batched_and_none_modes_are_acknowledged_and_flushed() {
     let dir = TempDir::new("batched");
-    let mut cfg = StoreConfig::new(dir.db());
+    let mut cfg = StoreConfig::new(db(&dir));
     cfg.batch_window = std::time::Duration::from_millis(30);
     let host = StateHost::open(vec![counter(Durability::Batched, 0)], cfg.clone()).unwrap();
     host.create("counter", Some("b"), json!({})).await.unwrap();
@@ -358,7 +341,7 @@ async fn a_tampered_log_is_detected_on_recovery() {
     // Change the logged event behind the store's back (7 → 8), keeping its hash.
     const LOG: redb::TableDefinition<(&str, u64), &[u8]> = redb::TableDefinition::new("log");
     {
-        let db = redb::Database::open(dir.db()).unwrap();
+        let db = redb::Database::open(db(&dir)).unwrap();
         let read = db.begin_read().unwrap();
         let rows: Vec<((String, u64), Vec<u8>)> = read
             .open_table(LOG)
@@ -391,7 +374,7 @@ async fn a_tampered_log_is_detected_on_recovery() {
     }
     let err = StateHost::open(
         vec![counter(Durability::Sync, 0)],
-        StoreConfig::new(dir.db()),
+        StoreConfig::new(db(&dir)),
     )
     .unwrap_err();
     assert!(matches!(err, StateError::Integrity(_)), "{err}");
@@ -430,7 +413,7 @@ async fn watchers_see_changes_as_they_happen() {
 #[tokio::test]
 async fn recovery_before_the_window_changes_nothing_and_later_instances_did_not_exist() {
     let dir = TempDir::new("window");
-    let mut cfg = StoreConfig::new(dir.db());
+    let mut cfg = StoreConfig::new(db(&dir));
     cfg.keep_snapshots = 1;
     let host = StateHost::open(vec![counter(Durability::Sync, 5)], cfg).unwrap();
     host.create("counter", Some("early"), json!({}))

@@ -3,22 +3,16 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 use polycall_security::{
     Ca, ClientAuth, ClientTls, IssueOptions, Issued, SecretRef, ServerTls, write_private,
 };
 
-pub fn tmp(tag: &str) -> PathBuf {
-    static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "polycall-net-tls-{}-{}-{tag}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+pub use polycall_test_support::TempDir;
+
+/// A scratch directory for `tag`, removed when dropped.
+pub fn tmp(tag: &str) -> TempDir {
+    TempDir::new(tag)
 }
 
 pub fn store(dir: &Path, name: &str, i: &Issued) -> (SecretRef, SecretRef) {
@@ -31,7 +25,7 @@ pub fn store(dir: &Path, name: &str, i: &Issued) -> (SecretRef, SecretRef) {
 
 /// A CA in a temporary directory and a server certificate for the loopback names.
 pub struct Pki {
-    pub dir: PathBuf,
+    pub dir: TempDir,
     pub ca: Ca,
 }
 
