@@ -4,7 +4,15 @@
 
 use libfuzzer_sys::fuzz_target;
 use polycall_proto::frame::Frame;
-use polycall_proto::{Connection, PREFACE, Settings, negotiate};
+use polycall_proto::{Clock, Config, Connection, PREFACE, Role, Settings, negotiate};
+
+/// A clock that advances a microsecond per reading: the same input takes the same path.
+fn clock() -> Clock {
+    let ticks = std::sync::atomic::AtomicU64::new(0);
+    Clock::from_fn(move || {
+        std::time::Duration::from_micros(ticks.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    })
+}
 
 fuzz_target!(|data: &[u8]| {
     let Some((&mode, data)) = data.split_first() else { return };
@@ -15,13 +23,15 @@ fuzz_target!(|data: &[u8]| {
     settings.limits.max_in_flight = 8;
     settings.limits.max_message = 1 << 16;
     let mut conn = if mode & 1 == 0 {
-        let mut c = Connection::server(settings.clone()).expect("valid settings");
+        let config = Config::default().settings(settings.clone()).clock(clock());
+        let mut c = Connection::new(Role::Server, config).expect("valid settings");
         let mut hello = PREFACE.to_vec();
         hello.extend_from_slice(&Frame::Hello(settings.hello()).to_bytes(false));
         c.feed(&hello).expect("handshake");
         c
     } else {
-        let mut c = Connection::client(settings.clone()).expect("valid settings");
+        let config = Config::default().settings(settings.clone()).clock(clock());
+        let mut c = Connection::new(Role::Client, config).expect("valid settings");
         let welcome = negotiate(&settings, &settings.hello()).expect("agree");
         let mut bytes = PREFACE.to_vec();
         bytes.extend_from_slice(&Frame::Welcome(welcome).to_bytes(false));

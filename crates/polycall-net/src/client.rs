@@ -267,8 +267,12 @@ impl Service<Call> for Channel {
     type Error = Status;
     type Future = BoxFuture;
 
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Poll::Ready(Ok(()))
+    /// Ready when a call can go without waiting: a connection of the pool has room
+    /// under the server's `max_in_flight` (or one can be opened). A `Channel` whose
+    /// connections are all full is not ready: tower stacks (buffers, balancers, load
+    /// shedders) see the backpressure instead of queueing calls on a full connection.
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        self.inner.pool.poll_capacity(cx).map(Ok)
     }
 
     fn call(&mut self, call: Call) -> BoxFuture {

@@ -262,6 +262,37 @@ struct Shared {
     principal: std::sync::OnceLock<Option<polycall_core::Principal>>,
     /// The negotiated feature bits, once open.
     features: AtomicU64,
+    /// The most calls the peer takes at once (its `max_in_flight`), once open.
+    peer_max_in_flight: AtomicUsize,
+    /// Who waits for this connection to have room for a call (`Channel::poll_ready`).
+    capacity_waiters: CapacityWaiters,
+}
+
+/// Wakers to wake when a connection has room for another call (one of its calls ended)
+/// or ended. Empty in the common case, where checking costs one atomic load.
+#[derive(Debug, Default)]
+struct CapacityWaiters {
+    any: AtomicBool,
+    wakers: std::sync::Mutex<Vec<std::task::Waker>>,
+}
+
+impl CapacityWaiters {
+    fn register(&self, waker: &std::task::Waker) {
+        let mut wakers = self.wakers.lock().unwrap_or_else(|p| p.into_inner());
+        if !wakers.iter().any(|w| w.will_wake(waker)) {
+            wakers.push(waker.clone());
+        }
+        self.any.store(true, Ordering::Release);
+    }
+
+    fn wake_all(&self) {
+        // The common case, nobody waiting, costs one load.
+        if !self.any.load(Ordering::Acquire) || !self.any.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        let wakers = std::mem::take(&mut *self.wakers.lock().unwrap_or_else(|p| p.into_inner()));
+        wakers.into_iter().for_each(std::task::Waker::wake);
+    }
 }
 
 /// A handle to a running connection: make calls, register methods, shut it down.
@@ -295,6 +326,7 @@ struct CancelOnDrop {
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         self.shared.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.shared.capacity_waiters.wake_all();
         if self.armed {
             let _ = self.commands.send(Command::Cancel(self.token));
         }
@@ -395,6 +427,23 @@ impl ConnectionHandle {
         self.shared.in_flight.load(Ordering::Relaxed)
     }
 
+    /// The most calls the peer takes at once (its negotiated `max_in_flight`; unbounded
+    /// until the connection is open).
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.peer_max_in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Whether another call fits now: the connection is open and fewer than
+    /// [`max_in_flight`](Self::max_in_flight) calls are waiting.
+    pub fn has_capacity(&self) -> bool {
+        !self.is_closed() && self.in_flight() < self.max_in_flight()
+    }
+
+    /// Wakes `waker` once one of this connection's calls ends or the connection does.
+    pub(crate) fn wake_on_capacity(&self, waker: &std::task::Waker) {
+        self.shared.capacity_waiters.register(waker);
+    }
+
     /// Whether the connection ended.
     pub fn is_closed(&self) -> bool {
         self.shared.closed.load(Ordering::Acquire)
@@ -463,6 +512,8 @@ impl PendingConnection {
                     done: tokio::sync::Notify::new(),
                     principal: std::sync::OnceLock::new(),
                     features: AtomicU64::new(0),
+                    peer_max_in_flight: AtomicUsize::new(usize::MAX),
+                    capacity_waiters: CapacityWaiters::default(),
                 }),
             },
             commands: rx,
@@ -706,6 +757,7 @@ impl Driver {
         self.fail_everything(&status);
         self.shared.closed.store(true, Ordering::Release);
         self.shared.done.notify_waiters();
+        self.shared.capacity_waiters.wake_all();
         self.handler.closed();
     }
 
@@ -724,6 +776,9 @@ impl Driver {
                 let _ = self.shared.principal.set(principal.clone());
                 if let Some(n) = self.proto.negotiated() {
                     self.shared.features.store(n.features, Ordering::Release);
+                    self.shared
+                        .peer_max_in_flight
+                        .store(n.peer_limits.max_in_flight as usize, Ordering::Relaxed);
                 }
                 self.principal = principal;
                 if let Some(c) = self.connected.take() {

@@ -187,6 +187,33 @@ impl Pool {
         Duration::from_nanos(self.now_ns().saturating_sub(last))
     }
 
+    /// Ready when a call could go now: some slot has no live connection (one can be
+    /// opened) or a live one has room under its peer's `max_in_flight`. Otherwise the
+    /// task is woken when one of them gets room or closes.
+    pub(crate) fn poll_capacity(&self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        use std::task::Poll;
+        let mut full = Vec::new();
+        for cell in &self.slots {
+            // A slot being connected by another caller will have room soon.
+            let Ok(slot) = cell.slot.try_lock() else {
+                return Poll::Ready(());
+            };
+            match slot.live() {
+                Some(h) if !h.has_capacity() => full.push(h.clone()),
+                _ => return Poll::Ready(()),
+            }
+        }
+        for h in &full {
+            h.wake_on_capacity(cx.waker());
+        }
+        // A call may have ended between the check and the registration.
+        if full.iter().any(ConnectionHandle::has_capacity) || full.iter().any(|h| h.is_closed()) {
+            Poll::Ready(())
+        } else {
+            Poll::Pending
+        }
+    }
+
     /// Live connections now.
     pub(crate) fn live(&self) -> Vec<ConnectionHandle> {
         self.slots

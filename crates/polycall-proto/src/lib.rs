@@ -21,6 +21,7 @@
 //! assert_eq!(welcome.version, 1);
 //! ```
 
+pub mod clock;
 pub mod codec;
 pub mod compress;
 pub mod connection;
@@ -33,6 +34,7 @@ pub mod legacy;
 pub mod meta;
 mod wire;
 
+pub use clock::Clock;
 pub use connection::{
     AUTH_ACCEPTED, AUTH_MAX_STEPS, Config, Connection, Event, IncomingCall, PREFACE, Role,
 };

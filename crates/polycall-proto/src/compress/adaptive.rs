@@ -1,7 +1,7 @@
 //! The adaptive selector: which [`Choice`] delivers a message soonest.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use polycall_core::ContentType;
@@ -654,6 +654,7 @@ pub struct AdaptiveCompressor {
     compressor: Compressor,
     scratch: Vec<u8>,
     last_choice: Choice,
+    clock: crate::Clock,
 }
 
 impl AdaptiveCompressor {
@@ -664,7 +665,20 @@ impl AdaptiveCompressor {
             compressor: Compressor::new(),
             scratch: Vec::new(),
             last_choice: Choice::NONE,
+            clock: crate::Clock::system(),
         }
+    }
+
+    /// Times compression with `clock` instead of the system's (a test or a fuzzer
+    /// gives a fixed one, and the selector's choices repeat run after run).
+    pub fn with_clock(mut self, clock: crate::Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock compression is timed with.
+    pub fn clock(&self) -> &crate::Clock {
+        &self.clock
     }
 
     /// The selector.
@@ -698,9 +712,10 @@ impl AdaptiveCompressor {
         if self.compressor.prepare(choice).is_err() {
             return (Algorithm::None, payload.clone());
         }
-        let start = Instant::now();
-        let result = self.compressor.compress(choice, payload, &mut self.scratch);
-        let cpu = start.elapsed();
+        let (compressor, scratch) = (&mut self.compressor, &mut self.scratch);
+        let (result, cpu) = self
+            .clock
+            .time(|| compressor.compress(choice, payload, scratch));
         let sent = match result {
             Ok(()) => {
                 self.selector.observe(

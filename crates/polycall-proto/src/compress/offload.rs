@@ -15,7 +15,7 @@
 //!   [`Event::Deferred`](crate::Event::Deferred); [`Deferred::decompress`] (pure, bounded
 //!   by the negotiated message limit) turns it into the event it holds.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use polycall_core::{ContentType, Payload, Status};
@@ -30,6 +30,8 @@ pub struct CompressJob {
     pub(crate) choice: Choice,
     pub(crate) content_type: ContentType,
     pub(crate) input: Bytes,
+    /// The connection's clock, to time the work where it runs.
+    pub(crate) clock: crate::Clock,
 }
 
 /// The outcome of a [`CompressJob`], to send with the connection.
@@ -56,10 +58,9 @@ impl CompressJob {
     pub fn run(self) -> Compressed {
         let mut out = Vec::new();
         let mut c = Compressor::new();
-        let start = Instant::now();
-        let ok = c.prepare(self.choice).is_ok()
-            && c.compress(self.choice, &self.input, &mut out).is_ok();
-        let cpu = start.elapsed();
+        let (ok, cpu) = self.clock.time(|| {
+            c.prepare(self.choice).is_ok() && c.compress(self.choice, &self.input, &mut out).is_ok()
+        });
         let smaller = ok && out.len() < self.input.len();
         Compressed {
             key: self.key,

@@ -53,6 +53,7 @@ impl Connection {
             choice,
             content_type: payload.content_type,
             input: payload.bytes.clone(),
+            clock: self.config.clock.clone(),
         })
     }
 

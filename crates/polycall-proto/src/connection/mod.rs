@@ -118,6 +118,9 @@ pub struct Config {
     /// that would go over is refused with `busy` (and a retry hint) instead of stalling
     /// the connection. At least `max_message`.
     pub reassembly_budget: usize,
+    /// The one source of time of the state machine (it times compression); the
+    /// system's monotonic clock by default, a fixed one for deterministic runs.
+    pub clock: crate::Clock,
 }
 
 impl Default for Config {
@@ -128,6 +131,7 @@ impl Default for Config {
             compression: SelectorConfig::default(),
             reassembly_budget: 128 * 1024 * 1024,
             max_compress_size: 1024 * 1024,
+            clock: crate::Clock::system(),
             defer_decompression_above: None,
         }
     }
@@ -164,6 +168,12 @@ impl Config {
     /// compressed, as [`Event::Deferred`].
     pub fn defer_decompression_above(mut self, defer_decompression_above: usize) -> Self {
         self.defer_decompression_above = Some(defer_decompression_above);
+        self
+    }
+
+    /// Sets the state machine's source of time.
+    pub fn clock(mut self, clock: crate::Clock) -> Self {
+        self.clock = clock;
         self
     }
 
@@ -504,7 +514,8 @@ impl Connection {
         }
         let mut c = Self {
             role,
-            compressor: AdaptiveCompressor::new(config.compression.clone()),
+            compressor: AdaptiveCompressor::new(config.compression.clone())
+                .with_clock(config.clock.clone()),
             recv_credit: config.settings.limits.initial_window.into(),
             config,
             state: State::Preface,
