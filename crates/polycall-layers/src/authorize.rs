@@ -32,10 +32,15 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use polycall_core::{BoxFuture, Call, Code, Reply, Status};
+use polycall_core::{Call, Code, Reply, Status};
 use polycall_security::authz::Policy;
 use tower::Layer;
 use tower_service::Service;
+
+crate::response_future! {
+    /// The future of [`Authorize`]'s calls.
+    ResponseFuture
+}
 
 /// Wraps services in [`Authorize`].
 #[derive(Debug, Clone)]
@@ -75,23 +80,23 @@ where
 {
     type Response = Reply;
     type Error = Status;
-    type Future = BoxFuture;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, call: Call) -> BoxFuture {
+    fn call(&mut self, call: Call) -> ResponseFuture {
         match self.policy.check(
             call.metadata.principal.as_ref(),
             call.service.as_str(),
             call.method.as_str(),
         ) {
-            Ok(()) => Box::pin(self.inner.call(call)),
+            Ok(()) => ResponseFuture::new(self.inner.call(call)),
             Err(denied) => {
                 tracing::debug!(%denied, "call denied");
                 let status = Status::new(Code::PermissionDenied, denied.to_string()).not_executed();
-                Box::pin(std::future::ready(Err(status)))
+                ResponseFuture::new(std::future::ready(Err(status)))
             }
         }
     }

@@ -29,11 +29,16 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use polycall_core::{BoxFuture, Call, Reply, Status};
+use polycall_core::{Call, Reply, Status};
 use rand::Rng;
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 use tower_service::Service;
+
+crate::response_future! {
+    /// The future of [`Balance`]'s calls.
+    ResponseFuture
+}
 
 /// A function giving the consistent-hashing key of a call.
 pub type CallKeyFn = Arc<dyn Fn(&Call) -> u64 + Send + Sync>;
@@ -443,14 +448,14 @@ where
 {
     type Response = Reply;
     type Error = Status;
-    type Future = BoxFuture;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         // Readiness is per endpoint: the chosen endpoint is driven ready in the call.
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, call: Call) -> BoxFuture {
+    fn call(&mut self, call: Call) -> ResponseFuture {
         let picked = {
             let mut st = self.state();
             if st.endpoints.is_empty() {
@@ -463,7 +468,7 @@ where
             }
         };
         let Some((service, load)) = picked else {
-            return Box::pin(std::future::ready(Err(Status::unavailable(
+            return ResponseFuture::new(std::future::ready(Err(Status::unavailable(
                 "the balancer has no endpoints",
             )
             .not_executed())));
@@ -472,7 +477,7 @@ where
             Strategy::PowerOfTwoChoices { decay, .. } => Some((decay.as_nanos() as f64).max(1.0)),
             _ => None,
         };
-        Box::pin(async move {
+        ResponseFuture::new(async move {
             let guard = InFlight(load);
             let start = Instant::now();
             let result = service.oneshot(call).await;

@@ -35,10 +35,15 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use polycall_core::{BoxFuture, Call, Code, Reply, Status};
+use polycall_core::{Call, Code, Reply, Status};
 use tokio::time::Instant;
 use tower::Layer;
 use tower_service::Service;
+
+crate::response_future! {
+    /// The future of [`CircuitBreaker`]'s calls.
+    ResponseFuture
+}
 
 /// How a [`CircuitBreaker`] decides to open and to close.
 #[derive(Debug, Clone, PartialEq)]
@@ -572,16 +577,16 @@ where
 {
     type Response = Reply;
     type Error = Status;
-    type Future = BoxFuture;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, call: Call) -> BoxFuture {
+    fn call(&mut self, call: Call) -> ResponseFuture {
         let (generation, probe) = match self.shared.admit(Instant::now()) {
             Ok(admitted) => admitted,
-            Err(status) => return Box::pin(std::future::ready(Err(status))),
+            Err(status) => return ResponseFuture::new(std::future::ready(Err(status))),
         };
         let outcome = Outcome {
             shared: Arc::clone(&self.shared),
@@ -590,7 +595,7 @@ where
             recorded: false,
         };
         let fut = self.inner.call(call);
-        Box::pin(async move {
+        ResponseFuture::new(async move {
             let result = fut.await;
             let failed = match &result {
                 Err(s) if outcome.shared.config.is_failure.contains(&s.code) => Some(s.code),
@@ -610,6 +615,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use polycall_core::BoxFuture;
 
     fn call() -> Call {
         Call::new("debug.x", Payload::empty()).unwrap()

@@ -25,10 +25,15 @@
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use polycall_core::{BoxFuture, Call, Reply, Status};
+use polycall_core::{Call, Reply, Status};
 use tokio::time::Instant;
 use tower::Layer;
 use tower_service::Service;
+
+crate::response_future! {
+    /// The future of [`DeadlineService`]'s calls.
+    ResponseFuture
+}
 
 /// How [`DeadlineLayer`] treats deadlines.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -154,13 +159,13 @@ where
 {
     type Response = Reply;
     type Error = Status;
-    type Future = BoxFuture;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut call: Call) -> BoxFuture {
+    fn call(&mut self, mut call: Call) -> ResponseFuture {
         let now = Instant::now();
         if call.metadata.deadline.is_none()
             && let Some(timeout) = self.config.default_timeout
@@ -168,7 +173,7 @@ where
             call.metadata.deadline = Some(polycall_core::Deadline::after(now.into_std(), timeout));
         }
         let Some(deadline) = call.metadata.deadline else {
-            return Box::pin(self.inner.call(call));
+            return ResponseFuture::new(self.inner.call(call));
         };
         if deadline.is_expired(now.into_std()) {
             let late = now.into_std().saturating_duration_since(deadline.0);
@@ -178,12 +183,12 @@ where
                 call.full_name()
             ))
             .not_executed();
-            return Box::pin(std::future::ready(Err(status)));
+            return ResponseFuture::new(std::future::ready(Err(status)));
         }
         let timeout = deadline.remaining(now.into_std());
         let name = call.full_name();
         let fut = self.inner.call(call);
-        Box::pin(async move {
+        ResponseFuture::new(async move {
             tokio::select! {
                 biased;
                 result = fut => result,

@@ -42,10 +42,15 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use polycall_core::{BoxFuture, Call, Code, Deadline, Metadata, Payload, Reply, Status};
+use polycall_core::{Call, Code, Deadline, Metadata, Payload, Reply, Status};
 use tokio::time::Instant;
 use tower::{Layer, ServiceExt};
 use tower_service::Service;
+
+crate::response_future! {
+    /// The future of [`Failover`]'s calls.
+    ResponseFuture
+}
 
 /// How a [`Failover`] judges and probes its endpoints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -376,15 +381,15 @@ where
 {
     type Response = Reply;
     type Error = Status;
-    type Future = BoxFuture;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, call: Call) -> BoxFuture {
+    fn call(&mut self, call: Call) -> ResponseFuture {
         let shared = Arc::clone(&self.shared);
-        Box::pin(async move {
+        ResponseFuture::new(async move {
             let order = shared.order();
             let tried = order.len();
             let mut last = None;
@@ -470,6 +475,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, AtomicUsize};
 
     use super::*;
+    use polycall_core::BoxFuture;
 
     /// An endpoint that answers with its name, or — while down — refuses like a closed
     /// port (`unavailable`, not executed). Counts real calls and probes separately.

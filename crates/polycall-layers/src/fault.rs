@@ -22,11 +22,16 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use polycall_core::{BoxFuture, Call, Reply, Status};
+use polycall_core::{Call, Reply, Status};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tower::Layer;
 use tower_service::Service;
+
+crate::response_future! {
+    /// The future of [`FaultInjection`]'s calls.
+    ResponseFuture
+}
 
 /// Which faults to inject, and how often.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -206,16 +211,16 @@ where
 {
     type Response = Reply;
     type Error = Status;
-    type Future = BoxFuture;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, call: Call) -> BoxFuture {
+    fn call(&mut self, call: Call) -> ResponseFuture {
         let c = &*self.config;
         if !c.applies_to(&call) {
-            return Box::pin(self.inner.call(call));
+            return ResponseFuture::new(self.inner.call(call));
         }
         let (delay, abort) = {
             let mut rng = self.rng.lock().unwrap_or_else(PoisonError::into_inner);
@@ -234,7 +239,7 @@ where
         if let Some(status) = abort {
             self.stats.aborted.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(call = %call.full_name(), %status, ?delay, "injecting an abort");
-            return Box::pin(async move {
+            return ResponseFuture::new(async move {
                 if let Some(d) = delay {
                     tokio::time::sleep(d).await;
                 }
@@ -242,13 +247,13 @@ where
             });
         }
         match delay {
-            None => Box::pin(self.inner.call(call)),
+            None => ResponseFuture::new(self.inner.call(call)),
             Some(d) => {
                 tracing::debug!(call = %call.full_name(), delay = ?d, "injecting a delay");
                 // Keep the instance `poll_ready` prepared; leave a fresh clone behind.
                 let clone = self.inner.clone();
                 let mut ready = std::mem::replace(&mut self.inner, clone);
-                Box::pin(async move {
+                ResponseFuture::new(async move {
                     tokio::time::sleep(d).await;
                     ready.call(call).await
                 })

@@ -47,3 +47,43 @@ pub mod limit;
 pub mod rate_limit;
 pub mod retry;
 pub mod shape;
+
+/// Declares a layer module's named response future: the type its service's
+/// `Service::Future` is. Today it holds the boxed future the service builds; being a
+/// type of the module, it can become a hand-written state machine without changing the
+/// layer's API (as tower's `ResponseFuture`s are).
+macro_rules! response_future {
+    ($(#[$doc:meta])* $name:ident) => {
+        $(#[$doc])*
+        pub struct $name(polycall_core::BoxFuture);
+
+        impl $name {
+            fn new(
+                future: impl std::future::Future<
+                    Output = Result<polycall_core::Reply, polycall_core::Status>,
+                > + Send
+                + 'static,
+            ) -> Self {
+                Self(Box::pin(future))
+            }
+        }
+
+        impl std::future::Future for $name {
+            type Output = Result<polycall_core::Reply, polycall_core::Status>;
+
+            fn poll(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<Self::Output> {
+                self.0.as_mut().poll(cx)
+            }
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(stringify!($name))
+            }
+        }
+    };
+}
+pub(crate) use response_future;

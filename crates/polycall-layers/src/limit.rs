@@ -25,14 +25,19 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use polycall_core::{BoxFuture, Call, Code, Priority, Reply, Status};
+use polycall_core::{Call, Code, Priority, Reply, Status};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 use tower::Layer;
 use tower_service::Service;
 
-fn busy(message: String, retry_after: Duration) -> BoxFuture {
-    Box::pin(std::future::ready(Err(
+crate::response_future! {
+    /// The future of [`ConcurrencyLimit`] and [`AdaptiveLimit`]'s calls.
+    ResponseFuture
+}
+
+fn busy(message: String, retry_after: Duration) -> ResponseFuture {
+    ResponseFuture::new(std::future::ready(Err(
         Status::busy(message).with_retry_after(retry_after)
     )))
 }
@@ -246,7 +251,7 @@ where
 {
     type Response = Reply;
     type Error = Status;
-    type Future = BoxFuture;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         // Admission is decided per call (so a refusal is an answer, not back-pressure
@@ -254,7 +259,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, call: Call) -> BoxFuture {
+    fn call(&mut self, call: Call) -> ResponseFuture {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = self.shared.clone();
@@ -262,7 +267,7 @@ where
         let cap = shared.config.cap(priority);
         if let Some(permit) = shared.try_acquire(cap) {
             let fut = inner.call(call);
-            return Box::pin(async move {
+            return ResponseFuture::new(async move {
                 let _permit = permit;
                 fut.await
             });
@@ -282,7 +287,7 @@ where
         if let Some(d) = call.metadata.deadline {
             wait_until = wait_until.min(Instant::from_std(d.0));
         }
-        Box::pin(async move {
+        ResponseFuture::new(async move {
             let permit = {
                 let _queued = Queued(&shared.queued);
                 loop {
@@ -619,13 +624,13 @@ where
 {
     type Response = Reply;
     type Error = Status;
-    type Future = BoxFuture;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, call: Call) -> BoxFuture {
+    fn call(&mut self, call: Call) -> ResponseFuture {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let shared = &self.shared;
@@ -651,7 +656,7 @@ where
             outcome: None,
         };
         let fut = inner.call(call);
-        Box::pin(async move {
+        ResponseFuture::new(async move {
             let result = fut.await;
             permit.outcome = Some(matches!(&result, Err(s) if s.code == Code::Busy));
             drop(permit);

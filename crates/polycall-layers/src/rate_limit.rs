@@ -26,9 +26,14 @@ use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
 use governor::state::keyed::DefaultKeyedStateStore;
 use governor::{Quota, RateLimiter};
-use polycall_core::{BoxFuture, Call, Reply, Status};
+use polycall_core::{Call, Reply, Status};
 use tower::Layer;
 use tower_service::Service;
+
+crate::response_future! {
+    /// The future of [`RateLimit`]'s calls.
+    ResponseFuture
+}
 
 /// A function deriving the rate-limit key of a call.
 pub type RateKeyFn = Arc<dyn Fn(&Call) -> String + Send + Sync>;
@@ -262,19 +267,19 @@ where
 {
     type Response = Reply;
     type Error = Status;
-    type Future = BoxFuture;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, call: Call) -> BoxFuture {
+    fn call(&mut self, call: Call) -> ResponseFuture {
         let key = self.shared.key.key(&call);
         match self.shared.check(&key) {
             Ok(()) => {
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
-                Box::pin(inner.call(call))
+                ResponseFuture::new(inner.call(call))
             }
             Err(wait) => {
                 let who = if key.is_empty() {
@@ -287,7 +292,7 @@ where
                     self.shared.per_second
                 ))
                 .with_retry_after(wait);
-                Box::pin(std::future::ready(Err(status)))
+                ResponseFuture::new(std::future::ready(Err(status)))
             }
         }
     }

@@ -42,7 +42,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use polycall_core::{BoxFuture, Call, Code, Reply, Status};
+use polycall_core::{Call, Code, Reply, Status};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
@@ -50,6 +50,11 @@ use tower::{Layer, ServiceExt};
 use tower_service::Service;
 
 use crate::breaker::SlidingCounts;
+
+crate::response_future! {
+    /// The future of [`Retry`]'s calls.
+    ResponseFuture
+}
 
 /// How much extra load retries may add. See [`RetryBudget`].
 #[derive(Debug, Clone, PartialEq)]
@@ -447,16 +452,16 @@ where
 {
     type Response = Reply;
     type Error = Status;
-    type Future = BoxFuture;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, call: Call) -> BoxFuture {
+    fn call(&mut self, call: Call) -> ResponseFuture {
         self.budget.deposit();
         if self.config.max_attempts <= 1 {
-            return Box::pin(self.inner.call(call));
+            return ResponseFuture::new(self.inner.call(call));
         }
         // The first attempt uses the service made ready by `poll_ready`; retries wait
         // for the readiness of a clone.
@@ -465,7 +470,7 @@ where
         let config = Arc::clone(&self.config);
         let budget = Arc::clone(&self.budget);
         let rng = Arc::clone(&self.rng);
-        Box::pin(async move {
+        ResponseFuture::new(async move {
             let deadline = call.metadata.deadline.map(|d| Instant::from_std(d.0));
             let mut result = first.await;
             let mut attempt = 1;
@@ -514,6 +519,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
+    use polycall_core::BoxFuture;
 
     fn call(idempotent: bool) -> Call {
         let md = Metadata {

@@ -23,10 +23,15 @@ use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use polycall_core::{BoxFuture, Call, Priority, Reply, Status};
+use polycall_core::{Call, Priority, Reply, Status};
 use tokio::time::Instant;
 use tower::Layer;
 use tower_service::Service;
+
+crate::response_future! {
+    /// The future of [`Shape`]'s calls.
+    ResponseFuture
+}
 
 /// A byte rate with a burst allowance.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,13 +243,13 @@ where
 {
     type Response = Reply;
     type Error = Status;
-    type Future = BoxFuture;
+    type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, call: Call) -> BoxFuture {
+    fn call(&mut self, call: Call) -> ResponseFuture {
         // The service that was polled ready goes with this call.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -259,16 +264,18 @@ where
             .reserve(class, n, now, deadline);
         let Some(send_at) = send_at else {
             let priority = call.metadata.priority;
-            return Box::pin(std::future::ready(Err(Status::deadline_exceeded(format!(
-                "traffic shaping: the {n}-byte {priority:?} call could not be sent \
+            return ResponseFuture::new(std::future::ready(Err(Status::deadline_exceeded(
+                format!(
+                    "traffic shaping: the {n}-byte {priority:?} call could not be sent \
                  before its deadline"
-            ))
+                ),
+            )
             .not_executed())));
         };
         if send_at <= now {
-            return Box::pin(inner.call(call));
+            return ResponseFuture::new(inner.call(call));
         }
-        Box::pin(async move {
+        ResponseFuture::new(async move {
             tokio::time::sleep_until(send_at).await;
             inner.call(call).await
         })
