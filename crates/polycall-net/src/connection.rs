@@ -268,6 +268,28 @@ struct Shared {
     capacity_waiters: CapacityWaiters,
 }
 
+/// The least-loaded pick, the one rule behind a `Channel`'s choice of connection and the
+/// runtime's choice of provider: of the `items` whose connection is open and not going
+/// away, the one with the fewest calls in flight (the first of equals).
+///
+/// ```no_run
+/// # fn demo(connections: Vec<polycall_net::ConnectionHandle>) {
+/// let pick = polycall_net::least_loaded(connections.iter(), |c| *c);
+/// # let _ = pick; }
+/// ```
+pub fn least_loaded<T>(
+    items: impl IntoIterator<Item = T>,
+    connection: impl Fn(&T) -> &ConnectionHandle,
+) -> Option<T> {
+    items
+        .into_iter()
+        .filter(|item| {
+            let c = connection(item);
+            !c.is_closed() && !c.is_going_away()
+        })
+        .min_by_key(|item| connection(item).in_flight())
+}
+
 /// Wakers to wake when a connection has room for another call (one of its calls ended)
 /// or ended. Empty in the common case, where checking costs one atomic load.
 #[derive(Debug, Default)]

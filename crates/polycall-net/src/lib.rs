@@ -45,7 +45,9 @@ mod server;
 mod transport;
 
 pub use client::{Channel, ChannelConfig};
-pub use connection::{ConnectionConfig, ConnectionHandle, PendingConnection, establish};
+pub use connection::{
+    ConnectionConfig, ConnectionHandle, PendingConnection, establish, least_loaded,
+};
 pub use handler::{ConnectionHandler, NoHandler, RouterHandler, ServiceHandler, SharedHandler};
 pub use polycall_core::{Endpoint, EndpointError};
 pub use prefixed::Prefixed;

@@ -232,23 +232,27 @@ impl Pool {
         Fut: Future<Output = Result<ConnectionHandle, Status>>,
         F: FnOnce(&ConnectionHandle) -> R,
     {
-        let mut best: Option<(usize, usize, MutexGuard<'_, Slot>)> = None;
+        let mut live: Vec<(usize, MutexGuard<'_, Slot>)> = Vec::new();
         let mut dead = Vec::new();
         for (i, cell) in self.slots.iter().enumerate() {
             // A slot being (re)connected by another caller is skipped.
             let Ok(slot) = cell.slot.try_lock() else {
                 continue;
             };
-            match slot.live().map(|h| h.in_flight()) {
-                Some(load) => {
-                    if best.as_ref().is_none_or(|b| load < b.1) {
-                        best = Some((i, load, slot));
-                    }
-                }
-                None => dead.push(i),
+            if slot.live().is_some() {
+                live.push((i, slot));
+            } else {
+                dead.push(i);
             }
         }
-        let fallback = match best.take() {
+        let best = crate::connection::least_loaded(live, |(_, slot)| {
+            slot.handle.as_ref().expect("a live slot has a connection")
+        })
+        .map(|(i, slot)| {
+            let load = slot.live().map_or(usize::MAX, ConnectionHandle::in_flight);
+            (i, load, slot)
+        });
+        let fallback = match best {
             Some((i, load, slot)) if dead.is_empty() || load == 0 => {
                 return Ok(self.run(i, &slot, f));
             }

@@ -88,11 +88,7 @@ impl Registry {
             ServiceName::new(service).ok()?,
             MethodName::new(method).ok()?,
         );
-        m.get(&key)?
-            .iter()
-            .filter(|p| !p.connection.is_closed() && !p.connection.is_going_away())
-            .min_by_key(|p| p.connection.in_flight())
-            .map(|p| p.connection.clone())
+        polycall_net::least_loaded(m.get(&key)?, |p| &p.connection).map(|p| p.connection.clone())
     }
 
     /// Whether any provider serves a method of `service`.
