@@ -19,21 +19,28 @@ fn schema() -> polycall_bindgen::Schema {
     polycall_bindgen::parse_schema(&text, "conformance.toml").expect("it parses")
 }
 
-#[test]
-fn python_conformance_stubs_match_a_fresh_generation() {
-    let dir = repo().join("bindings/python/conformance/generated");
-    let files = polycall_bindgen::generate(&schema(), "python").expect("generation");
-    assert_eq!(files.len(), 2, "a module and a page per service");
-    for f in files {
+/// Each file `target` generates for the conformance schema is the one checked in under
+/// `dir` (a path from the repository's root); `files` of them.
+fn assert_checked_in(target: &str, dir: &str, files: usize) {
+    let dir = repo().join(dir);
+    let generated = polycall_bindgen::generate(&schema(), target).expect("generation");
+    assert_eq!(generated.len(), files, "{target}: the files per service");
+    for f in generated {
         let path = dir.join(&f.path);
         let on_disk = std::fs::read_to_string(&path)
             .unwrap_or_else(|e| panic!("{}: {e}; regenerate it", path.display()));
         assert!(
             on_disk == f.contents,
-            "{} differs from a fresh generation; regenerate it (see this test's doc)",
+            "{} differs from a fresh generation; regenerate it (see the test's doc)",
             path.display()
         );
     }
+}
+
+#[test]
+fn python_conformance_stubs_match_a_fresh_generation() {
+    // A module and a page per service.
+    assert_checked_in("python", "bindings/python/conformance/generated", 2);
 }
 
 /// The Rust target's output for the conformance schema is compiled and run: the Rust
@@ -44,19 +51,8 @@ fn python_conformance_stubs_match_a_fresh_generation() {
 /// crates/polycall-cli/src/bindgen/generated`.
 #[test]
 fn rust_conformance_stubs_match_a_fresh_generation() {
-    let dir = repo().join("crates/polycall-cli/src/bindgen/generated");
-    let files = polycall_bindgen::generate(&schema(), "rust").expect("generation");
-    assert_eq!(files.len(), 1, "a module per service");
-    for f in files {
-        let path = dir.join(&f.path);
-        let on_disk = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}; regenerate it", path.display()));
-        assert!(
-            on_disk == f.contents,
-            "{} differs from a fresh generation; regenerate it (see this test's doc)",
-            path.display()
-        );
-    }
+    // A module per service.
+    assert_checked_in("rust", "crates/polycall-cli/src/bindgen/generated", 1);
 }
 
 #[test]
