@@ -13,6 +13,8 @@
 //! - [`Payload`]: `bytes::Bytes` plus a [`ContentType`].
 //! - [`Handler`]: the `tower::Service<Call>` alias every method implementation is.
 //! - [`Router`]: a method table with [`Router::describe`].
+//! - [`stream`]: streaming calls ([`CallKind`], [`StreamCall`], [`MessageStream`],
+//!   [`StreamHandler`]).
 //!
 //! ```
 //! use polycall_core::{handler_fn, Call, MethodInfo, Payload, Reply, Router};
@@ -38,6 +40,7 @@ mod payload;
 mod principal;
 mod router;
 mod status;
+pub mod stream;
 pub mod typed;
 
 pub use call::{Call, CallId, Reply};
@@ -51,3 +54,4 @@ pub use payload::{ContentType, Payload};
 pub use principal::{PeerAddr, Principal, PrincipalError, UnixCredentials};
 pub use router::{MethodDescription, MethodInfo, Router};
 pub use status::{Code, Status};
+pub use stream::{CallKind, MessageStream, StreamCall, StreamHandler};

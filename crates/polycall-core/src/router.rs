@@ -8,8 +8,8 @@ use std::task::{Context, Poll};
 use tower_service::Service;
 
 use crate::{
-    BoxFuture, BoxHandler, Call, Handler, MethodName, NameError, Reply, ServiceName, Status,
-    split_full_name,
+    BoxFuture, BoxHandler, Call, CallKind, Handler, MessageStream, MethodName, NameError, Reply,
+    ServiceName, Status, StreamCall, StreamHandler, split_full_name,
 };
 
 /// What a method says about itself in `describe()`.
@@ -28,6 +28,13 @@ pub struct MethodInfo {
     /// local hint for this process's server, never sent or described.
     #[serde(skip)]
     pub inline: bool,
+    /// The shape of its messages (unary unless a stream handler serves it).
+    #[serde(default, skip_serializing_if = "is_unary")]
+    pub kind: crate::CallKind,
+}
+
+fn is_unary(kind: &crate::CallKind) -> bool {
+    *kind == crate::CallKind::Unary
 }
 
 impl MethodInfo {
@@ -79,7 +86,14 @@ pub struct MethodDescription {
 #[derive(Clone)]
 struct Route {
     info: MethodInfo,
-    handler: BoxHandler,
+    handler: Serve,
+}
+
+/// How a route serves: one reply per call, or streams.
+#[derive(Clone)]
+enum Serve {
+    Unary(BoxHandler),
+    Stream(Arc<dyn StreamHandler>),
 }
 
 type Table = HashMap<ServiceName, HashMap<MethodName, Route>>;
@@ -147,14 +161,55 @@ impl Router {
         handler: H,
     ) -> Self {
         let route = Route {
-            info,
-            handler: BoxHandler::new(handler),
+            info: MethodInfo {
+                kind: CallKind::Unary,
+                ..info
+            },
+            handler: Serve::Unary(BoxHandler::new(handler)),
         };
         Arc::make_mut(&mut self.table)
             .entry(service)
             .or_default()
             .insert(method, route);
         self
+    }
+
+    /// Adds (or replaces) the streaming method `full_name` of `kind` (not
+    /// [`CallKind::Unary`]: use [`Router::route`]): `handler` gets the stream of request
+    /// messages (one for a server stream) and answers with the stream of replies (one
+    /// for a client stream).
+    ///
+    /// ```
+    /// use polycall_core::{stream, CallKind, MethodInfo, Payload, Router, StreamCall};
+    ///
+    /// let router = Router::new().route_stream(
+    ///     "feed.ticks",
+    ///     CallKind::ServerStream,
+    ///     MethodInfo::new("three ticks"),
+    ///     |_call: StreamCall| -> polycall_core::MessageStream {
+    ///         Box::pin(stream::iter((0..3).map(|i| Ok(Payload::raw(i.to_string())))))
+    ///     },
+    /// )?;
+    /// assert_eq!(router.info("feed", "ticks").unwrap().kind, CallKind::ServerStream);
+    /// # Ok::<(), polycall_core::NameError>(())
+    /// ```
+    pub fn route_stream(
+        mut self,
+        full_name: &str,
+        kind: CallKind,
+        info: MethodInfo,
+        handler: impl StreamHandler,
+    ) -> Result<Self, NameError> {
+        let (service, method) = split_full_name(full_name)?;
+        let route = Route {
+            info: MethodInfo { kind, ..info },
+            handler: Serve::Stream(Arc::new(handler)),
+        };
+        Arc::make_mut(&mut self.table)
+            .entry(service)
+            .or_default()
+            .insert(method, route);
+        Ok(self)
     }
 
     /// Adds every method of `other`; `other`'s entries win on a clash.
@@ -171,10 +226,61 @@ impl Router {
 
     /// The handler of `service.method`, if routed.
     pub fn handler(&self, service: &str, method: &str) -> Option<BoxHandler> {
-        self.table
-            .get(service)?
-            .get(method)
-            .map(|r| r.handler.clone())
+        match &self.table.get(service)?.get(method)?.handler {
+            Serve::Unary(h) => Some(h.clone()),
+            Serve::Stream(_) => None,
+        }
+    }
+
+    /// The stream handler of the streaming method `service.method`, if routed.
+    pub fn stream_handler(&self, service: &str, method: &str) -> Option<Arc<dyn StreamHandler>> {
+        match &self.table.get(service)?.get(method)?.handler {
+            Serve::Stream(h) => Some(h.clone()),
+            Serve::Unary(_) => None,
+        }
+    }
+
+    /// Serves a streaming call: a streaming method's handler, or a unary method called
+    /// with its one request message (its reply the one message of the answer).
+    pub fn call_stream(&self, call: StreamCall) -> MessageStream {
+        let Some(route) = self
+            .table
+            .get(call.service.as_str())
+            .and_then(|m| m.get(call.method.as_str()))
+        else {
+            return crate::stream::fail(self.unknown(&call.service, &call.method));
+        };
+        match &route.handler {
+            Serve::Stream(h) => h.call(call),
+            Serve::Unary(h) => {
+                let mut handler = h.clone();
+                Box::pin(crate::stream::Once::new(async move {
+                    let request = crate::stream::single(call.requests).await?;
+                    let call = Call {
+                        service: call.service,
+                        method: call.method,
+                        payload: request,
+                        metadata: call.metadata,
+                    };
+                    poll_fn(|cx| handler.poll_ready(cx)).await?;
+                    handler.call(call).await.map(|r| r.payload)
+                }))
+            }
+        }
+    }
+
+    fn unknown(&self, service: &ServiceName, method: &MethodName) -> Status {
+        let known = self.table.contains_key(service.as_str());
+        let msg = if known {
+            format!(
+                "service {service} has no method {method}; `polycall describe` lists what is served"
+            )
+        } else {
+            format!(
+                "no service {service} (calling {service}.{method}); `polycall describe` lists what is served"
+            )
+        };
+        Status::unknown_method(msg)
     }
 
     /// The info of `service.method`, if routed.
@@ -221,26 +327,28 @@ impl Service<Call> for Router {
     }
 
     fn call(&mut self, call: Call) -> BoxFuture {
-        match self.handler(call.service.as_str(), call.method.as_str()) {
-            Some(mut handler) => Box::pin(async move {
-                poll_fn(|cx| handler.poll_ready(cx)).await?;
-                handler.call(call).await
-            }),
+        let route = self
+            .table
+            .get(call.service.as_str())
+            .and_then(|m| m.get(call.method.as_str()));
+        match route.map(|r| (&r.handler, r.info.kind)) {
+            Some((Serve::Unary(handler), _)) => {
+                let mut handler = handler.clone();
+                Box::pin(async move {
+                    poll_fn(|cx| handler.poll_ready(cx)).await?;
+                    handler.call(call).await
+                })
+            }
+            Some((Serve::Stream(_), kind)) => {
+                let msg = format!(
+                    "{} is a streaming method ({kind}); open it as a stream",
+                    call.full_name()
+                );
+                Box::pin(std::future::ready(Err(Status::invalid_input(msg))))
+            }
             None => {
-                let known = self.table.contains_key(call.service.as_str());
-                let msg = if known {
-                    format!(
-                        "service {} has no method {}; `polycall describe` lists what is served",
-                        call.service, call.method
-                    )
-                } else {
-                    format!(
-                        "no service {} (calling {}); `polycall describe` lists what is served",
-                        call.service,
-                        call.full_name()
-                    )
-                };
-                Box::pin(std::future::ready(Err(Status::unknown_method(msg))))
+                let status = self.unknown(&call.service, &call.method);
+                Box::pin(std::future::ready(Err(status)))
             }
         }
     }

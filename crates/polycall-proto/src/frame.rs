@@ -51,6 +51,10 @@ pub mod flags {
     pub const NAMED: u8 = 0x04;
     /// `DATA`: this frame starts a new message of a stream.
     pub const FIRST: u8 = 0x08;
+    /// `CALL`/`REPLY` with `STREAM`: the frame opens the stream without a message (its
+    /// first message, if any, follows as `DATA` with `FIRST`). The same bit as `FIRST`,
+    /// on other frame types.
+    pub const EMPTY: u8 = 0x08;
 }
 
 macro_rules! frame_types {
@@ -93,9 +97,9 @@ frame_types! {
     /// An authentication exchange step (reserved; see the security issue).
     Auth = 0x03, flags = 0, call = Some(false);
     /// Opens a call.
-    Call = 0x10, flags = flags::MORE | flags::STREAM | flags::NAMED, call = Some(true);
+    Call = 0x10, flags = flags::MORE | flags::STREAM | flags::NAMED | flags::EMPTY, call = Some(true);
     /// The successful reply of a call.
-    Reply = 0x11, flags = flags::MORE | flags::STREAM, call = Some(true);
+    Reply = 0x11, flags = flags::MORE | flags::STREAM | flags::EMPTY, call = Some(true);
     /// A call failed, or (call id 0) the connection failed.
     Error = 0x12, flags = 0, call = None;
     /// The caller gave up on a call.
@@ -112,6 +116,8 @@ frame_types! {
     GoAway = 0x22, flags = 0, call = Some(false);
     /// Flow-control credit.
     Credit = 0x23, flags = 0, call = Some(false);
+    /// Flow-control credit of one call's stream (streaming only).
+    StreamCredit = 0x24, flags = 0, call = Some(true);
     /// A provider announces methods it serves.
     Register = 0x30, flags = 0, call = Some(true);
     /// A provider withdraws methods.
@@ -198,6 +204,9 @@ pub struct CallFrame {
     pub message_len: Option<u32>,
     /// Further request messages follow (client stream), ended by `END`.
     pub stream: bool,
+    /// With `stream`: the frame opens the stream without a message (`payload` is empty,
+    /// content type raw, compression none, no `more`).
+    pub empty: bool,
     /// The first fragment of the (possibly compressed) request message.
     pub payload: Bytes,
 }
@@ -217,6 +226,9 @@ pub struct ReplyFrame {
     pub message_len: Option<u32>,
     /// Further reply messages follow (server stream), ended by `END`.
     pub stream: bool,
+    /// With `stream`: the frame opens the reply stream without a message (as
+    /// [`CallFrame::empty`]).
+    pub empty: bool,
     /// The first fragment of the reply message.
     pub payload: Bytes,
 }
@@ -345,6 +357,13 @@ pub enum Frame {
         /// Bytes of credit added.
         increment: u32,
     },
+    /// The receiver may send `increment` more payload bytes on the call's stream.
+    StreamCredit {
+        /// The call.
+        call_id: u32,
+        /// Bytes of credit added.
+        increment: u32,
+    },
     /// A provider announces methods; answered by `REPLY` or `ERROR` on the same call id.
     Register {
         /// The request's call id.
@@ -470,6 +489,7 @@ impl Frame {
             Frame::Pong { .. } => FrameType::Pong,
             Frame::GoAway(_) => FrameType::GoAway,
             Frame::Credit { .. } => FrameType::Credit,
+            Frame::StreamCredit { .. } => FrameType::StreamCredit,
             Frame::Register { .. } => FrameType::Register,
             Frame::Unregister { .. } => FrameType::Unregister,
         }
@@ -483,6 +503,7 @@ impl Frame {
             Frame::Error(f) => f.call_id,
             Frame::Data(f) => f.call_id,
             Frame::Cancel { call_id } | Frame::End { call_id } => *call_id,
+            Frame::StreamCredit { call_id, .. } => *call_id,
             Frame::Register { call_id, .. } | Frame::Unregister { call_id, .. } => *call_id,
             _ => 0,
         }
@@ -495,8 +516,13 @@ impl Frame {
                 bit(f.more, flags::MORE)
                     | bit(f.stream, flags::STREAM)
                     | bit(f.method.name.is_some(), flags::NAMED)
+                    | bit(f.empty, flags::EMPTY)
             }
-            Frame::Reply(f) => bit(f.more, flags::MORE) | bit(f.stream, flags::STREAM),
+            Frame::Reply(f) => {
+                bit(f.more, flags::MORE)
+                    | bit(f.stream, flags::STREAM)
+                    | bit(f.empty, flags::EMPTY)
+            }
             Frame::Data(f) => bit(f.more, flags::MORE) | bit(f.first.is_some(), flags::FIRST),
             _ => 0,
         }
@@ -612,7 +638,9 @@ impl Frame {
                 b.put_u16_le(g.code);
                 put_str16(b, clip(&g.message, MAX_MESSAGE_TEXT));
             }
-            Frame::Credit { increment } => b.put_u32_le(*increment),
+            Frame::Credit { increment } | Frame::StreamCredit { increment, .. } => {
+                b.put_u32_le(*increment)
+            }
             Frame::Register { methods, .. } => {
                 b.put_u16_le(methods.len() as u16);
                 for e in methods {
@@ -620,7 +648,11 @@ impl Frame {
                     b.put_slice(e.service.as_str().as_bytes());
                     b.put_u8(b'.');
                     b.put_slice(e.method.as_str().as_bytes());
-                    b.put_u8(u8::from(e.info.idempotent));
+                    b.put_u8(
+                        u8::from(e.info.idempotent)
+                            | u8::from(e.info.kind.streams_requests()) << 1
+                            | u8::from(e.info.kind.streams_replies()) << 2,
+                    );
                     put_str16(b, clip(&e.info.summary, MAX_MESSAGE_TEXT));
                     put_str16(b, clip(&e.info.input, MAX_MESSAGE_TEXT));
                     put_str16(b, clip(&e.info.output, MAX_MESSAGE_TEXT));
@@ -781,6 +813,32 @@ fn full_name(r: &mut Reader<'_>) -> Result<(ServiceName, MethodName), FrameError
     split_full_name(name).map_err(|_| r.err("method name is not a valid SERVICE.METHOD"))
 }
 
+/// `EMPTY` opens a stream without a message: only with `STREAM`, never with `MORE`, and
+/// the message fields hold nothing (raw, uncompressed, no bytes) so the encoding stays
+/// canonical.
+fn check_empty(
+    r: &Reader<'_>,
+    flags: u8,
+    content_type: ContentType,
+    compression: Algorithm,
+    payload: &Bytes,
+) -> Result<(), FrameError> {
+    if flags & flags::EMPTY == 0 {
+        return Ok(());
+    }
+    if flags & flags::STREAM == 0 {
+        return Err(r.err("EMPTY without STREAM"));
+    }
+    if flags & flags::MORE != 0 {
+        return Err(r.err("EMPTY with MORE"));
+    }
+    if content_type != ContentType::Raw || compression != Algorithm::None || !payload.is_empty()
+    {
+        return Err(r.err("EMPTY frame carries a message"));
+    }
+    Ok(())
+}
+
 /// The declared length of a message that continues past its first frame.
 fn message_len(r: &mut Reader<'_>, present: bool) -> Result<Option<u32>, FrameError> {
     if !present {
@@ -869,6 +927,8 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
             let meta = r.bytes(meta_len.into(), "metadata is cut short")?;
             let meta = WireMeta::decode(&meta)?;
             let message_len = message_len(&mut r, has(flags::MORE))?;
+            let payload = r.rest();
+            check_empty(&r, h.flags, content_type, compression, &payload)?;
             Frame::Call(CallFrame {
                 call_id: h.call_id,
                 method: MethodRef { id, name },
@@ -878,13 +938,16 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
                 more: has(flags::MORE),
                 message_len,
                 stream: has(flags::STREAM),
-                payload: r.rest(),
+                empty: has(flags::EMPTY),
+                payload,
             })
         }
         FrameType::Reply => {
             let content_type = content_type(&mut r)?;
             let compression = algorithm(&mut r)?;
             let message_len = message_len(&mut r, has(flags::MORE))?;
+            let payload = r.rest();
+            check_empty(&r, h.flags, content_type, compression, &payload)?;
             Frame::Reply(ReplyFrame {
                 call_id: h.call_id,
                 content_type,
@@ -892,7 +955,8 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
                 more: has(flags::MORE),
                 message_len,
                 stream: has(flags::STREAM),
-                payload: r.rest(),
+                empty: has(flags::EMPTY),
+                payload,
             })
         }
         FrameType::Error => {
@@ -977,6 +1041,16 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
             }
             Frame::Credit { increment }
         }
+        FrameType::StreamCredit => {
+            let increment = r.u32("increment is missing")?;
+            if increment == 0 {
+                return Err(r.err("stream credit increment of 0"));
+            }
+            Frame::StreamCredit {
+                call_id: h.call_id,
+                increment,
+            }
+        }
         FrameType::Register => {
             let n = r.u16("method count is missing")?;
             // Each entry takes at least 10 bytes: never reserve more than the body holds.
@@ -984,7 +1058,7 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
             for _ in 0..n {
                 let (service, method) = full_name(&mut r)?;
                 let flag = r.u8("method flags are missing")?;
-                if flag > 1 {
+                if flag > 0b111 {
                     return Err(r.err("undefined method flag bits"));
                 }
                 let mut text = || -> Result<String, FrameError> {
@@ -998,8 +1072,9 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
                     summary: text()?,
                     input: text()?,
                     output: text()?,
-                    idempotent: flag == 1,
+                    idempotent: flag & 1 != 0,
                     inline: false,
+                    kind: polycall_core::CallKind::from_streams(flag & 2 != 0, flag & 4 != 0),
                 };
                 methods.push(MethodEntry {
                     service,

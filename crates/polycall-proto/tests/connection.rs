@@ -113,7 +113,8 @@ fn unary_call_and_reply() {
         vec![Event::Reply {
             call_id: id,
             payload: call.payload,
-            stream: false
+            stream: false,
+            empty: false
         }]
     );
     assert_eq!(p.client.open_calls(), 0);
@@ -395,6 +396,7 @@ fn call_frame(id: u32, payload: &'static [u8], more: bool) -> Frame {
         // With MORE, the tests send two more 1-byte fragments.
         message_len: more.then_some(payload.len() as u32 + 2),
         stream: false,
+        empty: false,
         payload: Bytes::from_static(payload),
     })
 }
@@ -438,6 +440,7 @@ fn protocol_violations_close_the_connection_with_a_typed_error() {
                 more: false,
                 message_len: None,
                 stream: false,
+                empty: false,
                 payload: Bytes::new(),
             })],
         ),
@@ -700,7 +703,8 @@ fn streams_in_both_directions() {
             Event::Reply {
                 call_id: id,
                 payload: Payload::raw("r1"),
-                stream: true
+                stream: true,
+                empty: false
             },
             Event::StreamMessage {
                 call_id: id,
@@ -859,7 +863,8 @@ fn a_final_reply_ends_a_call_whose_request_stream_is_still_open() {
         vec![Event::Reply {
             call_id: id,
             payload: Payload::raw("enough"),
-            stream: false
+            stream: false,
+            empty: false
         }]
     );
     assert_eq!((p.client.open_calls(), p.server.open_calls()), (0, 0));
@@ -1256,4 +1261,203 @@ fn a_given_clock_makes_the_wire_bytes_repeat() {
         run(),
         "two runs with the same clock sent different bytes"
     );
+}
+
+fn negotiated_crc(c: &Connection) -> bool {
+    c.negotiated()
+        .unwrap()
+        .has(polycall_proto::features::CRC32C)
+}
+
+/// A pair whose sides each grant `window` bytes of credit (connection and stream).
+fn pair_with_window(window: u32) -> Pair {
+    let limits = polycall_proto::Limits::default().initial_window(window);
+    let config = Config::default().settings(Settings::default().limits(limits));
+    Pair::with(config.clone(), config)
+}
+
+#[test]
+fn empty_opens_stream_zero_or_more_messages_each_way() {
+    let mut p = Pair::new();
+    let (s, m) = names("chat.talk");
+    let id = p.client.open_stream(&s, &m, WireMeta::default()).unwrap();
+    p.pump();
+    let evs = events(&mut p.server);
+    assert!(
+        matches!(&evs[..], [Event::Call(c)] if c.stream && c.empty && c.payload.bytes.is_empty()),
+        "{evs:?}"
+    );
+    p.server.open_reply_stream(id).unwrap();
+    p.pump();
+    assert_eq!(
+        events(&mut p.client),
+        vec![Event::Reply {
+            call_id: id,
+            payload: Payload::empty(),
+            stream: true,
+            empty: true
+        }]
+    );
+    p.client.send_message(id, Payload::raw("q1")).unwrap();
+    p.client.send_end(id).unwrap();
+    p.server.send_message(id, Payload::raw("a1")).unwrap();
+    p.pump();
+    assert_eq!(
+        events(&mut p.server),
+        vec![
+            Event::StreamMessage {
+                call_id: id,
+                payload: Payload::raw("q1")
+            },
+            Event::StreamEnd { call_id: id }
+        ]
+    );
+    p.server.send_end(id).unwrap();
+    p.pump();
+    assert_eq!(
+        events(&mut p.client),
+        vec![
+            Event::StreamMessage {
+                call_id: id,
+                payload: Payload::raw("a1")
+            },
+            Event::StreamEnd { call_id: id }
+        ]
+    );
+    assert_eq!((p.client.open_calls(), p.server.open_calls()), (0, 0));
+}
+
+/// Pumps until quiet, taking the client's events as they come (as an application's
+/// connection task does): the stream messages among them, counted.
+fn pump_taking_stream_messages(p: &mut Pair) -> (usize, Vec<Event>) {
+    let mut messages = 0;
+    let mut others = Vec::new();
+    loop {
+        let (a, b) = p.step(usize::MAX);
+        for e in events(&mut p.client) {
+            match e {
+                Event::StreamMessage { .. } => messages += 1,
+                e => others.push(e),
+            }
+        }
+        if a == 0 && b == 0 {
+            return (messages, others);
+        }
+    }
+}
+
+#[test]
+fn a_stream_that_is_not_read_stops_only_its_producer() {
+    let window = 64 * 1024;
+    let mut p = pair_with_window(window);
+    let stream_id = p.call("feed.ticks", Payload::raw("go"));
+    p.pump();
+    assert!(matches!(&events(&mut p.server)[..], [Event::Call(_)]));
+    p.server.open_reply_stream(stream_id).unwrap();
+    // The server streams four windows' worth (incompressible, so the wire carries
+    // every byte); the client's application takes the events but consumes nothing.
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    for _ in 0..64 {
+        let noise: Vec<u8> = (0..4096)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        p.server
+            .send_message(stream_id, Payload::raw(noise))
+            .unwrap();
+    }
+    let (delivered, _) = pump_taking_stream_messages(&mut p);
+    let held = delivered * 4096;
+    assert!(
+        held >= window as usize && held <= window as usize * 3 / 2 + 4096,
+        "{delivered} messages of 4 KiB held for a window of {window}"
+    );
+    assert_eq!(p.server.stream_queued(stream_id), 64 * 4096 - held);
+    // Meanwhile a unary call on the same connection is answered at once.
+    let unary = p.call("a.b", Payload::raw("ping"));
+    p.pump();
+    let evs = events(&mut p.server);
+    let Some(Event::Call(c)) = evs.last() else {
+        panic!("{evs:?}")
+    };
+    p.server
+        .send_reply(c.call_id, Payload::raw("pong"), false)
+        .unwrap();
+    let (more, evs) = pump_taking_stream_messages(&mut p);
+    assert_eq!(more, 0, "the stream stays stopped");
+    assert!(
+        matches!(&evs[..], [Event::Reply { call_id, .. }] if *call_id == unary),
+        "{evs:?}"
+    );
+    // The application consumes what it holds: the producer resumes until done.
+    let mut total = delivered;
+    for _ in 0..16 {
+        p.client.stream_consumed(stream_id, usize::MAX);
+        total += pump_taking_stream_messages(&mut p).0;
+    }
+    assert_eq!(total, 64);
+    assert_eq!(p.server.stream_queued(stream_id), 0);
+}
+
+#[test]
+fn stream_bytes_over_the_window_are_a_connection_error() {
+    let window = 4096;
+    let mut p = pair_with_window(window);
+    let (s, m) = names("up.load");
+    let id = p.client.open_stream(&s, &m, WireMeta::default()).unwrap();
+    p.pump();
+    let _ = events(&mut p.server);
+    let crc = negotiated_crc(&p.client);
+    // A peer that ignores its stream window: DATA beyond it, written by hand. The
+    // connection window (also 4096) is refreshed by the server as bytes arrive, so
+    // only the stream window is broken.
+    let mut buf = frame::FrameBuf::new();
+    for _ in 0..6 {
+        Frame::Data(DataFrame {
+            call_id: id,
+            first: Some((ContentType::Raw, polycall_proto::compress::Algorithm::None)),
+            more: false,
+            message_len: None,
+            payload: Bytes::from(vec![0u8; 1800]),
+        })
+        .encode(&mut buf, crc);
+    }
+    let mut chunks = Vec::new();
+    buf.drain_chunks(&mut chunks);
+    let _ = crc;
+    let mut result = Ok(());
+    for c in chunks {
+        result = result.and_then(|_| p.server.feed(&c));
+        // The server's application takes the events but consumes none of the stream's
+        // messages: connection credit flows, the stream's stays withheld.
+        let _ = events(&mut p.server);
+        let mut out = Vec::new();
+        p.server.poll_transmit(usize::MAX, &mut out);
+        for c in out {
+            let _ = p.client.feed(&c);
+        }
+    }
+    assert!(
+        matches!(result, Err(ProtoError::FlowControl { allowed, .. }) if allowed < 1800),
+        "{result:?}"
+    );
+}
+
+#[test]
+fn stream_credit_for_a_call_never_opened_is_a_connection_error() {
+    let mut p = Pair::new();
+    let mut buf = frame::FrameBuf::new();
+    Frame::StreamCredit {
+        call_id: 41,
+        increment: 10,
+    }
+    .encode(&mut buf, negotiated_crc(&p.client));
+    let mut chunks = Vec::new();
+    buf.drain_chunks(&mut chunks);
+    let r = chunks.iter().try_for_each(|c| p.server.feed(c));
+    assert!(matches!(r, Err(ProtoError::Violation(_))), "{r:?}");
 }

@@ -112,18 +112,22 @@ fn entry() -> impl Strategy<Value = MethodEntry> {
         text(20),
         text(20),
         any::<bool>(),
+        (any::<bool>(), any::<bool>()),
     )
         .prop_map(
-            |(service, method, summary, input, output, idempotent)| MethodEntry {
-                service,
-                method,
-                info: MethodInfo {
-                    summary,
-                    input,
-                    output,
-                    idempotent,
-                    inline: false,
-                },
+            |(service, method, summary, input, output, idempotent, (requests, replies))| {
+                MethodEntry {
+                    service,
+                    method,
+                    info: MethodInfo {
+                        summary,
+                        input,
+                        output,
+                        idempotent,
+                        inline: false,
+                        kind: polycall_core::CallKind::from_streams(requests, replies),
+                    },
+                }
             },
         )
 }
@@ -213,6 +217,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                         more,
                         message_len: more.then_some(payload.len() as u32 + 1),
                         stream,
+                        empty: false,
                         payload,
                     })
                 }
@@ -234,6 +239,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
                         more,
                         message_len: more.then_some(payload.len() as u32 + 7),
                         stream,
+                        empty: false,
                         payload,
                     }
                 )
@@ -283,6 +289,32 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             })
         }),
         (1..=u32::MAX).prop_map(|increment| Frame::Credit { increment }),
+        (call_id(), 1..=u32::MAX)
+            .prop_map(|(call_id, increment)| Frame::StreamCredit { call_id, increment }),
+        (call_id(), method_ref(), meta()).prop_map(|(call_id, method, meta)| Frame::Call(
+            CallFrame {
+                call_id,
+                method,
+                content_type: ContentType::Raw,
+                compression: Algorithm::None,
+                meta,
+                more: false,
+                message_len: None,
+                stream: true,
+                empty: true,
+                payload: Bytes::new(),
+            }
+        )),
+        call_id().prop_map(|call_id| Frame::Reply(ReplyFrame {
+            call_id,
+            content_type: ContentType::Raw,
+            compression: Algorithm::None,
+            more: false,
+            message_len: None,
+            stream: true,
+            empty: true,
+            payload: Bytes::new(),
+        })),
         (call_id(), prop::collection::vec(entry(), 0..4))
             .prop_map(|(call_id, methods)| Frame::Register { call_id, methods }),
         (
@@ -351,6 +383,7 @@ fn vectored_encoding_keeps_large_payloads_uncopied() {
         more: false,
         message_len: None,
         stream: false,
+        empty: false,
         payload: payload.clone(),
     });
     let mut out = frame::FrameBuf::new();

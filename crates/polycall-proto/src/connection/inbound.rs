@@ -104,7 +104,30 @@ impl Connection {
         let mut c = CallState::new(false, Kind::Call, method_key(&service, &method));
         c.priority = f.meta.priority.unwrap_or_default();
         c.rx_stream = f.stream;
+        c.rx_window = if f.stream {
+            self.local_limits().initial_window.into()
+        } else {
+            0
+        };
         c.rx_started = true;
+        if f.empty {
+            // The request stream is open; no message came with it.
+            c.rx_delivered = true;
+            self.calls.insert(f.call_id, c);
+            self.events.push_back((
+                Event::Call(IncomingCall {
+                    call_id: f.call_id,
+                    service,
+                    method,
+                    payload: Payload::empty(),
+                    meta: f.meta,
+                    stream: true,
+                    empty: true,
+                }),
+                0,
+            ));
+            return Ok(());
+        }
         c.pending = Some(Box::new(PendingCall {
             service,
             method,
@@ -182,6 +205,26 @@ impl Connection {
         }
         c.rx_started = true;
         c.rx_stream = f.stream;
+        if f.stream {
+            c.rx_window = u64::from(
+                self.negotiated
+                    .as_ref()
+                    .map_or(0, |n| n.local_limits.initial_window),
+            );
+        }
+        if f.empty {
+            c.rx_delivered = true;
+            self.events.push_back((
+                Event::Reply {
+                    call_id: f.call_id,
+                    payload: Payload::empty(),
+                    stream: true,
+                    empty: true,
+                },
+                0,
+            ));
+            return Ok(());
+        }
         self.start_message(
             f.call_id,
             f.content_type,
@@ -397,12 +440,14 @@ impl Connection {
                 payload,
                 meta: p.meta,
                 stream: p.stream,
+                empty: false,
             })
         } else if first && c.local {
             Event::Reply {
                 call_id,
                 payload,
                 stream: c.rx_stream,
+                empty: false,
             }
         } else {
             Event::StreamMessage { call_id, payload }
@@ -416,6 +461,10 @@ impl Connection {
         } else {
             event
         };
+        if c.rx_stream {
+            c.rx_held.push_back(wire_len);
+            c.rx_held_bytes += wire_len;
+        }
         self.held_bytes += wire_len;
         self.events.push_back((event, wire_len));
         self.finish_if_done(call_id);
@@ -526,6 +575,7 @@ impl Connection {
     }
 
     pub(super) fn drop_call_output(&mut self, call_id: u32) {
+        self.stream_credit.remove(&call_id);
         if let Some(q) = self.queues.remove(&call_id) {
             for item in q.items {
                 if let OutItem::Msg(m) = item {

@@ -201,6 +201,9 @@ pub struct IncomingCall {
     /// Further request messages follow as [`Event::StreamMessage`], ended by
     /// [`Event::StreamEnd`].
     pub stream: bool,
+    /// The call opened its request stream without a message (`EMPTY`): `payload` is
+    /// empty and is not a message.
+    pub empty: bool,
 }
 
 /// Something that happened on the connection.
@@ -234,6 +237,9 @@ pub enum Event {
         payload: Payload,
         /// Further reply messages follow, ended by [`Event::StreamEnd`].
         stream: bool,
+        /// The reply stream opened without a message (`EMPTY`): `payload` is empty and
+        /// is not a message.
+        empty: bool,
     },
     /// A further message of a stream (either direction).
     StreamMessage {
@@ -367,6 +373,14 @@ struct CallState {
     rx_delivered: bool,
     /// Peer calls: the name and metadata, until the first message completes.
     pending: Option<Box<PendingCall>>,
+    /// Inbound stream: payload bytes the peer may still send on it (§6.1).
+    rx_window: u64,
+    /// Inbound stream: bytes received whose stream credit is not yet returned.
+    rx_to_return: u64,
+    /// Inbound stream: wire lengths of the messages delivered and not yet consumed
+    /// ([`Connection::stream_consumed`]), oldest first, and their sum.
+    rx_held: VecDeque<u64>,
+    rx_held_bytes: u64,
 }
 
 impl CallState {
@@ -385,6 +399,10 @@ impl CallState {
             tx_replied: false,
             rx_delivered: false,
             pending: None,
+            rx_window: 0,
+            rx_to_return: 0,
+            rx_held: VecDeque::new(),
+            rx_held_bytes: 0,
         }
     }
 }
@@ -410,6 +428,8 @@ struct OutMsg {
 struct CallQueue {
     class: Priority,
     items: VecDeque<OutItem>,
+    /// Payload bytes of `items` not yet framed.
+    bytes: usize,
 }
 
 #[derive(Debug)]
@@ -454,6 +474,9 @@ pub struct Connection {
     held_bytes: u64,
     reassembling: usize,
     queues: IdMap<u32, CallQueue>,
+    /// Stream windows of this side's streaming directions: payload bytes each may still
+    /// send (§6.1). Kept until the direction's output is all framed.
+    stream_credit: IdMap<u32, u64>,
     ready: polycall_core::ClassQueues<u32>,
     queued_bytes: usize,
     peer_going_away: Option<u32>,
@@ -539,6 +562,7 @@ impl Connection {
             held_bytes: 0,
             reassembling: 0,
             queues: IdMap::default(),
+            stream_credit: IdMap::default(),
             ready: polycall_core::ClassQueues::default(),
             queued_bytes: 0,
             peer_going_away: None,
@@ -697,6 +721,7 @@ impl Connection {
             }
         }
         self.queues.clear();
+        self.stream_credit.clear();
         self.ready.clear();
         self.local_open = 0;
         self.peer_open = 0;
@@ -727,6 +752,7 @@ impl Connection {
             return self.handle_auth(frame);
         }
         let flow = frame.flow_len() as u64;
+        let flow_call = frame.call_id();
         if flow > 0 {
             if flow > self.recv_credit {
                 return Err(ProtoError::FlowControl {
@@ -737,6 +763,14 @@ impl Connection {
             self.recv_credit -= flow;
             self.credit_to_return += flow;
         }
+        self.dispatch(frame)?;
+        if flow > 0 {
+            self.charge_stream(flow_call, flow)?;
+        }
+        Ok(())
+    }
+
+    fn dispatch(&mut self, frame: Frame) -> Result<(), ProtoError> {
         match frame {
             Frame::Hello(_) | Frame::Welcome(_) => {
                 Err(Self::violation("handshake frame after the handshake"))
@@ -783,6 +817,7 @@ impl Connection {
                 self.send_credit = self.send_credit.saturating_add(increment.into());
                 Ok(())
             }
+            Frame::StreamCredit { call_id, increment } => self.on_stream_credit(call_id, increment),
             Frame::Register { call_id, methods } => {
                 self.open_peer_admin(call_id, "REGISTER")?;
                 self.events

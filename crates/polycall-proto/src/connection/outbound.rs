@@ -31,9 +31,11 @@ impl Connection {
     }
 
     pub(super) fn enqueue(&mut self, call_id: u32, item: OutItem) {
-        if let OutItem::Msg(m) = &item {
-            self.queued_bytes += m.data.len();
-        }
+        let len = match &item {
+            OutItem::Msg(m) => m.data.len() - m.offset,
+            OutItem::End => 0,
+        };
+        self.queued_bytes += len;
         let class = self
             .calls
             .get(&call_id)
@@ -41,10 +43,12 @@ impl Connection {
         let q = self.queues.entry(call_id).or_insert_with(|| CallQueue {
             class,
             items: VecDeque::new(),
+            bytes: 0,
         });
         if q.items.is_empty() {
             self.ready.push(q.class, call_id);
         }
+        q.bytes += len;
         q.items.push_back(item);
     }
 
@@ -57,6 +61,30 @@ impl Connection {
         service: &ServiceName,
         method: &MethodName,
         payload: Payload,
+        meta: WireMeta,
+        stream: bool,
+    ) -> Result<u32, SendError> {
+        self.open_with(service, method, Some(payload), meta, stream)
+    }
+
+    /// Opens a streaming call whose request stream has no message yet (`CALL` with
+    /// `STREAM` and `EMPTY`): request messages follow through
+    /// [`Connection::send_message`], ended by [`Connection::send_end`]. Returns the call
+    /// id; the reply arrives as [`Event::Reply`] or [`Event::Failed`].
+    pub fn open_stream(
+        &mut self,
+        service: &ServiceName,
+        method: &MethodName,
+        meta: WireMeta,
+    ) -> Result<u32, SendError> {
+        self.open_with(service, method, None, meta, true)
+    }
+
+    fn open_with(
+        &mut self,
+        service: &ServiceName,
+        method: &MethodName,
+        payload: Option<Payload>,
         meta: WireMeta,
         stream: bool,
     ) -> Result<u32, SendError> {
@@ -80,14 +108,26 @@ impl Connection {
                 max: n_max_frame,
             });
         }
-        self.check_payload(&payload)?;
+        if let Some(p) = &payload {
+            self.check_payload(p)?;
+        }
+        let peer_window = u64::from(n.peer_limits.initial_window);
         let call_id = self.next_local_id;
         if call_id > u32::MAX - 2 {
             return Err(SendError::Closed);
         }
         self.next_local_id += 2;
         let key = method_key(service, method);
-        let (compression, data) = self.compress(key, &payload);
+        let empty = payload.is_none();
+        let payload = payload.unwrap_or_else(Payload::empty);
+        let (compression, data) = if empty {
+            (Algorithm::None, Bytes::new())
+        } else {
+            self.compress(key, &payload)
+        };
+        if stream {
+            self.stream_credit.insert(call_id, peer_window);
+        }
         let mut c = CallState::new(true, Kind::Call, key);
         c.priority = meta.priority.unwrap_or_default();
         c.tx_stream = stream;
@@ -102,10 +142,14 @@ impl Connection {
         let inline_max = INLINE_CALL_MAX
             .min(self.config.fragment_size as usize)
             .min(frame_room);
-        let credit = usize::try_from(self.send_credit).unwrap_or(usize::MAX);
+        let credit = usize::try_from(self.send_credit.min(if stream { peer_window } else { u64::MAX }))
+            .unwrap_or(usize::MAX);
         let inline = data.len() <= inline_max && data.len() <= credit;
         let first = if inline { data.clone() } else { Bytes::new() };
         self.send_credit -= first.len() as u64;
+        if let Some(c) = self.stream_credit.get_mut(&call_id) {
+            *c -= first.len() as u64;
+        }
         let method_ref = intern(&mut self.tx_names, service, method);
         Frame::Call(CallFrame {
             call_id,
@@ -116,6 +160,7 @@ impl Connection {
             more: !inline,
             message_len: (!inline).then_some(data.len() as u32),
             stream,
+            empty,
             payload: first,
         })
         .encode(&mut self.out, self.crc);
@@ -171,6 +216,10 @@ impl Connection {
         c.tx_stream = stream;
         c.tx_done = !stream;
         let key = c.method_key;
+        if stream {
+            let window = self.check_open()?.peer_limits.initial_window;
+            self.stream_credit.insert(call_id, window.into());
+        }
         let (compression, data) = self.compress(key, &payload);
         self.enqueue(
             call_id,
@@ -184,6 +233,41 @@ impl Connection {
             }),
         );
         self.finish_if_done(call_id);
+        Ok(())
+    }
+
+    /// Answers a call the peer opened with a reply stream that has no message yet
+    /// (`REPLY` with `STREAM` and `EMPTY`): reply messages follow through
+    /// [`Connection::send_message`], ended by [`Connection::send_end`] (or
+    /// [`Connection::send_error`]).
+    pub fn open_reply_stream(&mut self, call_id: u32) -> Result<(), SendError> {
+        let n = self.check_open()?;
+        let streaming = n.has(features::STREAMING);
+        let window = n.peer_limits.initial_window;
+        let c = self.peer_call_mut(call_id)?;
+        if c.tx_replied {
+            return Err(SendError::InvalidState {
+                call_id,
+                reason: "the call was answered already",
+            });
+        }
+        if !streaming || c.kind == Kind::Admin {
+            return Err(SendError::NotNegotiated("streaming"));
+        }
+        c.tx_replied = true;
+        c.tx_stream = true;
+        self.stream_credit.insert(call_id, window.into());
+        Frame::Reply(ReplyFrame {
+            call_id,
+            content_type: ContentType::Raw,
+            compression: Algorithm::None,
+            more: false,
+            message_len: None,
+            stream: true,
+            empty: true,
+            payload: Bytes::new(),
+        })
+        .encode(&mut self.out, self.crc);
         Ok(())
     }
 
@@ -386,6 +470,9 @@ impl Connection {
                     self.ready.push(class, call_id);
                 } else {
                     self.queues.remove(&call_id);
+                    if !self.calls.contains_key(&call_id) {
+                        self.stream_credit.remove(&call_id);
+                    }
                 }
             }
         }
@@ -404,10 +491,11 @@ impl Connection {
             ),
             None => return false,
         };
-        let Some(q) = self.queues.get_mut(&call_id) else {
+        let stream_credit = self.stream_credit.get(&call_id).copied();
+        let Some(queue) = self.queues.get_mut(&call_id) else {
             return false;
         };
-        let q = &mut q.items;
+        let q = &mut queue.items;
         let Some(item) = q.front_mut() else {
             return false;
         };
@@ -424,7 +512,8 @@ impl Connection {
         // the declared message length.
         let fields = 2 + 4;
         let cap = fragment.min(peer_max_frame.saturating_sub(fields)).max(1);
-        let credit = usize::try_from(self.send_credit).unwrap_or(usize::MAX);
+        let credit = self.send_credit.min(stream_credit.unwrap_or(u64::MAX));
+        let credit = usize::try_from(credit).unwrap_or(usize::MAX);
         let chunk = left.min(cap).min(credit);
         // Wait for credit rather than send slivers (the window is at least 1 KiB).
         if chunk < left.min(cap).min(1024) {
@@ -452,6 +541,7 @@ impl Connection {
                     more,
                     message_len,
                     stream: *stream,
+                    empty: false,
                     payload,
                 }),
                 OutKind::Message => Frame::Data(DataFrame {
@@ -467,6 +557,10 @@ impl Connection {
             q.pop_front();
         }
         self.send_credit -= chunk as u64;
+        if let Some(c) = self.stream_credit.get_mut(&call_id) {
+            *c -= chunk as u64;
+        }
+        queue.bytes -= chunk;
         self.queued_bytes -= chunk;
         frame.encode(&mut self.out, crc);
         true
