@@ -17,6 +17,7 @@ export const FRAME_TYPE_NAMES: Readonly<Record<number, string>> = {
   0x21: "PONG",
   0x22: "GOAWAY",
   0x23: "CREDIT",
+  0x24: "STREAM_CREDIT",
   0x30: "REGISTER",
   0x31: "UNREGISTER",
 };

@@ -23,6 +23,7 @@ import {
   FRAME_REGISTER,
   FRAME_REPLY,
   FRAME_RULES,
+  FRAME_STREAM_CREDIT,
   FRAME_UNREGISTER,
   FRAME_WELCOME,
 } from "./frame-types.js";
@@ -119,7 +120,14 @@ export interface CallFrame {
   more: boolean;
   /** With `more`: the whole message's length on the wire. */
   messageLen: number | null;
+  /** Further request messages follow (DATA with FIRST), ended by END. */
   stream: boolean;
+  /**
+   * Flag EMPTY (only with `stream`, never with `more`): the frame opens the request
+   * stream without a message; content type raw, compression none, no fragment.
+   * Decoding always sets it; absent means false.
+   */
+  empty?: boolean;
   payload: Uint8Array;
 }
 
@@ -131,7 +139,10 @@ export interface ReplyFrame {
   compression: Compression;
   more: boolean;
   messageLen: number | null;
+  /** Further reply messages follow (DATA with FIRST), ended by END or ERROR. */
   stream: boolean;
+  /** Flag EMPTY, as for {@link CallFrame.empty}: the reply stream opens without a message. */
+  empty?: boolean;
   payload: Uint8Array;
 }
 
@@ -168,6 +179,10 @@ export interface MethodEntry {
   /** `SERVICE.METHOD`. */
   name: string;
   idempotent: boolean;
+  /** Flag bit 1: the method takes a stream of requests (absent: false). */
+  requestStream?: boolean;
+  /** Flag bit 2: the method answers with a stream of replies (absent: false). */
+  replyStream?: boolean;
   summary: string;
   /** Input schema hint. */
   input: string;
@@ -190,6 +205,8 @@ export type Frame =
   | { type: "pong"; opaque: bigint }
   | { type: "goaway"; lastCallId: number; code: number; message: string }
   | { type: "credit"; increment: number }
+  /** More payload bytes the receiver may send on this call's stream (§6.1). */
+  | { type: "stream_credit"; callId: number; increment: number }
   | { type: "register"; callId: number; methods: MethodEntry[] }
   | { type: "unregister"; callId: number; methods: string[] };
 
@@ -207,6 +224,7 @@ const TYPE_BYTE: Record<Frame["type"], number> = {
   pong: FRAME_PONG,
   goaway: FRAME_GOAWAY,
   credit: FRAME_CREDIT,
+  stream_credit: FRAME_STREAM_CREDIT,
   register: FRAME_REGISTER,
   unregister: FRAME_UNREGISTER,
 };
@@ -230,9 +248,11 @@ function flagsOf(f: Frame): number {
   const bit = (c: boolean, b: number) => (c ? b : 0);
   switch (f.type) {
     case "call":
-      return bit(f.more, FLAG.MORE) | bit(f.stream, FLAG.STREAM) | bit(f.methodName !== null, FLAG.NAMED);
+      return (
+        bit(f.more, FLAG.MORE) | bit(f.stream, FLAG.STREAM) | bit(f.methodName !== null, FLAG.NAMED) | bit(f.empty === true, FLAG.EMPTY)
+      );
     case "reply":
-      return bit(f.more, FLAG.MORE) | bit(f.stream, FLAG.STREAM);
+      return bit(f.more, FLAG.MORE) | bit(f.stream, FLAG.STREAM) | bit(f.empty === true, FLAG.EMPTY);
     case "data":
       return bit(f.more, FLAG.MORE) | bit(f.first !== null, FLAG.FIRST);
     default:
@@ -329,13 +349,14 @@ function writeFields(f: Frame, w: Writer): void {
       w.str16(f.message, MAX_MESSAGE_TEXT);
       return;
     case "credit":
+    case "stream_credit":
       w.u32(f.increment);
       return;
     case "register":
       w.u16(f.methods.length);
       for (const m of f.methods) {
         w.str8(m.name);
-        w.u8(m.idempotent ? 1 : 0);
+        w.u8(methodFlags(m));
         w.str16(m.summary, MAX_MESSAGE_TEXT);
         w.str16(m.input, MAX_MESSAGE_TEXT);
         w.str16(m.output, MAX_MESSAGE_TEXT);
@@ -346,6 +367,11 @@ function writeFields(f: Frame, w: Writer): void {
       for (const m of f.methods) w.str8(m);
       return;
   }
+}
+
+/** The REGISTER flag byte of a method: bit 0 idempotent, bit 1 request stream, bit 2 reply stream. */
+export function methodFlags(m: MethodEntry): number {
+  return (m.idempotent ? 1 : 0) | (m.requestStream === true ? 2 : 0) | (m.replyStream === true ? 4 : 0);
 }
 
 function payloadOf(f: Frame): Uint8Array | null {
@@ -491,6 +517,22 @@ function messageLen(r: Reader, present: boolean): number | null {
   return len;
 }
 
+/**
+ * EMPTY on CALL and REPLY: only with STREAM, never with MORE, and the message fields
+ * must be 0 (raw, none) with no fragment.
+ */
+function checkEmpty(r: Reader, has: (f: number) => boolean): boolean {
+  if (!has(FLAG.EMPTY)) return false;
+  if (!has(FLAG.STREAM)) throw r.err("EMPTY without STREAM (only a stream opens without a message)");
+  if (has(FLAG.MORE)) throw r.err("EMPTY with MORE (an empty opening has no message to continue)");
+  return true;
+}
+
+function checkEmptyMessage(r: Reader, ct: ContentType, comp: Compression): void {
+  if (ct !== "raw" || comp !== "none") throw r.err("EMPTY with a non-zero content type or compression id");
+  if (r.remaining() !== 0) throw r.err("EMPTY with a message fragment");
+}
+
 function decodeBody(h: Header, body: Uint8Array): Frame {
   const r = new Reader(body, h.type);
   const has = (f: number) => (h.flags & f) !== 0;
@@ -535,6 +577,7 @@ function decodeBody(h: Header, body: Uint8Array): Frame {
       frame = { type: "auth", method: r.u8("auth method is missing"), step: r.u8("auth step is missing"), data: r.rest() };
       break;
     case FRAME_CALL: {
+      const empty = checkEmpty(r, has);
       const methodId = r.u16("method id is missing");
       const methodName = has(FLAG.NAMED) ? fullName(r) : null;
       if (methodName === null && methodId === 0) throw r.err("method id 0 without a name");
@@ -543,6 +586,7 @@ function decodeBody(h: Header, body: Uint8Array): Frame {
       const metaLen = r.u16("metadata length is missing");
       const meta = decodeMeta(r.bytes(metaLen, "metadata is cut short"));
       const len = messageLen(r, has(FLAG.MORE));
+      if (empty) checkEmptyMessage(r, ct, comp);
       frame = {
         type: "call",
         callId: h.callId,
@@ -554,14 +598,17 @@ function decodeBody(h: Header, body: Uint8Array): Frame {
         more: has(FLAG.MORE),
         messageLen: len,
         stream: has(FLAG.STREAM),
+        empty,
         payload: r.rest(),
       };
       break;
     }
     case FRAME_REPLY: {
+      const empty = checkEmpty(r, has);
       const ct = contentType();
       const comp = compression();
       const len = messageLen(r, has(FLAG.MORE));
+      if (empty) checkEmptyMessage(r, ct, comp);
       frame = {
         type: "reply",
         callId: h.callId,
@@ -570,6 +617,7 @@ function decodeBody(h: Header, body: Uint8Array): Frame {
         more: has(FLAG.MORE),
         messageLen: len,
         stream: has(FLAG.STREAM),
+        empty,
         payload: r.rest(),
       };
       break;
@@ -633,13 +681,19 @@ function decodeBody(h: Header, body: Uint8Array): Frame {
       frame = { type: "credit", increment };
       break;
     }
+    case FRAME_STREAM_CREDIT: {
+      const increment = r.u32("increment is missing");
+      if (increment === 0) throw r.err("stream credit increment of 0");
+      frame = { type: "stream_credit", callId: h.callId, increment };
+      break;
+    }
     case FRAME_REGISTER: {
       const n = r.u16("method count is missing");
       const methods: MethodEntry[] = [];
       for (let i = 0; i < n; i++) {
         const name = fullName(r);
         const flag = r.u8("method flags are missing");
-        if (flag > 1) throw r.err("undefined method flag bits");
+        if (flag > 7) throw r.err("undefined method flag bits");
         const text = () => {
           const s = r.str16("method info is cut short");
           if (Buffer.byteLength(s) > MAX_MESSAGE_TEXT) throw r.err("method info text longer than 4096 bytes");
@@ -648,7 +702,15 @@ function decodeBody(h: Header, body: Uint8Array): Frame {
         const summary = text();
         const input = text();
         const output = text();
-        methods.push({ name, idempotent: flag === 1, summary, input, output });
+        methods.push({
+          name,
+          idempotent: (flag & 1) !== 0,
+          requestStream: (flag & 2) !== 0,
+          replyStream: (flag & 4) !== 0,
+          summary,
+          input,
+          output,
+        });
       }
       frame = { type: "register", callId: h.callId, methods };
       break;

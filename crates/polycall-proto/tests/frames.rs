@@ -473,11 +473,11 @@ fn malformed_corpus() {
             },
         ),
         (
-            "FIRST flag on CALL",
-            header(0, 0x10, 0x08, 0, 1),
+            "undefined flag 0x10 on CALL",
+            header(0, 0x10, 0x10, 0, 1),
             FrameError::UnknownFlags {
                 frame: call,
-                flags: 8,
+                flags: 0x10,
             },
         ),
         (
@@ -695,9 +695,49 @@ fn malformed_corpus() {
             },
         ),
         (
+            "EMPTY without STREAM",
+            with_body(0x11, 0x08, 1, &[0, 0]),
+            FrameError::Malformed {
+                frame: FrameType::Reply,
+                reason: "EMPTY without STREAM",
+            },
+        ),
+        (
+            "EMPTY with MORE",
+            with_body(0x11, 0x0B, 1, &[0, 0, 9, 0, 0, 0, 1]),
+            FrameError::Malformed {
+                frame: FrameType::Reply,
+                reason: "EMPTY with MORE",
+            },
+        ),
+        (
+            "EMPTY carrying a message",
+            with_body(0x11, 0x0A, 1, &[0, 0, 7]),
+            FrameError::Malformed {
+                frame: FrameType::Reply,
+                reason: "EMPTY frame carries a message",
+            },
+        ),
+        (
+            "stream credit of 0",
+            with_body(0x24, 0, 1, &[0, 0, 0, 0]),
+            FrameError::Malformed {
+                frame: FrameType::StreamCredit,
+                reason: "stream credit increment of 0",
+            },
+        ),
+        (
+            "stream credit on call id 0",
+            with_body(0x24, 0, 0, &[1, 0, 0, 0]),
+            FrameError::BadCallId {
+                frame: FrameType::StreamCredit,
+                call_id: 0,
+            },
+        ),
+        (
             "register with undefined method flags",
             {
-                let mut b = vec![1, 0, 3, b'a', b'.', b'b', 2];
+                let mut b = vec![1, 0, 3, b'a', b'.', b'b', 8];
                 b.extend_from_slice(&[0; 6]);
                 with_body(0x30, 0, 1, &b)
             },
