@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use polycall_core::{BoxFuture, Call, Reply, Status};
+use polycall_core::{BoxFuture, Call, Reply, Status, StreamCall};
 use polycall_proto::Role;
 use tower_service::Service;
 
 use crate::Endpoint;
-use crate::connection::{ConnectionConfig, ConnectionHandle, establish};
+use crate::connection::{ConnectionConfig, ConnectionHandle, Streaming, establish};
 use crate::handler::{NoHandler, SharedHandler};
 use crate::pool::{Backoff, Pool, PoolConfig, spawn_reaper};
 use crate::transport::{Plain, Transport};
@@ -246,6 +246,46 @@ impl Channel {
             .dispatch(|| self.open(), |h| h.call(call))
             .await?;
         reply.await
+    }
+
+    /// Opens a server-streaming call: one request, the replies as they come.
+    ///
+    /// ```no_run
+    /// # async fn demo(channel: polycall_net::Channel) -> Result<(), polycall_core::Status> {
+    /// use futures_util::StreamExt;
+    /// use polycall_core::{Call, Payload};
+    ///
+    /// let call = Call::new("feed.ticks", Payload::raw("3")).expect("a valid name");
+    /// let mut ticks = channel.server_stream(call).await?;
+    /// while let Some(tick) = ticks.next().await {
+    ///     println!("{:?}", tick?.bytes);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn server_stream(&self, call: Call) -> Result<Streaming, Status> {
+        self.inner
+            .pool
+            .dispatch(|| self.open(), |h| h.server_stream(call))
+            .await
+    }
+
+    /// Opens a client-streaming call: `call.requests` are sent as the server's credit
+    /// allows; the result is the one reply.
+    pub async fn client_stream(&self, call: StreamCall) -> Result<Reply, Status> {
+        let reply = self
+            .inner
+            .pool
+            .dispatch(|| self.open(), |h| h.client_stream(call))
+            .await?;
+        reply.await
+    }
+
+    /// Opens a bidirectional call: `call.requests` are sent while the replies arrive.
+    pub async fn bidi(&self, call: StreamCall) -> Result<Streaming, Status> {
+        self.inner
+            .pool
+            .dispatch(|| self.open(), |h| h.bidi(call))
+            .await
     }
 
     /// A live connection (to register methods on, or to learn its peer).

@@ -28,7 +28,9 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::future::{AbortHandle as InlineAbort, Abortable, Aborted};
 use futures_util::stream::FuturesUnordered;
-use polycall_core::{Call, ClassQueues, Code, IdMap, MethodName, Reply, ServiceName, Status};
+use polycall_core::{
+    Call, ClassQueues, Code, IdMap, MethodName, Payload, Reply, ServiceName, Status, StreamCall,
+};
 use polycall_proto::frame::MethodEntry;
 use polycall_proto::{Connection as Proto, Event, Role, WireMeta};
 use tokio::io::AsyncWrite;
@@ -36,6 +38,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::Sleep;
 
 use crate::auth::{Authenticator, ClientExchange, Credentials, ServerExchange, Step};
+
+mod streams;
+pub use streams::{SEND_BUFFER, Streaming};
+use streams::{OpenStream, StreamKey, Streams};
 use crate::handler::SharedHandler;
 use crate::transport::{BoxIo, Peer};
 
@@ -239,6 +245,18 @@ enum Command {
     ),
     /// A call whose payload was compressed off the event loop, ready to open.
     CallCompressed(Box<CompressedCall>),
+    /// Opens a streaming call.
+    OpenStream(Box<OpenStream>),
+    /// A further message of a stream this side sends.
+    StreamSend(StreamKey, Payload),
+    /// This side's stream is complete.
+    StreamEnd(StreamKey),
+    /// This side's stream failed: the call fails (or, opened by this side, is cancelled).
+    StreamFail(StreamKey, Status),
+    /// The reader of an incoming stream took this many more messages.
+    StreamConsumed(StreamKey, usize),
+    /// The reader of an incoming stream is gone: drop what still arrives.
+    StreamDiscard(StreamKey),
 }
 
 /// A call and its payload compressed off the event loop.
@@ -557,9 +575,6 @@ impl PendingConnection {
         handler: SharedHandler,
     ) -> Result<(ConnectionHandle, oneshot::Receiver<Result<(), Status>>), Status> {
         let mut proto_config = config.proto.clone();
-        // Offer only what this build serves end to end: streaming calls are refused
-        // here (`unsupported`) until their API exists, so the bit is never offered.
-        proto_config.settings.features &= !polycall_proto::features::STREAMING;
         match role {
             Role::Server => {
                 if let Some(a) = &config.authenticator {
@@ -599,6 +614,7 @@ impl PendingConnection {
             pending: IdMap::default(),
             tokens: IdMap::default(),
             serving: IdMap::default(),
+            streams: Streams::default(),
             handlers: FuturesUnordered::new(),
             backlog: ClassQueues::default(),
             out: VecDeque::new(),
@@ -663,6 +679,8 @@ struct Driver {
     pending: IdMap<u32, PendingCall>,
     tokens: IdMap<u64, u32>,
     serving: IdMap<u32, Serving>,
+    /// Streaming calls in progress: their readers and producers.
+    streams: Streams,
     /// Handlers run inside this task (`spawn_handlers = false`).
     handlers: FuturesUnordered<InlineHandler>,
     /// Incoming calls waiting for a free handler, by class.
@@ -755,6 +773,10 @@ impl Driver {
             ))));
         }
         self.tokens.clear();
+        self.streams.close_all(&Status::unavailable(format!(
+            "connection to {} lost: {}",
+            self.shared.peer, status.message
+        )));
         for (_, h) in self.serving.drain() {
             h.abort();
         }
@@ -813,18 +835,36 @@ impl Driver {
             Event::Call(c) => {
                 let now = Instant::now();
                 let call_id = c.call_id;
-                if c.stream {
-                    let _ = self.proto.send_error(
-                        call_id,
-                        &Status::unsupported("streaming calls are not served by this endpoint yet"),
-                    );
-                    return;
-                }
                 let mut metadata = c.meta.to_metadata(now);
                 if self.role == Role::Server {
                     // A server never trusts the principal a caller claims; a client
                     // (a provider) trusts the runtime it connected to.
                     metadata.principal = self.principal.clone();
+                }
+                let kind = self.handler.kind(&c.service, &c.method);
+                if c.stream || kind.is_streaming() {
+                    if c.stream && !kind.streams_requests() {
+                        let status = Status::invalid_input(format!(
+                            "{}.{} takes one request message ({kind}), not a stream",
+                            c.service, c.method
+                        ));
+                        let _ = self.proto.send_error(call_id, &status);
+                        return;
+                    }
+                    let requests = if c.stream {
+                        let first = (!c.empty).then_some(c.payload);
+                        self.incoming_stream(call_id, first).boxed()
+                    } else {
+                        Box::pin(polycall_core::stream::iter([Ok(c.payload)]))
+                    };
+                    let call = StreamCall {
+                        service: c.service,
+                        method: c.method,
+                        metadata,
+                        requests,
+                    };
+                    self.serve_stream(call_id, call, kind);
+                    return;
                 }
                 let call = Call {
                     service: c.service,
@@ -839,13 +879,52 @@ impl Driver {
                 }
             }
             Event::Reply {
-                call_id, payload, ..
+                call_id,
+                payload,
+                stream,
+                empty,
             } => {
                 if let Some(p) = self.pending.remove(&call_id) {
                     if let Some(t) = p.token {
                         self.tokens.remove(&t);
                     }
-                    let _ = p.reply.send(Ok(Reply::new(payload)));
+                    if stream {
+                        // A unary caller cannot take a stream: the call is given up.
+                        let _ = self.proto.cancel(call_id);
+                        let _ = p.reply.send(Err(Status::invalid_input(
+                            "the method answers with a stream of replies; open it as a stream \
+                             (server_stream or bidi)",
+                        )));
+                    } else {
+                        let _ = p.reply.send(Ok(Reply::new(payload)));
+                    }
+                } else if let Some(tx) = self.streams.incoming.get(&call_id) {
+                    if !empty {
+                        let _ = tx.send(Ok(payload));
+                    }
+                    if !stream {
+                        // A one-message answer to a stream: it ends here.
+                        self.end_local_stream(call_id, None);
+                    }
+                }
+            }
+            Event::StreamMessage { call_id, payload } => {
+                match self.streams.incoming.get(&call_id) {
+                    Some(tx) => {
+                        let _ = tx.send(Ok(payload));
+                    }
+                    // Nobody reads it any more.
+                    None => self.proto.stream_consumed(call_id, 1),
+                }
+            }
+            Event::StreamEnd { call_id } => {
+                if self.streams.tokens.contains_key(&call_id) {
+                    // The replies of a call this side opened: the call is over.
+                    self.end_local_stream(call_id, None);
+                } else {
+                    // The requests of a call the peer opened: the reader sees the end;
+                    // the answer goes on.
+                    self.streams.incoming.remove(&call_id);
                 }
             }
             Event::Failed { call_id, status } => {
@@ -854,9 +933,14 @@ impl Driver {
                         self.tokens.remove(&t);
                     }
                     let _ = p.reply.send(Err(status));
+                } else if self.streams.tokens.contains_key(&call_id) {
+                    self.end_local_stream(call_id, Some(status));
                 }
             }
             Event::Cancelled { call_id } => {
+                if self.streams_open() {
+                    self.streams.close(call_id, None);
+                }
                 if let Some(h) = self.serving.remove(&call_id) {
                     h.abort();
                     self.dispatch_backlog();
@@ -886,7 +970,7 @@ impl Driver {
                     Err(e) => Command::DecompressFailed(e),
                 });
             }
-            Event::StreamMessage { .. } | Event::StreamEnd { .. } | Event::Pong { .. } => {}
+            Event::Pong { .. } => {}
         }
     }
 
@@ -1055,6 +1139,10 @@ impl Driver {
         if self.serving.remove(&call_id).is_none() {
             return; // cancelled meanwhile
         }
+        if self.streams_open() {
+            // A client stream answered: whatever of its requests still arrives is moot.
+            self.streams.close(call_id, None);
+        }
         self.dispatch_backlog();
         let sent = match result {
             Ok(reply) => match self.proto.reply_compression_job(call_id, &reply.payload) {
@@ -1167,9 +1255,18 @@ impl Driver {
             Command::Cancel(token) => {
                 if let Some(id) = self.tokens.remove(&token) {
                     self.pending.remove(&id);
+                    if self.streams_open() {
+                        self.end_local_stream(id, None);
+                    }
                     let _ = self.proto.cancel(id);
                 }
             }
+            Command::OpenStream(open) => self.open_stream_call(*open),
+            Command::StreamSend(key, payload) => self.stream_send(key, payload),
+            Command::StreamEnd(key) => self.stream_end(key),
+            Command::StreamFail(key, status) => self.stream_fail(key, status),
+            Command::StreamConsumed(key, n) => self.stream_consumed(key, n),
+            Command::StreamDiscard(key) => self.stream_discard(key),
             Command::Register { methods, reply } => {
                 let opened = self.proto.register(methods);
                 self.admin(opened, reply);
@@ -1281,7 +1378,9 @@ impl Driver {
                 Poll::Ready(Ok(0)) => {
                     self.peer_eof = true;
                     let lost = if self.proto.is_open()
-                        && (self.pending.is_empty() && self.serving.is_empty())
+                        && (self.pending.is_empty()
+                            && self.serving.is_empty()
+                            && !self.streams_open())
                     {
                         Status::new(Code::Ok, "the peer closed the connection")
                     } else {
@@ -1341,6 +1440,9 @@ impl Driver {
                 let mut chunks = Vec::new();
                 self.proto
                     .poll_transmit(self.config.write_batch, &mut chunks);
+                if !self.streams.outgoing.is_empty() {
+                    self.refresh_producers();
+                }
                 if chunks.is_empty() {
                     self.stall_timer = None;
                     if let Some(rate) = self.link.idle() {
@@ -1464,6 +1566,7 @@ impl Driver {
             && self.role == Role::Client
             && self.pending.is_empty()
             && self.serving.is_empty()
+            && !self.streams_open()
         {
             if !self.finished {
                 self.proto
@@ -1487,6 +1590,9 @@ fn reject(cmd: Command, status: &Status) {
         }
         Command::CallCompressed(c) => {
             let _ = c.reply.send(Err(s));
+        }
+        Command::OpenStream(o) => {
+            let _ = o.replies.send(Err(s));
         }
         _ => {}
     }
@@ -1516,6 +1622,7 @@ impl Future for Driver {
             if this.draining
                 && this.pending.is_empty()
                 && this.serving.is_empty()
+                && !this.streams_open()
                 && this.backlog.is_empty()
                 && this.out.is_empty()
             {

@@ -3,7 +3,10 @@
 
 use std::sync::Arc;
 
-use polycall_core::{BoxFuture, Call, MethodName, Reply, Router, ServiceName, Status};
+use polycall_core::{
+    BoxFuture, Call, CallKind, MessageStream, MethodName, Reply, Router, ServiceName, Status,
+    StreamCall,
+};
 use polycall_proto::frame::MethodEntry;
 use tower_service::Service;
 
@@ -23,6 +26,25 @@ pub trait ConnectionHandler: Send + Sync + 'static {
     fn runs_inline(&self, call: &Call) -> bool {
         let _ = call;
         false
+    }
+
+    /// The shape of `service.method`'s messages: the connection answers a call of a
+    /// method whose replies stream with a reply stream, and serves every streaming
+    /// shape through [`ConnectionHandler::stream`]. Unary unless said otherwise.
+    fn kind(&self, service: &ServiceName, method: &MethodName) -> CallKind {
+        let _ = (service, method);
+        CallKind::Unary
+    }
+
+    /// Serves one streaming call (a method whose [`kind`](Self::kind) streams, or a call
+    /// whose requests stream): the answer is the stream of reply messages (exactly one
+    /// for a client stream). The connection cancels the stream when the caller does or
+    /// the deadline passes.
+    fn stream(&self, call: StreamCall) -> MessageStream {
+        polycall_core::stream::fail(Status::unsupported(format!(
+            "{} is not served as a stream here",
+            call.full_name()
+        )))
     }
 
     /// The peer announces methods it serves.
@@ -59,6 +81,16 @@ impl ConnectionHandler for RouterHandler {
         self.0
             .info(call.service.as_str(), call.method.as_str())
             .is_some_and(|i| i.inline)
+    }
+
+    fn kind(&self, service: &ServiceName, method: &MethodName) -> CallKind {
+        self.0
+            .info(service.as_str(), method.as_str())
+            .map_or(CallKind::Unary, |i| i.kind)
+    }
+
+    fn stream(&self, call: StreamCall) -> MessageStream {
+        self.0.call_stream(call)
     }
 }
 

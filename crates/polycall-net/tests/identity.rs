@@ -78,11 +78,10 @@ async fn a_tcp_peer_is_its_address() {
 }
 
 #[tokio::test]
-async fn streaming_is_not_offered_while_it_is_not_served() {
+async fn a_client_that_turns_streaming_off_gets_a_clear_refusal_for_streams() {
     let server = peer_echo_server("127.0.0.1:0".parse().unwrap()).await;
-    // Even a configuration that asks to offer it does not.
     let mut config = polycall_net::ChannelConfig::default();
-    config.connection.proto.settings.features |= polycall_proto::features::STREAMING;
+    config.connection.proto.settings.features &= !polycall_proto::features::STREAMING;
     let ch = Channel::with_config(server.local_endpoint().clone(), config)
         .await
         .unwrap();
@@ -91,13 +90,25 @@ async fn streaming_is_not_offered_while_it_is_not_served() {
         .unwrap();
     let conns = ch.connections();
     assert!(!conns.is_empty());
-    for c in conns {
+    for c in &conns {
         assert_eq!(
             c.features() & polycall_proto::features::STREAMING,
             0,
-            "streaming offered"
+            "streaming not negotiated"
         );
     }
+    let requests: polycall_core::MessageStream =
+        Box::pin(polycall_core::stream::iter([Ok(Payload::raw("x"))]));
+    let mut replies = ch
+        .bidi(polycall_core::StreamCall::new("who.ami", requests).unwrap())
+        .await
+        .unwrap();
+    let err = futures_util::StreamExt::next(&mut replies)
+        .await
+        .expect("an answer")
+        .unwrap_err();
+    assert_eq!(err.code, polycall_core::Code::Unsupported, "{err}");
+    assert!(err.message.contains("streaming"), "{err}");
     server.shutdown().await;
 }
 

@@ -436,6 +436,8 @@ struct CallQueue {
 enum OutItem {
     Msg(OutMsg),
     End,
+    /// A stream's failure, after the messages queued before it.
+    Fail(Box<ErrorFrame>),
 }
 
 fn method_key(service: &ServiceName, method: &MethodName) -> u64 {

@@ -33,7 +33,7 @@ impl Connection {
     pub(super) fn enqueue(&mut self, call_id: u32, item: OutItem) {
         let len = match &item {
             OutItem::Msg(m) => m.data.len() - m.offset,
-            OutItem::End => 0,
+            OutItem::End | OutItem::Fail(_) => 0,
         };
         self.queued_bytes += len;
         let class = self
@@ -314,6 +314,21 @@ impl Connection {
         Ok(())
     }
 
+    /// Fails a call the peer opened whose reply streams, after the reply messages
+    /// already queued (which [`Connection::send_error`] would drop): the stream's
+    /// messages so far, then its failure.
+    pub fn fail_stream(&mut self, call_id: u32, status: &Status) -> Result<(), SendError> {
+        self.check_open()?;
+        self.peer_call_mut(call_id)?;
+        self.enqueue(
+            call_id,
+            OutItem::Fail(Box::new(ErrorFrame::from_status(call_id, status))),
+        );
+        self.take_call(&call_id);
+        self.peer_open = self.peer_open.saturating_sub(1);
+        Ok(())
+    }
+
     /// Fails a call the peer opened (or refuses a register/unregister request).
     /// Whatever of its reply was still queued is dropped.
     pub fn send_error(&mut self, call_id: u32, status: &Status) -> Result<(), SendError> {
@@ -503,6 +518,12 @@ impl Connection {
             OutItem::End => {
                 q.pop_front();
                 Frame::End { call_id }.encode(&mut self.out, crc);
+                return true;
+            }
+            OutItem::Fail(_) => {
+                if let Some(OutItem::Fail(e)) = q.pop_front() {
+                    Frame::Error(*e).encode(&mut self.out, crc);
+                }
                 return true;
             }
             OutItem::Msg(m) => m,

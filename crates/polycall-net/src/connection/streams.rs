@@ -1,0 +1,629 @@
+//! Streaming calls on a connection: the message streams applications read
+//! ([`Streaming`]), the producers that feed a call's outgoing stream within its
+//! window, and the connection task's bookkeeping of both.
+//!
+//! Backpressure, end to end: a [`Streaming`] that is not read holds its messages; the
+//! protocol stops returning the stream's credit once they hold half its window, so the
+//! peer's producer stops after about one window (other calls of the connection go on).
+//! On the sending side a producer is polled for its next message only while what it
+//! queued and the connection has not framed yet stays under [`SEND_BUFFER`]; a peer that
+//! grants no credit thus stops the producer here, and a router forwarding a stream
+//! (reading one [`Streaming`], feeding another call) stops reading in turn.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
+
+use futures_util::task::AtomicWaker;
+use polycall_core::{Call, CallKind, MessageStream, Metadata, Payload, Reply, Status, StreamCall};
+use tokio::sync::mpsc;
+use tokio::time::Sleep;
+
+use super::{CancelOnDrop, Command, ConnectionHandle, Driver, Serving};
+
+/// Bytes a producer may have queued on one stream and not yet framed by the connection
+/// before it is asked for its next message.
+pub const SEND_BUFFER: usize = 256 * 1024;
+
+/// Which stream a command is about: a call this side opened (known by its token until
+/// the connection task has given it an id) or a call the peer opened.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum StreamKey {
+    Token(u64),
+    Call(u32),
+}
+
+/// What an incoming stream delivers to its reader.
+pub(super) type Delivery = mpsc::UnboundedSender<Result<Payload, Status>>;
+
+/// The incoming messages of a streaming call: the replies of a stream this side opened,
+/// or the requests of a streaming call a handler serves. Yields `Ok(payload)` per
+/// message, then ends (`None`) when the peer ended its stream, or yields one `Err` when
+/// the call failed (the peer's error, a deadline, the connection's loss).
+///
+/// Dropping the replies of a call this side opened cancels the call.
+pub struct Streaming {
+    rx: mpsc::UnboundedReceiver<Result<Payload, Status>>,
+    key: StreamKey,
+    commands: mpsc::UnboundedSender<Command>,
+    /// Messages taken and not yet reported to the connection, and their bytes.
+    unreported: usize,
+    unreported_bytes: usize,
+    /// Report consumption once this many bytes were taken.
+    report_every: usize,
+    /// The call this side opened: cancelled if dropped before its end.
+    guard: Option<CancelOnDrop>,
+    /// The call's deadline: a timer made on first poll (a handle may open a stream
+    /// outside the runtime).
+    deadline: Option<Deadline>,
+    done: bool,
+}
+
+enum Deadline {
+    At(std::time::Instant),
+    Timer(Pin<Box<Sleep>>),
+}
+
+impl Deadline {
+    fn poll(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if let Deadline::At(at) = *self {
+            *self = Deadline::Timer(Box::pin(tokio::time::sleep_until(at.into())));
+        }
+        match self {
+            Deadline::Timer(t) => t.as_mut().poll(cx),
+            Deadline::At(_) => Poll::Pending,
+        }
+    }
+}
+
+impl std::fmt::Debug for Streaming {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streaming")
+            .field("key", &self.key)
+            .field("done", &self.done)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Streaming {
+    fn report(&mut self) {
+        if self.unreported > 0 {
+            let _ = self
+                .commands
+                .send(Command::StreamConsumed(self.key, self.unreported));
+            self.unreported = 0;
+            self.unreported_bytes = 0;
+        }
+    }
+
+    fn end(&mut self) {
+        self.done = true;
+        self.deadline = None;
+        if let Some(mut g) = self.guard.take() {
+            g.armed = false;
+        }
+    }
+
+    /// Turns the stream into a [`MessageStream`].
+    pub fn boxed(self) -> MessageStream {
+        Box::pin(self)
+    }
+}
+
+impl futures_core::Stream for Streaming {
+    type Item = Result<Payload, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        if this.done {
+            return Poll::Ready(None);
+        }
+        match this.rx.poll_recv(cx) {
+            Poll::Ready(Some(Ok(payload))) => {
+                this.unreported += 1;
+                this.unreported_bytes += payload.len();
+                if this.unreported_bytes >= this.report_every {
+                    this.report();
+                }
+                Poll::Ready(Some(Ok(payload)))
+            }
+            Poll::Ready(Some(Err(status))) => {
+                this.end();
+                Poll::Ready(Some(Err(status)))
+            }
+            Poll::Ready(None) => {
+                this.end();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some(d) = &mut this.deadline
+                    && d.poll(cx).is_ready()
+                {
+                    // The guard, dropped armed, cancels the call.
+                    this.done = true;
+                    this.deadline = None;
+                    this.guard = None;
+                    return Poll::Ready(Some(Err(Status::deadline_exceeded(
+                        "the stream's deadline passed before it ended",
+                    ))));
+                }
+                // Nothing to read: tell the connection what was read so far, so a
+                // producer waiting on credit never waits on a report.
+                this.report();
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl Drop for Streaming {
+    fn drop(&mut self) {
+        if !self.done && self.guard.is_none() {
+            // A handler that stops reading its requests: what still arrives is
+            // consumed (dropped) by the connection, so the peer is never stalled.
+            let _ = self.commands.send(Command::StreamDiscard(self.key));
+        }
+    }
+}
+
+/// The sending half's state, shared by a producer and the connection task.
+#[derive(Debug, Default)]
+pub(super) struct OutShared {
+    /// Bytes sent to the connection task and not yet received by it.
+    in_channel: AtomicUsize,
+    /// Bytes the connection has queued on the call and not yet framed.
+    queued: AtomicUsize,
+    /// The call is over: the producer stops.
+    done: AtomicBool,
+    waker: AtomicWaker,
+}
+
+impl OutShared {
+    pub(super) fn finish(&self) {
+        self.done.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn pending(&self) -> usize {
+        self.in_channel.load(Ordering::Acquire) + self.queued.load(Ordering::Acquire)
+    }
+
+    pub(super) fn received(&self, bytes: usize) {
+        self.in_channel.fetch_sub(bytes, Ordering::AcqRel);
+    }
+
+    /// The connection framed some of the call's bytes: `queued` is what is left.
+    pub(super) fn set_queued(&self, queued: usize) {
+        let before = self.queued.swap(queued, Ordering::AcqRel);
+        if queued < before && queued < SEND_BUFFER {
+            self.waker.wake();
+        }
+    }
+}
+
+/// Feeds `messages` into a call's outgoing stream, within its buffer: the next message
+/// is asked for only when there is room. Ends the stream when `messages` ends, fails
+/// it on an `Err`, and stops when the call is over.
+pub(super) async fn pump(
+    mut messages: MessageStream,
+    key: StreamKey,
+    shared: Arc<OutShared>,
+    commands: mpsc::UnboundedSender<Command>,
+) {
+    loop {
+        let next = std::future::poll_fn(|cx| {
+            shared.waker.register(cx.waker());
+            if shared.done.load(Ordering::Acquire) {
+                return Poll::Ready(None);
+            }
+            if shared.pending() >= SEND_BUFFER {
+                return Poll::Pending;
+            }
+            match messages.as_mut().poll_next(cx) {
+                Poll::Ready(item) => Poll::Ready(Some(item)),
+                Poll::Pending => Poll::Pending,
+            }
+        })
+        .await;
+        let command = match next {
+            None => return, // the call is over
+            Some(Some(Ok(payload))) => {
+                shared.in_channel.fetch_add(payload.len(), Ordering::AcqRel);
+                Command::StreamSend(key, payload)
+            }
+            Some(Some(Err(status))) => {
+                let _ = commands.send(Command::StreamFail(key, status));
+                return;
+            }
+            Some(None) => {
+                let _ = commands.send(Command::StreamEnd(key));
+                return;
+            }
+        };
+        if commands.send(command).is_err() {
+            return;
+        }
+    }
+}
+
+impl ConnectionHandle {
+    /// Opens a server-streaming call: `call.payload` is the one request; the replies
+    /// arrive on the returned [`Streaming`]. The call's deadline covers the whole
+    /// stream. Dropping the stream cancels the call.
+    pub fn server_stream(&self, call: Call) -> Streaming {
+        let Call {
+            service,
+            method,
+            payload,
+            metadata,
+        } = call;
+        self.open_stream(service, method, metadata, Opening::One(payload))
+    }
+
+    /// Opens a bidirectional call: `call.requests` is sent as the request stream (as
+    /// the replies leave room, never faster than the peer grants credit) while the
+    /// replies arrive on the returned [`Streaming`].
+    pub fn bidi(&self, call: StreamCall) -> Streaming {
+        let StreamCall {
+            service,
+            method,
+            metadata,
+            requests,
+        } = call;
+        self.open_stream(service, method, metadata, Opening::Stream(requests))
+    }
+
+    /// Opens a client-streaming call: `call.requests` is sent as the request stream;
+    /// the one reply is the result.
+    pub fn client_stream(
+        &self,
+        call: StreamCall,
+    ) -> impl Future<Output = Result<Reply, Status>> + Send + use<> {
+        let replies = self.bidi(call);
+        async move {
+            polycall_core::stream::single(replies.boxed())
+                .await
+                .map(Reply::new)
+        }
+    }
+
+    fn open_stream(
+        &self,
+        service: polycall_core::ServiceName,
+        method: polycall_core::MethodName,
+        metadata: Metadata,
+        requests: Opening,
+    ) -> Streaming {
+        let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
+        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let mut guard = CancelOnDrop {
+            commands: self.commands.clone(),
+            shared: self.shared.clone(),
+            token,
+            armed: true,
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let deadline = metadata.deadline.map(|d| Deadline::At(d.0));
+        let sent = self
+            .commands
+            .send(Command::OpenStream(Box::new(OpenStream {
+                service,
+                method,
+                metadata,
+                token,
+                requests,
+                replies: tx.clone(),
+            })))
+            .is_ok();
+        if !sent {
+            guard.armed = false;
+            let _ = tx.send(Err(Status::unavailable(format!(
+                "the connection to {} is closed",
+                self.shared.peer
+            ))
+            .not_executed()));
+        }
+        Streaming {
+            rx,
+            key: StreamKey::Token(token),
+            commands: self.commands.clone(),
+            unreported: 0,
+            unreported_bytes: 0,
+            report_every: REPORT_EVERY,
+            guard: Some(guard),
+            deadline,
+            done: false,
+        }
+    }
+}
+
+/// Consumption is reported to the connection at least every this many bytes read (and
+/// whenever the reader has read everything there is), well within the smallest window.
+const REPORT_EVERY: usize = 16 * 1024;
+
+/// A request stream as a call opens it.
+pub(super) enum Opening {
+    /// One request (no request stream).
+    One(Payload),
+    /// A request stream, opened empty and fed as the peer's credit allows.
+    Stream(MessageStream),
+}
+
+/// A call to open, from a handle to the connection task.
+pub(super) struct OpenStream {
+    pub(super) service: polycall_core::ServiceName,
+    pub(super) method: polycall_core::MethodName,
+    pub(super) metadata: Metadata,
+    pub(super) token: u64,
+    pub(super) requests: Opening,
+    pub(super) replies: Delivery,
+}
+
+/// The connection task's side of its streams.
+#[derive(Default)]
+pub(super) struct Streams {
+    /// Incoming streams by call id: where their messages go. A call absent here whose
+    /// messages arrive has no reader any more; they are consumed and dropped.
+    pub(super) incoming: polycall_core::IdMap<u32, Delivery>,
+    /// Outgoing streams by call id: their producers' shared state.
+    pub(super) outgoing: polycall_core::IdMap<u32, Arc<OutShared>>,
+    /// The tokens of the streaming calls this side opened, by call id.
+    pub(super) tokens: polycall_core::IdMap<u32, u64>,
+}
+
+impl Streams {
+    /// The call is over (either side): its reader gets `end` (`None`: a clean end),
+    /// its producer stops.
+    pub(super) fn close(&mut self, call_id: u32, end: Option<Status>) {
+        if let Some(tx) = self.incoming.remove(&call_id)
+            && let Some(status) = end
+        {
+            let _ = tx.send(Err(status));
+        }
+        if let Some(out) = self.outgoing.remove(&call_id) {
+            out.finish();
+        }
+    }
+
+    pub(super) fn close_all(&mut self, status: &Status) {
+        self.tokens.clear();
+        for (_, tx) in self.incoming.drain() {
+            let _ = tx.send(Err(status.clone()));
+        }
+        for (_, out) in self.outgoing.drain() {
+            out.finish();
+        }
+    }
+}
+
+impl Driver {
+    fn stream_call_id(&self, key: StreamKey) -> Option<u32> {
+        match key {
+            StreamKey::Call(id) => Some(id),
+            StreamKey::Token(t) => self.tokens.get(&t).copied(),
+        }
+    }
+
+    /// A reader for a peer call's incoming stream, its first message already in it
+    /// unless the stream opened empty.
+    pub(super) fn incoming_stream(&mut self, call_id: u32, first: Option<Payload>) -> Streaming {
+        let (tx, rx) = mpsc::unbounded_channel();
+        if let Some(p) = first {
+            let _ = tx.send(Ok(p));
+        }
+        self.streams.incoming.insert(call_id, tx);
+        Streaming {
+            rx,
+            key: StreamKey::Call(call_id),
+            commands: self.answers.upgrade().map_or_else(
+                || mpsc::unbounded_channel().0,
+                |c| c,
+            ),
+            unreported: 0,
+            unreported_bytes: 0,
+            report_every: REPORT_EVERY,
+            guard: None,
+            deadline: None,
+            done: false,
+        }
+    }
+
+    /// Serves a streaming call the peer opened (or a call of a streaming method): the
+    /// handler gets the request stream and answers with a reply stream, fed into the
+    /// call as its window allows, or with one reply (a client stream).
+    pub(super) fn serve_stream(&mut self, call_id: u32, call: StreamCall, kind: CallKind) {
+        let Some(commands) = self.answers.upgrade() else {
+            return;
+        };
+        let deadline = call.metadata.deadline;
+        let replies = self.handler.stream(call);
+        let task = if kind.streams_replies() {
+            if let Err(e) = self.proto.open_reply_stream(call_id) {
+                self.streams.close(call_id, None);
+                let _ = self.proto.send_error(call_id, &e.status());
+                return;
+            }
+            let shared = Arc::new(OutShared::default());
+            self.streams.outgoing.insert(call_id, shared.clone());
+            let key = StreamKey::Call(call_id);
+            let fail = commands.clone();
+            let run = pump(replies, key, shared, commands);
+            let serve = async move {
+                match deadline {
+                    Some(d) => {
+                        if tokio::time::timeout_at(d.0.into(), run).await.is_err() {
+                            let _ = fail.send(Command::StreamFail(
+                                key,
+                                Status::deadline_exceeded(
+                                    "the stream did not end before the call's deadline",
+                                ),
+                            ));
+                        }
+                    }
+                    None => run.await,
+                }
+            };
+            self.spawn_task(serve)
+        } else {
+            let answer = async move {
+                let one = polycall_core::stream::single(replies);
+                let result = match deadline {
+                    Some(d) => tokio::time::timeout_at(d.0.into(), one)
+                        .await
+                        .unwrap_or_else(|_| {
+                            Err(Status::deadline_exceeded(
+                                "the handler did not answer before the call's deadline",
+                            ))
+                        }),
+                    None => one.await,
+                };
+                let _ = commands.send(Command::Answer(call_id, result.map(Reply::new)));
+            };
+            self.spawn_task(answer)
+        };
+        self.serving.insert(call_id, Serving::Task(task));
+    }
+
+    fn spawn_task(
+        &self,
+        f: impl Future<Output = ()> + Send + 'static,
+    ) -> tokio::task::AbortHandle {
+        match &self.config.handler_runtime {
+            Some(rt) => rt.spawn(f).abort_handle(),
+            None => crate::offload::handlers().spawn(f).abort_handle(),
+        }
+    }
+
+    /// Opens a streaming call this side makes.
+    pub(super) fn open_stream_call(&mut self, open: OpenStream) {
+        let OpenStream {
+            service,
+            method,
+            metadata,
+            token,
+            requests,
+            replies,
+        } = open;
+        if replies.is_closed() {
+            return; // the caller gave up before the call left
+        }
+        let meta = polycall_proto::WireMeta::from_metadata(&metadata, std::time::Instant::now());
+        let (opened, producer) = match requests {
+            Opening::One(p) => (
+                self.proto.open_call(&service, &method, p, meta, false),
+                None,
+            ),
+            Opening::Stream(s) => (self.proto.open_stream(&service, &method, meta), Some(s)),
+        };
+        let call_id = match opened {
+            Ok(id) => id,
+            Err(e) => {
+                let _ = replies.send(Err(e.status()));
+                return;
+            }
+        };
+        self.tokens.insert(token, call_id);
+        self.streams.tokens.insert(call_id, token);
+        self.streams.incoming.insert(call_id, replies);
+        if let Some(requests) = producer {
+            let shared = Arc::new(OutShared::default());
+            self.streams.outgoing.insert(call_id, shared.clone());
+            if let Some(commands) = self.answers.upgrade() {
+                tokio::spawn(pump(requests, StreamKey::Token(token), shared, commands));
+            }
+        }
+    }
+
+    pub(super) fn stream_send(&mut self, key: StreamKey, payload: Payload) {
+        let len = payload.len();
+        let Some(call_id) = self.stream_call_id(key) else {
+            return;
+        };
+        let Some(shared) = self.streams.outgoing.get(&call_id).cloned() else {
+            return; // the call is over
+        };
+        shared.received(len);
+        match self.proto.send_message(call_id, payload) {
+            Ok(()) => shared.set_queued(self.proto.stream_queued(call_id)),
+            Err(e) => self.stream_failed(call_id, e.status()),
+        }
+    }
+
+    pub(super) fn stream_end(&mut self, key: StreamKey) {
+        let Some(call_id) = self.stream_call_id(key) else {
+            return;
+        };
+        if self.streams.outgoing.remove(&call_id).is_none() {
+            return;
+        }
+        let _ = self.proto.send_end(call_id);
+        if matches!(key, StreamKey::Call(_)) {
+            // This side's answer is complete: the call is over.
+            self.serving.remove(&call_id);
+            self.streams.close(call_id, None);
+            self.dispatch_backlog();
+        }
+    }
+
+    /// A producer failed (or the stream could not be sent): a peer call is failed with
+    /// `status`; a call this side opened is cancelled, its reader told why.
+    pub(super) fn stream_failed(&mut self, call_id: u32, status: Status) {
+        if self.proto_is_local(call_id) {
+            let _ = self.proto.cancel(call_id);
+            self.end_local_stream(call_id, Some(status));
+        } else {
+            self.serving.remove(&call_id);
+            self.streams.close(call_id, None);
+            let _ = self.proto.fail_stream(call_id, &status);
+            self.dispatch_backlog();
+        }
+    }
+
+    pub(super) fn stream_fail(&mut self, key: StreamKey, status: Status) {
+        if let Some(call_id) = self.stream_call_id(key)
+            && self.streams.outgoing.contains_key(&call_id)
+        {
+            self.stream_failed(call_id, status);
+        }
+    }
+
+    pub(super) fn stream_consumed(&mut self, key: StreamKey, messages: usize) {
+        if let Some(call_id) = self.stream_call_id(key) {
+            self.proto.stream_consumed(call_id, messages);
+        }
+    }
+
+    pub(super) fn stream_discard(&mut self, key: StreamKey) {
+        if let Some(call_id) = self.stream_call_id(key) {
+            self.streams.incoming.remove(&call_id);
+            self.proto.stream_consumed(call_id, usize::MAX);
+        }
+    }
+
+    /// After a write: producers whose calls' queues shrank may go on.
+    pub(super) fn refresh_producers(&mut self) {
+        for (id, shared) in self.streams.outgoing.iter() {
+            shared.set_queued(self.proto.stream_queued(*id));
+        }
+    }
+
+    /// A streaming call this side opened is over: its reader gets `end` (`None`: the
+    /// clean end), its producer stops, its token is forgotten.
+    pub(super) fn end_local_stream(&mut self, call_id: u32, end: Option<Status>) {
+        self.streams.close(call_id, end);
+        if let Some(t) = self.streams.tokens.remove(&call_id) {
+            self.tokens.remove(&t);
+        }
+    }
+
+    /// Whether streaming calls are in progress.
+    pub(super) fn streams_open(&self) -> bool {
+        !self.streams.incoming.is_empty() || !self.streams.outgoing.is_empty()
+    }
+
+    fn proto_is_local(&self, call_id: u32) -> bool {
+        (call_id % 2 == 1) == (self.role == polycall_proto::Role::Client)
+    }
+}

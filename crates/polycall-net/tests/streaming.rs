@@ -1,0 +1,367 @@
+//! Streaming calls between a `Channel` and a `Server` over real sockets: the three
+//! shapes, errors and ends, cancellation from either side, deadlines, and backpressure
+//! that stops a producer whose consumer does not read while other calls go on.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use futures_util::stream;
+use polycall_core::{
+    Call, CallKind, Code, MessageStream, MethodInfo, Payload, Reply, Router, Status, StreamCall,
+    handler_fn,
+};
+use polycall_net::{Channel, Server, ServerConfig};
+
+const LIMIT: Duration = Duration::from_secs(20);
+
+fn text(p: &Payload) -> String {
+    String::from_utf8_lossy(&p.bytes).into_owned()
+}
+
+fn messages(items: Vec<&'static str>) -> MessageStream {
+    Box::pin(stream::iter(
+        items.into_iter().map(|s| Ok(Payload::raw(s))).collect::<Vec<_>>(),
+    ))
+}
+
+/// Sets a flag when dropped: tells a test that a handler's stream was let go.
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+struct Fixture {
+    server: Server,
+    channel: Channel,
+    produced: Arc<AtomicUsize>,
+    dropped: Arc<AtomicBool>,
+}
+
+async fn fixture() -> Fixture {
+    let produced = Arc::new(AtomicUsize::new(0));
+    let dropped = Arc::new(AtomicBool::new(false));
+    let router = Router::new()
+        .route_stream(
+            "feed.count",
+            CallKind::ServerStream,
+            MethodInfo::new("counts to the number in the request"),
+            |call: StreamCall| -> MessageStream {
+                Box::pin(
+                    stream::once(polycall_core::stream::single(call.requests)).flat_map(|r| {
+                        let items: Vec<Result<Payload, Status>> = match r {
+                            Ok(p) => {
+                                let n: usize = text(&p).parse().unwrap_or(0);
+                                (1..=n).map(|i| Ok(Payload::raw(i.to_string()))).collect()
+                            }
+                            Err(s) => vec![Err(s)],
+                        };
+                        stream::iter(items)
+                    }),
+                )
+            },
+        )
+        .unwrap()
+        .route_stream(
+            "feed.fail",
+            CallKind::ServerStream,
+            MethodInfo::new("two messages, then not_found"),
+            |_call: StreamCall| -> MessageStream {
+                Box::pin(stream::iter(vec![
+                    Ok(Payload::raw("a")),
+                    Ok(Payload::raw("b")),
+                    Err(Status::not_found("the third is missing")),
+                ]))
+            },
+        )
+        .unwrap()
+        .route_stream(
+            "feed.forever",
+            CallKind::ServerStream,
+            MethodInfo::new("64 KiB messages until cancelled; counts what it produced"),
+            {
+                let produced = produced.clone();
+                let dropped = dropped.clone();
+                move |_call: StreamCall| -> MessageStream {
+                    let produced = produced.clone();
+                    let flag = DropFlag(dropped.clone());
+                    let chunk = Payload::raw(vec![7u8; 64 * 1024]);
+                    Box::pin(stream::repeat(()).map(move |_| {
+                        let _keep = &flag;
+                        produced.fetch_add(1, Ordering::SeqCst);
+                        Ok(chunk.clone())
+                    }))
+                }
+            },
+        )
+        .unwrap()
+        .route_stream(
+            "sum.all",
+            CallKind::ClientStream,
+            MethodInfo::new("adds the numbers it is sent"),
+            |call: StreamCall| -> MessageStream {
+                Box::pin(stream::once(async move {
+                    let mut total = 0u64;
+                    let mut requests = call.requests;
+                    while let Some(m) = requests.next().await {
+                        total += text(&m?).parse::<u64>().unwrap_or(0);
+                    }
+                    Ok(Payload::raw(total.to_string()))
+                }))
+            },
+        )
+        .unwrap()
+        .route_stream(
+            "chat.upper",
+            CallKind::Bidi,
+            MethodInfo::new("answers each message in capitals"),
+            |call: StreamCall| -> MessageStream {
+                Box::pin(call.requests.map(|m| {
+                    m.map(|p| Payload::raw(text(&p).to_uppercase()))
+                }))
+            },
+        )
+        .unwrap()
+        .route(
+            "debug.echo",
+            MethodInfo::new("echo"),
+            handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) }),
+        )
+        .unwrap();
+    let server = Server::serve_router(
+        "127.0.0.1:0".parse().unwrap(),
+        ServerConfig::default(),
+        router,
+    )
+    .await
+    .unwrap();
+    let channel = Channel::connect(server.local_endpoint().clone())
+        .await
+        .unwrap();
+    Fixture {
+        server,
+        channel,
+        produced,
+        dropped,
+    }
+}
+
+async fn collect(s: polycall_net::Streaming) -> Vec<Result<String, Code>> {
+    s.map(|m| m.map(|p| text(&p)).map_err(|e| e.code))
+        .collect()
+        .await
+}
+
+#[tokio::test]
+async fn the_three_shapes_and_their_ends() {
+    tokio::time::timeout(LIMIT, async {
+        let f = fixture().await;
+        let c = &f.channel;
+        assert!(
+            c.any_connection().await.unwrap().features() & polycall_proto::features::STREAMING
+                != 0,
+            "streaming is negotiated"
+        );
+        let s = c
+            .server_stream(Call::new("feed.count", Payload::raw("5")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            collect(s).await,
+            ["1", "2", "3", "4", "5"].map(|s| Ok(s.to_owned())).to_vec()
+        );
+        // A stream with no message at all ends cleanly.
+        let s = c
+            .server_stream(Call::new("feed.count", Payload::raw("0")).unwrap())
+            .await
+            .unwrap();
+        assert!(collect(s).await.is_empty());
+        // A stream that fails ends with its status, after what it sent.
+        let s = c
+            .server_stream(Call::new("feed.fail", Payload::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            collect(s).await,
+            vec![Ok("a".into()), Ok("b".into()), Err(Code::NotFound)]
+        );
+        let sum = c
+            .client_stream(StreamCall::new("sum.all", messages(vec!["1", "20", "300"])).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(text(&sum.payload), "321");
+        let none = c
+            .client_stream(StreamCall::new("sum.all", messages(vec![])).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(text(&none.payload), "0");
+        let s = c
+            .bidi(StreamCall::new("chat.upper", messages(vec!["hi", "there"])).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(collect(s).await, vec![Ok("HI".into()), Ok("THERE".into())]);
+        f.server.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn bidi_replies_as_requests_arrive() {
+    tokio::time::timeout(LIMIT, async {
+        let f = fixture().await;
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Payload, Status>>();
+        let requests: MessageStream = Box::pin(stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        }));
+        let mut replies = f
+            .channel
+            .bidi(StreamCall::new("chat.upper", requests).unwrap())
+            .await
+            .unwrap();
+        for word in ["one", "two", "three"] {
+            tx.send(Ok(Payload::raw(word))).unwrap();
+            let reply = replies.next().await.unwrap().unwrap();
+            assert_eq!(text(&reply), word.to_uppercase(), "a reply per request, in turn");
+        }
+        drop(tx);
+        assert!(replies.next().await.is_none(), "the end follows the requests' end");
+        f.server.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn shapes_that_do_not_match_are_refused() {
+    tokio::time::timeout(LIMIT, async {
+        let f = fixture().await;
+        let err = f
+            .channel
+            .call(Call::new("feed.count", Payload::raw("3")).unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code, Code::InvalidInput, "{err}");
+        assert!(err.message.contains("open it as a stream"), "{err}");
+        let s = f
+            .channel
+            .bidi(StreamCall::new("debug.echo", messages(vec!["a", "b"])).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(collect(s).await, vec![Err(Code::InvalidInput)]);
+        // A unary method opened as a server stream answers its one reply as the stream.
+        let s = f
+            .channel
+            .server_stream(Call::new("debug.echo", Payload::raw("x")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(collect(s).await, vec![Ok("x".into())]);
+        f.server.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn a_consumer_that_stops_reading_stops_the_producer_and_cancel_ends_it() {
+    tokio::time::timeout(LIMIT, async {
+        let f = fixture().await;
+        let mut s = f
+            .channel
+            .server_stream(Call::new("feed.forever", Payload::empty()).unwrap())
+            .await
+            .unwrap();
+        assert!(s.next().await.unwrap().is_ok());
+        // The reader stops: the producer stops within the windows.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let stalled = f.produced.load(Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(
+            f.produced.load(Ordering::SeqCst),
+            stalled,
+            "the producer is stopped"
+        );
+        // About the stream window (8 MiB, 1.5 at most held) plus the send buffer.
+        let bound = (8 * 3 / 2 * 1024 * 1024 + polycall_net::SEND_BUFFER) / (64 * 1024) + 4;
+        assert!(
+            stalled <= bound,
+            "{stalled} messages of 64 KiB produced for a reader that took one (bound {bound})"
+        );
+        // Meanwhile unary calls on the same connection are answered.
+        let r = f
+            .channel
+            .call(Call::new("debug.echo", Payload::raw("still here")).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(text(&r.payload), "still here");
+        // Reading resumes the producer.
+        for _ in 0..(stalled + 50) {
+            assert!(s.next().await.unwrap().is_ok());
+        }
+        assert!(f.produced.load(Ordering::SeqCst) > stalled);
+        // Dropping the reader cancels the call: the handler's stream is let go.
+        drop(s);
+        while !f.dropped.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        f.server.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn a_stream_ends_at_its_deadline() {
+    tokio::time::timeout(LIMIT, async {
+        let f = fixture().await;
+        let mut call = Call::new("feed.forever", Payload::empty()).unwrap();
+        call.metadata.deadline = Some(polycall_core::Deadline::after(
+            std::time::Instant::now(),
+            Duration::from_millis(300),
+        ));
+        let mut s = f.channel.server_stream(call).await.unwrap();
+        let mut last = None;
+        while let Some(m) = s.next().await {
+            if let Err(e) = m {
+                last = Some(e.code);
+            }
+        }
+        assert_eq!(last, Some(Code::DeadlineExceeded));
+        while !f.dropped.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        f.server.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
+
+#[tokio::test]
+async fn the_servers_loss_ends_the_stream_with_unavailable() {
+    tokio::time::timeout(LIMIT, async {
+        let f = fixture().await;
+        let mut s = f
+            .channel
+            .server_stream(Call::new("feed.forever", Payload::empty()).unwrap())
+            .await
+            .unwrap();
+        assert!(s.next().await.unwrap().is_ok());
+        for c in f.channel.connections() {
+            c.close(Status::unavailable("the test closes it"));
+        }
+        let mut last = None;
+        while let Some(m) = s.next().await {
+            if let Err(e) = m {
+                last = Some(e.code);
+            }
+        }
+        assert_eq!(last, Some(Code::Unavailable));
+        f.server.shutdown().await;
+    })
+    .await
+    .expect("bounded");
+}
