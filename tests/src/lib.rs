@@ -99,11 +99,11 @@ pub fn frame_to_json(f: &Frame) -> Value {
             "method_id": c.method.id,
             "method_name": c.method.name.as_ref().map(|(s, m)| format!("{s}.{m}")),
             "content_type": ct(c.content_type), "compression": alg(c.compression),
-            "meta": meta(&c.meta), "more": c.more, "message_len": c.message_len, "stream": c.stream, "payload_hex": hex(&c.payload),
+            "meta": meta(&c.meta), "more": c.more, "message_len": c.message_len, "stream": c.stream, "empty": c.empty, "payload_hex": hex(&c.payload),
         }),
         Frame::Reply(r) => json!({
             "type": "reply", "call_id": r.call_id, "content_type": ct(r.content_type), "compression": alg(r.compression),
-            "more": r.more, "message_len": r.message_len, "stream": r.stream, "payload_hex": hex(&r.payload),
+            "more": r.more, "message_len": r.message_len, "stream": r.stream, "empty": r.empty, "payload_hex": hex(&r.payload),
         }),
         Frame::Error(e) => json!({
             "type": "error", "call_id": e.call_id, "code": e.code,
@@ -124,10 +124,14 @@ pub fn frame_to_json(f: &Frame) -> Value {
             json!({"type": "goaway", "last_call_id": g.last_call_id, "code": g.code, "message": g.message})
         }
         Frame::Credit { increment } => json!({"type": "credit", "increment": increment}),
+        Frame::StreamCredit { call_id, increment } => {
+            json!({"type": "stream_credit", "call_id": call_id, "increment": increment})
+        }
         Frame::Register { call_id, methods } => json!({
             "type": "register", "call_id": call_id,
             "methods": methods.iter().map(|m| json!({
                 "name": format!("{}.{}", m.service, m.method), "idempotent": m.info.idempotent,
+                "kind": m.info.kind.as_str(),
                 "summary": m.info.summary, "input": m.info.input, "output": m.info.output,
             })).collect::<Vec<_>>(),
         }),
@@ -222,6 +226,7 @@ pub fn vector_frames() -> Vec<(&'static str, Frame, bool)> {
         more: false,
         message_len: None,
         stream: false,
+        empty: false,
         payload: Bytes::from_static(br#"{"hello":"world"}"#),
     };
     let (inv_s, inv_m) = names("inventory.get");
@@ -323,6 +328,7 @@ pub fn vector_frames() -> Vec<(&'static str, Frame, bool)> {
                 more: false,
                 message_len: None,
                 stream: false,
+                empty: false,
                 payload: Bytes::from_static(br#"{"hello":"world"}"#),
             }),
             false,
@@ -336,9 +342,51 @@ pub fn vector_frames() -> Vec<(&'static str, Frame, bool)> {
                 more: false,
                 message_len: None,
                 stream: false,
+                empty: false,
                 payload: Bytes::from(zstd_sample()),
             }),
             true,
+        ),
+        (
+            "call opening an empty request stream",
+            Frame::Call(CallFrame {
+                call_id: 15,
+                method: MethodRef {
+                    id: 0,
+                    name: Some(names("chat.talk")),
+                },
+                content_type: ContentType::Raw,
+                compression: Algorithm::None,
+                meta: WireMeta::default(),
+                more: false,
+                message_len: None,
+                stream: true,
+                empty: true,
+                payload: Bytes::new(),
+            }),
+            false,
+        ),
+        (
+            "reply opening an empty reply stream",
+            Frame::Reply(ReplyFrame {
+                call_id: 15,
+                content_type: ContentType::Raw,
+                compression: Algorithm::None,
+                more: false,
+                message_len: None,
+                stream: true,
+                empty: true,
+                payload: Bytes::new(),
+            }),
+            false,
+        ),
+        (
+            "stream credit",
+            Frame::StreamCredit {
+                call_id: 15,
+                increment: 65_536,
+            },
+            false,
         ),
         (
             "reply opening a server stream",
@@ -349,6 +397,7 @@ pub fn vector_frames() -> Vec<(&'static str, Frame, bool)> {
                 more: false,
                 message_len: None,
                 stream: true,
+                empty: false,
                 payload: Bytes::from_static(&[0x03, b'a', b'b', b'c']),
             }),
             false,
@@ -413,14 +462,21 @@ pub fn vector_frames() -> Vec<(&'static str, Frame, bool)> {
             "register",
             Frame::Register {
                 call_id: 15,
-                methods: vec![MethodEntry {
-                    service: inv_s.clone(),
-                    method: inv_m.clone(),
-                    info: MethodInfo::new("reads an item")
-                        .input(r#"{"item_id": string}"#)
-                        .output(r#"{"item_id", "quantity", "in_stock"}"#)
-                        .idempotent(true),
-                }],
+                methods: vec![
+                    MethodEntry {
+                        service: inv_s.clone(),
+                        method: inv_m.clone(),
+                        info: MethodInfo::new("reads an item")
+                            .input(r#"{"item_id": string}"#)
+                            .output(r#"{"item_id", "quantity", "in_stock"}"#)
+                            .idempotent(true),
+                    },
+                    MethodEntry {
+                        service: names("chat.talk").0,
+                        method: names("chat.talk").1,
+                        info: MethodInfo::new("talks back").kind(polycall_core::CallKind::Bidi),
+                    },
+                ],
             },
             false,
         ),
@@ -453,6 +509,30 @@ fn zstd_sample() -> Vec<u8> {
 /// Malformed inputs and the errors they must produce: `(name, hex, crc, max_body)`.
 pub fn malformed_vectors() -> Vec<(&'static str, &'static str, bool, u32)> {
     vec![
+        (
+            "EMPTY without STREAM",
+            "02000000 11 08 0000 01000000 0000",
+            false,
+            65_536,
+        ),
+        (
+            "EMPTY with MORE",
+            "07000000 11 0b 0000 01000000 0000 09000000 01",
+            false,
+            65_536,
+        ),
+        (
+            "EMPTY frame carrying a message",
+            "03000000 11 0a 0000 01000000 0000 07",
+            false,
+            65_536,
+        ),
+        (
+            "stream credit of 0",
+            "04000000 24 00 0000 01000000 00000000",
+            false,
+            65_536,
+        ),
         (
             "body over the negotiated maximum",
             "01000100 20 00 0000 00000000",

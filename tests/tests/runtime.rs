@@ -398,6 +398,7 @@ async fn hostile_clients_are_dropped_alone() {
             more: true,
             message_len: Some(200 * 1024),
             stream: false,
+            empty: false,
             payload: big.slice(..100 * 1024),
         });
         let g = polycall_proto::Frame::Data(polycall_proto::frame::DataFrame {

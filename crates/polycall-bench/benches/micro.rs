@@ -47,6 +47,7 @@ fn framing(c: &mut Criterion) {
             more: false,
             message_len: None,
             stream: false,
+            empty: false,
             payload: bytes_of(size),
         });
         let encoded = f.to_bytes(false);

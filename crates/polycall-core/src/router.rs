@@ -64,6 +64,13 @@ impl MethodInfo {
         self
     }
 
+    /// Sets the shape of the method's messages (what a provider announces for a
+    /// streaming method; [`Router::route_stream`] sets it itself).
+    pub fn kind(mut self, kind: CallKind) -> Self {
+        self.kind = kind;
+        self
+    }
+
     /// Marks the method as answering at once (see [`MethodInfo::inline`]): a server may
     /// run it inside the connection's task. A method marked so that computes for long
     /// holds up every call of its connection — mark only what cannot.

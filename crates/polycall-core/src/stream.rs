@@ -246,7 +246,11 @@ impl<F: std::future::Future> Stream for Once<F> {
 pub async fn single(mut messages: MessageStream) -> Result<Payload, Status> {
     let first = match next(&mut messages).await {
         Some(r) => r?,
-        None => return Err(Status::invalid_input("expected one message, the stream had none")),
+        None => {
+            return Err(Status::invalid_input(
+                "expected one message, the stream had none",
+            ));
+        }
     };
     match next(&mut messages).await {
         None => Ok(first),

@@ -40,10 +40,10 @@ use tokio::time::Sleep;
 use crate::auth::{Authenticator, ClientExchange, Credentials, ServerExchange, Step};
 
 mod streams;
-pub use streams::{SEND_BUFFER, Streaming};
-use streams::{OpenStream, StreamKey, Streams};
 use crate::handler::SharedHandler;
 use crate::transport::{BoxIo, Peer};
+use streams::{OpenStream, StreamKey, Streams};
+pub use streams::{SEND_BUFFER, Streaming};
 
 /// Settings of one connection.
 #[derive(Debug, Clone)]

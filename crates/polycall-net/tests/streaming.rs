@@ -22,7 +22,10 @@ fn text(p: &Payload) -> String {
 
 fn messages(items: Vec<&'static str>) -> MessageStream {
     Box::pin(stream::iter(
-        items.into_iter().map(|s| Ok(Payload::raw(s))).collect::<Vec<_>>(),
+        items
+            .into_iter()
+            .map(|s| Ok(Payload::raw(s)))
+            .collect::<Vec<_>>(),
     ))
 }
 
@@ -120,9 +123,10 @@ async fn fixture() -> Fixture {
             CallKind::Bidi,
             MethodInfo::new("answers each message in capitals"),
             |call: StreamCall| -> MessageStream {
-                Box::pin(call.requests.map(|m| {
-                    m.map(|p| Payload::raw(text(&p).to_uppercase()))
-                }))
+                Box::pin(
+                    call.requests
+                        .map(|m| m.map(|p| Payload::raw(text(&p).to_uppercase()))),
+                )
             },
         )
         .unwrap()
@@ -162,8 +166,7 @@ async fn the_three_shapes_and_their_ends() {
         let f = fixture().await;
         let c = &f.channel;
         assert!(
-            c.any_connection().await.unwrap().features() & polycall_proto::features::STREAMING
-                != 0,
+            c.any_connection().await.unwrap().features() & polycall_proto::features::STREAMING != 0,
             "streaming is negotiated"
         );
         let s = c
@@ -226,10 +229,17 @@ async fn bidi_replies_as_requests_arrive() {
         for word in ["one", "two", "three"] {
             tx.send(Ok(Payload::raw(word))).unwrap();
             let reply = replies.next().await.unwrap().unwrap();
-            assert_eq!(text(&reply), word.to_uppercase(), "a reply per request, in turn");
+            assert_eq!(
+                text(&reply),
+                word.to_uppercase(),
+                "a reply per request, in turn"
+            );
         }
         drop(tx);
-        assert!(replies.next().await.is_none(), "the end follows the requests' end");
+        assert!(
+            replies.next().await.is_none(),
+            "the end follows the requests' end"
+        );
         f.server.shutdown().await;
     })
     .await

@@ -27,6 +27,7 @@ fn call(size: usize) -> Frame {
         more: false,
         message_len: None,
         stream: false,
+        empty: false,
         payload: Bytes::from((0..size).map(|i| (i * 31 % 251) as u8).collect::<Vec<u8>>()),
     })
 }

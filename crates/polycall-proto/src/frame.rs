@@ -519,9 +519,7 @@ impl Frame {
                     | bit(f.empty, flags::EMPTY)
             }
             Frame::Reply(f) => {
-                bit(f.more, flags::MORE)
-                    | bit(f.stream, flags::STREAM)
-                    | bit(f.empty, flags::EMPTY)
+                bit(f.more, flags::MORE) | bit(f.stream, flags::STREAM) | bit(f.empty, flags::EMPTY)
             }
             Frame::Data(f) => bit(f.more, flags::MORE) | bit(f.first.is_some(), flags::FIRST),
             _ => 0,
@@ -832,8 +830,7 @@ fn check_empty(
     if flags & flags::MORE != 0 {
         return Err(r.err("EMPTY with MORE"));
     }
-    if content_type != ContentType::Raw || compression != Algorithm::None || !payload.is_empty()
-    {
+    if content_type != ContentType::Raw || compression != Algorithm::None || !payload.is_empty() {
         return Err(r.err("EMPTY frame carries a message"));
     }
     Ok(())

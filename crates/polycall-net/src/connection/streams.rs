@@ -417,10 +417,10 @@ impl Driver {
         Streaming {
             rx,
             key: StreamKey::Call(call_id),
-            commands: self.answers.upgrade().map_or_else(
-                || mpsc::unbounded_channel().0,
-                |c| c,
-            ),
+            commands: self
+                .answers
+                .upgrade()
+                .map_or_else(|| mpsc::unbounded_channel().0, |c| c),
             unreported: 0,
             unreported_bytes: 0,
             report_every: REPORT_EVERY,
@@ -486,10 +486,7 @@ impl Driver {
         self.serving.insert(call_id, Serving::Task(task));
     }
 
-    fn spawn_task(
-        &self,
-        f: impl Future<Output = ()> + Send + 'static,
-    ) -> tokio::task::AbortHandle {
+    fn spawn_task(&self, f: impl Future<Output = ()> + Send + 'static) -> tokio::task::AbortHandle {
         match &self.config.handler_runtime {
             Some(rt) => rt.spawn(f).abort_handle(),
             None => crate::offload::handlers().spawn(f).abort_handle(),

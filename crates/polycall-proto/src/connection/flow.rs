@@ -91,7 +91,11 @@ impl Connection {
         self.maybe_return_stream_credit(call_id);
     }
 
-    pub(super) fn on_stream_credit(&mut self, call_id: u32, increment: u32) -> Result<(), ProtoError> {
+    pub(super) fn on_stream_credit(
+        &mut self,
+        call_id: u32,
+        increment: u32,
+    ) -> Result<(), ProtoError> {
         if !self.streaming() {
             return Err(Self::violation(
                 "STREAM_CREDIT, but streaming was not negotiated",

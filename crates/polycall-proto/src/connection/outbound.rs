@@ -142,7 +142,11 @@ impl Connection {
         let inline_max = INLINE_CALL_MAX
             .min(self.config.fragment_size as usize)
             .min(frame_room);
-        let credit = usize::try_from(self.send_credit.min(if stream { peer_window } else { u64::MAX }))
+        let credit =
+            usize::try_from(
+                self.send_credit
+                    .min(if stream { peer_window } else { u64::MAX }),
+            )
             .unwrap_or(usize::MAX);
         let inline = data.len() <= inline_max && data.len() <= credit;
         let first = if inline { data.clone() } else { Bytes::new() };
