@@ -5,7 +5,11 @@ use std::sync::Arc;
 
 use std::task::{Context, Poll};
 
-use polycall_core::{BoxFuture, Call, MethodName, Principal, Reply, ServiceName, Status};
+use futures_util::StreamExt;
+use polycall_core::{
+    BoxFuture, Call, CallKind, MessageStream, MethodName, Payload, Principal, Reply, ServiceName,
+    Status, StreamCall,
+};
 use polycall_net::{ConnectionHandle, ConnectionHandler};
 use polycall_proto::frame::MethodEntry;
 use tower_service::Service;
@@ -69,7 +73,97 @@ impl Service<Call> for Route {
     }
 }
 
+/// The innermost service of the admission stack of a streaming call: admitted once the
+/// layers above let the call's head through.
+#[derive(Clone, Copy)]
+pub(crate) struct Admit;
+
+impl Service<Call> for Admit {
+    type Response = Reply;
+    type Error = Status;
+    type Future = std::future::Ready<Result<Reply, Status>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _call: Call) -> Self::Future {
+        std::future::ready(Ok(Reply::new(Payload::empty())))
+    }
+}
+
+/// Routes a streaming call: the runtime's own streaming methods first, then the
+/// least-loaded provider, whose reply stream becomes the caller's. The provider's
+/// call carries the caller's remaining deadline; dropping the returned stream (the
+/// caller cancelled or vanished) cancels it; the provider's loss ends it with
+/// `unavailable`.
+async fn route_stream(state: Arc<State>, call: StreamCall) -> Result<MessageStream, Status> {
+    let (service, method) = (call.service.as_str(), call.method.as_str());
+    if state.builtins.info(service, method).is_some() {
+        return Ok(state.builtins.call_stream(call));
+    }
+    let Some((provider, kind)) = state.registry.pick_stream(service, method) else {
+        return Err(Status::unknown_method(format!(
+            "no provider serves {}; `polycall describe` lists what is served",
+            call.full_name()
+        )));
+    };
+    if kind.streams_requests() {
+        return Ok(provider.bidi(call).boxed());
+    }
+    let StreamCall {
+        service,
+        method,
+        metadata,
+        requests,
+    } = call;
+    let request = polycall_core::stream::single(requests).await?;
+    let call = Call {
+        service,
+        method,
+        payload: request,
+        metadata,
+    };
+    Ok(provider.server_stream(call).boxed())
+}
+
 impl ConnectionHandler for RuntimeConnection {
+    fn kind(&self, service: &ServiceName, method: &MethodName) -> CallKind {
+        if !self.state.registry.any_streaming() && !self.state.builtins_stream {
+            return CallKind::Unary; // the common case, without a lookup
+        }
+        if let Some(info) = self.state.builtins.info(service.as_str(), method.as_str()) {
+            return info.kind;
+        }
+        self.state
+            .registry
+            .kind(service, method)
+            .unwrap_or(CallKind::Unary)
+    }
+
+    fn stream(&self, mut call: StreamCall) -> MessageStream {
+        if call.metadata.principal.is_none() {
+            call.metadata.principal = Some(self.anonymous.clone());
+        }
+        let mut admit = self.stack.admission();
+        let state = self.state.clone();
+        let opened = async move {
+            let head = Call {
+                service: call.service.clone(),
+                method: call.method.clone(),
+                payload: Payload::empty(),
+                metadata: call.metadata.clone(),
+            };
+            std::future::poll_fn(|cx| admit.poll_ready(cx)).await?;
+            admit.call(head).await?;
+            route_stream(state, call).await
+        };
+        Box::pin(
+            futures_util::stream::once(opened)
+                .flat_map(|r| r.unwrap_or_else(polycall_core::stream::fail)),
+        )
+    }
+
     fn call(&self, mut call: Call) -> BoxFuture {
         // Who calls: the connection stamped the session's principal (authentication or
         // TLS certificate) over whatever the caller claimed; without one, the caller is

@@ -249,6 +249,8 @@ pub(crate) struct State {
     /// The state machines and their instances (none loaded: `None`).
     pub(crate) machines: Option<Arc<polycall_state::StateHost>>,
     pub(crate) builtins: Router,
+    /// Whether any of the runtime's own methods streams.
+    pub(crate) builtins_stream: bool,
     started: Instant,
     token: String,
     shutdown: watch::Sender<bool>,
@@ -276,34 +278,57 @@ pub(crate) struct State {
 #[derive(Clone)]
 pub(crate) struct LiveStack {
     state: Arc<State>,
-    cached: Arc<std::sync::Mutex<(u64, BoxHandler)>>,
+    cached: Arc<std::sync::Mutex<Stacks>>,
+}
+
+/// The layers in force for one configuration generation: over routing (unary calls),
+/// and over the admission of a streaming call.
+struct Stacks {
+    generation: u64,
+    route: BoxHandler,
+    admit: BoxHandler,
 }
 
 impl LiveStack {
     pub(crate) fn new(state: Arc<State>) -> Self {
-        let generation = state.qos_generation.load(Ordering::Acquire);
-        let stack = Self::build(&state);
+        let stacks = Self::build(&state);
         Self {
             state,
-            cached: Arc::new(std::sync::Mutex::new((generation, stack))),
+            cached: Arc::new(std::sync::Mutex::new(stacks)),
         }
     }
 
-    fn build(state: &Arc<State>) -> BoxHandler {
+    fn build(state: &Arc<State>) -> Stacks {
+        let generation = state.qos_generation.load(Ordering::Acquire);
         let qos = state.qos.read().unwrap_or_else(|e| e.into_inner()).clone();
-        qos.stack(connection::Route {
-            state: state.clone(),
-        })
+        Stacks {
+            generation,
+            route: qos.stack(connection::Route {
+                state: state.clone(),
+            }),
+            admit: qos.stack(connection::Admit),
+        }
+    }
+
+    fn with<T>(&self, pick: impl FnOnce(&Stacks) -> T) -> T {
+        let generation = self.state.qos_generation.load(Ordering::Acquire);
+        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if cached.generation != generation {
+            *cached = Self::build(&self.state);
+        }
+        pick(&cached)
     }
 
     /// The stack in force now.
     pub(crate) fn current(&self) -> BoxHandler {
-        let generation = self.state.qos_generation.load(Ordering::Acquire);
-        let mut cached = self.cached.lock().unwrap_or_else(|e| e.into_inner());
-        if cached.0 != generation {
-            *cached = (generation, Self::build(&self.state));
-        }
-        cached.1.clone()
+        self.with(|s| s.route.clone())
+    }
+
+    /// The same layers over the admission of a streaming call: authorization, rate
+    /// limits and faults apply to a stream as it opens (a concurrency limit counts its
+    /// opening, not its whole life).
+    pub(crate) fn admission(&self) -> BoxHandler {
+        self.with(|s| s.admit.clone())
     }
 }
 
@@ -322,10 +347,10 @@ impl State {
             .builtins
             .describe()
             .into_iter()
-            .map(|d| json!({"name": d.name, "summary": d.info.summary, "input": d.info.input, "output": d.info.output, "idempotent": d.info.idempotent, "provided_by": "runtime"}))
+            .map(|d| json!({"name": d.name, "summary": d.info.summary, "input": d.info.input, "output": d.info.output, "idempotent": d.info.idempotent, "kind": d.info.kind, "provided_by": "runtime"}))
             .collect();
         for (name, info, ids) in self.registry.snapshot() {
-            methods.push(json!({"name": name, "summary": info.summary, "input": info.input, "output": info.output, "idempotent": info.idempotent, "provided_by": ids.iter().map(|i| format!("provider-{i}")).collect::<Vec<_>>()}));
+            methods.push(json!({"name": name, "summary": info.summary, "input": info.input, "output": info.output, "idempotent": info.idempotent, "kind": info.kind, "provided_by": ids.iter().map(|i| format!("provider-{i}")).collect::<Vec<_>>()}));
         }
         json!({ "methods": methods })
     }
@@ -438,7 +463,7 @@ impl Qos {
 
     /// authorization → rate limit → concurrency limit → faults → `inner`, each only when
     /// configured.
-    fn stack(&self, inner: connection::Route) -> BoxHandler {
+    fn stack(&self, inner: impl polycall_core::Handler) -> BoxHandler {
         use tower::Layer;
         let mut s = BoxHandler::new(inner);
         if let Some(f) = &self.faults {
@@ -529,9 +554,8 @@ impl Runtime {
             None => None,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let state = Arc::new_cyclic(|weak| State {
-            registry: Registry::default(),
-            builtins: match &machines {
+        let state = Arc::new_cyclic(|weak| {
+            let builtins = match &machines {
                 Some(host) => {
                     builtins::router(weak.clone(), config.debug_methods, config.compat.fixtures)
                         .merge(&state_service::router(host, weak.clone()))
@@ -539,18 +563,27 @@ impl Runtime {
                 None => {
                     builtins::router(weak.clone(), config.debug_methods, config.compat.fixtures)
                 }
-            },
-            machines: machines.clone(),
-            started: Instant::now(),
-            token: polycall_security::token::generate(),
-            shutdown,
-            endpoint: std::sync::OnceLock::new(),
-            connections: std::sync::OnceLock::new(),
-            qos: std::sync::RwLock::new(Arc::new(Qos::new(&config.qos))),
-            qos_generation: AtomicU64::new(0),
-            config_status: std::sync::Mutex::new(json!({"source": "embedded defaults"})),
-            tls_not_after: std::sync::Mutex::new(tls_not_after),
-            tls: std::sync::Mutex::new(config.tls.clone().zip(tls_slot)),
+            };
+            let builtins_stream = builtins
+                .describe()
+                .iter()
+                .any(|d| d.info.kind.is_streaming());
+            State {
+                registry: Registry::default(),
+                builtins,
+                builtins_stream,
+                machines: machines.clone(),
+                started: Instant::now(),
+                token: polycall_security::token::generate(),
+                shutdown,
+                endpoint: std::sync::OnceLock::new(),
+                connections: std::sync::OnceLock::new(),
+                qos: std::sync::RwLock::new(Arc::new(Qos::new(&config.qos))),
+                qos_generation: AtomicU64::new(0),
+                config_status: std::sync::Mutex::new(json!({"source": "embedded defaults"})),
+                tls_not_after: std::sync::Mutex::new(tls_not_after),
+                tls: std::sync::Mutex::new(config.tls.clone().zip(tls_slot)),
+            }
         });
         let next_provider = Arc::new(AtomicU64::new(1));
         let make_state = state.clone();

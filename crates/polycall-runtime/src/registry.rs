@@ -4,7 +4,9 @@
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
-use polycall_core::{MethodInfo, MethodName, ServiceName};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use polycall_core::{CallKind, MethodInfo, MethodName, ServiceName};
 use polycall_net::ConnectionHandle;
 
 /// One provider of one method.
@@ -22,7 +24,11 @@ pub struct Provision {
 #[derive(Debug, Default)]
 pub struct Registry {
     methods: RwLock<BTreeMap<(ServiceName, MethodName), Vec<Provision>>>,
+    /// Provisions of streaming methods: while 0, no call needs a kind lookup.
+    streaming: AtomicUsize,
 }
+
+type Methods = BTreeMap<(ServiceName, MethodName), Vec<Provision>>;
 
 impl Registry {
     /// Adds `provider_id` as a provider of each method (again: replaces its info).
@@ -42,6 +48,40 @@ impl Registry {
                 info: info.clone(),
             });
         }
+        self.recount(&m);
+    }
+
+    fn recount(&self, m: &Methods) {
+        let n = m
+            .values()
+            .flatten()
+            .filter(|p| p.info.kind.is_streaming())
+            .count();
+        self.streaming.store(n, Ordering::Release);
+    }
+
+    /// Whether any provider serves a streaming method.
+    pub fn any_streaming(&self) -> bool {
+        self.streaming.load(Ordering::Acquire) > 0
+    }
+
+    /// The shape of `service.method`'s messages, as its providers announced it.
+    pub fn kind(&self, service: &ServiceName, method: &MethodName) -> Option<CallKind> {
+        let m = self.methods.read().unwrap_or_else(|e| e.into_inner());
+        let key = (service.clone(), method.clone());
+        m.get(&key)?.first().map(|p| p.info.kind)
+    }
+
+    /// The live provider of `service.method` with the fewest calls outstanding, and
+    /// the shape of the method's messages as it announced them.
+    pub fn pick_stream(&self, service: &str, method: &str) -> Option<(ConnectionHandle, CallKind)> {
+        let m = self.methods.read().unwrap_or_else(|e| e.into_inner());
+        let key = (
+            ServiceName::new(service).ok()?,
+            MethodName::new(method).ok()?,
+        );
+        polycall_net::least_loaded(m.get(&key)?, |p| &p.connection)
+            .map(|p| (p.connection.clone(), p.info.kind))
     }
 
     /// Removes `provider_id` from the given methods; returns those it did not provide.
@@ -69,6 +109,7 @@ impl Registry {
                 missing.push(format!("{}.{}", key.0, key.1));
             }
         }
+        self.recount(&m);
         missing
     }
 
@@ -79,6 +120,7 @@ impl Registry {
             list.retain(|p| p.provider_id != provider_id);
             !list.is_empty()
         });
+        self.recount(&m);
     }
 
     /// The live provider of `service.method` with the fewest calls outstanding.
