@@ -8,7 +8,15 @@ Python (zstd when ``zstandard`` is importable).
 """
 
 from .client import Client
-from .connection import CallContext, Connection, IncomingCall, Payload, Settings
+from .connection import (
+    CallContext,
+    Connection,
+    IncomingCall,
+    Payload,
+    ReplyStream,
+    RequestStream,
+    Settings,
+)
 from .errors import (
     CODE_NUMBERS,
     CODES,
@@ -43,6 +51,7 @@ __all__ = [
     "Client", "Connection", "DeadlineExceededError", "FailedPreconditionError", "FrameError",
     "IncomingCall", "InternalError", "InvalidInputError", "JSON", "Limits", "MalformedError",
     "NotFoundError", "Payload", "PermissionDeniedError", "PolycallError", "Provider", "RAW",
-    "Settings", "TooLargeError", "UnauthenticatedError", "UnavailableError", "UnknownError",
-    "UnknownMethodError", "UnsupportedError", "VersionMismatchError", "error_for", "error_named",
+    "ReplyStream", "RequestStream", "Settings", "TooLargeError", "UnauthenticatedError",
+    "UnavailableError", "UnknownError", "UnknownMethodError", "UnsupportedError",
+    "VersionMismatchError", "error_for", "error_named",
 ]

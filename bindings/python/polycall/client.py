@@ -2,11 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, AsyncIterable, AsyncIterator, Iterable, Optional, Union
 
 from . import codec
 from . import frame as F
-from .connection import Connection, Payload, Settings
+from .connection import Connection, Payload, ReplyStream, Requests, Settings, as_async_iterator
+
+
+def _data(p: Payload) -> bytes:
+    return p.data
+
+
+def _json_decoder(method: str) -> Any:
+    def decode(p: Payload) -> Any:
+        return codec.decode_json(p.data, f"a reply of {method}")
+    return decode
+
+
+async def _json_messages(values: Union[AsyncIterable[Any], Iterable[Any]]) -> AsyncIterator[Payload]:
+    it = as_async_iterator(values)
+    try:
+        async for v in it:
+            yield Payload(codec.encode_json({} if v is None else v), F.JSON)
+    finally:
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
 
 
 class Client:
@@ -52,6 +73,71 @@ class Client:
         reply = await self.connection.call(method, data, content_type=F.JSON, timeout=timeout,
                                            priority=priority, idempotent=idempotent)
         return codec.decode_json(reply.data, f"the reply of {method}")
+
+    # Streaming calls (the peer must have negotiated streaming, else
+    # :class:`polycall.UnsupportedError`). Each returns, or awaits, a
+    # :class:`polycall.ReplyStream`: the call opens when iteration starts; ``timeout``
+    # covers the whole call; leaving the iteration early (``break``, ``aclose()``,
+    # cancelling the awaiting task) sends CANCEL. An ERROR from the callee raises its
+    # :class:`polycall.PolycallError` subclass.
+
+    def server_stream(self, method: str, data: bytes = b"", *, timeout: Optional[float] = None,
+                      priority: Optional[str] = None, idempotent: bool = False,
+                      content_type: int = F.RAW) -> ReplyStream:
+        """Calls a method that answers with a stream of replies: one raw request, the
+        replies' bytes as an async iterator.
+
+        >>> async for chunk in client.server_stream("files.read", b"/etc/hosts"):  # doctest: +SKIP
+        ...     print(chunk)
+        """
+        return self.connection.stream(method, data, content_type=content_type, timeout=timeout,
+                                      priority=priority, idempotent=idempotent, decode=_data)
+
+    def server_stream_json(self, method: str, value: Any = None, *, timeout: Optional[float] = None,
+                           priority: Optional[str] = None, idempotent: bool = False) -> ReplyStream:
+        """Like :meth:`server_stream` with a JSON request (None sends ``{}``); yields
+        each reply's decoded JSON."""
+        data = codec.encode_json({} if value is None else value)
+        return self.connection.stream(method, data, content_type=F.JSON, timeout=timeout,
+                                      priority=priority, idempotent=idempotent,
+                                      decode=_json_decoder(method))
+
+    async def client_stream(self, method: str, requests: Requests, *, timeout: Optional[float] = None,
+                            priority: Optional[str] = None, idempotent: bool = False,
+                            content_type: int = F.RAW) -> bytes:
+        """Calls a method that takes a stream of requests: ``requests`` (an async or
+        plain iterable of bytes — sent as ``content_type`` — or :class:`Payload`) are
+        sent as they come, END after the last; returns the one reply's bytes."""
+        return await self.connection.stream(
+            method, requests=requests, content_type=content_type, timeout=timeout, priority=priority,
+            idempotent=idempotent, decode=_data).single()
+
+    async def client_stream_json(self, method: str, values: Union[AsyncIterable[Any], Iterable[Any]], *,
+                                 timeout: Optional[float] = None, priority: Optional[str] = None,
+                                 idempotent: bool = False) -> Any:
+        """Like :meth:`client_stream` with JSON requests (each value encoded, None as
+        ``{}``); returns the decoded JSON reply."""
+        return await self.connection.stream(
+            method, requests=_json_messages(values), content_type=F.JSON, timeout=timeout,
+            priority=priority, idempotent=idempotent, decode=_json_decoder(method)).single()
+
+    def bidi_stream(self, method: str, requests: Requests, *, timeout: Optional[float] = None,
+                    priority: Optional[str] = None, idempotent: bool = False,
+                    content_type: int = F.RAW) -> ReplyStream:
+        """Calls a method that takes a stream of requests and answers with a stream of
+        replies: ``requests`` are sent as they come (as for :meth:`client_stream`) while
+        the replies' bytes arrive through the returned async iterator."""
+        return self.connection.stream(method, requests=requests, content_type=content_type,
+                                      timeout=timeout, priority=priority, idempotent=idempotent,
+                                      decode=_data)
+
+    def bidi_stream_json(self, method: str, values: Union[AsyncIterable[Any], Iterable[Any]], *,
+                         timeout: Optional[float] = None, priority: Optional[str] = None,
+                         idempotent: bool = False) -> ReplyStream:
+        """Like :meth:`bidi_stream` with JSON requests and replies."""
+        return self.connection.stream(method, requests=_json_messages(values), content_type=F.JSON,
+                                      timeout=timeout, priority=priority, idempotent=idempotent,
+                                      decode=_json_decoder(method))
 
     async def close(self) -> None:
         """Closes the connection."""

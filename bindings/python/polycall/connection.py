@@ -4,27 +4,33 @@ It owns the protocol for its socket: the preface and HELLO/WELCOME negotiation, 
 (odd, increasing), method-name interning in both directions, fragmentation of large
 messages into DATA frames within the peer's ``max_frame``, reassembly within the local
 ``max_message``, flow-control credit both ways, compression (zstd when negotiated),
-CANCEL, GOAWAY, PING/PONG, and calls the peer opens (a provider's incoming calls).
+CANCEL, GOAWAY, PING/PONG, calls the peer opens (a provider's incoming calls), and
+streaming calls (docs/protocol.md §3, §6.1): further messages as DATA with FIRST, END,
+and a window per streaming direction, returned with STREAM_CREDIT.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import struct
 import time
-from typing import Any, Awaitable, Callable, Optional, Union
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Optional, Union
 
 from . import codec
 from . import frame as F
+from .errors import CancelledError as CallCancelledError
 from .errors import (
     DeadlineExceededError,
     InternalError,
+    InvalidInputError,
     MalformedError,
     PolycallError,
     TooLargeError,
     UnavailableError,
     UnknownMethodError,
+    UnsupportedError,
     error_for,
 )
 
@@ -34,9 +40,12 @@ HANDSHAKE_MAX_FRAME = 16 * 1024
 MAX_INTERNED = 4096
 #: Messages up to this size travel whole in their CALL frame.
 INLINE_MAX = 8 * 1024
-#: Feature bits: CRC32C (bit 0) is not offered (see crc32c.py); streaming (bit 1) is
-#: not implemented by this binding.
-FEATURES = 0
+#: Feature bit 0: CRC32C trailers. Not offered (see crc32c.py).
+FEATURE_CRC32C = 1 << 0
+#: Feature bit 1: streaming calls (STREAM, EMPTY, DATA with FIRST, END, STREAM_CREDIT).
+FEATURE_STREAMING = 1 << 1
+#: Feature bits this binding offers by default.
+FEATURES = FEATURE_STREAMING
 
 
 @dataclasses.dataclass
@@ -54,12 +63,15 @@ class Settings:
     #: Compress outgoing messages of at least this many bytes with zstd when both sides
     #: read it (None: never compress).
     compress_min: Optional[int] = None
+    #: Offer streaming calls (feature bit 1).
+    streaming: bool = True
 
     def hello(self) -> F.Hello:
         """The HELLO of these settings."""
         comps = [F.ZSTD, F.NONE] if (self.zstd and codec.zstd_available()) else [F.NONE]
+        features = FEATURES if self.streaming else FEATURES & ~FEATURE_STREAMING
         return F.Hello(
-            PROTOCOL_VERSION, PROTOCOL_VERSION, FEATURES, self.limits,
+            PROTOCOL_VERSION, PROTOCOL_VERSION, features, self.limits,
             [F.JSON, F.RAW], comps, [0], self.agent,
         )
 
@@ -115,12 +127,15 @@ class CallContext:
 
 @dataclasses.dataclass
 class IncomingCall:
-    """A call the peer opened, with its whole request message."""
+    """A call the peer opened. For a unary request, ``payload`` is the whole request
+    message; when the caller streams its requests (CALL with STREAM), ``requests``
+    yields them as they arrive and ``payload`` is empty."""
 
     method: str
     payload: bytes
     content_type: int
     context: CallContext
+    requests: Optional["RequestStream"] = None
 
 
 @dataclasses.dataclass
@@ -131,8 +146,15 @@ class Payload:
     content_type: int = F.RAW
 
 
-#: A handler of incoming calls: gets the call, returns the reply (bytes are raw).
-Handler = Callable[[IncomingCall], Awaitable[Union[Payload, bytes]]]
+#: A message as an application hands it over: raw bytes, or a :class:`Payload`.
+Message = Union[Payload, bytes]
+#: What a handler returns: the reply message (bytes are raw), or an async iterable of
+#: them — a stream of replies.
+HandlerResult = Union[Payload, bytes, AsyncIterable[Message]]
+#: A handler of incoming calls: gets the call, returns the reply (or reply stream).
+Handler = Callable[[IncomingCall], Awaitable[HandlerResult]]
+#: Requests of a streaming call: an async or plain iterable of messages.
+Requests = Union[AsyncIterable[Message], Iterable[Message]]
 
 
 class _Rx:
@@ -147,21 +169,81 @@ class _Rx:
         self.compression = compression
 
 
+class _Inbox:
+    """The receiving side of a call's messages from the peer (its request stream, or
+    the replies of a streaming call): complete messages the application has not taken
+    yet, the stream's window, and how it ended. ``streaming``: the peer's direction
+    carried STREAM, so its bytes count against ``window`` (§6.1)."""
+
+    __slots__ = ("call_id", "initial", "messages", "held", "window", "unreturned",
+                 "streaming", "finished", "error", "event")
+
+    def __init__(self, call_id: int, initial: int, streaming: bool) -> None:
+        self.call_id = call_id
+        #: This side's initial_window: the stream window's size.
+        self.initial = initial
+        #: Complete messages not yet taken, with their size on the wire.
+        self.messages: collections.deque[tuple[Payload, int]] = collections.deque()
+        #: Wire bytes of ``messages``.
+        self.held = 0
+        #: Bytes the peer may still send on the stream.
+        self.window = initial
+        #: Bytes received whose stream credit is not returned yet.
+        self.unreturned = 0
+        self.streaming = streaming
+        #: No message follows: END (``error`` None), or the call failed with ``error``.
+        self.finished = False
+        self.error: Optional[BaseException] = None
+        self.event = asyncio.Event()
+
+    def push(self, message: Payload, size: int) -> None:
+        self.messages.append((message, size))
+        self.held += size
+        self.event.set()
+
+    def finish(self, error: Optional[BaseException] = None) -> None:
+        if not self.finished:
+            self.finished = True
+            self.error = error
+            self.event.set()
+
+
+class _Tx:
+    """The sending side of a streaming direction: the bytes the peer still accepts on
+    it (its initial_window plus STREAM_CREDIT, less what was sent)."""
+
+    __slots__ = ("window", "event", "done")
+
+    def __init__(self, window: int) -> None:
+        self.window = window
+        self.event = asyncio.Event()
+        #: END was sent, or the call ended: nothing more is sent.
+        self.done = False
+
+
 class _Pending:
-    """A call this side opened."""
+    """A call this side opened. Unary calls (:meth:`Connection.call`) complete
+    ``future``; streaming calls collect replies in ``inbox`` and send their request
+    stream through ``tx`` from the ``pump`` task."""
 
-    __slots__ = ("future", "rx", "sending")
+    __slots__ = ("future", "rx", "sending", "inbox", "tx", "pump", "timer", "replied")
 
-    def __init__(self, future: asyncio.Future) -> None:
+    def __init__(self, future: Optional[asyncio.Future]) -> None:
         self.future = future
         self.rx: Optional[_Rx] = None
         self.sending = True
+        self.inbox: Optional[_Inbox] = None
+        self.tx: Optional[_Tx] = None
+        self.pump: Optional[asyncio.Task] = None
+        self.timer: Optional[asyncio.TimerHandle] = None
+        self.replied = False
 
 
 class _Incoming:
-    """A call the peer opened."""
+    """A call the peer opened. ``inbox``: its request stream (CALL with STREAM);
+    ``tx``: this side's reply stream, once opened."""
 
-    __slots__ = ("method", "meta", "deadline", "rx", "task")
+    __slots__ = ("method", "meta", "deadline", "rx", "task", "inbox", "tx")
 
     def __init__(self, method: str, meta: F.Meta, deadline: Optional[float]) -> None:
         self.method = method
@@ -169,6 +251,8 @@ class _Incoming:
         self.deadline = deadline
         self.rx: Optional[_Rx] = None
         self.task: Optional[asyncio.Task] = None
+        self.inbox: Optional[_Inbox] = None
+        self.tx: Optional[_Tx] = None
 
 
 class ProtocolViolation(Exception):
@@ -181,6 +265,59 @@ def parse_endpoint(endpoint: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise ValueError(f"endpoint {endpoint!r} is not HOST:PORT")
     return host.strip("[]"), int(port)
+
+
+#: What :func:`_next_item` returns at the end of an iterator.
+_DONE: Any = object()
+
+
+async def _next_item(it: AsyncIterator[Any]) -> Any:
+    try:
+        return await it.__anext__()
+    except StopAsyncIteration:
+        return _DONE
+
+
+async def _from_sync(items: Iterable[Any]) -> AsyncIterator[Any]:
+    for item in items:
+        yield item
+
+
+def as_async_iterator(items: Union[AsyncIterable[Any], Iterable[Any]]) -> AsyncIterator[Any]:
+    """An async iterator over an async or plain iterable."""
+    if hasattr(items, "__aiter__"):
+        return items.__aiter__()  # type: ignore[union-attr]
+    if isinstance(items, (bytes, bytearray, memoryview, str, Payload)) or not hasattr(items, "__iter__"):
+        raise TypeError(f"expected an iterable of messages, got {type(items).__name__}")
+    return _from_sync(items)  # type: ignore[arg-type]
+
+
+def _to_payload(item: Any, content_type: int) -> Payload:
+    if isinstance(item, Payload):
+        return item
+    if isinstance(item, (bytes, bytearray, memoryview)):
+        return Payload(bytes(item), content_type)
+    raise TypeError(f"a stream message must be bytes or a Payload, not {type(item).__name__}")
+
+
+def _is_stream(result: Any) -> bool:
+    return hasattr(result, "__aiter__") and not isinstance(result, (Payload, bytes, bytearray, memoryview))
+
+
+async def _take(conn: Optional["Connection"], inbox: _Inbox) -> Optional[Payload]:
+    """The next message of ``inbox`` (None at its END; its error raises)."""
+    while not inbox.messages:
+        if inbox.finished:
+            if inbox.error is not None:
+                raise inbox.error
+            return None
+        inbox.event.clear()
+        await inbox.event.wait()
+    message, size = inbox.messages.popleft()
+    inbox.held -= size
+    if conn is not None:
+        conn._stream_taken(inbox)
+    return message
 
 
 class Connection:
@@ -204,6 +341,9 @@ class Connection:
         self._credit_event = asyncio.Event()
         self._recv_credit = settings.limits.initial_window
         self._credit_to_return = 0
+        self._streaming = bool(negotiated.features & FEATURE_STREAMING)
+        #: Receiving streams with stream credit to return (paused ones included).
+        self._credit_due: set[_Inbox] = set()
         self._closed: Optional[PolycallError] = None
         self._closed_event = asyncio.Event()
         self._going_away: Optional[int] = None
@@ -291,6 +431,17 @@ class Connection:
         """Whether the connection has ended."""
         return self._closed is not None
 
+    @property
+    def close_reason(self) -> Optional[PolycallError]:
+        """Why the connection ended (None while it is open): for example a
+        :class:`MalformedError` naming the peer's protocol violation."""
+        return self._closed
+
+    @property
+    def streaming(self) -> bool:
+        """Whether streaming calls were negotiated (feature bit 1)."""
+        return self._streaming
+
     async def wait_closed(self) -> None:
         """Returns when the connection has ended."""
         await self._closed_event.wait()
@@ -315,14 +466,22 @@ class Connection:
             return
         self._closed = err
         for p in list(self._pending.values()):
-            if not p.future.done():
-                p.future.set_exception(UnavailableError(
-                    f"connection ended before the call completed: {err.message}"))
+            gone = UnavailableError(f"connection ended before the call completed: {err.message}")
+            if p.inbox is not None:
+                self._stop_call(p, gone)
+            elif p.future is not None and not p.future.done():
+                p.future.set_exception(gone)
         self._pending.clear()
         for inc in list(self._incoming.values()):
             if inc.task is not None:
                 inc.task.cancel()
+            if inc.inbox is not None:
+                inc.inbox.finish(UnavailableError(f"connection ended: {err.message}"))
+            if inc.tx is not None:
+                inc.tx.done = True
+                inc.tx.event.set()
         self._incoming.clear()
+        self._credit_due.clear()
         self._credit_event.set()
         try:
             self._writer.close()
@@ -348,15 +507,28 @@ class Connection:
             # The read loop notices the end and fails the calls.
             pass
 
-    def _take_credit(self, n: int) -> None:
+    def _take_credit(self, n: int, tx: Optional[_Tx] = None) -> None:
         self._send_credit -= n
+        if tx is not None:
+            tx.window -= n
 
-    async def _wait_credit(self, want: int) -> None:
-        while self._send_credit < want:
+    async def _wait_credit(self, want: int, tx: Optional[_Tx] = None) -> None:
+        """Waits for ``want`` bytes of connection credit and, for a streaming direction
+        ``tx``, some room in its window (or its end). Never for more than a quarter of
+        the peer's window: the peer returns credit by quarters, so waiting for more
+        could wait forever."""
+        want = min(want, max(1, self.negotiated.peer_limits.initial_window // 4))
+        while True:
             if self._closed is not None:
                 raise self._closed
-            self._credit_event.clear()
-            await self._credit_event.wait()
+            if self._send_credit < want:
+                self._credit_event.clear()
+                await self._credit_event.wait()
+            elif tx is not None and tx.window <= 0 and not tx.done:
+                tx.event.clear()
+                await tx.event.wait()
+            else:
+                return
 
     def _maybe_compress(self, data: bytes, content_type: int) -> tuple[int, bytes]:
         m = self.settings.compress_min
@@ -368,20 +540,62 @@ class Connection:
         return F.NONE, data
 
     async def _send_rest(self, call_id: int, data: memoryview, offset: int,
-                         alive: Callable[[], bool]) -> None:
-        """Sends ``data[offset:]`` as DATA continuation frames, within credit."""
+                         alive: Callable[[], bool], tx: Optional[_Tx] = None) -> None:
+        """Sends ``data[offset:]`` as DATA continuation frames, within credit (and the
+        stream window ``tx``)."""
         total = len(data)
         while offset < total:
             left = total - offset
-            await self._wait_credit(min(left, 1024))
+            await self._wait_credit(min(left, 1024), tx)
             if not alive():
                 return
             n = min(left, self._fragment, self._send_credit)
+            if tx is not None:
+                n = min(n, tx.window)
+            if n <= 0:
+                return
             more = offset + n < total
-            self._take_credit(n)
+            self._take_credit(n, tx)
             self._write(F.Data(call_id, None, more, None, bytes(data[offset:offset + n])))
             offset += n
             await self._drain()
+
+    async def _send_message(self, call_id: int, tx: _Tx, message: Payload, alive: Callable[[], bool],
+                            opens_reply: bool = False) -> None:
+        """Sends one further message of a stream — DATA with FIRST, continued by DATA —
+        or (``opens_reply``) the REPLY(STREAM) opening a reply stream with its first
+        message; within the peer's max_frame, the connection credit and the stream's
+        window."""
+        peer = self.negotiated.peer_limits
+        if len(message.data) > peer.max_message:
+            raise TooLargeError(
+                f"a stream message of {len(message.data)} bytes exceeds the peer's limit of {peer.max_message}")
+        ct = message.content_type
+        compression, wire = self._maybe_compress(message.data, ct)
+        total = len(wire)
+        cap = min(self._fragment, peer.max_frame - 6)
+
+        def first(more: bool, fragment: bytes) -> F.Frame:
+            n = total if more else None
+            if opens_reply:
+                return F.Reply(call_id, ct, compression, more, n, True, fragment)
+            return F.Data(call_id, (ct, compression), more, n, fragment)
+
+        if total:
+            await self._wait_credit(min(total, 1024), tx)
+            if not alive():
+                return
+        room = min(self._send_credit, tx.window)
+        if total <= cap and total <= room:
+            self._take_credit(total, tx)
+            self._write(first(False, wire))
+            await self._drain()
+            return
+        n = max(0, min(total - 1, cap, room))
+        self._take_credit(n, tx)
+        view = memoryview(wire)
+        self._write(first(True, bytes(view[:n])))
+        await self._send_rest(call_id, view, n, alive, tx)
 
     # ---------------------------------------------------------------- calling
 
@@ -390,6 +604,49 @@ class Connection:
             raise UnavailableError(f"the connection has ended: {self._closed.message}")
         if self._going_away is not None:
             raise UnavailableError("the peer is going away; open a new connection")
+
+    def _call_meta(self, meta: Optional[F.Meta], timeout: Optional[float], priority: Optional[str],
+                   idempotent: bool) -> F.Meta:
+        m = meta or F.Meta()
+        if timeout is not None:
+            m.timeout_us = max(0, int(timeout * 1_000_000))
+        if priority is not None and priority != "normal":
+            if priority not in F.PRIORITY_NUMBERS:
+                raise ValueError(f"priority {priority!r}: use critical, high, normal or low")
+            m.priority = F.PRIORITY_NUMBERS[priority]
+        if idempotent:
+            m.idempotent = True
+        return m
+
+    def _method_ref(self, method: str) -> tuple[int, Optional[str]]:
+        """(method id, name to send): bind on first use, name per call past the limit."""
+        mid = self._tx_names.get(method)
+        if mid is not None:
+            return mid, None
+        if len(self._tx_names) < MAX_INTERNED:
+            mid = len(self._tx_names) + 1
+            self._tx_names[method] = mid
+            return mid, method
+        return 0, method
+
+    def _write_call(self, call_id: int, mid: int, name: Optional[str], content_type: int,
+                    compression: int, m: F.Meta, wire: bytes, stream: bool, tx: Optional[_Tx]) -> int:
+        """Writes the CALL with as much of ``wire`` as fits now (the rest follows as DATA
+        within credit); returns how many bytes it carried."""
+        empty = F.Call(call_id, mid, name, content_type, compression, m, False, None, stream, b"")
+        fields = len(F.encode(empty)) - F.HEADER_LEN + 4
+        room = max(0, self.negotiated.peer_limits.max_frame - fields)
+        total = len(wire)
+        credit = self._send_credit if tx is None else min(self._send_credit, tx.window)
+        if total <= min(INLINE_MAX, room, self._fragment) and total <= credit:
+            self._take_credit(total, tx)
+            self._write(F.Call(call_id, mid, name, content_type, compression, m, False, None, stream, wire))
+            return total
+        n = min(total - 1 if total else 0, room, self._fragment, max(0, credit))
+        self._take_credit(n, tx)
+        self._write(F.Call(call_id, mid, name, content_type, compression, m, True, total, stream,
+                           bytes(memoryview(wire)[:n])))
+        return n
 
     async def call(self, method: str, data: bytes = b"", *, content_type: int = F.RAW,
                    timeout: Optional[float] = None, priority: Optional[str] = None,
@@ -407,49 +664,19 @@ class Connection:
             raise TooLargeError(
                 f"message of {len(data)} bytes exceeds the peer's limit of "
                 f"{self.negotiated.peer_limits.max_message}")
-        m = meta or F.Meta()
-        if timeout is not None:
-            m.timeout_us = max(0, int(timeout * 1_000_000))
-        if priority is not None and priority != "normal":
-            if priority not in F.PRIORITY_NUMBERS:
-                raise ValueError(f"priority {priority!r}: use critical, high, normal or low")
-            m.priority = F.PRIORITY_NUMBERS[priority]
-        if idempotent:
-            m.idempotent = True
+        m = self._call_meta(meta, timeout, priority, idempotent)
         compression, wire = self._maybe_compress(data, content_type)
-        n = 0
         call_id = self._next_id
         self._next_id += 2
-        # Interning: bind on first use, name per call past the limit.
-        mid = self._tx_names.get(method)
-        name: Optional[str] = None
-        if mid is None:
-            name = method
-            if len(self._tx_names) < MAX_INTERNED:
-                mid = len(self._tx_names) + 1
-                self._tx_names[method] = mid
-            else:
-                mid = 0
+        mid, name = self._method_ref(method)
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         pending = _Pending(fut)
         self._pending[call_id] = pending
         # The CALL frame leaves at once (call ids increase on the wire), carrying as much
         # of the message as fits, the rest follows as DATA within credit.
-        empty = F.Call(call_id, mid, name, content_type, compression, m, False, None, False, b"")
-        fields = len(F.encode(empty)) - F.HEADER_LEN + 4
-        room = max(0, self.negotiated.peer_limits.max_frame - fields)
-        total = len(wire)
-        if total <= min(INLINE_MAX, room, self._fragment) and total <= self._send_credit:
-            self._take_credit(total)
-            self._write(F.Call(call_id, mid, name, content_type, compression, m, False, None, False, wire))
-            pending.sending = False
-        else:
-            n = min(total - 1 if total else 0, room, self._fragment, max(0, self._send_credit))
-            self._take_credit(n)
-            view = memoryview(wire)
-            self._write(F.Call(call_id, mid, name, content_type, compression, m, True, total, False,
-                               bytes(view[:n])))
+        n = self._write_call(call_id, mid, name, content_type, compression, m, wire, False, None)
+        pending.sending = n < len(wire)
 
         def alive() -> bool:
             return call_id in self._pending and self._closed is None
@@ -485,6 +712,197 @@ class Connection:
                 self._write(F.Cancel(call_id))
             except Exception:  # noqa: BLE001
                 pass
+
+    # ---------------------------------------------------------------- streaming calls
+
+    def stream(self, method: str, data: bytes = b"", requests: Optional[Requests] = None, *,
+               content_type: int = F.RAW, timeout: Optional[float] = None,
+               priority: Optional[str] = None, idempotent: bool = False,
+               meta: Optional[F.Meta] = None,
+               decode: Optional[Callable[[Payload], Any]] = None) -> "ReplyStream":
+        """A streaming call of ``SERVICE.METHOD``: its replies, as a :class:`ReplyStream`
+        (an async iterator of :class:`Payload`, or of ``decode(payload)``).
+
+        Without ``requests`` the request is the one message ``data`` (a server stream).
+        With ``requests`` — an async or plain iterable of messages (bytes are sent as
+        ``content_type``) — the requests are a stream: CALL(STREAM) carries the first
+        message, or CALL(STREAM, EMPTY) when the iterable has none ready; each further
+        one goes as DATA with FIRST, within the peer's stream window; END follows the
+        last. The call opens when iteration starts (or on ``async with``).
+
+        ``timeout`` covers the whole call (:class:`DeadlineExceededError`, and CANCEL
+        to the peer); ``priority`` and ``idempotent`` as for :meth:`call`. Raises
+        :class:`UnsupportedError` when the peer did not negotiate streaming.
+        """
+        if not F.valid_full_name(method):
+            raise UnknownMethodError(f"{method!r} is not a valid SERVICE.METHOD name")
+        if requests is not None and (
+                isinstance(requests, (bytes, bytearray, memoryview, str, Payload))
+                or not (hasattr(requests, "__aiter__") or hasattr(requests, "__iter__"))):
+            raise TypeError(f"requests must be an iterable of messages, not {type(requests).__name__}")
+        m = self._call_meta(meta, timeout, priority, idempotent)
+        return ReplyStream(self, method, bytes(data), requests, content_type, timeout, m, decode)
+
+    def _check_streaming(self) -> None:
+        if not self._streaming:
+            raise UnsupportedError(
+                f"the peer ({self.negotiated.peer_agent}) did not negotiate streaming (feature bit 1)")
+
+    async def _open_stream(self, method: str, data: bytes, requests: Optional[Requests],
+                           content_type: int, timeout: Optional[float],
+                           m: F.Meta) -> tuple[int, _Pending]:
+        """Opens a streaming call (see :meth:`stream`); returns its id and state."""
+        self._check_open()
+        self._check_streaming()
+        peer = self.negotiated.peer_limits
+        loop = asyncio.get_running_loop()
+        it: Optional[AsyncIterator[Any]] = None
+        first: Any = None
+        first_task: Optional[asyncio.Task] = None
+        try:
+            if requests is None:
+                first = Payload(data, content_type)
+            else:
+                # Is a first request ready? One turn of the loop decides: if not, the
+                # stream opens without a message (EMPTY) and the pump sends it later.
+                it = as_async_iterator(requests)
+                first_task = loop.create_task(_next_item(it))
+                await asyncio.sleep(0)
+                if first_task.done():
+                    first = first_task.result()  # the iterator's own failure is the caller's
+                    first_task = None
+                    if first is not _DONE:
+                        first = _to_payload(first, content_type)
+                self._check_open()
+            if isinstance(first, Payload) and len(first.data) > peer.max_message:
+                raise TooLargeError(
+                    f"message of {len(first.data)} bytes exceeds the peer's limit of {peer.max_message}")
+        except BaseException:
+            if first_task is not None:
+                first_task.cancel()
+            elif it is not None and hasattr(it, "aclose"):
+                try:
+                    await it.aclose()  # type: ignore[attr-defined]
+                except Exception:  # noqa: BLE001
+                    pass
+            raise
+        if timeout is not None:
+            m.timeout_us = max(0, int(timeout * 1_000_000))
+        # From here to the CALL's write nothing awaits: call ids increase on the wire.
+        call_id = self._next_id
+        self._next_id += 2
+        mid, name = self._method_ref(method)
+        p = _Pending(None)
+        p.inbox = _Inbox(call_id, self.settings.limits.initial_window, False)
+        stream = requests is not None
+        tx = _Tx(peer.initial_window) if stream else None
+        p.tx = tx
+        self._pending[call_id] = p
+        wire: Optional[bytes] = None
+        sent = 0
+        if isinstance(first, Payload):
+            compression, wire = self._maybe_compress(first.data, first.content_type)
+            sent = self._write_call(call_id, mid, name, first.content_type, compression, m, wire, stream, tx)
+        else:
+            self._write(F.Call(call_id, mid, name, F.RAW, F.NONE, m, False, None, True, b"", True))
+            if first is _DONE:
+                assert tx is not None
+                tx.done = True
+                self._write(F.End(call_id))
+        if timeout is not None:
+            p.timer = loop.call_later(max(0.0, timeout), self._expire, call_id, p, method, timeout)
+        if (wire is not None and sent < len(wire)) or (tx is not None and not tx.done):
+            p.pump = loop.create_task(self._pump(call_id, p, wire, sent, it, first_task, content_type))
+        return call_id, p
+
+    async def _pump(self, call_id: int, p: _Pending, wire: Optional[bytes], sent: int,
+                    it: Optional[AsyncIterator[Any]], first_task: Optional[asyncio.Task],
+                    content_type: int) -> None:
+        """Sends the rest of a call's first message, then (for a request stream) each
+        further request as the iterator yields it, then END. A failing iterator, or a
+        request that cannot be sent, fails the call with its error (CANCEL to the
+        peer)."""
+        tx = p.tx
+
+        def alive() -> bool:
+            return self._pending.get(call_id) is p and self._closed is None
+
+        try:
+            if wire is not None and sent < len(wire):
+                await self._send_rest(call_id, memoryview(wire), sent, alive, tx)
+            if it is None or tx is None:
+                return
+            while alive() and not tx.done:
+                if first_task is not None:
+                    item = await first_task
+                    first_task = None
+                else:
+                    item = await _next_item(it)
+                if not alive():
+                    return
+                if item is _DONE:
+                    tx.done = True
+                    self._write(F.End(call_id))
+                    await self._drain()
+                    return
+                await self._send_message(call_id, tx, _to_payload(item, content_type), alive)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:  # noqa: BLE001 - the caller's requests failed: so does the call
+            if alive():
+                self._finish_call(call_id, p, e, cancel=True)
+        finally:
+            if first_task is not None:
+                first_task.cancel()
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:  # noqa: BLE001 - still running elsewhere, or failing on close
+                    pass
+
+    def _expire(self, call_id: int, p: _Pending, method: str, timeout: float) -> None:
+        if self._pending.get(call_id) is p:
+            self._finish_call(call_id, p, DeadlineExceededError(
+                f"{method}: the deadline of {timeout} s passed before the call completed"), cancel=True)
+
+    def _finish_call(self, call_id: int, p: _Pending, error: Optional[BaseException], cancel: bool) -> None:
+        """Ends a streaming call this side opened: its replies end (with ``error``), its
+        request stream stops, and — ``cancel`` — the peer gets CANCEL."""
+        if self._pending.get(call_id) is p:
+            del self._pending[call_id]
+            if cancel and self._closed is None:
+                try:
+                    self._write(F.Cancel(call_id))
+                except Exception:  # noqa: BLE001
+                    pass
+        self._stop_call(p, error)
+
+    def _stop_call(self, p: _Pending, error: Optional[BaseException]) -> None:
+        if p.timer is not None:
+            p.timer.cancel()
+            p.timer = None
+        if p.inbox is not None:
+            p.inbox.finish(error)
+            self._credit_due.discard(p.inbox)
+        if p.tx is not None:
+            p.tx.done = True
+            p.tx.event.set()
+        pump = p.pump
+        if pump is not None and not pump.done():
+            try:
+                current = asyncio.current_task()
+            except RuntimeError:
+                current = None
+            if pump is not current:
+                pump.cancel()
+
+    def _replies_ended(self, call_id: int, p: _Pending) -> None:
+        """The callee finished (END, or its one reply): the call is complete; a request
+        stream still being sent is cut off with CANCEL."""
+        self._finish_call(call_id, p, None, cancel=p.tx is not None and not p.tx.done)
+
+    # ---------------------------------------------------------------- admin
 
     async def register(self, methods: list[F.MethodEntry], timeout: float = 10.0) -> None:
         """Announces methods this side serves (REGISTER); raises the peer's refusal."""
@@ -581,6 +999,28 @@ class Connection:
             self._credit_to_return = 0
             self._recv_credit += inc
             self._write(F.Credit(inc))
+        if self._credit_due:
+            for inbox in list(self._credit_due):
+                self._return_stream_credit(inbox)
+
+    def _return_stream_credit(self, inbox: _Inbox) -> None:
+        """Returns a stream's credit as its bytes arrive (in steps of a quarter window),
+        except while its complete messages not yet taken hold half the window or more:
+        a reader that stops stops only this stream's producer (§6.1)."""
+        if inbox.finished or self._closed is not None:
+            self._credit_due.discard(inbox)
+            return
+        if inbox.unreturned >= max(1, inbox.initial // 4) and inbox.held * 2 < inbox.initial:
+            inc = inbox.unreturned
+            inbox.unreturned = 0
+            inbox.window += inc
+            self._credit_due.discard(inbox)
+            self._write(F.StreamCredit(inbox.call_id, inc))
+
+    def _stream_taken(self, inbox: _Inbox) -> None:
+        """The application took a message of ``inbox``: credit may flow again."""
+        if inbox.unreturned:
+            self._return_stream_credit(inbox)
 
     def _flow(self, n: int) -> None:
         if n > self._recv_credit:
@@ -588,40 +1028,63 @@ class Connection:
         self._recv_credit -= n
         self._credit_to_return += n
 
+    def _charge_stream(self, inbox: _Inbox, n: int) -> None:
+        """Counts ``n`` payload bytes of a streaming direction against its window."""
+        if n > inbox.window:
+            raise ProtocolViolation(
+                f"stream flow control: {n} payload bytes on call {inbox.call_id} beyond its "
+                f"stream window of {inbox.window}")
+        if n:
+            inbox.window -= n
+            inbox.unreturned += n
+            self._credit_due.add(inbox)
+
+    def _no_streaming(self, what: str) -> ProtocolViolation:
+        return ProtocolViolation(f"{what}, but streaming was not negotiated")
+
     def _handle(self, f: F.Frame) -> None:
         t = type(f)
         if t is F.Reply:
             self._flow(len(f.payload))
-            p = self._pending.get(f.call_id)
-            if p is None:
-                return self._check_local_id(f.call_id, "REPLY")
-            if p.rx is not None:
-                raise ProtocolViolation(f"second REPLY on call {f.call_id}")
-            if f.stream:
-                raise ProtocolViolation("streaming REPLY, but streaming was not negotiated")
-            self._start_message(f.call_id, p, f.content_type, f.compression, f.payload, f.message_len, f.more)
+            self._on_reply(f)
         elif t is F.Data:
             self._flow(len(f.payload))
             self._on_data(f)
         elif t is F.Error:
             if f.call_id == 0:
                 raise error_for(f.code, f"the peer ended the connection: {f.message}")
-            p = self._pending.pop(f.call_id, None)
+            p = self._pending.get(f.call_id)
             if p is None:
                 return None
-            if not p.future.done():
-                retry = None if f.retry_after_ms is None else f.retry_after_ms / 1000
-                p.future.set_exception(error_for(f.code, f.message, retry))
+            retry = None if f.retry_after_ms is None else f.retry_after_ms / 1000
+            err = error_for(f.code, f.message, retry)
+            if p.inbox is not None:
+                self._finish_call(f.call_id, p, err, cancel=False)
+            else:
+                del self._pending[f.call_id]
+                if p.future is not None and not p.future.done():
+                    p.future.set_exception(err)
         elif t is F.Call:
             self._flow(len(f.payload))
             self._on_call(f)
         elif t is F.Cancel:
             inc = self._incoming.pop(f.call_id, None)
-            if inc is not None and inc.task is not None:
-                inc.task.cancel()
+            if inc is not None:
+                if inc.task is not None:
+                    inc.task.cancel()
+                if inc.inbox is not None:
+                    inc.inbox.finish(CallCancelledError("the caller cancelled the call"))
+                    self._credit_due.discard(inc.inbox)
+                if inc.tx is not None:
+                    inc.tx.done = True
+                    inc.tx.event.set()
         elif t is F.Credit:
             self._send_credit += f.increment
             self._credit_event.set()
+        elif t is F.StreamCredit:
+            self._on_stream_credit(f)
+        elif t is F.End:
+            self._on_end(f)
         elif t is F.Ping:
             self._write(F.Pong(f.opaque))
         elif t is F.Pong:
@@ -631,12 +1094,14 @@ class Connection:
         elif t is F.GoAway:
             self._going_away = f.last_call_id
             for cid in [c for c in self._pending if c > f.last_call_id]:
-                p = self._pending.pop(cid)
-                if not p.future.done():
-                    p.future.set_exception(UnavailableError(
-                        f"the peer is going away ({f.message}); the call was never processed"))
-        elif t is F.End:
-            raise ProtocolViolation("END, but streaming was not negotiated")
+                p = self._pending[cid]
+                err = UnavailableError(f"the peer is going away ({f.message}); the call was never processed")
+                if p.inbox is not None:
+                    self._finish_call(cid, p, err, cancel=False)
+                else:
+                    del self._pending[cid]
+                    if p.future is not None and not p.future.done():
+                        p.future.set_exception(err)
         else:
             raise ProtocolViolation(f"{t.__name__} frame after the handshake")
         return None
@@ -646,6 +1111,40 @@ class Connection:
             raise ProtocolViolation(f"{what} for call {call_id}, which the peer opened")
         if call_id >= self._next_id:
             raise ProtocolViolation(f"{what} for call {call_id}, which was never opened")
+
+    def _unknown_call(self, call_id: int, what: str) -> None:
+        """A frame for a call that is not open: ignored when the call was opened before
+        (it has finished since), else a connection error."""
+        if call_id % 2 == 1:
+            self._check_local_id(call_id, what)
+        elif call_id > self._highest_peer_id:
+            raise ProtocolViolation(f"{what} for call {call_id}, which was never opened")
+
+    def _on_reply(self, f: F.Reply) -> None:
+        if f.stream and not self._streaming:
+            raise self._no_streaming("streaming REPLY")
+        p = self._pending.get(f.call_id)
+        if p is None:
+            return self._check_local_id(f.call_id, "REPLY")
+        if p.inbox is None:
+            if p.rx is not None:
+                raise ProtocolViolation(f"second REPLY on call {f.call_id}")
+            if f.stream:
+                return self._refuse(f.call_id, p, InvalidInputError(
+                    "the method answers with a stream of replies; open it as a stream "
+                    "(server_stream or bidi_stream)"))
+            return self._start_message(f.call_id, p, f.content_type, f.compression, f.payload,
+                                       f.message_len, f.more)
+        if p.replied:
+            raise ProtocolViolation(f"second REPLY on call {f.call_id}")
+        p.replied = True
+        if f.stream:
+            p.inbox.streaming = True
+            self._charge_stream(p.inbox, len(f.payload))
+            if f.empty:
+                return None
+        return self._start_message(f.call_id, p, f.content_type, f.compression, f.payload,
+                                   f.message_len, f.more)
 
     def _start_message(self, call_id: int, owner: Union[_Pending, _Incoming], ct: int, comp: int,
                        first: bytes, total: Optional[int], more: bool) -> None:
@@ -667,14 +1166,24 @@ class Connection:
 
     def _on_data(self, f: F.Data) -> None:
         owner: Union[_Pending, _Incoming, None] = self._pending.get(f.call_id) or self._incoming.get(f.call_id)
+        if f.first is not None and not self._streaming:
+            raise self._no_streaming("DATA starting a stream message")
         if owner is None:
-            if f.call_id % 2 == 1:
-                self._check_local_id(f.call_id, "DATA")
-            elif f.call_id > self._highest_peer_id:
-                raise ProtocolViolation(f"DATA for call {f.call_id}, which was never opened")
-            return
+            return self._unknown_call(f.call_id, "DATA")
+        inbox = owner.inbox
+        streaming = inbox is not None and inbox.streaming
         if f.first is not None:
-            raise ProtocolViolation("DATA starting a stream message, but streaming was not negotiated")
+            if not streaming or inbox.finished:  # type: ignore[union-attr]
+                raise ProtocolViolation(
+                    f"DATA starting a stream message on call {f.call_id}, which has no open stream from the peer")
+            if owner.rx is not None:
+                raise ProtocolViolation(
+                    f"DATA starting a stream message on call {f.call_id} while a message is in progress")
+        if streaming:
+            self._charge_stream(inbox, len(f.payload))  # type: ignore[arg-type]
+        if f.first is not None:
+            ct, comp = f.first
+            return self._start_message(f.call_id, owner, ct, comp, f.payload, f.message_len, f.more)
         rx = owner.rx
         if rx is None:
             raise ProtocolViolation(f"DATA continuing a message on call {f.call_id}, but no message is in progress")
@@ -691,29 +1200,75 @@ class Connection:
             self._complete(f.call_id, owner, rx.content_type, rx.compression, bytes(rx.buf))
         return None
 
+    def _on_end(self, f: F.End) -> None:
+        if not self._streaming:
+            raise self._no_streaming("END")
+        owner: Union[_Pending, _Incoming, None] = self._pending.get(f.call_id) or self._incoming.get(f.call_id)
+        if owner is None:
+            return self._unknown_call(f.call_id, "END")
+        inbox = owner.inbox
+        if inbox is None or not inbox.streaming or inbox.finished:
+            raise ProtocolViolation(f"END on call {f.call_id}, which has no open stream from the peer")
+        if owner.rx is not None:
+            raise ProtocolViolation(f"END on call {f.call_id} while a message is in progress")
+        if isinstance(owner, _Pending):
+            return self._replies_ended(f.call_id, owner)
+        inbox.finish(None)
+        self._credit_due.discard(inbox)
+        return None
+
+    def _on_stream_credit(self, f: F.StreamCredit) -> None:
+        if not self._streaming:
+            raise self._no_streaming("STREAM_CREDIT")
+        owner: Union[_Pending, _Incoming, None] = self._pending.get(f.call_id) or self._incoming.get(f.call_id)
+        if owner is None:
+            return self._unknown_call(f.call_id, "STREAM_CREDIT")
+        tx = owner.tx
+        if tx is not None and not tx.done:
+            tx.window += f.increment
+            tx.event.set()
+        return None
+
     def _refuse(self, call_id: int, owner: Union[_Pending, _Incoming], err: PolycallError) -> None:
         if isinstance(owner, _Pending):
+            if owner.inbox is not None:
+                return self._finish_call(call_id, owner, err, cancel=True)
             self._pending.pop(call_id, None)
             self._write(F.Cancel(call_id))
-            if not owner.future.done():
+            if owner.future is not None and not owner.future.done():
                 owner.future.set_exception(err)
         else:
-            self._incoming.pop(call_id, None)
+            if self._incoming.get(call_id) is owner:
+                del self._incoming[call_id]
+            if owner.task is not None:
+                owner.task.cancel()
+            if owner.inbox is not None:
+                owner.inbox.finish(err)
+                self._credit_due.discard(owner.inbox)
             self._write(F.Error(call_id, err.code, err.message))
+        return None
 
     def _complete(self, call_id: int, owner: Union[_Pending, _Incoming], ct: int, comp: int, data: bytes) -> None:
+        size = len(data)
         try:
             data = codec.decompress(comp, data, self.settings.limits.max_message)
         except PolycallError as e:
             return self._refuse(call_id, owner, e)
         if isinstance(owner, _Pending):
+            if owner.inbox is not None:
+                owner.inbox.push(Payload(data, ct), size)
+                if not owner.inbox.streaming:
+                    self._replies_ended(call_id, owner)
+                return None
             self._pending.pop(call_id, None)
-            if not owner.future.done():
+            if owner.future is not None and not owner.future.done():
                 owner.future.set_result(Payload(data, ct))
+        elif owner.inbox is not None:
+            owner.inbox.push(Payload(data, ct), size)
         else:
             ctx = CallContext(owner.method, owner.meta, owner.deadline, call_id)
             owner.task = asyncio.get_running_loop().create_task(
-                self._serve(call_id, IncomingCall(owner.method, data, ct, ctx)))
+                self._serve(call_id, owner, IncomingCall(owner.method, data, ct, ctx)))
         return None
 
     def _on_call(self, f: F.Call) -> None:
@@ -734,8 +1289,8 @@ class Connection:
             method = self._rx_names.get(f.method_id)
             if method is None:
                 raise ProtocolViolation(f"method id {f.method_id} was never bound to a name")
-        if f.stream:
-            raise ProtocolViolation("streaming CALL, but streaming was not negotiated")
+        if f.stream and not self._streaming:
+            raise self._no_streaming("streaming CALL")
         if self._handler is None:
             self._write(F.Error(f.call_id, UnknownMethodError.CODE, f"this connection serves no methods ({method})"))
             return
@@ -748,19 +1303,36 @@ class Connection:
             deadline = time.monotonic() + f.meta.timeout_us / 1_000_000
         inc = _Incoming(method, f.meta, deadline)
         self._incoming[f.call_id] = inc
+        if f.stream:
+            # The handler runs while the requests arrive.
+            inbox = _Inbox(f.call_id, self.settings.limits.initial_window, True)
+            inc.inbox = inbox
+            self._charge_stream(inbox, len(f.payload))
+            ctx = CallContext(method, f.meta, deadline, f.call_id)
+            call = IncomingCall(method, b"", f.content_type, ctx, RequestStream(self, inbox))
+            inc.task = asyncio.get_running_loop().create_task(self._serve(f.call_id, inc, call))
+            if not f.empty:
+                self._start_message(f.call_id, inc, f.content_type, f.compression, f.payload,
+                                    f.message_len, f.more)
+            return
         self._start_message(f.call_id, inc, f.content_type, f.compression, f.payload, f.message_len, f.more)
 
-    async def _serve(self, call_id: int, call: IncomingCall) -> None:
+    # ---------------------------------------------------------------- serving
+
+    async def _serve(self, call_id: int, inc: _Incoming, call: IncomingCall) -> None:
         handler = self._handler
         assert handler is not None
+
+        def alive() -> bool:
+            return self._incoming.get(call_id) is inc and self._closed is None
+
         try:
-            remaining = call.context.remaining()
-            if remaining is None:
+            async with asyncio.timeout(call.context.remaining()):
                 result = await handler(call)
-            else:
-                async with asyncio.timeout(remaining):
-                    result = await handler(call)
-            if call_id not in self._incoming or self._closed is not None:
+                if _is_stream(result):
+                    await self._send_reply_stream(call_id, inc, result, alive)
+                    return
+            if not alive():
                 return
             reply = result if isinstance(result, Payload) else Payload(bytes(result), F.RAW)
             await self._send_reply(call_id, reply)
@@ -775,12 +1347,49 @@ class Connection:
         except Exception as e:  # noqa: BLE001 - a handler's bug must not end the connection
             self._answer_error(call_id, InternalError(f"{call.method} failed: {type(e).__name__}: {e}"))
         finally:
-            self._incoming.pop(call_id, None)
+            if self._incoming.get(call_id) is inc:
+                del self._incoming[call_id]
+            if inc.inbox is not None:
+                inc.inbox.finish(CallCancelledError("the call has ended"))
+                self._credit_due.discard(inc.inbox)
 
     def _answer_error(self, call_id: int, e: PolycallError) -> None:
         if call_id in self._incoming and self._closed is None:
             retry = None if e.retry_after is None else int(e.retry_after * 1000)
             self._write(F.Error(call_id, e.code, e.message, retry))
+
+    async def _send_reply_stream(self, call_id: int, inc: _Incoming, replies: AsyncIterable[Message],
+                                 alive: Callable[[], bool]) -> None:
+        """Sends a handler's stream of replies: REPLY(STREAM) with the first message
+        (REPLY(STREAM, EMPTY) when there is none), DATA with FIRST per further message,
+        END. The handler's iterator is pulled only once the previous message has left
+        within the stream's window, so a caller that stops reading holds it back."""
+        tx = _Tx(self.negotiated.peer_limits.initial_window)
+        inc.tx = tx
+        it = replies.__aiter__()
+        opened = False
+        try:
+            while alive():
+                item = await _next_item(it)
+                if not alive():
+                    return
+                if item is _DONE:
+                    if not opened:
+                        self._write(F.Reply(call_id, F.RAW, F.NONE, False, None, True, b"", True))
+                    tx.done = True
+                    self._write(F.End(call_id))
+                    await self._drain()
+                    return
+                await self._send_message(call_id, tx, _to_payload(item, F.RAW), alive, opens_reply=not opened)
+                opened = True
+        finally:
+            tx.done = True
+            aclose = getattr(it, "aclose", None)
+            if aclose is not None:
+                try:
+                    await aclose()
+                except Exception:  # noqa: BLE001
+                    pass
 
     async def _send_reply(self, call_id: int, reply: Payload) -> None:
         data = reply.data
@@ -803,3 +1412,154 @@ class Connection:
         self._write(F.Reply(call_id, reply.content_type, compression, True, total, False, bytes(view[:n])))
         await self._send_rest(call_id, view, n,
                               lambda: call_id in self._incoming and self._closed is None)
+
+
+class RequestStream:
+    """The requests of a call whose caller streams them (CALL with STREAM), as an async
+    iterator of :class:`Payload` that ends at the caller's END.
+
+    Taking a message returns stream credit to the caller; a handler that stops reading
+    stops only this stream's caller, after about one window (§6.1).
+    """
+
+    def __init__(self, connection: Optional[Connection], inbox: _Inbox) -> None:
+        self._conn = connection
+        self._inbox = inbox
+
+    @classmethod
+    def of(cls, messages: Iterable[Payload]) -> "RequestStream":
+        """A finished stream of ``messages`` (a unary request seen as a stream of one)."""
+        inbox = _Inbox(0, 1, False)
+        for m in messages:
+            inbox.push(m, 0)
+        inbox.finish(None)
+        return cls(None, inbox)
+
+    def __aiter__(self) -> "RequestStream":
+        return self
+
+    async def __anext__(self) -> Payload:
+        message = await _take(self._conn, self._inbox)
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+
+class ReplyStream:
+    """The replies of a streaming call (:meth:`Connection.stream`): an async iterator
+    of :class:`Payload` (or of what its ``decode`` makes of each).
+
+    The call opens when iteration starts, or on ``async with``. Iteration ends at the
+    callee's END; an ERROR raises its typed :class:`PolycallError` (after the messages
+    that came before it); the deadline covers the whole call
+    (:class:`DeadlineExceededError`). Leaving early sends CANCEL and stops the request
+    stream: :meth:`aclose` / :meth:`cancel`, the end of an ``async with`` block,
+    cancelling the task that awaits the next reply, or ``break`` out of ``async for``
+    once the iterator is dropped.
+    """
+
+    def __init__(self, connection: Connection, method: str, data: bytes, requests: Optional[Requests],
+                 content_type: int, timeout: Optional[float], meta: F.Meta,
+                 decode: Optional[Callable[[Payload], Any]] = None) -> None:
+        self._conn = connection
+        self._method = method
+        self._data = data
+        self._requests = requests
+        self._content_type = content_type
+        self._timeout = timeout
+        self._meta = meta
+        self._decode = decode
+        self._call: Optional[_Pending] = None
+        self._call_id = 0
+        self._finished = False
+
+    @property
+    def method(self) -> str:
+        """``SERVICE.METHOD`` called."""
+        return self._method
+
+    @property
+    def call_id(self) -> int:
+        """The call id on the connection (0 until the call opened)."""
+        return self._call_id
+
+    async def _open(self) -> _Pending:
+        if self._call is None:
+            if self._finished:
+                raise UnavailableError(f"{self._method}: the stream was closed before it opened")
+            try:
+                self._call_id, self._call = await self._conn._open_stream(
+                    self._method, self._data, self._requests, self._content_type, self._timeout, self._meta)
+            except BaseException:
+                self._finished = True
+                raise
+            self._requests = None
+        return self._call
+
+    def __aiter__(self) -> "ReplyStream":
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._finished:
+            raise StopAsyncIteration
+        call = await self._open()
+        assert call.inbox is not None
+        try:
+            message = await _take(self._conn, call.inbox)
+        except asyncio.CancelledError:
+            self.cancel()
+            raise
+        except BaseException:
+            self._finished = True
+            raise
+        if message is None:
+            self._finished = True
+            raise StopAsyncIteration
+        if self._decode is None:
+            return message
+        try:
+            return self._decode(message)
+        except BaseException:
+            self.cancel()
+            raise
+
+    async def single(self) -> Any:
+        """The one reply of a call answered with a single message (a client stream).
+        No reply, or more than one, raises :class:`MalformedError`."""
+        try:
+            first = await self.__anext__()
+        except StopAsyncIteration:
+            raise MalformedError(f"{self._method}: the call ended without a reply") from None
+        try:
+            await self.__anext__()
+        except StopAsyncIteration:
+            return first
+        self.cancel()
+        raise MalformedError(f"{self._method}: answered with more than one reply message")
+
+    def cancel(self) -> None:
+        """Gives up on the call: CANCEL to the peer when it is still open (its request
+        stream stops too); iteration ends."""
+        self._finished = True
+        call = self._call
+        if call is not None:
+            self._conn._finish_call(self._call_id, call, CallCancelledError(
+                f"{self._method}: cancelled by the caller"), cancel=True)
+
+    async def aclose(self) -> None:
+        """Like :meth:`cancel` (the async iterator protocol's close)."""
+        self.cancel()
+
+    async def __aenter__(self) -> "ReplyStream":
+        await self._open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.cancel()
+
+    def __del__(self) -> None:
+        if not self._finished and self._call is not None:
+            try:
+                self.cancel()
+            except Exception:  # noqa: BLE001 - the loop may be gone
+                pass

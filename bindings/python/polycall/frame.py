@@ -1,4 +1,4 @@
-"""Frames of the polycall protocol, byte by byte (docs/protocol.md §2–3, §8).
+"""Frames of the polycall protocol, byte by byte (docs/protocol.md §2–3, §6.1, §8).
 
 Every frame is a 12-byte header (body length, type, flags, reserved, call id), a body,
 and — when CRC32C was negotiated — a 4-byte trailer. Integers are little-endian.
@@ -34,6 +34,7 @@ PING = 0x20
 PONG = 0x21
 GOAWAY = 0x22
 CREDIT = 0x23
+STREAM_CREDIT = 0x24
 REGISTER = 0x30
 UNREGISTER = 0x31
 
@@ -41,15 +42,16 @@ UNREGISTER = 0x31
 MORE = 0x01
 STREAM = 0x02
 NAMED = 0x04
-FIRST = 0x08
+FIRST = 0x08  # on DATA
+EMPTY = 0x08  # on CALL and REPLY: the same bit, a different frame type
 
 # type: (allowed flags, call frame? True / False / None = either)
 _TYPES: dict[int, tuple[int, Optional[bool]]] = {
     HELLO: (0, False),
     WELCOME: (0, False),
     AUTH: (0, False),
-    CALL: (MORE | STREAM | NAMED, True),
-    REPLY: (MORE | STREAM, True),
+    CALL: (MORE | STREAM | NAMED | EMPTY, True),
+    REPLY: (MORE | STREAM | EMPTY, True),
     ERROR: (0, None),
     CANCEL: (0, True),
     DATA: (MORE | FIRST, True),
@@ -58,6 +60,7 @@ _TYPES: dict[int, tuple[int, Optional[bool]]] = {
     PONG: (0, False),
     GOAWAY: (0, False),
     CREDIT: (0, False),
+    STREAM_CREDIT: (0, True),
     REGISTER: (0, True),
     UNREGISTER: (0, True),
 }
@@ -75,6 +78,11 @@ COMPRESSIONS = {NONE: "none", ZSTD: "zstd", BROTLI: "brotli"}
 # Priorities (metadata tag 2); normal (2) is sent by omitting the entry.
 PRIORITIES = {0: "critical", 1: "high", 2: "normal", 3: "low"}
 PRIORITY_NUMBERS = {v: k for k, v in PRIORITIES.items()}
+
+# REGISTER method flags.
+METHOD_IDEMPOTENT = 0x01
+METHOD_REQUEST_STREAM = 0x02
+METHOD_REPLY_STREAM = 0x04
 
 _ERR_RETRY_AFTER = 1
 _ERR_SUPPORTED_VERSIONS = 2
@@ -136,13 +144,31 @@ class Meta:
 
 @dataclasses.dataclass
 class MethodEntry:
-    """One method a provider announces in REGISTER."""
+    """One method a provider announces in REGISTER. ``request_stream``: it takes a
+    stream of requests (flag bit 1); ``reply_stream``: it answers with a stream of
+    replies (flag bit 2)."""
 
     name: str
     idempotent: bool = False
     summary: str = ""
     input: str = ""
     output: str = ""
+    request_stream: bool = False
+    reply_stream: bool = False
+
+    @property
+    def kind(self) -> str:
+        """unary, server_stream, client_stream or bidi (as the reference names them)."""
+        if self.request_stream:
+            return "bidi" if self.reply_stream else "client_stream"
+        return "server_stream" if self.reply_stream else "unary"
+
+    @property
+    def flags(self) -> int:
+        """The method's flag byte in REGISTER."""
+        return ((METHOD_IDEMPOTENT if self.idempotent else 0)
+                | (METHOD_REQUEST_STREAM if self.request_stream else 0)
+                | (METHOD_REPLY_STREAM if self.reply_stream else 0))
 
 
 @dataclasses.dataclass
@@ -184,7 +210,10 @@ class Auth:
 @dataclasses.dataclass
 class Call:
     """Opens a call. ``method_name`` present means the NAMED flag (binding ``method_id``
-    when it is not 0)."""
+    when it is not 0). ``stream``: further request messages follow (DATA with FIRST),
+    ended by END; ``empty`` (only with ``stream``, never with ``more``; content type,
+    compression 0 and no payload): the frame opens the request stream without a
+    message."""
 
     call_id: int
     method_id: int
@@ -196,11 +225,13 @@ class Call:
     message_len: Optional[int]
     stream: bool
     payload: bytes
+    empty: bool = False
 
 
 @dataclasses.dataclass
 class Reply:
-    """A call's success reply (first fragment)."""
+    """A call's success reply (first fragment). ``stream``: further reply messages
+    follow (DATA with FIRST), ended by END or ERROR; ``empty`` as for :class:`Call`."""
 
     call_id: int
     content_type: int
@@ -209,6 +240,7 @@ class Reply:
     message_len: Optional[int]
     stream: bool
     payload: bytes
+    empty: bool = False
 
 
 @dataclasses.dataclass
@@ -280,6 +312,15 @@ class Credit:
 
 
 @dataclasses.dataclass
+class StreamCredit:
+    """Stream window credit: ``increment`` more payload bytes may be sent on the call's
+    stream (§6.1)."""
+
+    call_id: int
+    increment: int
+
+
+@dataclasses.dataclass
 class Register:
     """A provider announces methods."""
 
@@ -297,13 +338,13 @@ class Unregister:
 
 Frame = Union[
     Hello, Welcome, Auth, Call, Reply, Error, Cancel, Data, End, Ping, Pong, GoAway,
-    Credit, Register, Unregister,
+    Credit, StreamCredit, Register, Unregister,
 ]
 
 _TYPE_OF = {
     Hello: HELLO, Welcome: WELCOME, Auth: AUTH, Call: CALL, Reply: REPLY, Error: ERROR,
     Cancel: CANCEL, Data: DATA, End: END, Ping: PING, Pong: PONG, GoAway: GOAWAY,
-    Credit: CREDIT, Register: REGISTER, Unregister: UNREGISTER,
+    Credit: CREDIT, StreamCredit: STREAM_CREDIT, Register: REGISTER, Unregister: UNREGISTER,
 }
 
 
@@ -372,11 +413,19 @@ def encode_meta(m: Meta) -> bytes:
     return bytes(out)
 
 
+def _refuse_bad_empty(f: Union[Call, Reply]) -> None:
+    if f.empty and (not f.stream or f.more or f.content_type or f.compression or f.payload):
+        raise ValueError(
+            f"{type(f).__name__} with EMPTY needs STREAM, no MORE, content type and "
+            f"compression 0 and no payload: {f!r}")
+
+
 def _fields(f: Frame) -> tuple[int, bytes, bytes]:
     """(flags, fixed fields, payload) of a frame body."""
     t = type(f)
     if t is Call:
-        flags = (MORE if f.more else 0) | (STREAM if f.stream else 0)
+        _refuse_bad_empty(f)
+        flags = (MORE if f.more else 0) | (STREAM if f.stream else 0) | (EMPTY if f.empty else 0)
         head = struct.pack("<H", f.method_id)
         if f.method_name is not None:
             flags |= NAMED
@@ -387,7 +436,8 @@ def _fields(f: Frame) -> tuple[int, bytes, bytes]:
             head += struct.pack("<I", f.message_len or 0)
         return flags, head, f.payload
     if t is Reply:
-        flags = (MORE if f.more else 0) | (STREAM if f.stream else 0)
+        _refuse_bad_empty(f)
+        flags = (MORE if f.more else 0) | (STREAM if f.stream else 0) | (EMPTY if f.empty else 0)
         head = bytes([f.content_type, f.compression])
         if f.more:
             head += struct.pack("<I", f.message_len or 0)
@@ -440,11 +490,13 @@ def _fields(f: Frame) -> tuple[int, bytes, bytes]:
         return 0, struct.pack("<IH", f.last_call_id, f.code) + _str16(f.message), b""
     if t is Credit:
         return 0, struct.pack("<I", f.increment), b""
+    if t is StreamCredit:
+        return 0, struct.pack("<I", f.increment), b""
     if t is Register:
         head = bytearray(struct.pack("<H", len(f.methods)))
         for m in f.methods:
             head += _str8(m.name)
-            head.append(1 if m.idempotent else 0)
+            head.append(m.flags)
             head += _str16(m.summary) + _str16(m.input) + _str16(m.output)
         return 0, bytes(head), b""
     if t is Unregister:
@@ -659,6 +711,20 @@ def _full_name(r: _Reader) -> str:
     return name
 
 
+def _check_empty(r: _Reader, flags: int, ct: int, comp: int, payload: bytes) -> None:
+    """EMPTY opens a stream without a message: only with STREAM, never with MORE, and
+    the message fields hold nothing (raw, uncompressed, no bytes), so the encoding stays
+    canonical. Checked once the body is read, as the reference decoder does."""
+    if not flags & EMPTY:
+        return
+    if not flags & STREAM:
+        raise r.err("EMPTY without STREAM")
+    if flags & MORE:
+        raise r.err("EMPTY with MORE")
+    if ct != RAW or comp != NONE or payload:
+        raise r.err("EMPTY frame carries a message")
+
+
 def decode_body(ftype: int, flags: int, call_id: int, body: memoryview) -> Frame:
     """Decodes a frame body whose header was checked."""
     r = _Reader(body, ftype)
@@ -686,12 +752,17 @@ def decode_body(ftype: int, flags: int, call_id: int, body: memoryview) -> Frame
         meta_len = r.u16("metadata length is missing")
         meta = decode_meta(r.take(meta_len, "metadata is cut short"))
         ml = _message_len(r, bool(flags & MORE))
-        f = Call(call_id, mid, name, ct, comp, meta, bool(flags & MORE), ml, bool(flags & STREAM), r.rest())
+        payload = r.rest()
+        _check_empty(r, flags, ct, comp, payload)
+        f = Call(call_id, mid, name, ct, comp, meta, bool(flags & MORE), ml, bool(flags & STREAM), payload,
+                 bool(flags & EMPTY))
     elif ftype == REPLY:
         ct = content_type()
         comp = compression()
         ml = _message_len(r, bool(flags & MORE))
-        f = Reply(call_id, ct, comp, bool(flags & MORE), ml, bool(flags & STREAM), r.rest())
+        payload = r.rest()
+        _check_empty(r, flags, ct, comp, payload)
+        f = Reply(call_id, ct, comp, bool(flags & MORE), ml, bool(flags & STREAM), payload, bool(flags & EMPTY))
     elif ftype == DATA:
         first = (content_type(), compression()) if flags & FIRST else None
         ml = _message_len(r, first is not None and bool(flags & MORE))
@@ -762,13 +833,18 @@ def decode_body(ftype: int, flags: int, call_id: int, body: memoryview) -> Frame
         if inc == 0:
             raise r.err("credit increment of 0")
         f = Credit(inc)
+    elif ftype == STREAM_CREDIT:
+        inc = r.u32("increment is missing")
+        if inc == 0:
+            raise r.err("stream credit increment of 0")
+        f = StreamCredit(call_id, inc)
     elif ftype == REGISTER:
         n = r.u16("method count is missing")
         methods = []
         for _ in range(n):
             name = _full_name(r)
             flag = r.u8("method flags are missing")
-            if flag > 1:
+            if flag & ~(METHOD_IDEMPOTENT | METHOD_REQUEST_STREAM | METHOD_REPLY_STREAM):
                 raise r.err("undefined method flag bits")
             texts = []
             for _ in range(3):
@@ -776,7 +852,9 @@ def decode_body(ftype: int, flags: int, call_id: int, body: memoryview) -> Frame
                 if len(s.encode()) > MAX_MESSAGE_TEXT:
                     raise r.err("method info text longer than 4096 bytes")
                 texts.append(s)
-            methods.append(MethodEntry(name, flag == 1, texts[0], texts[1], texts[2]))
+            methods.append(MethodEntry(
+                name, bool(flag & METHOD_IDEMPOTENT), texts[0], texts[1], texts[2],
+                bool(flag & METHOD_REQUEST_STREAM), bool(flag & METHOD_REPLY_STREAM)))
         f = Register(call_id, methods)
     elif ftype == UNREGISTER:
         n = r.u16("method count is missing")

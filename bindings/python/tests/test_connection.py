@@ -19,12 +19,14 @@ from polycall.connection import Connection, Payload, Settings
 
 
 class Peer:
-    """The accepting side, scripted: answers HELLO with a WELCOME of ``limits``, then
-    hands frames to the test."""
+    """The accepting side, scripted: answers HELLO with a WELCOME of ``limits`` (agreeing
+    to ``features``), then hands frames to the test."""
 
-    def __init__(self, limits: Optional[F.Limits] = None, compressions: Optional[list[int]] = None) -> None:
+    def __init__(self, limits: Optional[F.Limits] = None, compressions: Optional[list[int]] = None,
+                 features: int = 0) -> None:
         self.limits = limits or F.Limits()
         self.compressions = compressions
+        self.features = features
         self.hello: Optional[F.Hello] = None
         self.connected = asyncio.Event()
         self.buf = bytearray()
@@ -44,7 +46,8 @@ class Peer:
         assert isinstance(f, F.Hello), f
         self.hello = f
         comps = self.compressions if self.compressions is not None else [c for c in f.compressions]
-        writer.write(F.PREFACE + F.encode(F.Welcome(1, 0, self.limits, [1, 0], comps, 0, "scripted")))
+        welcome = F.Welcome(1, self.features & f.features, self.limits, [1, 0], comps, 0, "scripted")
+        writer.write(F.PREFACE + F.encode(welcome))
         await writer.drain()
         self.connected.set()
 

@@ -62,11 +62,12 @@ def frame_to_json(f: F.Frame) -> dict:
         return {"type": "call", "call_id": f.call_id, "method_id": f.method_id,
                 "method_name": f.method_name, "content_type": ct[f.content_type],
                 "compression": cp[f.compression], "meta": _meta(f.meta), "more": f.more,
-                "message_len": f.message_len, "stream": f.stream, "payload_hex": f.payload.hex()}
+                "message_len": f.message_len, "stream": f.stream, "empty": f.empty,
+                "payload_hex": f.payload.hex()}
     if isinstance(f, F.Reply):
         return {"type": "reply", "call_id": f.call_id, "content_type": ct[f.content_type],
                 "compression": cp[f.compression], "more": f.more, "message_len": f.message_len,
-                "stream": f.stream, "payload_hex": f.payload.hex()}
+                "stream": f.stream, "empty": f.empty, "payload_hex": f.payload.hex()}
     if isinstance(f, F.Error):
         from polycall.errors import code_name
         return {"type": "error", "call_id": f.call_id, "code": f.code, "code_name": code_name(f.code),
@@ -89,9 +90,11 @@ def frame_to_json(f: F.Frame) -> dict:
         return {"type": "goaway", "last_call_id": f.last_call_id, "code": f.code, "message": f.message}
     if isinstance(f, F.Credit):
         return {"type": "credit", "increment": f.increment}
+    if isinstance(f, F.StreamCredit):
+        return {"type": "stream_credit", "call_id": f.call_id, "increment": f.increment}
     if isinstance(f, F.Register):
         return {"type": "register", "call_id": f.call_id, "methods": [
-            {"name": m.name, "idempotent": m.idempotent, "summary": m.summary,
+            {"name": m.name, "idempotent": m.idempotent, "kind": m.kind, "summary": m.summary,
              "input": m.input, "output": m.output} for m in f.methods]}
     if isinstance(f, F.Unregister):
         return {"type": "unregister", "call_id": f.call_id, "methods": list(f.methods)}
@@ -117,8 +120,8 @@ class GoldenVectors(unittest.TestCase):
                 self.assertIsNone(F.decode(raw[:-1], 0xFFFFFFFF, v["crc32c"]))
                 kinds.add(v["frame"]["type"])
         self.assertEqual(kinds, {"hello", "welcome", "auth", "call", "reply", "error", "cancel",
-                                 "data", "end", "ping", "pong", "goaway", "credit", "register",
-                                 "unregister"})
+                                 "data", "end", "ping", "pong", "goaway", "credit", "stream_credit",
+                                 "register", "unregister"})
 
     def test_every_malformed_vector_fails_as_stated(self) -> None:
         doc = json.loads((VECTORS / "malformed.json").read_text())

@@ -9,8 +9,13 @@
  * socket.on("data", (b) => { conn.feed(b); for (let e; (e = conn.pollEvent()); ) handle(e); write(conn.pollTransmit()); });
  * ```
  *
- * Streaming calls are not offered by this binding (the feature is negotiated off), so
- * a peer never opens one towards it.
+ * Streaming calls (feature bit 1, `docs/protocol.md` §3, §6.1): either direction of a
+ * call may be a stream of messages — opened by CALL / REPLY with STREAM (EMPTY when no
+ * message comes with the opening), continued by DATA with FIRST, ended by END. Each
+ * streaming direction has its own window besides the connection's: the sender stays
+ * within both, and the receiver returns STREAM_CREDIT as bytes arrive except while the
+ * stream's complete messages not yet taken by the application ({@link
+ * Connection.streamTaken}) hold half its window or more.
  */
 
 import { decompress } from "./compress.js";
@@ -62,8 +67,29 @@ export type ConnectionEvent =
   | { type: "connected" }
   /** The peer opened a call (its request is complete). */
   | { type: "call"; callId: number; service: string; method: string; payload: Payload; meta: WireMeta }
+  /**
+   * The peer opened a call with a stream of requests (CALL with STREAM): its messages
+   * follow as `message` events (the first may have come with the CALL), ended by `end`.
+   */
+  | { type: "streamCall"; callId: number; service: string; method: string; meta: WireMeta }
   /** The reply to a call this side opened. */
   | { type: "reply"; callId: number; payload: Payload }
+  /**
+   * The callee answers a call this side opened with a stream of replies (REPLY with
+   * STREAM): its messages follow as `message` events, ended by `end` (or `failed`).
+   */
+  | { type: "replyStream"; callId: number }
+  /**
+   * A message of the peer's stream on a call (requests on the peer's call, replies on
+   * this side's). `wireLen` counts against the stream's window until the application
+   * hands it back with {@link Connection.streamTaken}.
+   */
+  | { type: "message"; callId: number; payload: Payload; wireLen: number }
+  /**
+   * The peer's stream on the call is complete (END). For a call this side opened, the
+   * call is over.
+   */
+  | { type: "end"; callId: number }
   /** A call this side opened failed. */
   | { type: "failed"; callId: number; error: PolycallError }
   /** The peer gave up on a call it opened (or the connection ended under it). */
@@ -106,14 +132,62 @@ interface CallState {
   rxStarted: boolean;
   /** Peer calls: name and metadata until the request is complete. */
   pending: { service: string; method: string; meta: WireMeta } | null;
+  /** The peer's direction is a stream (its CALL or REPLY carried STREAM). */
+  rxStream: boolean;
+  /** The peer's stream ended (END). */
+  rxDone: boolean;
+  /** Stream window: payload bytes the peer may still send on this call's stream. */
+  rxWindow: number;
+  /** Wire bytes of complete stream messages delivered and not yet taken by the application. */
+  rxHeld: number;
+  /** Stream bytes received and not yet returned with STREAM_CREDIT. */
+  rxDue: number;
+  /** This side's direction is a stream (CALL or REPLY with STREAM sent). */
+  txStream: boolean;
+  /** This side's stream ended (END queued). */
+  txDone: boolean;
+  /** Peer calls: this side answered (a reply or the opening of a reply stream is queued). */
+  replied: boolean;
 }
 
+function newCall(local: boolean, admin: boolean, pending: CallState["pending"] = null): CallState {
+  return {
+    local,
+    admin,
+    rx: null,
+    rxStarted: !local,
+    pending,
+    rxStream: false,
+    rxDone: false,
+    rxWindow: 0,
+    rxHeld: 0,
+    rxDue: 0,
+    txStream: false,
+    txDone: false,
+    replied: false,
+  };
+}
+
+/** A message to send, cut into fragments as credit allows. */
 interface OutMsg {
+  kind: "msg";
+  /** Its first frame is the REPLY (else a DATA with FIRST, or — `started` — continuations only). */
   reply: boolean;
+  /** With `reply`: the REPLY opens a stream of replies. */
+  stream: boolean;
   contentType: ContentType;
   data: Uint8Array;
   offset: number;
   started: boolean;
+}
+
+/** What one call has queued to send, in order. */
+type OutItem = OutMsg | { kind: "empty_reply" } | { kind: "end" } | { kind: "error"; error: PolycallError };
+
+interface OutQueue {
+  items: OutItem[];
+  /** Payload bytes of its messages not yet framed. */
+  bytes: number;
 }
 
 type State = "preface" | "handshake" | "open" | "closed";
@@ -223,9 +297,14 @@ export class Connection {
   private recvCredit: number;
   private creditToReturn = 0;
   private reassembling = 0;
-  private readonly queues = new Map<number, OutMsg>();
+  private readonly queues = new Map<number, OutQueue>();
   private ready: number[] = [];
   private queuedBytes = 0;
+  private framable = false;
+  /** Stream windows of this side's streaming directions (payload bytes it may still send), while they may send. */
+  private readonly txWindows = new Map<number, number>();
+  /** Calls whose received stream bytes are not all returned with STREAM_CREDIT. */
+  private readonly creditDue = new Set<number>();
   private peerGoingAway: number | null = null;
   private localGoingAway: number | null = null;
 
@@ -280,6 +359,29 @@ export class Connection {
   /** Payload bytes queued and not yet framed. */
   get queued(): number {
     return this.queuedBytes;
+  }
+
+  /**
+   * Whether the last {@link Connection.pollTransmit} stopped at its byte budget with
+   * fragments it could frame now (not only ones waiting for credit or a stream window).
+   */
+  get canFrameMore(): boolean {
+    return this.framable;
+  }
+
+  /** Whether streaming calls were negotiated (feature bit 1). */
+  get streaming(): boolean {
+    return this.negotiatedParams !== null && (this.negotiatedParams.features & FEATURES.streaming) !== 0n;
+  }
+
+  /** Payload bytes of `callId`'s messages queued and not yet framed (a stream producer's backlog). */
+  streamBacklog(callId: number): number {
+    return this.queues.get(callId)?.bytes ?? 0;
+  }
+
+  /** The stream window left for this side's stream on `callId` (undefined: none open). */
+  streamWindow(callId: number): number | undefined {
+    return this.txWindows.get(callId);
   }
 
   /** Whether the peer announced GOAWAY. */
@@ -377,6 +479,8 @@ export class Connection {
     this.queues.clear();
     this.ready = [];
     this.queuedBytes = 0;
+    this.txWindows.clear();
+    this.creditDue.clear();
     this.localOpen = 0;
     this.peerOpen = 0;
   }
@@ -422,8 +526,9 @@ export class Connection {
       case "cancel": {
         if (this.isLocalId(f.callId)) throw violation(`CANCEL of call ${f.callId}, which this side opened`);
         const c = this.takeCall(f.callId);
+        // Whatever of the answer is still queued (a reply stream's tail) is moot.
+        this.dropOutput(f.callId);
         if (c !== undefined) {
-          this.dropOutput(f.callId);
           this.peerOpen = Math.max(0, this.peerOpen - 1);
           if (c.pending === null) this.event({ type: "cancelled", callId: f.callId });
         } else {
@@ -442,6 +547,8 @@ export class Connection {
       case "credit":
         this.sendCredit += f.increment;
         return;
+      case "stream_credit":
+        return this.onStreamCredit(f.callId, f.increment);
       case "register":
       case "unregister":
         this.openPeerAdmin(f.callId, f.type.toUpperCase());
@@ -519,19 +626,63 @@ export class Connection {
   private openPeerAdmin(id: number, what: string): void {
     if (this.role !== "server") throw violation(`${what} sent to the connecting side`);
     if (this.admitPeerCall(id, what)) {
-      this.calls.set(id, { local: false, admin: true, rx: null, rxStarted: true, pending: null });
+      this.calls.set(id, newCall(false, true));
       this.peerOpen++;
     }
   }
 
   private onCall(f: Extract<Frame, { type: "call" }>): void {
     const name = this.resolveMethod(f.methodId, f.methodName);
-    if (f.stream) throw violation("streaming CALL, but streaming was not negotiated");
+    if (f.stream && !this.streaming) throw violation("streaming CALL, but streaming was not negotiated");
     if (!this.admitPeerCall(f.callId, "CALL")) return;
     this.peerOpen++;
     const [service, method] = splitFullName(name)!;
-    this.calls.set(f.callId, { local: false, admin: false, rx: null, rxStarted: true, pending: { service, method, meta: f.meta } });
-    this.startMessage(f.callId, f.contentType, f.compression, f.payload, f.messageLen);
+    if (!f.stream) {
+      this.calls.set(f.callId, newCall(false, false, { service, method, meta: f.meta }));
+      this.startMessage(f.callId, f.contentType, f.compression, f.payload, f.messageLen);
+      return;
+    }
+    const c = newCall(false, false);
+    this.openRxStream(f.callId, c, f.payload.length);
+    this.calls.set(f.callId, c);
+    this.event({ type: "streamCall", callId: f.callId, service, method, meta: f.meta });
+    if (f.empty !== true) this.startMessage(f.callId, f.contentType, f.compression, f.payload, f.messageLen);
+  }
+
+  /** The peer's direction of a call becomes a stream; `first` bytes came with its opening frame. */
+  private openRxStream(id: number, c: CallState, first: number): void {
+    c.rxStream = true;
+    c.rxWindow = this.config.settings.limits.initialWindow;
+    this.streamBytes(id, c, first);
+  }
+
+  /** Stream payload bytes arrived on `id`: they count against the stream's window (§6.1). */
+  private streamBytes(id: number, c: CallState, n: number): void {
+    if (n === 0) return;
+    if (n > c.rxWindow) {
+      throw connError(
+        "malformed",
+        `stream flow control violated on call ${id}: ${n} bytes received with ${c.rxWindow} bytes left of the stream's window`,
+      );
+    }
+    c.rxWindow -= n;
+    c.rxDue += n;
+    this.creditDue.add(id);
+  }
+
+  private onStreamCredit(id: number, increment: number): void {
+    if (!this.streaming) throw violation("STREAM_CREDIT, but streaming was not negotiated");
+    const w = this.txWindows.get(id);
+    if (w !== undefined) {
+      this.txWindows.set(id, w + increment);
+      return;
+    }
+    // An open call: this side's stream ended, or its direction does not stream
+    // (nothing to add to, as the reference has it).
+    if (this.calls.has(id)) return;
+    // A call that ended is ignored; one never opened is a violation.
+    if (this.isLocalId(id)) this.checkKnownLocalId(id, "STREAM_CREDIT");
+    else this.checkKnownPeerId(id, "STREAM_CREDIT");
   }
 
   private resolveMethod(id: number, name: string | null): string {
@@ -553,9 +704,15 @@ export class Connection {
     if (c === undefined) return this.checkKnownLocalId(f.callId, "REPLY");
     if (!c.local) throw violation(`REPLY on call ${f.callId}, which the peer opened`);
     if (c.rxStarted) throw violation(`second REPLY on call ${f.callId}`);
-    if (f.stream) throw violation("streaming REPLY, but streaming was not negotiated for this call");
+    if (f.stream && (!this.streaming || c.admin)) throw violation("streaming REPLY, but streaming was not negotiated for this call");
     c.rxStarted = true;
-    this.startMessage(f.callId, f.contentType, f.compression, f.payload, f.messageLen);
+    if (!f.stream) {
+      this.startMessage(f.callId, f.contentType, f.compression, f.payload, f.messageLen);
+      return;
+    }
+    this.openRxStream(f.callId, c, f.payload.length);
+    this.event({ type: "replyStream", callId: f.callId });
+    if (f.empty !== true) this.startMessage(f.callId, f.contentType, f.compression, f.payload, f.messageLen);
   }
 
   private onData(f: Extract<Frame, { type: "data" }>): void {
@@ -565,8 +722,13 @@ export class Connection {
       else this.checkKnownPeerId(f.callId, "DATA");
       return;
     }
+    if (c.rxStream) this.streamBytes(f.callId, c, f.payload.length);
     if (f.first !== null) {
-      throw violation(`DATA starting a message on call ${f.callId}, which has no open stream from the peer`);
+      if (!c.rxStarted || !c.rxStream || c.rxDone || c.rx !== null) {
+        throw violation(`DATA starting a message on call ${f.callId}, which has no open stream from the peer`);
+      }
+      this.startMessage(f.callId, f.first.contentType, f.first.compression, f.payload, f.messageLen);
+      return;
     }
     const m = c.rx;
     if (m === null) throw violation(`DATA continuing a message on call ${f.callId}, but no message is in progress`);
@@ -585,9 +747,24 @@ export class Connection {
   }
 
   private onEnd(id: number): void {
-    if (this.calls.has(id)) throw violation(`END on call ${id}, which has no open stream from the peer`);
-    if (this.isLocalId(id)) this.checkKnownLocalId(id, "END");
-    else this.checkKnownPeerId(id, "END");
+    const c = this.calls.get(id);
+    if (c === undefined) {
+      if (this.isLocalId(id)) this.checkKnownLocalId(id, "END");
+      else this.checkKnownPeerId(id, "END");
+      return;
+    }
+    if (!c.rxStarted || !c.rxStream || c.rxDone || c.rx !== null) {
+      throw violation(`END on call ${id}, which has no open stream from the peer (or a message in progress)`);
+    }
+    c.rxDone = true;
+    this.creditDue.delete(id);
+    this.event({ type: "end", callId: id });
+    if (c.local) {
+      // The reply stream is complete: the call is over, whatever of the request is still queued is moot.
+      this.takeCall(id);
+      this.localOpen = Math.max(0, this.localOpen - 1);
+      this.dropOutput(id);
+    }
   }
 
   private onError(f: ErrorFrame): void {
@@ -688,7 +865,10 @@ export class Connection {
       }
     }
     const payload = new Payload(bytes, m.contentType);
-    if (c.pending !== null) {
+    if (c.rxStream) {
+      c.rxHeld += m.len;
+      this.event({ type: "message", callId: id, payload, wireLen: m.len });
+    } else if (c.pending !== null) {
       const p = c.pending;
       c.pending = null;
       this.event({ type: "call", callId: id, service: p.service, method: p.method, payload, meta: p.meta });
@@ -720,6 +900,7 @@ export class Connection {
   private returnCredit(): void {
     if (this.state !== "open") return;
     const window = this.config.settings.limits.initialWindow;
+    this.returnStreamCredit(window);
     if (this.creditToReturn === 0 || this.creditToReturn < window / 4) return;
     while (this.creditToReturn > 0) {
       const inc = Math.min(this.creditToReturn, 0xffffffff);
@@ -727,6 +908,37 @@ export class Connection {
       this.creditToReturn -= inc;
       this.recvCredit += inc;
     }
+  }
+
+  /**
+   * STREAM_CREDIT for the bytes each stream received, by quarters of the window, except
+   * while the stream's messages not yet taken by the application hold half the window.
+   */
+  private returnStreamCredit(window: number): void {
+    for (const id of this.creditDue) {
+      const c = this.calls.get(id);
+      if (c === undefined || !c.rxStream || c.rxDone || c.rxDue === 0) {
+        this.creditDue.delete(id);
+        continue;
+      }
+      if (c.rxDue < window / 4 || c.rxHeld >= window / 2) continue;
+      this.emit({ type: "stream_credit", callId: id, increment: c.rxDue });
+      c.rxWindow += c.rxDue;
+      c.rxDue = 0;
+      this.creditDue.delete(id);
+    }
+  }
+
+  /**
+   * The application took a stream message of `wireLen` bytes (its `message` event's)
+   * from the buffer: the stream's credit may flow again. Unknown or ended calls are
+   * ignored.
+   */
+  streamTaken(callId: number, wireLen: number): void {
+    const c = this.calls.get(callId);
+    if (c === undefined || !c.rxStream) return;
+    c.rxHeld = Math.max(0, c.rxHeld - wireLen);
+    if (c.rxDue > 0 && !c.rxDone) this.creditDue.add(callId);
   }
 
   // ---------------------------------------------------------------- sending
@@ -757,28 +969,57 @@ export class Connection {
     return { id: 0, name: full };
   }
 
-  private enqueue(id: number, m: OutMsg): void {
-    this.queuedBytes += m.data.length;
-    this.queues.set(id, m);
-    this.ready.push(id);
+  private enqueue(id: number, item: OutItem): void {
+    let q = this.queues.get(id);
+    if (q === undefined) {
+      q = { items: [], bytes: 0 };
+      this.queues.set(id, q);
+      this.ready.push(id);
+    }
+    q.items.push(item);
+    if (item.kind === "msg") {
+      const n = item.data.length - item.offset;
+      q.bytes += n;
+      this.queuedBytes += n;
+    }
   }
 
   private dropOutput(id: number): void {
+    this.txWindows.delete(id);
     const q = this.queues.get(id);
     if (q === undefined) return;
-    this.queuedBytes -= q.data.length - q.offset;
+    this.queuedBytes -= q.bytes;
     this.queues.delete(id);
   }
 
   /**
    * Opens a call of `service.method` with its request. Returns the call id; the answer
-   * arrives as a `reply` or `failed` event. Refusals before anything is sent throw a
+   * arrives as a `reply` (or, when the callee streams its replies, `replyStream`,
+   * `message`s and `end`) or `failed` event. Refusals before anything is sent throw a
    * {@link PolycallError} (`busy`, `too_large`, `unsupported`, `unavailable`).
    */
   openCall(service: string, method: string, payload: Payload, meta: WireMeta = {}): number {
+    return this.openLocal(service, method, payload, meta, false);
+  }
+
+  /**
+   * Opens a call whose requests are a stream (CALL with STREAM): `first` travels with the
+   * CALL, or `null` opens the stream without a message (EMPTY). Further requests follow
+   * with {@link Connection.sendMessage}, the end with {@link Connection.sendEnd}. The
+   * answer arrives as for {@link Connection.openCall}. Throws `unsupported` when
+   * streaming was not negotiated.
+   */
+  openStreamCall(service: string, method: string, first: Payload | null, meta: WireMeta = {}): number {
+    return this.openLocal(service, method, first, meta, true);
+  }
+
+  private openLocal(service: string, method: string, payload: Payload | null, meta: WireMeta, stream: boolean): number {
     const n = this.checkOpen();
     if (this.peerGoingAway !== null || this.localGoingAway !== null) {
       throw new PolycallError("unavailable", "the connection is going away; open a new one");
+    }
+    if (stream && !this.streaming) {
+      throw new PolycallError("unsupported", "streaming calls were not negotiated with the peer (it did not offer feature bit 1)");
     }
     const limit = n.peerLimits.maxInFlight;
     if (this.localOpen >= limit) {
@@ -791,14 +1032,7 @@ export class Connection {
     if (splitFullName(full) === null) {
       throw new PolycallError("invalid_input", `${JSON.stringify(full)} is not a valid SERVICE.METHOD name`);
     }
-    this.checkPayload(n, payload);
-    const id = this.nextLocalId;
-    if (id > 0xffffffff - 2) throw new PolycallError("unavailable", "call ids are exhausted on this connection; open a new one");
-    this.nextLocalId += 2;
-    this.calls.set(id, { local: true, admin: false, rx: null, rxStarted: false, pending: null });
-    this.localOpen++;
-    const ref = this.intern(full);
-    const data = payload.bytes;
+    if (payload !== null) this.checkPayload(n, payload);
     const metaWriter = new Writer(64);
     encodeMeta(meta, metaWriter);
     // The fixed fields: method id and name, content type, compression, metadata, message length.
@@ -806,10 +1040,39 @@ export class Connection {
     if (fields > n.peerLimits.maxFrame) {
       throw new PolycallError("too_large", `the call's name and metadata take ${fields} bytes; the peer accepts frames of ${n.peerLimits.maxFrame}`);
     }
+    const id = this.nextLocalId;
+    if (id > 0xffffffff - 2) throw new PolycallError("unavailable", "call ids are exhausted on this connection; open a new one");
+    this.nextLocalId += 2;
+    const c = newCall(true, false);
+    c.txStream = stream;
+    this.calls.set(id, c);
+    this.localOpen++;
+    const ref = this.intern(full);
+    const window = stream ? n.peerLimits.initialWindow : Infinity;
+    if (payload === null) {
+      this.txWindows.set(id, window);
+      this.emit({
+        type: "call",
+        callId: id,
+        methodId: ref.id,
+        methodName: ref.name,
+        contentType: "raw",
+        compression: "none",
+        meta,
+        more: false,
+        messageLen: null,
+        stream: true,
+        empty: true,
+        payload: new Uint8Array(0),
+      });
+      return id;
+    }
+    const data = payload.bytes;
     const inlineMax = Math.min(INLINE_CALL_MAX, this.config.fragmentSize, n.peerLimits.maxFrame - fields);
-    const inline = data.length <= inlineMax && data.length <= this.sendCredit;
+    const inline = data.length <= inlineMax && data.length <= this.sendCredit && data.length <= window;
     const first = inline ? data : new Uint8Array(0);
     this.sendCredit -= first.length;
+    if (stream) this.txWindows.set(id, window - first.length);
     this.emit({
       type: "call",
       callId: id,
@@ -820,10 +1083,13 @@ export class Connection {
       meta,
       more: !inline,
       messageLen: inline ? null : data.length,
-      stream: false,
+      stream,
+      empty: false,
       payload: first,
     });
-    if (!inline) this.enqueue(id, { reply: false, contentType: payload.contentType, data, offset: 0, started: true });
+    if (!inline) {
+      this.enqueue(id, { kind: "msg", reply: false, stream: false, contentType: payload.contentType, data, offset: 0, started: true });
+    }
     return id;
   }
 
@@ -833,18 +1099,87 @@ export class Connection {
     this.checkPayload(n, payload);
     const c = this.peerCall(callId);
     if (c.pending !== null) throw new PolycallError("failed_precondition", `call ${callId}: its request has not arrived yet`);
+    if (c.replied) throw new PolycallError("failed_precondition", `call ${callId} was answered already`);
     this.takeCall(callId);
     this.peerOpen = Math.max(0, this.peerOpen - 1);
-    this.enqueue(callId, { reply: true, contentType: payload.contentType, data: payload.bytes, offset: 0, started: false });
+    this.enqueue(callId, { kind: "msg", reply: true, stream: false, contentType: payload.contentType, data: payload.bytes, offset: 0, started: false });
   }
 
-  /** Fails a call the peer opened (or refuses a register request). */
-  sendError(callId: number, error: PolycallError): void {
+  /**
+   * Answers a call the peer opened with a stream of replies (REPLY with STREAM): `first`
+   * travels with the REPLY, or `null` opens the stream without a message (EMPTY).
+   * Further replies follow with {@link Connection.sendMessage}; {@link Connection.sendEnd}
+   * (success) or {@link Connection.sendError} ends the stream and the call.
+   */
+  sendReplyStream(callId: number, first: Payload | null): void {
+    const n = this.checkOpen();
+    if (!this.streaming) {
+      throw new PolycallError("unsupported", "streaming calls were not negotiated with the peer (it did not offer feature bit 1)");
+    }
+    if (first !== null) this.checkPayload(n, first);
+    const c = this.peerCall(callId);
+    if (c.admin) throw new PolycallError("failed_precondition", `call ${callId} is a register request; it is answered with one reply`);
+    if (c.pending !== null) throw new PolycallError("failed_precondition", `call ${callId}: its request has not arrived yet`);
+    if (c.replied) throw new PolycallError("failed_precondition", `call ${callId} was answered already`);
+    c.replied = true;
+    c.txStream = true;
+    this.txWindows.set(callId, n.peerLimits.initialWindow);
+    if (first === null) this.enqueue(callId, { kind: "empty_reply" });
+    else this.enqueue(callId, { kind: "msg", reply: true, stream: true, contentType: first.contentType, data: first.bytes, offset: 0, started: false });
+  }
+
+  /** The call whose stream from this side is open, or a `failed_precondition` error. */
+  private txStreamCall(callId: number): CallState {
+    const c = this.calls.get(callId);
+    if (c === undefined) throw new PolycallError("failed_precondition", `call ${callId} is not open (finished, cancelled or never opened)`);
+    if (!c.txStream || c.txDone || (!c.local && !c.replied)) {
+      throw new PolycallError("failed_precondition", `call ${callId}: no open stream from this side on the call`);
+    }
+    return c;
+  }
+
+  /**
+   * Sends a further message on this side's open stream of a call (its request stream,
+   * or its reply stream on a call the peer opened): DATA with FIRST, then continuations,
+   * within the connection's credit and the stream's window.
+   */
+  sendMessage(callId: number, payload: Payload): void {
+    const n = this.checkOpen();
+    this.checkPayload(n, payload);
+    this.txStreamCall(callId);
+    this.enqueue(callId, { kind: "msg", reply: false, stream: false, contentType: payload.contentType, data: payload.bytes, offset: 0, started: false });
+  }
+
+  /**
+   * Ends this side's stream on the call (END after its queued messages). On a call the
+   * peer opened this completes the answer: the call is over for this side.
+   */
+  sendEnd(callId: number): void {
+    this.checkOpen();
+    const c = this.txStreamCall(callId);
+    c.txDone = true;
+    this.enqueue(callId, { kind: "end" });
+    if (!c.local) {
+      this.takeCall(callId);
+      this.peerOpen = Math.max(0, this.peerOpen - 1);
+    }
+  }
+
+  /**
+   * Fails a call the peer opened (or refuses a register request). Whatever of its answer
+   * is still queued is dropped — unless `afterQueued`, when the ERROR follows the reply
+   * stream's queued messages (a handler that failed after yielding some).
+   */
+  sendError(callId: number, error: PolycallError, afterQueued = false): void {
     this.checkOpen();
     this.peerCall(callId);
     this.takeCall(callId);
-    this.dropOutput(callId);
     this.peerOpen = Math.max(0, this.peerOpen - 1);
+    if (afterQueued && this.queues.has(callId)) {
+      this.enqueue(callId, { kind: "error", error });
+      return;
+    }
+    this.dropOutput(callId);
     this.emit(errorFrame(callId, error));
   }
 
@@ -921,6 +1256,9 @@ export class Connection {
     for (const m of f.methods) {
       const name = typeof m === "string" ? m : m.name;
       if (splitFullName(name) === null) throw new PolycallError("invalid_input", `${JSON.stringify(name)} is not a valid SERVICE.METHOD name`);
+      if (typeof m !== "string" && (m.requestStream === true || m.replyStream === true) && !this.streaming) {
+        throw new PolycallError("unsupported", `${m.name} streams, but streaming calls were not negotiated with the peer`);
+      }
     }
     f.callId = this.nextLocalId;
     const chunks = encodeFrameChunks(f, this.crc);
@@ -929,7 +1267,7 @@ export class Connection {
       throw new PolycallError("too_large", `the method list takes ${body} bytes; the peer accepts frames of ${n.peerLimits.maxFrame}: register in parts`);
     }
     this.nextLocalId += 2;
-    this.calls.set(f.callId, { local: true, admin: true, rx: null, rxStarted: false, pending: null });
+    this.calls.set(f.callId, newCall(true, true));
     this.localOpen++;
     this.push(chunks);
     return f.callId;
@@ -945,21 +1283,24 @@ export class Connection {
   /**
    * The bytes to send, in order, framing queued messages until about `maxBytes` are
    * buffered. Messages are cut into fragments and the fragments of concurrent calls
-   * take turns, so one huge message never holds back small ones.
+   * take turns, so one huge message never holds back small ones; a stream whose window
+   * is spent waits without holding back the others.
    */
   pollTransmit(maxBytes = 256 * 1024): Uint8Array[] {
     this.returnCredit();
+    this.framable = false;
     if (this.state === "open") {
       let stalled = 0;
       while (this.outBytes < maxBytes && this.ready.length > 0 && stalled < this.ready.length) {
         const id = this.ready.shift()!;
-        const m = this.queues.get(id);
-        if (m === undefined) continue;
-        if (this.emitOne(id, m)) stalled = 0;
+        const q = this.queues.get(id);
+        if (q === undefined) continue;
+        if (this.emitOne(id, q)) stalled = 0;
         else stalled++;
-        if (m.offset < m.data.length || !m.started) this.ready.push(id);
+        if (q.items.length > 0) this.ready.push(id);
         else this.queues.delete(id);
       }
+      this.framable = this.ready.length > 0 && stalled < this.ready.length;
     }
     const out = this.out;
     this.out = [];
@@ -967,32 +1308,75 @@ export class Connection {
     return out;
   }
 
-  /** Frames the next fragment of a queued message; false when blocked on credit. */
-  private emitOne(id: number, m: OutMsg): boolean {
+  /** Frames the next item of a call's queue; false when blocked on credit or the stream's window. */
+  private emitOne(id: number, q: OutQueue): boolean {
+    const item = q.items[0]!;
+    switch (item.kind) {
+      case "end":
+        q.items.shift();
+        this.txWindows.delete(id);
+        this.emit({ type: "end", callId: id });
+        return true;
+      case "error":
+        q.items.shift();
+        this.txWindows.delete(id);
+        this.emit(errorFrame(id, item.error));
+        return true;
+      case "empty_reply":
+        q.items.shift();
+        this.emit({
+          type: "reply",
+          callId: id,
+          contentType: "raw",
+          compression: "none",
+          more: false,
+          messageLen: null,
+          stream: true,
+          empty: true,
+          payload: new Uint8Array(0),
+        });
+        return true;
+      case "msg":
+        break;
+    }
+    const m = item;
     const n = this.negotiatedParams!;
     const left = m.data.length - m.offset;
     const cap = Math.max(1, Math.min(this.config.fragmentSize, n.peerLimits.maxFrame - 6));
-    const chunk = Math.min(left, cap, this.sendCredit);
-    if (chunk < Math.min(left, cap, 1024)) return false;
+    const window = this.txWindows.get(id);
+    const chunk = Math.min(left, cap, this.sendCredit, window ?? Infinity);
+    // Wait for credit rather than send slivers — but never for more than a quarter of
+    // the peer's window: a receiver returns credit by quarters, so with a small window
+    // (under 4 KiB) waiting for a whole KiB could wait forever.
+    if (chunk < Math.min(left, cap, 1024, Math.floor(n.peerLimits.initialWindow / 4))) return false;
     const payload = m.data.subarray(m.offset, m.offset + chunk);
     m.offset += chunk;
+    q.bytes -= chunk;
     this.queuedBytes -= chunk;
     this.sendCredit -= chunk;
+    if (window !== undefined) this.txWindows.set(id, window - chunk);
     const more = m.offset < m.data.length;
-    if (!m.started) {
-      m.started = true;
+    if (!more) q.items.shift();
+    if (m.started) {
+      this.emit({ type: "data", callId: id, first: null, more, messageLen: null, payload });
+      return true;
+    }
+    m.started = true;
+    const messageLen = more ? m.data.length : null;
+    if (m.reply) {
       this.emit({
         type: "reply",
         callId: id,
         contentType: m.contentType,
         compression: "none",
         more,
-        messageLen: more ? m.data.length : null,
-        stream: false,
+        messageLen,
+        stream: m.stream,
+        empty: false,
         payload,
       });
     } else {
-      this.emit({ type: "data", callId: id, first: null, more, messageLen: null, payload });
+      this.emit({ type: "data", callId: id, first: { contentType: m.contentType, compression: "none" }, more, messageLen, payload });
     }
     return true;
   }

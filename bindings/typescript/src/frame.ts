@@ -518,19 +518,16 @@ function messageLen(r: Reader, present: boolean): number | null {
 }
 
 /**
- * EMPTY on CALL and REPLY: only with STREAM, never with MORE, and the message fields
- * must be 0 (raw, none) with no fragment.
+ * EMPTY on CALL and REPLY opens a stream without a message: only with STREAM, never
+ * with MORE, and the message fields hold nothing (raw, none, no bytes) so the encoding
+ * stays canonical. Checked once the frame's fields are read, as the reference does.
  */
-function checkEmpty(r: Reader, has: (f: number) => boolean): boolean {
+function checkEmpty(r: Reader, has: (f: number) => boolean, ct: ContentType, comp: Compression): boolean {
   if (!has(FLAG.EMPTY)) return false;
-  if (!has(FLAG.STREAM)) throw r.err("EMPTY without STREAM (only a stream opens without a message)");
-  if (has(FLAG.MORE)) throw r.err("EMPTY with MORE (an empty opening has no message to continue)");
+  if (!has(FLAG.STREAM)) throw r.err("EMPTY without STREAM");
+  if (has(FLAG.MORE)) throw r.err("EMPTY with MORE");
+  if (ct !== "raw" || comp !== "none" || r.remaining() !== 0) throw r.err("EMPTY frame carries a message");
   return true;
-}
-
-function checkEmptyMessage(r: Reader, ct: ContentType, comp: Compression): void {
-  if (ct !== "raw" || comp !== "none") throw r.err("EMPTY with a non-zero content type or compression id");
-  if (r.remaining() !== 0) throw r.err("EMPTY with a message fragment");
 }
 
 function decodeBody(h: Header, body: Uint8Array): Frame {
@@ -577,7 +574,6 @@ function decodeBody(h: Header, body: Uint8Array): Frame {
       frame = { type: "auth", method: r.u8("auth method is missing"), step: r.u8("auth step is missing"), data: r.rest() };
       break;
     case FRAME_CALL: {
-      const empty = checkEmpty(r, has);
       const methodId = r.u16("method id is missing");
       const methodName = has(FLAG.NAMED) ? fullName(r) : null;
       if (methodName === null && methodId === 0) throw r.err("method id 0 without a name");
@@ -586,7 +582,7 @@ function decodeBody(h: Header, body: Uint8Array): Frame {
       const metaLen = r.u16("metadata length is missing");
       const meta = decodeMeta(r.bytes(metaLen, "metadata is cut short"));
       const len = messageLen(r, has(FLAG.MORE));
-      if (empty) checkEmptyMessage(r, ct, comp);
+      const empty = checkEmpty(r, has, ct, comp);
       frame = {
         type: "call",
         callId: h.callId,
@@ -604,11 +600,10 @@ function decodeBody(h: Header, body: Uint8Array): Frame {
       break;
     }
     case FRAME_REPLY: {
-      const empty = checkEmpty(r, has);
       const ct = contentType();
       const comp = compression();
       const len = messageLen(r, has(FLAG.MORE));
-      if (empty) checkEmptyMessage(r, ct, comp);
+      const empty = checkEmpty(r, has, ct, comp);
       frame = {
         type: "reply",
         callId: h.callId,

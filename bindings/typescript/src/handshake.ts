@@ -29,7 +29,7 @@ export const MIN_MAX_FRAME = 1024;
 export const FEATURES = {
   /** Every frame after the handshake carries a CRC32C trailer. */
   crc32c: 1n << 0n,
-  /** Streaming calls (this binding does not offer it). */
+  /** Streaming calls (offered by default: `docs/protocol.md` §3, §6.1). */
   streaming: 1n << 1n,
   /** Per-method zstd dictionaries (reserved). */
   zstdDictionaries: 1n << 2n,
@@ -62,12 +62,12 @@ export interface Settings {
   agent: string;
 }
 
-/** Settings with the defaults: version 1, no features, raw + JSON, brotli (+ zstd when available). */
+/** Settings with the defaults: version 1, streaming offered, raw + JSON, brotli (+ zstd when available). */
 export function defaultSettings(overrides: Partial<Settings> = {}): Settings {
   return {
     minVersion: SUPPORTED_VERSIONS[0],
     maxVersion: SUPPORTED_VERSIONS[1],
-    features: 0n,
+    features: FEATURES.streaming,
     limits: { ...DEFAULT_LIMITS },
     codecs: ["json", "raw"],
     compressions: readableCompressions(),

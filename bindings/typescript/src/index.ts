@@ -4,7 +4,18 @@
  */
 
 export { Client } from "./client.js";
-export { type CallContext, type Handler, type MethodInfo, Methods, Provider } from "./provider.js";
+export {
+  type BidiStreamHandler,
+  type CallContext,
+  type ClientStreamHandler,
+  type Handler,
+  type MethodInfo,
+  type MethodKind,
+  Methods,
+  Provider,
+  type ServerStreamHandler,
+} from "./provider.js";
+export { MessageStream, type StreamSource } from "./stream.js";
 export { type CallOptions, type ConnectOptions, Peer, parseEndpoint } from "./peer.js";
 export { Payload } from "./payload.js";
 export { CODES, type Code, PolycallError, type PolycallErrorOptions, codeName, codeNumber, isCode, status } from "./status.js";

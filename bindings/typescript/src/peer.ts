@@ -11,6 +11,7 @@ import { FEATURES, type Negotiated, type Settings, defaultSettings } from "./han
 import type { Priority, TraceContext, WireMeta } from "./meta.js";
 import { Payload } from "./payload.js";
 import { PolycallError } from "./status.js";
+import { MessageStream, PENDING, type StreamSource, iteratorOf, settledSoon, stopIterator, toPayload } from "./stream.js";
 
 /** Options of one call. */
 export interface CallOptions {
@@ -61,6 +62,34 @@ interface Pending {
   onAbort: (() => void) | undefined;
 }
 
+/** Which streaming call a {@link LocalStream} is. */
+type StreamKind = "server" | "client" | "bidi";
+
+/** A streaming call this side opened. */
+interface LocalStream {
+  kind: StreamKind;
+  /** The call id, once the CALL is out. */
+  id: number | null;
+  /** Over (answered, failed, cancelled); nothing more is delivered. */
+  done: boolean;
+  /** Replies (server stream, bidi). */
+  replies: MessageStream | null;
+  /** The reply (client stream). */
+  resolve: ((p: Payload) => void) | null;
+  reject: ((e: PolycallError) => void) | null;
+  timer: NodeJS.Timeout | undefined;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+  /** The request producer (client stream, bidi), stopped when the call ends. */
+  requests: AsyncIterator<Payload | Uint8Array> | null;
+}
+
+/** A failure of the application's own request producer, as the call's error. */
+function producerError(e: unknown): PolycallError {
+  if (e instanceof PolycallError) return e;
+  return new PolycallError("cancelled", `the request stream failed: ${e instanceof Error ? e.message : String(e)}`, { cause: e });
+}
+
 /** Bytes buffered in the socket above which no more payload is framed until it drains. */
 const WRITE_HIGH_WATER = 1024 * 1024;
 
@@ -90,6 +119,8 @@ export class Peer {
   private resolveClosed!: (e: PolycallError) => void;
   private readonly pongs = new Map<bigint, () => void>();
   private pingSeq = 0n;
+  private readonly streams = new Map<number, LocalStream>();
+  private readonly backlogWaiters = new Map<number, { limit: number; resolve: () => void }[]>();
 
   protected constructor(
     private readonly socket: net.Socket,
@@ -163,9 +194,9 @@ export class Peer {
     return this.closedError !== null;
   }
 
-  /** Calls this side has open. */
+  /** Calls this side has open (streaming ones included). */
   get inFlight(): number {
-    return this.pending.size;
+    return this.pending.size + this.streams.size;
   }
 
   /**
@@ -207,6 +238,258 @@ export class Peer {
   async callJson<R = unknown>(service: string, method: string, value: unknown, options: CallOptions = {}): Promise<R> {
     const reply = await this.call(service, method, Payload.json(value), options);
     return reply.json<R>();
+  }
+
+  /**
+   * A server stream: calls `service.method` with one request and reads its replies.
+   * The call is opened now; iterate the result to read the replies (`for await`). The
+   * iteration ends when the callee ends its stream, throws a {@link PolycallError} when
+   * the call fails (the callee's error, `deadline_exceeded` — the deadline covers the
+   * whole stream —, `cancelled`, `unavailable`), and leaving it early cancels the call.
+   */
+  callServerStream(service: string, method: string, payload: Payload | Uint8Array, options: CallOptions = {}): MessageStream {
+    const st = this.newStream("server", options);
+    const replies = st.replies!;
+    if (st.done) return replies;
+    if (!this.conn.streaming) {
+      this.finishStream(st, new PolycallError("unsupported", "streaming calls were not negotiated with the peer (it did not offer feature bit 1)"), true);
+      return replies;
+    }
+    try {
+      const id = this.conn.openCall(service, method, payload instanceof Payload ? payload : Payload.raw(payload), metaOf(options));
+      this.opened(st, id);
+    } catch (e) {
+      this.finishStream(st, e instanceof PolycallError ? e : new PolycallError("internal", String(e)), true);
+    }
+    return replies;
+  }
+
+  /**
+   * A client stream: calls `service.method` with a stream of requests and resolves with
+   * its one reply. `requests` is pulled as the stream's window allows; the call opens
+   * with the first request (or without one when none is ready yet) and ends its stream
+   * when `requests` is exhausted. Fails like {@link Peer.call}; a producer that throws
+   * cancels the call.
+   */
+  callClientStream(service: string, method: string, requests: StreamSource, options: CallOptions = {}): Promise<Payload> {
+    return new Promise<Payload>((resolve, reject) => {
+      const st = this.newStream("client", options, resolve, reject);
+      if (!st.done) this.sendRequests(st, service, method, requests, options);
+    });
+  }
+
+  /**
+   * A bidirectional stream: calls `service.method` with a stream of requests and reads
+   * its stream of replies; both directions flow at once. Requests are sent as for
+   * {@link Peer.callClientStream}, replies read as for {@link Peer.callServerStream}.
+   */
+  callBidiStream(service: string, method: string, requests: StreamSource, options: CallOptions = {}): MessageStream {
+    const st = this.newStream("bidi", options);
+    if (!st.done) this.sendRequests(st, service, method, requests, options);
+    return st.replies!;
+  }
+
+  /** Sets up a streaming call's bookkeeping, deadline and abort signal. */
+  private newStream(
+    kind: StreamKind,
+    options: CallOptions,
+    resolve: ((p: Payload) => void) | null = null,
+    reject: ((e: PolycallError) => void) | null = null,
+  ): LocalStream {
+    const st: LocalStream = {
+      kind,
+      id: null,
+      done: false,
+      replies: null,
+      resolve,
+      reject,
+      timer: undefined,
+      signal: options.signal,
+      onAbort: undefined,
+      requests: null,
+    };
+    if (kind !== "client") {
+      st.replies = new MessageStream(
+        (n) => {
+          if (st.id === null) return;
+          this.conn.streamTaken(st.id, n);
+          this.scheduleFlush();
+        },
+        () => this.abandonStream(st, new PolycallError("cancelled", "the caller stopped reading the reply stream")),
+      );
+    }
+    if (this.closedError !== null) {
+      this.finishStream(st, new PolycallError("unavailable", `the connection is closed: ${this.closedError.detail}`), true);
+      return st;
+    }
+    if (options.signal?.aborted) {
+      this.finishStream(st, new PolycallError("cancelled", "the call was aborted before it was sent"), true);
+      return st;
+    }
+    if (options.deadlineMs !== undefined) {
+      const ms = options.deadlineMs;
+      st.timer = setTimeout(() => {
+        this.abandonStream(st, new PolycallError("deadline_exceeded", `the call's deadline of ${ms} ms passed before its stream completed`));
+      }, ms);
+    }
+    if (options.signal !== undefined) {
+      st.onAbort = () => this.abandonStream(st, new PolycallError("cancelled", "the caller aborted the call"));
+      options.signal.addEventListener("abort", st.onAbort, { once: true });
+    }
+    return st;
+  }
+
+  private opened(st: LocalStream, id: number): void {
+    st.id = id;
+    this.streams.set(id, st);
+    this.scheduleFlush();
+  }
+
+  /**
+   * Opens a call with a request stream and feeds it from `source`: the first request
+   * goes with the CALL if the producer has it ready, else the CALL opens the stream
+   * empty; each next request is pulled once the stream's unsent bytes are within one
+   * window; END follows the last.
+   */
+  private sendRequests(st: LocalStream, service: string, method: string, source: StreamSource, options: CallOptions): void {
+    const started = performance.now();
+    const meta = (): WireMeta =>
+      metaOf(options.deadlineMs === undefined ? options : { ...options, deadlineMs: Math.max(0, options.deadlineMs - (performance.now() - started)) });
+    void (async () => {
+      let it: AsyncIterator<Payload | Uint8Array>;
+      let first: Promise<IteratorResult<Payload | Uint8Array>>;
+      let r: IteratorResult<Payload | Uint8Array> | typeof PENDING | null;
+      try {
+        it = iteratorOf(source);
+        st.requests = it;
+        first = it.next();
+        r = await settledSoon(first);
+      } catch (e) {
+        this.finishStream(st, producerError(e), true);
+        return;
+      }
+      if (st.done) return stopIterator(it);
+      let id: number;
+      try {
+        const firstPayload = r === PENDING || r.done === true ? null : toPayload(r.value);
+        id = this.conn.openStreamCall(service, method, firstPayload, meta());
+      } catch (e) {
+        this.finishStream(st, e instanceof PolycallError ? e : new PolycallError("internal", String(e)), true);
+        return stopIterator(it);
+      }
+      this.opened(st, id);
+      try {
+        if (r === PENDING) r = await first;
+        else if (r.done !== true) r = null;
+        const window = this.conn.negotiated!.peerLimits.initialWindow;
+        for (;;) {
+          if (r === null) {
+            await this.backlogWithin(id, window);
+            if (st.done) break;
+            r = await it.next();
+          }
+          if (st.done) break;
+          if (r.done === true) {
+            this.conn.sendEnd(id);
+            this.scheduleFlush();
+            break;
+          }
+          this.conn.sendMessage(id, toPayload(r.value));
+          this.scheduleFlush();
+          r = null;
+        }
+      } catch (e) {
+        this.abandonStream(st, producerError(e));
+      }
+    })();
+  }
+
+  /**
+   * Resolves once this side's unsent bytes on `callId` are at most `limit` (or the call's
+   * output is gone, or the connection ended): a stream producer's backpressure.
+   */
+  protected backlogWithin(callId: number, limit: number): Promise<void> {
+    if (this.closedError !== null || this.conn.streamBacklog(callId) <= limit) return Promise.resolve();
+    return new Promise((resolve) => {
+      const list = this.backlogWaiters.get(callId) ?? [];
+      list.push({ limit, resolve });
+      this.backlogWaiters.set(callId, list);
+    });
+  }
+
+  private wakeBacklogWaiters(): void {
+    if (this.backlogWaiters.size === 0) return;
+    for (const [id, list] of [...this.backlogWaiters]) {
+      const backlog = this.conn.streamBacklog(id);
+      const keep = list.filter((w) => {
+        if (this.closedError === null && backlog > w.limit) return true;
+        w.resolve();
+        return false;
+      });
+      if (keep.length === 0) this.backlogWaiters.delete(id);
+      else this.backlogWaiters.set(id, keep);
+    }
+  }
+
+  /** Gives up on a streaming call locally: cancels it on the wire (if it is open) and fails it at once. */
+  private abandonStream(st: LocalStream, error: PolycallError): void {
+    if (st.done) return;
+    const id = st.id;
+    this.finishStream(st, error, true);
+    if (id !== null) {
+      try {
+        this.conn.cancel(id);
+      } catch {
+        // the connection is closed: nothing to tell the peer
+      }
+      this.scheduleFlush();
+    }
+  }
+
+  /** A streaming call is over: `error` null is success (the reply stream ended). */
+  private finishStream(st: LocalStream, error: PolycallError | null, immediate = false): void {
+    if (st.done) return;
+    st.done = true;
+    if (st.id !== null) this.streams.delete(st.id);
+    if (st.timer !== undefined) clearTimeout(st.timer);
+    if (st.onAbort !== undefined) st.signal?.removeEventListener("abort", st.onAbort);
+    stopIterator(st.requests);
+    if (st.replies !== null) {
+      if (error === null) st.replies.end();
+      else st.replies.fail(error, immediate);
+    }
+    if (error !== null) st.reject?.(error);
+  }
+
+  /** Events on a streaming call this side opened. */
+  private streamEvent(st: LocalStream, e: ConnectionEvent): void {
+    switch (e.type) {
+      case "replyStream":
+        if (st.kind === "client") {
+          this.abandonStream(st, new PolycallError("unsupported", "the callee answered with a stream of replies; call it with callBidiStream"));
+        }
+        return;
+      case "message":
+        st.replies?.push(e.payload, e.wireLen);
+        return;
+      case "end":
+        this.finishStream(st, null);
+        return;
+      case "reply":
+        // One reply, not a stream: for a server stream or bidi, a stream of one message.
+        if (st.kind === "client") {
+          st.resolve?.(e.payload);
+        } else {
+          st.replies!.push(e.payload, 0);
+        }
+        this.finishStream(st, null);
+        return;
+      case "failed":
+        this.finishStream(st, e.error);
+        return;
+      default:
+        return;
+    }
   }
 
   /** Round trip of a PING, in milliseconds. */
@@ -289,9 +572,18 @@ export class Peer {
 
   /** Handles one event; providers override to serve calls. */
   protected dispatch(e: ConnectionEvent): void {
+    if ("callId" in e) {
+      const st = this.streams.get(e.callId);
+      if (st !== undefined) return this.streamEvent(st, e);
+    }
     switch (e.type) {
       case "connected":
         this.onConnected?.();
+        return;
+      case "replyStream":
+        if (this.pending.has(e.callId)) {
+          this.abandon(e.callId, new PolycallError("unsupported", "the callee answered with a stream of replies; call it with callServerStream"));
+        }
         return;
       case "reply": {
         const p = this.pending.get(e.callId);
@@ -313,15 +605,20 @@ export class Peer {
         this.pongs.get(e.opaque)?.();
         this.pongs.delete(e.opaque);
         return;
-      case "closed":
+      case "closed": {
         this.closedError = e.error;
+        const gone = new PolycallError("unavailable", `connection ended before the call completed: ${e.error.detail}`, { cause: e.error });
         for (const [id, p] of [...this.pending]) {
           this.settle(id, p);
-          p.reject(new PolycallError("unavailable", `connection ended before the call completed: ${e.error.detail}`));
+          p.reject(gone);
         }
+        for (const st of [...this.streams.values()]) this.finishStream(st, gone, true);
+        this.wakeBacklogWaiters();
         this.resolveClosed(e.error);
         return;
+      }
       case "call":
+      case "streamCall":
         // A plain client serves nothing.
         this.respondError(e.callId, new PolycallError("unknown_method", `this client serves no methods (called ${e.service}.${e.method})`));
         return;
@@ -330,11 +627,14 @@ export class Peer {
     }
   }
 
-  /** Answers a call the peer opened with an error (ignored if it was cancelled meanwhile). */
-  protected respondError(callId: number, error: PolycallError): void {
+  /**
+   * Answers a call the peer opened with an error (ignored if it was cancelled meanwhile);
+   * `afterQueued`: after the reply stream's queued messages.
+   */
+  protected respondError(callId: number, error: PolycallError, afterQueued = false): void {
     if (!this.conn.isCallOpen(callId)) return;
     try {
-      this.conn.sendError(callId, error);
+      this.conn.sendError(callId, error, afterQueued);
     } catch {
       return;
     }
@@ -373,9 +673,10 @@ export class Peer {
       for (const c of chunks) this.socket.write(c);
       this.socket.uncork();
     }
-    if (this.conn.queued > 0 && this.conn.credit > 0 && !this.waitingDrain) {
+    if (this.conn.canFrameMore && !this.waitingDrain) {
       if (this.socket.writableLength >= WRITE_HIGH_WATER) this.waitingDrain = true;
       else this.scheduleFlush();
     }
+    this.wakeBacklogWaiters();
   }
 }

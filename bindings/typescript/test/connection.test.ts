@@ -62,11 +62,12 @@ test("crc32c of the check string", () => {
   assert.equal(crc32c(new Uint8Array(0)), 0);
 });
 
-test("handshake agrees on version 1, raw and JSON, and no streaming", () => {
+test("handshake agrees on version 1, raw and JSON, and streaming", () => {
   const [c, s] = connected();
   assert.equal(c.negotiated!.version, 1);
   assert.deepEqual(c.negotiated!.codecs, ["json", "raw"]);
-  assert.equal(c.negotiated!.features & FEATURES.streaming, 0n);
+  assert.equal(c.negotiated!.features & FEATURES.streaming, FEATURES.streaming);
+  assert.ok(c.streaming && s.streaming);
   assert.equal(s.negotiated!.peerAgent.startsWith("polycall-node/"), true);
 });
 

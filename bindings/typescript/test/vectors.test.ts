@@ -9,7 +9,7 @@ import * as path from "node:path";
 import { test } from "node:test";
 
 import { FrameError } from "../src/errors.js";
-import { type Frame, decodeFrame, encodeFrame, encodeFrameChunks } from "../src/frame.js";
+import { type Frame, type MethodEntry, decodeFrame, encodeFrame, encodeFrameChunks } from "../src/frame.js";
 import { PREFACE } from "../src/connection.js";
 import { type WireMeta, traceparent } from "../src/meta.js";
 import { codeName } from "../src/status.js";
@@ -41,6 +41,12 @@ const limits = (l: { maxFrame: number; maxMessage: number; maxInFlight: number; 
   initial_window: l.initialWindow,
 });
 
+/** A method's kind as the reference names it (`polycall_core::CallKind::as_str`). */
+function kind(m: MethodEntry): string {
+  if (m.requestStream === true) return m.replyStream === true ? "bidi" : "client_stream";
+  return m.replyStream === true ? "server_stream" : "unary";
+}
+
 /** What a frame means, in the vectors' JSON form (tests/src/lib.rs `frame_to_json`). */
 function meaning(f: Frame): Record<string, unknown> {
   switch (f.type) {
@@ -60,12 +66,12 @@ function meaning(f: Frame): Record<string, unknown> {
       return {
         type: "call", call_id: f.callId, method_id: f.methodId, method_name: f.methodName,
         content_type: f.contentType, compression: f.compression, meta: metaJson(f.meta), more: f.more,
-        message_len: f.messageLen, stream: f.stream, payload_hex: hex(f.payload),
+        message_len: f.messageLen, stream: f.stream, empty: f.empty === true, payload_hex: hex(f.payload),
       };
     case "reply":
       return {
         type: "reply", call_id: f.callId, content_type: f.contentType, compression: f.compression,
-        more: f.more, message_len: f.messageLen, stream: f.stream, payload_hex: hex(f.payload),
+        more: f.more, message_len: f.messageLen, stream: f.stream, empty: f.empty === true, payload_hex: hex(f.payload),
       };
     case "error":
       return {
@@ -90,10 +96,14 @@ function meaning(f: Frame): Record<string, unknown> {
       return { type: "goaway", last_call_id: f.lastCallId, code: f.code, message: f.message };
     case "credit":
       return { type: "credit", increment: f.increment };
+    case "stream_credit":
+      return { type: "stream_credit", call_id: f.callId, increment: f.increment };
     case "register":
       return {
         type: "register", call_id: f.callId,
-        methods: f.methods.map((m) => ({ name: m.name, idempotent: m.idempotent, summary: m.summary, input: m.input, output: m.output })),
+        methods: f.methods.map((m) => ({
+          name: m.name, idempotent: m.idempotent, kind: kind(m), summary: m.summary, input: m.input, output: m.output,
+        })),
       };
     case "unregister":
       return { type: "unregister", call_id: f.callId, methods: f.methods };
@@ -119,7 +129,7 @@ test("every golden frame decodes to its meaning and re-encodes to the same bytes
     assert.equal(hex(encodeFrame(r.frame, v.crc32c)), v.hex, `${v.name}: re-encoding`);
     kinds.add(v.frame.type);
   }
-  for (const k of ["hello", "welcome", "auth", "call", "reply", "error", "cancel", "data", "end", "ping", "pong", "goaway", "credit", "register", "unregister"]) {
+  for (const k of ["hello", "welcome", "auth", "call", "reply", "error", "cancel", "data", "end", "ping", "pong", "goaway", "credit", "stream_credit", "register", "unregister"]) {
     assert.ok(kinds.has(k), `no vector of frame type ${k}`);
   }
 });

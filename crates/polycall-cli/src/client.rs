@@ -42,6 +42,22 @@ pub struct CallArgs {
     /// Priority class: critical, high, normal or low.
     #[arg(long, default_value = "normal", value_parser = parse_priority)]
     priority: Priority,
+    /// Open the method as a stream and print each reply message as one JSON line, until
+    /// the stream ends (exit 0) or fails (its status's exit code). A stream has no
+    /// deadline unless --stream-timeout-ms gives one.
+    #[arg(long)]
+    stream: bool,
+    /// With --stream: send the request stream from FILE (or standard input with `-`),
+    /// one JSON document per line, instead of one request (a client or bidirectional
+    /// stream).
+    #[arg(long, requires = "stream")]
+    requests: Option<String>,
+    /// With --stream: stop (cancelling the call) after N reply messages.
+    #[arg(long, requires = "stream")]
+    count: Option<u64>,
+    /// With --stream: the deadline of the whole stream, in milliseconds.
+    #[arg(long, requires = "stream")]
+    stream_timeout_ms: Option<u64>,
 }
 
 fn parse_priority(s: &str) -> Result<Priority, String> {
@@ -202,6 +218,91 @@ fn payload_json(p: &Payload) -> Value {
     }
 }
 
+/// The request messages of `--requests`: one JSON document per line.
+fn request_lines(source: &str) -> Result<Vec<Payload>, Status> {
+    let text = if source == "-" {
+        let mut t = String::new();
+        std::io::stdin()
+            .read_to_string(&mut t)
+            .map(|_| t)
+            .map_err(|e| Status::invalid_input(format!("cannot read standard input: {e}")))?
+    } else {
+        std::fs::read_to_string(source)
+            .map_err(|e| Status::invalid_input(format!("cannot read {source}: {e}")))?
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            let v: Value = serde_json::from_str(l).map_err(|e| {
+                Status::invalid_input(format!("{source}:{}: not a JSON document: {e}", i + 1))
+            })?;
+            Payload::json(&v).map_err(|e| Status::invalid_input(e.to_string()))
+        })
+        .collect()
+}
+
+/// `polycall call --stream`: each reply message as one JSON line on standard output.
+async fn call_stream(
+    args: &CallArgs,
+    name: &str,
+    payload: Payload,
+    timeout: Duration,
+    out: &Out,
+) -> u8 {
+    use futures_util::StreamExt;
+    let requests = match args.requests.as_deref().map(request_lines).transpose() {
+        Ok(r) => r,
+        Err(s) => return out.fail_with("call", &s, exit::INPUT),
+    };
+    let mut md = Metadata::default().with_priority(args.priority);
+    if let Some(ms) = args.stream_timeout_ms {
+        md = md.with_timeout(Instant::now(), Duration::from_millis(ms));
+    }
+    let opened = async {
+        let channel = connect(&args.target, timeout).await?;
+        match requests {
+            Some(messages) => {
+                let messages: polycall::MessageStream = Box::pin(polycall::stream::iter(
+                    messages.into_iter().map(Ok).collect::<Vec<_>>(),
+                ));
+                let call = polycall::StreamCall::new(name, messages)
+                    .map_err(|e| Status::invalid_input(e.to_string()))?
+                    .with_metadata(md);
+                channel.bidi(call).await
+            }
+            None => {
+                let call = Call::new(name, payload)
+                    .map_err(|e| Status::invalid_input(e.to_string()))?
+                    .with_metadata(md);
+                channel.server_stream(call).await
+            }
+        }
+    };
+    let mut replies = match opened.await {
+        Ok(r) => r,
+        Err(s) => return out.fail("call", &s),
+    };
+    let mut stdout = std::io::stdout();
+    let mut seen = 0u64;
+    while let Some(message) = replies.next().await {
+        match message {
+            Ok(p) => {
+                if !out.quiet {
+                    let _ = writeln!(stdout, "{}", payload_json(&p));
+                    let _ = stdout.flush();
+                }
+                seen += 1;
+                if args.count.is_some_and(|n| seen >= n) {
+                    return exit::OK; // dropping the stream cancels the call
+                }
+            }
+            Err(s) => return out.fail("call", &s),
+        }
+    }
+    exit::OK
+}
+
 pub async fn call(args: CallArgs, timeout: Duration, out: Out) -> u8 {
     let name = match &args.operation {
         Some(op) => format!("{}.{op}", args.method),
@@ -213,6 +314,9 @@ pub async fn call(args: CallArgs, timeout: Duration, out: Out) -> u8 {
     };
     if let Err(e) = polycall::split_full_name(&name) {
         return out.fail_with("call", &Status::invalid_input(e.to_string()), exit::INPUT);
+    }
+    if args.stream {
+        return call_stream(&args, &name, payload, timeout, &out).await;
     }
     let result = async {
         let channel = connect(&args.target, timeout).await?;
@@ -423,6 +527,21 @@ pub(crate) async fn call_json(
     )
     .await?;
     Ok(payload_json(&reply))
+}
+
+/// Opens `name` as a server stream with `input`; its messages as JSON values.
+pub(crate) async fn stream_json(
+    target: &Target,
+    name: &str,
+    input: Value,
+    timeout: Duration,
+) -> Result<impl futures_util::Stream<Item = Result<Value, Status>> + use<>, Status> {
+    use futures_util::StreamExt;
+    let channel = connect(target, timeout).await?;
+    let payload = Payload::json(&input).map_err(|e| Status::internal(e.to_string()))?;
+    let call = Call::new(name, payload).map_err(|e| Status::invalid_input(e.to_string()))?;
+    let replies = channel.server_stream(call).await?;
+    Ok(replies.map(|m| m.map(|p| payload_json(&p))))
 }
 
 /// The runtime's token: `token`, else `STATE_DIR/runtime.token`.

@@ -291,34 +291,30 @@ pub async fn state(cmd: StateCommand, format: FormatArg, timeout: Duration, out:
             count,
             target,
         } => {
-            let mut after = match after {
-                Some(a) => a,
-                None => {
-                    match call_json(&target, "state.machines", json!({}), timeout, true).await {
-                        Ok(v) => v["last_index"].as_u64().unwrap_or(0),
-                        Err(s) => return out.fail("state watch", &s),
-                    }
-                }
-            };
-            let mut seen = 0u64;
-            loop {
-                let wait = timeout
-                    .saturating_sub(Duration::from_millis(500))
-                    .max(Duration::from_millis(100));
-                let input = json!({"after": after, "wait_ms": wait.as_millis() as u64});
-                match call_json(&target, "state.watch", input, timeout, true).await {
-                    Ok(v) => {
-                        for c in v["changes"].as_array().cloned().unwrap_or_default() {
-                            println!("{c}");
-                            seen += 1;
-                            if count.is_some_and(|n| seen >= n) {
-                                return exit::OK;
+            // A server stream of the changes as they happen (`state.subscribe`).
+            let mut input = json!({});
+            if let Some(a) = after {
+                input["after"] = json!(a);
+            }
+            match crate::client::stream_json(&target, "state.subscribe", input, timeout).await {
+                Ok(mut changes) => {
+                    use futures_util::StreamExt;
+                    let mut seen = 0u64;
+                    while let Some(c) = changes.next().await {
+                        match c {
+                            Ok(c) => {
+                                println!("{c}");
+                                seen += 1;
+                                if count.is_some_and(|n| seen >= n) {
+                                    return exit::OK;
+                                }
                             }
+                            Err(s) => return out.fail("state watch", &s),
                         }
-                        after = v["last_index"].as_u64().unwrap_or(after);
                     }
-                    Err(s) => return out.fail("state watch", &s),
+                    exit::OK
                 }
+                Err(s) => out.fail("state watch", &s),
             }
         }
         StateCommand::Timeline {

@@ -175,3 +175,100 @@ async fn a_client_that_does_not_read_stops_the_provider_through_the_runtime() {
     drop(rt);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn call_stream_prints_json_lines_and_exits_with_the_streams_status() {
+    let rt = Runtime::start();
+    let o = rt.cli(&[
+        "call",
+        "debug.stream",
+        "--stream",
+        "--json",
+        r#"{"count": 3}"#,
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        vec![
+            serde_json::json!({"i": 0}),
+            serde_json::json!({"i": 1}),
+            serde_json::json!({"i": 2})
+        ]
+    );
+    // --count stops (and cancels) a stream that would go on.
+    let started = Instant::now();
+    let o = rt.cli(&[
+        "call",
+        "debug.stream",
+        "--stream",
+        "--count",
+        "2",
+        "--json",
+        r#"{"count": 1000, "interval_ms": 50}"#,
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(String::from_utf8_lossy(&o.stdout).lines().count(), 2);
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // A request stream from a file of JSON lines, echoed back.
+    let file = rt.dir.join("requests.jsonl");
+    std::fs::write(&file, "{\"n\": 1}\n\n{\"n\": 2}\n").unwrap();
+    let o = rt.cli(&[
+        "call",
+        "debug.echo_stream",
+        "--stream",
+        "--requests",
+        file.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{o:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        vec![r#"{"n":1}"#, r#"{"n":2}"#]
+    );
+    // A stream that fails exits with its status's code; a stream deadline is one.
+    let o = rt.cli(&[
+        "call",
+        "debug.stream",
+        "--stream",
+        "--json",
+        r#"{"nope": 1}"#,
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(polycall::Code::InvalidInput.exit_code() as i32),
+        "{o:?}"
+    );
+    let o = rt.cli(&[
+        "call",
+        "debug.stream",
+        "--stream",
+        "--stream-timeout-ms",
+        "300",
+        "--json",
+        r#"{"count": 1000, "interval_ms": 50}"#,
+    ]);
+    assert_eq!(
+        o.status.code(),
+        Some(polycall::Code::DeadlineExceeded.exit_code() as i32),
+        "{o:?}"
+    );
+    // A malformed request line is an input error naming the line.
+    std::fs::write(&file, "{\"n\": 1}\nnot json\n").unwrap();
+    let o = rt.cli(&[
+        "call",
+        "debug.echo_stream",
+        "--stream",
+        "--requests",
+        file.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("requests.jsonl:2"),
+        "{o:?}"
+    );
+}

@@ -1461,3 +1461,36 @@ fn stream_credit_for_a_call_never_opened_is_a_connection_error() {
     let r = chunks.iter().try_for_each(|c| p.server.feed(c));
     assert!(matches!(r, Err(ProtoError::Violation(_))), "{r:?}");
 }
+
+/// With the smallest window (1 KiB), a small message followed by one that does not fit
+/// the credit left must not stall: the sender sends what the credit allows rather than
+/// wait for credit the receiver returns only by quarters of its window.
+#[test]
+fn the_smallest_window_never_stalls() {
+    let mut p = pair_with_window(1024);
+    let mut seed = 7u64;
+    let mut noise = |n: usize| -> Payload {
+        Payload::raw(
+            (0..n)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 7;
+                    seed ^= seed << 17;
+                    seed as u8
+                })
+                .collect::<Vec<u8>>(),
+        )
+    };
+    let a = p.call("a.b", noise(200));
+    let b = p.call("a.b", noise(1000));
+    let mut seen = Vec::new();
+    for _ in 0..50 {
+        p.step(usize::MAX);
+        for e in events(&mut p.server) {
+            if let Event::Call(c) = e {
+                seen.push((c.call_id, c.payload.len()));
+            }
+        }
+    }
+    assert_eq!(seen, vec![(a, 200), (b, 1000)]);
+}

@@ -1,12 +1,15 @@
 //! Methods every runtime serves itself: `sys.ping`, `sys.describe`, `sys.health`,
-//! `sys.shutdown`; `debug.echo` and `debug.sleep` only when enabled
+//! `sys.shutdown`; `debug.echo`, `debug.sleep`, `debug.stream` and `debug.echo_stream` only when enabled
 //! (`runtime.debug_methods`, or `compat.fixtures`, whose conformance suite calls them);
 //! with `compat.fixtures` on, also libpolycall's conformance fixture `inventory.get`.
 
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use polycall_core::{Call, MethodInfo, Payload, Reply, Router, Status, handler_fn};
+use polycall_core::{
+    Call, CallKind, MessageStream, MethodInfo, Payload, Reply, Router, Status, StreamCall,
+    handler_fn,
+};
 use serde_json::json;
 
 use crate::State;
@@ -41,6 +44,36 @@ pub(crate) const MAX_DEBUG_SLEEP_MS: u64 = 60_000;
 /// The built-in methods, bound to the runtime's state (weakly: the state owns them);
 /// `debug` adds `debug.echo` and `debug.sleep`, `fixtures` libpolycall's
 /// `inventory.get` fixture (and the debug methods its suite calls).
+/// `debug.stream`: `count` JSON messages, `interval_ms` apart.
+fn debug_stream(call: StreamCall) -> MessageStream {
+    use futures_util::StreamExt;
+    let start = async move {
+        let request = polycall_core::stream::single(call.requests).await?;
+        let v: serde_json::Value = request
+            .to_json()
+            .map_err(|_| Status::invalid_input("debug.stream needs {\"count\": <u64>}"))?;
+        let count = v["count"]
+            .as_u64()
+            .ok_or_else(|| Status::invalid_input("debug.stream needs {\"count\": <u64>}"))?;
+        let interval = Duration::from_millis(v["interval_ms"].as_u64().unwrap_or(0).min(60_000));
+        Ok::<_, Status>((count, interval))
+    };
+    Box::pin(futures_util::stream::once(start).flat_map(|r| match r {
+        Err(e) => polycall_core::stream::fail(e),
+        Ok((count, interval)) => Box::pin(futures_util::stream::unfold(0u64, move |i| async move {
+            if i == count {
+                return None;
+            }
+            if !interval.is_zero() && i > 0 {
+                tokio::time::sleep(interval).await;
+            }
+            let message =
+                Payload::json(&json!({"i": i})).map_err(|e| Status::internal(e.to_string()));
+            Some((message, i + 1))
+        })) as MessageStream,
+    }))
+}
+
 pub(crate) fn router(state: Weak<State>, debug: bool, fixtures: bool) -> Router {
     let debug = debug || fixtures;
     let s1 = state.clone();
@@ -143,6 +176,32 @@ pub(crate) fn router(state: Weak<State>, debug: bool, fixtures: bool) -> Router 
                     tokio::time::sleep(want).await;
                     json_reply(json!({"slept_ms": ms}))
                 }),
+            )
+        })
+        .and_then(|r| {
+            if !debug {
+                return Ok(r);
+            }
+            r.route_stream(
+                "debug.stream",
+                CallKind::ServerStream,
+                MethodInfo::new("streams `count` messages {\"i\": 0..count}, one per `interval_ms`")
+                    .input(r#"{"count": u64, "interval_ms"?: u64}"#)
+                    .output(r#"a stream of {"i": u64}"#),
+                debug_stream,
+            )
+        })
+        .and_then(|r| {
+            if !debug {
+                return Ok(r);
+            }
+            r.route_stream(
+                "debug.echo_stream",
+                CallKind::Bidi,
+                MethodInfo::new("answers each message of its request stream with that message")
+                    .input("a stream of anything")
+                    .output("the same stream"),
+                |call: StreamCall| -> MessageStream { call.requests },
             )
         })
         .and_then(|r| {

@@ -412,6 +412,7 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
             })
         },
     );
+    r = subscribe(r, host);
     let rt = runtime.clone();
     r = add(
         r,
@@ -450,6 +451,70 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
             })
         },
     )
+}
+
+/// `state.subscribe`: a server stream of every transition logged after `after` (all
+/// instances), as it happens, until the caller cancels. `state.watch` long-polls the
+/// same changes for clients that do not stream.
+fn subscribe(r: Router, host: &Arc<StateHost>) -> Router {
+    use futures_util::StreamExt;
+    use polycall_core::{CallKind, MessageStream, StreamCall};
+
+    let host = host.clone();
+    r.route_stream(
+        "state.subscribe",
+        CallKind::ServerStream,
+        MethodInfo::new("every transition logged after `after` (all instances), as it happens")
+            .input(r#"{"after"?: u64}"#)
+            .output(r#"a stream of {"index", "id", "machine", "from", "to", "event", ...}"#),
+        move |call: StreamCall| -> MessageStream {
+            let host = host.clone();
+            let start = async move {
+                let request = polycall_core::stream::single(call.requests).await?;
+                let v: Json = if request.bytes.is_empty() {
+                    json!({})
+                } else {
+                    request
+                        .to_json()
+                        .map_err(|e| Status::invalid_input(e.to_string()))?
+                };
+                let after = match &v["after"] {
+                    Json::Null => host.last_index(),
+                    a => a
+                        .as_u64()
+                        .ok_or_else(|| Status::invalid_input("`after` is a log index (u64)"))?,
+                };
+                Ok::<_, Status>((host, after))
+            };
+            Box::pin(futures_util::stream::once(start).flat_map(|r| match r {
+                Err(e) => polycall_core::stream::fail(e),
+                Ok((host, after)) => Box::pin(futures_util::stream::unfold(
+                    Some((host, after, std::collections::VecDeque::new())),
+                    |state| async move {
+                        // `None` once the stream failed: nothing follows an error.
+                        let (host, mut after, mut ready) = state?;
+                        loop {
+                            if let Some(change) = ready.pop_front() {
+                                let message = Payload::json(&change)
+                                    .map_err(|e| Status::internal(e.to_string()));
+                                return Some((message, Some((host, after, ready))));
+                            }
+                            match host.changes(after, 1000, Duration::from_secs(30)).await {
+                                Ok(changes) => {
+                                    if let Some(last) = changes.last() {
+                                        after = last.index;
+                                    }
+                                    ready.extend(changes);
+                                }
+                                Err(e) => return Some((Err(Status::from(e)), None)),
+                            }
+                        }
+                    },
+                )) as MessageStream,
+            }))
+        },
+    )
+    .expect("a valid name")
 }
 
 fn check_token(rt: &Weak<State>, v: &Json) -> Result<(), Status> {

@@ -503,10 +503,11 @@ impl Connection {
     /// Frames the next fragment of `call_id`'s queue; false when blocked on credit.
     pub(super) fn emit_one(&mut self, call_id: u32) -> bool {
         let crc = self.crc;
-        let (peer_max_frame, fragment) = match &self.negotiated {
+        let (peer_max_frame, fragment, peer_window) = match &self.negotiated {
             Some(n) => (
                 n.peer_limits.max_frame as usize,
                 self.config.fragment_size as usize,
+                n.peer_limits.initial_window as usize,
             ),
             None => return false,
         };
@@ -540,8 +541,10 @@ impl Connection {
         let credit = self.send_credit.min(stream_credit.unwrap_or(u64::MAX));
         let credit = usize::try_from(credit).unwrap_or(usize::MAX);
         let chunk = left.min(cap).min(credit);
-        // Wait for credit rather than send slivers (the window is at least 1 KiB).
-        if chunk < left.min(cap).min(1024) {
+        // Wait for credit rather than send slivers — but never for more than a quarter
+        // of the peer's window: the peer returns credit once a quarter of it is used,
+        // so waiting for more could wait forever.
+        if chunk < left.min(cap).min(1024).min(peer_window / 4) {
             return false;
         }
         let payload = m.data.slice(m.offset..m.offset + chunk);
