@@ -95,6 +95,71 @@ export const SleepInputType: _s.TypeDesc<SleepInput> = _s.message<SleepInput>("S
   ["ms", "ms", _s.INT, false],
 ]);
 
+/**
+ * How many messages a count stream answers.
+ */
+export interface CountInput {
+  /**
+   * The number of messages.
+   */
+  n: number;
+  /**
+   * Fail after this many messages instead of ending.
+   */
+  failAfter?: number | null;
+}
+
+/** Reads and writes `CountInput` as JSON (checking every field). */
+export const CountInputType: _s.TypeDesc<CountInput> = _s.message<CountInput>("CountInput", () => [
+  ["n", "n", _s.INT, false],
+  ["fail_after", "failAfter", _s.optional(_s.INT), true],
+]);
+
+/**
+ * One message of a count stream.
+ */
+export interface Counted {
+  /**
+   * Its index, from 0.
+   */
+  i: number;
+}
+
+/** Reads and writes `Counted` as JSON (checking every field). */
+export const CountedType: _s.TypeDesc<Counted> = _s.message<Counted>("Counted", () => [
+  ["i", "i", _s.INT, false],
+]);
+
+/**
+ * One request message of a total stream.
+ */
+export interface Number {
+  /**
+   * A number to add.
+   */
+  n: number;
+}
+
+/** Reads and writes `Number` as JSON (checking every field). */
+export const NumberType: _s.TypeDesc<Number> = _s.message<Number>("Number", () => [
+  ["n", "n", _s.INT, false],
+]);
+
+/**
+ * The answer of a total stream.
+ */
+export interface Total {
+  /**
+   * The sum of the numbers.
+   */
+  sum: number;
+}
+
+/** Reads and writes `Total` as JSON (checking every field). */
+export const TotalType: _s.TypeDesc<Total> = _s.message<Total>("Total", () => [
+  ["sum", "sum", _s.INT, false],
+]);
+
 /** Calls `conformance` through a polycall `Client` (or `Provider`). */
 export class ConformanceClient {
   /** `service`: the name the provider registered (default "conformance"). */
@@ -137,6 +202,27 @@ export class ConformanceClient {
   exitNow(request: Uint8Array, options: _p.CallOptions = {}): Promise<Uint8Array> {
     return _s.call(this.peer, this.service, "exit_now", request, _s.RAW, _s.RAW, false, options);
   }
+
+  /**
+   * A server stream: answers `n` messages `{"i": 0}` … `{"i": n-1}`, then ends; with `fail_after`, fails with `failed_precondition` after that many messages instead.
+   */
+  count(request: CountInput, options: _p.CallOptions = {}): AsyncIterableIterator<Counted> {
+    return _s.serverStream(this.peer, this.service, "count", request, CountInputType, CountedType, false, options);
+  }
+
+  /**
+   * A client stream: adds the `n` of every request message; answers the sum once the requests end.
+   */
+  total(requests: AsyncIterable<Number> | Iterable<Number>, options: _p.CallOptions = {}): Promise<Total> {
+    return _s.clientStream(this.peer, this.service, "total", requests, NumberType, TotalType, false, options);
+  }
+
+  /**
+   * Bidirectional: answers each request message (raw bytes) with the same bytes, as it arrives; ends when the requests end.
+   */
+  relay(requests: AsyncIterable<Uint8Array> | Iterable<Uint8Array>, options: _p.CallOptions = {}): AsyncIterableIterator<Uint8Array> {
+    return _s.bidiStream(this.peer, this.service, "relay", requests, _s.RAW, _s.RAW, false, options);
+  }
 }
 
 /**
@@ -170,6 +256,21 @@ export abstract class ConformanceProvider {
    */
   abstract exitNow(request: Uint8Array, ctx: _p.CallContext): Promise<Uint8Array> | Uint8Array;
 
+  /**
+   * A server stream: answers `n` messages `{"i": 0}` … `{"i": n-1}`, then ends; with `fail_after`, fails with `failed_precondition` after that many messages instead.
+   */
+  abstract count(request: CountInput, ctx: _p.CallContext): AsyncIterable<Counted> | Iterable<Counted>;
+
+  /**
+   * A client stream: adds the `n` of every request message; answers the sum once the requests end.
+   */
+  abstract total(requests: AsyncIterable<Number>, ctx: _p.CallContext): Promise<Total> | Total;
+
+  /**
+   * Bidirectional: answers each request message (raw bytes) with the same bytes, as it arrives; ends when the requests end.
+   */
+  abstract relay(requests: AsyncIterable<Uint8Array>, ctx: _p.CallContext): AsyncIterable<Uint8Array> | Iterable<Uint8Array>;
+
   /** Adds every method of the service to `methods` under `service` (default "conformance"). */
   register(methods: _p.Methods, service: string = SERVICE): _p.Methods {
     _s.serve(methods, service + ".echo", (r, ctx) => this.echo(r, ctx), _s.RAW, _s.RAW, {
@@ -198,6 +299,24 @@ export abstract class ConformanceProvider {
     });
     _s.serve(methods, service + ".exit_now", (r, ctx) => this.exitNow(r, ctx), _s.RAW, _s.RAW, {
       summary: "The provider process exits at once without replying: a provider that disconnects mid-call. Callers see `unavailable`.",
+      input: "bytes",
+      output: "bytes",
+      idempotent: false,
+    });
+    _s.serveServerStream(methods, service + ".count", (r, ctx) => this.count(r, ctx), CountInputType, CountedType, {
+      summary: "A server stream: answers `n` messages `{\"i\": 0}` … `{\"i\": n-1}`, then ends; with `fail_after`, fails with `failed_precondition` after that many messages instead.",
+      input: "{\"n\": int, \"fail_after\": optional<int>}",
+      output: "{\"i\": int}",
+      idempotent: false,
+    });
+    _s.serveClientStream(methods, service + ".total", (r, ctx) => this.total(r, ctx), NumberType, TotalType, {
+      summary: "A client stream: adds the `n` of every request message; answers the sum once the requests end.",
+      input: "{\"n\": int}",
+      output: "{\"sum\": int}",
+      idempotent: false,
+    });
+    _s.serveBidiStream(methods, service + ".relay", (r, ctx) => this.relay(r, ctx), _s.RAW, _s.RAW, {
+      summary: "Bidirectional: answers each request message (raw bytes) with the same bytes, as it arrives; ends when the requests end.",
       input: "bytes",
       output: "bytes",
       idempotent: false,

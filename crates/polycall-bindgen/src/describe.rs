@@ -91,6 +91,7 @@ pub fn from_describe(describe: &Value, endpoint: &str) -> Result<Schema, Describ
             name: method,
             doc: m["summary"].as_str().unwrap_or_default().to_owned(),
             idempotent: m["idempotent"].as_bool().unwrap_or(false),
+            kind: serde_json::from_value(m["kind"].clone()).unwrap_or_default(),
             input,
             output,
         };

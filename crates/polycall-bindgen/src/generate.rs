@@ -183,6 +183,12 @@ struct MethodCtx {
     full_name: String,
     doc: String,
     idempotent: bool,
+    /// `unary`, `server_stream`, `client_stream` or `bidi`.
+    kind: &'static str,
+    /// The caller sends a stream of requests.
+    requests_stream: bool,
+    /// The callee answers with a stream of replies.
+    replies_stream: bool,
     ident: Ident,
     input: TypeCtx,
     output: TypeCtx,
@@ -349,6 +355,9 @@ impl Builder<'_> {
                     full_name: format!("{}.{}", s.name, m.name),
                     doc: m.doc.clone(),
                     idempotent: m.idempotent,
+                    kind: m.kind.as_str(),
+                    requests_stream: m.kind.streams_requests(),
+                    replies_stream: m.kind.streams_replies(),
                     ident: self.ident(&m.name),
                     input: self.method_type(&m.input)?,
                     output: self.method_type(&m.output)?,

@@ -44,7 +44,9 @@ pub struct Method {
     pub doc: String,
     /// Whether calling it twice has the effect of calling it once.
     pub idempotent: bool,
-    /// The request message.
+    /// The shape of its messages: unary, or which sides stream.
+    pub kind: polycall_core::CallKind,
+    /// The request message (of each request, when requests stream).
     pub input: MethodType,
     /// The reply message.
     pub output: MethodType,
@@ -246,6 +248,7 @@ struct RawMethod {
     doc: String,
     #[serde(default)]
     idempotent: bool,
+    kind: Option<Spanned<String>>,
     input: Option<Spanned<String>>,
     output: Option<Spanned<String>>,
 }
@@ -463,10 +466,27 @@ pub fn parse(text: &str, file: &str) -> Result<Schema, SchemaError> {
             };
             let input = side(&m.input);
             let output = side(&m.output);
+            let kind = match &m.kind {
+                None => polycall_core::CallKind::Unary,
+                Some(k) => match k.get_ref().as_str() {
+                    "unary" => polycall_core::CallKind::Unary,
+                    "server_stream" => polycall_core::CallKind::ServerStream,
+                    "client_stream" => polycall_core::CallKind::ClientStream,
+                    "bidi" => polycall_core::CallKind::Bidi,
+                    other => {
+                        d.at(
+                            k.span(),
+                            format!("unknown kind `{other}`: a method is \"unary\" (the default), \"server_stream\", \"client_stream\" or \"bidi\""),
+                        );
+                        polycall_core::CallKind::Unary
+                    }
+                },
+            };
             methods.push(Method {
                 name: mname.clone(),
                 doc: m.doc.trim().to_owned(),
                 idempotent: m.idempotent,
+                kind,
                 input,
                 output,
             });

@@ -22,7 +22,8 @@
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use futures_core::Stream;
+/// The `Stream` trait of `futures-core`, which every message stream implements.
+pub use futures_core::Stream;
 
 use crate::{Call, Metadata, MethodName, NameError, Payload, ServiceName, Status, split_full_name};
 
@@ -264,4 +265,97 @@ pub async fn single(mut messages: MessageStream) -> Result<Payload, Status> {
 /// The next item of `messages`.
 pub async fn next(messages: &mut MessageStream) -> Option<Result<Payload, Status>> {
     std::future::poll_fn(|cx| messages.as_mut().poll_next(cx)).await
+}
+
+/// The stream [`map`] returns.
+pub struct Map<S, F> {
+    inner: S,
+    f: F,
+}
+
+impl<S, F> std::fmt::Debug for Map<S, F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Map")
+    }
+}
+
+/// `inner`'s items passed through `f`.
+pub fn map<S, F, U>(inner: S, f: F) -> Map<S, F>
+where
+    S: Stream + Unpin,
+    F: FnMut(S::Item) -> U + Unpin,
+{
+    Map { inner, f }
+}
+
+impl<S, F, U> Stream for Map<S, F>
+where
+    S: Stream + Unpin,
+    F: FnMut(S::Item) -> U + Unpin,
+{
+    type Item = U;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<U>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_next(cx) {
+            Poll::Ready(Some(item)) => Poll::Ready(Some((this.f)(item))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// The next item of any unpinned stream.
+pub async fn next_item<S: Stream + Unpin>(stream: &mut S) -> Option<S::Item> {
+    std::future::poll_fn(|cx| Pin::new(&mut *stream).poll_next(cx)).await
+}
+
+/// The message stream `encode` makes of what `opening` yields first: `opening` is a
+/// stream whose one item opens the real stream (or fails it before it started).
+pub fn flatten_results<S, T, F>(opening: S, encode: F) -> MessageStream
+where
+    S: Stream<Item = Result<T, Status>> + Send + Unpin + 'static,
+    T: Send + 'static,
+    F: FnOnce(T) -> MessageStream + Send + Unpin + 'static,
+{
+    Box::pin(FlattenResults::Opening(opening, Some(encode)))
+}
+
+/// The stream [`flatten_results`] returns.
+enum FlattenResults<S, F> {
+    Opening(S, Option<F>),
+    Streaming(MessageStream),
+    Done,
+}
+
+impl<S, T, F> Stream for FlattenResults<S, F>
+where
+    S: Stream<Item = Result<T, Status>> + Unpin,
+    F: FnOnce(T) -> MessageStream + Unpin,
+{
+    type Item = Result<Payload, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match &mut *self {
+                FlattenResults::Opening(opening, encode) => match Pin::new(opening).poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => {
+                        *self = FlattenResults::Done;
+                        return Poll::Ready(None);
+                    }
+                    Poll::Ready(Some(Err(status))) => {
+                        *self = FlattenResults::Done;
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                    Poll::Ready(Some(Ok(inner))) => {
+                        let encode = encode.take().expect("opened once");
+                        *self = FlattenResults::Streaming(encode(inner));
+                    }
+                },
+                FlattenResults::Streaming(s) => return s.as_mut().poll_next(cx),
+                FlattenResults::Done => return Poll::Ready(None),
+            }
+        }
+    }
 }

@@ -301,3 +301,46 @@ mod base64_vectors {
         );
     }
 }
+
+/// A stream of typed messages, or the error that ended it: what generated stubs hand
+/// out for a streaming method's replies (and a handler's requests) and take as a
+/// handler's replies.
+pub type BoxStream<T> =
+    std::pin::Pin<Box<dyn futures_core::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+/// Encodes each value of `values` as a JSON message (a typed request stream).
+pub fn json_messages<T, S>(values: S) -> crate::MessageStream
+where
+    T: Serialize,
+    S: futures_core::Stream<Item = T> + Send + 'static,
+{
+    Box::pin(crate::stream::map(Box::pin(values), |v| {
+        Json(v).into_payload()
+    }))
+}
+
+/// Encodes each `Ok` value of `results` as a JSON message; an `Err` ends the stream
+/// with that status (a typed handler's replies).
+pub fn json_results<T: Serialize + 'static>(results: BoxStream<T>) -> crate::MessageStream {
+    Box::pin(crate::stream::map(results, |r| {
+        r.and_then(|v| Json(v).into_payload())
+    }))
+}
+
+/// Raw payloads as a message stream.
+pub fn raw_messages<S>(values: S) -> crate::MessageStream
+where
+    S: futures_core::Stream<Item = Payload> + Send + 'static,
+{
+    Box::pin(crate::stream::map(Box::pin(values), Ok))
+}
+
+/// Decodes each message of `messages` from JSON; one that does not decode is an
+/// `invalid_input` item (which, as every error in a stream, ends it for its reader).
+pub fn from_json_messages<T: DeserializeOwned + 'static>(
+    messages: crate::MessageStream,
+) -> BoxStream<T> {
+    Box::pin(crate::stream::map(messages, |m| {
+        m.and_then(|p| Json::<T>::from_payload(&p).map(|j| j.0))
+    }))
+}

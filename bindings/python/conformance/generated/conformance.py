@@ -8,7 +8,7 @@ conformance programs), so two providers can be registered at once."""
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, AsyncIterable, AsyncIterator, Optional
 
 import polycall as _p
 from polycall import stubs as _s
@@ -19,6 +19,10 @@ __all__ = [
     "FailInput",
     "Empty",
     "SleepInput",
+    "CountInput",
+    "Counted",
+    "Number",
+    "Total",
     "ConformanceClient",
     "ConformanceProvider",
 ]
@@ -87,6 +91,57 @@ class SleepInput:
     #: (JSON key, attribute, type descriptor) of each field.
     _polycall_fields = (
         ("ms", "ms", _s.INT),
+    )
+
+
+@dataclasses.dataclass(kw_only=True)
+class CountInput:
+    """How many messages a count stream answers."""
+
+    #: The number of messages.
+    n: int
+    #: Fail after this many messages instead of ending.
+    fail_after: Optional[int] = None
+    #: (JSON key, attribute, type descriptor) of each field.
+    _polycall_fields = (
+        ("n", "n", _s.INT),
+        ("fail_after", "fail_after", _s.optional(_s.INT)),
+    )
+
+
+@dataclasses.dataclass(kw_only=True)
+class Counted:
+    """One message of a count stream."""
+
+    #: Its index, from 0.
+    i: int
+    #: (JSON key, attribute, type descriptor) of each field.
+    _polycall_fields = (
+        ("i", "i", _s.INT),
+    )
+
+
+@dataclasses.dataclass(kw_only=True)
+class Number:
+    """One request message of a total stream."""
+
+    #: A number to add.
+    n: int
+    #: (JSON key, attribute, type descriptor) of each field.
+    _polycall_fields = (
+        ("n", "n", _s.INT),
+    )
+
+
+@dataclasses.dataclass(kw_only=True)
+class Total:
+    """The answer of a total stream."""
+
+    #: The sum of the numbers.
+    sum: int
+    #: (JSON key, attribute, type descriptor) of each field.
+    _polycall_fields = (
+        ("sum", "sum", _s.INT),
     )
 
 
@@ -207,6 +262,75 @@ class ConformanceClient:
             priority=priority,
         )
 
+def count(
+        self,
+        request: CountInput,
+        *,
+        timeout: Optional[float] = None,
+        priority: Optional[str] = None,
+    ) -> AsyncIterator[Counted]:
+        """A server stream: answers `n` messages `{"i": 0}` … `{"i": n-1}`, then ends; with `fail_after`, fails with `failed_precondition` after that many messages instead.
+
+        A server stream call. ``timeout``: seconds until the deadline of
+        the whole stream; ``priority``: critical, high, normal or low.
+        """
+        return _s.server_stream(
+            self._client,
+            self._service + ".count",
+request,
+            _s.message(lambda: CountInput),
+            _s.message(lambda: Counted),
+            idempotent=False,
+            timeout=timeout,
+            priority=priority,
+        )
+
+async def total(
+        self,
+        requests: AsyncIterable[Number],
+        *,
+        timeout: Optional[float] = None,
+        priority: Optional[str] = None,
+    ) -> Total:
+        """A client stream: adds the `n` of every request message; answers the sum once the requests end.
+
+        A client stream call. ``timeout``: seconds until the deadline of
+        the whole stream; ``priority``: critical, high, normal or low.
+        """
+        return await _s.client_stream(
+            self._client,
+            self._service + ".total",
+requests,
+            _s.message(lambda: Number),
+            _s.message(lambda: Total),
+            idempotent=False,
+            timeout=timeout,
+            priority=priority,
+        )
+
+def relay(
+        self,
+        requests: AsyncIterable[bytes],
+        *,
+        timeout: Optional[float] = None,
+        priority: Optional[str] = None,
+    ) -> AsyncIterator[bytes]:
+        """Bidirectional: answers each request message (raw bytes) with the same bytes, as it arrives; ends when the requests end.
+
+        A bidi call. ``timeout``: seconds until the deadline of
+        the whole stream; ``priority``: critical, high, normal or low.
+        """
+        return _s.bidi(
+            self._client,
+            self._service + ".relay",
+requests,
+            _s.RAW,
+            _s.RAW,
+            idempotent=False,
+            timeout=timeout,
+            priority=priority,
+        )
+
 
 class ConformanceProvider:
     """Serves ``conformance``: override the methods, then :meth:`register` on a
@@ -242,6 +366,32 @@ class ConformanceProvider:
     ) -> bytes:
         """The provider process exits at once without replying: a provider that disconnects mid-call. Callers see `unavailable`."""
         raise _p.UnsupportedError(ctx.method + " is not implemented by this provider")
+
+    async def count(
+        self, request: CountInput, ctx: _p.CallContext
+    ) -> AsyncIterator[Counted]:
+        """A server stream: answers `n` messages `{"i": 0}` … `{"i": n-1}`, then ends; with `fail_after`, fails with `failed_precondition` after that many messages instead.
+
+        A server stream: an async generator of the replies."""
+        raise _p.UnsupportedError(ctx.method + " is not implemented by this provider")
+        yield  # an async generator
+
+    async def total(
+        self, requests: AsyncIterator[Number], ctx: _p.CallContext
+    ) -> Total:
+        """A client stream: adds the `n` of every request message; answers the sum once the requests end.
+
+        A client stream: reads the requests, answers one reply."""
+        raise _p.UnsupportedError(ctx.method + " is not implemented by this provider")
+
+    async def relay(
+        self, requests: AsyncIterator[bytes], ctx: _p.CallContext
+    ) -> AsyncIterator[bytes]:
+        """Bidirectional: answers each request message (raw bytes) with the same bytes, as it arrives; ends when the requests end.
+
+        Bidirectional: an async generator of the replies, reading the requests."""
+        raise _p.UnsupportedError(ctx.method + " is not implemented by this provider")
+        yield  # an async generator
 
     def register(self, provider: _p.Provider, service: str = SERVICE) -> None:
         """Adds every method of the service to ``provider`` (under ``service``)."""
@@ -296,6 +446,39 @@ class ConformanceProvider:
             _s.RAW,
             _s.RAW,
             summary="The provider process exits at once without replying: a provider that disconnects mid-call. Callers see `unavailable`.",
+            input_hint="bytes",
+            output_hint="bytes",
+            idempotent=False,
+        )
+        _s.serve_server_stream(
+            provider,
+            service + ".count",
+            self.count,
+            _s.message(lambda: CountInput),
+            _s.message(lambda: Counted),
+            summary="A server stream: answers `n` messages `{\"i\": 0}` … `{\"i\": n-1}`, then ends; with `fail_after`, fails with `failed_precondition` after that many messages instead.",
+            input_hint="{\"n\": int, \"fail_after\": optional<int>}",
+            output_hint="{\"i\": int}",
+            idempotent=False,
+        )
+        _s.serve_client_stream(
+            provider,
+            service + ".total",
+            self.total,
+            _s.message(lambda: Number),
+            _s.message(lambda: Total),
+            summary="A client stream: adds the `n` of every request message; answers the sum once the requests end.",
+            input_hint="{\"n\": int}",
+            output_hint="{\"sum\": int}",
+            idempotent=False,
+        )
+        _s.serve_bidi(
+            provider,
+            service + ".relay",
+            self.relay,
+            _s.RAW,
+            _s.RAW,
+            summary="Bidirectional: answers each request message (raw bytes) with the same bytes, as it arrives; ends when the requests end.",
             input_hint="bytes",
             output_hint="bytes",
             idempotent=False,

@@ -24,11 +24,11 @@ use pc_net::{Channel, Endpoint};
 #[rustfmt::skip]
 #[path = "generated/conformance.rs"]
 pub mod stubs;
-use stubs::{AddInput, ConformanceClient, Empty, FailInput, SleepInput};
+use stubs::{AddInput, ConformanceClient, CountInput, Empty, FailInput, Number, SleepInput};
 
 /// The scenarios, in the order they run (`provider_disconnect` last: it ends the
 /// provider).
-pub const SCENARIOS: [&str; 8] = [
+pub const SCENARIOS: [&str; 12] = [
     "echo_small",
     "add",
     "error_typed",
@@ -36,8 +36,28 @@ pub const SCENARIOS: [&str; 8] = [
     "deadline",
     "big_8mib",
     "concurrent_1000",
+    "stream_server",
+    "stream_error",
+    "stream_client",
+    "stream_bidi",
     "provider_disconnect",
 ];
+
+/// Every item of a typed reply stream, or the status that ended it.
+async fn drain<T>(mut s: stubs_stream::BoxStream<T>) -> (Vec<T>, Option<Status>) {
+    let mut items = Vec::new();
+    while let Some(item) = pc_core::stream::next_item(&mut s).await {
+        match item {
+            Ok(v) => items.push(v),
+            Err(e) => return (items, Some(e)),
+        }
+    }
+    (items, None)
+}
+
+mod stubs_stream {
+    pub use super::pc_core::typed::BoxStream;
+}
 
 /// What one scenario gave.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -231,6 +251,70 @@ async fn scenario(
                 Err(format!("{} of 1000 wrong, first: {}", bad.len(), bad[0]))
             }
         }
+        "stream_server" => {
+            let s = client
+                .count(CountInput {
+                    n: 5,
+                    fail_after: None,
+                })
+                .await
+                .map_err(|e| format!("count 5: {e}"))?;
+            let (items, end) = drain(s).await;
+            let got: Vec<i64> = items.iter().map(|c| c.i).collect();
+            match end {
+                None if got == [0, 1, 2, 3, 4] => Ok("count 5: 0..4, then the end".into()),
+                None => Err(format!("count 5 gave {got:?}")),
+                Some(e) => Err(format!("count 5 failed after {got:?}: {e}")),
+            }
+        }
+        "stream_error" => {
+            let s = client
+                .count(CountInput {
+                    n: 10,
+                    fail_after: Some(3),
+                })
+                .await
+                .map_err(|e| format!("count 10 failing after 3: {e}"))?;
+            let (items, end) = drain(s).await;
+            match end {
+                Some(e) if e.code == Code::FailedPrecondition && items.len() == 3 => Ok(format!(
+                    "3 messages, then failed_precondition: {}",
+                    e.message
+                )),
+                other => Err(format!(
+                    "expected 3 messages then failed_precondition, got {} then {other:?}",
+                    items.len()
+                )),
+            }
+        }
+        "stream_client" => {
+            let numbers = pc_core::stream::iter((1..=100).map(|n| Number { n }));
+            match client.total(numbers).await {
+                Ok(t) if t.sum == 5050 => Ok("1 + … + 100 = 5050 over a request stream".into()),
+                Ok(t) => Err(format!("the total of 1..=100 came back as {}", t.sum)),
+                Err(e) => Err(format!("total: {e}")),
+            }
+        }
+        "stream_bidi" => {
+            let sent: Vec<Vec<u8>> = (0..50u64)
+                .map(|i| noise(1 + (i as usize * 997) % 70_000, i))
+                .collect();
+            let requests = pc_core::stream::iter(sent.clone().into_iter().map(Payload::raw));
+            let s = client
+                .relay(requests)
+                .await
+                .map_err(|e| format!("relay: {e}"))?;
+            let (items, end) = drain(s).await;
+            if let Some(e) = end {
+                return Err(format!("relay failed after {} messages: {e}", items.len()));
+            }
+            let back: Vec<Vec<u8>> = items.iter().map(|p| p.bytes.to_vec()).collect();
+            if back == sent {
+                Ok("50 messages (1 B to 68 KiB) relayed in order, unchanged".into())
+            } else {
+                Err(format!("{} messages back, not the 50 sent", back.len()))
+            }
+        }
         "provider_disconnect" => {
             let r = tokio::time::timeout(
                 Duration::from_secs(10),
@@ -315,6 +399,41 @@ impl stubs::Conformance for Provides {
         let _ = self.exit.send(());
         // Never answers: the connection goes away under the call.
         std::future::pending().await
+    }
+
+    fn count(&self, request: CountInput, _: Metadata) -> stubs_stream::BoxStream<stubs::Counted> {
+        let fail_after = request.fail_after;
+        let items: Vec<Result<stubs::Counted, Status>> = (0..request.n.max(0))
+            .map_while(|i| match fail_after {
+                Some(f) if i == f => Some(Err(Status::new(
+                    Code::FailedPrecondition,
+                    format!("count failed after {f} messages, as asked"),
+                ))),
+                Some(f) if i > f => None,
+                _ => Some(Ok(stubs::Counted { i })),
+            })
+            .collect();
+        Box::pin(pc_core::stream::iter(items))
+    }
+
+    async fn total(
+        &self,
+        mut requests: stubs_stream::BoxStream<Number>,
+        _: Metadata,
+    ) -> Result<stubs::Total, Status> {
+        let mut sum = 0i64;
+        while let Some(n) = pc_core::stream::next_item(&mut requests).await {
+            sum = sum.wrapping_add(n?.n);
+        }
+        Ok(stubs::Total { sum })
+    }
+
+    fn relay(
+        &self,
+        requests: stubs_stream::BoxStream<Payload>,
+        _: Metadata,
+    ) -> stubs_stream::BoxStream<Payload> {
+        requests
     }
 }
 

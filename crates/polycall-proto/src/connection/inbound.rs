@@ -398,9 +398,11 @@ impl Connection {
             Received::One(b) => b,
             Received::Many { buf, .. } => buf.freeze(),
         };
-        // The first message of a call or reply may be handed out still compressed.
+        // The first message of a call or reply may be handed out still compressed —
+        // not a stream's: its later messages would overtake it.
         let defer = msg.compression != Algorithm::None
             && !c.rx_delivered
+            && !c.rx_stream
             && (c.pending.is_some() || c.local)
             && self
                 .config

@@ -58,6 +58,41 @@ pub struct SleepInput {
     pub ms: i64,
 }
 
+/// How many messages a count stream answers.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct CountInput {
+    /// The number of messages.
+    #[serde(rename = "n")]
+    pub n: i64,
+    /// Fail after this many messages instead of ending.
+    #[serde(rename = "fail_after", default, skip_serializing_if = "Option::is_none")]
+    pub fail_after: Option<i64>,
+}
+
+/// One message of a count stream.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Counted {
+    /// Its index, from 0.
+    #[serde(rename = "i")]
+    pub i: i64,
+}
+
+/// One request message of a total stream.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Number {
+    /// A number to add.
+    #[serde(rename = "n")]
+    pub n: i64,
+}
+
+/// The answer of a total stream.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct Total {
+    /// The sum of the numbers.
+    #[serde(rename = "sum")]
+    pub sum: i64,
+}
+
 /// Calls `conformance` over a [`polycall::net::Channel`].
 #[derive(Debug, Clone)]
 pub struct ConformanceClient {
@@ -203,6 +238,82 @@ impl ConformanceClient {
         let reply = self.channel.call(call).await?;
         Ok(reply.payload)
     }
+
+    /// A server stream: answers `n` messages `{"i": 0}` … `{"i": n-1}`, then ends; with `fail_after`, fails with `failed_precondition` after that many messages instead.
+    pub async fn count(
+        &self,
+        request: CountInput,
+    ) -> Result<polycall::typed::BoxStream<Counted>, polycall::Status> {
+        self.count_with(request, polycall::Metadata::default())
+            .await
+    }
+
+    /// Like [`Self::count`], with call metadata (a deadline for the whole
+    /// stream, a priority, trace context).
+    pub async fn count_with(
+        &self,
+        request: CountInput,
+        metadata: polycall::Metadata,
+    ) -> Result<polycall::typed::BoxStream<Counted>, polycall::Status> {
+        let name = format!("{}.{}", self.service, "count");
+        let payload = polycall::typed::Json(request).into_payload()?;
+        let call = polycall::Call::new(&name, payload)
+            .map_err(|e| polycall::Status::invalid_input(e.to_string()))?
+            .with_metadata(metadata);
+        let replies = self.channel.server_stream(call).await?;
+        Ok(polycall::typed::from_json_messages(replies.boxed()))
+    }
+
+    /// A client stream: adds the `n` of every request message; answers the sum once the requests end.
+    pub async fn total(
+        &self,
+        requests: impl polycall::stream::Stream<Item = Number> + Send + 'static,
+    ) -> Result<Total, polycall::Status> {
+        self.total_with(requests, polycall::Metadata::default())
+            .await
+    }
+
+    /// Like [`Self::total`], with call metadata (a deadline for the whole
+    /// stream, a priority, trace context).
+    pub async fn total_with(
+        &self,
+        requests: impl polycall::stream::Stream<Item = Number> + Send + 'static,
+        metadata: polycall::Metadata,
+    ) -> Result<Total, polycall::Status> {
+        let name = format!("{}.{}", self.service, "total");
+        let messages = polycall::typed::json_messages(requests);
+        let call = polycall::StreamCall::new(&name, messages)
+            .map_err(|e| polycall::Status::invalid_input(e.to_string()))?
+            .with_metadata(metadata);
+        let replies = self.channel.bidi(call).await?;
+        let reply = polycall::stream::single(replies.boxed()).await?;
+        Ok(polycall::typed::Json::from_payload(&reply)?.0)
+    }
+
+    /// Bidirectional: answers each request message (raw bytes) with the same bytes, as it arrives; ends when the requests end.
+    pub async fn relay(
+        &self,
+        requests: impl polycall::stream::Stream<Item = polycall::Payload> + Send + 'static,
+    ) -> Result<polycall::typed::BoxStream<polycall::Payload>, polycall::Status> {
+        self.relay_with(requests, polycall::Metadata::default())
+            .await
+    }
+
+    /// Like [`Self::relay`], with call metadata (a deadline for the whole
+    /// stream, a priority, trace context).
+    pub async fn relay_with(
+        &self,
+        requests: impl polycall::stream::Stream<Item = polycall::Payload> + Send + 'static,
+        metadata: polycall::Metadata,
+    ) -> Result<polycall::typed::BoxStream<polycall::Payload>, polycall::Status> {
+        let name = format!("{}.{}", self.service, "relay");
+        let messages = polycall::typed::raw_messages(requests);
+        let call = polycall::StreamCall::new(&name, messages)
+            .map_err(|e| polycall::Status::invalid_input(e.to_string()))?
+            .with_metadata(metadata);
+        let replies = self.channel.bidi(call).await?;
+        Ok(replies.boxed())
+    }
 }
 
 /// Provides `conformance`: implement each method, then serve [`router`] (on a
@@ -243,6 +354,34 @@ pub trait Conformance: Send + Sync + 'static {
         request: polycall::Payload,
         metadata: polycall::Metadata,
     ) -> impl std::future::Future<Output = Result<polycall::Payload, polycall::Status>> + Send;
+
+    /// A server stream: answers `n` messages `{"i": 0}` … `{"i": n-1}`, then ends; with `fail_after`, fails with `failed_precondition` after that many messages instead.
+    ///
+    /// A server stream: one request, the stream of replies (an `Err` item ends it with
+    /// that status).
+    fn count(
+        &self,
+        request: CountInput,
+        metadata: polycall::Metadata,
+    ) -> polycall::typed::BoxStream<Counted>;
+
+    /// A client stream: adds the `n` of every request message; answers the sum once the requests end.
+    ///
+    /// A client stream: the stream of requests, one reply.
+    fn total(
+        &self,
+        requests: polycall::typed::BoxStream<Number>,
+        metadata: polycall::Metadata,
+    ) -> impl std::future::Future<Output = Result<Total, polycall::Status>> + Send;
+
+    /// Bidirectional: answers each request message (raw bytes) with the same bytes, as it arrives; ends when the requests end.
+    ///
+    /// Bidirectional: the stream of requests, the stream of replies.
+    fn relay(
+        &self,
+        requests: polycall::typed::BoxStream<polycall::Payload>,
+        metadata: polycall::Metadata,
+    ) -> polycall::typed::BoxStream<polycall::Payload>;
 }
 
 /// Every method of `service`, under the schema's service name.
@@ -356,6 +495,68 @@ pub fn router_as<S: Conformance>(
                     Ok(polycall::Reply::new(answer))
                 }
             })
+        },
+    )?;
+    let router = router.route_stream(
+        &format!("{name}.{}", "count"),
+        polycall::CallKind::ServerStream,
+        polycall::MethodInfo::new("A server stream: answers `n` messages `{\"i\": 0}` … `{\"i\": n-1}`, then ends; with `fail_after`, fails with `failed_precondition` after that many messages instead.")
+            .input("{\"n\": int, \"fail_after\": optional<int>}")
+            .output("{\"i\": int}")
+            .idempotent(false),
+        {
+            let service = service.clone();
+            move |call: polycall::StreamCall| -> polycall::MessageStream {
+                let service = service.clone();
+                let metadata = call.metadata.clone();
+                let requests = polycall::typed::from_json_messages(call.requests);
+                let replies = polycall::stream::Once::new(async move {
+                    let mut requests = requests;
+                    let request = match polycall::stream::next_item(&mut requests).await {
+                        Some(r) => r?,
+                        None => return Err(polycall::Status::invalid_input("a server stream takes one request")),
+                    };
+                    Ok(service.count(request, metadata))
+                });
+                polycall::stream::flatten_results(replies, polycall::typed::json_results)
+            }
+        },
+    )?;
+    let router = router.route_stream(
+        &format!("{name}.{}", "total"),
+        polycall::CallKind::ClientStream,
+        polycall::MethodInfo::new("A client stream: adds the `n` of every request message; answers the sum once the requests end.")
+            .input("{\"n\": int}")
+            .output("{\"sum\": int}")
+            .idempotent(false),
+        {
+            let service = service.clone();
+            move |call: polycall::StreamCall| -> polycall::MessageStream {
+                let service = service.clone();
+                let metadata = call.metadata.clone();
+                let requests = polycall::typed::from_json_messages(call.requests);
+                Box::pin(polycall::stream::Once::new(async move {
+                    let answer = service.total(requests, metadata).await?;
+                    polycall::typed::Json(answer).into_payload()
+                }))
+            }
+        },
+    )?;
+    let router = router.route_stream(
+        &format!("{name}.{}", "relay"),
+        polycall::CallKind::Bidi,
+        polycall::MethodInfo::new("Bidirectional: answers each request message (raw bytes) with the same bytes, as it arrives; ends when the requests end.")
+            .input("bytes")
+            .output("bytes")
+            .idempotent(false),
+        {
+            let service = service.clone();
+            move |call: polycall::StreamCall| -> polycall::MessageStream {
+                let service = service.clone();
+                let metadata = call.metadata.clone();
+                let requests: polycall::typed::BoxStream<polycall::Payload> = call.requests;
+                service.relay(requests, metadata)
+            }
         },
     )?;
     Ok(router)
