@@ -46,20 +46,20 @@ fn label(system: &str) -> &'static str {
 
 /// The two scheduling modes.
 #[derive(Clone, Copy, PartialEq, Eq)]
-enum Mode {
+pub(crate) enum Mode {
     Default,
     Pinned,
 }
 
 impl Mode {
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Mode::Default => "default",
             Mode::Pinned => "pinned",
         }
     }
 
-    fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Mode::Default => "default OS scheduling",
             Mode::Pinned => {
@@ -69,7 +69,7 @@ impl Mode {
     }
 
     /// (servers' CPU list, client's CPU list) for `taskset -c`.
-    fn pins(self) -> (Option<&'static str>, Option<&'static str>) {
+    pub(crate) fn pins(self) -> (Option<&'static str>, Option<&'static str>) {
         match self {
             Mode::Default => (None, None),
             Mode::Pinned => (Some("0"), Some("1")),
@@ -143,7 +143,7 @@ impl Options {
 }
 
 /// `cmd`, run under `taskset -c CPUS` when pinned.
-fn pinned(program: &Path, pin: Option<&str>) -> Command {
+pub(crate) fn pinned(program: &Path, pin: Option<&str>) -> Command {
     match pin {
         Some(cpus) => {
             let mut t = Command::new("taskset");
@@ -161,8 +161,9 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-/// Starts the servers of `system`; returns them and the endpoint the client uses.
-fn start_system(system: &str, mode: Mode, p: &Paths) -> Result<(Vec<Proc>, String)> {
+/// Starts the servers of `system` (`raw-stream`: the raw TCP streamer of `cargo xtask
+/// bench stream`); returns them and the endpoint the client uses.
+pub(crate) fn start_system(system: &str, mode: Mode, p: &Paths) -> Result<(Vec<Proc>, String)> {
     let (pin, _) = mode.pins();
     let tag = format!("{}-{system}", mode.name());
     let ready = p.tmp.join(format!("{tag}.ready"));
@@ -176,9 +177,10 @@ fn start_system(system: &str, mode: Mode, p: &Paths) -> Result<(Vec<Proc>, Strin
         c
     };
     let endpoint = match system {
-        "raw" | "direct" | "tonic" => {
+        "raw" | "raw-stream" | "direct" | "tonic" => {
             let sub = match system {
                 "raw" => "serve-raw",
+                "raw-stream" => "serve-raw-stream",
                 "direct" => "serve-polycall",
                 _ => "serve-tonic",
             };

@@ -37,6 +37,7 @@ mod bench_micro;
 mod bench_procs;
 mod bench_rpc;
 mod bench_stall;
+mod bench_stream;
 mod features;
 use bench_micro::bench_micro;
 pub(crate) use bench_procs::{BenchProcesses, build_bench_processes};
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | bench proto|memory|priority|micro|state|stall [--quick] | bench rpc [--quick] [--pinned|--unpinned] [--seconds S] [--peers raw,direct,routed,tonic,nats] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
+                "usage: cargo xtask ci | bench proto|memory|priority|micro|state|stall [--quick] | bench rpc [--quick] [--pinned|--unpinned] [--seconds S] [--peers raw,direct,routed,tonic,nats] | bench stream [--quick] [--pinned|--unpinned] [--runs N] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
             );
             return ExitCode::from(2);
         }
@@ -219,6 +220,7 @@ fn bench(args: &[String]) -> Result<()> {
         Some("rpc") => bench_rpc(&args[1..]),
         Some("micro") => bench_micro(quick),
         Some("stall") => bench_stall::bench_stall(&args[1..]),
+        Some("stream") => bench_stream::bench_stream(&args[1..]),
         Some("tls") => {
             let mut c = cargo();
             c.args(["bench", "-p", "polycall-net", "--bench", "tls", "--"]);
@@ -239,7 +241,7 @@ fn bench(args: &[String]) -> Result<()> {
         ),
         other => {
             bail!(
-                "unknown bench {other:?}; available: proto, memory, priority, rpc, micro, tls, state, stall, bindings"
+                "unknown bench {other:?}; available: proto, memory, priority, rpc, stream, micro, tls, state, stall, bindings"
             )
         }
     }

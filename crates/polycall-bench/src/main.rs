@@ -9,6 +9,9 @@
 //! polycall-bench load --peer raw|polycall|tonic|nats --endpoint EP --payload N
 //!                     --concurrency C --connections K --seconds S [--warmup S]
 //!                     [--server-pids P,Q]                    → one JSON line of results
+//! polycall-bench serve-raw-stream --listen ADDR --ready FILE a raw TCP server stream
+//! polycall-bench stream-load --peer raw|polycall|tonic --endpoint EP --count N --size S
+//!                     [--server-pids P,Q]                    → one JSON line of results
 //! polycall-bench stall-serve | stall-ping | stall-load | stall-hsm-cert …
 //!                                     the event-loop stall benchmark (cargo xtask bench stall);
 //!                                     see the doc comments of src/stall.rs and src/stall_load.rs
@@ -26,6 +29,7 @@ mod polycall;
 mod raw;
 mod stall;
 mod stall_load;
+mod stream_load;
 mod tonic_peer;
 
 /// Why a benchmark process could not do its part.
@@ -130,6 +134,7 @@ pub fn payload(len: usize) -> bytes::Bytes {
 }
 
 const USAGE: &str = "usage: polycall-bench serve-raw|serve-polycall|provide|serve-tonic|serve-nats|load|\
+serve-raw-stream|stream-load|\
 stall-serve|stall-ping|stall-load|stall-hsm-cert … (see the doc comments of crates/polycall-bench/src/main.rs \
 and src/stall.rs)";
 
@@ -153,6 +158,8 @@ fn main() -> std::process::ExitCode {
             Some("serve-tonic") => tonic_peer::serve(&args).await,
             Some("serve-nats") => nats_peer::serve(&args).await,
             Some("load") => load::run(&args).await,
+            Some("serve-raw-stream") => stream_load::serve_raw(&args).await,
+            Some("stream-load") => stream_load::run(&args).await,
             Some("stall-serve") => stall::serve(&args).await,
             Some("stall-ping") => stall::ping(&args).await,
             Some("stall-load") => stall_load::run(&args).await,

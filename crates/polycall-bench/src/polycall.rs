@@ -21,6 +21,14 @@ fn echo_router() -> Result<Router, Fail> {
                 .inline(true),
             handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) }),
         )
+        .and_then(|r| {
+            r.route_stream(
+                crate::stream_load::METHOD,
+                polycall_core::CallKind::ServerStream,
+                MethodInfo::new("streams count messages of size bytes"),
+                crate::stream_load::polycall_stream,
+            )
+        })
         .ctx("building the echo router")
 }
 

@@ -14,9 +14,9 @@ mod pb {
     tonic::include_proto!("bench");
 }
 
-use pb::Msg;
 use pb::echo_client::EchoClient;
 use pb::echo_server::{Echo, EchoServer};
+use pb::{Msg, StreamReq};
 
 struct EchoService;
 
@@ -25,6 +25,49 @@ impl Echo for EchoService {
     async fn echo(&self, request: Request<Msg>) -> Result<Response<Msg>, Status> {
         Ok(Response::new(request.into_inner()))
     }
+
+    type StreamStream =
+        std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Msg, Status>> + Send>>;
+
+    async fn stream(
+        &self,
+        request: Request<StreamReq>,
+    ) -> Result<Response<Self::StreamStream>, Status> {
+        let StreamReq { count, size } = request.into_inner();
+        let chunk = crate::payload(size as usize);
+        let messages = futures_util::stream::iter((0..count).map(move |_| {
+            Ok(Msg {
+                payload: chunk.clone(),
+            })
+        }));
+        Ok(Response::new(Box::pin(messages)))
+    }
+}
+
+/// Opens a `Stream` call of `count` messages of `size` bytes on a new connection and
+/// reads it to its end; returns the number of messages.
+pub async fn read_stream(ep: &str, count: u64, size: usize) -> Result<u64, Fail> {
+    let conn = TonicConn::open(ep).await?;
+    let mut client = conn.0.max_decoding_message_size(usize::MAX);
+    let mut s = client
+        .stream(StreamReq {
+            count,
+            size: size as u64,
+        })
+        .await
+        .ctx("opening the tonic stream")?
+        .into_inner();
+    let mut got = 0u64;
+    while let Some(m) = s.message().await.ctx("a tonic stream message")? {
+        if m.payload.len() != size {
+            return Err(Fail::new(
+                "tonic stream",
+                format!("a message of {}", m.payload.len()),
+            ));
+        }
+        got += 1;
+    }
+    Ok(got)
 }
 
 /// `serve-tonic`: a tonic server with the `Echo` service.

@@ -29,7 +29,7 @@ use futures_util::StreamExt;
 use futures_util::future::{AbortHandle as InlineAbort, Abortable, Aborted};
 use futures_util::stream::FuturesUnordered;
 use polycall_core::{
-    Call, ClassQueues, Code, IdMap, MethodName, Payload, Reply, ServiceName, Status, StreamCall,
+    Call, ClassQueues, Code, IdMap, MethodName, Reply, ServiceName, Status, StreamCall,
 };
 use polycall_proto::frame::MethodEntry;
 use polycall_proto::{Connection as Proto, Event, Role, WireMeta};
@@ -247,8 +247,8 @@ enum Command {
     CallCompressed(Box<CompressedCall>),
     /// Opens a streaming call.
     OpenStream(Box<OpenStream>),
-    /// A further message of a stream this side sends.
-    StreamSend(StreamKey, Payload),
+    /// A producer put messages in its stream's empty outbox.
+    StreamReady(StreamKey),
     /// This side's stream is complete.
     StreamEnd(StreamKey),
     /// This side's stream failed: the call fails (or, opened by this side, is cancelled).
@@ -900,7 +900,7 @@ impl Driver {
                     }
                 } else if let Some(tx) = self.streams.incoming.get(&call_id) {
                     if !empty {
-                        let _ = tx.send(Ok(payload));
+                        tx.send(Ok(payload));
                     }
                     if !stream {
                         // A one-message answer to a stream: it ends here.
@@ -911,7 +911,7 @@ impl Driver {
             Event::StreamMessage { call_id, payload } => {
                 match self.streams.incoming.get(&call_id) {
                     Some(tx) => {
-                        let _ = tx.send(Ok(payload));
+                        tx.send(Ok(payload));
                     }
                     // Nobody reads it any more.
                     None => self.proto.stream_consumed(call_id, 1),
@@ -1262,7 +1262,7 @@ impl Driver {
                 }
             }
             Command::OpenStream(open) => self.open_stream_call(*open),
-            Command::StreamSend(key, payload) => self.stream_send(key, payload),
+            Command::StreamReady(key) => self.stream_ready(key),
             Command::StreamEnd(key) => self.stream_end(key),
             Command::StreamFail(key, status) => self.stream_fail(key, status),
             Command::StreamConsumed(key, n) => self.stream_consumed(key, n),
@@ -1592,7 +1592,7 @@ fn reject(cmd: Command, status: &Status) {
             let _ = c.reply.send(Err(s));
         }
         Command::OpenStream(o) => {
-            let _ = o.replies.send(Err(s));
+            o.replies.send(Err(s));
         }
         _ => {}
     }

@@ -35,8 +35,104 @@ pub(super) enum StreamKey {
     Call(u32),
 }
 
-/// What an incoming stream delivers to its reader.
-pub(super) type Delivery = mpsc::UnboundedSender<Result<Payload, Status>>;
+/// The messages of an incoming stream on their way from the connection's task to the
+/// stream's reader: a queue the task appends to and the reader takes from in batches
+/// (one lock per batch on the reader's side, one wake-up per time the reader waited),
+/// so a stream of small messages costs no channel operation per message.
+#[derive(Debug, Default)]
+struct Inbox {
+    queue: std::sync::Mutex<InboxQueue>,
+    waker: AtomicWaker,
+}
+
+#[derive(Debug, Default)]
+struct InboxQueue {
+    items: std::collections::VecDeque<Result<Payload, Status>>,
+    /// The connection will add nothing more.
+    closed: bool,
+    /// The reader is gone.
+    abandoned: bool,
+}
+
+impl Inbox {
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxQueue> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The connection's end of an [`Inbox`]: dropping it ends the stream cleanly.
+#[derive(Debug)]
+pub(super) struct Delivery(Arc<Inbox>);
+
+impl Delivery {
+    /// Appends a message (or the error that ends the stream) for the reader.
+    pub(super) fn send(&self, item: Result<Payload, Status>) {
+        self.0.lock().items.push_back(item);
+        self.0.waker.wake();
+    }
+
+    /// Whether the reader is gone.
+    pub(super) fn is_closed(&self) -> bool {
+        self.0.lock().abandoned
+    }
+}
+
+impl Drop for Delivery {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.waker.wake();
+    }
+}
+
+/// The reader's end of an [`Inbox`], with the batch it took last.
+#[derive(Debug)]
+struct InboxReader {
+    inbox: Arc<Inbox>,
+    batch: std::collections::VecDeque<Result<Payload, Status>>,
+}
+
+impl InboxReader {
+    fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Payload, Status>>> {
+        if let Some(item) = self.batch.pop_front() {
+            return Poll::Ready(Some(item));
+        }
+        for attempt in 0..2 {
+            {
+                let mut q = self.inbox.lock();
+                if !q.items.is_empty() {
+                    std::mem::swap(&mut q.items, &mut self.batch);
+                    drop(q);
+                    return Poll::Ready(self.batch.pop_front());
+                }
+                if q.closed {
+                    return Poll::Ready(None);
+                }
+            }
+            if attempt == 0 {
+                // Registered, then looked at again: nothing sent in between is missed.
+                self.inbox.waker.register(cx.waker());
+            }
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for InboxReader {
+    fn drop(&mut self) {
+        self.inbox.lock().abandoned = true;
+    }
+}
+
+fn inbox() -> (Delivery, InboxReader) {
+    let inbox = Arc::new(Inbox::default());
+    (
+        Delivery(inbox.clone()),
+        InboxReader {
+            inbox,
+            batch: std::collections::VecDeque::new(),
+        },
+    )
+}
 
 /// The incoming messages of a streaming call: the replies of a stream this side opened,
 /// or the requests of a streaming call a handler serves. Yields `Ok(payload)` per
@@ -45,7 +141,7 @@ pub(super) type Delivery = mpsc::UnboundedSender<Result<Payload, Status>>;
 ///
 /// Dropping the replies of a call this side opened cancels the call.
 pub struct Streaming {
-    rx: mpsc::UnboundedReceiver<Result<Payload, Status>>,
+    rx: InboxReader,
     key: StreamKey,
     commands: mpsc::UnboundedSender<Command>,
     /// Messages taken and not yet reported to the connection, and their bytes.
@@ -168,10 +264,14 @@ impl Drop for Streaming {
     }
 }
 
-/// The sending half's state, shared by a producer and the connection task.
+/// The sending half's state, shared by a producer and the connection task. The producer
+/// appends messages to `outbox` and rings the connection (one command) only when the
+/// outbox was empty; the connection takes everything there at once. A stream of small
+/// messages thus costs a lock per message, not a channel send and a wake-up.
 #[derive(Debug, Default)]
 pub(super) struct OutShared {
-    /// Bytes sent to the connection task and not yet received by it.
+    outbox: std::sync::Mutex<std::collections::VecDeque<Payload>>,
+    /// Bytes in `outbox`.
     in_channel: AtomicUsize,
     /// Bytes the connection has queued on the call and not yet framed.
     queued: AtomicUsize,
@@ -190,8 +290,20 @@ impl OutShared {
         self.in_channel.load(Ordering::Acquire) + self.queued.load(Ordering::Acquire)
     }
 
-    pub(super) fn received(&self, bytes: usize) {
+    /// Appends a message; true when the outbox was empty (the connection must be rung).
+    fn push(&self, payload: Payload) -> bool {
+        self.in_channel.fetch_add(payload.len(), Ordering::AcqRel);
+        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
+        outbox.push_back(payload);
+        outbox.len() == 1
+    }
+
+    /// Everything in the outbox, oldest first.
+    pub(super) fn take(&self) -> std::collections::VecDeque<Payload> {
+        let taken = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()));
+        let bytes: usize = taken.iter().map(Payload::len).sum();
         self.in_channel.fetch_sub(bytes, Ordering::AcqRel);
+        taken
     }
 
     /// The connection framed some of the call's bytes: `queued` is what is left.
@@ -203,6 +315,16 @@ impl OutShared {
     }
 }
 
+/// How a producer's turn ended.
+enum Turn {
+    /// The call is over.
+    Over,
+    /// The messages ended: the stream ends.
+    End,
+    /// The messages failed: so does the stream.
+    Fail(Status),
+}
+
 /// Feeds `messages` into a call's outgoing stream, within its buffer: the next message
 /// is asked for only when there is room. Ends the stream when `messages` ends, fails
 /// it on an `Err`, and stops when the call is over.
@@ -212,40 +334,35 @@ pub(super) async fn pump(
     shared: Arc<OutShared>,
     commands: mpsc::UnboundedSender<Command>,
 ) {
-    loop {
-        let next = std::future::poll_fn(|cx| {
-            shared.waker.register(cx.waker());
+    let turn = std::future::poll_fn(|cx| {
+        shared.waker.register(cx.waker());
+        loop {
             if shared.done.load(Ordering::Acquire) {
-                return Poll::Ready(None);
+                return Poll::Ready(Turn::Over);
             }
             if shared.pending() >= SEND_BUFFER {
                 return Poll::Pending;
             }
             match messages.as_mut().poll_next(cx) {
-                Poll::Ready(item) => Poll::Ready(Some(item)),
-                Poll::Pending => Poll::Pending,
+                Poll::Ready(Some(Ok(payload))) => {
+                    if shared.push(payload) && commands.send(Command::StreamReady(key)).is_err() {
+                        return Poll::Ready(Turn::Over);
+                    }
+                }
+                Poll::Ready(Some(Err(status))) => return Poll::Ready(Turn::Fail(status)),
+                Poll::Ready(None) => return Poll::Ready(Turn::End),
+                Poll::Pending => return Poll::Pending,
             }
-        })
-        .await;
-        let command = match next {
-            None => return, // the call is over
-            Some(Some(Ok(payload))) => {
-                shared.in_channel.fetch_add(payload.len(), Ordering::AcqRel);
-                Command::StreamSend(key, payload)
-            }
-            Some(Some(Err(status))) => {
-                let _ = commands.send(Command::StreamFail(key, status));
-                return;
-            }
-            Some(None) => {
-                let _ = commands.send(Command::StreamEnd(key));
-                return;
-            }
-        };
-        if commands.send(command).is_err() {
-            return;
         }
-    }
+    })
+    .await;
+    // The end follows the messages already in the outbox (the connection takes them
+    // first).
+    let _ = match turn {
+        Turn::Over => return,
+        Turn::End => commands.send(Command::StreamEnd(key)),
+        Turn::Fail(status) => commands.send(Command::StreamFail(key, status)),
+    };
 }
 
 impl ConnectionHandle {
@@ -304,22 +421,23 @@ impl ConnectionHandle {
             token,
             armed: true,
         };
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = inbox();
         let deadline = metadata.deadline.map(|d| Deadline::At(d.0));
-        let sent = self
-            .commands
-            .send(Command::OpenStream(Box::new(OpenStream {
-                service,
-                method,
-                metadata,
-                token,
-                requests,
-                replies: tx.clone(),
-            })))
-            .is_ok();
-        if !sent {
+        let refused = match self.commands.send(Command::OpenStream(Box::new(OpenStream {
+            service,
+            method,
+            metadata,
+            token,
+            requests,
+            replies: tx,
+        }))) {
+            Ok(()) => None,
+            Err(mpsc::error::SendError(Command::OpenStream(open))) => Some(open.replies),
+            Err(_) => None,
+        };
+        if let Some(tx) = refused {
             guard.armed = false;
-            let _ = tx.send(Err(Status::unavailable(format!(
+            tx.send(Err(Status::unavailable(format!(
                 "the connection to {} is closed",
                 self.shared.peer
             ))
@@ -380,7 +498,7 @@ impl Streams {
         if let Some(tx) = self.incoming.remove(&call_id)
             && let Some(status) = end
         {
-            let _ = tx.send(Err(status));
+            tx.send(Err(status));
         }
         if let Some(out) = self.outgoing.remove(&call_id) {
             out.finish();
@@ -390,7 +508,7 @@ impl Streams {
     pub(super) fn close_all(&mut self, status: &Status) {
         self.tokens.clear();
         for (_, tx) in self.incoming.drain() {
-            let _ = tx.send(Err(status.clone()));
+            tx.send(Err(status.clone()));
         }
         for (_, out) in self.outgoing.drain() {
             out.finish();
@@ -409,9 +527,9 @@ impl Driver {
     /// A reader for a peer call's incoming stream, its first message already in it
     /// unless the stream opened empty.
     pub(super) fn incoming_stream(&mut self, call_id: u32, first: Option<Payload>) -> Streaming {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = inbox();
         if let Some(p) = first {
-            let _ = tx.send(Ok(p));
+            tx.send(Ok(p));
         }
         self.streams.incoming.insert(call_id, tx);
         Streaming {
@@ -517,7 +635,7 @@ impl Driver {
         let call_id = match opened {
             Ok(id) => id,
             Err(e) => {
-                let _ = replies.send(Err(e.status()));
+                replies.send(Err(e.status()));
                 return;
             }
         };
@@ -533,25 +651,31 @@ impl Driver {
         }
     }
 
-    pub(super) fn stream_send(&mut self, key: StreamKey, payload: Payload) {
-        let len = payload.len();
-        let Some(call_id) = self.stream_call_id(key) else {
-            return;
-        };
+    /// Moves what a producer put in its outbox into the call's queue.
+    pub(super) fn stream_ready(&mut self, key: StreamKey) {
+        if let Some(call_id) = self.stream_call_id(key) {
+            self.take_outbox(call_id);
+        }
+    }
+
+    fn take_outbox(&mut self, call_id: u32) {
         let Some(shared) = self.streams.outgoing.get(&call_id).cloned() else {
             return; // the call is over
         };
-        shared.received(len);
-        match self.proto.send_message(call_id, payload) {
-            Ok(()) => shared.set_queued(self.proto.stream_queued(call_id)),
-            Err(e) => self.stream_failed(call_id, e.status()),
+        for payload in shared.take() {
+            if let Err(e) = self.proto.send_message(call_id, payload) {
+                self.stream_failed(call_id, e.status());
+                return;
+            }
         }
+        shared.set_queued(self.proto.stream_queued(call_id));
     }
 
     pub(super) fn stream_end(&mut self, key: StreamKey) {
         let Some(call_id) = self.stream_call_id(key) else {
             return;
         };
+        self.take_outbox(call_id);
         if self.streams.outgoing.remove(&call_id).is_none() {
             return;
         }
@@ -582,7 +706,11 @@ impl Driver {
         if let Some(call_id) = self.stream_call_id(key)
             && self.streams.outgoing.contains_key(&call_id)
         {
-            self.stream_failed(call_id, status);
+            // The messages produced before the failure go first.
+            self.take_outbox(call_id);
+            if self.streams.outgoing.contains_key(&call_id) {
+                self.stream_failed(call_id, status);
+            }
         }
     }
 
