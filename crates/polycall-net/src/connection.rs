@@ -898,9 +898,9 @@ impl Driver {
                     } else {
                         let _ = p.reply.send(Ok(Reply::new(payload)));
                     }
-                } else if let Some(tx) = self.streams.incoming.get(&call_id) {
+                } else if self.streams.incoming.contains_key(&call_id) {
                     if !empty {
-                        tx.send(Ok(payload));
+                        self.streams.deliver(call_id, Ok(payload));
                     }
                     if !stream {
                         // A one-message answer to a stream: it ends here.
@@ -909,12 +909,9 @@ impl Driver {
                 }
             }
             Event::StreamMessage { call_id, payload } => {
-                match self.streams.incoming.get(&call_id) {
-                    Some(tx) => {
-                        tx.send(Ok(payload));
-                    }
+                if !self.streams.deliver(call_id, Ok(payload)) {
                     // Nobody reads it any more.
-                    None => self.proto.stream_consumed(call_id, 1),
+                    self.proto.stream_consumed(call_id, 1);
                 }
             }
             Event::StreamEnd { call_id } => {
@@ -1591,7 +1588,7 @@ fn reject(cmd: Command, status: &Status) {
         Command::CallCompressed(c) => {
             let _ = c.reply.send(Err(s));
         }
-        Command::OpenStream(o) => {
+        Command::OpenStream(mut o) => {
             o.replies.send(Err(s));
         }
         _ => {}
@@ -1616,6 +1613,8 @@ impl Future for Driver {
             }
             let mut progressed = this.poll_commands(cx);
             progressed |= this.poll_read(cx);
+            // What the reads delivered reaches the streams' readers, a batch each.
+            this.streams.flush();
             progressed |= this.poll_handlers(cx);
             progressed |= this.poll_write(cx);
             progressed |= this.poll_timers(cx);

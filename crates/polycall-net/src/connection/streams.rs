@@ -60,27 +60,54 @@ impl Inbox {
     }
 }
 
-/// The connection's end of an [`Inbox`]: dropping it ends the stream cleanly.
+/// The connection's end of an [`Inbox`]: what it delivers collects in `pending` and
+/// reaches the reader at [`Delivery::flush`] (the connection flushes after each round
+/// of reading), so the reader and the connection take the lock once per batch.
+/// Dropping it flushes and ends the stream cleanly.
 #[derive(Debug)]
-pub(super) struct Delivery(Arc<Inbox>);
+pub(super) struct Delivery {
+    inbox: Arc<Inbox>,
+    pending: std::collections::VecDeque<Result<Payload, Status>>,
+}
 
 impl Delivery {
-    /// Appends a message (or the error that ends the stream) for the reader.
-    pub(super) fn send(&self, item: Result<Payload, Status>) {
-        self.0.lock().items.push_back(item);
-        self.0.waker.wake();
+    /// Adds a message (or the error that ends the stream) for the reader; true when
+    /// it is the first since the last flush (the stream needs one).
+    pub(super) fn send(&mut self, item: Result<Payload, Status>) -> bool {
+        self.pending.push_back(item);
+        self.pending.len() == 1
+    }
+
+    /// Hands what was delivered to the reader and wakes it.
+    pub(super) fn flush(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
+        {
+            let mut q = self.inbox.lock();
+            if q.items.is_empty() {
+                std::mem::swap(&mut q.items, &mut self.pending);
+            } else {
+                q.items.append(&mut self.pending);
+            }
+        }
+        self.inbox.waker.wake();
     }
 
     /// Whether the reader is gone.
     pub(super) fn is_closed(&self) -> bool {
-        self.0.lock().abandoned
+        self.inbox.lock().abandoned
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        self.0.lock().closed = true;
-        self.0.waker.wake();
+        {
+            let mut q = self.inbox.lock();
+            q.items.append(&mut self.pending);
+            q.closed = true;
+        }
+        self.inbox.waker.wake();
     }
 }
 
@@ -126,7 +153,10 @@ impl Drop for InboxReader {
 fn inbox() -> (Delivery, InboxReader) {
     let inbox = Arc::new(Inbox::default());
     (
-        Delivery(inbox.clone()),
+        Delivery {
+            inbox: inbox.clone(),
+            pending: std::collections::VecDeque::new(),
+        },
         InboxReader {
             inbox,
             batch: std::collections::VecDeque::new(),
@@ -435,7 +465,7 @@ impl ConnectionHandle {
             Err(mpsc::error::SendError(Command::OpenStream(open))) => Some(open.replies),
             Err(_) => None,
         };
-        if let Some(tx) = refused {
+        if let Some(mut tx) = refused {
             guard.armed = false;
             tx.send(Err(Status::unavailable(format!(
                 "the connection to {} is closed",
@@ -489,13 +519,15 @@ pub(super) struct Streams {
     pub(super) outgoing: polycall_core::IdMap<u32, Arc<OutShared>>,
     /// The tokens of the streaming calls this side opened, by call id.
     pub(super) tokens: polycall_core::IdMap<u32, u64>,
+    /// Incoming streams with deliveries not yet flushed to their readers.
+    dirty: Vec<u32>,
 }
 
 impl Streams {
     /// The call is over (either side): its reader gets `end` (`None`: a clean end),
     /// its producer stops.
     pub(super) fn close(&mut self, call_id: u32, end: Option<Status>) {
-        if let Some(tx) = self.incoming.remove(&call_id)
+        if let Some(mut tx) = self.incoming.remove(&call_id)
             && let Some(status) = end
         {
             tx.send(Err(status));
@@ -505,9 +537,33 @@ impl Streams {
         }
     }
 
+    /// Delivers `item` to the reader of `call_id`'s incoming stream (at the next
+    /// [`Streams::flush`]); false when the stream has no reader.
+    pub(super) fn deliver(&mut self, call_id: u32, item: Result<Payload, Status>) -> bool {
+        match self.incoming.get_mut(&call_id) {
+            Some(tx) => {
+                if tx.send(item) {
+                    self.dirty.push(call_id);
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Hands every stream's deliveries to its reader.
+    pub(super) fn flush(&mut self) {
+        for id in self.dirty.drain(..) {
+            if let Some(tx) = self.incoming.get_mut(&id) {
+                tx.flush();
+            }
+        }
+    }
+
     pub(super) fn close_all(&mut self, status: &Status) {
         self.tokens.clear();
-        for (_, tx) in self.incoming.drain() {
+        self.dirty.clear();
+        for (_, mut tx) in self.incoming.drain() {
             tx.send(Err(status.clone()));
         }
         for (_, out) in self.outgoing.drain() {
@@ -528,10 +584,10 @@ impl Driver {
     /// unless the stream opened empty.
     pub(super) fn incoming_stream(&mut self, call_id: u32, first: Option<Payload>) -> Streaming {
         let (tx, rx) = inbox();
-        if let Some(p) = first {
-            tx.send(Ok(p));
-        }
         self.streams.incoming.insert(call_id, tx);
+        if let Some(p) = first {
+            self.streams.deliver(call_id, Ok(p));
+        }
         Streaming {
             rx,
             key: StreamKey::Call(call_id),
@@ -619,7 +675,7 @@ impl Driver {
             metadata,
             token,
             requests,
-            replies,
+            mut replies,
         } = open;
         if replies.is_closed() {
             return; // the caller gave up before the call left

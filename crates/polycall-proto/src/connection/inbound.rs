@@ -115,7 +115,7 @@ impl Connection {
             c.rx_delivered = true;
             self.calls.insert(f.call_id, c);
             self.events.push_back((
-                Event::Call(IncomingCall {
+                Event::Call(Box::new(IncomingCall {
                     call_id: f.call_id,
                     service,
                     method,
@@ -123,7 +123,7 @@ impl Connection {
                     meta: f.meta,
                     stream: true,
                     empty: true,
-                }),
+                })),
                 0,
             ));
             return Ok(());
@@ -435,7 +435,7 @@ impl Connection {
             c.rx_done = true;
         }
         let event = if let Some(p) = c.pending.take() {
-            Event::Call(IncomingCall {
+            Event::Call(Box::new(IncomingCall {
                 call_id,
                 service: p.service,
                 method: p.method,
@@ -443,7 +443,7 @@ impl Connection {
                 meta: p.meta,
                 stream: p.stream,
                 empty: false,
-            })
+            }))
         } else if first && c.local {
             Event::Reply {
                 call_id,

@@ -228,7 +228,7 @@ pub enum Event {
         data: Bytes,
     },
     /// The peer opened a call.
-    Call(IncomingCall),
+    Call(Box<IncomingCall>),
     /// The reply to a call this side opened.
     Reply {
         /// The call.
@@ -772,6 +772,8 @@ impl Connection {
         Ok(())
     }
 
+    // Inlined into `handle`: a frame is a large value, moved once less.
+    #[inline(always)]
     fn dispatch(&mut self, frame: Frame) -> Result<(), ProtoError> {
         match frame {
             Frame::Hello(_) | Frame::Welcome(_) => {
