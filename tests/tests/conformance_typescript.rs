@@ -11,13 +11,23 @@ use polycall_test_support::{TempDir, TestRuntime};
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use polycall_core::{Call, Code, Metadata, MethodInfo, Payload, Reply, Router, Status, handler_fn};
-use polycall_net::{Channel, ConnectionHandle, Endpoint};
-use polycall_runtime::{Provider, Runtime};
+use polycall_core as pc_core;
+use polycall_core::{Call, Payload};
+use polycall_net as pc_net;
+use polycall_net::{Channel, Endpoint};
+use polycall_runtime as pc_runtime;
+use polycall_runtime::Runtime;
 use serde_json::{Value, json};
+
+/// The Rust conformance client and provider, shared with `polycall bindgen verify` and
+/// the Python runs.
+#[path = "../../crates/polycall-cli/src/bindgen/conformance.rs"]
+mod conformance;
+
+use conformance::SCENARIOS;
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -190,17 +200,6 @@ fn run_client(program: &str, args: &[&str]) -> (Vec<Value>, bool, String) {
     (lines, ok, err)
 }
 
-const SCENARIOS: [&str; 8] = [
-    "echo_small",
-    "add",
-    "error_typed",
-    "unknown_method",
-    "deadline",
-    "big_8mib",
-    "concurrent_1000",
-    "provider_disconnect",
-];
-
 fn assert_all_passed(who: &str, lines: &[Value], ok: bool, stderr: &str) {
     let names: Vec<&str> = lines
         .iter()
@@ -288,245 +287,6 @@ fn generated_typescript_stubs_equal_a_fresh_generation() {
     }
 }
 
-// ------------------------------------------------------------------ a Rust provider of the interface
-
-fn status_of(v: &Value) -> Status {
-    let code = v["code"]
-        .as_str()
-        .and_then(Code::from_name)
-        .unwrap_or(Code::Internal);
-    Status::new(code, v["message"].as_str().unwrap_or_default())
-}
-
-fn json_in(c: &Call) -> Result<Value, Status> {
-    c.payload
-        .to_json()
-        .map_err(|e| Status::invalid_input(format!("expected JSON: {e}")))
-}
-
-fn json_out(v: &Value) -> Result<Reply, Status> {
-    Ok(Reply::new(
-        Payload::json(v).map_err(|e| Status::internal(e.to_string()))?,
-    ))
-}
-
-/// The conformance interface in Rust: `exit_now` closes the provider's connection
-/// without replying (the in-process stand-in for a process that exits).
-fn rust_conformance(service: &str, conn: Arc<OnceLock<ConnectionHandle>>) -> Router {
-    let name = |m: &str| format!("{service}.{m}");
-    Router::new()
-        .route(
-            &name("echo"),
-            MethodInfo::new("echo").idempotent(true),
-            handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) }),
-        )
-        .and_then(|r| {
-            r.route(
-                &name("add"),
-                MethodInfo::new("add").idempotent(true),
-                handler_fn(|c: Call| async move {
-                    let v = json_in(&c)?;
-                    json_out(&json!({"sum": v["a"].as_i64().unwrap_or(0) + v["b"].as_i64().unwrap_or(0)}))
-                }),
-            )
-        })
-        .and_then(|r| {
-            r.route(
-                &name("fail"),
-                MethodInfo::new("fail"),
-                handler_fn(|c: Call| async move { Err(status_of(&json_in(&c)?)) }),
-            )
-        })
-        .and_then(|r| {
-            r.route(
-                &name("sleep"),
-                MethodInfo::new("sleep"),
-                handler_fn(|c: Call| async move {
-                    let v = json_in(&c)?;
-                    tokio::time::sleep(Duration::from_millis(v["ms"].as_u64().unwrap_or(0))).await;
-                    json_out(&json!({}))
-                }),
-            )
-        })
-        .and_then(|r| {
-            r.route(
-                &name("exit_now"),
-                MethodInfo::new("exit_now"),
-                handler_fn(move |_c: Call| {
-                    let conn = conn.clone();
-                    async move {
-                        if let Some(h) = conn.get() {
-                            h.close(Status::unavailable("exit_now: the provider goes away"));
-                        }
-                        std::future::pending::<Result<Reply, Status>>().await
-                    }
-                }),
-            )
-        })
-        .expect("valid names")
-}
-
-// ------------------------------------------------------------------ a Rust client of the interface
-
-async fn rust_scenarios(ep: &Endpoint, service: &str) -> Vec<(String, Result<(), String>)> {
-    let ch = Channel::connect(ep.clone()).await.expect("connect");
-    let call = |m: &str, p: Payload| Call::new(&format!("{service}.{m}"), p).expect("name");
-    let mut out = Vec::new();
-
-    let small: Vec<u8> = (0..64u8).collect();
-    let r = ch.call(call("echo", Payload::raw(small.clone()))).await;
-    out.push((
-        "echo_small".into(),
-        match r {
-            Ok(rep) if rep.payload.bytes[..] == small[..] => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    ));
-
-    let r = ch
-        .call(call(
-            "add",
-            Payload::json(&json!({"a": 2, "b": 40})).unwrap(),
-        ))
-        .await;
-    out.push((
-        "add".into(),
-        match r.map(|rep| rep.payload.to_json::<Value>()) {
-            Ok(Ok(v)) if v == json!({"sum": 42}) => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    ));
-
-    let r = ch
-        .call(call(
-            "fail",
-            Payload::json(&json!({"code": "invalid_input", "message": "bad x"})).unwrap(),
-        ))
-        .await;
-    out.push((
-        "error_typed".into(),
-        match r {
-            Err(s) if s.code == Code::InvalidInput && s.message.contains("bad x") => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    ));
-
-    let r = ch.call(call("nope", Payload::raw("x"))).await;
-    out.push((
-        "unknown_method".into(),
-        match r {
-            Err(s) if s.code == Code::UnknownMethod => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    ));
-
-    // A 200 ms deadline on a 10 s sleep: typically answered after ~200 ms; the 5 s bound
-    // (25x) tells "at the deadline" from "after the sleep" and a loaded 2-core machine
-    // cannot break it.
-    let started = Instant::now();
-    let c = call("sleep", Payload::json(&json!({"ms": 10_000})).unwrap()).with_metadata(
-        Metadata::default().with_timeout(Instant::now(), Duration::from_millis(200)),
-    );
-    let r = ch.call(c).await;
-    let took = started.elapsed();
-    out.push((
-        "deadline".into(),
-        match r {
-            Err(s) if s.code == Code::DeadlineExceeded && took < Duration::from_secs(5) => Ok(()),
-            other => Err(format!("{other:?} after {took:?}")),
-        },
-    ));
-
-    let big: Vec<u8> = (0..8 * 1024 * 1024u32)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
-    let r = ch.call(call("echo", Payload::raw(big.clone()))).await;
-    out.push((
-        "big_8mib".into(),
-        match r {
-            Ok(rep) if rep.payload.bytes[..] == big[..] => Ok(()),
-            Ok(rep) => Err(format!(
-                "{} bytes came back, not the same",
-                rep.payload.len()
-            )),
-            Err(e) => Err(e.to_string()),
-        },
-    ));
-
-    let conn = ch.any_connection().await.expect("a connection");
-    let calls = (0..1000i64).map(|i| {
-        let c = call("add", Payload::json(&json!({"a": i, "b": 1000})).unwrap());
-        let conn = conn.clone();
-        async move { (i, conn.call(c).await) }
-    });
-    let results = futures_join_all(calls).await;
-    let bad: Vec<String> = results
-        .into_iter()
-        .filter_map(|(i, r)| match r.map(|rep| rep.payload.to_json::<Value>()) {
-            Ok(Ok(v)) if v == json!({"sum": i + 1000}) => None,
-            other => Some(format!("{i}: {other:?}")),
-        })
-        .collect();
-    out.push((
-        "concurrent_1000".into(),
-        if bad.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "{} wrong, first {:?}",
-                bad.len(),
-                &bad[..bad.len().min(3)]
-            ))
-        },
-    ));
-
-    let r = tokio::time::timeout(
-        Duration::from_secs(10),
-        ch.call(call("exit_now", Payload::raw("bye"))),
-    )
-    .await;
-    out.push((
-        "provider_disconnect".into(),
-        match r {
-            Ok(Err(s)) if s.code == Code::Unavailable => Ok(()),
-            other => Err(format!("{other:?}")),
-        },
-    ));
-    out
-}
-
-/// Runs futures concurrently on the current task (no extra dependency).
-async fn futures_join_all<F: std::future::Future>(
-    futs: impl IntoIterator<Item = F>,
-) -> Vec<F::Output> {
-    let handles: Vec<_> = futs.into_iter().map(|f| Box::pin(f)).collect();
-    let mut outs: Vec<Option<F::Output>> = handles.iter().map(|_| None).collect();
-    let mut handles: Vec<Option<_>> = handles.into_iter().map(Some).collect();
-    std::future::poll_fn(|cx| {
-        let mut pending = false;
-        for (i, h) in handles.iter_mut().enumerate() {
-            if let Some(f) = h {
-                match f.as_mut().poll(cx) {
-                    std::task::Poll::Ready(v) => {
-                        outs[i] = Some(v);
-                        *h = None;
-                    }
-                    std::task::Poll::Pending => pending = true,
-                }
-            }
-        }
-        if pending {
-            std::task::Poll::Pending
-        } else {
-            std::task::Poll::Ready(())
-        }
-    })
-    .await;
-    outs.into_iter()
-        .map(|o| o.expect("every future completed"))
-        .collect()
-}
-
 // ------------------------------------------------------------------ cross-language runs
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -538,12 +298,13 @@ async fn typescript_provider_called_from_rust() {
         "node",
         &[&provider, "--endpoint", &ep_s, "--service", "ts_conf"],
     );
-    let results = rust_scenarios(&ep, "ts_conf").await;
-    let failed: Vec<_> = results.iter().filter(|(_, r)| r.is_err()).collect();
-    assert_eq!(results.len(), SCENARIOS.len());
+    let outcomes = conformance::run_client(ep.clone(), "ts_conf", &[]).await;
+    let names: Vec<&str> = outcomes.iter().map(|o| o.scenario.as_str()).collect();
+    assert_eq!(names, SCENARIOS, "every scenario ran, in order");
     assert!(
-        failed.is_empty(),
-        "scenarios failed against the TypeScript provider: {failed:#?}"
+        outcomes.iter().all(|o| o.ok),
+        "{}",
+        conformance::table("TypeScript provider, Rust client", &outcomes)
     );
     rt.shutdown().await;
 }
@@ -552,11 +313,9 @@ async fn typescript_provider_called_from_rust() {
 async fn typescript_client_against_a_rust_provider() {
     let client = node_program("conformance/client.js");
     let (rt, ep, _dir) = runtime().await;
-    let conn = Arc::new(OnceLock::new());
-    let provider = Provider::start(ep.clone(), rust_conformance("rust_conf", conn.clone()))
+    let provider = conformance::RustProvider::start(ep.clone(), "rust_conf")
         .await
         .expect("Rust provider");
-    conn.set(provider.connection().expect("connected")).ok();
     let ep_s = ep.to_string();
     let (lines, ok, err) = tokio::task::spawn_blocking(move || {
         run_client(

@@ -17,6 +17,7 @@ import os
 import pathlib
 import sys
 import time
+from typing import Any
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -24,7 +25,8 @@ import polycall  # noqa: E402
 from generated import conformance as gen  # noqa: E402
 
 SCENARIOS = ["echo_small", "add", "error_typed", "unknown_method", "deadline", "big_8mib",
-             "concurrent_1000", "provider_disconnect"]
+             "concurrent_1000", "stream_server", "stream_error", "stream_client", "stream_bidi",
+             "provider_disconnect"]
 
 
 class Failed(Exception):
@@ -95,6 +97,51 @@ async def scenario(name: str, svc: gen.ConformanceClient, client: polycall.Clien
         if bad:
             raise Failed(f"{len(bad)} of 1000 wrong, first: #{bad[0][0]}: {bad[0][1]}")
         return "1000 concurrent adds, each reply matching its input"
+    if name == "stream_server":
+        got: list[int] = []
+        try:
+            async for c in svc.count(gen.CountInput(n=5), timeout=30):
+                got.append(c.i)
+        except polycall.PolycallError as e:
+            raise Failed(f"count 5 failed after {got}: {e.name}: {e.message}") from None
+        if got != [0, 1, 2, 3, 4]:
+            raise Failed(f"count 5 gave {got}")
+        return "count 5: 0..4, then the end"
+    if name == "stream_error":
+        got = []
+        try:
+            async for c in svc.count(gen.CountInput(n=10, fail_after=3), timeout=30):
+                got.append(c.i)
+        except BaseException as e:  # noqa: BLE001
+            err = expect_error(e, polycall.FailedPreconditionError, "count 10 failing after 3")
+            if got != [0, 1, 2]:
+                raise Failed(f"expected 3 messages then failed_precondition, got {got} then it") from None
+            return f"3 messages, then failed_precondition: {err.message}"
+        raise Failed(f"expected 3 messages then failed_precondition, got {got} then the end")
+    if name == "stream_client":
+        async def numbers():
+            for n in range(1, 101):
+                yield gen.Term(n=n)
+        try:
+            t = await svc.total(numbers(), timeout=30)
+        except polycall.PolycallError as e:
+            raise Failed(f"total: {e.name}: {e.message}") from None
+        if t.sum != 5050:
+            raise Failed(f"the total of 1..=100 came back as {t.sum}")
+        return "1 + … + 100 = 5050 over a request stream"
+    if name == "stream_bidi":
+        sent = [os.urandom(1 + (i * 997) % 70_000) for i in range(50)]
+        back: list[bytes] = []
+        try:
+            async for message in svc.relay(sent, timeout=60):
+                back.append(message)
+        except polycall.PolycallError as e:
+            raise Failed(f"relay failed after {len(back)} messages: {e.name}: {e.message}") from None
+        if back != sent:
+            same = next((i for i, (a, b) in enumerate(zip(back, sent)) if a != b), min(len(back), len(sent)))
+            raise Failed(f"{len(back)} messages back, not the 50 sent (the first difference at #{same})")
+        sizes = [len(m) for m in sent]
+        return f"50 messages ({min(sizes)} B to {max(sizes)} B) relayed in order, unchanged"
     if name == "provider_disconnect":
         try:
             await svc.exit_now(b"bye", timeout=10)

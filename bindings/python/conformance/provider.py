@@ -1,5 +1,6 @@
 """The Python conformance provider: serves bindings/conformance/conformance.toml under a
-service name given on the command line, through the generated stubs.
+service name given on the command line, through the generated stubs (the streaming
+methods count, total and relay included).
 
     python3 bindings/python/conformance/provider.py --endpoint HOST:PORT --service NAME
 
@@ -14,6 +15,7 @@ import asyncio
 import os
 import pathlib
 import sys
+from typing import AsyncIterator
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
@@ -43,6 +45,23 @@ class Conformance(gen.ConformanceProvider):
     async def exit_now(self, request: bytes, ctx: polycall.CallContext) -> bytes:
         sys.stdout.flush()
         os._exit(0)
+
+    async def count(self, request: gen.CountInput, ctx: polycall.CallContext) -> AsyncIterator[gen.Counted]:
+        for i in range(max(request.n, 0)):
+            if request.fail_after is not None and i == request.fail_after:
+                raise polycall.FailedPreconditionError(
+                    f"count failed after {request.fail_after} messages, as asked")
+            yield gen.Counted(i=i)
+
+    async def total(self, requests: AsyncIterator[gen.Term], ctx: polycall.CallContext) -> gen.Total:
+        total = 0
+        async for number in requests:
+            total += number.n
+        return gen.Total(sum=total)
+
+    async def relay(self, requests: AsyncIterator[bytes], ctx: polycall.CallContext) -> AsyncIterator[bytes]:
+        async for message in requests:
+            yield message
 
 
 async def main() -> int:

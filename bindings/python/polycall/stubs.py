@@ -8,12 +8,13 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-from typing import Any, Awaitable, Callable, Optional
+import inspect
+from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable, Optional, Union
 
 from . import codec
 from . import frame as F
-from .connection import CallContext, IncomingCall, Payload
-from .errors import InvalidInputError, MalformedError, PolycallError
+from .connection import CallContext, IncomingCall, Payload, ReplyStream, as_async_iterator
+from .errors import InternalError, InvalidInputError, MalformedError, PolycallError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -220,3 +221,236 @@ def serve(provider: Any, method: str, impl: Callable[[Any, CallContext], Awaitab
 
     provider.add_method(method, handler, summary=summary, input_hint=input_hint,
                         output_hint=output_hint, idempotent=idempotent)
+
+
+# ------------------------------------------------------------------------ streaming calls
+#
+# The generated streaming methods call these: ``server_stream``, ``client_stream`` and
+# ``bidi`` (the schema's method kinds) on the client side, ``serve_server_stream``,
+# ``serve_client_stream`` and ``serve_bidi`` on the provider side. Requests and replies
+# are checked and converted one message at a time, as they flow.
+
+#: What a typed request stream may be: an async or plain iterable of values.
+Values = Union[AsyncIterable[Any], Iterable[Any]]
+
+
+def _check_values(method: str, values: Any) -> None:
+    """Refuses, before anything is sent, requests that are not a stream of values."""
+    if isinstance(values, (bytes, bytearray, memoryview, str)) or not (
+            hasattr(values, "__aiter__") or hasattr(values, "__iter__")):
+        raise TypeError(f"{method}: the requests must be an iterable or async iterable of values, "
+                        f"not {type(values).__name__}")
+
+
+async def _aclose(it: Any) -> None:
+    aclose = getattr(it, "aclose", None)
+    if aclose is not None:
+        try:
+            await aclose()
+        except Exception:  # noqa: BLE001 - still running elsewhere, or failing on close
+            pass
+
+
+async def _encoded_requests(method: str, values: Values, input_type: Type) -> AsyncIterator[Payload]:
+    """The wire messages of a typed request stream; a value that does not fit its type
+    raises :class:`TypeError` (which fails the call, CANCEL to the callee)."""
+    it = as_async_iterator(values)
+    try:
+        i = 0
+        while True:
+            try:
+                value = await it.__anext__()
+            except StopAsyncIteration:
+                return
+            try:
+                payload = encode(value, input_type)
+            except ConversionError as e:
+                raise TypeError(f"{method}: request #{i} does not fit its type: {e}") from None
+            i += 1
+            yield payload
+    finally:
+        await _aclose(it)
+
+
+def _reply_decoder(method: str, output_type: Type) -> Callable[[Payload], Any]:
+    """Decodes each reply of a stream in turn; one that does not fit raises
+    :class:`MalformedError` (and the call is cancelled)."""
+    count = 0
+
+    def decode_reply(payload: Payload) -> Any:
+        nonlocal count
+        i, count = count, count + 1
+        try:
+            return decode(payload, output_type, f"reply #{i} of {method}")
+        except ConversionError as e:
+            raise MalformedError(f"{method}: reply #{i} does not fit its type: {e}") from None
+    return decode_reply
+
+
+def server_stream(client: Any, method: str, request: Any, input_type: Type, output_type: Type, *,
+                  idempotent: bool, timeout: Optional[float], priority: Optional[str]) -> ReplyStream:
+    """A typed server stream: checks and encodes ``request`` (raising
+    :class:`TypeError` at once when it does not fit) and returns the replies as an
+    async iterator of decoded values — a :class:`polycall.ReplyStream`: the call opens
+    when iteration starts, ``timeout`` covers the whole stream, leaving early cancels
+    it, and a reply that does not fit its type raises :class:`polycall.MalformedError`
+    (cancelling the call)."""
+    try:
+        payload = encode(request, input_type)
+    except ConversionError as e:
+        raise TypeError(f"{method}: the request does not fit its type: {e}") from None
+    return client.connection.stream(method, payload.data, content_type=payload.content_type,
+                                    timeout=timeout, priority=priority, idempotent=idempotent,
+                                    decode=_reply_decoder(method, output_type))
+
+
+async def client_stream(client: Any, method: str, requests: Values, input_type: Type, output_type: Type, *,
+                        idempotent: bool, timeout: Optional[float], priority: Optional[str]) -> Any:
+    """A typed client stream: sends each value of ``requests`` (an async or plain
+    iterable; checked and encoded as it is sent — one that does not fit fails the
+    call with :class:`TypeError`) and returns the one decoded reply (a reply that does
+    not fit raises :class:`polycall.MalformedError`)."""
+    _check_values(method, requests)
+    content_type = F.RAW if input_type.kind == "raw" else F.JSON
+    return await client.connection.stream(
+        method, requests=_encoded_requests(method, requests, input_type), content_type=content_type,
+        timeout=timeout, priority=priority, idempotent=idempotent,
+        decode=_reply_decoder(method, output_type)).single()
+
+
+def bidi_stream(client: Any, method: str, requests: Values, input_type: Type, output_type: Type, *,
+                idempotent: bool, timeout: Optional[float], priority: Optional[str]) -> ReplyStream:
+    """A typed bidirectional stream: ``requests`` are checked, encoded and sent as they
+    come (as for :func:`client_stream`) while the decoded replies arrive through the
+    returned :class:`polycall.ReplyStream` (as for :func:`server_stream`)."""
+    _check_values(method, requests)
+    content_type = F.RAW if input_type.kind == "raw" else F.JSON
+    return client.connection.stream(
+        method, requests=_encoded_requests(method, requests, input_type), content_type=content_type,
+        timeout=timeout, priority=priority, idempotent=idempotent,
+        decode=_reply_decoder(method, output_type))
+
+
+#: The name ``polycall bindgen`` gives :func:`bidi_stream` (the method kind ``bidi``).
+bidi = bidi_stream
+
+
+def _decode_request(method: str, payload: Payload, input_type: Type, which: str = "the request") -> Any:
+    try:
+        return decode(payload, input_type, f"{which} of {method}")
+    except (ConversionError, MalformedError) as e:
+        raise InvalidInputError(f"{method}: {which} does not fit its type: {e}") from None
+
+
+async def _decoded_requests(method: str, requests: AsyncIterable[Payload], input_type: Type) -> AsyncIterator[Any]:
+    """A provider's view of a typed request stream: each message decoded as it is
+    read; one that does not fit raises :class:`polycall.InvalidInputError` in the
+    method (which answers with it unless the method catches it)."""
+    i = 0
+    async for payload in requests:
+        value = _decode_request(method, payload, input_type, f"request #{i}")
+        i += 1
+        yield value
+
+
+async def _replies_of(method: str, result: Any) -> Any:
+    """The reply stream a streaming method returned: an async generator (usually), or
+    an awaitable of an async or plain iterable."""
+    if inspect.isawaitable(result):
+        result = await result
+    if hasattr(result, "__aiter__"):
+        return result
+    if hasattr(result, "__iter__") and not isinstance(result, (bytes, bytearray, memoryview, str, dict)):
+        return as_async_iterator(result)
+    raise InternalError(f"{method} answers with a stream, but its implementation returned {type(result).__name__}")
+
+
+async def _encoded_replies(method: str, replies: Any, output_type: Type,
+                           requests: Optional[AsyncIterator[Any]] = None) -> AsyncIterator[Payload]:
+    """The wire messages of a typed reply stream: a reply that does not fit its type
+    ends the stream with ``internal``. Closing it closes the method's generator (and
+    the typed view of its requests)."""
+    it = replies.__aiter__()
+    try:
+        i = 0
+        while True:
+            try:
+                value = await it.__anext__()
+            except StopAsyncIteration:
+                return
+            try:
+                payload = encode(value, output_type)
+            except ConversionError as e:
+                raise InternalError(f"{method} returned reply #{i}, which does not fit its type: {e}") from None
+            i += 1
+            yield payload
+    finally:
+        await _aclose(it)
+        if requests is not None:
+            await _aclose(requests)
+
+
+def serve_server_stream(provider: Any, method: str, impl: Callable[[Any, CallContext], Any],
+                        input_type: Type, output_type: Type, *, summary: str, input_hint: str,
+                        output_hint: str, idempotent: bool) -> None:
+    """Adds a typed server-stream method to ``provider``: ``impl(request, ctx)`` is an
+    async generator of replies (or returns an async or plain iterable of them). A
+    request that does not fit its type is answered with ``invalid_input``; a reply that
+    does not fit ends the stream with ``internal`` (after the replies before it); an
+    exception the method raises ends it with that error."""
+
+    async def handler(call: IncomingCall) -> AsyncIterable[Payload]:
+        request = _decode_request(method, Payload(call.payload, call.content_type), input_type)
+        return _encoded_replies(method, await _replies_of(method, impl(request, call.context)), output_type)
+
+    provider.add_server_stream(method, handler, summary=summary, input_hint=input_hint,
+                               output_hint=output_hint, idempotent=idempotent)
+
+
+def serve_client_stream(provider: Any, method: str, impl: Callable[[AsyncIterator[Any], CallContext], Awaitable[Any]],
+                        input_type: Type, output_type: Type, *, summary: str, input_hint: str,
+                        output_hint: str, idempotent: bool) -> None:
+    """Adds a typed client-stream method to ``provider``: ``impl(requests, ctx)`` reads
+    the decoded requests (``async for``; one that does not fit raises
+    :class:`polycall.InvalidInputError` there) and returns the one reply (``internal``
+    when it does not fit its type)."""
+
+    async def handler(call: IncomingCall) -> Payload:
+        assert call.requests is not None, "the provider hands client-stream methods a request stream"
+        requests = _decoded_requests(method, call.requests, input_type)
+        try:
+            result = await impl(requests, call.context)
+        finally:
+            await _aclose(requests)
+        try:
+            return encode(result, output_type)
+        except ConversionError as e:
+            raise InternalError(f"{method} returned a reply that does not fit its type: {e}") from None
+
+    provider.add_client_stream(method, handler, summary=summary, input_hint=input_hint,
+                               output_hint=output_hint, idempotent=idempotent)
+
+
+def serve_bidi_stream(provider: Any, method: str, impl: Callable[[AsyncIterator[Any], CallContext], Any],
+                      input_type: Type, output_type: Type, *, summary: str, input_hint: str,
+                      output_hint: str, idempotent: bool) -> None:
+    """Adds a typed bidirectional method to ``provider``: ``impl(requests, ctx)`` reads
+    the decoded requests as for :func:`serve_client_stream` and yields the replies as
+    for :func:`serve_server_stream`."""
+
+    async def handler(call: IncomingCall) -> AsyncIterable[Payload]:
+        assert call.requests is not None, "the provider hands bidi methods a request stream"
+        requests = _decoded_requests(method, call.requests, input_type)
+        try:
+            replies = await _replies_of(method, impl(requests, call.context))
+        except BaseException:
+            await _aclose(requests)
+            raise
+        return _encoded_replies(method, replies, output_type, requests)
+
+    provider.add_bidi_stream(method, handler, summary=summary, input_hint=input_hint,
+                             output_hint=output_hint, idempotent=idempotent)
+
+
+#: The name ``polycall bindgen`` gives :func:`serve_bidi_stream` (the method kind ``bidi``).
+serve_bidi = serve_bidi_stream

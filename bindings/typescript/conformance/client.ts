@@ -108,6 +108,60 @@ const scenarios: [string, () => Promise<Outcome>][] = [
     },
   ],
   [
+    "stream_server",
+    async () => {
+      const got: number[] = [];
+      try {
+        for await (const c of svc.count({ n: 5 }, { deadlineMs: 30_000 })) got.push(c.i);
+      } catch (e) {
+        return `count 5 failed after ${JSON.stringify(got)}: ${describe(e)}`;
+      }
+      return JSON.stringify(got) === "[0,1,2,3,4]" ? null : `count 5 gave ${JSON.stringify(got)}`;
+    },
+  ],
+  [
+    "stream_error",
+    async () => {
+      const got: number[] = [];
+      try {
+        for await (const c of svc.count({ n: 10, failAfter: 3 }, { deadlineMs: 30_000 })) got.push(c.i);
+      } catch (e) {
+        if (!(e instanceof PolycallError) || e.code !== "failed_precondition") {
+          return `expected 3 messages then failed_precondition, got ${got.length} then ${describe(e)}`;
+        }
+        return got.length === 3 ? null : `expected 3 messages then failed_precondition, got ${got.length} then it`;
+      }
+      return `expected 3 messages then failed_precondition, got ${got.length} then the end`;
+    },
+  ],
+  [
+    "stream_client",
+    async () => {
+      async function* numbers() {
+        for (let n = 1; n <= 100; n++) yield { n };
+      }
+      const t = await svc.total(numbers(), { deadlineMs: 30_000 });
+      return t.sum === 5050 ? null : `the total of 1..=100 came back as ${t.sum}`;
+    },
+  ],
+  [
+    "stream_bidi",
+    async () => {
+      const sent = Array.from({ length: 50 }, (_, i) => new Uint8Array(randomBytes(1 + ((i * 997) % 70_000))));
+      const back: Uint8Array[] = [];
+      try {
+        for await (const m of svc.relay(sent, { deadlineMs: 60_000 })) back.push(m);
+      } catch (e) {
+        return `relay failed after ${back.length} messages: ${describe(e)}`;
+      }
+      const first = sent.findIndex((m, i) => back[i] === undefined || !same(m, back[i]!));
+      if (back.length !== sent.length || first !== -1) {
+        return `${back.length} messages back, not the 50 sent${first === -1 ? "" : ` (the first difference at #${first})`}`;
+      }
+      return null;
+    },
+  ],
+  [
     "provider_disconnect",
     () => withTimeout(expectError(svc.exitNow(new Uint8Array([0])), "unavailable"), 10_000, "exit_now"),
   ],

@@ -1,7 +1,7 @@
 /**
- * The conformance provider: registers SERVICE.{echo,add,fail,sleep,exit_now} with the
- * runtime (the generated `ConformanceProvider`), prints `ready` once registered and
- * serves until killed.
+ * The conformance provider: registers SERVICE.{echo,add,fail,sleep,exit_now} and the
+ * streaming SERVICE.{count,total,relay} with the runtime (the generated
+ * `ConformanceProvider`), prints `ready` once registered and serves until killed.
  *
  *     node dist/conformance/provider.js --endpoint HOST:PORT --service NAME
  */
@@ -10,7 +10,18 @@ import { setTimeout as sleep } from "node:timers/promises";
 
 import { type CallContext, Methods, PolycallError, Provider, isCode } from "polycall";
 
-import { type AddInput, type AddOutput, ConformanceProvider, type Empty, type FailInput, type SleepInput } from "../generated/conformance.js";
+import {
+  type AddInput,
+  type AddOutput,
+  ConformanceProvider,
+  type CountInput,
+  type Counted,
+  type Empty,
+  type FailInput,
+  type Term as NumberMessage,
+  type SleepInput,
+  type Total,
+} from "../generated/conformance.js";
 import { parseArgs, required } from "./args.js";
 
 const USAGE = "provider.js --endpoint HOST:PORT --service NAME";
@@ -39,6 +50,25 @@ class Conformance extends ConformanceProvider {
   exitNow(): Uint8Array {
     // A provider that disconnects mid-call: no reply, no goodbye.
     process.exit(0);
+  }
+
+  async *count(request: CountInput): AsyncIterable<Counted> {
+    for (let i = 0; i < request.n; i++) {
+      if (request.failAfter !== null && request.failAfter !== undefined && i === request.failAfter) {
+        throw new PolycallError("failed_precondition", `count failed after ${request.failAfter} messages, as asked`);
+      }
+      yield { i };
+    }
+  }
+
+  async total(requests: AsyncIterable<NumberMessage>): Promise<Total> {
+    let sum = 0;
+    for await (const r of requests) sum += r.n;
+    return { sum };
+  }
+
+  async *relay(requests: AsyncIterable<Uint8Array>): AsyncIterable<Uint8Array> {
+    for await (const message of requests) yield message;
   }
 }
 

@@ -133,15 +133,15 @@ export const CountedType: _s.TypeDesc<Counted> = _s.message<Counted>("Counted", 
 /**
  * One request message of a total stream.
  */
-export interface Number {
+export interface Term {
   /**
    * A number to add.
    */
   n: number;
 }
 
-/** Reads and writes `Number` as JSON (checking every field). */
-export const NumberType: _s.TypeDesc<Number> = _s.message<Number>("Number", () => [
+/** Reads and writes `Term` as JSON (checking every field). */
+export const TermType: _s.TypeDesc<Term> = _s.message<Term>("Term", () => [
   ["n", "n", _s.INT, false],
 ]);
 
@@ -213,8 +213,8 @@ export class ConformanceClient {
   /**
    * A client stream: adds the `n` of every request message; answers the sum once the requests end.
    */
-  total(requests: AsyncIterable<Number> | Iterable<Number>, options: _p.CallOptions = {}): Promise<Total> {
-    return _s.clientStream(this.peer, this.service, "total", requests, NumberType, TotalType, false, options);
+  total(requests: AsyncIterable<Term> | Iterable<Term>, options: _p.CallOptions = {}): Promise<Total> {
+    return _s.clientStream(this.peer, this.service, "total", requests, TermType, TotalType, false, options);
   }
 
   /**
@@ -264,7 +264,7 @@ export abstract class ConformanceProvider {
   /**
    * A client stream: adds the `n` of every request message; answers the sum once the requests end.
    */
-  abstract total(requests: AsyncIterable<Number>, ctx: _p.CallContext): Promise<Total> | Total;
+  abstract total(requests: AsyncIterable<Term>, ctx: _p.CallContext): Promise<Total> | Total;
 
   /**
    * Bidirectional: answers each request message (raw bytes) with the same bytes, as it arrives; ends when the requests end.
@@ -309,7 +309,7 @@ export abstract class ConformanceProvider {
       output: "{\"i\": int}",
       idempotent: false,
     });
-    _s.serveClientStream(methods, service + ".total", (r, ctx) => this.total(r, ctx), NumberType, TotalType, {
+    _s.serveClientStream(methods, service + ".total", (r, ctx) => this.total(r, ctx), TermType, TotalType, {
       summary: "A client stream: adds the `n` of every request message; answers the sum once the requests end.",
       input: "{\"n\": int}",
       output: "{\"sum\": int}",

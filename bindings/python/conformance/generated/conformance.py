@@ -21,7 +21,7 @@ __all__ = [
     "SleepInput",
     "CountInput",
     "Counted",
-    "Number",
+    "Term",
     "Total",
     "ConformanceClient",
     "ConformanceProvider",
@@ -122,7 +122,7 @@ class Counted:
 
 
 @dataclasses.dataclass(kw_only=True)
-class Number:
+class Term:
     """One request message of a total stream."""
 
     #: A number to add.
@@ -262,7 +262,7 @@ class ConformanceClient:
             priority=priority,
         )
 
-def count(
+    def count(
         self,
         request: CountInput,
         *,
@@ -277,7 +277,7 @@ def count(
         return _s.server_stream(
             self._client,
             self._service + ".count",
-request,
+            request,
             _s.message(lambda: CountInput),
             _s.message(lambda: Counted),
             idempotent=False,
@@ -285,9 +285,9 @@ request,
             priority=priority,
         )
 
-async def total(
+    async def total(
         self,
-        requests: AsyncIterable[Number],
+        requests: AsyncIterable[Term],
         *,
         timeout: Optional[float] = None,
         priority: Optional[str] = None,
@@ -300,15 +300,15 @@ async def total(
         return await _s.client_stream(
             self._client,
             self._service + ".total",
-requests,
-            _s.message(lambda: Number),
+            requests,
+            _s.message(lambda: Term),
             _s.message(lambda: Total),
             idempotent=False,
             timeout=timeout,
             priority=priority,
         )
 
-def relay(
+    def relay(
         self,
         requests: AsyncIterable[bytes],
         *,
@@ -323,7 +323,7 @@ def relay(
         return _s.bidi(
             self._client,
             self._service + ".relay",
-requests,
+            requests,
             _s.RAW,
             _s.RAW,
             idempotent=False,
@@ -377,7 +377,7 @@ class ConformanceProvider:
         yield  # an async generator
 
     async def total(
-        self, requests: AsyncIterator[Number], ctx: _p.CallContext
+        self, requests: AsyncIterator[Term], ctx: _p.CallContext
     ) -> Total:
         """A client stream: adds the `n` of every request message; answers the sum once the requests end.
 
@@ -465,7 +465,7 @@ class ConformanceProvider:
             provider,
             service + ".total",
             self.total,
-            _s.message(lambda: Number),
+            _s.message(lambda: Term),
             _s.message(lambda: Total),
             summary="A client stream: adds the `n` of every request message; answers the sum once the requests end.",
             input_hint="{\"n\": int}",

@@ -24,7 +24,7 @@ use pc_net::{Channel, Endpoint};
 #[rustfmt::skip]
 #[path = "generated/conformance.rs"]
 pub mod stubs;
-use stubs::{AddInput, ConformanceClient, CountInput, Empty, FailInput, Number, SleepInput};
+use stubs::{AddInput, ConformanceClient, CountInput, Empty, FailInput, SleepInput, Term};
 
 /// The scenarios, in the order they run (`provider_disconnect` last: it ends the
 /// provider).
@@ -288,7 +288,7 @@ async fn scenario(
             }
         }
         "stream_client" => {
-            let numbers = pc_core::stream::iter((1..=100).map(|n| Number { n }));
+            let numbers = pc_core::stream::iter((1..=100).map(|n| Term { n }));
             match client.total(numbers).await {
                 Ok(t) if t.sum == 5050 => Ok("1 + … + 100 = 5050 over a request stream".into()),
                 Ok(t) => Err(format!("the total of 1..=100 came back as {}", t.sum)),
@@ -310,7 +310,7 @@ async fn scenario(
             }
             let back: Vec<Vec<u8>> = items.iter().map(|p| p.bytes.to_vec()).collect();
             if back == sent {
-                Ok("50 messages (1 B to 68 KiB) relayed in order, unchanged".into())
+                Ok("50 messages (1 B to 48 KiB) relayed in order, unchanged".into())
             } else {
                 Err(format!("{} messages back, not the 50 sent", back.len()))
             }
@@ -418,7 +418,7 @@ impl stubs::Conformance for Provides {
 
     async fn total(
         &self,
-        mut requests: stubs_stream::BoxStream<Number>,
+        mut requests: stubs_stream::BoxStream<Term>,
         _: Metadata,
     ) -> Result<stubs::Total, Status> {
         let mut sum = 0i64;

@@ -79,7 +79,7 @@ pub struct Counted {
 
 /// One request message of a total stream.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct Number {
+pub struct Term {
     /// A number to add.
     #[serde(rename = "n")]
     pub n: i64,
@@ -267,7 +267,7 @@ impl ConformanceClient {
     /// A client stream: adds the `n` of every request message; answers the sum once the requests end.
     pub async fn total(
         &self,
-        requests: impl polycall::stream::Stream<Item = Number> + Send + 'static,
+        requests: impl polycall::stream::Stream<Item = Term> + Send + 'static,
     ) -> Result<Total, polycall::Status> {
         self.total_with(requests, polycall::Metadata::default())
             .await
@@ -277,7 +277,7 @@ impl ConformanceClient {
     /// stream, a priority, trace context).
     pub async fn total_with(
         &self,
-        requests: impl polycall::stream::Stream<Item = Number> + Send + 'static,
+        requests: impl polycall::stream::Stream<Item = Term> + Send + 'static,
         metadata: polycall::Metadata,
     ) -> Result<Total, polycall::Status> {
         let name = format!("{}.{}", self.service, "total");
@@ -370,7 +370,7 @@ pub trait Conformance: Send + Sync + 'static {
     /// A client stream: the stream of requests, one reply.
     fn total(
         &self,
-        requests: polycall::typed::BoxStream<Number>,
+        requests: polycall::typed::BoxStream<Term>,
         metadata: polycall::Metadata,
     ) -> impl std::future::Future<Output = Result<Total, polycall::Status>> + Send;
 
