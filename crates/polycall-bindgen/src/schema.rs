@@ -598,11 +598,41 @@ mod tests {
             .iter()
             .map(|m| m.name.as_str())
             .collect();
-        assert_eq!(names, ["echo", "add", "fail", "sleep", "exit_now"]);
+        assert_eq!(
+            names,
+            [
+                "echo", "add", "fail", "sleep", "exit_now", "count", "total", "relay"
+            ]
+        );
+        let kinds: Vec<_> = s.services[0].methods.iter().map(|m| m.kind).collect();
+        use polycall_core::CallKind::*;
+        assert_eq!(
+            kinds,
+            [
+                Unary,
+                Unary,
+                Unary,
+                Unary,
+                Unary,
+                ServerStream,
+                ClientStream,
+                Bidi
+            ]
+        );
         assert_eq!(s.services[0].methods[0].input, MethodType::Raw);
         assert_eq!(
             s.services[0].methods[1].input,
             MethodType::Message("AddInput".into())
+        );
+    }
+
+    #[test]
+    fn an_unknown_kind_names_the_kinds_there_are() {
+        let text = "format = 1\n[[service]]\nname = \"s\"\n[[service.method]]\nname = \"m\"\nkind = \"streaming\"\n";
+        let err = parse(text, "k.toml").unwrap_err().to_string();
+        assert!(
+            err.contains("k.toml:6:8") && err.contains("server_stream") && err.contains("bidi"),
+            "{err}"
         );
     }
 
