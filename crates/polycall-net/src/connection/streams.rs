@@ -594,7 +594,7 @@ impl Driver {
             commands: self
                 .answers
                 .upgrade()
-                .map_or_else(|| mpsc::unbounded_channel().0, |c| c),
+                .unwrap_or_else(|| mpsc::unbounded_channel().0),
             unreported: 0,
             unreported_bytes: 0,
             report_every: REPORT_EVERY,
