@@ -295,6 +295,7 @@ pub fn vector_frames() -> Vec<(&'static str, Frame, bool)> {
         (
             "data continuing a message",
             Frame::Data(DataFrame {
+                packed: false,
                 call_id: 11,
                 first: None,
                 more: false,
@@ -306,6 +307,7 @@ pub fn vector_frames() -> Vec<(&'static str, Frame, bool)> {
         (
             "data starting the next stream message",
             Frame::Data(DataFrame {
+                packed: false,
                 call_id: 11,
                 first: Some((ContentType::Raw, Algorithm::None)),
                 more: false,

@@ -402,6 +402,7 @@ async fn hostile_clients_are_dropped_alone() {
             payload: big.slice(..100 * 1024),
         });
         let g = polycall_proto::Frame::Data(polycall_proto::frame::DataFrame {
+            packed: false,
             call_id: 2 * i + 1,
             first: None,
             more: false,

@@ -914,6 +914,12 @@ impl Driver {
                     self.proto.stream_consumed(call_id, 1);
                 }
             }
+            Event::StreamMessages { call_id, payloads } => {
+                let n = payloads.len();
+                if !self.streams.deliver_all(call_id, payloads) {
+                    self.proto.stream_consumed(call_id, n);
+                }
+            }
             Event::StreamEnd { call_id } => {
                 if self.streams.tokens.contains_key(&call_id) {
                     // The replies of a call this side opened: the call is over.

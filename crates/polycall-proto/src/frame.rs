@@ -55,6 +55,10 @@ pub mod flags {
     /// first message, if any, follows as `DATA` with `FIRST`). The same bit as `FIRST`,
     /// on other frame types.
     pub const EMPTY: u8 = 0x08;
+    /// `DATA` with `FIRST` (never `MORE`): the frame carries several whole messages of
+    /// a stream, each a u32 little-endian length and its bytes (feature
+    /// [`crate::features::PACKED`]).
+    pub const PACKED: u8 = 0x10;
 }
 
 macro_rules! frame_types {
@@ -105,7 +109,7 @@ frame_types! {
     /// The caller gave up on a call.
     Cancel = 0x13, flags = 0, call = Some(true);
     /// A continuation fragment, or a further message of a stream.
-    Data = 0x14, flags = flags::MORE | flags::FIRST, call = Some(true);
+    Data = 0x14, flags = flags::MORE | flags::FIRST | flags::PACKED, call = Some(true);
     /// The sender's stream of messages on a call is complete.
     End = 0x15, flags = 0, call = Some(true);
     /// Liveness probe.
@@ -287,8 +291,29 @@ pub struct DataFrame {
     pub more: bool,
     /// With `first` and `more`: the whole message's length on the wire.
     pub message_len: Option<u32>,
+    /// With `first`: the payload is several whole messages, each a u32 little-endian
+    /// length and its bytes ([`flags::PACKED`]; never with `more`).
+    pub packed: bool,
     /// The fragment.
     pub payload: Bytes,
+}
+
+/// The messages of a packed `DATA` payload (each a u32 little-endian length and its
+/// bytes), as slices of it; `None` when the entries do not fill it exactly.
+pub fn unpack(payload: &Bytes) -> Option<Vec<Bytes>> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < payload.len() {
+        let len = u32::from_le_bytes(payload.get(at..at + 4)?.try_into().ok()?) as usize;
+        let start = at + 4;
+        let end = start.checked_add(len)?;
+        if end > payload.len() {
+            return None;
+        }
+        out.push(payload.slice(start..end));
+        at = end;
+    }
+    (!out.is_empty()).then_some(out)
 }
 
 /// The sender opens no new calls and serves none above `last_call_id`.
@@ -521,7 +546,11 @@ impl Frame {
             Frame::Reply(f) => {
                 bit(f.more, flags::MORE) | bit(f.stream, flags::STREAM) | bit(f.empty, flags::EMPTY)
             }
-            Frame::Data(f) => bit(f.more, flags::MORE) | bit(f.first.is_some(), flags::FIRST),
+            Frame::Data(f) => {
+                bit(f.more, flags::MORE)
+                    | bit(f.first.is_some(), flags::FIRST)
+                    | bit(f.packed, flags::PACKED)
+            }
             _ => 0,
         }
     }
@@ -1003,12 +1032,26 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
                 None
             };
             let message_len = message_len(&mut r, first.is_some() && has(flags::MORE))?;
+            let packed = has(flags::PACKED);
+            let payload = r.rest();
+            if packed {
+                if first.is_none() || has(flags::MORE) {
+                    return Err(r.err("PACKED needs FIRST and excludes MORE"));
+                }
+                if first.is_some_and(|(_, alg)| alg != Algorithm::None) {
+                    return Err(r.err("PACKED messages are not compressed"));
+                }
+                if unpack(&payload).is_none() {
+                    return Err(r.err("PACKED entries do not fill the frame"));
+                }
+            }
             Frame::Data(DataFrame {
                 call_id: h.call_id,
                 first,
                 more: has(flags::MORE),
                 message_len,
-                payload: r.rest(),
+                packed,
+                payload,
             })
         }
         FrameType::End => Frame::End { call_id: h.call_id },

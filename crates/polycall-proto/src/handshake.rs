@@ -42,8 +42,11 @@ pub mod features {
     pub const STREAMING: u64 = 1 << 1;
     /// Per-method trained zstd dictionaries (reserved; not offered by this version).
     pub const ZSTD_DICTIONARIES: u64 = 1 << 2;
+    /// Packed stream messages: a `DATA` frame may carry several small messages of a
+    /// stream (`PACKED`). Needs [`STREAMING`].
+    pub const PACKED: u64 = 1 << 3;
     /// Every bit this version knows.
-    pub const KNOWN: u64 = CRC32C | STREAMING | ZSTD_DICTIONARIES;
+    pub const KNOWN: u64 = CRC32C | STREAMING | ZSTD_DICTIONARIES | PACKED;
 }
 
 /// Authentication methods (wire ids). The exchange itself is a series of `AUTH`
@@ -203,7 +206,7 @@ impl Default for Settings {
         Self {
             min_version: SUPPORTED_VERSIONS.0,
             max_version: SUPPORTED_VERSIONS.1,
-            features: features::CRC32C | features::STREAMING,
+            features: features::CRC32C | features::STREAMING | features::PACKED,
             limits: Limits::default(),
             codecs: vec![ContentType::Postcard, ContentType::Json, ContentType::Raw],
             compressions: Algorithm::built(),

@@ -459,6 +459,7 @@ fn protocol_violations_close_the_connection_with_a_typed_error() {
         (
             "continuation without a message",
             vec![Frame::Data(DataFrame {
+                packed: false,
                 call_id: 1,
                 first: None,
                 more: false,
@@ -471,6 +472,7 @@ fn protocol_violations_close_the_connection_with_a_typed_error() {
             vec![
                 call_frame(1, b"", false),
                 Frame::Data(DataFrame {
+                    packed: false,
                     call_id: 1,
                     first: None,
                     more: false,
@@ -484,6 +486,7 @@ fn protocol_violations_close_the_connection_with_a_typed_error() {
             vec![
                 call_frame(1, b"", true),
                 Frame::Data(DataFrame {
+                    packed: false,
                     call_id: 1,
                     first: Some((ContentType::Raw, polycall_proto::compress::Algorithm::None)),
                     more: false,
@@ -594,6 +597,7 @@ fn a_message_over_the_limit_fails_that_call_only() {
         .unwrap();
     raw.feed(
         &Frame::Data(DataFrame {
+            packed: false,
             call_id: 1,
             first: None,
             more: true,
@@ -605,6 +609,7 @@ fn a_message_over_the_limit_fails_that_call_only() {
     .unwrap();
     raw.feed(
         &Frame::Data(DataFrame {
+            packed: false,
             call_id: 1,
             first: None,
             more: false,
@@ -946,6 +951,7 @@ fn first_fragment(id: u32, declared: u32, payload: &'static [u8]) -> Frame {
 
 fn data(id: u32, more: bool, payload: &'static [u8]) -> Frame {
     Frame::Data(DataFrame {
+        packed: false,
         call_id: id,
         first: None,
         more,
@@ -1418,6 +1424,7 @@ fn stream_bytes_over_the_window_are_a_connection_error() {
     let mut buf = frame::FrameBuf::new();
     for _ in 0..6 {
         Frame::Data(DataFrame {
+            packed: false,
             call_id: id,
             first: Some((ContentType::Raw, polycall_proto::compress::Algorithm::None)),
             more: false,
@@ -1493,4 +1500,99 @@ fn the_smallest_window_never_stalls() {
         }
     }
     assert_eq!(seen, vec![(a, 200), (b, 1000)]);
+}
+
+/// Small messages of a stream travel several to a frame (PACKED) when both sides offer
+/// it, arrive whole and in order, and count one by one for the stream's credit.
+#[test]
+fn small_stream_messages_are_packed_when_both_sides_offer_it() {
+    let mut p = Pair::new();
+    p.to_server.clear();
+    let (s, m) = names("feed.ticks");
+    let id = p.client.open_stream(&s, &m, WireMeta::default()).unwrap();
+    for i in 0..500u32 {
+        p.client
+            .send_message(id, Payload::raw(format!("tick {i}")))
+            .unwrap();
+    }
+    p.client.send_end(id).unwrap();
+    p.pump();
+    let crc = negotiated_crc(&p.client);
+    let frames = frames_sent(&p.to_server, crc);
+    let packed = frames
+        .iter()
+        .filter(|f| matches!(f, Frame::Data(d) if d.packed))
+        .count();
+    assert!(
+        packed >= 1 && packed < 10,
+        "{packed} packed frames for 500 messages"
+    );
+    let mut got = Vec::new();
+    for e in events(&mut p.server) {
+        match e {
+            Event::StreamMessages { payloads, .. } => {
+                got.extend(payloads.iter().map(|p| p.bytes.clone()))
+            }
+            Event::StreamMessage { payload, .. } => got.push(payload.bytes),
+            _ => {}
+        }
+    }
+    let want: Vec<Bytes> = (0..500u32)
+        .map(|i| Bytes::from(format!("tick {i}")))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[test]
+fn without_the_packed_feature_every_message_has_its_frame() {
+    let mut settings = Settings::default();
+    settings.features &= !polycall_proto::features::PACKED;
+    let mut p = Pair::with(Config::default().settings(settings), Config::default());
+    p.to_server.clear();
+    let (s, m) = names("feed.ticks");
+    let id = p.client.open_stream(&s, &m, WireMeta::default()).unwrap();
+    for i in 0..20u32 {
+        p.client
+            .send_message(id, Payload::raw(format!("tick {i}")))
+            .unwrap();
+    }
+    p.pump();
+    let crc = negotiated_crc(&p.client);
+    let frames = frames_sent(&p.to_server, crc);
+    assert!(
+        frames
+            .iter()
+            .all(|f| !matches!(f, Frame::Data(d) if d.packed))
+    );
+    let singles = events(&mut p.server)
+        .iter()
+        .filter(|e| matches!(e, Event::StreamMessage { .. }))
+        .count();
+    assert_eq!(singles, 20);
+}
+
+#[test]
+fn packed_data_the_peer_did_not_agree_to_is_a_connection_error() {
+    let mut settings = Settings::default();
+    settings.features &= !polycall_proto::features::PACKED;
+    let mut p = Pair::with(Config::default(), Config::default().settings(settings));
+    let (s, m) = names("up.load");
+    let id = p.client.open_stream(&s, &m, WireMeta::default()).unwrap();
+    p.pump();
+    let _ = events(&mut p.server);
+    let crc = negotiated_crc(&p.client);
+    let mut buf = frame::FrameBuf::new();
+    Frame::Data(DataFrame {
+        packed: true,
+        call_id: id,
+        first: Some((ContentType::Raw, polycall_proto::compress::Algorithm::None)),
+        more: false,
+        message_len: None,
+        payload: Bytes::from_static(b"\x01\x00\x00\x00a\x01\x00\x00\x00b"),
+    })
+    .encode(&mut buf, crc);
+    let mut chunks = Vec::new();
+    buf.drain_chunks(&mut chunks);
+    let r = chunks.iter().try_for_each(|c| p.server.feed(c));
+    assert!(matches!(r, Err(ProtoError::Violation(_))), "{r:?}");
 }

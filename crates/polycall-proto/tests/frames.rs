@@ -272,6 +272,7 @@ fn any_frame() -> impl Strategy<Value = Frame> {
             bytes(300)
         )
             .prop_map(|(call_id, first, more, payload)| Frame::Data(DataFrame {
+                packed: false,
                 call_id,
                 first,
                 more,
@@ -403,6 +404,7 @@ fn vectored_encoding_keeps_large_payloads_uncopied() {
 #[test]
 fn decoded_payload_shares_the_receive_buffer() {
     let f = Frame::Data(DataFrame {
+        packed: false,
         call_id: 3,
         first: None,
         more: true,
@@ -732,6 +734,30 @@ fn malformed_corpus() {
             FrameError::BadCallId {
                 frame: FrameType::StreamCredit,
                 call_id: 0,
+            },
+        ),
+        (
+            "PACKED without FIRST",
+            with_body(0x14, 0x10, 1, &[5, 0, 0, 0, 1, 2, 3, 4, 5]),
+            FrameError::Malformed {
+                frame: FrameType::Data,
+                reason: "PACKED needs FIRST and excludes MORE",
+            },
+        ),
+        (
+            "PACKED entries that do not fill the frame",
+            with_body(0x14, 0x18, 1, &[0, 0, 9, 0, 0, 0, 1, 2]),
+            FrameError::Malformed {
+                frame: FrameType::Data,
+                reason: "PACKED entries do not fill the frame",
+            },
+        ),
+        (
+            "PACKED messages compressed",
+            with_body(0x14, 0x18, 1, &[0, 1, 1, 0, 0, 0, 7]),
+            FrameError::Malformed {
+                frame: FrameType::Data,
+                reason: "PACKED messages are not compressed",
             },
         ),
         (

@@ -551,6 +551,21 @@ impl Streams {
         }
     }
 
+    /// Delivers several messages at once (a packed frame's); false when the stream
+    /// has no reader.
+    pub(super) fn deliver_all(&mut self, call_id: u32, payloads: Vec<Payload>) -> bool {
+        match self.incoming.get_mut(&call_id) {
+            Some(tx) => {
+                if tx.pending.is_empty() {
+                    self.dirty.push(call_id);
+                }
+                tx.pending.extend(payloads.into_iter().map(Ok));
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Hands every stream's deliveries to its reader.
     pub(super) fn flush(&mut self) {
         for id in self.dirty.drain(..) {

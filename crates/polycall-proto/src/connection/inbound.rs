@@ -251,6 +251,9 @@ impl Connection {
                     f.call_id
                 )));
             }
+            if f.packed {
+                return self.packed_messages(f.call_id, ct, &f.payload);
+            }
             return self.start_message(f.call_id, ct, alg, f.payload, f.message_len);
         }
         let Some(msg) = c.rx_msg.as_mut() else {
@@ -470,6 +473,53 @@ impl Connection {
         self.held_bytes += wire_len;
         self.events.push_back((event, wire_len));
         self.finish_if_done(call_id);
+    }
+
+    /// Whole messages of a stream that came in one packed `DATA` frame: delivered as one
+    /// event, each held (for the stream's credit) until consumed.
+    pub(super) fn packed_messages(
+        &mut self,
+        call_id: u32,
+        content_type: ContentType,
+        payload: &Bytes,
+    ) -> Result<(), ProtoError> {
+        if !self
+            .negotiated
+            .as_ref()
+            .is_some_and(|n| n.has(features::PACKED))
+        {
+            return Err(Self::violation(
+                "packed DATA, but packed stream messages were not negotiated",
+            ));
+        }
+        let max = self.local_limits().max_message as usize;
+        // The decoder checked the entries fill the frame.
+        let parts = frame::unpack(payload).unwrap_or_default();
+        if parts.iter().any(|p| p.len() > max) {
+            self.refuse_message(
+                call_id,
+                Status::too_large(format!("a packed message exceeds the limit of {max}")),
+            );
+            return Ok(());
+        }
+        let Some(c) = self.calls.get_mut(&call_id) else {
+            return Ok(());
+        };
+        let mut wire = 0u64;
+        for p in &parts {
+            let n = p.len() as u64 + 4;
+            c.rx_held.push_back(n);
+            c.rx_held_bytes += n;
+            wire += n;
+        }
+        let payloads = parts
+            .into_iter()
+            .map(|b| Payload::new(b, content_type))
+            .collect();
+        self.held_bytes += wire;
+        self.events
+            .push_back((Event::StreamMessages { call_id, payloads }, wire));
+        Ok(())
     }
 
     pub(super) fn on_end(&mut self, call_id: u32) -> Result<(), ProtoError> {

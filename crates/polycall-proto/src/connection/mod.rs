@@ -248,6 +248,14 @@ pub enum Event {
         /// The message.
         payload: Payload,
     },
+    /// Further messages of a stream that arrived together (a packed `DATA` frame), in
+    /// order; each counts as one message for [`Connection::stream_consumed`].
+    StreamMessages {
+        /// The call.
+        call_id: u32,
+        /// The messages.
+        payloads: Vec<Payload>,
+    },
     /// The peer's stream of messages on the call is complete.
     StreamEnd {
         /// The call.

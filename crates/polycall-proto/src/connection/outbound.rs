@@ -500,7 +500,8 @@ impl Connection {
         n
     }
 
-    /// Frames the next fragment of `call_id`'s queue; false when blocked on credit.
+    /// Frames the next fragment of `call_id`'s queue (or, packing, several small
+    /// messages); false when blocked on credit.
     pub(super) fn emit_one(&mut self, call_id: u32) -> bool {
         let crc = self.crc;
         let (peer_max_frame, fragment, peer_window) = match &self.negotiated {
@@ -516,6 +517,61 @@ impl Connection {
             return false;
         };
         let q = &mut queue.items;
+        // Room for the fixed fields of a first frame: content type, compression and
+        // the declared message length.
+        let fields = 2 + 4;
+        let cap = fragment.min(peer_max_frame.saturating_sub(fields)).max(1);
+        let credit = self.send_credit.min(stream_credit.unwrap_or(u64::MAX));
+        let credit = usize::try_from(credit).unwrap_or(usize::MAX);
+        let packing = self
+            .negotiated
+            .as_ref()
+            .is_some_and(|n| n.has(features::PACKED));
+        let room = cap.min(credit);
+        // Packed only when at least two messages fit the frame and the credit (else the
+        // first goes alone, as the sliver rule below allows).
+        let pack = match (q.front(), q.get(1)) {
+            (Some(OutItem::Msg(a)), Some(OutItem::Msg(b))) if packing => (packable(a)
+                && packable(b)
+                && a.content_type == b.content_type
+                && 8 + a.data.len() + b.data.len() <= room)
+                .then_some(a.content_type),
+            _ => None,
+        };
+        if let Some(content_type) = pack {
+            // Several small messages of the stream, whole, in one frame.
+            let mut packed = BytesMut::new();
+            let mut taken = 0;
+            while let Some(OutItem::Msg(n)) = q.front() {
+                if !packable(n)
+                    || n.content_type != content_type
+                    || packed.len() + 4 + n.data.len() > room
+                {
+                    break;
+                }
+                packed.extend_from_slice(&(n.data.len() as u32).to_le_bytes());
+                packed.extend_from_slice(&n.data);
+                taken += n.data.len();
+                q.pop_front();
+            }
+            let len = packed.len();
+            Frame::Data(DataFrame {
+                call_id,
+                first: Some((content_type, Algorithm::None)),
+                more: false,
+                message_len: None,
+                packed: true,
+                payload: packed.freeze(),
+            })
+            .encode(&mut self.out, crc);
+            self.send_credit -= len as u64;
+            if let Some(c) = self.stream_credit.get_mut(&call_id) {
+                *c -= len as u64;
+            }
+            queue.bytes -= taken;
+            self.queued_bytes -= taken;
+            return true;
+        }
         let Some(item) = q.front_mut() else {
             return false;
         };
@@ -534,12 +590,7 @@ impl Connection {
             OutItem::Msg(m) => m,
         };
         let left = m.data.len() - m.offset;
-        // Room for the fixed fields of a first frame: content type, compression and
-        // the declared message length.
-        let fields = 2 + 4;
-        let cap = fragment.min(peer_max_frame.saturating_sub(fields)).max(1);
-        let credit = self.send_credit.min(stream_credit.unwrap_or(u64::MAX));
-        let credit = usize::try_from(credit).unwrap_or(usize::MAX);
+
         let chunk = left.min(cap).min(credit);
         // Wait for credit rather than send slivers — but never for more than a quarter
         // of the peer's window: the peer returns credit once a quarter of it is used,
@@ -552,6 +603,7 @@ impl Connection {
         let more = m.offset < m.data.len();
         let frame = if m.started {
             Frame::Data(DataFrame {
+                packed: false,
                 call_id,
                 first: None,
                 more,
@@ -573,6 +625,7 @@ impl Connection {
                     payload,
                 }),
                 OutKind::Message => Frame::Data(DataFrame {
+                    packed: false,
                     call_id,
                     first: Some((m.content_type, m.compression)),
                     more,
@@ -593,4 +646,17 @@ impl Connection {
         frame.encode(&mut self.out, crc);
         true
     }
+}
+
+/// Largest stream message packed with others into one frame.
+const PACK_MAX: usize = 1024;
+
+/// Whether `m` may travel packed: a further stream message (not a reply's first),
+/// untouched, uncompressed and small.
+fn packable(m: &OutMsg) -> bool {
+    matches!(m.kind, OutKind::Message)
+        && !m.started
+        && m.offset == 0
+        && m.compression == Algorithm::None
+        && m.data.len() <= PACK_MAX
 }
