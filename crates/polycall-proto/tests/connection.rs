@@ -1596,3 +1596,32 @@ fn packed_data_the_peer_did_not_agree_to_is_a_connection_error() {
     let r = chunks.iter().try_for_each(|c| p.server.feed(c));
     assert!(matches!(r, Err(ProtoError::Violation(_))), "{r:?}");
 }
+
+#[test]
+fn send_messages_queues_a_batch_in_order_and_stops_at_the_first_refusal() {
+    let limits = polycall_proto::Limits::default().max_message(1024);
+    let config = Config::default().settings(Settings::default().limits(limits));
+    let mut p = Pair::with(config.clone(), config);
+    let (s, m) = names("feed.ticks");
+    let id = p.client.open_stream(&s, &m, WireMeta::default()).unwrap();
+    let batch = vec![
+        Payload::raw("a"),
+        Payload::raw("b"),
+        Payload::raw(vec![0u8; 4096]),
+        Payload::raw("never"),
+    ];
+    let r = p.client.send_messages(id, batch);
+    assert!(matches!(r, Err(SendError::TooLarge { .. })), "{r:?}");
+    p.pump();
+    let mut got = Vec::new();
+    for e in events(&mut p.server) {
+        match e {
+            Event::StreamMessages { payloads, .. } => {
+                got.extend(payloads.into_iter().map(|p| p.bytes))
+            }
+            Event::StreamMessage { payload, .. } => got.push(payload.bytes),
+            _ => {}
+        }
+    }
+    assert_eq!(got, vec![Bytes::from("a"), Bytes::from("b")]);
+}

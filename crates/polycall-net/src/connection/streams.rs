@@ -321,11 +321,14 @@ impl OutShared {
     }
 
     /// Appends a message; true when the outbox was empty (the connection must be rung).
-    fn push(&self, payload: Payload) -> bool {
-        self.in_channel.fetch_add(payload.len(), Ordering::AcqRel);
+    /// Appends a batch of messages (emptying `batch`); true when the outbox was empty
+    /// (the connection must be rung).
+    fn push(&self, batch: &mut std::collections::VecDeque<Payload>, bytes: usize) -> bool {
+        self.in_channel.fetch_add(bytes, Ordering::AcqRel);
         let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        outbox.push_back(payload);
-        outbox.len() == 1
+        let was_empty = outbox.is_empty();
+        outbox.append(batch);
+        was_empty
     }
 
     /// Everything in the outbox, oldest first.
@@ -344,6 +347,9 @@ impl OutShared {
         }
     }
 }
+
+/// Most messages a producer hands the connection in one batch.
+const BATCH: usize = 256;
 
 /// How a producer's turn ended.
 enum Turn {
@@ -364,26 +370,46 @@ pub(super) async fn pump(
     shared: Arc<OutShared>,
     commands: mpsc::UnboundedSender<Command>,
 ) {
+    // Messages taken from the producer go to the outbox in batches (one lock each).
+    let mut batch = std::collections::VecDeque::new();
+    let mut batch_bytes = 0;
+    let flush = |batch: &mut std::collections::VecDeque<Payload>, bytes: &mut usize| {
+        if batch.is_empty() {
+            return true;
+        }
+        let ring = shared.push(batch, std::mem::take(bytes));
+        !ring || commands.send(Command::StreamReady(key)).is_ok()
+    };
     let turn = std::future::poll_fn(|cx| {
         shared.waker.register(cx.waker());
-        loop {
+        let turn = loop {
             if shared.done.load(Ordering::Acquire) {
+                batch.clear();
                 return Poll::Ready(Turn::Over);
             }
-            if shared.pending() >= SEND_BUFFER {
-                return Poll::Pending;
+            if shared.pending() + batch_bytes >= SEND_BUFFER || batch.len() >= BATCH {
+                if !flush(&mut batch, &mut batch_bytes) {
+                    return Poll::Ready(Turn::Over);
+                }
+                if shared.pending() >= SEND_BUFFER {
+                    return Poll::Pending;
+                }
             }
             match messages.as_mut().poll_next(cx) {
                 Poll::Ready(Some(Ok(payload))) => {
-                    if shared.push(payload) && commands.send(Command::StreamReady(key)).is_err() {
-                        return Poll::Ready(Turn::Over);
-                    }
+                    batch_bytes += payload.len();
+                    batch.push_back(payload);
                 }
-                Poll::Ready(Some(Err(status))) => return Poll::Ready(Turn::Fail(status)),
-                Poll::Ready(None) => return Poll::Ready(Turn::End),
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some(Err(status))) => break Poll::Ready(Turn::Fail(status)),
+                Poll::Ready(None) => break Poll::Ready(Turn::End),
+                Poll::Pending => break Poll::Pending,
             }
+        };
+        // Whatever the turn ends with, what was produced goes first.
+        if !flush(&mut batch, &mut batch_bytes) {
+            return Poll::Ready(Turn::Over);
         }
+        turn
     })
     .await;
     // The end follows the messages already in the outbox (the connection takes them
@@ -733,11 +759,13 @@ impl Driver {
         let Some(shared) = self.streams.outgoing.get(&call_id).cloned() else {
             return; // the call is over
         };
-        for payload in shared.take() {
-            if let Err(e) = self.proto.send_message(call_id, payload) {
-                self.stream_failed(call_id, e.status());
-                return;
-            }
+        let messages = shared.take();
+        if messages.is_empty() {
+            return;
+        }
+        if let Err(e) = self.proto.send_messages(call_id, messages) {
+            self.stream_failed(call_id, e.status());
+            return;
         }
         shared.set_queued(self.proto.stream_queued(call_id));
     }

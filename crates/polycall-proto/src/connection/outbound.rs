@@ -309,6 +309,55 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends further messages on a stream this side opened, in order: as
+    /// [`Connection::send_message`] for each, with the call looked up once. Stops at the
+    /// first message that cannot be sent (those before it are queued).
+    pub fn send_messages(
+        &mut self,
+        call_id: u32,
+        payloads: impl IntoIterator<Item = Payload>,
+    ) -> Result<(), SendError> {
+        let key = self.stream_call_mut(call_id)?.method_key;
+        let mut items = VecDeque::new();
+        let mut bytes = 0;
+        let mut result = Ok(());
+        for payload in payloads {
+            if let Err(e) = self.check_payload(&payload) {
+                result = Err(e);
+                break;
+            }
+            let (compression, data) = self.compress(key, &payload);
+            bytes += data.len();
+            items.push_back(OutItem::Msg(OutMsg {
+                kind: OutKind::Message,
+                content_type: payload.content_type,
+                compression,
+                data,
+                offset: 0,
+                started: false,
+            }));
+        }
+        if items.is_empty() {
+            return result;
+        }
+        let class = self
+            .calls
+            .get(&call_id)
+            .map_or(Priority::Normal, |c| c.priority);
+        let q = self.queues.entry(call_id).or_insert_with(|| CallQueue {
+            class,
+            items: VecDeque::new(),
+            bytes: 0,
+        });
+        if q.items.is_empty() {
+            self.ready.push(q.class, call_id);
+        }
+        q.bytes += bytes;
+        q.items.append(&mut items);
+        self.queued_bytes += bytes;
+        result
+    }
+
     /// Ends this side's stream of messages on the call.
     pub fn send_end(&mut self, call_id: u32) -> Result<(), SendError> {
         self.check_open()?;
