@@ -326,11 +326,19 @@ impl Connection {
                 result = Err(e);
                 break;
             }
-            let (compression, data) = self.compress(key, &payload);
+            let content_type = payload.content_type;
+            // Below the selector's minimum nothing is compressed: the bytes move into
+            // the queue as they are (no reference-count traffic on a shared buffer).
+            let (compression, data) =
+                if payload.len() < self.compressor.selector().config().min_size {
+                    (Algorithm::None, payload.bytes)
+                } else {
+                    self.compress(key, &payload)
+                };
             bytes += data.len();
             items.push_back(OutItem::Msg(OutMsg {
                 kind: OutKind::Message,
-                content_type: payload.content_type,
+                content_type,
                 compression,
                 data,
                 offset: 0,
