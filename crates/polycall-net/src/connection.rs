@@ -914,10 +914,14 @@ impl Driver {
                     self.proto.stream_consumed(call_id, 1);
                 }
             }
-            Event::StreamMessages { call_id, payloads } => {
-                let n = payloads.len();
-                if !self.streams.deliver_all(call_id, payloads) {
-                    self.proto.stream_consumed(call_id, n);
+            Event::StreamMessages {
+                call_id,
+                content_type,
+                packed,
+                count,
+            } => {
+                if !self.streams.deliver_packed(call_id, packed, content_type) {
+                    self.proto.stream_consumed(call_id, count);
                 }
             }
             Event::StreamEnd { call_id } => {

@@ -301,19 +301,51 @@ pub struct DataFrame {
 /// The messages of a packed `DATA` payload (each a u32 little-endian length and its
 /// bytes), as slices of it; `None` when the entries do not fill it exactly.
 pub fn unpack(payload: &Bytes) -> Option<Vec<Bytes>> {
-    let mut out = Vec::new();
+    packed_valid(payload).then(|| packed_entries(payload).map(|r| payload.slice(r)).collect())
+}
+
+/// Whether `payload` is one or more packed entries that fill it exactly.
+pub fn packed_valid(payload: &[u8]) -> bool {
     let mut at = 0;
     while at < payload.len() {
-        let len = u32::from_le_bytes(payload.get(at..at + 4)?.try_into().ok()?) as usize;
-        let start = at + 4;
-        let end = start.checked_add(len)?;
-        if end > payload.len() {
-            return None;
+        let Some(len) = payload.get(at..at + 4) else {
+            return false;
+        };
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        match (at + 4).checked_add(len) {
+            Some(end) if end <= payload.len() => at = end,
+            _ => return false,
         }
-        out.push(payload.slice(start..end));
-        at = end;
     }
-    (!out.is_empty()).then_some(out)
+    at > 0
+}
+
+/// The byte ranges of the messages of a packed payload that [`packed_valid`] accepted
+/// (on another, iteration stops at the first entry that does not fit).
+pub fn packed_entries(payload: &[u8]) -> PackedEntries<'_> {
+    PackedEntries { payload, at: 0 }
+}
+
+/// The iterator of [`packed_entries`].
+#[derive(Debug, Clone)]
+pub struct PackedEntries<'a> {
+    payload: &'a [u8],
+    at: usize,
+}
+
+impl Iterator for PackedEntries<'_> {
+    type Item = std::ops::Range<usize>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let head = self.payload.get(self.at..self.at + 4)?;
+        let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+        let start = self.at + 4;
+        let end = start
+            .checked_add(len)
+            .filter(|e| *e <= self.payload.len())?;
+        self.at = end;
+        Some(start..end)
+    }
 }
 
 /// The sender opens no new calls and serves none above `last_call_id`.
@@ -1041,7 +1073,7 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
                 if first.is_some_and(|(_, alg)| alg != Algorithm::None) {
                     return Err(r.err("PACKED messages are not compressed"));
                 }
-                if unpack(&payload).is_none() {
+                if !packed_valid(&payload) {
                     return Err(r.err("PACKED entries do not fill the frame"));
                 }
             }

@@ -1530,8 +1530,8 @@ fn small_stream_messages_are_packed_when_both_sides_offer_it() {
     let mut got = Vec::new();
     for e in events(&mut p.server) {
         match e {
-            Event::StreamMessages { payloads, .. } => {
-                got.extend(payloads.iter().map(|p| p.bytes.clone()))
+            Event::StreamMessages { packed, .. } => {
+                got.extend(frame::unpack(&packed).expect("valid entries"))
             }
             Event::StreamMessage { payload, .. } => got.push(payload.bytes),
             _ => {}
@@ -1616,8 +1616,8 @@ fn send_messages_queues_a_batch_in_order_and_stops_at_the_first_refusal() {
     let mut got = Vec::new();
     for e in events(&mut p.server) {
         match e {
-            Event::StreamMessages { payloads, .. } => {
-                got.extend(payloads.into_iter().map(|p| p.bytes))
+            Event::StreamMessages { packed, .. } => {
+                got.extend(frame::unpack(&packed).expect("valid entries"))
             }
             Event::StreamMessage { payload, .. } => got.push(payload.bytes),
             _ => {}

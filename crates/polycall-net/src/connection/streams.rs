@@ -16,8 +16,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
-use polycall_core::{Call, CallKind, MessageStream, Metadata, Payload, Reply, Status, StreamCall};
+use polycall_core::{
+    Call, CallKind, ContentType, MessageStream, Metadata, Payload, Reply, Status, StreamCall,
+};
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
@@ -47,7 +50,7 @@ struct Inbox {
 
 #[derive(Debug, Default)]
 struct InboxQueue {
-    items: std::collections::VecDeque<Result<Payload, Status>>,
+    items: std::collections::VecDeque<Delivered>,
     /// The connection will add nothing more.
     closed: bool,
     /// The reader is gone.
@@ -60,6 +63,14 @@ impl Inbox {
     }
 }
 
+/// What the connection hands a stream's reader: a message (or the stream's error), or
+/// several messages still packed as they arrived (the reader slices them).
+#[derive(Debug)]
+enum Delivered {
+    One(Result<Payload, Status>),
+    Packed(Bytes, ContentType),
+}
+
 /// The connection's end of an [`Inbox`]: what it delivers collects in `pending` and
 /// reaches the reader at [`Delivery::flush`] (the connection flushes after each round
 /// of reading), so the reader and the connection take the lock once per batch.
@@ -67,14 +78,14 @@ impl Inbox {
 #[derive(Debug)]
 pub(super) struct Delivery {
     inbox: Arc<Inbox>,
-    pending: std::collections::VecDeque<Result<Payload, Status>>,
+    pending: std::collections::VecDeque<Delivered>,
 }
 
 impl Delivery {
     /// Adds a message (or the error that ends the stream) for the reader; true when
     /// it is the first since the last flush (the stream needs one).
     pub(super) fn send(&mut self, item: Result<Payload, Status>) -> bool {
-        self.pending.push_back(item);
+        self.pending.push_back(Delivered::One(item));
         self.pending.len() == 1
     }
 
@@ -111,16 +122,38 @@ impl Drop for Delivery {
     }
 }
 
-/// The reader's end of an [`Inbox`], with the batch it took last.
+/// The reader's end of an [`Inbox`], with the batch it took last and the packed
+/// messages it is slicing.
 #[derive(Debug)]
 struct InboxReader {
     inbox: Arc<Inbox>,
-    batch: std::collections::VecDeque<Result<Payload, Status>>,
+    batch: std::collections::VecDeque<Delivered>,
+    packed: Option<(Bytes, usize, ContentType)>,
 }
 
 impl InboxReader {
+    /// The next message of the current batch.
+    fn next_taken(&mut self) -> Option<Result<Payload, Status>> {
+        loop {
+            if let Some((bytes, at, ct)) = &mut self.packed {
+                match polycall_proto::frame::packed_entries(&bytes[*at..]).next() {
+                    Some(r) => {
+                        let message = bytes.slice(*at + r.start..*at + r.end);
+                        *at += r.end;
+                        return Some(Ok(Payload::new(message, *ct)));
+                    }
+                    None => self.packed = None,
+                }
+            }
+            match self.batch.pop_front()? {
+                Delivered::One(item) => return Some(item),
+                Delivered::Packed(bytes, ct) => self.packed = Some((bytes, 0, ct)),
+            }
+        }
+    }
+
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Payload, Status>>> {
-        if let Some(item) = self.batch.pop_front() {
+        if let Some(item) = self.next_taken() {
             return Poll::Ready(Some(item));
         }
         for attempt in 0..2 {
@@ -129,7 +162,10 @@ impl InboxReader {
                 if !q.items.is_empty() {
                     std::mem::swap(&mut q.items, &mut self.batch);
                     drop(q);
-                    return Poll::Ready(self.batch.pop_front());
+                    if let Some(item) = self.next_taken() {
+                        return Poll::Ready(Some(item));
+                    }
+                    continue;
                 }
                 if q.closed {
                     return Poll::Ready(None);
@@ -160,6 +196,7 @@ fn inbox() -> (Delivery, InboxReader) {
         InboxReader {
             inbox,
             batch: std::collections::VecDeque::new(),
+            packed: None,
         },
     )
 }
@@ -579,13 +616,13 @@ impl Streams {
 
     /// Delivers several messages at once (a packed frame's); false when the stream
     /// has no reader.
-    pub(super) fn deliver_all(&mut self, call_id: u32, payloads: Vec<Payload>) -> bool {
+    pub(super) fn deliver_packed(&mut self, call_id: u32, packed: Bytes, ct: ContentType) -> bool {
         match self.incoming.get_mut(&call_id) {
             Some(tx) => {
                 if tx.pending.is_empty() {
                     self.dirty.push(call_id);
                 }
-                tx.pending.extend(payloads.into_iter().map(Ok));
+                tx.pending.push_back(Delivered::Packed(packed, ct));
                 true
             }
             None => false,

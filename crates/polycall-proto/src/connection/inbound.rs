@@ -494,8 +494,7 @@ impl Connection {
         }
         let max = self.local_limits().max_message as usize;
         // The decoder checked the entries fill the frame.
-        let parts = frame::unpack(payload).unwrap_or_default();
-        if parts.iter().any(|p| p.len() > max) {
+        if frame::packed_entries(payload).any(|r| r.len() > max) {
             self.refuse_message(
                 call_id,
                 Status::too_large(format!("a packed message exceeds the limit of {max}")),
@@ -505,20 +504,24 @@ impl Connection {
         let Some(c) = self.calls.get_mut(&call_id) else {
             return Ok(());
         };
-        let mut wire = 0u64;
-        for p in &parts {
-            let n = p.len() as u64 + 4;
+        let mut count = 0;
+        for r in frame::packed_entries(payload) {
+            let n = r.len() as u64 + 4;
             c.rx_held.push_back(n);
             c.rx_held_bytes += n;
-            wire += n;
+            count += 1;
         }
-        let payloads = parts
-            .into_iter()
-            .map(|b| Payload::new(b, content_type))
-            .collect();
+        let wire = payload.len() as u64;
         self.held_bytes += wire;
-        self.events
-            .push_back((Event::StreamMessages { call_id, payloads }, wire));
+        self.events.push_back((
+            Event::StreamMessages {
+                call_id,
+                content_type,
+                packed: payload.clone(),
+                count,
+            },
+            wire,
+        ));
         Ok(())
     }
 

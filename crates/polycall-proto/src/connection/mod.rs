@@ -249,12 +249,18 @@ pub enum Event {
         payload: Payload,
     },
     /// Further messages of a stream that arrived together (a packed `DATA` frame), in
-    /// order; each counts as one message for [`Connection::stream_consumed`].
+    /// order, still packed: [`crate::frame::packed_entries`] gives each message's bytes
+    /// (so whoever reads them slices them, on its own thread). Each counts as one
+    /// message for [`Connection::stream_consumed`].
     StreamMessages {
         /// The call.
         call_id: u32,
-        /// The messages.
-        payloads: Vec<Payload>,
+        /// The messages' content type.
+        content_type: ContentType,
+        /// The packed messages (u32 little-endian length, bytes; one or more).
+        packed: Bytes,
+        /// How many messages.
+        count: usize,
     },
     /// The peer's stream of messages on the call is complete.
     StreamEnd {
