@@ -317,53 +317,81 @@ impl Connection {
         call_id: u32,
         payloads: impl IntoIterator<Item = Payload>,
     ) -> Result<(), SendError> {
-        let key = self.stream_call_mut(call_id)?.method_key;
-        let mut items = VecDeque::new();
-        let mut bytes = 0;
+        let (key, class) = {
+            let c = self.stream_call_mut(call_id)?;
+            (c.method_key, c.priority)
+        };
+        let (max_message, codecs) = {
+            let n = self.check_open()?;
+            (n.peer_limits.max_message as usize, n.codecs.clone())
+        };
+        // Below the selector's minimum nothing is compressed: the bytes move into the
+        // queue as they are (no reference-count traffic on a shared buffer).
+        let min_compress = self.compressor.selector().config().min_size;
         let mut result = Ok(());
-        for payload in payloads {
-            if let Err(e) = self.check_payload(&payload) {
-                result = Err(e);
-                break;
-            }
-            let content_type = payload.content_type;
-            // Below the selector's minimum nothing is compressed: the bytes move into
-            // the queue as they are (no reference-count traffic on a shared buffer).
-            let (compression, data) =
-                if payload.len() < self.compressor.selector().config().min_size {
-                    (Algorithm::None, payload.bytes)
-                } else {
-                    self.compress(key, &payload)
-                };
-            bytes += data.len();
-            items.push_back(OutItem::Msg(OutMsg {
+        let mut bytes = 0;
+        let was_empty = self.queues.get(&call_id).is_none_or(|q| q.items.is_empty());
+        let message = |content_type, compression, data| {
+            OutItem::Msg(OutMsg {
                 kind: OutKind::Message,
                 content_type,
                 compression,
                 data,
                 offset: 0,
                 started: false,
-            }));
+            })
+        };
+        let mut payloads = payloads.into_iter();
+        let mut slow: Option<Payload> = None;
+        loop {
+            // A message to check or compress first (the queue is not held meanwhile).
+            if let Some(payload) = slow.take() {
+                if payload.len() > max_message || !codecs.contains(&payload.content_type) {
+                    result = self.check_payload(&payload);
+                    break;
+                }
+                let (compression, data) = self.compress(key, &payload);
+                bytes += data.len();
+                let item = message(payload.content_type, compression, data);
+                self.queue_mut(call_id, class).items.push_back(item);
+            }
+            // Then the small ones, straight into the queue.
+            let q = self.queue_mut(call_id, class);
+            for payload in payloads.by_ref() {
+                let small = payload.len() < min_compress
+                    && payload.len() <= max_message
+                    && codecs.contains(&payload.content_type);
+                if !small {
+                    slow = Some(payload);
+                    break;
+                }
+                bytes += payload.len();
+                q.items.push_back(message(
+                    payload.content_type,
+                    Algorithm::None,
+                    payload.bytes,
+                ));
+            }
+            if slow.is_none() {
+                break;
+            }
         }
-        if items.is_empty() {
-            return result;
+        if let Some(q) = self.queues.get_mut(&call_id) {
+            q.bytes += bytes;
+            if was_empty && !q.items.is_empty() {
+                self.ready.push(q.class, call_id);
+            }
         }
-        let class = self
-            .calls
-            .get(&call_id)
-            .map_or(Priority::Normal, |c| c.priority);
-        let q = self.queues.entry(call_id).or_insert_with(|| CallQueue {
+        self.queued_bytes += bytes;
+        result
+    }
+
+    fn queue_mut(&mut self, call_id: u32, class: Priority) -> &mut CallQueue {
+        self.queues.entry(call_id).or_insert_with(|| CallQueue {
             class,
             items: VecDeque::new(),
             bytes: 0,
-        });
-        if q.items.is_empty() {
-            self.ready.push(q.class, call_id);
-        }
-        q.bytes += bytes;
-        q.items.append(&mut items);
-        self.queued_bytes += bytes;
-        result
+        })
     }
 
     /// Ends this side's stream of messages on the call.
