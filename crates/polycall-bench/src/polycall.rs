@@ -22,9 +22,8 @@ fn echo_router() -> Result<Router, Fail> {
             handler_fn(|c: Call| async move { Ok(Reply::new(c.payload)) }),
         )
         .and_then(|r| {
-            r.route_stream(
+            r.route_server_stream(
                 crate::stream_load::METHOD,
-                polycall_core::CallKind::ServerStream,
                 MethodInfo::new("streams count messages of size bytes"),
                 crate::stream_load::polycall_stream,
             )

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
-use polycall_core::{Call, MessageStream, Payload, Status, StreamCall};
+use polycall_core::{Call, MessageStream, Metadata, Payload, Status};
 use polycall_net::{Channel, ChannelConfig};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -38,21 +38,18 @@ fn parse_request(b: &[u8]) -> Option<(u64, usize)> {
 }
 
 /// `bench.stream`'s handler: `count` messages of `size` bytes.
-pub fn polycall_stream(call: StreamCall) -> MessageStream {
-    let opened = async move {
-        let req = polycall_core::stream::single(call.requests).await?;
-        parse_request(&req.bytes)
-            .ok_or_else(|| Status::invalid_input("bench.stream takes 16 bytes: count, size"))
-    };
-    Box::pin(futures_util::stream::once(opened).flat_map(|r| match r {
-        Err(e) => polycall_core::stream::fail(e),
-        Ok((count, size)) => {
+pub fn polycall_stream(request: Payload, _metadata: Metadata) -> MessageStream {
+    match parse_request(&request.bytes) {
+        None => polycall_core::stream::fail(Status::invalid_input(
+            "bench.stream takes 16 bytes: count, size",
+        )),
+        Some((count, size)) => {
             let chunk = payload(size);
             Box::pin(futures_util::stream::iter(
                 (0..count).map(move |_| Ok(Payload::raw(chunk.clone()))),
-            )) as MessageStream
+            ))
         }
-    }))
+    }
 }
 
 /// `serve-raw-stream`: per connection, reads a 16-byte request and writes `count`

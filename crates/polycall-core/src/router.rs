@@ -231,6 +231,39 @@ impl Router {
         self
     }
 
+    /// Adds (or replaces) the server-streaming method `full_name`: `handler` gets the
+    /// one request and the call's metadata and answers with the stream of replies.
+    ///
+    /// ```
+    /// use polycall_core::{stream, MethodInfo, Payload, Router};
+    ///
+    /// let router = Router::new().route_server_stream(
+    ///     "feed.repeat",
+    ///     MethodInfo::new("its request, three times"),
+    ///     |request: Payload, _metadata| -> polycall_core::MessageStream {
+    ///         Box::pin(stream::iter(vec![Ok(request); 3]))
+    ///     },
+    /// )?;
+    /// # let _ = router;
+    /// # Ok::<(), polycall_core::NameError>(())
+    /// ```
+    pub fn route_server_stream<F>(
+        self,
+        full_name: &str,
+        info: MethodInfo,
+        handler: F,
+    ) -> Result<Self, NameError>
+    where
+        F: Fn(crate::Payload, crate::Metadata) -> MessageStream + Send + Sync + 'static,
+    {
+        self.route_stream(
+            full_name,
+            CallKind::ServerStream,
+            info,
+            crate::stream::server_stream_fn(handler),
+        )
+    }
+
     /// The handler of `service.method`, if routed.
     pub fn handler(&self, service: &str, method: &str) -> Option<BoxHandler> {
         match &self.table.get(service)?.get(method)?.handler {

@@ -20,6 +20,7 @@
 //! //! ```
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 /// The `Stream` trait of `futures-core`, which every message stream implements.
@@ -355,6 +356,87 @@ where
                 },
                 FlattenResults::Streaming(s) => return s.as_mut().poll_next(cx),
                 FlattenResults::Done => return Poll::Ready(None),
+            }
+        }
+    }
+}
+
+/// A server-streaming handler from a function of the one request and the call's
+/// metadata (see [`crate::Router::route_server_stream`]).
+pub fn server_stream_fn<F>(f: F) -> ServerStreamFn<F>
+where
+    F: Fn(Payload, Metadata) -> MessageStream + Send + Sync + 'static,
+{
+    ServerStreamFn { f: Arc::new(f) }
+}
+
+/// The handler [`server_stream_fn`] returns.
+pub struct ServerStreamFn<F> {
+    f: Arc<F>,
+}
+
+impl<F> std::fmt::Debug for ServerStreamFn<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ServerStreamFn")
+    }
+}
+
+impl<F> StreamHandler for ServerStreamFn<F>
+where
+    F: Fn(Payload, Metadata) -> MessageStream + Send + Sync + 'static,
+{
+    fn call(&self, call: StreamCall) -> MessageStream {
+        Box::pin(OneRequest::Opening {
+            requests: call.requests,
+            metadata: Some(call.metadata),
+            f: self.f.clone(),
+        })
+    }
+}
+
+/// The replies of a [`ServerStreamFn`]: the request first, then the handler's stream.
+enum OneRequest<F> {
+    Opening {
+        requests: MessageStream,
+        metadata: Option<Metadata>,
+        f: Arc<F>,
+    },
+    Replying(MessageStream),
+    Done,
+}
+
+impl<F> Stream for OneRequest<F>
+where
+    F: Fn(Payload, Metadata) -> MessageStream,
+{
+    type Item = Result<Payload, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        loop {
+            match &mut *self {
+                OneRequest::Opening {
+                    requests,
+                    metadata,
+                    f,
+                } => match requests.as_mut().poll_next(cx) {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(Some(Ok(request))) => {
+                        let replies = f(request, metadata.take().unwrap_or_default());
+                        *self = OneRequest::Replying(replies);
+                    }
+                    Poll::Ready(Some(Err(status))) => {
+                        *self = OneRequest::Done;
+                        return Poll::Ready(Some(Err(status)));
+                    }
+                    Poll::Ready(None) => {
+                        *self = OneRequest::Done;
+                        return Poll::Ready(Some(Err(Status::invalid_input(
+                            "a server stream takes one request; none came",
+                        ))));
+                    }
+                },
+                OneRequest::Replying(replies) => return replies.as_mut().poll_next(cx),
+                OneRequest::Done => return Poll::Ready(None),
             }
         }
     }

@@ -5,19 +5,15 @@
 
 use polycall::net::{Channel, Server, ServerConfig};
 use polycall::stream;
-use polycall::{Call, CallKind, MessageStream, MethodInfo, Payload, Router, StreamCall};
+use polycall::{Call, CallKind, MessageStream, Metadata, MethodInfo, Payload, Router, StreamCall};
 
 /// `ticks.count`: as many messages as the one request says.
-fn count(call: StreamCall) -> MessageStream {
-    // The reply stream opens once the request has arrived (or fails with its error).
-    let request = stream::Once::new(stream::single(call.requests));
-    stream::flatten_results(request, |request: Payload| -> MessageStream {
-        let n: u32 = String::from_utf8_lossy(&request.bytes).parse().unwrap_or(0);
-        let ticks: Vec<_> = (1..=n)
-            .map(|i| Ok(Payload::raw(format!("tick {i}"))))
-            .collect();
-        Box::pin(stream::iter(ticks))
-    })
+fn count(request: Payload, _metadata: Metadata) -> MessageStream {
+    let n: u32 = String::from_utf8_lossy(&request.bytes).parse().unwrap_or(0);
+    let ticks: Vec<_> = (1..=n)
+        .map(|i| Ok(Payload::raw(format!("tick {i}"))))
+        .collect();
+    Box::pin(stream::iter(ticks))
 }
 
 /// `chat.shout`: each message back, in capitals, as it arrives.
@@ -30,12 +26,7 @@ fn shout(call: StreamCall) -> MessageStream {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let router = Router::new()
-        .route_stream(
-            "ticks.count",
-            CallKind::ServerStream,
-            MethodInfo::new("counts"),
-            count,
-        )?
+        .route_server_stream("ticks.count", MethodInfo::new("counts"), count)?
         .route_stream(
             "chat.shout",
             CallKind::Bidi,
