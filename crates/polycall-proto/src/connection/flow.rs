@@ -82,11 +82,24 @@ impl Connection {
         let Some(c) = self.calls.get_mut(&call_id) else {
             return;
         };
-        for _ in 0..messages {
-            let Some(n) = c.rx_held.pop_front() else {
+        let mut left = messages as u64;
+        while left > 0 {
+            let Some((count, bytes)) = c.rx_held.front_mut() else {
                 break;
             };
-            c.rx_held_bytes -= n;
+            if left >= *count {
+                left -= *count;
+                c.rx_held_bytes -= *bytes;
+                c.rx_held.pop_front();
+            } else {
+                // Part of a packed run: its share of the bytes (the rest goes with the
+                // run's last message).
+                let share = *bytes * left / *count;
+                *count -= left;
+                *bytes -= share;
+                c.rx_held_bytes -= share;
+                left = 0;
+            }
         }
         self.maybe_return_stream_credit(call_id);
     }

@@ -467,7 +467,7 @@ impl Connection {
             event
         };
         if c.rx_stream {
-            c.rx_held.push_back(wire_len);
+            c.rx_held.push_back((1, wire_len));
             c.rx_held_bytes += wire_len;
         }
         self.held_bytes += wire_len;
@@ -494,7 +494,9 @@ impl Connection {
         }
         let max = self.local_limits().max_message as usize;
         // The decoder checked the entries fill the frame.
-        if frame::packed_entries(payload).any(|r| r.len() > max) {
+        let (count, longest) = frame::packed_entries(payload)
+            .fold((0, 0), |(n, longest), r| (n + 1, longest.max(r.len())));
+        if longest > max {
             self.refuse_message(
                 call_id,
                 Status::too_large(format!("a packed message exceeds the limit of {max}")),
@@ -504,14 +506,9 @@ impl Connection {
         let Some(c) = self.calls.get_mut(&call_id) else {
             return Ok(());
         };
-        let mut count = 0;
-        for r in frame::packed_entries(payload) {
-            let n = r.len() as u64 + 4;
-            c.rx_held.push_back(n);
-            c.rx_held_bytes += n;
-            count += 1;
-        }
         let wire = payload.len() as u64;
+        c.rx_held.push_back((count as u64, wire));
+        c.rx_held_bytes += wire;
         self.held_bytes += wire;
         self.events.push_back((
             Event::StreamMessages {

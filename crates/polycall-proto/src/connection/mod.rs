@@ -391,9 +391,10 @@ struct CallState {
     rx_window: u64,
     /// Inbound stream: bytes received whose stream credit is not yet returned.
     rx_to_return: u64,
-    /// Inbound stream: wire lengths of the messages delivered and not yet consumed
-    /// ([`Connection::stream_consumed`]), oldest first, and their sum.
-    rx_held: VecDeque<u64>,
+    /// Inbound stream: the messages delivered and not yet consumed
+    /// ([`Connection::stream_consumed`]), oldest first, as runs of (messages, wire
+    /// bytes) — a packed frame is one run — and the sum of the bytes.
+    rx_held: VecDeque<(u64, u64)>,
     rx_held_bytes: u64,
 }
 
