@@ -1524,7 +1524,7 @@ fn small_stream_messages_are_packed_when_both_sides_offer_it() {
         .filter(|f| matches!(f, Frame::Data(d) if d.packed))
         .count();
     assert!(
-        packed >= 1 && packed < 10,
+        (1..10).contains(&packed),
         "{packed} packed frames for 500 messages"
     );
     let mut got = Vec::new();
@@ -1639,10 +1639,7 @@ fn packed_messages_are_held_and_released_one_by_one() {
     p.server.open_reply_stream(id).unwrap();
     let total = 8000u32;
     p.server
-        .send_messages(
-            id,
-            (0..total).map(|i| Payload::raw(format!("{i:0>60}"))),
-        )
+        .send_messages(id, (0..total).map(|i| Payload::raw(format!("{i:0>60}"))))
         .unwrap();
     let count = |evs: Vec<Event>| -> usize {
         evs.iter()
