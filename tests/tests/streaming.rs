@@ -109,6 +109,16 @@ fn feeds(dropped: Arc<AtomicBool>) -> Router {
         .unwrap()
 }
 
+/// Reads a stream to its end: the code of the error that ended it, if one did.
+async fn end_of(mut s: polycall_net::Streaming) -> Option<Code> {
+    while let Some(m) = s.next().await {
+        if let Err(e) = m {
+            return Some(e.code);
+        }
+    }
+    None
+}
+
 async fn collect(s: polycall_net::Streaming) -> Vec<Result<String, Code>> {
     s.map(|m| m.map(|p| text(&p)).map_err(|e| e.code))
         .collect()
@@ -230,13 +240,7 @@ async fn deadlines_cancellation_and_the_providers_loss_cross_the_runtime() {
             .unwrap();
         assert!(s.next().await.unwrap().is_ok());
         provider.stop().await;
-        let mut last = None;
-        while let Some(m) = s.next().await {
-            if let Err(e) = m {
-                last = Some(e.code);
-            }
-        }
-        assert_eq!(last, Some(Code::Unavailable));
+        assert_eq!(end_of(s).await, Some(Code::Unavailable));
     })
     .await
     .expect("bounded");

@@ -154,6 +154,16 @@ async fn fixture() -> Fixture {
     }
 }
 
+/// Reads a stream to its end: the code of the error that ended it, if one did.
+async fn end_of(mut s: polycall_net::Streaming) -> Option<Code> {
+    while let Some(m) = s.next().await {
+        if let Err(e) = m {
+            return Some(e.code);
+        }
+    }
+    None
+}
+
 async fn collect(s: polycall_net::Streaming) -> Vec<Result<String, Code>> {
     s.map(|m| m.map(|p| text(&p)).map_err(|e| e.code))
         .collect()
@@ -333,14 +343,8 @@ async fn a_stream_ends_at_its_deadline() {
             std::time::Instant::now(),
             Duration::from_millis(300),
         ));
-        let mut s = f.channel.server_stream(call).await.unwrap();
-        let mut last = None;
-        while let Some(m) = s.next().await {
-            if let Err(e) = m {
-                last = Some(e.code);
-            }
-        }
-        assert_eq!(last, Some(Code::DeadlineExceeded));
+        let s = f.channel.server_stream(call).await.unwrap();
+        assert_eq!(end_of(s).await, Some(Code::DeadlineExceeded));
         while !f.dropped.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
@@ -363,13 +367,7 @@ async fn the_servers_loss_ends_the_stream_with_unavailable() {
         for c in f.channel.connections() {
             c.close(Status::unavailable("the test closes it"));
         }
-        let mut last = None;
-        while let Some(m) = s.next().await {
-            if let Err(e) = m {
-                last = Some(e.code);
-            }
-        }
-        assert_eq!(last, Some(Code::Unavailable));
+        assert_eq!(end_of(s).await, Some(Code::Unavailable));
         f.server.shutdown().await;
     })
     .await

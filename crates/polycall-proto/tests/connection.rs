@@ -1269,6 +1269,20 @@ fn a_given_clock_makes_the_wire_bytes_repeat() {
     );
 }
 
+/// `n` incompressible bytes (xorshift from `seed`, which advances).
+fn noise(n: usize, seed: &mut u64) -> Payload {
+    Payload::raw(
+        (0..n)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 7;
+                *seed ^= *seed << 17;
+                *seed as u8
+            })
+            .collect::<Vec<u8>>(),
+    )
+}
+
 fn negotiated_crc(c: &Connection) -> bool {
     c.negotiated()
         .unwrap()
@@ -1364,16 +1378,8 @@ fn a_stream_that_is_not_read_stops_only_its_producer() {
     // every byte); the client's application takes the events but consumes nothing.
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
     for _ in 0..64 {
-        let noise: Vec<u8> = (0..4096)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect();
         p.server
-            .send_message(stream_id, Payload::raw(noise))
+            .send_message(stream_id, noise(4096, &mut seed))
             .unwrap();
     }
     let (delivered, _) = pump_taking_stream_messages(&mut p);
@@ -1476,18 +1482,7 @@ fn stream_credit_for_a_call_never_opened_is_a_connection_error() {
 fn the_smallest_window_never_stalls() {
     let mut p = pair_with_window(1024);
     let mut seed = 7u64;
-    let mut noise = |n: usize| -> Payload {
-        Payload::raw(
-            (0..n)
-                .map(|_| {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    seed as u8
-                })
-                .collect::<Vec<u8>>(),
-        )
-    };
+    let mut noise = |n: usize| noise(n, &mut seed);
     let a = p.call("a.b", noise(200));
     let b = p.call("a.b", noise(1000));
     let mut seen = Vec::new();
