@@ -57,28 +57,14 @@ fn feeds(dropped: Arc<AtomicBool>) -> Router {
             "feed.sum",
             CallKind::ClientStream,
             MethodInfo::new("adds up"),
-            |call: StreamCall| -> MessageStream {
-                Box::pin(stream::once(async move {
-                    let mut requests = call.requests;
-                    let mut total = 0u64;
-                    while let Some(m) = requests.next().await {
-                        total += text(&m?).parse::<u64>().unwrap_or(0);
-                    }
-                    Ok(Payload::raw(total.to_string()))
-                }))
-            },
+            polycall_test_support::streams::sum,
         )
         .unwrap()
         .route_stream(
             "feed.upper",
             CallKind::Bidi,
             MethodInfo::new("capitals"),
-            |call: StreamCall| -> MessageStream {
-                Box::pin(
-                    call.requests
-                        .map(|m| m.map(|p| Payload::raw(text(&p).to_uppercase()))),
-                )
-            },
+            polycall_test_support::streams::upper,
         )
         .unwrap()
         .route_stream(

@@ -251,10 +251,10 @@ async def _aclose(it: Any) -> None:
             pass
 
 
-async def _encoded_requests(method: str, values: Values, input_type: Type) -> AsyncIterator[Payload]:
-    """The wire messages of a typed request stream; a value that does not fit its type
-    raises :class:`TypeError` (which fails the call, CANCEL to the callee)."""
-    it = as_async_iterator(values)
+async def _encoded(it: AsyncIterator[Any], t: Type, misfit: Callable[[int, ConversionError], Exception],
+                   also_close: Optional[AsyncIterator[Any]] = None) -> AsyncIterator[Payload]:
+    """The wire messages of a typed stream ``it``: value ``#i`` that does not fit ``t``
+    raises ``misfit(i, error)``. Closing the result closes ``it`` (and ``also_close``)."""
     try:
         i = 0
         while True:
@@ -263,13 +263,22 @@ async def _encoded_requests(method: str, values: Values, input_type: Type) -> As
             except StopAsyncIteration:
                 return
             try:
-                payload = encode(value, input_type)
+                payload = encode(value, t)
             except ConversionError as e:
-                raise TypeError(f"{method}: request #{i} does not fit its type: {e}") from None
+                raise misfit(i, e) from None
             i += 1
             yield payload
     finally:
         await _aclose(it)
+        if also_close is not None:
+            await _aclose(also_close)
+
+
+def _encoded_requests(method: str, values: Values, input_type: Type) -> AsyncIterator[Payload]:
+    """The wire messages of a typed request stream; a value that does not fit its type
+    raises :class:`TypeError` (which fails the call, CANCEL to the callee)."""
+    return _encoded(as_async_iterator(values), input_type,
+                    lambda i, e: TypeError(f"{method}: request #{i} does not fit its type: {e}"))
 
 
 def _reply_decoder(method: str, output_type: Type) -> Callable[[Payload], Any]:
@@ -365,29 +374,15 @@ async def _replies_of(method: str, result: Any) -> Any:
     raise InternalError(f"{method} answers with a stream, but its implementation returned {type(result).__name__}")
 
 
-async def _encoded_replies(method: str, replies: Any, output_type: Type,
-                           requests: Optional[AsyncIterator[Any]] = None) -> AsyncIterator[Payload]:
+def _encoded_replies(method: str, replies: Any, output_type: Type,
+                     requests: Optional[AsyncIterator[Any]] = None) -> AsyncIterator[Payload]:
     """The wire messages of a typed reply stream: a reply that does not fit its type
     ends the stream with ``internal``. Closing it closes the method's generator (and
     the typed view of its requests)."""
-    it = replies.__aiter__()
-    try:
-        i = 0
-        while True:
-            try:
-                value = await it.__anext__()
-            except StopAsyncIteration:
-                return
-            try:
-                payload = encode(value, output_type)
-            except ConversionError as e:
-                raise InternalError(f"{method} returned reply #{i}, which does not fit its type: {e}") from None
-            i += 1
-            yield payload
-    finally:
-        await _aclose(it)
-        if requests is not None:
-            await _aclose(requests)
+    return _encoded(replies.__aiter__(), output_type,
+                    lambda i, e: InternalError(
+                        f"{method} returned reply #{i}, which does not fit its type: {e}"),
+                    requests)
 
 
 def serve_server_stream(provider: Any, method: str, impl: Callable[[Any, CallContext], Any],

@@ -106,28 +106,14 @@ async fn fixture() -> Fixture {
             "sum.all",
             CallKind::ClientStream,
             MethodInfo::new("adds the numbers it is sent"),
-            |call: StreamCall| -> MessageStream {
-                Box::pin(stream::once(async move {
-                    let mut total = 0u64;
-                    let mut requests = call.requests;
-                    while let Some(m) = requests.next().await {
-                        total += text(&m?).parse::<u64>().unwrap_or(0);
-                    }
-                    Ok(Payload::raw(total.to_string()))
-                }))
-            },
+            polycall_test_support::streams::sum,
         )
         .unwrap()
         .route_stream(
             "chat.upper",
             CallKind::Bidi,
             MethodInfo::new("answers each message in capitals"),
-            |call: StreamCall| -> MessageStream {
-                Box::pin(
-                    call.requests
-                        .map(|m| m.map(|p| Payload::raw(text(&p).to_uppercase()))),
-                )
-            },
+            polycall_test_support::streams::upper,
         )
         .unwrap()
         .route(

@@ -72,6 +72,8 @@ impl Drop for TempDir {
     }
 }
 
+pub mod streams;
+
 /// A loopback TCP port that was free a moment ago (the OS picked it; another process
 /// may still take it before the caller binds it, so prefer port 0 where the API allows).
 pub fn free_port() -> u16 {
