@@ -174,10 +174,7 @@ impl Router {
             },
             handler: Serve::Unary(BoxHandler::new(handler)),
         };
-        Arc::make_mut(&mut self.table)
-            .entry(service)
-            .or_default()
-            .insert(method, route);
+        self.insert(service, method, route);
         self
     }
 
@@ -212,11 +209,15 @@ impl Router {
             info: MethodInfo { kind, ..info },
             handler: Serve::Stream(Arc::new(handler)),
         };
+        self.insert(service, method, route);
+        Ok(self)
+    }
+
+    fn insert(&mut self, service: ServiceName, method: MethodName, route: Route) {
         Arc::make_mut(&mut self.table)
             .entry(service)
             .or_default()
             .insert(method, route);
-        Ok(self)
     }
 
     /// Adds every method of `other`; `other`'s entries win on a clash.

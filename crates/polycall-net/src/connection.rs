@@ -380,14 +380,7 @@ impl ConnectionHandle {
     /// call (the peer is told); when the call's deadline passes first, the result is
     /// `deadline_exceeded` and the call is cancelled.
     pub fn call(&self, call: Call) -> impl Future<Output = Result<Reply, Status>> + Send + use<> {
-        let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
-        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let mut guard = CancelOnDrop {
-            commands: self.commands.clone(),
-            shared: self.shared.clone(),
-            token,
-            armed: true,
-        };
+        let (token, mut guard) = self.begin_call();
         let deadline = call.metadata.deadline;
         let (tx, rx) = oneshot::channel();
         let sent = self
@@ -420,6 +413,20 @@ impl ConnectionHandle {
             guard.armed = false;
             result.unwrap_or_else(|_| Err(closed(&guard)))
         }
+    }
+
+    /// A new call's token, counted in flight until the returned guard drops (which
+    /// cancels the call while armed).
+    fn begin_call(&self) -> (u64, CancelOnDrop) {
+        let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
+        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
+        let guard = CancelOnDrop {
+            commands: self.commands.clone(),
+            shared: self.shared.clone(),
+            token,
+            armed: true,
+        };
+        (token, guard)
     }
 
     fn closed_status(&self) -> Status {

@@ -506,14 +506,7 @@ impl ConnectionHandle {
         metadata: Metadata,
         requests: Opening,
     ) -> Streaming {
-        let token = self.shared.next_token.fetch_add(1, Ordering::Relaxed);
-        self.shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        let mut guard = CancelOnDrop {
-            commands: self.commands.clone(),
-            shared: self.shared.clone(),
-            token,
-            armed: true,
-        };
+        let (token, mut guard) = self.begin_call();
         let (tx, rx) = inbox();
         let deadline = metadata.deadline.map(|d| Deadline::At(d.0));
         let refused = match self.commands.send(Command::OpenStream(Box::new(OpenStream {

@@ -293,20 +293,7 @@ impl Connection {
     /// streaming reply).
     pub fn send_message(&mut self, call_id: u32, payload: Payload) -> Result<(), SendError> {
         self.check_payload(&payload)?;
-        let key = self.stream_call_mut(call_id)?.method_key;
-        let (compression, data) = self.compress(key, &payload);
-        self.enqueue(
-            call_id,
-            OutItem::Msg(OutMsg {
-                kind: OutKind::Message,
-                content_type: payload.content_type,
-                compression,
-                data,
-                offset: 0,
-                started: false,
-            }),
-        );
-        Ok(())
+        self.send_messages(call_id, [payload])
     }
 
     /// Sends further messages on a stream this side opened, in order: as
