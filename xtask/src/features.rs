@@ -19,6 +19,8 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("ca", &[]),
     ("state", &[]),
     ("config", &[]),
+    ("observe", &[]),
+    ("otlp", &[]),
     ("runtime", &["routed"]),
     ("compat", &[]),
 ];
@@ -33,6 +35,8 @@ const NOT_IN_NET: &[&str] = &[
     "cel",
     "zstd",
     "brotli",
+    "opentelemetry-otlp",
+    "prometheus-client",
 ];
 
 /// Runs the whole matrix; fails at the first feature that does not build or run.

@@ -36,6 +36,11 @@ struct Cli {
     /// Give up on a call after this many milliseconds.
     #[arg(long, global = true, default_value_t = 30_000)]
     timeout_ms: u64,
+    /// Log lines for people (text), one JSON object a line with the call's trace_id and
+    /// span_id (json), or libpolycall's telemetry shape (telemetry) [default:
+    /// log.format of --config, else text].
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<LogFormatArg>,
     #[command(subcommand)]
     command: Command,
 }
@@ -70,6 +75,14 @@ pub(crate) struct Target {
     /// password is read from POLYCALL_PASSWORD, else from the terminal.
     #[arg(long)]
     pub(crate) user: Option<String>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
+    Telemetry,
 }
 
 #[derive(Debug, Subcommand)]
@@ -204,12 +217,25 @@ fn main() -> ExitCode {
     let filter = tracing_subscriber::EnvFilter::try_from_env("POLYCALL_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
     // A reload of the configuration file may change the level while the runtime runs.
-    let json_logs = loaded
-        .as_ref()
-        .is_some_and(|l| l.log_format() == polycall::runtime::config::LogFormat::Json);
-    let log_level = if json_logs {
+    use polycall::runtime::config::LogFormat;
+    let log_format = match cli.log_format {
+        Some(LogFormatArg::Text) => LogFormat::Text,
+        Some(LogFormatArg::Json) => LogFormat::Json,
+        Some(LogFormatArg::Telemetry) => LogFormat::Telemetry,
+        None => loaded.as_ref().map_or(LogFormat::Text, |l| l.log_format()),
+    };
+    let log_level = if log_format == LogFormat::Json {
         let b = tracing_subscriber::fmt()
-            .json()
+            .event_format(polycall::observe::logs::JsonLines)
+            .with_env_filter(filter)
+            .with_writer(std::io::stderr)
+            .with_filter_reloading();
+        let handle = b.reload_handle();
+        let _ = b.try_init();
+        level_hook(handle)
+    } else if log_format == LogFormat::Telemetry {
+        let b = tracing_subscriber::fmt()
+            .event_format(polycall::observe::logs::TelemetryLines)
             .with_env_filter(filter)
             .with_writer(std::io::stderr)
             .with_filter_reloading();

@@ -60,6 +60,25 @@ pub struct RunArgs {
     /// runtime.debug_methods of --config, else off].
     #[arg(long)]
     debug_methods: bool,
+    /// Serve /metrics, /healthz, /readyz and /dashboard on this HOST:PORT (loopback
+    /// unless --insecure-remote) [default: admin.listen of --config, else none].
+    #[arg(long, value_name = "HOST:PORT")]
+    admin: Option<std::net::SocketAddr>,
+    /// Write the admin address actually bound to this file (useful with port 0).
+    #[arg(long, requires = "admin")]
+    admin_file: Option<PathBuf>,
+    /// Send call spans to this OTLP/gRPC collector (http://HOST:4317) [default:
+    /// observe.otlp_endpoint of --config, else none].
+    #[arg(long, value_name = "URL")]
+    otlp: Option<String>,
+    /// Percent of the traces the runtime starts itself that are recorded (callers'
+    /// sampled traces always are) [default: observe.trace_sample_percent, else 1].
+    #[arg(long, value_name = "PERCENT", value_parser = clap::value_parser!(u8).range(0..=100))]
+    trace_sample: Option<u8>,
+    /// Do not measure calls: no per-method metrics, anomaly detection or outlier
+    /// ejection [default: observe.metrics of --config, else measured].
+    #[arg(long)]
+    no_metrics: bool,
 }
 
 /// Runs the runtime: embedded defaults, or the loaded `--config` file; flags win over
@@ -103,6 +122,18 @@ pub async fn run(
     if let Some(n) = args.max_concurrency {
         config.qos.concurrency = Some(ConcurrencyLimitConfig::default().max(n));
     }
+    if let Some(a) = args.admin {
+        config.observe.admin = Some(a);
+    }
+    if let Some(u) = &args.otlp {
+        config.observe.otlp_endpoint = Some(u.clone());
+    }
+    if let Some(p) = args.trace_sample {
+        config.observe.trace_sample = f64::from(p) / 100.0;
+    }
+    if args.no_metrics {
+        config.observe.metrics = false;
+    }
     let state_dir = config.state_dir.clone();
     let runtime = match Runtime::start(config).await {
         Ok(r) => std::sync::Arc::new(r),
@@ -113,6 +144,12 @@ pub async fn run(
             return out.fail_with("run", &Status::invalid_input(e.to_string()), exit::INPUT);
         }
         Err(e @ polycall::runtime::RuntimeError::Tls(_)) => {
+            return out.fail_with("run", &Status::invalid_input(e.to_string()), exit::INPUT);
+        }
+        Err(e @ polycall::runtime::RuntimeError::Unsupported(_)) => {
+            return out.fail("run", &Status::unsupported(e.to_string()));
+        }
+        Err(e @ polycall::runtime::RuntimeError::Admin(_)) => {
             return out.fail_with("run", &Status::invalid_input(e.to_string()), exit::INPUT);
         }
         Err(e) => return out.fail_with("run", &Status::unavailable(e.to_string()), exit::RUNTIME),
@@ -142,6 +179,16 @@ pub async fn run(
     if let Some(f) = &args.endpoint_file
         && let Err(e) =
             polycall::security::private_file::replace(f, format!("{bound}\n").as_bytes())
+    {
+        runtime.shutdown().await;
+        return out.fail_with(
+            "run",
+            &Status::invalid_input(format!("cannot write {}: {e}", f.display())),
+            exit::INPUT,
+        );
+    }
+    if let (Some(f), Some(a)) = (&args.admin_file, runtime.admin_addr())
+        && let Err(e) = polycall::security::private_file::replace(f, format!("{a}\n").as_bytes())
     {
         runtime.shutdown().await;
         return out.fail_with(

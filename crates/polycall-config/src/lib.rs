@@ -202,8 +202,10 @@ impl fmt::Display for Diagnostic {
 pub enum LogFormat {
     /// For people.
     Text,
-    /// One JSON object a line.
+    /// One JSON object a line, with the call's `trace_id` and `span_id`.
     Json,
+    /// libpolycall's telemetry line shape.
+    Telemetry,
 }
 
 /// Whether TLS clients present a certificate.
@@ -277,6 +279,28 @@ pub struct LogSection {
     pub level: String,
     /// `format`.
     pub format: LogFormat,
+}
+
+/// `[admin]`: the admin HTTP listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AdminSection {
+    /// `listen` (unset: no admin listener).
+    pub listen: Option<String>,
+}
+
+/// `[observe]`: metrics and traces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ObserveSection {
+    /// `metrics`.
+    pub metrics: bool,
+    /// `otlp_endpoint`.
+    pub otlp_endpoint: Option<String>,
+    /// `trace_sample_percent`.
+    pub trace_sample_percent: u64,
+    /// `service_name`.
+    pub service_name: String,
 }
 
 /// `[compat]`: libpolycall compatibility.
@@ -367,6 +391,10 @@ pub struct Config {
     pub qos: QosSection,
     /// `[log]`.
     pub log: LogSection,
+    /// `[admin]`.
+    pub admin: AdminSection,
+    /// `[observe]`.
+    pub observe: ObserveSection,
     /// `[compat]`.
     pub compat: CompatSection,
     /// `[state]`.

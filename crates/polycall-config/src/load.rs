@@ -9,7 +9,7 @@ use super::schema::{self, CURRENT_VERSION, DefaultValue, KEYS, KeyDef, Kind, SEC
 use super::suggest;
 use super::{
     AuthSection, ClientAuth, CompatSection, Config, Diagnostic, Entry, LimitsSection, LoadedConfig,
-    LogFormat, LogSection, Origin, QosSection, RuntimeSection, StateSection, TlsSection, Value,
+    AdminSection, LogFormat, LogSection, ObserveSection, Origin, QosSection, RuntimeSection, StateSection, TlsSection, Value,
 };
 
 /// Environment variables read: `POLYCALL_SECTION__KEY`.
@@ -562,11 +562,20 @@ fn typed(values: &[(&'static KeyDef, Entry)], base: &Path) -> Config {
         },
         log: LogSection {
             level: string("log.level").unwrap_or_else(|| "info".into()),
-            format: if string("log.format").as_deref() == Some("json") {
-                LogFormat::Json
-            } else {
-                LogFormat::Text
+            format: match string("log.format").as_deref() {
+                Some("json") => LogFormat::Json,
+                Some("telemetry") => LogFormat::Telemetry,
+                _ => LogFormat::Text,
             },
+        },
+        admin: AdminSection {
+            listen: string("admin.listen"),
+        },
+        observe: ObserveSection {
+            metrics: boolean("observe.metrics"),
+            otlp_endpoint: string("observe.otlp_endpoint"),
+            trace_sample_percent: int("observe.trace_sample_percent").unwrap_or(1),
+            service_name: string("observe.service_name").unwrap_or_else(|| "polycall-runtime".into()),
         },
         compat: CompatSection {
             pcr1: boolean("compat.pcr1"),

@@ -108,7 +108,7 @@ macro_rules! key {
 
 /// The sections, in the order files and documentation list them.
 pub const SECTIONS: &[&str] = &[
-    "runtime", "limits", "qos", "log", "compat", "state", "tls", "auth",
+    "runtime", "limits", "qos", "log", "compat", "state", "tls", "auth", "admin", "observe",
 ];
 
 /// Every key of version 1.
@@ -290,10 +290,10 @@ pub static KEYS: &[KeyDef] = &[
     key!(
         "log",
         "format",
-        Kind::Enum(&["text", "json"]),
+        Kind::Enum(&["text", "json", "telemetry"]),
         DefaultValue::Str("text"),
         false,
-        "Log lines for people (text) or one JSON object a line (json)."
+        "Log lines for people (text), one JSON object a line carrying the call's trace_id and span_id (json), or libpolycall's telemetry line shape (telemetry)."
     ),
     key!(
         "compat",
@@ -506,6 +506,46 @@ pub static KEYS: &[KeyDef] = &[
         DefaultValue::None,
         false,
         "OPAQUE password users (`polycall users add NAME`); the server's OPAQUE secret is kept beside it in opaque-setup."
+    ),
+    key!(
+        "admin",
+        "listen",
+        Kind::Endpoint,
+        DefaultValue::None,
+        false,
+        "Serve /metrics, /healthz, /readyz and /dashboard on this HOST:PORT (an IP address; loopback unless runtime.insecure_remote). Unset: no admin listener."
+    ),
+    key!(
+        "observe",
+        "metrics",
+        Kind::Bool,
+        DefaultValue::Bool(true),
+        false,
+        "Count, time and trace every call (per-method metrics, anomaly detection, outlier ejection)."
+    ),
+    key!(
+        "observe",
+        "otlp_endpoint",
+        Kind::Text,
+        DefaultValue::None,
+        false,
+        "Send call spans to this OTLP/gRPC collector (http://HOST:4317). Unset: spans are not recorded (trace context still propagates)."
+    ),
+    key!(
+        "observe",
+        "trace_sample_percent",
+        Kind::Int { min: 0, max: 100 },
+        DefaultValue::Int(1),
+        false,
+        "Percent of the traces the runtime starts itself that are recorded; callers' sampled traces always are."
+    ),
+    key!(
+        "observe",
+        "service_name",
+        Kind::Text,
+        DefaultValue::Str("polycall-runtime"),
+        false,
+        "The OpenTelemetry service.name of the runtime's spans."
     ),
 ];
 

@@ -71,6 +71,14 @@ pub(crate) fn cross_check(
             ),
         ));
     }
+    if let Some(listen) = &c.admin.listen
+        && listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        d.push_on(&["admin.listen"], Diagnostic::error(
+            origin(values, "admin.listen"),
+            format!("`admin.listen` = {listen:?} must be an IP address and port (127.0.0.1:9464): the admin pages are served over TCP"),
+        ));
+    }
     // TLS: pairs complete, files present, client authentication has a CA.
     let t = &c.tls;
     let hsm = t.hsm_module.is_some() || t.hsm_token.is_some() || t.hsm_key.is_some();

@@ -398,7 +398,7 @@ impl prometheus_client::collector::Collector for CallCollector {
             let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS
                 .iter()
                 .copied()
-                .chain([f64::MAX])
+                .chain([f64::INFINITY])
                 .zip(snap.buckets)
                 .collect();
             family

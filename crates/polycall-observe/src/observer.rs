@@ -1,7 +1,7 @@
 //! [`Observer`]: what one process measures, the one-second sampler that turns it into
 //! history, anomalies and ejections, and the events the dashboard follows.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -126,6 +126,42 @@ impl std::fmt::Debug for Observer {
     }
 }
 
+/// One sample standing for several consecutive ones.
+fn merge(samples: &[Sample]) -> Sample {
+    let mut by: BTreeMap<(String, &'static str), MethodSample> = BTreeMap::new();
+    for s in samples {
+        for m in &s.methods {
+            let e = by
+                .entry((m.method.clone(), m.side))
+                .or_insert_with(|| MethodSample {
+                    calls: 0,
+                    errors: 0,
+                    mean_ms: 0.0,
+                    ..m.clone()
+                });
+            let total = (e.calls + m.calls).max(1) as f64;
+            e.mean_ms = (e.mean_ms * e.calls as f64 + m.mean_ms * m.calls as f64) / total;
+            e.calls += m.calls;
+            e.errors += m.errors;
+            e.p50_ms = e.p50_ms.max(m.p50_ms);
+            e.p90_ms = e.p90_ms.max(m.p90_ms);
+            e.p99_ms = e.p99_ms.max(m.p99_ms);
+        }
+    }
+    let last = samples.last().cloned().unwrap_or(Sample {
+        unix_ms: 0,
+        methods: vec![],
+        resources: ResourceUsage::default(),
+        cpu_cores: 0.0,
+    });
+    Sample {
+        unix_ms: last.unix_ms,
+        methods: by.into_values().collect(),
+        resources: last.resources,
+        cpu_cores: samples.iter().map(|s| s.cpu_cores).sum::<f64>() / samples.len().max(1) as f64,
+    }
+}
+
 fn unix_ms(t: SystemTime) -> u64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
@@ -197,6 +233,18 @@ impl Observer {
             .filter(|s| s.unix_ms >= since_unix_ms)
             .cloned()
             .collect()
+    }
+
+    /// Samples newer than `since` merged into at most `points` (each merged sample sums
+    /// its seconds' calls and errors and keeps their highest percentiles and mean
+    /// latency weighted by calls), oldest first: an hour fits a report.
+    pub fn history_merged(&self, since_unix_ms: u64, points: usize) -> Vec<Sample> {
+        let all = self.history(since_unix_ms);
+        let step = all.len().div_ceil(points.max(1)).max(1);
+        if step == 1 {
+            return all;
+        }
+        all.chunks(step).map(merge).collect()
     }
 
     /// Follows the dashboard's events: each a JSON object with a `type` (`sample`,

@@ -50,9 +50,21 @@ impl Service<Call> for Route {
             let mut router = self.state.builtins.clone();
             return router.call(call);
         }
-        match self.state.registry.pick(service, method) {
-            // Called now, not when first polled: the provider counts the call at once.
-            Some(provider) => Box::pin(provider.call(call)),
+        match self
+            .state
+            .registry
+            .pick(service, method, self.state.observer.ejections())
+        {
+            Some((provider, stats)) => {
+                // Called now, not when first polled: the provider counts the call at once.
+                let reply = provider.call(call);
+                let started = std::time::Instant::now();
+                Box::pin(async move {
+                    let r = reply.await;
+                    stats.record(started.elapsed(), r.is_err());
+                    r
+                })
+            }
             None => {
                 let own = self
                     .state

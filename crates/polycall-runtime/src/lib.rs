@@ -22,6 +22,7 @@ mod builtins;
 mod compat;
 pub mod config;
 mod connection;
+mod observe;
 mod provider;
 mod registry;
 pub mod reload;
@@ -38,6 +39,8 @@ use serde_json::json;
 use tokio::sync::watch;
 
 pub use compat::CompatConfig;
+pub use observe::{MAX_EXPORTED_SPANS, ObserveSettings};
+pub use polycall_observe::Observer;
 pub use provider::{Provider, ProviderConfig};
 pub use registry::{Provision, Registry};
 pub use state_service::StateSettings;
@@ -74,6 +77,8 @@ pub struct RuntimeConfig {
     /// Serve `debug.echo` and `debug.sleep` (off by default: test aids, not part of a
     /// production surface).
     pub debug_methods: bool,
+    /// Metrics, traces, the admin listener.
+    pub observe: ObserveSettings,
 }
 
 /// What the runtime applies to every call it serves, in this order: authorization, rate
@@ -141,6 +146,7 @@ impl Default for RuntimeConfig {
             insecure_remote: false,
             state: StateSettings::default(),
             debug_methods: false,
+            observe: ObserveSettings::default(),
         }
     }
 }
@@ -200,6 +206,12 @@ impl RuntimeConfig {
         self.debug_methods = debug_methods;
         self
     }
+
+    /// Sets how the runtime measures and shows itself (metrics, traces, admin listener).
+    pub fn observe(mut self, observe: ObserveSettings) -> Self {
+        self.observe = observe;
+        self
+    }
 }
 
 /// Why a runtime could not start.
@@ -234,6 +246,12 @@ pub enum RuntimeError {
     /// or their database could not be opened or recovered.
     #[error("state machines: {0}")]
     State(String),
+    /// Something configured that this build leaves out.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// The admin listener could not start.
+    #[error("admin listener: {0}")]
+    Admin(#[from] polycall_observe::admin::AdminError),
     /// The state directory could not be written.
     #[error("cannot write the state directory {dir}: {source}")]
     StateDir {
@@ -263,6 +281,15 @@ pub(crate) struct State {
     config_status: std::sync::Mutex<serde_json::Value>,
     /// When the TLS certificate in force stops being valid (`sys.health` warns ahead).
     tls_not_after: std::sync::Mutex<Option<std::time::SystemTime>>,
+    /// Metrics, spans, history, anomalies and ejections.
+    pub(crate) observer: Observer,
+    /// Whether calls pass the measuring layer.
+    pub(crate) observe_metrics: bool,
+    /// Transitions fired per machine and transition (the state follower counts them).
+    pub(crate) transitions: observe::TransitionCounts,
+    /// Each instance's machine and current states, for the dashboard.
+    pub(crate) instance_states:
+        std::sync::Mutex<std::collections::BTreeMap<String, (String, Vec<String>)>>,
     /// The TLS settings in force and the listener's configuration slot, for reloads.
     tls: std::sync::Mutex<
         Option<(
@@ -301,11 +328,22 @@ impl LiveStack {
     fn build(state: &Arc<State>) -> Stacks {
         let generation = state.qos_generation.load(Ordering::Acquire);
         let qos = state.qos.read().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut route = qos.stack(connection::Route {
+            state: state.clone(),
+        });
+        if state.observe_metrics {
+            // Outermost: refused, shed and failed calls are counted with their codes.
+            use tower::Layer;
+            route = BoxHandler::new(
+                state
+                    .observer
+                    .layer(polycall_observe::metrics::Side::Server)
+                    .layer(route),
+            );
+        }
         Stacks {
             generation,
-            route: qos.stack(connection::Route {
-                state: state.clone(),
-            }),
+            route,
             admit: qos.stack(connection::Admit),
         }
     }
@@ -356,9 +394,13 @@ impl State {
     }
 
     /// Why the runtime is not fully well: a rejected configuration reload, a state
-    /// store whose last commit failed, a TLS certificate close to its expiry.
+    /// store whose last commit failed, a TLS certificate close to its expiry, a method
+    /// behaving anomalously.
     fn degraded_reasons(&self, config: &serde_json::Value) -> Vec<String> {
         let mut reasons = Vec::new();
+        for a in self.observer.anomalies() {
+            reasons.push(format!("anomaly: {}", a.evidence()));
+        }
         let reload = &config["last_reload"];
         if reload["ok"] == json!(false) {
             let first = reload["errors"][0].as_str().unwrap_or("see the log");
@@ -409,6 +451,10 @@ impl State {
             "connections": self.connections.get().map_or(0, |s| s.connections()),
             "providers": self.registry.providers(),
             "methods": self.builtins.len() + self.registry.snapshot().len(),
+            "anomalies": self.observer.anomalies(),
+            "ejected": self.observer.ejections().list().into_iter()
+                .map(|(m, e)| json!({"method": m, "provider": format!("provider-{e}")}))
+                .collect::<Vec<_>>(),
         })
     }
 }
@@ -418,6 +464,7 @@ pub struct Runtime {
     state: Arc<State>,
     server: Arc<Server>,
     shutdown_rx: watch::Receiver<bool>,
+    admin: Option<polycall_observe::admin::AdminServer>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -554,15 +601,13 @@ impl Runtime {
             None => None,
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let observer = Observer::new(config.observe.tracer()?);
         let state = Arc::new_cyclic(|weak| {
+            let own = builtins::router(weak.clone(), config.debug_methods, config.compat.fixtures)
+                .merge(&observe::router(weak.clone()));
             let builtins = match &machines {
-                Some(host) => {
-                    builtins::router(weak.clone(), config.debug_methods, config.compat.fixtures)
-                        .merge(&state_service::router(host, weak.clone()))
-                }
-                None => {
-                    builtins::router(weak.clone(), config.debug_methods, config.compat.fixtures)
-                }
+                Some(host) => own.merge(&state_service::router(host, weak.clone())),
+                None => own,
             };
             let builtins_stream = builtins
                 .describe()
@@ -583,8 +628,19 @@ impl Runtime {
                 config_status: std::sync::Mutex::new(json!({"source": "embedded defaults"})),
                 tls_not_after: std::sync::Mutex::new(tls_not_after),
                 tls: std::sync::Mutex::new(config.tls.clone().zip(tls_slot)),
+                observer: observer.clone(),
+                observe_metrics: config.observe.metrics,
+                transitions: Default::default(),
+                instance_states: Default::default(),
             }
         });
+        let source: Arc<observe::RuntimeSource> = Arc::new(observe::RuntimeSource {
+            state: Arc::downgrade(&state),
+        });
+        observer.start_sampler(Some(source.clone()));
+        if machines.is_some() {
+            observe::follow_state(Arc::downgrade(&state), observer.clone());
+        }
         let next_provider = Arc::new(AtomicU64::new(1));
         let make_state = state.clone();
         #[cfg_attr(not(feature = "compat"), allow(unused_mut))]
@@ -640,10 +696,28 @@ impl Runtime {
                 .unwrap_or_else(|| config.state_dir.join("backups"));
             state_service::schedule_backups(host.clone(), dir, every, config.state.backup_keep);
         }
+        let admin = match config.observe.admin {
+            Some(addr) => {
+                let admin = polycall_observe::admin::serve(
+                    polycall_observe::admin::AdminConfig::new(addr)
+                        .allow_remote(config.insecure_remote),
+                    observer.clone(),
+                    source,
+                )
+                .await?;
+                tracing::info!(
+                    "admin pages on http://{}/ (metrics, healthz, readyz, dashboard)",
+                    admin.local_addr()
+                );
+                Some(admin)
+            }
+            None => None,
+        };
         let runtime = Runtime {
             state,
             server,
             shutdown_rx,
+            admin,
         };
         runtime.write_state(&config.state_dir)?;
         Ok(runtime)
@@ -726,6 +800,16 @@ impl Runtime {
     /// The state machines and their instances, when any are loaded.
     pub fn machines(&self) -> Option<&Arc<polycall_state::StateHost>> {
         self.state.machines.as_ref()
+    }
+
+    /// Where the admin listener listens, when it runs.
+    pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
+        self.admin.as_ref().map(|a| a.local_addr())
+    }
+
+    /// What the runtime measures: metrics, history, anomalies, ejections.
+    pub fn observer(&self) -> &Observer {
+        &self.state.observer
     }
 
     /// The registry of provided methods.

@@ -1,13 +1,17 @@
 //! Who provides which method: providers register methods on their connection; calls are
-//! routed to the provider with the fewest calls outstanding.
+//! routed to the provider with the fewest calls outstanding, passing over providers the
+//! outlier detector ejected (unless every provider is).
 
 use std::collections::BTreeMap;
 use std::sync::RwLock;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use std::sync::Arc;
+
 use polycall_core::{CallKind, MethodInfo, MethodName, ServiceName};
 use polycall_net::ConnectionHandle;
+use polycall_observe::outlier::{Ejections, EndpointSnapshot, EndpointStats};
 
 /// One provider of one method.
 #[derive(Debug, Clone)]
@@ -18,6 +22,8 @@ pub struct Provision {
     pub provider_id: u64,
     /// What the provider says about the method.
     pub info: MethodInfo,
+    /// What its calls of this method did (the outlier detector reads them).
+    pub stats: Arc<EndpointStats>,
 }
 
 /// The registry of provided methods.
@@ -41,11 +47,16 @@ impl Registry {
         let mut m = self.methods.write().unwrap_or_else(|e| e.into_inner());
         for (s, n, info) in provision {
             let list = m.entry((s.clone(), n.clone())).or_default();
+            let stats = list
+                .iter()
+                .find(|p| p.provider_id == provider_id)
+                .map_or_else(Default::default, |p| p.stats.clone());
             list.retain(|p| p.provider_id != provider_id);
             list.push(Provision {
                 connection: connection.clone(),
                 provider_id,
                 info: info.clone(),
+                stats,
             });
         }
         self.recount(&m);
@@ -123,14 +134,52 @@ impl Registry {
         self.recount(&m);
     }
 
-    /// The live provider of `service.method` with the fewest calls outstanding.
-    pub fn pick(&self, service: &str, method: &str) -> Option<ConnectionHandle> {
+    /// The live provider of `service.method` with the fewest calls outstanding, and
+    /// where to record what its call does. Providers in `ejected` are passed over
+    /// while another provider is live.
+    pub fn pick(
+        &self,
+        service: &str,
+        method: &str,
+        ejected: &Ejections,
+    ) -> Option<(ConnectionHandle, Arc<EndpointStats>)> {
         let m = self.methods.read().unwrap_or_else(|e| e.into_inner());
         let key = (
             ServiceName::new(service).ok()?,
             MethodName::new(method).ok()?,
         );
-        polycall_net::least_loaded(m.get(&key)?, |p| &p.connection).map(|p| p.connection.clone())
+        let list = m.get(&key)?;
+        let healthy = list
+            .iter()
+            .filter(|p| !ejected.is_ejected(service, method, p.provider_id));
+        polycall_net::least_loaded(healthy, |p| &p.connection)
+            .or_else(|| polycall_net::least_loaded(list, |p| &p.connection))
+            .map(|p| (p.connection.clone(), p.stats.clone()))
+    }
+
+    /// Every provision's counts: `(service.method, provider id, counts)`.
+    pub fn endpoint_stats(&self) -> Vec<(Arc<str>, u64, EndpointSnapshot)> {
+        let m = self.methods.read().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for ((s, n), list) in m.iter() {
+            let name: Arc<str> = Arc::from(format!("{s}.{n}"));
+            for p in list {
+                out.push((name.clone(), p.provider_id, p.stats.snapshot()));
+            }
+        }
+        out
+    }
+
+    /// Each provider and the methods it provides.
+    pub fn by_provider(&self) -> BTreeMap<u64, Vec<String>> {
+        let m = self.methods.read().unwrap_or_else(|e| e.into_inner());
+        let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
+        for ((s, n), list) in m.iter() {
+            for p in list {
+                out.entry(p.provider_id).or_default().push(format!("{s}.{n}"));
+            }
+        }
+        out
     }
 
     /// Whether any provider serves a method of `service`.

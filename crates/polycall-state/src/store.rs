@@ -182,6 +182,11 @@ pub struct CommitStats {
     pub failures: u64,
     /// Whether the newest transaction failed: the store is not taking writes.
     pub failing: bool,
+    /// Time spent in synced commits (the fsync included), nanoseconds in total: with
+    /// `syncs`, the mean fsync latency.
+    pub sync_nanos: u64,
+    /// Time spent in unsynced commits, nanoseconds in total.
+    pub commit_nanos: u64,
 }
 
 /// The state database: reads from any thread, writes through the committer.
@@ -428,9 +433,11 @@ fn commit_loop(
                 match rx.recv_timeout(wait) {
                     Ok(r) => r,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
+                        let started = Instant::now();
                         if sync_now(&db).is_ok() {
                             unsynced_since = None;
-                            bump(&stats, 0, true);
+                            let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                            bump(&stats, 0, true, took);
                         }
                         continue;
                     }
@@ -451,10 +458,12 @@ fn commit_loop(
         }
         let sync = batch.iter().any(|r| r.durability == Durability::Sync)
             || unsynced_since.is_some_and(|t| t.elapsed() >= cfg.batch_window);
+        let started = Instant::now();
         let result = commit(&db, &cfg, &batch, sync);
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         match &result {
             Ok(_) => {
-                bump(&stats, batch.len() as u64, sync);
+                bump(&stats, batch.len() as u64, sync, took);
                 if sync {
                     unsynced_since = None;
                 } else if unsynced_since.is_none()
@@ -487,9 +496,14 @@ fn commit_loop(
     let _ = sync_now(&db);
 }
 
-fn bump(stats: &std::sync::Mutex<CommitStats>, requests: u64, sync: bool) {
+fn bump(stats: &std::sync::Mutex<CommitStats>, requests: u64, sync: bool, took_nanos: u64) {
     let mut s = stats.lock().unwrap_or_else(|e| e.into_inner());
     s.failing = false;
+    if sync {
+        s.sync_nanos = s.sync_nanos.saturating_add(took_nanos);
+    } else {
+        s.commit_nanos = s.commit_nanos.saturating_add(took_nanos);
+    }
     if requests > 0 {
         s.commits += 1;
         s.requests += requests;

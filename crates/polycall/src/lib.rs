@@ -13,6 +13,7 @@
 //! | `net` (default) | [`net`] | `polycall-net`: TCP / Unix / TLS transports, connections, `Channel`, `Server` (implies `proto`, `security`, `layers`) |
 //! | `state` | [`state`] | `polycall-state`: durable state machines (redb, CEL), point-in-time recovery, backups |
 //! | `config` | [`config`] | `polycall-config`: `polycall.toml` schema, layered loading, validation, migration |
+//! | `observe` | [`observe`] | `polycall-observe`: per-method metrics, call spans, anomaly detection, admin listener and dashboard |
 //! | `runtime` | [`runtime`] | `polycall-runtime`: the embeddable runtime and `Provider` (implies every feature) |
 //! | `full` | all of the above | |
 //!
@@ -24,6 +25,7 @@
 //! | `opaque` | OPAQUE zero-knowledge password logins | `opaque-ke`, `argon2` |
 //! | `hsm` | TLS keys held in a PKCS#11 token | `cryptoki` |
 //! | `ca` | a certificate authority (`security::Ca`) | `rcgen` |
+//! | `otlp` | OTLP/gRPC export of call spans (`observe::otlp`, the runtime's `--otlp`) | `opentelemetry-otlp`, `tonic` |
 //! | `compat` | the runtime serves libpolycall's PCR1 and first-generation clients; `config` migrates libpolycall's files | (the `runtime` feature) |
 //!
 //! A build without a capability never offers it to a peer and answers a clear
@@ -60,6 +62,9 @@ pub use polycall_state as state;
 
 #[cfg(feature = "config")]
 pub use polycall_config as config;
+
+#[cfg(feature = "observe")]
+pub use polycall_observe as observe;
 
 #[cfg(feature = "runtime")]
 pub use polycall_runtime as runtime;

@@ -71,6 +71,11 @@ impl RuntimeConfigExt for LoadedConfig {
             backup_keep: c.state.backup_keep as usize,
             backup_dir: c.state.backup_dir.clone(),
         };
+        rc.observe.metrics = c.observe.metrics;
+        rc.observe.admin = c.admin.listen.as_deref().and_then(|l| l.parse().ok());
+        rc.observe.otlp_endpoint = c.observe.otlp_endpoint.clone();
+        rc.observe.trace_sample = c.observe.trace_sample_percent as f64 / 100.0;
+        rc.observe.service_name = c.observe.service_name.clone();
         rc.qos.concurrency = c
             .qos
             .max_concurrency
