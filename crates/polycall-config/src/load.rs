@@ -8,8 +8,9 @@ use toml::de::{DeTable, DeValue};
 use super::schema::{self, CURRENT_VERSION, DefaultValue, KEYS, KeyDef, Kind, SECTIONS};
 use super::suggest;
 use super::{
-    AuthSection, ClientAuth, CompatSection, Config, Diagnostic, Entry, LimitsSection, LoadedConfig,
-    AdminSection, LogFormat, LogSection, ObserveSection, Origin, QosSection, RuntimeSection, StateSection, TlsSection, Value,
+    AdminSection, AuthSection, ClientAuth, CompatSection, Config, Diagnostic, Entry, LimitsSection,
+    LoadedConfig, LogFormat, LogSection, ObserveSection, Origin, QosSection, RuntimeSection,
+    StateSection, TlsSection, Value,
 };
 
 /// Environment variables read: `POLYCALL_SECTION__KEY`.
@@ -575,7 +576,8 @@ fn typed(values: &[(&'static KeyDef, Entry)], base: &Path) -> Config {
             metrics: boolean("observe.metrics"),
             otlp_endpoint: string("observe.otlp_endpoint"),
             trace_sample_percent: int("observe.trace_sample_percent").unwrap_or(1),
-            service_name: string("observe.service_name").unwrap_or_else(|| "polycall-runtime".into()),
+            service_name: string("observe.service_name")
+                .unwrap_or_else(|| "polycall-runtime".into()),
         },
         compat: CompatSection {
             pcr1: boolean("compat.pcr1"),

@@ -183,7 +183,10 @@ impl Source for RuntimeSource {
                     .iter()
                     .map(|((m, t), n)| {
                         (
-                            vec![("machine".into(), m.clone()), ("transition".into(), t.clone())],
+                            vec![
+                                ("machine".into(), m.clone()),
+                                ("transition".into(), t.clone()),
+                            ],
                             *n as f64,
                         )
                     })
@@ -207,7 +210,10 @@ impl Source for RuntimeSource {
         if *s.shutdown.borrow() {
             return Err("draining: a shutdown was requested".into());
         }
-        if s.machines.as_ref().is_some_and(|h| h.store().stats().failing) {
+        if s.machines
+            .as_ref()
+            .is_some_and(|h| h.store().stats().failing)
+        {
             return Err("the state store's last commit failed".into());
         }
         Ok(())
@@ -226,7 +232,11 @@ impl Source for RuntimeSource {
         let machines: Vec<Json> = s
             .machines
             .as_ref()
-            .map(|h| h.machines().map(polycall_state::graph::json_graph).collect())
+            .map(|h| {
+                h.machines()
+                    .map(polycall_state::graph::json_graph)
+                    .collect()
+            })
             .unwrap_or_default();
         let instances = s
             .instance_states
@@ -251,7 +261,9 @@ pub(crate) fn follow_state(state: Weak<State>, observer: Observer) {
         // Instances that exist now, then every change from the newest index on.
         let (host, mut after) = {
             let Some(s) = state.upgrade() else { return };
-            let Some(host) = s.machines.clone() else { return };
+            let Some(host) = s.machines.clone() else {
+                return;
+            };
             let after = host.last_index();
             (host, after)
         };
@@ -325,7 +337,10 @@ fn invalid(msg: impl Into<String>) -> polycall_core::Status {
 }
 
 /// Checks one span handed in by a binding: well-formed ids, bounded text.
-fn check_span(i: usize, s: &polycall_observe::trace::SpanRecord) -> Result<(), polycall_core::Status> {
+fn check_span(
+    i: usize,
+    s: &polycall_observe::trace::SpanRecord,
+) -> Result<(), polycall_core::Status> {
     if s.ids().is_none() {
         return Err(invalid(format!(
             "span {i}: trace_id must be 32 and span_id/parent_id 16 lowercase hex digits, not all zero"
@@ -337,8 +352,7 @@ fn check_span(i: usize, s: &polycall_observe::trace::SpanRecord) -> Result<(), p
         )));
     }
     if s.attributes.len() > 64
-        || s
-            .attributes
+        || s.attributes
             .iter()
             .any(|(k, v)| k.len() > 128 || v.len() > 1024)
     {

@@ -176,7 +176,9 @@ impl Registry {
         let mut out: BTreeMap<u64, Vec<String>> = BTreeMap::new();
         for ((s, n), list) in m.iter() {
             for p in list {
-                out.entry(p.provider_id).or_default().push(format!("{s}.{n}"));
+                out.entry(p.provider_id)
+                    .or_default()
+                    .push(format!("{s}.{n}"));
             }
         }
         out

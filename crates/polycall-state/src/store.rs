@@ -436,7 +436,8 @@ fn commit_loop(
                         let started = Instant::now();
                         if sync_now(&db).is_ok() {
                             unsynced_since = None;
-                            let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                            let took =
+                                u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
                             bump(&stats, 0, true, took);
                         }
                         continue;
