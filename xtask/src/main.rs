@@ -158,6 +158,10 @@ fn ci() -> Result<()> {
     ensure_apt("softhsm2-util", "softhsm2")?;
     ensure_apt("dot", "graphviz")?; // renders the state-machine DOT in a test
     ensure_apt("nats-server", "nats-server")?; // the NATS benchmark peer's test (polycall-bench)
+    ensure_apt("prometheus", "prometheus")?; // scrapes the admin listener (polycall-cli tests/observe.rs)
+    ensure_apt("chromium", "chromium")?; // opens the dashboard (headless, through playwright-core)
+    bench_bindings::ensure_pip("grpc", "grpcio")?; // the OTLP receiver of the cross-language trace test
+    bench_bindings::ensure_pip("opentelemetry.proto", "opentelemetry-proto")?;
     run(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--check"]),

@@ -7,6 +7,7 @@ Python (zstd when ``zstandard`` is importable).
 {'pong': True}
 """
 
+from . import trace
 from .client import Client
 from .connection import (
     CallContext,
@@ -43,6 +44,7 @@ from .errors import (
 )
 from .frame import JSON, RAW, FrameError, Limits
 from .provider import Provider
+from .trace import SpanRecorder, TraceContext
 
 __version__ = "0.1.0"
 
@@ -51,7 +53,7 @@ __all__ = [
     "Client", "Connection", "DeadlineExceededError", "FailedPreconditionError", "FrameError",
     "IncomingCall", "InternalError", "InvalidInputError", "JSON", "Limits", "MalformedError",
     "NotFoundError", "Payload", "PermissionDeniedError", "PolycallError", "Provider", "RAW",
-    "ReplyStream", "RequestStream", "Settings", "TooLargeError", "UnauthenticatedError",
+    "ReplyStream", "RequestStream", "Settings", "SpanRecorder", "TooLargeError", "TraceContext", "UnauthenticatedError",
     "UnavailableError", "UnknownError", "UnknownMethodError", "UnsupportedError",
-    "VersionMismatchError", "error_for", "error_named",
+    "VersionMismatchError", "error_for", "error_named", "trace",
 ]

@@ -6,7 +6,12 @@ from typing import Any, AsyncIterable, AsyncIterator, Iterable, Optional, Union
 
 from . import codec
 from . import frame as F
+from . import trace as T
 from .connection import Connection, Payload, ReplyStream, Requests, Settings, as_async_iterator
+
+
+#: Seconds :meth:`Client.close` waits for the last spans to be exported.
+CLOSE_FLUSH_TIMEOUT = 1.0
 
 
 def _data(p: Payload) -> bytes:
@@ -36,15 +41,20 @@ class Client:
     >>> async with await Client.connect("127.0.0.1:7464") as c:   # doctest: +SKIP
     ...     await c.call("debug.echo", b"hi")
     b'hi'
+
+    Calls made within a trace (in a provider's handler serving a traced call, or under
+    ``polycall.trace.use``) carry its context and record client spans (``trace.py``).
     """
 
     def __init__(self, connection: Connection) -> None:
         self.connection = connection
 
     @classmethod
-    async def connect(cls, endpoint: str, settings: Optional[Settings] = None) -> "Client":
-        """Connects to ``HOST:PORT`` (handshake included)."""
-        return cls(await Connection.open(endpoint, settings))
+    async def connect(cls, endpoint: str, settings: Optional[Settings] = None, *,
+                      service_name: str = T.DEFAULT_SERVICE) -> "Client":
+        """Connects to ``HOST:PORT`` (handshake included). ``service_name`` (1..=128
+        bytes) names this program in the spans it records."""
+        return cls(await Connection.open(endpoint, settings, service_name=service_name))
 
     async def call(self, method: str, data: bytes = b"", *, timeout: Optional[float] = None,
                    priority: Optional[str] = None, idempotent: bool = False,
@@ -139,8 +149,16 @@ class Client:
                                       timeout=timeout, priority=priority, idempotent=idempotent,
                                       decode=_json_decoder(method))
 
+    async def flush_spans(self, timeout: Optional[float] = None) -> None:
+        """Exports the spans recorded so far and waits for the export (at most
+        ``timeout`` seconds); failures are logged, never raised."""
+        await self.connection.flush_spans(timeout)
+
     async def close(self) -> None:
-        """Closes the connection."""
+        """Closes the connection, once the spans recorded are exported (waiting at most
+        :data:`CLOSE_FLUSH_TIMEOUT` s)."""
+        if not self.connection.is_closed:
+            await self.connection.flush_spans(CLOSE_FLUSH_TIMEOUT)
         self.connection.close()
         await self.connection.wait_closed()
 

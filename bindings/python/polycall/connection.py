@@ -6,7 +6,9 @@ messages into DATA frames within the peer's ``max_frame``, reassembly within the
 ``max_message``, flow-control credit both ways, compression (zstd when negotiated),
 CANCEL, GOAWAY, PING/PONG, calls the peer opens (a provider's incoming calls), and
 streaming calls (docs/protocol.md §3, §6.1): further messages as DATA with FIRST, END,
-and a window per streaming direction, returned with STREAM_CREDIT.
+and a window per streaming direction, returned with STREAM_CREDIT. Calls carry the W3C
+trace context of the code making them, and served calls continue the caller's (see
+``trace.py``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any, AsyncIterable, AsyncIterator, Awaitable, Callable, Itera
 
 from . import codec
 from . import frame as F
+from . import trace as T
 from .errors import CancelledError as CallCancelledError
 from .errors import (
     DeadlineExceededError,
@@ -91,7 +94,7 @@ class Negotiated:
 class CallContext:
     """What a provider's method knows about the call it serves."""
 
-    __slots__ = ("method", "meta", "deadline", "call_id")
+    __slots__ = ("method", "meta", "deadline", "call_id", "trace")
 
     def __init__(self, method: str, meta: F.Meta, deadline: Optional[float], call_id: int) -> None:
         #: ``SERVICE.METHOD`` as called.
@@ -102,6 +105,9 @@ class CallContext:
         self.deadline = deadline
         #: The call id on the connection.
         self.call_id = call_id
+        #: The server span's trace context while the call is served, when the caller
+        #: sent a traceparent (calls the handler makes are its children), else None.
+        self.trace: Optional[T.TraceContext] = None
 
     def remaining(self) -> Optional[float]:
         """Seconds left until the deadline (None: no deadline)."""
@@ -321,11 +327,16 @@ async def _take(conn: Optional["Connection"], inbox: _Inbox) -> Optional[Payload
 
 
 class Connection:
-    """A polycall connection (the connecting side: odd call ids)."""
+    """A polycall connection (the connecting side: odd call ids).
+
+    Spans of sampled calls (served, or made within a trace) are recorded under
+    ``service_name`` by :attr:`span_recorder` and exported to the runtime on this
+    connection (``trace.py``).
+    """
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  settings: Settings, negotiated: Negotiated, handler: Optional[Handler],
-                 leftover: bytes = b"") -> None:
+                 leftover: bytes = b"", *, service_name: str = T.DEFAULT_SERVICE) -> None:
         self._reader = reader
         self._writer = writer
         self.settings = settings
@@ -350,14 +361,19 @@ class Connection:
         self._pings: dict[int, asyncio.Future] = {}
         self._leftover = leftover
         self._fragment = max(1024, min(settings.fragment_size, negotiated.peer_limits.max_frame))
+        #: Buffers this connection's finished spans and exports them (``sys.trace.export``).
+        self.span_recorder = T.SpanRecorder(self, service_name)
         self._reader_task = asyncio.get_running_loop().create_task(self._read_loop())
 
     # ---------------------------------------------------------------- opening
 
     @classmethod
     async def open(cls, endpoint: str, settings: Optional[Settings] = None,
-                   handler: Optional[Handler] = None) -> "Connection":
-        """Connects to ``HOST:PORT`` and completes the handshake."""
+                   handler: Optional[Handler] = None, *,
+                   service_name: str = T.DEFAULT_SERVICE) -> "Connection":
+        """Connects to ``HOST:PORT`` and completes the handshake. ``service_name``
+        (1..=128 bytes) names this program in the spans it records."""
+        T.check_service_name(service_name)
         settings = settings or Settings()
         host, port = parse_endpoint(endpoint)
         try:
@@ -373,7 +389,7 @@ class Connection:
                 f"connecting to {endpoint} took over {settings.connect_timeout} s") from None
         except OSError as e:
             raise UnavailableError(f"cannot connect to {endpoint}: {e}") from None
-        conn = cls(reader, writer, settings, negotiated, handler, leftover)
+        conn = cls(reader, writer, settings, negotiated, handler, leftover, service_name=service_name)
         return conn
 
     @staticmethod
@@ -451,9 +467,22 @@ class Connection:
         """Calls this side opened that have not completed."""
         return len(self._pending)
 
+    async def flush_spans(self, timeout: Optional[float] = None) -> None:
+        """Exports the spans recorded so far (``sys.trace.export``) and waits for the
+        export; gives up quietly after ``timeout`` seconds. Never raises for a failed
+        export (failures are logged)."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.span_recorder.flush()
+        except TimeoutError:
+            T.log.warning("flushing spans took over %s s; %d left unexported", timeout,
+                          self.span_recorder.pending)
+
     def close(self, reason: str = "closed by the application") -> None:
         """Ends the connection: tells the peer (ERROR on call 0), fails open calls with
-        ``unavailable``."""
+        ``unavailable``. Spans not exported yet are dropped: flush them first
+        (:meth:`flush_spans`; :meth:`polycall.Client.close` and
+        :meth:`polycall.Provider.close` do)."""
         if self._closed is None:
             try:
                 self._write(F.Error(0, UnavailableError.CODE, reason))
@@ -465,6 +494,7 @@ class Connection:
         if self._closed is not None:
             return
         self._closed = err
+        self.span_recorder.stop()
         for p in list(self._pending.values()):
             gone = UnavailableError(f"connection ended before the call completed: {err.message}")
             if p.inbox is not None:
@@ -648,6 +678,20 @@ class Connection:
                            bytes(memoryview(wire)[:n])))
         return n
 
+    def _client_span(self, method: str, meta: Optional[F.Meta]) -> tuple[Optional[T.OpenSpan], Optional[F.Meta]]:
+        """The client span of a call made now, and the metadata carrying its
+        traceparent: none when the code runs outside a trace or ``meta`` has an
+        explicit traceparent (``meta`` is copied, never changed)."""
+        parent = T.CURRENT.get()
+        if parent is None or (meta is not None and meta.traceparent is not None):
+            return None, meta
+        span = T.OpenSpan.client(self.span_recorder, method, parent)
+        m = F.Meta() if meta is None else dataclasses.replace(meta, extensions=list(meta.extensions))
+        m.traceparent = span.traceparent
+        if m.tracestate is None:
+            m.tracestate = parent.state
+        return span, m
+
     async def call(self, method: str, data: bytes = b"", *, content_type: int = F.RAW,
                    timeout: Optional[float] = None, priority: Optional[str] = None,
                    idempotent: bool = False, meta: Optional[F.Meta] = None) -> Payload:
@@ -656,7 +700,29 @@ class Connection:
         ``timeout``: seconds until the deadline (sent to the callee, enforced here:
         :class:`DeadlineExceededError`). Cancelling the awaiting task sends CANCEL.
         Failures raise :class:`PolycallError` subclasses.
+
+        Made within a trace (``trace.CURRENT`` set: in a handler serving a traced call,
+        or under ``trace.use``), the call opens a client span — a child of the current
+        span, sent as the callee's parent — recorded when it ends if the trace is
+        sampled. A traceparent given in ``meta`` is sent as is, with no span.
         """
+        span, meta = self._client_span(method, meta)
+        if span is None:
+            return await self._call(method, data, content_type=content_type, timeout=timeout,
+                                    priority=priority, idempotent=idempotent, meta=meta)
+        try:
+            reply = await self._call(method, data, content_type=content_type, timeout=timeout,
+                                     priority=priority, idempotent=idempotent, meta=meta)
+        except BaseException as e:
+            span.finish(e)
+            raise
+        span.finish()
+        return reply
+
+    async def _call(self, method: str, data: bytes = b"", *, content_type: int = F.RAW,
+                    timeout: Optional[float] = None, priority: Optional[str] = None,
+                    idempotent: bool = False, meta: Optional[F.Meta] = None) -> Payload:
+        """:meth:`call` without tracing."""
         self._check_open()
         if not F.valid_full_name(method):
             raise UnknownMethodError(f"{method!r} is not a valid SERVICE.METHOD name")
@@ -733,6 +799,10 @@ class Connection:
         ``timeout`` covers the whole call (:class:`DeadlineExceededError`, and CANCEL
         to the peer); ``priority`` and ``idempotent`` as for :meth:`call`. Raises
         :class:`UnsupportedError` when the peer did not negotiate streaming.
+
+        Tracing as for :meth:`call`: the trace context is the one current when
+        ``stream`` is called; the client span runs from the call's opening to the end
+        of its replies (END, ERROR, cancel).
         """
         if not F.valid_full_name(method):
             raise UnknownMethodError(f"{method!r} is not a valid SERVICE.METHOD name")
@@ -740,8 +810,9 @@ class Connection:
                 isinstance(requests, (bytes, bytearray, memoryview, str, Payload))
                 or not (hasattr(requests, "__aiter__") or hasattr(requests, "__iter__"))):
             raise TypeError(f"requests must be an iterable of messages, not {type(requests).__name__}")
+        span, meta = self._client_span(method, meta)
         m = self._call_meta(meta, timeout, priority, idempotent)
-        return ReplyStream(self, method, bytes(data), requests, content_type, timeout, m, decode)
+        return ReplyStream(self, method, bytes(data), requests, content_type, timeout, m, decode, span)
 
     def _check_streaming(self) -> None:
         if not self._streaming:
@@ -1319,6 +1390,24 @@ class Connection:
 
     # ---------------------------------------------------------------- serving
 
+    def _server_span(self, call: IncomingCall) -> Optional[T.OpenSpan]:
+        """Opens the server span of a call whose caller sent a traceparent, and makes
+        it the current trace context of the task serving it (None: no traceparent,
+        and no trace context either)."""
+        meta = call.context.meta
+        span = None
+        if meta.traceparent is not None:
+            try:
+                span = T.OpenSpan.server(self.span_recorder, call.method, meta.traceparent, meta.tracestate)
+            except ValueError:  # the frame decoder checks it already
+                span = None
+        ctx = None if span is None else span.context
+        call.context.trace = ctx
+        # This task's own copy of the context: the handler (and the tasks it starts)
+        # see it, nothing else does.
+        T.CURRENT.set(ctx)
+        return span
+
     async def _serve(self, call_id: int, inc: _Incoming, call: IncomingCall) -> None:
         handler = self._handler
         assert handler is not None
@@ -1326,6 +1415,8 @@ class Connection:
         def alive() -> bool:
             return self._incoming.get(call_id) is inc and self._closed is None
 
+        span = self._server_span(call)
+        error: Optional[BaseException] = None
         try:
             async with asyncio.timeout(call.context.remaining()):
                 result = await handler(call)
@@ -1333,20 +1424,26 @@ class Connection:
                     await self._send_reply_stream(call_id, inc, result, alive)
                     return
             if not alive():
+                error = CallCancelledError(f"{call.method}: the call ended before its reply")
                 return
             reply = result if isinstance(result, Payload) else Payload(bytes(result), F.RAW)
             await self._send_reply(call_id, reply)
         except TimeoutError:
-            self._answer_error(call_id, DeadlineExceededError(
-                f"{call.method}: the call's deadline passed while it was served"))
-        except asyncio.CancelledError:
+            error = DeadlineExceededError(f"{call.method}: the call's deadline passed while it was served")
+            self._answer_error(call_id, error)
+        except asyncio.CancelledError as e:
             # CANCEL from the peer (or the connection ended): send nothing.
+            error = e
             return
         except PolycallError as e:
+            error = e
             self._answer_error(call_id, e)
         except Exception as e:  # noqa: BLE001 - a handler's bug must not end the connection
-            self._answer_error(call_id, InternalError(f"{call.method} failed: {type(e).__name__}: {e}"))
+            error = InternalError(f"{call.method} failed: {type(e).__name__}: {e}")
+            self._answer_error(call_id, error)
         finally:
+            if span is not None:
+                span.finish(error)
             if self._incoming.get(call_id) is inc:
                 del self._incoming[call_id]
             if inc.inbox is not None:
@@ -1460,7 +1557,8 @@ class ReplyStream:
 
     def __init__(self, connection: Connection, method: str, data: bytes, requests: Optional[Requests],
                  content_type: int, timeout: Optional[float], meta: F.Meta,
-                 decode: Optional[Callable[[Payload], Any]] = None) -> None:
+                 decode: Optional[Callable[[Payload], Any]] = None,
+                 span: Optional[T.OpenSpan] = None) -> None:
         self._conn = connection
         self._method = method
         self._data = data
@@ -1472,6 +1570,13 @@ class ReplyStream:
         self._call: Optional[_Pending] = None
         self._call_id = 0
         self._finished = False
+        #: The call's client span (made within a trace), until the call ends.
+        self._span = span
+
+    def _end_span(self, error: Optional[BaseException]) -> None:
+        span, self._span = self._span, None
+        if span is not None:
+            span.finish(error)
 
     @property
     def method(self) -> str:
@@ -1487,11 +1592,14 @@ class ReplyStream:
         if self._call is None:
             if self._finished:
                 raise UnavailableError(f"{self._method}: the stream was closed before it opened")
+            if self._span is not None:
+                self._span.restart()
             try:
                 self._call_id, self._call = await self._conn._open_stream(
                     self._method, self._data, self._requests, self._content_type, self._timeout, self._meta)
-            except BaseException:
+            except BaseException as e:
                 self._finished = True
+                self._end_span(e)
                 raise
             self._requests = None
         return self._call
@@ -1509,17 +1617,20 @@ class ReplyStream:
         except asyncio.CancelledError:
             self.cancel()
             raise
-        except BaseException:
+        except BaseException as e:
             self._finished = True
+            self._end_span(e)
             raise
         if message is None:
             self._finished = True
+            self._end_span(None)
             raise StopAsyncIteration
         if self._decode is None:
             return message
         try:
             return self._decode(message)
-        except BaseException:
+        except BaseException as e:
+            self._end_span(e)
             self.cancel()
             raise
 
@@ -1534,8 +1645,10 @@ class ReplyStream:
             await self.__anext__()
         except StopAsyncIteration:
             return first
+        err = MalformedError(f"{self._method}: answered with more than one reply message")
+        self._end_span(err)
         self.cancel()
-        raise MalformedError(f"{self._method}: answered with more than one reply message")
+        raise err
 
     def cancel(self) -> None:
         """Gives up on the call: CANCEL to the peer when it is still open (its request
@@ -1543,8 +1656,11 @@ class ReplyStream:
         self._finished = True
         call = self._call
         if call is not None:
-            self._conn._finish_call(self._call_id, call, CallCancelledError(
-                f"{self._method}: cancelled by the caller"), cancel=True)
+            err = CallCancelledError(f"{self._method}: cancelled by the caller")
+            self._conn._finish_call(self._call_id, call, err, cancel=True)
+            self._end_span(err)
+        else:
+            self._span = None  # never opened: nothing to record
 
     async def aclose(self) -> None:
         """Like :meth:`cancel` (the async iterator protocol's close)."""

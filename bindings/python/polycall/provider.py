@@ -6,6 +6,7 @@ import inspect
 from typing import AsyncIterable, Awaitable, Callable, Optional, Union
 
 from . import frame as F
+from . import trace as T
 from .connection import (
     Connection,
     Handler,
@@ -17,6 +18,9 @@ from .connection import (
     Settings,
 )
 from .errors import InternalError, InvalidInputError, UnknownMethodError
+
+#: Seconds :meth:`Provider.close` waits for the last spans to be exported.
+CLOSE_FLUSH_TIMEOUT = 1.0
 
 #: A method answering with a stream of replies: gets the call, returns an async
 #: iterable of messages (bytes are raw) — usually it is an async generator function.
@@ -31,19 +35,27 @@ class Provider:
     :meth:`start` registers them (REGISTER) and serving begins; calls run concurrently,
     each in its own task, and a CANCEL from the caller cancels it. The connection can
     also make calls (:attr:`client`).
+
+    A call that carries a traceparent is served in a server span (``trace.py``):
+    calls the handler makes continue the trace, and sampled spans are exported to the
+    runtime under ``service_name`` (1..=128 bytes; :meth:`flush_spans`).
     """
 
-    def __init__(self, endpoint: str, settings: Optional[Settings] = None) -> None:
+    def __init__(self, endpoint: str, settings: Optional[Settings] = None, *,
+                 service_name: str = T.DEFAULT_SERVICE) -> None:
         self.endpoint = endpoint
         self.settings = settings
+        self.service_name = T.check_service_name(service_name)
         self._methods: dict[str, tuple[Callable, F.MethodEntry]] = {}
         self.connection: Optional[Connection] = None
 
     @classmethod
-    async def connect(cls, endpoint: str, settings: Optional[Settings] = None) -> "Provider":
-        """Connects to the runtime at ``HOST:PORT``; nothing is registered yet."""
-        p = cls(endpoint, settings)
-        p.connection = await Connection.open(endpoint, settings, p._dispatch)
+    async def connect(cls, endpoint: str, settings: Optional[Settings] = None, *,
+                      service_name: str = T.DEFAULT_SERVICE) -> "Provider":
+        """Connects to the runtime at ``HOST:PORT``; nothing is registered yet.
+        ``service_name`` names the provider in the spans it records."""
+        p = cls(endpoint, settings, service_name=service_name)
+        p.connection = await Connection.open(endpoint, settings, p._dispatch, service_name=service_name)
         return p
 
     def add_method(self, full_name: str, handler: Handler, *, summary: str = "", input_hint: str = "",
@@ -107,7 +119,8 @@ class Provider:
         """Registers every method added so far; raises the runtime's refusal (for
         example :class:`polycall.AlreadyExistsError` for a runtime's own name)."""
         if self.connection is None:
-            self.connection = await Connection.open(self.endpoint, self.settings, self._dispatch)
+            self.connection = await Connection.open(self.endpoint, self.settings, self._dispatch,
+                                                    service_name=self.service_name)
         await self.connection.register([e for _, e in self._methods.values()], timeout)
 
     async def serve_forever(self) -> None:
@@ -115,9 +128,19 @@ class Provider:
         if self.connection is not None:
             await self.connection.wait_closed()
 
-    async def close(self) -> None:
-        """Closes the connection (calls in flight are abandoned)."""
+    async def flush_spans(self, timeout: Optional[float] = None) -> None:
+        """Exports the spans recorded so far and waits for the export (at most
+        ``timeout`` seconds); failures are logged, never raised. For a program about to
+        exit (:meth:`close` does it too, briefly)."""
         if self.connection is not None:
+            await self.connection.flush_spans(timeout)
+
+    async def close(self) -> None:
+        """Closes the connection (calls in flight are abandoned), once the spans
+        recorded are exported (waiting at most :data:`CLOSE_FLUSH_TIMEOUT` s)."""
+        if self.connection is not None:
+            if not self.connection.is_closed:
+                await self.connection.flush_spans(CLOSE_FLUSH_TIMEOUT)
             self.connection.close("the provider stopped")
             await self.connection.wait_closed()
 

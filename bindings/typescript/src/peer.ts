@@ -12,6 +12,7 @@ import type { Priority, TraceContext, WireMeta } from "./meta.js";
 import { Payload } from "./payload.js";
 import { PolycallError } from "./status.js";
 import { MessageStream, PENDING, type StreamSource, iteratorOf, settledSoon, stopIterator, toPayload } from "./stream.js";
+import { type ExportResult, Span, type SpanRecord, SpanRecorder, type SpanRecorderOptions, traceStorage } from "./trace.js";
 
 /** Options of one call. */
 export interface CallOptions {
@@ -25,7 +26,11 @@ export interface CallOptions {
   idempotent?: boolean | undefined;
   /** Deduplication key. */
   idempotencyKey?: string | undefined;
-  /** W3C trace context to propagate. */
+  /**
+   * W3C trace context to send as is. Without it, a call made inside a trace context
+   * (`currentTrace()`: a handler serving a traced call, `runWithTrace`) opens a client
+   * span under it and carries that; outside one, the call carries no trace.
+   */
   trace?: TraceContext | undefined;
 }
 
@@ -39,7 +44,14 @@ export interface ConnectOptions {
   fragmentSize?: number | undefined;
   /** Protocol settings to change (limits, agent, versions). */
   settings?: Partial<Settings> | undefined;
+  /** The service name this program's spans are recorded under (1..=128 bytes; default `polycall-typescript`). */
+  serviceName?: string | undefined;
+  /** How spans are buffered and exported (`sys.trace.export` on this connection), and hooks to see them or their export failures. */
+  tracing?: Omit<SpanRecorderOptions, "service"> | undefined;
 }
+
+/** Time one `sys.trace.export` call may take, in milliseconds. */
+const EXPORT_DEADLINE_MS = 2000;
 
 /** Where a runtime listens: `HOST:PORT`, `[V6]:PORT`, `tcp://HOST:PORT` or `unix:/path`. */
 export function parseEndpoint(endpoint: string): net.NetConnectOpts {
@@ -82,6 +94,8 @@ interface LocalStream {
   onAbort: (() => void) | undefined;
   /** The request producer (client stream, bidi), stopped when the call ends. */
   requests: AsyncIterator<Payload | Uint8Array> | null;
+  /** The client span, when the call was made inside a trace context. */
+  span: Span | null;
 }
 
 /** A failure of the application's own request producer, as the call's error. */
@@ -121,6 +135,8 @@ export class Peer {
   private pingSeq = 0n;
   private readonly streams = new Map<number, LocalStream>();
   private readonly backlogWaiters = new Map<number, { limit: number; resolve: () => void }[]>();
+  /** This connection's spans, exported through it (set by {@link Peer.establish}, before any event). */
+  private recorder!: SpanRecorder;
 
   protected constructor(
     private readonly socket: net.Socket,
@@ -151,8 +167,12 @@ export class Peer {
     const settings = defaultSettings(options.settings);
     if (options.crc32c) settings.features |= FEATURES.crc32c;
     const timeoutMs = options.connectTimeoutMs ?? 10_000;
-    const socket = net.connect(target);
+    // Made first, as it checks the service name; it exports only once `peer` is connected.
+    const recorder = new SpanRecorder((spans) => peer.exportSpans(spans), { ...options.tracing, service: options.serviceName });
+    // The socket's events (incoming calls among them) belong to no caller's trace.
+    const socket = traceStorage.exit(() => net.connect(target));
     const peer = make(socket, settings, options.fragmentSize ?? 64 * 1024);
+    peer.recorder = recorder;
     const connected = new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => {
         reject(new PolycallError("unavailable", `no handshake with ${endpoint} within ${timeoutMs} ms`));
@@ -194,6 +214,43 @@ export class Peer {
     return this.closedError !== null;
   }
 
+  /** The service name this connection's spans are recorded under. */
+  get serviceName(): string {
+    return this.recorder.service;
+  }
+
+  /** The recorder of this connection's spans (served and made calls of sampled traces). */
+  get spanRecorder(): SpanRecorder {
+    return this.recorder;
+  }
+
+  /**
+   * Exports the spans recorded so far now (they otherwise leave in batches of 64, or
+   * about 200 ms after the first); resolves when they are out. Never rejects: export
+   * failures go to the `tracing.onError` option, or the first one to `console.warn`.
+   */
+  flushSpans(): Promise<void> {
+    return this.recorder.flush();
+  }
+
+  /** Hands spans to the runtime's exporter: `sys.trace.export`, itself never traced. */
+  private async exportSpans(spans: SpanRecord[]): Promise<ExportResult> {
+    const r = await this.callJson<Partial<ExportResult>>("sys.trace", "export", { spans }, { deadlineMs: EXPORT_DEADLINE_MS });
+    return { accepted: typeof r.accepted === "number" ? r.accepted : spans.length, recording: r.recording !== false };
+  }
+
+  /**
+   * The client span of a call made now: none with an explicit trace or outside any trace
+   * context; else a new span under the current one, whose trace the call carries.
+   */
+  private traced(service: string, method: string, options: CallOptions): { options: CallOptions; span: Span | null } {
+    if (options.trace !== undefined) return { options, span: null };
+    const current = traceStorage.getStore();
+    if (current === undefined) return { options, span: null };
+    const span = new Span(this.recorder, "client", service, method, current);
+    return { options: { ...options, trace: span.outgoing }, span };
+  }
+
   /** Calls this side has open (streaming ones included). */
   get inFlight(): number {
     return this.pending.size + this.streams.size;
@@ -205,6 +262,12 @@ export class Peer {
    * `unavailable` when the connection ends).
    */
   call(service: string, method: string, payload: Payload | Uint8Array, options: CallOptions = {}): Promise<Payload> {
+    const { options: o, span } = this.traced(service, method, options);
+    const reply = this.unary(service, method, payload, o);
+    return span === null ? reply : span.track(reply);
+  }
+
+  private unary(service: string, method: string, payload: Payload | Uint8Array, options: CallOptions): Promise<Payload> {
     const p = payload instanceof Payload ? payload : Payload.raw(payload);
     if (this.closedError !== null) {
       return Promise.reject(new PolycallError("unavailable", `the connection is closed: ${this.closedError.detail}`));
@@ -248,7 +311,8 @@ export class Peer {
    * whole stream —, `cancelled`, `unavailable`), and leaving it early cancels the call.
    */
   callServerStream(service: string, method: string, payload: Payload | Uint8Array, options: CallOptions = {}): MessageStream {
-    const st = this.newStream("server", options);
+    const { options: o, span } = this.traced(service, method, options);
+    const st = this.newStream("server", o, span);
     const replies = st.replies!;
     if (st.done) return replies;
     if (!this.conn.streaming) {
@@ -256,7 +320,7 @@ export class Peer {
       return replies;
     }
     try {
-      const id = this.conn.openCall(service, method, payload instanceof Payload ? payload : Payload.raw(payload), metaOf(options));
+      const id = this.conn.openCall(service, method, payload instanceof Payload ? payload : Payload.raw(payload), metaOf(o));
       this.opened(st, id);
     } catch (e) {
       this.finishStream(st, e instanceof PolycallError ? e : new PolycallError("internal", String(e)), true);
@@ -272,9 +336,10 @@ export class Peer {
    * cancels the call.
    */
   callClientStream(service: string, method: string, requests: StreamSource, options: CallOptions = {}): Promise<Payload> {
+    const { options: o, span } = this.traced(service, method, options);
     return new Promise<Payload>((resolve, reject) => {
-      const st = this.newStream("client", options, resolve, reject);
-      if (!st.done) this.sendRequests(st, service, method, requests, options);
+      const st = this.newStream("client", o, span, resolve, reject);
+      if (!st.done) this.sendRequests(st, service, method, requests, o);
     });
   }
 
@@ -284,8 +349,9 @@ export class Peer {
    * {@link Peer.callClientStream}, replies read as for {@link Peer.callServerStream}.
    */
   callBidiStream(service: string, method: string, requests: StreamSource, options: CallOptions = {}): MessageStream {
-    const st = this.newStream("bidi", options);
-    if (!st.done) this.sendRequests(st, service, method, requests, options);
+    const { options: o, span } = this.traced(service, method, options);
+    const st = this.newStream("bidi", o, span);
+    if (!st.done) this.sendRequests(st, service, method, requests, o);
     return st.replies!;
   }
 
@@ -293,6 +359,7 @@ export class Peer {
   private newStream(
     kind: StreamKind,
     options: CallOptions,
+    span: Span | null,
     resolve: ((p: Payload) => void) | null = null,
     reject: ((e: PolycallError) => void) | null = null,
   ): LocalStream {
@@ -307,6 +374,7 @@ export class Peer {
       signal: options.signal,
       onAbort: undefined,
       requests: null,
+      span,
     };
     if (kind !== "client") {
       st.replies = new MessageStream(
@@ -450,6 +518,7 @@ export class Peer {
   private finishStream(st: LocalStream, error: PolycallError | null, immediate = false): void {
     if (st.done) return;
     st.done = true;
+    st.span?.end(error);
     if (st.id !== null) this.streams.delete(st.id);
     if (st.timer !== undefined) clearTimeout(st.timer);
     if (st.onAbort !== undefined) st.signal?.removeEventListener("abort", st.onAbort);
@@ -516,6 +585,8 @@ export class Peer {
 
   /** Closes the connection; calls in flight fail with `unavailable`. */
   async close(reason = "the client closed the connection"): Promise<void> {
+    // Best effort: the spans recorded so far leave first (bounded by the export's deadline).
+    if (this.closedError === null && this.recorder.pending) await this.recorder.flush();
     if (this.closedError === null) {
       this.conn.close(new PolycallError("ok", reason));
       this.drainEvents();
@@ -607,6 +678,7 @@ export class Peer {
         return;
       case "closed": {
         this.closedError = e.error;
+        this.recorder.stop();
         const gone = new PolycallError("unavailable", `connection ended before the call completed: ${e.error.detail}`, { cause: e.error });
         for (const [id, p] of [...this.pending]) {
           this.settle(id, p);

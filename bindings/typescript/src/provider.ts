@@ -14,6 +14,7 @@ import { Payload } from "./payload.js";
 import { type ConnectOptions, Peer } from "./peer.js";
 import { PolycallError } from "./status.js";
 import { MessageStream, PENDING, type StreamSource, iteratorOf, settledSoon, stopIterator, toPayload } from "./stream.js";
+import { Span, type SpanContext, runWithTrace, spanContextOf } from "./trace.js";
 
 /** What a handler knows about the call it serves. */
 export interface CallContext {
@@ -27,6 +28,11 @@ export interface CallContext {
   deadline: number | undefined;
   /** Aborted when the caller cancels, the deadline passes or the connection ends. */
   signal: AbortSignal;
+  /**
+   * The server span's context when the call carries a trace: the handler runs inside it
+   * (`currentTrace()`), so the calls it makes continue the trace under this span.
+   */
+  trace?: SpanContext | undefined;
 }
 
 /** Serves one method: resolves with the reply or throws a {@link PolycallError}. */
@@ -153,7 +159,12 @@ interface Running {
   requests: MessageStream | null;
   /** The reply producer of a streaming handler, stopped on cancel. */
   replies: AsyncIterator<Payload | Uint8Array> | null;
+  /** The server span, when the call carries a trace. */
+  span: Span | null;
 }
+
+/** The reason a call's bookkeeping ends with when its handler answered. */
+const answered = () => new PolycallError("ok", "answered");
 
 /**
  * A connection to a runtime that serves methods (and may call others).
@@ -256,10 +267,15 @@ export class Provider extends Peer {
     super.dispatch(e);
   }
 
-  private stop(callId: number, reason: PolycallError): void {
+  /**
+   * The call is over for its handler: `reason` aborts its signal; `outcome` (a failure,
+   * or null) ends its server span.
+   */
+  private stop(callId: number, reason: PolycallError, outcome: PolycallError | null = reason.code === "ok" ? null : reason): void {
     const r = this.running.get(callId);
     if (r === undefined) return;
     this.running.delete(callId);
+    r.span?.end(outcome);
     if (r.timer !== undefined) clearTimeout(r.timer);
     r.controller.abort(reason);
     r.requests?.fail(reason, true);
@@ -284,7 +300,7 @@ export class Provider extends Peer {
       // One request: a server stream, or a request stream of one message.
       if (stream.kind === "serverStream") {
         const { running, ctx } = this.begin(callId, service, method, meta, null);
-        return void this.sendReplies(callId, running, () => stream.handler(payload, ctx), full);
+        return void runWithTrace(ctx.trace, () => this.sendReplies(callId, running, () => stream.handler(payload, ctx), full));
       }
       const requests = this.requestStream(callId);
       requests.push(payload, 0);
@@ -299,7 +315,7 @@ export class Provider extends Peer {
     const { running, ctx } = this.begin(callId, service, method, meta, null);
     let result: Promise<Payload | Uint8Array>;
     try {
-      result = Promise.resolve(entry.handler(payload, ctx));
+      result = Promise.resolve(runWithTrace(ctx.trace, () => entry.handler(payload, ctx)));
     } catch (e) {
       result = Promise.reject(e);
     }
@@ -330,12 +346,12 @@ export class Provider extends Peer {
     const full = `${service}.${method}`;
     const { running, ctx } = this.begin(callId, service, method, meta, requests);
     if (stream.kind === "bidiStream") {
-      void this.sendReplies(callId, running, () => stream.handler(requests, ctx), full);
+      void runWithTrace(ctx.trace, () => this.sendReplies(callId, running, () => stream.handler(requests, ctx), full));
       return;
     }
     let result: Promise<Payload | Uint8Array>;
     try {
-      result = Promise.resolve(stream.handler(requests, ctx));
+      result = Promise.resolve(runWithTrace(ctx.trace, () => stream.handler(requests, ctx)));
     } catch (e) {
       result = Promise.reject(e);
     }
@@ -354,13 +370,14 @@ export class Provider extends Peer {
     result.then(
       (reply) => {
         if (this.running.get(callId) !== running) return;
-        this.stop(callId, new PolycallError("ok", "answered"));
+        this.stop(callId, answered());
         this.respond(callId, reply instanceof Payload ? reply : Payload.raw(reply));
       },
       (err: unknown) => {
         if (this.running.get(callId) !== running) return;
-        this.stop(callId, new PolycallError("ok", "answered"));
-        this.respondError(callId, this.handlerError(err, full));
+        const error = this.handlerError(err, full);
+        this.stop(callId, answered(), error);
+        this.respondError(callId, error);
       },
     );
   }
@@ -401,7 +418,7 @@ export class Provider extends Peer {
         }
         if (!alive()) return;
         if (r.done === true) {
-          this.stop(callId, new PolycallError("ok", "answered"));
+          this.stop(callId, answered());
           this.conn.sendEnd(callId);
           this.scheduleFlush();
           return;
@@ -412,12 +429,13 @@ export class Provider extends Peer {
       }
     } catch (err) {
       if (!alive()) return;
-      this.stop(callId, new PolycallError("ok", "answered"));
-      this.respondError(callId, this.handlerError(err, full), opened);
+      const error = this.handlerError(err, full);
+      this.stop(callId, answered(), error);
+      this.respondError(callId, error, opened);
     }
   }
 
-  /** Bookkeeping of a call being served: its deadline, abort signal and context. */
+  /** Bookkeeping of a call being served: its deadline, abort signal, server span and context. */
   private begin(
     callId: number,
     service: string,
@@ -426,7 +444,9 @@ export class Provider extends Peer {
     requests: MessageStream | null,
   ): { running: Running; ctx: CallContext } {
     const controller = new AbortController();
-    const running: Running = { controller, timer: undefined, requests, replies: null };
+    // A call that carries a trace is served in a server span under the caller's (the runtime's) span.
+    const span = meta.trace === undefined ? null : new Span(this.spanRecorder, "server", service, method, spanContextOf(meta.trace));
+    const running: Running = { controller, timer: undefined, requests, replies: null, span };
     let deadline: number | undefined;
     if (meta.timeoutUs !== undefined) {
       const ms = Number(meta.timeoutUs) / 1000;
@@ -438,7 +458,7 @@ export class Provider extends Peer {
       }, Math.min(ms, 2 ** 31 - 1));
     }
     this.running.set(callId, running);
-    const ctx: CallContext = { service, method, meta, deadline, signal: controller.signal };
+    const ctx: CallContext = { service, method, meta, deadline, signal: controller.signal, trace: span?.context };
     return { running, ctx };
   }
 }

@@ -132,7 +132,8 @@ impl HistogramSnapshot {
             let next = seen + c as f64;
             if next >= rank {
                 let lo = if i == 0 { 0.0 } else { LATENCY_BUCKETS[i - 1] };
-                let hi = *LATENCY_BUCKETS.get(i).unwrap_or(&LATENCY_BUCKETS[i - 1]);
+                // Past the last bound: count as that bound.
+                let hi = LATENCY_BUCKETS.get(i).copied().unwrap_or(lo);
                 let within = (rank - seen) / c as f64;
                 return Some(Duration::from_secs_f64(lo + (hi - lo) * within));
             }
@@ -204,6 +205,38 @@ impl MethodStats {
     /// Request and reply payload bytes so far.
     pub fn bytes(&self) -> (u64, u64) {
         (self.bytes_in.load(Relaxed), self.bytes_out.load(Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_buckets_at_both_ends() {
+        let h = LatencyHistogram::default();
+        for _ in 0..10 {
+            h.record(Duration::from_micros(3)); // first bucket
+        }
+        let s = h.snapshot();
+        assert!(s.quantile(0.5).unwrap() <= Duration::from_micros(50));
+        let h = LatencyHistogram::default();
+        h.record(Duration::from_secs(30)); // past the last bound
+        assert_eq!(h.snapshot().quantile(0.99), Some(Duration::from_secs(10)));
+        let h = LatencyHistogram::default();
+        for ms in [1, 2, 3, 4, 100] {
+            h.record(Duration::from_millis(ms));
+        }
+        let s = h.snapshot();
+        assert_eq!(s.count(), 5);
+        assert_eq!(s.mean(), Some(Duration::from_millis(22)));
+        let p50 = s.quantile(0.5).unwrap();
+        assert!(
+            p50 >= Duration::from_millis(1) && p50 <= Duration::from_millis(5),
+            "{p50:?}"
+        );
+        assert!(s.quantile(1.0).unwrap() > Duration::from_millis(50));
+        assert_eq!(LatencyHistogram::default().snapshot().quantile(0.5), None);
     }
 }
 

@@ -275,7 +275,13 @@ impl Observer {
                 let Some(inner) = weak.upgrade() else { break };
                 let observer = Observer { inner };
                 let endpoints = source.as_ref().map(|s| s.endpoints()).unwrap_or_default();
-                observer.sample(Instant::now(), SystemTime::now(), &endpoints);
+                // A bug in one sample must not end sampling for good.
+                let took = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                    observer.sample(Instant::now(), SystemTime::now(), &endpoints)
+                }));
+                if took.is_err() {
+                    tracing::error!("the metrics sampler panicked; skipping this sample");
+                }
             }
         });
     }
