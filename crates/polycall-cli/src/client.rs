@@ -74,13 +74,13 @@ fn parse_priority(s: &str) -> Result<Priority, String> {
 
 /// How one call is made: its class, idempotency and retries.
 #[derive(Debug, Clone, Copy)]
-struct Policy {
+pub(crate) struct Policy {
     idempotent: bool,
     retries: u32,
     priority: Priority,
 }
 
-const PLAIN: Policy = Policy {
+pub(crate) const PLAIN: Policy = Policy {
     idempotent: true,
     retries: 0,
     priority: Priority::Normal,
@@ -143,7 +143,7 @@ pub(crate) fn channel_config(target: &Target, timeout: Duration) -> Result<Chann
     Ok(config)
 }
 
-async fn connect(target: &Target, timeout: Duration) -> Result<Channel, Status> {
+pub(crate) async fn connect(target: &Target, timeout: Duration) -> Result<Channel, Status> {
     let endpoint = resolve(target)?;
     Channel::with_config(endpoint, channel_config(target, timeout)?).await
 }
@@ -178,7 +178,7 @@ fn input_payload(args: &CallArgs) -> Result<Payload, Status> {
     Ok(Payload::json(&json!({})).unwrap_or_default())
 }
 
-async fn invoke(
+pub(crate) async fn invoke(
     channel: &Channel,
     name: &str,
     payload: Payload,

@@ -9,6 +9,7 @@ mod client;
 mod config_cmd;
 mod demo;
 mod output;
+mod report;
 mod run;
 mod security_cmd;
 mod state_cmd;
@@ -101,6 +102,9 @@ enum Command {
         #[command(flatten)]
         target: Target,
     },
+    /// Write a performance report (HTML: throughput and latency per method, top errors,
+    /// anomalies, resource use) from the runtime's retained metrics.
+    Report(report::ReportArgs),
     /// Stop the runtime gracefully (needs its token, read from the state directory).
     Stop {
         #[command(flatten)]
@@ -294,6 +298,7 @@ fn main() -> ExitCode {
             Command::Call(args) => client::call(args, timeout, out).await,
             Command::Describe { target } => client::describe(target, timeout, out).await,
             Command::Status { target } => client::status(target, timeout, out).await,
+            Command::Report(args) => report::report(args, timeout, out).await,
             Command::Stop { target, token } => client::stop(target, token, timeout, out).await,
             Command::Demo => demo::demo(out).await,
             Command::Bindgen(args) => bindgen::bindgen(args, timeout, out).await,

@@ -396,3 +396,49 @@ fn the_dashboard_shows_a_state_change_live() {
         png.len()
     );
 }
+
+/// `polycall report --since 1h -o FILE` writes a self-contained page with the methods
+/// called, their plots, the errors by code and the resource plots; a bad `--since`
+/// is refused with exit 3.
+#[test]
+fn report_writes_a_self_contained_page() {
+    let (rt, _admin) = runtime_with_admin(&[]);
+    for _ in 0..20 {
+        assert!(
+            rt.cli(&["call", "debug.echo", "--json", "1"])
+                .status
+                .success()
+        );
+    }
+    assert!(
+        !rt.cli(&["call", "debug.sleep", "--json", "{}"])
+            .status
+            .success()
+    );
+    std::thread::sleep(Duration::from_millis(2200));
+    let file = rt.dir.join("report.html");
+    let out = rt.cli(&["report", "--since", "1h", "-o", file.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let html = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        html.contains("<td>debug.echo</td><td class=\"n\">20</td>"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<td>debug.sleep</td><td>invalid_input</td>"),
+        "top errors: {html}"
+    );
+    assert!(
+        html.matches("<polyline").count() >= 5,
+        "throughput, latency and resource plots"
+    );
+    assert!(!html.contains("<script") && !html.contains("http://") && !html.contains("https://"));
+    let out = rt.cli(&[
+        "report",
+        "--since",
+        "yesterday",
+        "-o",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+}

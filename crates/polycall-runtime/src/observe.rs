@@ -416,7 +416,7 @@ pub(crate) fn router(state: Weak<State>) -> polycall_core::Router {
                 "sys.metrics.history",
                 MethodInfo::new("the runtime's one-second samples (calls, errors, latency percentiles per method; resources) since a time, merged to at most `points`")
                     .input(r#"{"since_ms"?: u64, "points"?: u64}"#)
-                    .output(r#"{"samples": [...], "anomalies": [...], "ejections": [...]}"#)
+                    .output(r#"{"samples": [...], "errors": [{"method", "code", "count"}] (since start), "anomalies": [...], "ejections": [...]}"#)
                     .idempotent(true),
                 handler_fn(move |c: Call| {
                     let s = s2.clone();
@@ -430,7 +430,20 @@ pub(crate) fn router(state: Weak<State>) -> polycall_core::Router {
                         let points = v["points"].as_u64().unwrap_or(720).clamp(1, 3600) as usize;
                         let s = s.upgrade().ok_or_else(|| Status::unavailable("the runtime is shutting down"))?;
                         let o = &s.observer;
+                        let errors: Vec<Json> = o
+                            .metrics()
+                            .all()
+                            .into_iter()
+                            .filter(|(side, _, _)| *side == polycall_observe::metrics::Side::Server)
+                            .flat_map(|(_, name, stats)| {
+                                stats
+                                    .errors_by_code()
+                                    .into_iter()
+                                    .map(move |(code, n)| json!({"method": name.to_string(), "code": code.name(), "count": n}))
+                            })
+                            .collect();
                         reply(json!({
+                            "errors": errors,
                             "samples": o.history_merged(since, points),
                             "anomalies": o.anomalies(),
                             "ejections": o.recent_ejections(),
