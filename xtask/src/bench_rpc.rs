@@ -3,7 +3,9 @@
 //!
 //! - `raw`: a pipelined length-prefixed TCP echo (the limit of any framed protocol),
 //! - `direct`: polycall, Rust client → Rust server,
-//! - `routed`: polycall, client → `polycall run` → provider,
+//! - `routed`: polycall, client → `polycall run` → provider (observability at its
+//!   defaults: every call measured),
+//! - `routed-bare`: the same with observability off (`polycall run --no-metrics`),
 //! - `tonic`: gRPC unary echo (HTTP/2),
 //! - `nats`: request/reply through `nats-server` (a broker, routed like our runtime).
 //!
@@ -13,7 +15,7 @@
 //!
 //! ```text
 //! cargo xtask bench rpc [--quick] [--pinned | --unpinned | --both] [--seconds S]
-//!                       [--peers raw,direct,routed,tonic,nats]
+//!                       [--peers raw,direct,routed,routed-bare,tonic,nats]
 //! ```
 //!
 //! Writes `target/bench/rpc.md` (per mode, a table per payload, then the targets with
@@ -31,7 +33,7 @@ use crate::bench_procs::{Proc, loadavg, spawn, wait_ready};
 use crate::{ensure_apt, root};
 
 /// The systems measured, in the order they run and appear.
-const SYSTEMS: [&str; 5] = ["raw", "direct", "routed", "tonic", "nats"];
+const SYSTEMS: [&str; 6] = ["raw", "direct", "routed", "routed-bare", "tonic", "nats"];
 
 /// How a system is named in the tables.
 fn label(system: &str) -> &'static str {
@@ -39,6 +41,7 @@ fn label(system: &str) -> &'static str {
         "raw" => "raw TCP echo",
         "direct" => "polycall direct",
         "routed" => "polycall routed (via runtime)",
+        "routed-bare" => "polycall routed, observability off",
         "tonic" => "tonic (gRPC)",
         _ => "NATS (via nats-server)",
     }
@@ -187,7 +190,7 @@ pub(crate) fn start_system(system: &str, mode: Mode, p: &Paths) -> Result<(Vec<P
             procs.push(spawn(sub, serve(sub), &log)?);
             wait_ready(&ready, &mut procs)?
         }
-        "routed" => {
+        "routed" | "routed-bare" => {
             let mut c = pinned(&p.polycall, pin);
             c.args([
                 "--quiet",
@@ -199,6 +202,9 @@ pub(crate) fn start_system(system: &str, mode: Mode, p: &Paths) -> Result<(Vec<P
             .arg(&ready)
             .arg("--state-dir")
             .arg(p.tmp.join(format!("{tag}-state")));
+            if system == "routed-bare" {
+                c.arg("--no-metrics");
+            }
             procs.push(spawn("polycall run", c, &log)?);
             let ep = wait_ready(&ready, &mut procs)?;
             let provided = p.tmp.join(format!("{tag}-provider.ready"));
@@ -247,7 +253,7 @@ fn run_cell(
     let (_, pin) = mode.pins();
     let peer = match system {
         "raw" => "raw",
-        "direct" | "routed" => "polycall",
+        "direct" | "routed" | "routed-bare" => "polycall",
         other => other,
     };
     let mut cmd = pinned(&p.bench, pin);
@@ -416,7 +422,16 @@ struct Target {
 
 const BOTH: &[Mode] = &[Mode::Default, Mode::Pinned];
 
-const TARGETS: [Target; 9] = [
+const TARGETS: [Target; 10] = [
+    Target {
+        what: "routed calls/s, observability at its defaults, ≥ 0.9× observability off",
+        system: "routed",
+        peer: "routed-bare",
+        payload: 64,
+        metric: "calls_per_sec",
+        min: 0.9,
+        modes: BOTH,
+    },
     Target {
         what: "direct calls/s ≥ 0.6× raw TCP",
         system: "direct",

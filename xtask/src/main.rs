@@ -55,7 +55,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | bench proto|memory|priority|micro|state|stall [--quick] | bench rpc [--quick] [--pinned|--unpinned] [--seconds S] [--peers raw,direct,routed,tonic,nats] | bench stream [--quick] [--pinned|--unpinned] [--runs N] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
+                "usage: cargo xtask ci | bench proto|memory|priority|micro|state|stall [--quick] | bench rpc [--quick] [--pinned|--unpinned] [--seconds S] [--peers raw,direct,routed,routed-bare,tonic,nats] | bench stream [--quick] [--pinned|--unpinned] [--runs N] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
             );
             return ExitCode::from(2);
         }

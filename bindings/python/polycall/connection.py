@@ -678,19 +678,30 @@ class Connection:
                            bytes(memoryview(wire)[:n])))
         return n
 
-    def _client_span(self, method: str, meta: Optional[F.Meta]) -> tuple[Optional[T.OpenSpan], Optional[F.Meta]]:
-        """The client span of a call made now, and the metadata carrying its
-        traceparent: none when the code runs outside a trace or ``meta`` has an
-        explicit traceparent (``meta`` is copied, never changed)."""
-        parent = T.CURRENT.get()
-        if parent is None or (meta is not None and meta.traceparent is not None):
-            return None, meta
+    def _client_span(self, method: str, meta: Optional[F.Meta],
+                     parent: T.TraceContext) -> tuple[T.OpenSpan, F.Meta]:
+        """The client span of a call made in ``parent``, and a copy of ``meta`` carrying
+        its traceparent (``meta`` itself is never changed)."""
         span = T.OpenSpan.client(self.span_recorder, method, parent)
         m = F.Meta() if meta is None else dataclasses.replace(meta, extensions=list(meta.extensions))
         m.traceparent = span.traceparent
         if m.tracestate is None:
             m.tracestate = parent.state
         return span, m
+
+    async def _traced_call(self, parent: T.TraceContext, method: str, data: bytes, content_type: int,
+                           timeout: Optional[float], priority: Optional[str], idempotent: bool,
+                           meta: Optional[F.Meta]) -> Payload:
+        """:meth:`call` in a client span, a child of ``parent``."""
+        span, m = self._client_span(method, meta, parent)
+        try:
+            reply = await self.call(method, data, content_type=content_type, timeout=timeout,
+                                    priority=priority, idempotent=idempotent, meta=m)
+        except BaseException as e:
+            span.finish(e)
+            raise
+        span.finish()
+        return reply
 
     async def call(self, method: str, data: bytes = b"", *, content_type: int = F.RAW,
                    timeout: Optional[float] = None, priority: Optional[str] = None,
@@ -706,23 +717,11 @@ class Connection:
         span, sent as the callee's parent — recorded when it ends if the trace is
         sampled. A traceparent given in ``meta`` is sent as is, with no span.
         """
-        span, meta = self._client_span(method, meta)
-        if span is None:
-            return await self._call(method, data, content_type=content_type, timeout=timeout,
-                                    priority=priority, idempotent=idempotent, meta=meta)
-        try:
-            reply = await self._call(method, data, content_type=content_type, timeout=timeout,
-                                     priority=priority, idempotent=idempotent, meta=meta)
-        except BaseException as e:
-            span.finish(e)
-            raise
-        span.finish()
-        return reply
-
-    async def _call(self, method: str, data: bytes = b"", *, content_type: int = F.RAW,
-                    timeout: Optional[float] = None, priority: Optional[str] = None,
-                    idempotent: bool = False, meta: Optional[F.Meta] = None) -> Payload:
-        """:meth:`call` without tracing."""
+        if meta is None or meta.traceparent is None:
+            parent = T.CURRENT.get()
+            if parent is not None:
+                return await self._traced_call(parent, method, data, content_type, timeout, priority,
+                                               idempotent, meta)
         self._check_open()
         if not F.valid_full_name(method):
             raise UnknownMethodError(f"{method!r} is not a valid SERVICE.METHOD name")
@@ -810,7 +809,11 @@ class Connection:
                 isinstance(requests, (bytes, bytearray, memoryview, str, Payload))
                 or not (hasattr(requests, "__aiter__") or hasattr(requests, "__iter__"))):
             raise TypeError(f"requests must be an iterable of messages, not {type(requests).__name__}")
-        span, meta = self._client_span(method, meta)
+        span: Optional[T.OpenSpan] = None
+        if meta is None or meta.traceparent is None:
+            parent = T.CURRENT.get()
+            if parent is not None:
+                span, meta = self._client_span(method, meta, parent)
         m = self._call_meta(meta, timeout, priority, idempotent)
         return ReplyStream(self, method, bytes(data), requests, content_type, timeout, m, decode, span)
 
@@ -1013,6 +1016,10 @@ class Connection:
     # ---------------------------------------------------------------- reading
 
     async def _read_loop(self) -> None:
+        # This task's context was copied from the code that opened the connection: the
+        # calls it serves must not continue that code's trace (tasks started here copy
+        # this context).
+        T.CURRENT.set(None)
         buf = bytearray()
         max_frame = self.settings.limits.max_frame
         err: PolycallError = UnavailableError("the peer closed the connection")
@@ -1395,17 +1402,16 @@ class Connection:
         it the current trace context of the task serving it (None: no traceparent,
         and no trace context either)."""
         meta = call.context.meta
-        span = None
-        if meta.traceparent is not None:
-            try:
-                span = T.OpenSpan.server(self.span_recorder, call.method, meta.traceparent, meta.tracestate)
-            except ValueError:  # the frame decoder checks it already
-                span = None
-        ctx = None if span is None else span.context
-        call.context.trace = ctx
+        if meta.traceparent is None:
+            return None  # the read loop's context, in which there is no trace
+        try:
+            span = T.OpenSpan.server(self.span_recorder, call.method, meta.traceparent, meta.tracestate)
+        except ValueError:  # the frame decoder checks it already
+            return None
+        call.context.trace = span.context
         # This task's own copy of the context: the handler (and the tasks it starts)
         # see it, nothing else does.
-        T.CURRENT.set(ctx)
+        T.CURRENT.set(span.context)
         return span
 
     async def _serve(self, call_id: int, inc: _Incoming, call: IncomingCall) -> None:

@@ -386,8 +386,9 @@ class SpanRecorder:
             except Exception:  # noqa: BLE001 - a hook's bug must not stop exporting
                 log.exception("the span export hook failed")
         try:
-            reply = await conn._call(EXPORT_METHOD, codec.encode_json({"spans": batch}),
-                                     content_type=F.JSON, timeout=EXPORT_TIMEOUT)
+            # This task runs in a fresh context: no trace, so no traceparent.
+            reply = await conn.call(EXPORT_METHOD, codec.encode_json({"spans": batch}),
+                                    content_type=F.JSON, timeout=EXPORT_TIMEOUT)
             answer = codec.decode_json(reply.data, f"the reply of {EXPORT_METHOD}")
         except asyncio.CancelledError:
             self.dropped += len(batch)
