@@ -6,6 +6,8 @@
 //! writes them; `tests/vectors.rs` checks every one decodes to its meaning and
 //! re-encodes to the same bytes.
 
+pub mod typescript;
+
 use std::time::Duration;
 
 use bytes::Bytes;

@@ -211,3 +211,159 @@ async fn routed_calls_are_counted_and_their_trace_continues() {
     provider.stop().await;
     rt.shutdown().await;
 }
+
+/// A child process; killed on drop.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `program args…` (stdin piped: closing it stops the helper scripts) and waits
+/// at most 20 s for its first stdout line, which must start with `ready`.
+fn start_until(program: &str, args: &[&str], ready: &str) -> (Child, String) {
+    use std::io::BufRead;
+    let mut c = std::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    let stdout = c.stdout.take().expect("piped stdout");
+    let child = Child(c);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let line = rx
+        .recv_timeout(Duration::from_secs(20))
+        .unwrap_or_else(|_| panic!("{program} {args:?} did not get ready"));
+    assert!(line.starts_with(ready), "{program} {args:?}: {line:?}");
+    (child, line.trim().to_owned())
+}
+
+/// One call Rust client → runtime → Python provider → runtime → TypeScript provider is
+/// one trace: an OTLP/gRPC receiver (PyPI's grpcio and opentelemetry-proto) gets the
+/// six spans — the Rust client's, the runtime's for `py.relay`, the Python provider's
+/// server and client spans, the runtime's for `ts.upper`, the TypeScript provider's —
+/// with one trace id and each span's parent the one before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_across_four_processes_is_one_trace() {
+    let repo = polycall_tests::typescript::repo();
+    let ts = polycall_tests::typescript::build_binding();
+    assert!(ts.join("dist/src/index.js").exists());
+    let dir = polycall_test_support::TempDir::new("otlp");
+    let received = dir.join("spans.jsonl");
+    let otlp = repo.join("tests/otlp");
+    let (_receiver, ready) = start_until(
+        "python3",
+        &[
+            otlp.join("receiver.py").to_str().unwrap(),
+            received.to_str().unwrap(),
+        ],
+        "READY",
+    );
+    let port: u16 = ready.trim_start_matches("READY ").parse().unwrap();
+    let collector = format!("http://127.0.0.1:{port}");
+    let rt = TestRuntime::start_with(|c| {
+        c.observe(
+            polycall::runtime::ObserveSettings::default()
+                .otlp_endpoint(collector.clone())
+                .trace_sample(0.0),
+        )
+    })
+    .await;
+    let ep = rt.endpoint.to_string();
+    let (_ts, _) = start_until(
+        "node",
+        &[otlp.join("ts_upper.mjs").to_str().unwrap(), &ep],
+        "ready",
+    );
+    let (_py, _) = start_until(
+        "python3",
+        &[otlp.join("py_relay.py").to_str().unwrap(), &ep],
+        "ready",
+    );
+    // The Rust client records its own span and exports it to the same collector.
+    let tracer = Tracer::start(
+        "rust-client",
+        Sampler::Always,
+        polycall::observe::otlp::OtlpExporter::new(collector.clone()),
+    );
+    let channel = Channel::connect(rt.endpoint.clone()).await.unwrap();
+    let mut client = polycall::observe::MeasureLayer::new(
+        Side::Client,
+        Arc::new(polycall::observe::metrics::CallMetrics::default()),
+        tracer,
+    )
+    .layer(channel);
+    use tower::{Service, ServiceExt};
+    let reply = client
+        .ready()
+        .await
+        .unwrap()
+        .call(Call::new("py.relay", Payload::raw("trace me")).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(&reply.payload.bytes[..], b"TRACE ME");
+    // Wait (at most 15 s) for the six spans.
+    let started = Instant::now();
+    let spans: Vec<serde_json::Value> = loop {
+        let spans: Vec<serde_json::Value> = std::fs::read_to_string(&received)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if spans.len() >= 6 {
+            break spans;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "the collector got {} spans, not 6: {spans:#?}",
+            spans.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(spans.len(), 6, "{spans:#?}");
+    let trace = spans[0]["trace_id"].as_str().unwrap();
+    assert!(
+        spans.iter().all(|s| s["trace_id"] == trace),
+        "one trace: {spans:#?}"
+    );
+    // OTLP span kinds: 2 server, 3 client.
+    let find = |service: &str, name: &str, kind: u64| {
+        spans
+            .iter()
+            .find(|s| s["service"] == service && s["name"] == name && s["kind"] == kind)
+            .unwrap_or_else(|| panic!("no {service} span {name} of kind {kind}: {spans:#?}"))
+    };
+    let chain = [
+        find("rust-client", "py.relay", 3),
+        find("polycall-runtime", "py.relay", 2),
+        find("py-relay", "py.relay", 2),
+        find("py-relay", "ts.upper", 3),
+        find("polycall-runtime", "ts.upper", 2),
+        find("ts-upper", "ts.upper", 2),
+    ];
+    assert_eq!(
+        chain[0]["parent_span_id"], "",
+        "the Rust client's span is the root"
+    );
+    for pair in chain.windows(2) {
+        assert_eq!(
+            pair[1]["parent_span_id"], pair[0]["span_id"],
+            "{} ({}) is a child of {} ({})",
+            pair[1]["name"], pair[1]["service"], pair[0]["name"], pair[0]["service"]
+        );
+    }
+    assert_eq!(chain[1]["attributes"]["rpc.system"], "polycall");
+    assert_eq!(chain[2]["attributes"]["polycall.language"], "python");
+    assert_eq!(chain[5]["attributes"]["polycall.language"], "typescript");
+    rt.shutdown().await;
+}

@@ -35,6 +35,26 @@ export {
   negotiate,
 } from "./handshake.js";
 export { type Extension, type Priority, type TraceContext, type WireMeta, decodeMeta, encodeMeta, parseTraceparent, traceparent } from "./meta.js";
+export {
+  DEFAULT_SERVICE_NAME,
+  type ExportResult,
+  MAX_EXPORT_BATCH,
+  type SpanContext,
+  type SpanExporter,
+  type SpanKind,
+  type SpanRecord,
+  SpanRecorder,
+  type SpanRecorderOptions,
+  currentTrace,
+  isSampled,
+  newSpanId,
+  newTraceContext,
+  newTraceId,
+  runWithTrace,
+  spanContextOf,
+  toHex,
+  traceStorage,
+} from "./trace.js";
 export { HAS_ZSTD, decompress, readableCompressions } from "./compress.js";
 export { crc32c } from "./crc32c.js";
 export { splitFullName } from "./names.js";

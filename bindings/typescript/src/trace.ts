@@ -73,6 +73,14 @@ export function newTraceId(): Uint8Array {
   return randomNonZero(16);
 }
 
+/**
+ * The context of a new trace (fresh trace and span ids; sampled unless told otherwise),
+ * to start one with {@link runWithTrace}.
+ */
+export function newTraceContext(sampled = true): SpanContext {
+  return { traceId: newTraceId(), spanId: newSpanId(), flags: sampled ? 1 : 0 };
+}
+
 /** Lowercase hex of bytes. */
 export function toHex(b: Uint8Array): string {
   return Buffer.from(b.buffer, b.byteOffset, b.byteLength).toString("hex");
@@ -165,24 +173,32 @@ function untraced<T>(fn: () => T): T {
 /**
  * Buffers a connection's finished spans and exports them in batches: at once when
  * `batchSize` are buffered, else about `flushDelayMs` after the first (an unref'd timer,
- * which never keeps the process alive). When the runtime answers `recording: false` (or
- * does not offer `sys.trace.export`), recording stops for good. Export failures never
- * reach the code whose calls were recorded: they go to `onError`, or the first one to
- * `console.warn`.
+ * which never keeps the process alive). One export is under way at a time; spans
+ * recorded meanwhile wait (up to `maxBuffered`, then they are dropped). When the runtime
+ * answers `recording: false` (or does not offer `sys.trace.export`), recording stops for
+ * good. Export failures never reach the code whose calls were recorded: they go to
+ * `onError`, or the first one to `console.warn`.
  */
 export class SpanRecorder {
   /** `service` of the spans recorded here. */
   readonly service: string;
+  /** Spans dropped because the buffer was full. */
+  dropped = 0;
   private buffer: SpanRecord[] = [];
   private timer: NodeJS.Timeout | undefined;
-  private readonly inflight = new Set<Promise<void>>();
+  /** An export is under way. */
+  private sending = false;
+  /** What is buffered is due to leave (a full batch, the timer, a flush). */
+  private due = false;
+  /** Spans buffered so far, and spans whose export is over (or that were dropped when recording stopped). */
+  private recorded = 0;
+  private settled = 0;
+  private waiters: { upTo: number; resolve: () => void }[] = [];
   private on = true;
   private warned = false;
   private readonly batchSize: number;
   private readonly flushDelayMs: number;
   private readonly maxBuffered: number;
-  /** Spans dropped because the buffer was full. */
-  dropped = 0;
 
   constructor(
     private readonly exporter: SpanExporter,
@@ -209,6 +225,11 @@ export class SpanRecorder {
     return this.buffer.length;
   }
 
+  /** Whether anything is buffered or being exported. */
+  get pending(): boolean {
+    return this.buffer.length > 0 || this.sending;
+  }
+
   /**
    * Buffers a finished span (dropped when not recording). Attributes are clipped to the
    * export's limits; throws `invalid_input` for malformed ids.
@@ -233,50 +254,82 @@ export class SpanRecorder {
     if (s.parent_id === undefined) delete s.parent_id;
     if (s.error === undefined) delete s.error;
     this.buffer.push(s);
+    this.recorded++;
     if (this.buffer.length >= this.batchSize) {
-      void this.flush();
-    } else if (this.timer === undefined) {
-      this.timer = untraced(() =>
-        setTimeout(() => {
-          this.timer = undefined;
-          void this.flush();
-        }, this.flushDelayMs),
-      );
-      this.timer.unref();
+      this.due = true;
+      this.pump();
+    } else if (this.timer === undefined && !this.sending) {
+      this.armTimer();
     }
   }
 
   /**
-   * Exports every buffered span now; resolves when they and the exports already under
-   * way are done (never rejects: failures are reported, not thrown).
+   * Exports the spans buffered now without waiting for a full batch or the timer;
+   * resolves once they are out (never rejects: failures are reported, not thrown).
    */
   flush(): Promise<void> {
-    this.clearTimer();
-    while (this.on && this.buffer.length > 0) {
-      const batch = this.buffer.splice(0, MAX_EXPORT_BATCH);
-      const p = this.send(batch);
-      this.inflight.add(p);
-      void p.then(() => this.inflight.delete(p));
-    }
-    if (this.inflight.size === 0) return Promise.resolve();
-    return Promise.all([...this.inflight]).then(() => undefined);
-  }
-
-  /** Whether anything is buffered or being exported. */
-  get pending(): boolean {
-    return this.buffer.length > 0 || this.inflight.size > 0;
+    const upTo = this.recorded;
+    if (!this.on || this.settled >= upTo) return Promise.resolve();
+    const done = new Promise<void>((resolve) => this.waiters.push({ upTo, resolve }));
+    this.due = true;
+    this.pump();
+    return done;
   }
 
   /** Stops recording for good and drops what is buffered. */
   stop(): void {
     this.on = false;
+    this.settled += this.buffer.length;
     this.buffer = [];
     this.clearTimer();
+    this.wake();
+  }
+
+  private armTimer(): void {
+    this.timer = untraced(() =>
+      setTimeout(() => {
+        this.timer = undefined;
+        this.due = true;
+        this.pump();
+      }, this.flushDelayMs),
+    );
+    this.timer.unref();
   }
 
   private clearTimer(): void {
     if (this.timer !== undefined) clearTimeout(this.timer);
     this.timer = undefined;
+  }
+
+  /** Resolves the flushes whose spans are all out (all of them once recording stopped). */
+  private wake(): void {
+    if (this.waiters.length === 0) return;
+    const keep = this.waiters.filter((w) => {
+      if (this.on && w.upTo > this.settled) return true;
+      w.resolve();
+      return false;
+    });
+    this.waiters = keep;
+  }
+
+  /** Starts the next export if one is due and none is under way. */
+  private pump(): void {
+    if (this.sending || !this.due) return;
+    this.clearTimer();
+    this.due = false;
+    if (!this.on || this.buffer.length === 0) return;
+    const batch = this.buffer.splice(0, MAX_EXPORT_BATCH);
+    this.sending = true;
+    void this.send(batch).then(() => {
+      this.sending = false;
+      this.settled += batch.length;
+      this.wake();
+      if (!this.on || this.buffer.length === 0) return;
+      // What came meanwhile leaves at once when a batch is full or a flush waits for it, else after the delay.
+      if (this.buffer.length >= this.batchSize || this.waiters.length > 0) this.due = true;
+      if (this.due) this.pump();
+      else this.armTimer();
+    });
   }
 
   private async send(batch: SpanRecord[]): Promise<void> {
