@@ -80,7 +80,9 @@ async fn python_provider_called_from_rust() {
     let registry = rt.registry();
     let gone = (0..100).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(20));
-        registry.pick(service, "echo").is_none()
+        registry
+            .pick(service, "echo", rt.observer().ejections())
+            .is_none()
     });
     assert!(gone, "the provider's methods outlive its connection");
     rt.shutdown().await;

@@ -9,9 +9,7 @@
 
 use polycall_test_support::{TempDir, TestRuntime};
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use polycall_core as pc_core;

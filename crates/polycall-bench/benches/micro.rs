@@ -189,8 +189,9 @@ fn routing(c: &mut Criterion) {
         }
         (registry, server, channel)
     });
+    let none_ejected = polycall_observe::outlier::Ejections::default();
     g.bench_function("registry_pick_200_methods_4_providers", |b| {
-        b.iter(|| black_box(registry.pick(black_box("svc13"), black_box("method7"))))
+        b.iter(|| black_box(registry.pick(black_box("svc13"), black_box("method7"), &none_ejected)))
     });
     g.finish();
     drop(rt);

@@ -181,14 +181,24 @@ fn clock(ms: u64) -> String {
     format!("{:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
 }
 
+/// One method's totals and series over the period (server side).
+#[derive(Default)]
+struct MethodSeries {
+    calls: u64,
+    errors: u64,
+    /// (Unix ms, calls/s).
+    rate: Vec<(u64, f64)>,
+    /// (Unix ms, ms).
+    p50: Vec<(u64, f64)>,
+    /// (Unix ms, ms).
+    p99: Vec<(u64, f64)>,
+}
+
 /// The report page.
 pub(crate) fn render(history: &Value, health: &Value, since: &str, now_ms: u64) -> String {
     let samples = history["samples"].as_array().cloned().unwrap_or_default();
     // Per method (server side): totals, and series of rate and latency.
-    let mut methods: std::collections::BTreeMap<
-        String,
-        (u64, u64, Vec<(u64, f64)>, Vec<(u64, f64)>, Vec<(u64, f64)>),
-    > = Default::default();
+    let mut methods: std::collections::BTreeMap<String, MethodSeries> = Default::default();
     let mut prev_t: Option<u64> = None;
     let mut rss = Vec::new();
     let mut cpu = Vec::new();
@@ -209,27 +219,27 @@ pub(crate) fn render(history: &Value, health: &Value, since: &str, now_ms: u64) 
             let name = m["method"].as_str().unwrap_or("?").to_owned();
             let e = methods.entry(name).or_default();
             let calls = m["calls"].as_u64().unwrap_or(0);
-            e.0 += calls;
-            e.1 += m["errors"].as_u64().unwrap_or(0);
-            e.2.push((t, calls as f64 / secs));
-            e.3.push((t, m["p50_ms"].as_f64().unwrap_or(0.0)));
-            e.4.push((t, m["p99_ms"].as_f64().unwrap_or(0.0)));
+            e.calls += calls;
+            e.errors += m["errors"].as_u64().unwrap_or(0);
+            e.rate.push((t, calls as f64 / secs));
+            e.p50.push((t, m["p50_ms"].as_f64().unwrap_or(0.0)));
+            e.p99.push((t, m["p99_ms"].as_f64().unwrap_or(0.0)));
         }
     }
     let mut busiest: Vec<_> = methods.iter().collect();
-    busiest.sort_by(|a, b| b.1.0.cmp(&a.1.0));
+    busiest.sort_by_key(|(_, v)| std::cmp::Reverse(v.calls));
     let top: Vec<_> = busiest.iter().take(8).collect();
     let rate: Vec<_> = top
         .iter()
-        .map(|(n, v)| ((*n).clone(), v.2.clone()))
+        .map(|(n, v)| ((*n).clone(), v.rate.clone()))
         .collect();
     let p99: Vec<_> = top
         .iter()
-        .map(|(n, v)| (format!("{n} p99"), v.4.clone()))
+        .map(|(n, v)| (format!("{n} p99"), v.p99.clone()))
         .collect();
     let p50: Vec<_> = top
         .iter()
-        .map(|(n, v)| (format!("{n} p50"), v.3.clone()))
+        .map(|(n, v)| (format!("{n} p50"), v.p50.clone()))
         .collect();
     let mut html = String::new();
     let _ = write!(
@@ -248,13 +258,13 @@ pub(crate) fn render(history: &Value, health: &Value, since: &str, now_ms: u64) 
     );
     html.push_str("<h2>Methods</h2><table><tr><th>method</th><th class=\"n\">calls</th><th class=\"n\">errors</th><th class=\"n\">worst p99 ms</th></tr>");
     for (name, v) in &busiest {
-        let worst = v.4.iter().map(|p| p.1).fold(0.0, f64::max);
+        let worst = v.p99.iter().map(|p| p.1).fold(0.0, f64::max);
         let _ = write!(
             html,
             "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{worst:.2}</td></tr>",
             esc(name),
-            v.0,
-            v.1
+            v.calls,
+            v.errors
         );
     }
     if busiest.is_empty() {

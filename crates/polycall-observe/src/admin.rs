@@ -231,7 +231,7 @@ async fn route(
             Ok(()) => json_response(StatusCode::OK, &json!({"ready": true})),
             Err(why) => json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
-                &json!({"ready": false, "reason": why}),
+                &json!({"ready": false, "reason": why.reason}),
             ),
         },
         "/" | "/dashboard" => full(StatusCode::OK, "text/html; charset=utf-8", DASHBOARD),

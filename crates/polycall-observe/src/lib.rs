@@ -45,7 +45,7 @@ pub mod resources;
 pub mod trace;
 
 pub use measure::{Measure, MeasureLayer, ResponseFuture};
-pub use observer::{HISTORY, MethodSample, Observer, Sample, Source};
+pub use observer::{HISTORY, MethodSample, NotReady, Observer, Sample, Source};
 
 use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;

@@ -39,7 +39,7 @@ pub trait Source: Send + Sync + 'static {
     }
 
     /// Whether it is ready to serve, and why not (`/readyz`).
-    fn ready(&self) -> Result<(), String> {
+    fn ready(&self) -> Result<(), NotReady> {
         Ok(())
     }
 
@@ -47,6 +47,23 @@ pub trait Source: Send + Sync + 'static {
     /// `instances` (`{id, machine, current}`).
     fn overview(&self) -> serde_json::Value {
         serde_json::json!({})
+    }
+}
+
+/// Why a process is not ready to serve (`/readyz` answers 503 with it).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not ready: {reason}")]
+pub struct NotReady {
+    /// What it waits for or what is wrong.
+    pub reason: String,
+}
+
+impl NotReady {
+    /// Not ready because of `reason`.
+    pub fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use polycall_observe::trace::{Sampler, Tracer};
-use polycall_observe::{FamilyKind, MetricFamily, Observer, Source};
+use polycall_observe::{FamilyKind, MetricFamily, NotReady, Observer, Source};
 use serde_json::{Value as Json, json};
 
 use crate::State;
@@ -202,19 +202,22 @@ impl Source for RuntimeSource {
             .map_or_else(|| json!({"status": "stopped"}), |s| s.health())
     }
 
-    fn ready(&self) -> Result<(), String> {
-        let s = self.state.upgrade().ok_or("the runtime has stopped")?;
+    fn ready(&self) -> Result<(), NotReady> {
+        let s = self
+            .state
+            .upgrade()
+            .ok_or_else(|| NotReady::new("the runtime has stopped"))?;
         if s.endpoint.get().is_none() {
-            return Err("the call port is not bound yet".into());
+            return Err(NotReady::new("the call port is not bound yet"));
         }
         if *s.shutdown.borrow() {
-            return Err("draining: a shutdown was requested".into());
+            return Err(NotReady::new("draining: a shutdown was requested"));
         }
         if s.machines
             .as_ref()
             .is_some_and(|h| h.store().stats().failing)
         {
-            return Err("the state store's last commit failed".into());
+            return Err(NotReady::new("the state store's last commit failed"));
         }
         Ok(())
     }
