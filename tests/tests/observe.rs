@@ -367,3 +367,33 @@ async fn one_call_across_four_processes_is_one_trace() {
     assert_eq!(chain[5]["attributes"]["polycall.language"], "typescript");
     rt.shutdown().await;
 }
+
+/// A streaming call is counted once it ends: its lifetime as latency, its messages'
+/// bytes as reply bytes, and its caller's sampled trace continues into the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streaming_call_is_counted_when_it_ends() {
+    use futures_util::StreamExt;
+    let rt = TestRuntime::start().await;
+    let channel = Channel::connect(rt.endpoint.clone()).await.unwrap();
+    let call = Call::new("debug.stream", Payload::json(&serde_json::json!({"count": 5})).unwrap()).unwrap();
+    let mut replies = channel.server_stream(call).await.unwrap();
+    let mut n = 0;
+    while let Some(m) = replies.next().await {
+        m.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 5);
+    // The stream ended: counted (the runtime records it as the end goes out).
+    let started = Instant::now();
+    loop {
+        let text = rt.runtime.observer().encode_text(&[]);
+        if text.contains(r#"polycall_calls_total{side="server",method="debug.stream",class="normal"} 1"#) {
+            assert!(text.contains(r#"polycall_reply_bytes_total{side="server",method="debug.stream"} 35"#), "{text}");
+            assert!(text.contains(r#"polycall_calls_in_flight{side="server",method="debug.stream"} 0"#), "{text}");
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(5), "{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rt.shutdown().await;
+}

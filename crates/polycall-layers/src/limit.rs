@@ -134,6 +134,8 @@ struct Shared {
     in_flight: AtomicUsize,
     queued: AtomicUsize,
     released: Notify,
+    /// Calls refused (`busy`): shed at once or timed out in the queue.
+    shed: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -209,8 +211,24 @@ impl ConcurrencyLimitLayer {
                 in_flight: AtomicUsize::new(0),
                 queued: AtomicUsize::new(0),
                 released: Notify::new(),
+                shed: std::sync::atomic::AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Calls being served now.
+    pub fn in_flight(&self) -> usize {
+        self.shared.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Calls waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.shared.queued.load(Ordering::Relaxed)
+    }
+
+    /// Calls refused so far (`busy`: shed at once, or timed out in the queue).
+    pub fn shed(&self) -> u64 {
+        self.shared.shed.load(Ordering::Relaxed)
     }
 }
 
@@ -281,6 +299,7 @@ where
             })
             .is_err()
         {
+            shared.shed.fetch_add(1, Ordering::Relaxed);
             return busy(shared.refusal(priority, cap), retry_after);
         }
         let mut wait_until = Instant::now() + shared.config.queue_timeout;
@@ -298,6 +317,7 @@ where
                         break p;
                     }
                     if tokio::time::timeout_at(wait_until, released).await.is_err() {
+                        shared.shed.fetch_add(1, Ordering::Relaxed);
                         let mut status = Status::busy(format!(
                             "{} (waited {:?} in the queue)",
                             shared.refusal(priority, cap),

@@ -161,6 +161,8 @@ struct Shared {
     key: RateKey,
     per_second: u32,
     checks: AtomicU64,
+    /// Calls refused for their rate.
+    limited: AtomicU64,
 }
 
 impl fmt::Debug for Shared {
@@ -225,8 +227,14 @@ impl RateLimitLayer {
                 key: config.key,
                 per_second: config.per_second.max(1),
                 checks: AtomicU64::new(0),
+                limited: AtomicU64::new(0),
             }),
         }
+    }
+
+    /// Calls refused so far for their rate (`busy`).
+    pub fn limited(&self) -> u64 {
+        self.shared.limited.load(Ordering::Relaxed)
     }
 }
 
@@ -282,6 +290,7 @@ where
                 ResponseFuture::new(inner.call(call))
             }
             Err(wait) => {
+                self.shared.limited.fetch_add(1, Ordering::Relaxed);
                 let who = if key.is_empty() {
                     "all callers together".to_owned()
                 } else {

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 use polycall_core::{Call, Code, Priority, Reply, Status, TraceContext};
 use tower_service::Service;
 
-use crate::metrics::{CallMetrics, MethodStats, Side};
+use crate::metrics::{CallMetrics, InFlight, MethodStats, Side};
 use crate::trace::{CallContext, OpenSpan, SpanKind, Tracer};
 
 /// Measures every call through the service it wraps.
@@ -120,6 +120,7 @@ where
         ResponseFuture {
             inner,
             started: Instant::now(),
+            _in_flight: stats.start(),
             stats,
             class,
             bytes_in,
@@ -143,6 +144,7 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: F,
         started: Instant,
+        _in_flight: InFlight,
         stats: Arc<MethodStats>,
         class: Priority,
         bytes_in: usize,
@@ -194,4 +196,101 @@ fn finish(r: Recorded, took: Duration, bytes_in: usize, bytes_out: usize, error:
         .span
         .finish(&r.tracer, r.name.clone(), r.kind, took, error, attributes);
     r.tracer.record(span);
+}
+
+impl MeasureLayer {
+    /// Measures a streaming call whose reply stream is `replies`: its span opens now
+    /// (`metadata.trace` is rewritten so what follows is its child), and the call is
+    /// counted when the stream ends — its latency is the stream's lifetime, its reply
+    /// bytes the messages' sum, its error code the one it ended with (`cancelled` when
+    /// the caller dropped it first).
+    pub fn stream(
+        &self,
+        service: &str,
+        method: &str,
+        metadata: &mut polycall_core::Metadata,
+        open: impl FnOnce(&mut polycall_core::Metadata) -> polycall_core::MessageStream,
+    ) -> polycall_core::MessageStream {
+        let stats = self.metrics.method(self.side, service, method);
+        let span = OpenSpan::open(&mut metadata.trace, &self.tracer);
+        let recorded = span.filter(|s| s.recorded).map(|s| Recorded {
+            span: s,
+            tracer: self.tracer.clone(),
+            name: format!("{service}.{method}"),
+            kind: match self.side {
+                Side::Server => SpanKind::Server,
+                Side::Client => SpanKind::Client,
+            },
+        });
+        let class = metadata.priority;
+        let context = span.map(|s| s.context);
+        let inner = match context {
+            Some(c) => c.enter(|| open(metadata)),
+            None => open(metadata),
+        };
+        Box::pin(MeasuredStream {
+            inner,
+            started: Instant::now(),
+            _in_flight: stats.start(),
+            stats,
+            class,
+            bytes_out: 0,
+            context,
+            recorded: recorded.map(Box::new),
+            done: false,
+        })
+    }
+}
+
+/// A reply stream counted when it ends (see [`MeasureLayer::stream`]).
+struct MeasuredStream {
+    inner: polycall_core::MessageStream,
+    started: Instant,
+    _in_flight: InFlight,
+    stats: Arc<MethodStats>,
+    class: Priority,
+    bytes_out: usize,
+    context: Option<CallContext>,
+    recorded: Option<Box<Recorded>>,
+    done: bool,
+}
+
+impl MeasuredStream {
+    fn end(&mut self, error: Option<Code>) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let took = self.started.elapsed();
+        self.stats
+            .record(self.class, took, 0, self.bytes_out, error);
+        if let Some(r) = self.recorded.take() {
+            finish(*r, took, 0, self.bytes_out, error);
+        }
+    }
+}
+
+impl futures_core::Stream for MeasuredStream {
+    type Item = Result<polycall_core::Payload, Status>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let inner = &mut this.inner;
+        let next = match this.context {
+            Some(c) => c.enter(|| inner.as_mut().poll_next(cx)),
+            None => inner.as_mut().poll_next(cx),
+        };
+        match &next {
+            Poll::Ready(Some(Ok(p))) => this.bytes_out += p.len(),
+            Poll::Ready(Some(Err(s))) => this.end(Some(s.code)),
+            Poll::Ready(None) => this.end(None),
+            Poll::Pending => {}
+        }
+        next
+    }
+}
+
+impl Drop for MeasuredStream {
+    fn drop(&mut self) {
+        self.end(Some(Code::Cancelled));
+    }
 }

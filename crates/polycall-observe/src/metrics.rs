@@ -147,6 +147,7 @@ impl HistogramSnapshot {
 #[derive(Debug, Default)]
 pub struct MethodStats {
     calls: [AtomicU64; 4],
+    in_flight: AtomicU64,
     errors: Box<[AtomicU64]>,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
@@ -180,6 +181,18 @@ impl MethodStats {
             let i = Code::ALL.iter().position(|c| *c == code).unwrap_or(0);
             self.errors[i].fetch_add(1, Relaxed);
         }
+    }
+
+    /// Marks a call started; the returned guard marks it finished when dropped (also
+    /// when the caller gave up on it).
+    pub fn start(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Relaxed);
+        InFlight(self.clone())
+    }
+
+    /// Calls started and not finished.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Relaxed)
     }
 
     /// Calls so far, every class.
@@ -237,6 +250,16 @@ mod tests {
         );
         assert!(s.quantile(1.0).unwrap() > Duration::from_millis(50));
         assert_eq!(LatencyHistogram::default().snapshot().quantile(0.5), None);
+    }
+}
+
+/// One call in flight; dropping it ends it (see [`MethodStats::start`]).
+#[derive(Debug)]
+pub struct InFlight(Arc<MethodStats>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
     }
 }
 
@@ -416,6 +439,18 @@ impl prometheus_client::collector::Collector for CallCollector {
             "Reply payload bytes (before compression), by side and method.",
             |s| vec![(vec![], s.bytes().1)],
         )?;
+        let mut family = encoder.encode_descriptor(
+            "polycall_calls_in_flight",
+            "Calls started and not finished, by side and method.",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (side, method, stats) in &self.0 {
+            let labels: Labels = vec![("side", side.as_str().into()), ("method", method.to_string())];
+            family
+                .encode_family(&labels)?
+                .encode_gauge(&(stats.in_flight() as i64))?;
+        }
         let mut family = encoder.encode_descriptor(
             "polycall_call_duration_seconds",
             "Call latency (failed calls included), by side and method.",

@@ -142,6 +142,35 @@ impl Source for RuntimeSource {
                 .map(|(name, _, ids)| (vec![("method".into(), name)], ids.len() as f64))
                 .collect(),
         });
+        let qos = s.qos.read().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(limit) = &qos.limit {
+            f.push(MetricFamily::single(
+                "polycall_limit_in_flight",
+                "Calls holding a slot of the runtime's concurrency limit.",
+                FamilyKind::Gauge,
+                limit.in_flight() as f64,
+            ));
+            f.push(MetricFamily::single(
+                "polycall_limit_queued",
+                "Calls waiting in the concurrency limit's queue.",
+                FamilyKind::Gauge,
+                limit.queued() as f64,
+            ));
+            f.push(MetricFamily::single(
+                "polycall_shed",
+                "Calls the concurrency limit refused (busy), since the QoS settings last changed.",
+                FamilyKind::Counter,
+                limit.shed() as f64,
+            ));
+        }
+        if let Some(rate) = &qos.rate {
+            f.push(MetricFamily::single(
+                "polycall_rate_limited",
+                "Calls refused for their client's rate (busy), since the QoS settings last changed.",
+                FamilyKind::Counter,
+                rate.limited() as f64,
+            ));
+        }
         if let Some(host) = &s.machines {
             let st = host.store().stats();
             f.push(MetricFamily::single(
