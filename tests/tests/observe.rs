@@ -375,7 +375,11 @@ async fn a_streaming_call_is_counted_when_it_ends() {
     use futures_util::StreamExt;
     let rt = TestRuntime::start().await;
     let channel = Channel::connect(rt.endpoint.clone()).await.unwrap();
-    let call = Call::new("debug.stream", Payload::json(&serde_json::json!({"count": 5})).unwrap()).unwrap();
+    let call = Call::new(
+        "debug.stream",
+        Payload::json(&serde_json::json!({"count": 5})).unwrap(),
+    )
+    .unwrap();
     let mut replies = channel.server_stream(call).await.unwrap();
     let mut n = 0;
     while let Some(m) = replies.next().await {
@@ -387,9 +391,19 @@ async fn a_streaming_call_is_counted_when_it_ends() {
     let started = Instant::now();
     loop {
         let text = rt.runtime.observer().encode_text(&[]);
-        if text.contains(r#"polycall_calls_total{side="server",method="debug.stream",class="normal"} 1"#) {
-            assert!(text.contains(r#"polycall_reply_bytes_total{side="server",method="debug.stream"} 35"#), "{text}");
-            assert!(text.contains(r#"polycall_calls_in_flight{side="server",method="debug.stream"} 0"#), "{text}");
+        if text.contains(
+            r#"polycall_calls_total{side="server",method="debug.stream",class="normal"} 1"#,
+        ) {
+            assert!(
+                text.contains(
+                    r#"polycall_reply_bytes_total{side="server",method="debug.stream"} 35"#
+                ),
+                "{text}"
+            );
+            assert!(
+                text.contains(r#"polycall_calls_in_flight{side="server",method="debug.stream"} 0"#),
+                "{text}"
+            );
             break;
         }
         assert!(started.elapsed() < Duration::from_secs(5), "{text}");

@@ -10,6 +10,8 @@
 //!   and a batching export queue ([`otlp`] sends them over OTLP/gRPC, feature `otlp`);
 //! - [`anomaly`]: an online latency and error-rate baseline per method;
 //! - [`outlier`]: ejection of a provider much worse than its peers;
+//! - [`families`]: circuit-breaker and retry-budget families for clients that use those
+//!   layers ([`Observer::report`]);
 //! - [`resources`]: RSS, CPU, open files and threads from `/proc/self`;
 //! - [`Observer`] (`observer.rs`): the one-second sampler tying them together, with
 //!   an hour of history and the dashboard's event feed;
@@ -34,6 +36,7 @@
 
 pub mod admin;
 pub mod anomaly;
+pub mod families;
 pub mod logs;
 mod measure;
 pub mod metrics;
@@ -202,6 +205,7 @@ impl Observer {
         let mut registry = prometheus_client::registry::Registry::default();
         registry.register_collector(Box::new(self.metrics().collector()));
         own.extend(extra.iter().cloned());
+        own.extend(self.reported());
         registry.register_collector(Box::new(Families(own)));
         let mut out = String::new();
         let _ = prometheus_client::encoding::text::encode(&mut out, &registry);

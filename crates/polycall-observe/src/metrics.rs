@@ -446,7 +446,10 @@ impl prometheus_client::collector::Collector for CallCollector {
             MetricType::Gauge,
         )?;
         for (side, method, stats) in &self.0 {
-            let labels: Labels = vec![("side", side.as_str().into()), ("method", method.to_string())];
+            let labels: Labels = vec![
+                ("side", side.as_str().into()),
+                ("method", method.to_string()),
+            ];
             family
                 .encode_family(&labels)?
                 .encode_gauge(&(stats.in_flight() as i64))?;

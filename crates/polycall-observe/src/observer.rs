@@ -122,7 +122,11 @@ struct Inner {
     ejections: Arc<Ejections>,
     state: Mutex<SamplerState>,
     events: broadcast::Sender<Arc<str>>,
+    /// Families reported at each scrape ([`Observer::report`]).
+    reported: Mutex<Vec<Reporter>>,
 }
+
+type Reporter = Arc<dyn Fn() -> Vec<MetricFamily> + Send + Sync>;
 
 struct SamplerState {
     detector: AnomalyDetector,
@@ -208,8 +212,30 @@ impl Observer {
                     recent_ejections: VecDeque::new(),
                 }),
                 events,
+                reported: Mutex::new(Vec::new()),
             }),
         }
+    }
+
+    /// Adds families read at every scrape: a client's breakers and retry budget
+    /// ([`crate::families`]), counters of your own.
+    pub fn report(&self, families: impl Fn() -> Vec<MetricFamily> + Send + Sync + 'static) {
+        self.inner
+            .reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Arc::new(families));
+    }
+
+    /// The families every [`Observer::report`] gives now.
+    pub fn reported(&self) -> Vec<MetricFamily> {
+        let reporters = self
+            .inner
+            .reported
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        reporters.iter().flat_map(|r| r()).collect()
     }
 
     /// The per-method metrics.

@@ -160,7 +160,6 @@ impl RuntimeConnection {
                 .flat_map(|r| r.unwrap_or_else(polycall_core::stream::fail)),
         )
     }
-
 }
 
 impl ConnectionHandler for RuntimeConnection {
@@ -190,10 +189,15 @@ impl ConnectionHandler for RuntimeConnection {
             .layer(polycall_observe::metrics::Side::Server);
         let (service, method) = (call.service.clone(), call.method.clone());
         let mut metadata = std::mem::take(&mut call.metadata);
-        layer.stream(service.as_str(), method.as_str(), &mut metadata, move |md| {
-            call.metadata = md.clone();
-            self.open_stream(call)
-        })
+        layer.stream(
+            service.as_str(),
+            method.as_str(),
+            &mut metadata,
+            move |md| {
+                call.metadata = md.clone();
+                self.open_stream(call)
+            },
+        )
     }
 
     fn call(&self, mut call: Call) -> BoxFuture {
