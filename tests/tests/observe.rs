@@ -411,3 +411,48 @@ async fn a_streaming_call_is_counted_when_it_ends() {
     }
     rt.shutdown().await;
 }
+
+/// What the runtime sent is counted per compression algorithm, raw and wire bytes (on
+/// loopback the adaptive selector sends as is: `none`, raw = wire; the proto test
+/// `large_messages_are_compressed_and_decompressed_by_the_caller` counts a compressed one).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sent_bytes_are_counted_per_compression_algorithm() {
+    let rt = TestRuntime::start().await;
+    let channel = Channel::connect(rt.endpoint.clone()).await.unwrap();
+    let text = "the same line of text, again and again; ".repeat(4000);
+    for _ in 0..20 {
+        let r = channel
+            .call(Call::new("debug.echo", Payload::raw(text.clone())).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(r.payload.bytes.len(), text.len());
+    }
+    let families = rt.runtime.metrics_text();
+    let value = |name: &str, algorithm: &str| -> f64 {
+        let prefix = format!("{name}{{algorithm=\"{algorithm}\"}} ");
+        families
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {prefix}in\n{families}"))
+    };
+    let mut messages = 0.0;
+    let mut raw = 0.0;
+    for a in ["none", "zstd", "brotli"] {
+        let (r, w) = (
+            value("polycall_sent_raw_bytes_total", a),
+            value("polycall_sent_wire_bytes_total", a),
+        );
+        assert!(r >= w, "{a}: {r} raw bytes sent as {w}");
+        if a == "none" {
+            assert_eq!(r, w);
+        }
+        messages += value("polycall_sent_messages_total", a);
+        raw += r;
+    }
+    assert!(
+        messages >= 20.0 && raw >= 20.0 * text.len() as f64,
+        "{messages} messages, {raw} bytes"
+    );
+    rt.shutdown().await;
+}

@@ -1167,6 +1167,8 @@ fn large_messages_are_compressed_and_decompressed_by_the_caller() {
     let mut client = Config::default();
     client.max_compress_size = 64 * 1024;
     client.compression.candidates = vec![polycall_proto::compress::Choice::brotli(5)];
+    let totals = std::sync::Arc::new(polycall_proto::compress::CompressionTotals::default());
+    client.compression_totals = Some(totals.clone());
     let mut server = Config::default();
     server.defer_decompression_above = Some(0);
     let mut p = Pair::with(client, server);
@@ -1188,10 +1190,16 @@ fn large_messages_are_compressed_and_decompressed_by_the_caller() {
     // …the caller runs the job (anywhere) and sends the result.
     let done = job.run();
     assert!(done.len() < text.len() / 10, "{} bytes", done.len());
+    let wire = done.len() as u64;
     let id = p
         .client
         .open_call_compressed(&s, &m, payload, done, WireMeta::default(), false)
         .unwrap();
+    // Counted as sent: the raw size and the compressed one.
+    assert_eq!(
+        totals.get(polycall_proto::compress::Algorithm::Brotli),
+        (1, 1_000_000, wire)
+    );
     p.pump();
     let Some(Event::Deferred(d)) = p.server.poll_event() else {
         panic!("a large compressed call is handed out still compressed")

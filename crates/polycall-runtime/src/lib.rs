@@ -285,6 +285,8 @@ pub(crate) struct State {
     pub(crate) observer: Observer,
     /// Whether calls pass the measuring layer.
     pub(crate) observe_metrics: bool,
+    /// What every connection compressed as it sent.
+    pub(crate) compression: Arc<polycall_proto::compress::CompressionTotals>,
     /// Transitions fired per machine and transition (the state follower counts them).
     pub(crate) transitions: observe::TransitionCounts,
     /// Each instance's machine and current states, for the dashboard.
@@ -465,6 +467,7 @@ pub struct Runtime {
     server: Arc<Server>,
     shutdown_rx: watch::Receiver<bool>,
     admin: Option<polycall_observe::admin::AdminServer>,
+    source: Arc<observe::RuntimeSource>,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -602,6 +605,8 @@ impl Runtime {
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let observer = Observer::new(config.observe.tracer()?);
+        let compression = Arc::new(polycall_proto::compress::CompressionTotals::default());
+        config.server.connection.proto.compression_totals = Some(compression.clone());
         let state = Arc::new_cyclic(|weak| {
             let own = builtins::router(weak.clone(), config.debug_methods, config.compat.fixtures)
                 .merge(&observe::router(weak.clone()));
@@ -630,6 +635,7 @@ impl Runtime {
                 tls: std::sync::Mutex::new(config.tls.clone().zip(tls_slot)),
                 observer: observer.clone(),
                 observe_metrics: config.observe.metrics,
+                compression,
                 transitions: Default::default(),
                 instance_states: Default::default(),
             }
@@ -702,7 +708,7 @@ impl Runtime {
                     polycall_observe::admin::AdminConfig::new(addr)
                         .allow_remote(config.insecure_remote),
                     observer.clone(),
-                    source,
+                    source.clone(),
                 )
                 .await?;
                 tracing::info!(
@@ -718,6 +724,7 @@ impl Runtime {
             server,
             shutdown_rx,
             admin,
+            source,
         };
         runtime.write_state(&config.state_dir)?;
         Ok(runtime)
@@ -779,7 +786,12 @@ impl Runtime {
     /// timeout at once, connection limits and timeouts for connections accepted from now
     /// on (open ones keep what they negotiated).
     pub fn update_server(&self, f: impl FnOnce(&mut ServerConfig)) {
-        self.server.update(f);
+        let totals = self.state.compression.clone();
+        self.server.update(|s| {
+            f(s);
+            // New connection settings keep counting into the same totals.
+            s.connection.proto.compression_totals = Some(totals);
+        });
     }
 
     /// Records where the configuration came from and how its last reload went; shown
@@ -810,6 +822,13 @@ impl Runtime {
     /// What the runtime measures: metrics, history, anomalies, ejections.
     pub fn observer(&self) -> &Observer {
         &self.state.observer
+    }
+
+    /// Everything `/metrics` serves, in the OpenMetrics text format: the call families,
+    /// the runtime's own (providers, QoS, compression, state machines), the process's.
+    pub fn metrics_text(&self) -> String {
+        use polycall_observe::Source;
+        self.state.observer.encode_text(&self.source.families())
     }
 
     /// The registry of provided methods.

@@ -142,6 +142,39 @@ impl Source for RuntimeSource {
                 .map(|(name, _, ids)| (vec![("method".into(), name)], ids.len() as f64))
                 .collect(),
         });
+        let mut sent = [Vec::new(), Vec::new(), Vec::new()];
+        for a in polycall_proto::compress::Algorithm::ALL {
+            let (messages, raw, wire) = s.compression.get(a);
+            let l = vec![("algorithm".to_owned(), a.name().to_owned())];
+            sent[0].push((l.clone(), messages as f64));
+            sent[1].push((l.clone(), raw as f64));
+            sent[2].push((l, wire as f64));
+        }
+        let [messages, raw, wire] = sent;
+        for (name, help, series) in [
+            (
+                "polycall_sent_messages",
+                "Messages sent on the call port's connections, by compression algorithm (none: sent as they are).",
+                messages,
+            ),
+            (
+                "polycall_sent_raw_bytes",
+                "Payload bytes of those messages before compression; over polycall_sent_wire_bytes_total, the compression ratio.",
+                raw,
+            ),
+            (
+                "polycall_sent_wire_bytes",
+                "Payload bytes of those messages as sent.",
+                wire,
+            ),
+        ] {
+            f.push(MetricFamily {
+                name: name.into(),
+                help: help.into(),
+                kind: FamilyKind::Counter,
+                series,
+            });
+        }
         let qos = s.qos.read().unwrap_or_else(|e| e.into_inner()).clone();
         if let Some(limit) = &qos.limit {
             f.push(MetricFamily::single(

@@ -43,6 +43,7 @@ mod codec;
 mod model;
 mod offload;
 mod probe;
+mod totals;
 #[cfg(feature = "zstd")]
 mod zstd_codec;
 
@@ -51,6 +52,7 @@ use std::fmt;
 pub use adaptive::{AdaptiveCompressor, AdaptiveSelector, SelectorConfig};
 pub use codec::{Compressor, Decompressor};
 pub use offload::{CompressJob, Compressed, Deferred, DeferredError};
+pub use totals::CompressionTotals;
 
 /// A compression algorithm as carried on the wire.
 ///

@@ -5,6 +5,14 @@ use super::*;
 
 impl Connection {
     pub(super) fn compress(&mut self, key: u64, payload: &Payload) -> (Algorithm, Bytes) {
+        let (algorithm, data) = self.compress_uncounted(key, payload);
+        if let Some(t) = &self.config.compression_totals {
+            t.add(algorithm, payload.len(), data.len());
+        }
+        (algorithm, data)
+    }
+
+    fn compress_uncounted(&mut self, key: u64, payload: &Payload) -> (Algorithm, Bytes) {
         if let Some(pre) = self.precompressed.take()
             && pre.key == key
             && pre.input_len == payload.len()

@@ -121,6 +121,9 @@ pub struct Config {
     /// The one source of time of the state machine (it times compression); the
     /// system's monotonic clock by default, a fixed one for deterministic runs.
     pub clock: crate::Clock,
+    /// Where to count what this connection compressed as it sent (shared by every
+    /// connection given the same totals); `None`: not counted.
+    pub compression_totals: Option<std::sync::Arc<crate::compress::CompressionTotals>>,
 }
 
 impl Default for Config {
@@ -133,6 +136,7 @@ impl Default for Config {
             max_compress_size: 1024 * 1024,
             clock: crate::Clock::system(),
             defer_decompression_above: None,
+            compression_totals: None,
         }
     }
 }
@@ -168,6 +172,15 @@ impl Config {
     /// compressed, as [`Event::Deferred`].
     pub fn defer_decompression_above(mut self, defer_decompression_above: usize) -> Self {
         self.defer_decompression_above = Some(defer_decompression_above);
+        self
+    }
+
+    /// Counts what the connection compresses as it sends into `totals`.
+    pub fn compression_totals(
+        mut self,
+        totals: std::sync::Arc<crate::compress::CompressionTotals>,
+    ) -> Self {
+        self.compression_totals = Some(totals);
         self
     }
 
