@@ -65,7 +65,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "HOST:PORT")]
     admin: Option<std::net::SocketAddr>,
     /// Write the admin address actually bound to this file (useful with port 0).
-    #[arg(long, requires = "admin")]
+    #[arg(long)]
     admin_file: Option<PathBuf>,
     /// Send call spans to this OTLP/gRPC collector (http://HOST:4317) [default:
     /// observe.otlp_endpoint of --config, else none].

@@ -442,3 +442,140 @@ fn report_writes_a_self_contained_page() {
     ]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
 }
+
+/// With TLS and token authentication on the call port, the admin pages follow the same
+/// rules and may listen beyond loopback: HTTPS with the runtime's certificate, a bearer
+/// token the call port accepts (401 without one or with a wrong one), and the policy's
+/// leave to call `sys.metrics.history` (403 without it). curl is the HTTPS client.
+#[test]
+fn remote_admin_pages_need_tls_and_a_permitted_token() {
+    let d = std::env::temp_dir().join(format!("polycall-admin-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    let p = |s: &str| d.join(s).display().to_string();
+    let ok = |args: &[&str]| {
+        let out = common::bin().args(args).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {out:?}");
+    };
+    ok(&["certs", "init", &p("ca")]);
+    ok(&[
+        "certs",
+        "issue",
+        "--ca",
+        &p("ca"),
+        "--name",
+        "node",
+        "--loopback",
+        "--out",
+        &p("node"),
+    ]);
+    std::fs::write(
+        d.join("auth.toml"),
+        r#"
+[tokens]
+ops = "env:TEST_OPS_TOKEN"
+viewer = "env:TEST_VIEWER_TOKEN"
+
+[[rules]]
+service = "sys"
+method = "metrics.history"
+allow = ["token:ops"]
+
+[[rules]]
+service = "sys"
+method = "ping"
+allow = ["authenticated"]
+"#,
+    )
+    .unwrap();
+    let config = d.join("polycall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"version = 1
+[runtime]
+endpoint = "127.0.0.1:0"
+[tls]
+enabled = true
+cert_file = "{node}/node.pem"
+key_file = "{node}/node.key"
+[auth]
+anonymous = false
+file = "auth.toml"
+[admin]
+listen = "0.0.0.0:0"
+"#,
+            node = p("node"),
+        ),
+    )
+    .unwrap();
+    let (ops, viewer) = (
+        "ops-token-0123456789abcdef",
+        "viewer-token-0123456789abcdef",
+    );
+    let admin_file = d.join("admin");
+    let mut child = common::bin()
+        .env("TEST_OPS_TOKEN", ops)
+        .env("TEST_VIEWER_TOKEN", viewer)
+        .arg("--config")
+        .arg(&config)
+        .args(["run", "--state-dir", &p("state"), "--admin-file"])
+        .arg(&admin_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let port = loop {
+        if let Ok(t) = std::fs::read_to_string(&admin_file)
+            && t.ends_with('\n')
+        {
+            break t.trim().parse::<SocketAddr>().unwrap().port();
+        }
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child
+                .stderr
+                .take()
+                .unwrap()
+                .read_to_string(&mut err)
+                .unwrap();
+            panic!("the runtime exited ({status}): {err}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no admin address"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let curl = |scheme: &str, token: Option<&str>| -> String {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "10",
+            "--cacert",
+        ])
+        .arg(d.join("ca/ca.pem"));
+        if let Some(t) = token {
+            c.args(["-H", &format!("Authorization: Bearer {t}")]);
+        }
+        let out = c
+            .arg(format!("{scheme}://127.0.0.1:{port}/metrics"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl("https", None), "401");
+    assert_eq!(curl("https", Some("not-a-token")), "401");
+    assert_eq!(curl("https", Some(viewer)), "403");
+    assert_eq!(curl("https", Some(ops)), "200");
+    assert_ne!(curl("http", Some(ops)), "200", "plain HTTP is not served");
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&d);
+}

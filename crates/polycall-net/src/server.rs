@@ -271,6 +271,17 @@ impl Server {
         crate::transport::settle_crc32c(&mut c.connection.proto.settings, transport.as_ref(), None);
     }
 
+    /// The authenticator connections accepted now are checked with (it follows
+    /// [`Server::update`]).
+    pub fn authenticator(&self) -> Option<Arc<dyn crate::auth::Authenticator>> {
+        self.config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .connection
+            .authenticator
+            .clone()
+    }
+
     fn drain_timeout(&self) -> Duration {
         self.config
             .read()

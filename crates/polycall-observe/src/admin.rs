@@ -3,12 +3,15 @@
 //! server-sent event feed), `/api/overview` and `/api/history` (JSON).
 //!
 //! It listens on loopback unless told otherwise: the pages show every method, provider
-//! and state machine. A non-loopback address is refused unless the embedding process
-//! passes [`AdminConfig::allow_remote`] (the runtime does only with `--insecure-remote`,
-//! the same rule as its call port); serving the admin pages over TLS with
-//! authentication is not built yet. Requests are read with a header timeout and at most
-//! [`MAX_CONNECTIONS`] connections are served at once; a slow or hostile HTTP peer holds
-//! one of them, never the runtime's call port.
+//! and state machine. A non-loopback address needs TLS ([`AdminConfig::tls`]) and an
+//! access check on every request ([`AdminConfig::access`]: the runtime accepts the
+//! bearer tokens of its call port, and its authorization policy must let the token's
+//! principal call `sys.metrics.history`), or the embedding process's explicit
+//! [`AdminConfig::allow_remote`] (the runtime's `--insecure-remote`): the same rules as
+//! the call port. Requests are read with a header timeout and at most
+//! [`MAX_CONNECTIONS`] connections are served at once; connections (their TLS
+//! handshakes included) run on [`AdminConfig::runtime`] when one is given, so a slow or
+//! hostile HTTP peer holds one admin slot, never the runtime's call port.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -36,14 +39,50 @@ pub const KEEPALIVE: Duration = Duration::from_secs(15);
 
 const DASHBOARD: &str = include_str!("dashboard.html");
 
+/// Decides whether a request may read the admin pages.
+pub trait AdminAccess: Send + Sync + 'static {
+    /// Checks the request's `Authorization` header (`None` when absent).
+    fn check(&self, authorization: Option<&str>) -> Result<(), AccessDenied>;
+}
+
+/// Why a request was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum AccessDenied {
+    /// No credentials, or credentials nobody accepts (401).
+    #[error("unauthenticated: {0}")]
+    Unauthenticated(String),
+    /// Credentials accepted, access not granted (403).
+    #[error("permission denied: {0}")]
+    Forbidden(String),
+}
+
 /// Where and how the admin listener listens.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub struct AdminConfig {
     /// The address (port 0: any free port).
     pub listen: SocketAddr,
-    /// Accept a non-loopback address (plain HTTP, no authentication).
+    /// Accept a non-loopback address even without TLS and an access check.
     pub allow_remote: bool,
+    /// Serve HTTPS with this configuration (its ALPN is set to `http/1.1`).
+    pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// Check every request.
+    pub access: Option<Arc<dyn AdminAccess>>,
+    /// Run connections (TLS handshakes, requests) on this runtime instead of the
+    /// caller's.
+    pub runtime: Option<tokio::runtime::Handle>,
+}
+
+impl std::fmt::Debug for AdminConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminConfig")
+            .field("listen", &self.listen)
+            .field("allow_remote", &self.allow_remote)
+            .field("tls", &self.tls.is_some())
+            .field("access", &self.access.is_some())
+            .finish()
+    }
 }
 
 impl AdminConfig {
@@ -52,12 +91,35 @@ impl AdminConfig {
         Self {
             listen,
             allow_remote: false,
+            tls: None,
+            access: None,
+            runtime: None,
         }
     }
 
-    /// Accepts a non-loopback address.
+    /// Accepts a non-loopback address even without TLS and an access check.
     pub fn allow_remote(mut self, allow: bool) -> Self {
         self.allow_remote = allow;
+        self
+    }
+
+    /// Serves HTTPS with `tls` (its ALPN is replaced by `http/1.1`).
+    pub fn tls(mut self, tls: Arc<rustls::ServerConfig>) -> Self {
+        let mut config = (*tls).clone();
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        self.tls = Some(Arc::new(config));
+        self
+    }
+
+    /// Checks every request with `access`.
+    pub fn access(mut self, access: Arc<dyn AdminAccess>) -> Self {
+        self.access = Some(access);
+        self
+    }
+
+    /// Runs connections on `runtime`.
+    pub fn runtime(mut self, runtime: tokio::runtime::Handle) -> Self {
+        self.runtime = Some(runtime);
         self
     }
 }
@@ -66,11 +128,11 @@ impl AdminConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdminError {
-    /// A non-loopback address without permission.
+    /// A non-loopback address without TLS and an access check, and without permission.
     #[error(
-        "refusing to serve the admin pages on {0}: they show every method, provider and state machine \
-         and are served without TLS or authentication. Listen on 127.0.0.1, or pass --insecure-remote \
-         if the network itself is trusted"
+        "refusing to serve the admin pages on {0} without TLS and authentication: they show every \
+         method, provider and state machine. Enable [tls] and token authentication (as for the call \
+         port), listen on 127.0.0.1, or pass --insecure-remote if the network itself is trusted"
     )]
     Remote(SocketAddr),
     /// The address could not be bound.
@@ -119,9 +181,16 @@ pub async fn serve(
     observer: Observer,
     source: Arc<dyn Source>,
 ) -> Result<AdminServer, AdminError> {
-    if !config.listen.ip().is_loopback() && !config.allow_remote {
+    let secured = config.tls.is_some() && config.access.is_some();
+    if !config.listen.ip().is_loopback() && !config.allow_remote && !secured {
         return Err(AdminError::Remote(config.listen));
     }
+    let tls = config.tls.clone().map(tokio_rustls::TlsAcceptor::from);
+    let access = config.access.clone();
+    let spawner = config
+        .runtime
+        .clone()
+        .unwrap_or_else(tokio::runtime::Handle::current);
     let listener = TcpListener::bind(config.listen)
         .await
         .map_err(|source| AdminError::Bind {
@@ -153,20 +222,51 @@ pub async fn serve(
             };
             let observer = observer.clone();
             let source = source.clone();
+            let access = access.clone();
+            let tls = tls.clone();
             let mut stop_conn = stopped.clone();
-            tokio::spawn(async move {
+            spawner.spawn(async move {
                 let _permit = permit;
                 let service = hyper::service::service_fn(move |req| {
                     let observer = observer.clone();
                     let source = source.clone();
-                    async move { Ok::<_, Infallible>(route(req, &observer, &source).await) }
+                    let access = access.clone();
+                    async move {
+                        if let Some(access) = &access
+                            && let Err(denied) = access.check(
+                                req.headers()
+                                    .get(hyper::header::AUTHORIZATION)
+                                    .and_then(|v| v.to_str().ok()),
+                            )
+                        {
+                            return Ok::<_, Infallible>(refuse(&denied));
+                        }
+                        Ok::<_, Infallible>(route(req, &observer, &source).await)
+                    }
                 });
-                let conn = hyper::server::conn::http1::Builder::new()
+                let http = hyper::server::conn::http1::Builder::new()
                     .timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(HEADER_TIMEOUT)
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                    .clone();
+                let served = async {
+                    match tls {
+                        None => http
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Some(tls) => {
+                            let stream = tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream))
+                                .await
+                                .map_err(|_| "TLS handshake timed out".to_owned())?
+                                .map_err(|e| format!("TLS handshake: {e}"))?;
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                    }
+                };
                 tokio::select! {
-                    r = conn => if let Err(e) = r { tracing::debug!("admin connection: {e}") },
+                    r = served => if let Err(e) = r { tracing::debug!("admin connection: {e}") },
                     _ = stop_conn.changed() => {}
                 }
             });
@@ -185,6 +285,21 @@ fn full(status: StatusCode, content_type: &str, body: impl Into<Bytes>) -> Respo
         hyper::header::CACHE_CONTROL,
         hyper::header::HeaderValue::from_static("no-store"),
     );
+    r
+}
+
+fn refuse(denied: &AccessDenied) -> Response<Body> {
+    let (status, challenge) = match denied {
+        AccessDenied::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, true),
+        AccessDenied::Forbidden(_) => (StatusCode::FORBIDDEN, false),
+    };
+    let mut r = json_response(status, &json!({"error": denied.to_string()}));
+    if challenge {
+        r.headers_mut().insert(
+            hyper::header::WWW_AUTHENTICATE,
+            hyper::header::HeaderValue::from_static("Bearer realm=\"polycall admin\""),
+        );
+    }
     r
 }
 

@@ -704,15 +704,38 @@ impl Runtime {
         }
         let admin = match config.observe.admin {
             Some(addr) => {
-                let admin = polycall_observe::admin::serve(
-                    polycall_observe::admin::AdminConfig::new(addr)
-                        .allow_remote(config.insecure_remote),
-                    observer.clone(),
-                    source.clone(),
-                )
-                .await?;
+                // Off the connections' event loop: admin requests and their TLS
+                // handshakes run on the offload runtime.
+                let mut admin_config = polycall_observe::admin::AdminConfig::new(addr)
+                    .allow_remote(config.insecure_remote)
+                    .runtime(polycall_net::offload::handle().clone());
+                let tokens = config
+                    .server
+                    .connection
+                    .authenticator
+                    .as_ref()
+                    .is_some_and(|a| a.methods().contains(&polycall_proto::AuthMethod::Token));
+                let admin_secured = config.tls.is_some() && tokens;
+                if let Some(tls) = &config.tls
+                    && tokens
+                {
+                    admin_config =
+                        admin_config
+                            .tls(tls.build()?)
+                            .access(Arc::new(observe::AdminAccess {
+                                state: Arc::downgrade(&state),
+                            }));
+                }
+                let admin =
+                    polycall_observe::admin::serve(admin_config, observer.clone(), source.clone())
+                        .await?;
                 tracing::info!(
-                    "admin pages on http://{}/ (metrics, healthz, readyz, dashboard)",
+                    "admin pages on {}://{}/ (metrics, healthz, readyz, dashboard)",
+                    if config.tls.is_some() && admin_secured {
+                        "https"
+                    } else {
+                        "http"
+                    },
                     admin.local_addr()
                 );
                 Some(admin)

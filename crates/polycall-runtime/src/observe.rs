@@ -520,3 +520,54 @@ pub(crate) fn router(state: Weak<State>) -> polycall_core::Router {
         })
         .unwrap_or_else(|e| panic!("built-in method names are valid: {e}"))
 }
+
+/// Who may read the admin pages when they are served beyond loopback: a bearer token
+/// the call port accepts now (reloads included), whose principal the authorization
+/// policy lets call `sys.metrics.history`.
+pub(crate) struct AdminAccess {
+    pub(crate) state: Weak<State>,
+}
+
+impl polycall_observe::admin::AdminAccess for AdminAccess {
+    fn check(
+        &self,
+        authorization: Option<&str>,
+    ) -> Result<(), polycall_observe::admin::AccessDenied> {
+        use polycall_observe::admin::AccessDenied;
+        let s = self
+            .state
+            .upgrade()
+            .ok_or_else(|| AccessDenied::Unauthenticated("the runtime has stopped".into()))?;
+        let token = authorization
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                AccessDenied::Unauthenticated(
+                    "send `Authorization: Bearer TOKEN` with a token the call port accepts".into(),
+                )
+            })?;
+        let authenticator = s
+            .connections
+            .get()
+            .and_then(|server| server.authenticator())
+            .ok_or_else(|| {
+                AccessDenied::Unauthenticated("no authentication is configured".into())
+            })?;
+        let principal = authenticator
+            .verify_token(token.as_bytes())
+            .ok_or_else(|| AccessDenied::Unauthenticated("the token is not accepted".into()))?;
+        let policy = s
+            .qos
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .policy
+            .clone();
+        if let Some(policy) = policy {
+            policy
+                .check(Some(&principal), "sys", "metrics.history")
+                .map_err(|d| AccessDenied::Forbidden(d.to_string()))?;
+        }
+        Ok(())
+    }
+}
