@@ -152,6 +152,29 @@ fn level_hook<S: 'static>(
     })
 }
 
+/// Logs to stderr in `format`, filtered by `filter`; the hook changes the level later.
+fn init_logs<E>(
+    format: E,
+    filter: tracing_subscriber::EnvFilter,
+) -> polycall::runtime::reload::LogLevelHook
+where
+    E: tracing_subscriber::fmt::FormatEvent<
+            tracing_subscriber::Registry,
+            tracing_subscriber::fmt::format::DefaultFields,
+        > + Send
+        + Sync
+        + 'static,
+{
+    let b = tracing_subscriber::fmt()
+        .event_format(format)
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_filter_reloading();
+    let handle = b.reload_handle();
+    let _ = b.try_init();
+    level_hook(handle)
+}
+
 /// mimalloc instead of the system allocator: megabyte messages (decompressed on one
 /// thread, sent and freed on another) are recycled instead of returned to the kernel and
 /// mapped again each time; with glibc, that churn has the kernel freeing pages on the
@@ -228,32 +251,10 @@ fn main() -> ExitCode {
         Some(LogFormatArg::Telemetry) => LogFormat::Telemetry,
         None => loaded.as_ref().map_or(LogFormat::Text, |l| l.log_format()),
     };
-    let log_level = if log_format == LogFormat::Json {
-        let b = tracing_subscriber::fmt()
-            .event_format(polycall::observe::logs::JsonLines)
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_filter_reloading();
-        let handle = b.reload_handle();
-        let _ = b.try_init();
-        level_hook(handle)
-    } else if log_format == LogFormat::Telemetry {
-        let b = tracing_subscriber::fmt()
-            .event_format(polycall::observe::logs::TelemetryLines)
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_filter_reloading();
-        let handle = b.reload_handle();
-        let _ = b.try_init();
-        level_hook(handle)
-    } else {
-        let b = tracing_subscriber::fmt()
-            .with_env_filter(filter)
-            .with_writer(std::io::stderr)
-            .with_filter_reloading();
-        let handle = b.reload_handle();
-        let _ = b.try_init();
-        level_hook(handle)
+    let log_level = match log_format {
+        LogFormat::Json => init_logs(polycall::observe::logs::JsonLines, filter),
+        LogFormat::Telemetry => init_logs(polycall::observe::logs::TelemetryLines, filter),
+        _ => init_logs(tracing_subscriber::fmt::format::Format::default(), filter),
     };
     let command = match cli.command {
         Command::Config { command } => {

@@ -54,6 +54,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{line}");
     }
     tokio::time::sleep(std::time::Duration::from_millis(300)).await; // the span batch
-    println!("{} spans recorded, dashboard at http://{addr}/dashboard while this runs", spans.spans().len());
+    println!(
+        "{} spans recorded, dashboard at http://{addr}/dashboard while this runs",
+        spans.spans().len()
+    );
     Ok(())
 }

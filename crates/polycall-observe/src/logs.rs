@@ -170,6 +170,26 @@ mod tests {
         }
     }
 
+    /// The lines `format` writes for what `f` logs.
+    fn capture<E>(format: E, f: impl FnOnce()) -> Vec<Value>
+    where
+        E: FormatEvent<
+                tracing_subscriber::Registry,
+                tracing_subscriber::fmt::format::DefaultFields,
+            > + Send
+            + Sync
+            + 'static,
+    {
+        let buf = Buf::default();
+        let w = buf.clone();
+        let sub = tracing_subscriber::fmt()
+            .event_format(format)
+            .with_writer(move || w.clone())
+            .finish();
+        tracing::subscriber::with_default(sub, f);
+        lines(&buf)
+    }
+
     fn lines(buf: &Buf) -> Vec<Value> {
         String::from_utf8(buf.0.lock().unwrap().clone())
             .unwrap()
@@ -180,22 +200,15 @@ mod tests {
 
     #[test]
     fn json_lines_carry_the_calls_ids_only_inside_the_call() {
-        let buf = Buf::default();
-        let w = buf.clone();
-        let sub = tracing_subscriber::fmt()
-            .event_format(JsonLines)
-            .with_writer(move || w.clone())
-            .finish();
         let c = CallContext {
             trace_id: [0xab; 16],
             span_id: [0xcd; 8],
             flags: 1,
         };
-        tracing::subscriber::with_default(sub, || {
+        let l = capture(JsonLines, || {
             tracing::info!(n = 3, "outside");
             c.enter(|| tracing::warn!("inside"));
         });
-        let l = lines(&buf);
         assert_eq!(l[0]["message"], "outside");
         assert_eq!(l[0]["n"], 3);
         assert!(l[0].get("trace_id").is_none());
@@ -206,18 +219,12 @@ mod tests {
 
     #[test]
     fn telemetry_lines_have_libpolycalls_shape() {
-        let buf = Buf::default();
-        let w = buf.clone();
-        let sub = tracing_subscriber::fmt()
-            .event_format(TelemetryLines)
-            .with_writer(move || w.clone())
-            .finish();
         let c = CallContext {
             trace_id: [0x11; 16],
             span_id: [0x22; 8],
             flags: 1,
         };
-        tracing::subscriber::with_default(sub, || {
+        let all = capture(TelemetryLines, || {
             c.enter(|| {
                 tracing::info!(
                     service = "greeter",
@@ -227,7 +234,7 @@ mod tests {
                 )
             });
         });
-        let l = &lines(&buf)[0];
+        let l = &all[0];
         for k in [
             "event",
             "correlation_id",

@@ -1200,6 +1200,10 @@ fn large_messages_are_compressed_and_decompressed_by_the_caller() {
         totals.get(polycall_proto::compress::Algorithm::Brotli),
         (1, 1_000_000, wire)
     );
+    assert_eq!(
+        totals.methods(),
+        vec![("bulk.put".to_owned(), 1, 1_000_000, wire)]
+    );
     p.pump();
     let Some(Event::Deferred(d)) = p.server.poll_event() else {
         panic!("a large compressed call is handed out still compressed")

@@ -285,8 +285,9 @@ pub(crate) struct State {
     pub(crate) observer: Observer,
     /// Whether calls pass the measuring layer.
     pub(crate) observe_metrics: bool,
-    /// What every connection compressed as it sent.
-    pub(crate) compression: Arc<polycall_proto::compress::CompressionTotals>,
+    /// What every connection sent, per compression algorithm and method (`None` with
+    /// observability off).
+    pub(crate) compression: Option<Arc<polycall_proto::compress::CompressionTotals>>,
     /// Transitions fired per machine and transition (the state follower counts them).
     pub(crate) transitions: observe::TransitionCounts,
     /// Each instance's machine and current states, for the dashboard.
@@ -605,8 +606,11 @@ impl Runtime {
         };
         let (shutdown, shutdown_rx) = watch::channel(false);
         let observer = Observer::new(config.observe.tracer()?);
-        let compression = Arc::new(polycall_proto::compress::CompressionTotals::default());
-        config.server.connection.proto.compression_totals = Some(compression.clone());
+        let compression = config
+            .observe
+            .metrics
+            .then(|| Arc::new(polycall_proto::compress::CompressionTotals::default()));
+        config.server.connection.proto.compression_totals = compression.clone();
         let state = Arc::new_cyclic(|weak| {
             let own = builtins::router(weak.clone(), config.debug_methods, config.compat.fixtures)
                 .merge(&observe::router(weak.clone()));
@@ -813,7 +817,7 @@ impl Runtime {
         self.server.update(|s| {
             f(s);
             // New connection settings keep counting into the same totals.
-            s.connection.proto.compression_totals = Some(totals);
+            s.connection.proto.compression_totals = totals;
         });
     }
 

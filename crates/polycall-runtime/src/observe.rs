@@ -142,37 +142,57 @@ impl Source for RuntimeSource {
                 .map(|(name, _, ids)| (vec![("method".into(), name)], ids.len() as f64))
                 .collect(),
         });
-        let mut sent = [Vec::new(), Vec::new(), Vec::new()];
-        for a in polycall_proto::compress::Algorithm::ALL {
-            let (messages, raw, wire) = s.compression.get(a);
-            let l = vec![("algorithm".to_owned(), a.name().to_owned())];
-            sent[0].push((l.clone(), messages as f64));
-            sent[1].push((l.clone(), raw as f64));
-            sent[2].push((l, wire as f64));
-        }
-        let [messages, raw, wire] = sent;
-        for (name, help, series) in [
-            (
-                "polycall_sent_messages",
-                "Messages sent on the call port's connections, by compression algorithm (none: sent as they are).",
-                messages,
-            ),
-            (
-                "polycall_sent_raw_bytes",
-                "Payload bytes of those messages before compression; over polycall_sent_wire_bytes_total, the compression ratio.",
-                raw,
-            ),
-            (
-                "polycall_sent_wire_bytes",
-                "Payload bytes of those messages as sent.",
-                wire,
-            ),
-        ] {
+        if let Some(totals) = &s.compression {
+            let mut sent = [Vec::new(), Vec::new(), Vec::new()];
+            for a in polycall_proto::compress::Algorithm::ALL {
+                let (messages, raw, wire) = totals.get(a);
+                let l = vec![("algorithm".to_owned(), a.name().to_owned())];
+                sent[0].push((l.clone(), messages as f64));
+                sent[1].push((l.clone(), raw as f64));
+                sent[2].push((l, wire as f64));
+            }
+            let [messages, raw, wire] = sent;
+            for (name, help, series) in [
+                (
+                    "polycall_sent_messages",
+                    "Messages sent on the call port's connections, by compression algorithm (none: sent as they are).",
+                    messages,
+                ),
+                (
+                    "polycall_sent_raw_bytes",
+                    "Payload bytes of those messages before compression; over polycall_sent_wire_bytes_total, the compression ratio.",
+                    raw,
+                ),
+                (
+                    "polycall_sent_wire_bytes",
+                    "Payload bytes of those messages as sent.",
+                    wire,
+                ),
+            ] {
+                f.push(MetricFamily {
+                    name: name.into(),
+                    help: help.into(),
+                    kind: FamilyKind::Counter,
+                    series,
+                });
+            }
+            let (mut raw, mut wire) = (Vec::new(), Vec::new());
+            for (method, _, r, w) in totals.methods() {
+                let l = vec![("method".to_owned(), method)];
+                raw.push((l.clone(), r as f64));
+                wire.push((l, w as f64));
+            }
             f.push(MetricFamily {
-                name: name.into(),
-                help: help.into(),
+                name: "polycall_method_sent_raw_bytes".into(),
+                help: "Payload bytes sent per method (calls and replies) before compression; over polycall_method_sent_wire_bytes_total, the method's compression ratio.".into(),
                 kind: FamilyKind::Counter,
-                series,
+                series: raw,
+            });
+            f.push(MetricFamily {
+                name: "polycall_method_sent_wire_bytes".into(),
+                help: "Payload bytes sent per method as they went on the wire.".into(),
+                kind: FamilyKind::Counter,
+                series: wire,
             });
         }
         let qos = s.qos.read().unwrap_or_else(|e| e.into_inner()).clone();

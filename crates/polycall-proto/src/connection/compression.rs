@@ -7,7 +7,7 @@ impl Connection {
     pub(super) fn compress(&mut self, key: u64, payload: &Payload) -> (Algorithm, Bytes) {
         let (algorithm, data) = self.compress_uncounted(key, payload);
         if let Some(t) = &self.config.compression_totals {
-            t.add(algorithm, payload.len(), data.len());
+            t.add(key, algorithm, payload.len(), data.len());
         }
         (algorithm, data)
     }

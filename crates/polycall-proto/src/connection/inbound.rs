@@ -101,7 +101,11 @@ impl Connection {
             return Ok(());
         }
         self.peer_open += 1;
-        let mut c = CallState::new(false, Kind::Call, method_key(&service, &method));
+        let key = method_key(&service, &method);
+        if let Some(t) = &self.config.compression_totals {
+            t.name(key, service.as_str(), method.as_str());
+        }
+        let mut c = CallState::new(false, Kind::Call, key);
         c.priority = f.meta.priority.unwrap_or_default();
         c.rx_stream = f.stream;
         c.rx_window = if f.stream {

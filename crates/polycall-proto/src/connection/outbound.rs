@@ -118,6 +118,9 @@ impl Connection {
         }
         self.next_local_id += 2;
         let key = method_key(service, method);
+        if let Some(t) = &self.config.compression_totals {
+            t.name(key, service.as_str(), method.as_str());
+        }
         let empty = payload.is_none();
         let payload = payload.unwrap_or_else(Payload::empty);
         let (compression, data) = if empty {
