@@ -343,33 +343,43 @@ impl Source for RuntimeSource {
 /// the dashboard, and publishes every change as a `state` event. Ends with the runtime.
 pub(crate) fn follow_state(state: Weak<State>, observer: Observer) {
     tokio::spawn(async move {
-        // Instances that exist now, then every change from the newest index on.
-        let (host, mut after) = {
+        // Instances that exist now, then every change from the newest index on. The
+        // follower holds the runtime and its state host only weakly between changes, and
+        // stops as soon as the runtime is dropped or asked to stop: it never keeps the
+        // database open behind a runtime that is gone.
+        let (weak_host, mut after, mut stop) = {
             let Some(s) = state.upgrade() else { return };
             let Some(host) = s.machines.clone() else {
                 return;
             };
-            let after = host.last_index();
-            (host, after)
+            for id in host.instances().await {
+                if let Ok(view) = host.get(&id).await {
+                    s.instance_states
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(id, (view.state.machine.clone(), view.current.clone()));
+                }
+            }
+            (
+                Arc::downgrade(&host),
+                host.last_index(),
+                s.shutdown.subscribe(),
+            )
         };
-        for id in host.instances().await {
-            if let Ok(view) = host.get(&id).await
-                && let Some(s) = state.upgrade()
-            {
-                s.instance_states
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(id, (view.state.machine.clone(), view.current.clone()));
-            }
-        }
         loop {
-            if state.strong_count() == 0 {
+            let Some(host) = weak_host.upgrade() else {
                 return;
-            }
-            let changes = match host.changes(after, 1000, Duration::from_secs(5)).await {
+            };
+            let changes = tokio::select! {
+                // The runtime's state went (Err) or a shutdown was asked for (Ok).
+                _ = stop.changed() => return,
+                c = host.changes(after, 1000, Duration::from_secs(5)) => c,
+            };
+            let changes = match changes {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!("state follower: {e}");
+                    drop(host);
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     continue;
                 }
