@@ -18,6 +18,7 @@ const MATRIX: &[(&str, &[&str])] = &[
     ("hsm", &[]),
     ("ca", &[]),
     ("state", &[]),
+    ("raft", &[]),
     ("config", &[]),
     ("observe", &[]),
     ("otlp", &[]),
@@ -36,6 +37,7 @@ const NOT_IN_NET: &[&str] = &[
     "zstd",
     "brotli",
     "opentelemetry-otlp",
+    "openraft",
     "prometheus-client",
 ];
 

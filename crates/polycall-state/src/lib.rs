@@ -38,6 +38,8 @@ mod host;
 mod instance;
 pub mod load;
 mod machine;
+#[cfg(feature = "raft")]
+pub mod raft;
 mod store;
 pub mod time;
 pub use time::TimeError;

@@ -25,6 +25,7 @@
 //! | `opaque` | OPAQUE zero-knowledge password logins | `opaque-ke`, `argon2` |
 //! | `hsm` | TLS keys held in a PKCS#11 token | `cryptoki` |
 //! | `ca` | a certificate authority (`security::Ca`) | `rcgen` |
+//! | `raft` | the raft log and replicated map on redb (`state::raft`, openraft's storage traits) | `openraft` |
 //! | `otlp` | OTLP/gRPC export of call spans (`observe::otlp`, the runtime's `--otlp`) | `opentelemetry-otlp`, `tonic` |
 //! | `compat` | the runtime serves libpolycall's PCR1 and first-generation clients; `config` migrates libpolycall's files | (the `runtime` feature) |
 //!

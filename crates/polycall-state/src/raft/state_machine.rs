@@ -1,0 +1,346 @@
+//! The state machine the raft log is applied to: keys mapped to versioned values, with
+//! compare-and-set. Applying is in memory; the state is made durable by snapshots
+//! (written to redb with an fsync) and, between them, by the raft log itself, which
+//! openraft replays from the snapshot's last index on restart.
+
+use std::collections::BTreeMap;
+use std::io::Cursor;
+use std::sync::{Arc, RwLock};
+
+use openraft::storage::{RaftStateMachine, Snapshot};
+use openraft::{
+    BasicNode, Entry, EntryPayload, LogId, OptionalSend, RaftSnapshotBuilder, SnapshotMeta,
+    StorageIOError, StoredMembership,
+};
+use redb::{Database, Durability, ReadableDatabase, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use super::{NodeId, StorageError, TypeConfig, blocking};
+
+const SNAPSHOT: TableDefinition<&str, &[u8]> = TableDefinition::new("raft_snapshot");
+
+pub(super) fn create_tables(db: &Database) -> Result<(), StorageError> {
+    let txn = db.begin_write().map_err(|e| StorageIOError::write(&e))?;
+    txn.open_table(SNAPSHOT)
+        .map_err(|e| StorageIOError::write(&e))?;
+    txn.commit().map_err(|e| StorageIOError::write(&e))?;
+    Ok(())
+}
+
+/// A write to the replicated map.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Command {
+    /// Sets `key` to `value`. With `expect`, only if the key's version is that (`0`:
+    /// the key must not exist).
+    Put {
+        /// The key.
+        key: String,
+        /// The value.
+        value: Vec<u8>,
+        /// The version the writer read.
+        expect: Option<u64>,
+    },
+    /// Removes `key`. With `expect`, only if its version is that.
+    Delete {
+        /// The key.
+        key: String,
+        /// The version the writer read.
+        expect: Option<u64>,
+    },
+}
+
+/// What applying a log entry did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Applied {
+    /// The write took effect; the key's version is now this log index (0: deleted).
+    Done {
+        /// The key's new version.
+        version: u64,
+    },
+    /// The expected version did not match: nothing changed.
+    Conflict {
+        /// The key's version (0: absent).
+        current: u64,
+    },
+    /// A blank or membership entry: nothing for the map.
+    Nothing,
+}
+
+/// The replicated data, as snapshots carry it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct Data {
+    last_applied: Option<LogId<NodeId>>,
+    membership: StoredMembership<NodeId, BasicNode>,
+    /// Key → (version: the index of the entry that wrote it, value).
+    entries: BTreeMap<String, (u64, Vec<u8>)>,
+}
+
+/// A snapshot as stored: its metadata and the encoded [`Data`].
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    meta: SnapshotMeta<NodeId, BasicNode>,
+    data: Vec<u8>,
+}
+
+/// The replicated map of one node (cheap to clone: clones share the state).
+#[derive(Clone)]
+pub struct ReplicatedMap {
+    db: Arc<Database>,
+    data: Arc<RwLock<Data>>,
+    snapshots: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl std::fmt::Debug for ReplicatedMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplicatedMap")
+            .field("keys", &self.read().entries.len())
+            .finish()
+    }
+}
+
+fn read_stored(db: &Database) -> Result<Option<Stored>, StorageError> {
+    let txn = db
+        .begin_read()
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+    let t = txn
+        .open_table(SNAPSHOT)
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?;
+    let Some(v) = t
+        .get("current")
+        .map_err(|e| StorageIOError::read_snapshot(None, &e))?
+    else {
+        return Ok(None);
+    };
+    postcard::from_bytes(v.value())
+        .map(Some)
+        .map_err(|e| StorageIOError::read_snapshot(None, &e).into())
+}
+
+fn write_stored(db: &Database, stored: &Stored) -> Result<(), StorageError> {
+    let sig = Some(stored.meta.signature());
+    let bytes = postcard::to_allocvec(stored)
+        .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+    let mut txn = db
+        .begin_write()
+        .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+    txn.set_durability(Durability::Immediate)
+        .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+    {
+        let mut t = txn
+            .open_table(SNAPSHOT)
+            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+        t.insert("current", bytes.as_slice())
+            .map_err(|e| StorageIOError::write_snapshot(sig.clone(), &e))?;
+    }
+    txn.commit()
+        .map_err(|e| StorageIOError::write_snapshot(sig, &e))?;
+    Ok(())
+}
+
+impl ReplicatedMap {
+    /// The map as the newest snapshot left it (openraft replays the log after it).
+    pub(super) async fn open(db: Arc<Database>) -> Result<Self, StorageError> {
+        let d = db.clone();
+        let data = blocking(move || match read_stored(&d)? {
+            None => Ok(Data::default()),
+            Some(s) => postcard::from_bytes(&s.data)
+                .map_err(|e| StorageIOError::read_snapshot(Some(s.meta.signature()), &e).into()),
+        })
+        .await?;
+        Ok(Self {
+            db,
+            data: Arc::new(RwLock::new(data)),
+            snapshots: Arc::default(),
+        })
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Data> {
+        self.data.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The value of `key` and its version, as applied on this node.
+    pub fn get(&self, key: &str) -> Option<(u64, Vec<u8>)> {
+        self.read().entries.get(key).cloned()
+    }
+
+    /// The index of the last entry applied on this node.
+    pub fn applied_index(&self) -> Option<u64> {
+        self.read().last_applied.map(|l| l.index)
+    }
+
+    /// Applies one command at log index `index` (the pure rule, also used by tests).
+    fn apply_command(
+        entries: &mut BTreeMap<String, (u64, Vec<u8>)>,
+        index: u64,
+        c: &Command,
+    ) -> Applied {
+        let version_of = |entries: &BTreeMap<String, (u64, Vec<u8>)>, key: &str| {
+            entries.get(key).map_or(0, |(v, _)| *v)
+        };
+        match c {
+            Command::Put { key, value, expect } => {
+                let current = version_of(entries, key);
+                if expect.is_some_and(|e| e != current) {
+                    return Applied::Conflict { current };
+                }
+                entries.insert(key.clone(), (index, value.clone()));
+                Applied::Done { version: index }
+            }
+            Command::Delete { key, expect } => {
+                let current = version_of(entries, key);
+                if expect.is_some_and(|e| e != current) {
+                    return Applied::Conflict { current };
+                }
+                entries.remove(key);
+                Applied::Done { version: 0 }
+            }
+        }
+    }
+}
+
+impl RaftSnapshotBuilder<TypeConfig> for ReplicatedMap {
+    async fn build_snapshot(&mut self) -> Result<Snapshot<TypeConfig>, StorageError> {
+        let (data, last, membership) = {
+            let d = self.read();
+            let bytes =
+                postcard::to_allocvec(&*d).map_err(|e| StorageIOError::read_state_machine(&e))?;
+            (bytes, d.last_applied, d.membership.clone())
+        };
+        let n = self
+            .snapshots
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let snapshot_id = match last {
+            Some(l) => format!("{}-{}-{n}", l.leader_id, l.index),
+            None => format!("--{n}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id: last,
+            last_membership: membership,
+            snapshot_id,
+        };
+        let stored = Stored {
+            meta: meta.clone(),
+            data: data.clone(),
+        };
+        let db = self.db.clone();
+        blocking(move || write_stored(&db, &stored)).await?;
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+impl RaftStateMachine<TypeConfig> for ReplicatedMap {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogId<NodeId>>, StoredMembership<NodeId, BasicNode>), StorageError> {
+        let d = self.read();
+        Ok((d.last_applied, d.membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Applied>, StorageError>
+    where
+        I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let mut d = self.data.write().unwrap_or_else(|e| e.into_inner());
+        let mut out = Vec::new();
+        for entry in entries {
+            d.last_applied = Some(entry.log_id);
+            out.push(match &entry.payload {
+                EntryPayload::Blank => Applied::Nothing,
+                EntryPayload::Normal(c) => {
+                    Self::apply_command(&mut d.entries, entry.log_id.index, c)
+                }
+                EntryPayload::Membership(m) => {
+                    d.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                    Applied::Nothing
+                }
+            });
+        }
+        Ok(out)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta<NodeId, BasicNode>,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let bytes = snapshot.into_inner();
+        let data: Data = postcard::from_bytes(&bytes)
+            .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        let stored = Stored {
+            meta: meta.clone(),
+            data: bytes,
+        };
+        let db = self.db.clone();
+        blocking(move || write_stored(&db, &stored)).await?;
+        *self.data.write().unwrap_or_else(|e| e.into_inner()) = data;
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {
+        let db = self.db.clone();
+        let stored = blocking(move || read_stored(&db)).await?;
+        Ok(stored.map(|s| Snapshot {
+            meta: s.meta,
+            snapshot: Box::new(Cursor::new(s.data)),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compare_and_set_lets_one_of_two_racing_writers_win() {
+        let mut m = BTreeMap::new();
+        let put = |expect| Command::Put {
+            key: "order/1".into(),
+            value: b"v".to_vec(),
+            expect,
+        };
+        assert_eq!(
+            ReplicatedMap::apply_command(&mut m, 5, &put(Some(0))),
+            Applied::Done { version: 5 }
+        );
+        // Both read version 5; the first to be applied wins, the second conflicts.
+        assert_eq!(
+            ReplicatedMap::apply_command(&mut m, 6, &put(Some(5))),
+            Applied::Done { version: 6 }
+        );
+        assert_eq!(
+            ReplicatedMap::apply_command(&mut m, 7, &put(Some(5))),
+            Applied::Conflict { current: 6 }
+        );
+        assert_eq!(
+            ReplicatedMap::apply_command(&mut m, 8, &put(Some(0))),
+            Applied::Conflict { current: 6 }
+        );
+        let del = Command::Delete {
+            key: "order/1".into(),
+            expect: Some(6),
+        };
+        assert_eq!(
+            ReplicatedMap::apply_command(&mut m, 9, &del),
+            Applied::Done { version: 0 }
+        );
+        assert!(m.is_empty());
+        assert_eq!(
+            ReplicatedMap::apply_command(&mut m, 10, &put(None)),
+            Applied::Done { version: 10 }
+        );
+    }
+}
