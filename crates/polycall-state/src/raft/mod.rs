@@ -1,7 +1,8 @@
 //! Replication over raft (feature `raft`): openraft 0.9 with its storage-v2 traits,
 //! durable in redb.
 //!
-//! This is the storage half of a replicated state: [`RaftLog`] keeps the raft log and the
+//! Nodes talk raft over polycall ([`network`]: `raft.append`, `raft.vote`,
+//! `raft.snapshot`, postcard-encoded). The storage half of a replicated state: [`RaftLog`] keeps the raft log and the
 //! vote, [`ReplicatedMap`] is the state machine the log is applied to — a map of keys to
 //! versioned values with compare-and-set ([`Command`]), which is what a replicated state
 //! machine host needs: the leader computes an instance's next state with the pure
@@ -17,6 +18,7 @@
 #![allow(clippy::result_large_err)]
 
 mod log_store;
+pub mod network;
 mod state_machine;
 
 use std::io::Cursor;

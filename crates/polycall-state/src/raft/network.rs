@@ -1,0 +1,200 @@
+//! Raft traffic over polycall: each node serves `raft.append`, `raft.vote` and
+//! `raft.snapshot` ([`router`]), and reaches its peers through polycall channels
+//! ([`Network`]). Requests and answers are postcard bytes; a peer that cannot be reached
+//! is `Unreachable` to openraft (which backs off), an error the peer's raft returned is
+//! its `RemoteError`.
+
+use std::sync::{Arc, OnceLock};
+
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use openraft::{BasicNode, Raft};
+use polycall_core::{Call, Code, MethodInfo, Payload, Reply, Router, Status, handler_fn};
+use polycall_net::Channel;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{NodeId, TypeConfig};
+
+/// A node's raft, set once it is built (its router is served before: peers' addresses
+/// are known only once every node listens).
+pub type RaftSlot = Arc<OnceLock<Raft<TypeConfig>>>;
+
+fn encode<T: Serialize>(v: &T) -> Result<Payload, Status> {
+    postcard::to_allocvec(v)
+        .map(Payload::raw)
+        .map_err(|e| Status::internal(format!("raft: cannot encode: {e}")))
+}
+
+fn decode<T: DeserializeOwned>(p: &Payload, what: &str) -> Result<T, Status> {
+    postcard::from_bytes(&p.bytes)
+        .map_err(|e| Status::invalid_input(format!("raft: malformed {what}: {e}")))
+}
+
+fn raft_of(slot: &RaftSlot) -> Result<Raft<TypeConfig>, Status> {
+    slot.get()
+        .cloned()
+        .ok_or_else(|| Status::unavailable("raft: this node is still starting"))
+}
+
+/// The methods a node serves to its peers.
+pub fn router(slot: RaftSlot) -> Router {
+    let (s1, s2, s3) = (slot.clone(), slot.clone(), slot);
+    let route =
+        |r: Router, name: &str, summary: &str, h| r.route(name, MethodInfo::new(summary), h);
+    let r = route(
+        Router::new(),
+        "raft.append",
+        "raft AppendEntries (peers only)",
+        polycall_core::BoxHandler::new(handler_fn(move |c: Call| {
+            let slot = s1.clone();
+            async move {
+                let req: AppendEntriesRequest<TypeConfig> = decode(&c.payload, "AppendEntries")?;
+                let answer = raft_of(&slot)?.append_entries(req).await;
+                encode(&answer).map(Reply::new)
+            }
+        })),
+    )
+    .and_then(|r| {
+        route(
+            r,
+            "raft.vote",
+            "raft RequestVote (peers only)",
+            polycall_core::BoxHandler::new(handler_fn(move |c: Call| {
+                let slot = s2.clone();
+                async move {
+                    let req: VoteRequest<NodeId> = decode(&c.payload, "RequestVote")?;
+                    let answer = raft_of(&slot)?.vote(req).await;
+                    encode(&answer).map(Reply::new)
+                }
+            })),
+        )
+    })
+    .and_then(|r| {
+        route(
+            r,
+            "raft.snapshot",
+            "raft InstallSnapshot (peers only)",
+            polycall_core::BoxHandler::new(handler_fn(move |c: Call| {
+                let slot = s3.clone();
+                async move {
+                    let req: InstallSnapshotRequest<TypeConfig> =
+                        decode(&c.payload, "InstallSnapshot")?;
+                    let answer = raft_of(&slot)?.install_snapshot(req).await;
+                    encode(&answer).map(Reply::new)
+                }
+            })),
+        )
+    });
+    r.unwrap_or_else(|e| panic!("raft method names are valid: {e}"))
+}
+
+/// Makes a [`Network`] per peer.
+#[derive(Debug, Clone, Default)]
+pub struct Networks;
+
+impl RaftNetworkFactory<TypeConfig> for Networks {
+    type Network = Network;
+
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Network {
+        Network {
+            target,
+            addr: node.addr.clone(),
+            channel: None,
+        }
+    }
+}
+
+/// The way to one peer: a polycall channel, connected at first use and again after a
+/// failure.
+#[derive(Debug)]
+pub struct Network {
+    target: NodeId,
+    addr: String,
+    channel: Option<Channel>,
+}
+
+impl Network {
+    async fn call<Req: Serialize, Resp: DeserializeOwned, E>(
+        &mut self,
+        method: &str,
+        req: &Req,
+        option: &RPCOption,
+    ) -> Result<Result<Resp, E>, RPCError<NodeId, BasicNode, E>>
+    where
+        E: std::error::Error + DeserializeOwned,
+    {
+        let unreachable = |e: &dyn std::fmt::Display| {
+            RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string())))
+        };
+        if self.channel.is_none() {
+            let endpoint = self.addr.parse().map_err(|e| unreachable(&e))?;
+            let channel = Channel::connect(endpoint)
+                .await
+                .map_err(|e| unreachable(&e))?;
+            self.channel = Some(channel);
+        }
+        let channel = self.channel.as_ref().expect("connected above");
+        let payload = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let call = Call::new(method, payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?
+            .with_metadata(
+                polycall_core::Metadata::default()
+                    .with_timeout(std::time::Instant::now(), option.hard_ttl()),
+            );
+        match channel.call(call).await {
+            Ok(reply) => decode::<Result<Resp, E>>(&reply.payload, method)
+                .map_err(|e| RPCError::Network(NetworkError::new(&e))),
+            Err(status) => {
+                if matches!(status.code, Code::Unavailable | Code::DeadlineExceeded) {
+                    self.channel = None; // reconnect next time
+                }
+                Err(unreachable(&status))
+            }
+        }
+    }
+}
+
+impl RaftNetwork<TypeConfig> for Network {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let target = self.target;
+        self.call("raft.append", &rpc, &option)
+            .await?
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        let target = self.target;
+        self.call("raft.snapshot", &rpc, &option)
+            .await?
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        let target = self.target;
+        self.call("raft.vote", &rpc, &option)
+            .await?
+            .map_err(|e| RPCError::RemoteError(RemoteError::new(target, e)))
+    }
+}
