@@ -65,6 +65,28 @@ fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), S
     Ok(())
 }
 
+/// One write transaction on the log table: `change` edits it, then the commit (with an
+/// fsync when `durability` is `Immediate`).
+fn write_log(
+    db: &Database,
+    durability: Durability,
+    change: impl FnOnce(&mut redb::Table<'_, u64, &[u8]>) -> Result<(), redb::StorageError>,
+) -> Result<(), StorageError> {
+    let mut txn = db
+        .begin_write()
+        .map_err(|e| StorageIOError::write_logs(&e))?;
+    txn.set_durability(durability)
+        .map_err(|e| StorageIOError::write_logs(&e))?;
+    {
+        let mut t = txn
+            .open_table(LOG)
+            .map_err(|e| StorageIOError::write_logs(&e))?;
+        change(&mut t).map_err(|e| StorageIOError::write_logs(&e))?;
+    }
+    txn.commit().map_err(|e| StorageIOError::write_logs(&e))?;
+    Ok(())
+}
+
 fn decode(bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError> {
     postcard::from_bytes(bytes).map_err(|e| StorageIOError::read_logs(&e).into())
 }
@@ -168,22 +190,12 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         }
         let db = self.db.clone();
         let written = blocking(move || {
-            let mut txn = db
-                .begin_write()
-                .map_err(|e| StorageIOError::write_logs(&e))?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(|e| StorageIOError::write_logs(&e))?;
-            {
-                let mut t = txn
-                    .open_table(LOG)
-                    .map_err(|e| StorageIOError::write_logs(&e))?;
+            write_log(&db, Durability::Immediate, |t| {
                 for (index, bytes) in &rows {
-                    t.insert(*index, bytes.as_slice())
-                        .map_err(|e| StorageIOError::write_logs(&e))?;
+                    t.insert(*index, bytes.as_slice())?;
                 }
-            }
-            txn.commit().map_err(|e| StorageIOError::write_logs(&e))?;
-            Ok(())
+                Ok(())
+            })
         })
         .await;
         match written {
@@ -201,20 +213,9 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
         let db = self.db.clone();
         blocking(move || {
-            let mut txn = db
-                .begin_write()
-                .map_err(|e| StorageIOError::write_logs(&e))?;
-            txn.set_durability(Durability::Immediate)
-                .map_err(|e| StorageIOError::write_logs(&e))?;
-            {
-                let mut t = txn
-                    .open_table(LOG)
-                    .map_err(|e| StorageIOError::write_logs(&e))?;
+            write_log(&db, Durability::Immediate, |t| {
                 t.retain_in(log_id.index.., |_, _| false)
-                    .map_err(|e| StorageIOError::write_logs(&e))?;
-            }
-            txn.commit().map_err(|e| StorageIOError::write_logs(&e))?;
-            Ok(())
+            })
         })
         .await
     }
@@ -225,18 +226,9 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
             // The purge point first: entries at or before it are ignored from then on, so
             // a crash between the two writes leaves nothing inconsistent.
             write_meta(&db, "last_purged", &log_id)?;
-            let txn = db
-                .begin_write()
-                .map_err(|e| StorageIOError::write_logs(&e))?;
-            {
-                let mut t = txn
-                    .open_table(LOG)
-                    .map_err(|e| StorageIOError::write_logs(&e))?;
+            write_log(&db, Durability::Immediate, |t| {
                 t.retain_in(..=log_id.index, |_, _| false)
-                    .map_err(|e| StorageIOError::write_logs(&e))?;
-            }
-            txn.commit().map_err(|e| StorageIOError::write_logs(&e))?;
-            Ok(())
+            })
         })
         .await
     }
