@@ -6,6 +6,7 @@
 
 mod bindgen;
 mod client;
+mod cluster_cmd;
 mod config_cmd;
 mod demo;
 mod output;
@@ -133,6 +134,11 @@ enum Command {
     State {
         #[command(subcommand)]
         command: state_cmd::StateCommand,
+    },
+    /// A runtime's cluster: status, add-learner, promote, remove.
+    Cluster {
+        #[command(subcommand)]
+        command: cluster_cmd::ClusterCommand,
     },
     /// Validate, show or migrate configuration (polycall.toml, libpolycall's files).
     Config {
@@ -306,6 +312,7 @@ fn main() -> ExitCode {
             Command::State { command } => {
                 state_cmd::state(command, graph_format, timeout, out).await
             }
+            Command::Cluster { command } => cluster_cmd::cluster(command, timeout, out).await,
             Command::Config { .. } | Command::Certs { .. } | Command::Users { .. } => {
                 output::exit::OK
             }

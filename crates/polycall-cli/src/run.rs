@@ -79,6 +79,15 @@ pub struct RunArgs {
     /// ejection [default: observe.metrics of --config, else measured].
     #[arg(long)]
     no_metrics: bool,
+    /// This runtime's node id in a raft cluster (with --cluster) [default:
+    /// cluster.node_id of --config, else a single node].
+    #[arg(long, requires = "cluster")]
+    node_id: Option<u64>,
+    /// The cluster's voters, `1=HOST:PORT,2=HOST:PORT,3=HOST:PORT` (each node's call
+    /// endpoint, this one included; a node listed here listens on its own address
+    /// unless --endpoint says otherwise) [default: cluster.members of --config].
+    #[arg(long, requires = "node_id", value_name = "ID=HOST:PORT,...")]
+    cluster: Option<String>,
 }
 
 /// Runs the runtime: embedded defaults, or the loaded `--config` file; flags win over
@@ -133,6 +142,45 @@ pub async fn run(
     }
     if args.no_metrics {
         config.observe.metrics = false;
+    }
+    if let (Some(id), Some(members)) = (args.node_id, &args.cluster) {
+        let members = match polycall::runtime::ClusterSettings::parse_members(members) {
+            Ok(m) => m,
+            Err(e) => {
+                return out.fail_with(
+                    "run",
+                    &Status::invalid_input(format!("--cluster: {e}")),
+                    exit::INPUT,
+                );
+            }
+        };
+        let mut settings = polycall::runtime::ClusterSettings::new(id, members);
+        if let Some(c) = loaded.as_ref().map(|l| &l.config.cluster) {
+            // The rest of [cluster] still applies.
+            settings = settings.timing(
+                Duration::from_millis(c.heartbeat_ms),
+                Duration::from_millis(c.election_timeout_ms),
+            );
+            settings.data_file = c.data_file.clone();
+            settings.snapshot_every = c.snapshot_every;
+        }
+        config.cluster = Some(settings);
+    }
+    if let Some(c) = &config.cluster
+        && args.endpoint.is_none()
+        && let Some(own) = c.members.get(&c.node_id)
+    {
+        // The node listens where its peers are told to find it.
+        config.endpoint = match own.parse() {
+            Ok(e) => e,
+            Err(e) => {
+                return out.fail_with(
+                    "run",
+                    &Status::invalid_input(format!("cluster member {}: {e}", c.node_id)),
+                    exit::INPUT,
+                );
+            }
+        };
     }
     let state_dir = config.state_dir.clone();
     let runtime = match Runtime::start(config).await {

@@ -303,6 +303,62 @@ pub struct ObserveSection {
     pub service_name: String,
 }
 
+/// `[cluster]`: membership of a raft cluster.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ClusterSection {
+    /// `node_id` (unset: a single node).
+    pub node_id: Option<u64>,
+    /// `members`: `1=HOST:PORT,2=HOST:PORT,…`.
+    pub members: Option<String>,
+    /// `data_file`.
+    pub data_file: Option<PathBuf>,
+    /// `heartbeat_ms`.
+    pub heartbeat_ms: u64,
+    /// `election_timeout_ms`.
+    pub election_timeout_ms: u64,
+    /// `snapshot_every`.
+    pub snapshot_every: u64,
+}
+
+/// Parses a cluster's members, `1=HOST:PORT,2=HOST:PORT,…` (ids from 1, each once).
+///
+/// ```
+/// let m = polycall_config::cluster_members("1=127.0.0.1:7001, 2=127.0.0.1:7002").unwrap();
+/// assert_eq!(m[&2], "127.0.0.1:7002");
+/// assert!(polycall_config::cluster_members("1=a:1,1=b:2").is_err());
+/// assert!(polycall_config::cluster_members("0=a:1").is_err());
+/// ```
+pub fn cluster_members(text: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
+    let mut members = std::collections::BTreeMap::new();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (id, addr) = part
+            .split_once('=')
+            .ok_or_else(|| format!("`{part}`: a member is ID=HOST:PORT"))?;
+        let id: u64 = id
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{part}`: the node id is a number"))?;
+        if id == 0 {
+            return Err(format!("`{part}`: node ids start at 1"));
+        }
+        let addr = addr.trim();
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(host, port)| host.is_empty() || port.parse::<u16>().is_err())
+        {
+            return Err(format!("`{part}`: the address is HOST:PORT"));
+        }
+        if members.insert(id, addr.to_string()).is_some() {
+            return Err(format!("node {id} is listed twice"));
+        }
+    }
+    if members.is_empty() {
+        return Err("no members: give ID=HOST:PORT,…".into());
+    }
+    Ok(members)
+}
+
 /// `[compat]`: libpolycall compatibility.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -393,6 +449,8 @@ pub struct Config {
     pub log: LogSection,
     /// `[admin]`.
     pub admin: AdminSection,
+    /// `[cluster]`.
+    pub cluster: ClusterSection,
     /// `[observe]`.
     pub observe: ObserveSection,
     /// `[compat]`.

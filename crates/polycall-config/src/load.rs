@@ -8,9 +8,9 @@ use toml::de::{DeTable, DeValue};
 use super::schema::{self, CURRENT_VERSION, DefaultValue, KEYS, KeyDef, Kind, SECTIONS};
 use super::suggest;
 use super::{
-    AdminSection, AuthSection, ClientAuth, CompatSection, Config, Diagnostic, Entry, LimitsSection,
-    LoadedConfig, LogFormat, LogSection, ObserveSection, Origin, QosSection, RuntimeSection,
-    StateSection, TlsSection, Value,
+    AdminSection, AuthSection, ClientAuth, ClusterSection, CompatSection, Config, Diagnostic,
+    Entry, LimitsSection, LoadedConfig, LogFormat, LogSection, ObserveSection, Origin, QosSection,
+    RuntimeSection, StateSection, TlsSection, Value,
 };
 
 /// Environment variables read: `POLYCALL_SECTION__KEY`.
@@ -571,6 +571,14 @@ fn typed(values: &[(&'static KeyDef, Entry)], base: &Path) -> Config {
         },
         admin: AdminSection {
             listen: string("admin.listen"),
+        },
+        cluster: ClusterSection {
+            node_id: int("cluster.node_id"),
+            members: string("cluster.members"),
+            data_file: file("cluster.data_file"),
+            heartbeat_ms: int("cluster.heartbeat_ms").unwrap_or(100),
+            election_timeout_ms: int("cluster.election_timeout_ms").unwrap_or(500),
+            snapshot_every: int("cluster.snapshot_every").unwrap_or(5000),
         },
         observe: ObserveSection {
             metrics: boolean("observe.metrics"),

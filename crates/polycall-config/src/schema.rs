@@ -109,6 +109,7 @@ macro_rules! key {
 /// The sections, in the order files and documentation list them.
 pub const SECTIONS: &[&str] = &[
     "runtime", "limits", "qos", "log", "compat", "state", "tls", "auth", "admin", "observe",
+    "cluster",
 ];
 
 /// Every key of version 1.
@@ -546,6 +547,60 @@ pub static KEYS: &[KeyDef] = &[
         DefaultValue::Str("polycall-runtime"),
         false,
         "The OpenTelemetry service.name of the runtime's spans."
+    ),
+    key!(
+        "cluster",
+        "node_id",
+        Kind::Int { min: 1, max: U32 },
+        DefaultValue::None,
+        false,
+        "This runtime's node id in a raft cluster (with `cluster.members`). Unset: a single node."
+    ),
+    key!(
+        "cluster",
+        "members",
+        Kind::Text,
+        DefaultValue::None,
+        false,
+        "The voters the cluster forms with: \"1=HOST:PORT,2=HOST:PORT,3=HOST:PORT\" (each node's call endpoint, this one included)."
+    ),
+    key!(
+        "cluster",
+        "data_file",
+        Kind::Path,
+        DefaultValue::None,
+        false,
+        "The raft log and replicated state (default: <state dir>/cluster.redb)."
+    ),
+    key!(
+        "cluster",
+        "heartbeat_ms",
+        Kind::Int {
+            min: 10,
+            max: 60_000
+        },
+        DefaultValue::Int(100),
+        false,
+        "How often the leader heartbeats its followers."
+    ),
+    key!(
+        "cluster",
+        "election_timeout_ms",
+        Kind::Int {
+            min: 50,
+            max: 600_000
+        },
+        DefaultValue::Int(500),
+        false,
+        "A follower that hears no leader for between this and twice this stands for election; keep it several heartbeats long."
+    ),
+    key!(
+        "cluster",
+        "snapshot_every",
+        Kind::Int { min: 1, max: U32 },
+        DefaultValue::Int(5000),
+        false,
+        "Snapshot the replicated state after this many log entries; a node further behind than the kept log catches up from the snapshot."
     ),
 ];
 

@@ -79,6 +79,40 @@ pub(crate) fn cross_check(
             format!("`admin.listen` = {listen:?} must be an IP address and port (127.0.0.1:9464): the admin pages are served over TCP"),
         ));
     }
+    let cl = &c.cluster;
+    match (cl.node_id, &cl.members) {
+        (None, None) => {}
+        (Some(_), None) | (None, Some(_)) => d.push_on(
+            &["cluster.node_id", "cluster.members"],
+            Diagnostic::error(
+                blame(values, &["cluster.node_id", "cluster.members"]),
+                "a cluster needs both `cluster.node_id` and `cluster.members`",
+            ),
+        ),
+        (Some(_), Some(members)) => {
+            if let Err(e) = crate::cluster_members(members) {
+                d.push_on(
+                    &["cluster.members"],
+                    Diagnostic::error(
+                        origin(values, "cluster.members"),
+                        format!("`cluster.members`: {e}"),
+                    ),
+                );
+            }
+        }
+    }
+    if cl.election_timeout_ms < cl.heartbeat_ms.saturating_mul(3) {
+        d.push_on(
+            &["cluster.election_timeout_ms", "cluster.heartbeat_ms"],
+            Diagnostic::error(
+                blame(values, &["cluster.election_timeout_ms", "cluster.heartbeat_ms"]),
+                format!(
+                    "`cluster.election_timeout_ms` ({}) must be at least three heartbeats ({} ms each), or followers stand for election while the leader is fine",
+                    cl.election_timeout_ms, cl.heartbeat_ms
+                ),
+            ),
+        );
+    }
     // TLS: pairs complete, files present, client authentication has a CA.
     let t = &c.tls;
     let hsm = t.hsm_module.is_some() || t.hsm_token.is_some() || t.hsm_key.is_some();

@@ -19,6 +19,7 @@
 //! ```
 
 mod builtins;
+mod cluster;
 mod compat;
 pub mod config;
 mod connection;
@@ -38,6 +39,7 @@ use polycall_net::{ConnectionHandle, Endpoint, Server, ServerConfig, SharedHandl
 use serde_json::json;
 use tokio::sync::watch;
 
+pub use cluster::ClusterSettings;
 pub use compat::CompatConfig;
 pub use observe::{MAX_EXPORTED_SPANS, ObserveSettings};
 pub use polycall_observe::Observer;
@@ -79,6 +81,8 @@ pub struct RuntimeConfig {
     pub debug_methods: bool,
     /// Metrics, traces, the admin listener.
     pub observe: ObserveSettings,
+    /// Membership of a cluster (`None`: a single node). Needs the `cluster` feature.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// What the runtime applies to every call it serves, in this order: authorization, rate
@@ -147,6 +151,7 @@ impl Default for RuntimeConfig {
             state: StateSettings::default(),
             debug_methods: false,
             observe: ObserveSettings::default(),
+            cluster: None,
         }
     }
 }
@@ -192,6 +197,12 @@ impl RuntimeConfig {
     /// Sets whether to listen on a non-loopback address without TLS and authentication.
     pub fn insecure_remote(mut self, insecure_remote: bool) -> Self {
         self.insecure_remote = insecure_remote;
+        self
+    }
+
+    /// Makes this runtime a member of a cluster (needs the `cluster` feature).
+    pub fn cluster(mut self, cluster: ClusterSettings) -> Self {
+        self.cluster = Some(cluster);
         self
     }
 
@@ -290,6 +301,9 @@ pub(crate) struct State {
     pub(crate) compression: Option<Arc<polycall_proto::compress::CompressionTotals>>,
     /// Transitions fired per machine and transition (the state follower counts them).
     pub(crate) transitions: observe::TransitionCounts,
+    /// The cluster node, when this runtime is a member of one.
+    #[cfg(feature = "cluster")]
+    pub(crate) cluster: Option<cluster::Cluster>,
     /// Each instance's machine and current states, for the dashboard.
     pub(crate) instance_states:
         std::sync::Mutex<std::collections::BTreeMap<String, (String, Vec<String>)>>,
@@ -557,17 +571,25 @@ fn check_exposure(config: &RuntimeConfig) -> Result<(), RuntimeError> {
     })
 }
 
-/// Loads the machine definitions and recovers their instances from the database.
-fn open_machines(
-    config: &RuntimeConfig,
-) -> Result<Option<Arc<polycall_state::StateHost>>, RuntimeError> {
+/// Loads the machine definitions (none without a machine directory).
+fn load_machines(config: &RuntimeConfig) -> Result<Vec<polycall_state::Machine>, RuntimeError> {
     let Some(dir) = &config.state.machine_dir else {
-        return Ok(None);
+        return Ok(Vec::new());
     };
     let machines =
         polycall_state::load::from_dir(dir).map_err(|e| RuntimeError::State(format!("\n{e}")))?;
     if machines.is_empty() {
         tracing::warn!(dir = %dir.display(), "no machine definitions (*.toml) found");
+    }
+    Ok(machines)
+}
+
+/// Recovers the instances of `machines` from the database.
+fn open_machines(
+    config: &RuntimeConfig,
+    machines: Vec<polycall_state::Machine>,
+) -> Result<Option<Arc<polycall_state::StateHost>>, RuntimeError> {
+    if machines.is_empty() {
         return Ok(None);
     }
     let db = config
@@ -599,7 +621,22 @@ impl Runtime {
             tls_slot = transport.server_config_slot();
             config.server.transport = Arc::new(transport);
         }
-        let machines = open_machines(&config)?;
+        let definitions = load_machines(&config)?;
+        #[cfg(feature = "cluster")]
+        let (cluster, definitions) = match &config.cluster {
+            Some(settings) => (
+                Some(cluster::start(&config, settings, definitions).await?),
+                Vec::new(),
+            ),
+            None => (None, definitions),
+        };
+        #[cfg(not(feature = "cluster"))]
+        if config.cluster.is_some() {
+            return Err(RuntimeError::State(
+                "this build leaves clusters out: enable polycall's `raft` feature".into(),
+            ));
+        }
+        let machines = open_machines(&config, definitions)?;
         let tls_not_after = match &config.tls {
             Some(t) => Some(t.not_after()?),
             None => None,
@@ -617,6 +654,11 @@ impl Runtime {
             let builtins = match &machines {
                 Some(host) => own.merge(&state_service::router(host, weak.clone())),
                 None => own,
+            };
+            #[cfg(feature = "cluster")]
+            let builtins = match &cluster {
+                Some(c) => builtins.merge(&cluster::router(c, weak.clone())),
+                None => builtins,
             };
             let builtins_stream = builtins
                 .describe()
@@ -642,6 +684,8 @@ impl Runtime {
                 compression,
                 transitions: Default::default(),
                 instance_states: Default::default(),
+                #[cfg(feature = "cluster")]
+                cluster,
             }
         });
         let source: Arc<observe::RuntimeSource> = Arc::new(observe::RuntimeSource {
@@ -878,5 +922,15 @@ impl Runtime {
     /// timeout, tell every peer.
     pub async fn shutdown(&self) {
         self.server.shutdown().await;
+        #[cfg(feature = "cluster")]
+        if let Some(c) = &self.state.cluster {
+            c.node.shutdown().await;
+        }
+    }
+
+    /// The cluster node, when this runtime is a member of a cluster.
+    #[cfg(feature = "cluster")]
+    pub fn cluster_node(&self) -> Option<&Arc<polycall_state::raft::Node>> {
+        self.state.cluster.as_ref().map(|c| &c.node)
     }
 }

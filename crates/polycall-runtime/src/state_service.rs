@@ -96,13 +96,13 @@ impl StateSettings {
     }
 }
 
-fn json_reply(v: impl serde::Serialize) -> Result<Reply, Status> {
+pub(crate) fn json_reply(v: impl serde::Serialize) -> Result<Reply, Status> {
     Payload::json(&v)
         .map(Reply::new)
         .map_err(|e| Status::internal(e.to_string()))
 }
 
-fn input(call: &Call) -> Result<Json, Status> {
+pub(crate) fn input(call: &Call) -> Result<Json, Status> {
     if call.payload.is_empty() {
         return Ok(json!({}));
     }
@@ -115,7 +115,7 @@ fn input(call: &Call) -> Result<Json, Status> {
     }
 }
 
-fn field<'a>(v: &'a Json, name: &str, call: &Call) -> Result<&'a str, Status> {
+pub(crate) fn field<'a>(v: &'a Json, name: &str, call: &Call) -> Result<&'a str, Status> {
     v[name].as_str().ok_or_else(|| {
         Status::invalid_input(format!(
             "{} needs {{\"{name}\": <string>}}",
@@ -144,7 +144,7 @@ fn point(v: &Json) -> Result<At, Status> {
     }
 }
 
-fn principal(call: &Call) -> Option<String> {
+pub(crate) fn principal(call: &Call) -> Option<String> {
     call.metadata.principal.as_ref().map(ToString::to_string)
 }
 
@@ -159,12 +159,14 @@ async fn blocking<T: Send + 'static>(
         .map_err(Status::from)
 }
 
-type Fut = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, Status>> + Send>>;
+pub(crate) type Fut =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<Reply, Status>> + Send>>;
 
 /// Adds a method whose body gets the host, the call and its input (a JSON object).
-fn add<F>(r: Router, name: &str, info: MethodInfo, host: &Arc<StateHost>, f: F) -> Router
+pub(crate) fn add<H, F>(r: Router, name: &str, info: MethodInfo, host: &Arc<H>, f: F) -> Router
 where
-    F: Fn(Arc<StateHost>, Call, Json) -> Fut + Clone + Send + Sync + 'static,
+    H: Send + Sync + 'static,
+    F: Fn(Arc<H>, Call, Json) -> Fut + Clone + Send + Sync + 'static,
 {
     let host = host.clone();
     r.route(
@@ -517,7 +519,7 @@ fn subscribe(r: Router, host: &Arc<StateHost>) -> Router {
     .expect("a valid name")
 }
 
-fn check_token(rt: &Weak<State>, v: &Json) -> Result<(), Status> {
+pub(crate) fn check_token(rt: &Weak<State>, v: &Json) -> Result<(), Status> {
     let state = rt
         .upgrade()
         .ok_or_else(|| Status::unavailable("the runtime is shutting down"))?;

@@ -548,3 +548,52 @@ fn validate_says_why_a_secured_runtime_serves_no_legacy_dialect() {
         );
     }
 }
+
+#[test]
+fn cluster_settings_are_validated_and_carried() {
+    let sets = |s: &[&str]| s.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // Good: both keys, parsed into the runtime's settings.
+    let l = Config::load(
+        None,
+        &[],
+        &sets(&[
+            "cluster.node_id=2",
+            "cluster.members=1=127.0.0.1:7101,2=127.0.0.1:7102,3=127.0.0.1:7103",
+            "cluster.snapshot_every=50",
+        ]),
+    )
+    .unwrap();
+    let c = l.to_runtime_config().cluster.unwrap();
+    assert_eq!((c.node_id, c.members.len(), c.snapshot_every), (2, 3, 50));
+    assert_eq!(c.members[&3], "127.0.0.1:7103");
+    // Bad: a node id without members, members listing a node twice or with no port,
+    // an election timeout shorter than three heartbeats.
+    for (bad, expect) in [
+        (
+            vec!["cluster.node_id=1"],
+            "needs both `cluster.node_id` and `cluster.members`",
+        ),
+        (
+            vec!["cluster.node_id=1", "cluster.members=1=a:1,1=b:2"],
+            "node 1 is listed twice",
+        ),
+        (
+            vec!["cluster.node_id=1", "cluster.members=1=localhost"],
+            "the address is HOST:PORT",
+        ),
+        (
+            vec![
+                "cluster.heartbeat_ms=200",
+                "cluster.election_timeout_ms=300",
+            ],
+            "at least three heartbeats",
+        ),
+    ] {
+        let d = Config::load(None, &[], &sets(&bad)).unwrap_err();
+        let text: Vec<String> = d.iter().map(ToString::to_string).collect();
+        assert!(
+            text.iter().any(|t| t.contains(expect)),
+            "{bad:?}: expected {expect:?} in {text:#?}"
+        );
+    }
+}

@@ -85,6 +85,14 @@ pub enum StateError {
     /// The store failed.
     #[error("state store: {0}")]
     Store(String),
+    /// A replicated store could not take the operation now (no leader, the leader out
+    /// of reach). When the leader went away during a write, the write may still commit:
+    /// read the instance before retrying.
+    #[error("{0}")]
+    Unavailable(String),
+    /// This host does not offer the operation (e.g. history on a replicated host).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 impl StateError {
@@ -107,6 +115,8 @@ impl StateError {
             }
             Self::PermissionDenied(_) => Code::PermissionDenied,
             Self::Store(_) => Code::Internal,
+            Self::Unavailable(_) => Code::Unavailable,
+            Self::Unsupported(_) => Code::Unsupported,
         }
     }
 }

@@ -65,6 +65,17 @@ pub struct Change {
     pub integrity: String,
 }
 
+/// Refuses an instance id that is empty, longer than 200 bytes or has control
+/// characters.
+pub(crate) fn check_instance_id(id: &str) -> Result<(), StateError> {
+    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
+        return Err(StateError::InvalidInput(format!(
+            "instance id {id:?} must be 1 to 200 printable characters"
+        )));
+    }
+    Ok(())
+}
+
 /// Hosts machines and their instances over one [`Store`].
 pub struct StateHost {
     machines: HashMap<String, Arc<Machine>>,
@@ -405,11 +416,7 @@ impl StateHost {
         let m = self.machine_named(machine)?.clone();
         let id = match id {
             Some(id) => {
-                if id.is_empty() || id.len() > 200 || id.chars().any(char::is_control) {
-                    return Err(StateError::InvalidInput(format!(
-                        "instance id {id:?} must be 1 to 200 printable characters"
-                    )));
-                }
+                check_instance_id(id)?;
                 id.to_string()
             }
             None => loop {

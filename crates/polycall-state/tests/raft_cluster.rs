@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use openraft::{BasicNode, Raft};
 use polycall_net::{Server, ServerConfig};
 use polycall_state::raft::network::{Networks, RaftSlot, router};
-use polycall_state::raft::{self, Applied, Command, ReplicatedMap, TypeConfig};
+use polycall_state::raft::{self, Applied, Command, Proposal, ReplicatedMap, TypeConfig};
 use polycall_test_support::TempDir;
 
 struct Node {
@@ -88,7 +88,7 @@ async fn three_nodes_replicate_and_survive_the_leader() {
         let (log, map) = raft::open(&dir.join(format!("node-{id}.redb")))
             .await
             .unwrap();
-        let raft = Raft::new(id, config.clone(), Networks, log, map.clone())
+        let raft = Raft::new(id, config.clone(), Networks::default(), log, map.clone())
             .await
             .unwrap();
         assert!(slot.set(raft.clone()).is_ok(), "set once");
@@ -99,10 +99,12 @@ async fn three_nodes_replicate_and_survive_the_leader() {
     let leader = wait_for_leader(&all, None, Duration::from_secs(10)).await;
 
     // A write through the leader is applied on every node.
-    let put = |value: &str, expect| Command::Put {
-        key: "order/1".into(),
-        value: value.as_bytes().to_vec(),
-        expect: Some(expect),
+    let put = |value: &str, expect| {
+        Proposal::from(Command::Put {
+            key: "order/1".into(),
+            value: value.as_bytes().to_vec(),
+            expect: Some(expect),
+        })
     };
     let written = nodes[&leader]
         .raft

@@ -7,7 +7,7 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, Vote};
 use polycall_state::raft::{
-    self, Applied, Command, RaftLog, ReplicatedMap, StorageError, TypeConfig,
+    self, Applied, Command, Proposal, RaftLog, ReplicatedMap, StorageError, TypeConfig,
 };
 use polycall_test_support::TempDir;
 
@@ -26,7 +26,7 @@ fn openraft_storage_suite_passes() {
     Suite::test_all(Files).expect("every case of openraft's storage suite");
 }
 
-fn entry(term: u64, index: u64, command: Command) -> Entry<TypeConfig> {
+fn entry(term: u64, index: u64, command: Proposal) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
         payload: EntryPayload::Normal(command),
@@ -37,10 +37,12 @@ fn entry(term: u64, index: u64, command: Command) -> Entry<TypeConfig> {
 async fn a_reopened_file_keeps_log_vote_and_snapshot() {
     let dir = TempDir::new("raft-reopen");
     let path = dir.join("node.redb");
-    let put = |key: &str| Command::Put {
-        key: key.into(),
-        value: key.as_bytes().to_vec(),
-        expect: Some(0),
+    let put = |key: &str| {
+        Proposal::from(Command::Put {
+            key: key.into(),
+            value: key.as_bytes().to_vec(),
+            expect: Some(0),
+        })
     };
     {
         let (mut log, mut map) = raft::open(&path).await.unwrap();

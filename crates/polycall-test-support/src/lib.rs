@@ -4,6 +4,9 @@
 //!
 //! - [`TempDir`]: a fresh scratch directory, removed when dropped;
 //! - [`free_port`]: a TCP port nobody listens on right now;
+//! - [`linearizability`]: a checker that a history of concurrent reads, writes and
+//!   compare-and-sets on a key-value store is linearizable, and a
+//!   [`Recorder`](linearizability::Recorder) to take such histories from concurrent clients;
 //! - [`TestRuntime`] (feature `runtime`): a runtime in this process on a free loopback
 //!   port, with its state in a scratch directory and the `debug.*` methods on.
 //!
@@ -72,6 +75,7 @@ impl Drop for TempDir {
     }
 }
 
+pub mod linearizability;
 pub mod streams;
 
 /// A loopback TCP port that was free a moment ago (the OS picked it; another process

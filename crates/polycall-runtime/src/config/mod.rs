@@ -76,6 +76,22 @@ impl RuntimeConfigExt for LoadedConfig {
         rc.observe.otlp_endpoint = c.observe.otlp_endpoint.clone();
         rc.observe.trace_sample = c.observe.trace_sample_percent as f64 / 100.0;
         rc.observe.service_name = c.observe.service_name.clone();
+        // Validated with the file: the members parse.
+        if let (Some(id), Some(Ok(members))) = (
+            c.cluster.node_id,
+            c.cluster
+                .members
+                .as_deref()
+                .map(crate::ClusterSettings::parse_members),
+        ) {
+            let mut settings = crate::ClusterSettings::new(id, members).timing(
+                std::time::Duration::from_millis(c.cluster.heartbeat_ms),
+                std::time::Duration::from_millis(c.cluster.election_timeout_ms),
+            );
+            settings.data_file = c.cluster.data_file.clone();
+            settings.snapshot_every = c.cluster.snapshot_every;
+            rc.cluster = Some(settings);
+        }
         rc.qos.concurrency = c
             .qos
             .max_concurrency

@@ -17,20 +17,27 @@
 // helpers here return the same one rather than converting at every trait method.
 #![allow(clippy::result_large_err)]
 
+mod host;
 mod log_store;
 pub mod network;
+mod node;
 mod state_machine;
 
 use std::io::Cursor;
 
+pub use host::ReplicatedHost;
 pub use log_store::RaftLog;
-pub use state_machine::{Applied, Command, ReplicatedMap};
+pub use node::{
+    ClusterError, ClusterStatus, Consistency, MemberStatus, MembershipChange, Node, NodeConfig,
+    Read, Written,
+};
+pub use state_machine::{Applied, Command, Proposal, ReplicatedMap};
 
 openraft::declare_raft_types!(
     /// The raft types of a polycall cluster: node ids are `u64`, nodes carry their
-    /// address, log entries carry [`Command`]s.
+    /// address, log entries carry [`Proposal`]s.
     pub TypeConfig:
-        D = Command,
+        D = Proposal,
         R = Applied,
 );
 

@@ -16,7 +16,7 @@ use openraft::raft::{
 };
 use openraft::{BasicNode, Raft};
 use polycall_core::{Call, Code, MethodInfo, Payload, Reply, Router, Status, handler_fn};
-use polycall_net::Channel;
+use polycall_net::{Channel, ChannelConfig};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -95,9 +95,19 @@ pub fn router(slot: RaftSlot) -> Router {
     r.unwrap_or_else(|e| panic!("raft method names are valid: {e}"))
 }
 
-/// Makes a [`Network`] per peer.
+/// Makes a [`Network`] per peer, each reaching it with the same channel settings
+/// (transport, TLS, credentials).
 #[derive(Debug, Clone, Default)]
-pub struct Networks;
+pub struct Networks {
+    config: ChannelConfig,
+}
+
+impl Networks {
+    /// Peers are reached with `config`.
+    pub fn new(config: ChannelConfig) -> Self {
+        Self { config }
+    }
+}
 
 impl RaftNetworkFactory<TypeConfig> for Networks {
     type Network = Network;
@@ -106,6 +116,7 @@ impl RaftNetworkFactory<TypeConfig> for Networks {
         Network {
             target,
             addr: node.addr.clone(),
+            config: self.config.clone(),
             channel: None,
         }
     }
@@ -117,6 +128,7 @@ impl RaftNetworkFactory<TypeConfig> for Networks {
 pub struct Network {
     target: NodeId,
     addr: String,
+    config: ChannelConfig,
     channel: Option<Channel>,
 }
 
@@ -135,8 +147,10 @@ impl Network {
         };
         if self.channel.is_none() {
             let endpoint = self.addr.parse().map_err(|e| unreachable(&e))?;
-            let channel = Channel::connect(endpoint)
+            let connect = Channel::with_config(endpoint, self.config.clone());
+            let channel = tokio::time::timeout(option.hard_ttl(), connect)
                 .await
+                .map_err(|e| unreachable(&e))?
                 .map_err(|e| unreachable(&e))?;
             self.channel = Some(channel);
         }

@@ -49,6 +49,29 @@ pub enum Command {
     },
 }
 
+/// A [`Command`] as the log carries it: with the id of the request that proposed it,
+/// so a request retried after its answer was lost (the leader died after committing
+/// it) takes effect once — the retry answers what the first application did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Unique per request (0: no deduplication).
+    pub request: u128,
+    /// The write.
+    pub command: Command,
+}
+
+impl From<Command> for Proposal {
+    fn from(command: Command) -> Self {
+        Self {
+            request: 0,
+            command,
+        }
+    }
+}
+
+/// How many log entries a request id is remembered for (retries come within seconds).
+const REMEMBER_REQUESTS: u64 = 200_000;
+
 /// What applying a log entry did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
@@ -73,6 +96,11 @@ struct Data {
     membership: StoredMembership<NodeId, BasicNode>,
     /// Key → (version: the index of the entry that wrote it, value).
     entries: BTreeMap<String, (u64, Vec<u8>)>,
+    /// Requests applied in the last [`REMEMBER_REQUESTS`] entries: id → what applying
+    /// did.
+    requests: BTreeMap<u128, Applied>,
+    /// The same requests by log index, to forget them in order.
+    request_order: BTreeMap<u64, u128>,
 }
 
 /// A snapshot as stored: its metadata and the encoded [`Data`].
@@ -163,9 +191,59 @@ impl ReplicatedMap {
         self.read().entries.get(key).cloned()
     }
 
+    /// The keys starting with `prefix`, in order, with their versions.
+    pub fn keys(&self, prefix: &str) -> Vec<(String, u64)> {
+        self.read()
+            .entries
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (v, _))| (k.clone(), *v))
+            .collect()
+    }
+
+    /// The last applied index and BLAKE3 of every key, version and value in order, read
+    /// together: two nodes that applied the same log have the same hash.
+    pub fn digest(&self) -> (u64, String) {
+        let data = self.read();
+        let mut h = blake3::Hasher::new();
+        for (k, (version, value)) in &data.entries {
+            h.update(&(k.len() as u64).to_le_bytes());
+            h.update(k.as_bytes());
+            h.update(&version.to_le_bytes());
+            h.update(&(value.len() as u64).to_le_bytes());
+            h.update(value);
+        }
+        (
+            data.last_applied.map(|l| l.index).unwrap_or(0),
+            h.finalize().to_hex().to_string(),
+        )
+    }
+
     /// The index of the last entry applied on this node.
     pub fn applied_index(&self) -> Option<u64> {
         self.read().last_applied.map(|l| l.index)
+    }
+
+    /// Applies one proposal at log index `index`: a request id seen in the last
+    /// [`REMEMBER_REQUESTS`] entries answers what its first application did.
+    fn apply_proposal(d: &mut Data, index: u64, p: &Proposal) -> Applied {
+        if p.request != 0
+            && let Some(first) = d.requests.get(&p.request)
+        {
+            return first.clone();
+        }
+        let applied = Self::apply_command(&mut d.entries, index, &p.command);
+        if p.request != 0 && matches!(applied, Applied::Done { .. }) {
+            d.requests.insert(p.request, applied.clone());
+            d.request_order.insert(index, p.request);
+        }
+        while let Some(oldest) = d.request_order.first_entry()
+            && *oldest.key() + REMEMBER_REQUESTS < index
+        {
+            let request = oldest.remove();
+            d.requests.remove(&request);
+        }
+        applied
     }
 
     /// Applies one command at log index `index` (the pure rule, also used by tests).
@@ -252,9 +330,7 @@ impl RaftStateMachine<TypeConfig> for ReplicatedMap {
             d.last_applied = Some(entry.log_id);
             out.push(match &entry.payload {
                 EntryPayload::Blank => Applied::Nothing,
-                EntryPayload::Normal(c) => {
-                    Self::apply_command(&mut d.entries, entry.log_id.index, c)
-                }
+                EntryPayload::Normal(p) => Self::apply_proposal(&mut d, entry.log_id.index, p),
                 EntryPayload::Membership(m) => {
                     d.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     Applied::Nothing
@@ -342,5 +418,38 @@ mod tests {
             ReplicatedMap::apply_command(&mut m, 10, &put(None)),
             Applied::Done { version: 10 }
         );
+    }
+
+    #[test]
+    fn a_retried_request_takes_effect_once() {
+        let mut d = Data::default();
+        let put = |request, value: &str, expect| Proposal {
+            request,
+            command: Command::Put {
+                key: "k".into(),
+                value: value.as_bytes().to_vec(),
+                expect,
+            },
+        };
+        let first = put(7, "a", None);
+        assert_eq!(
+            ReplicatedMap::apply_proposal(&mut d, 1, &first),
+            Applied::Done { version: 1 }
+        );
+        ReplicatedMap::apply_proposal(&mut d, 2, &put(8, "b", None));
+        // The retry of request 7 (its answer was lost) does not write "a" again.
+        assert_eq!(
+            ReplicatedMap::apply_proposal(&mut d, 3, &first),
+            Applied::Done { version: 1 }
+        );
+        assert_eq!(d.entries["k"], (2, b"b".to_vec()));
+        // Without an id, the same write applies again.
+        assert_eq!(
+            ReplicatedMap::apply_proposal(&mut d, 4, &put(0, "a", None)),
+            Applied::Done { version: 4 }
+        );
+        // Ids are forgotten after REMEMBER_REQUESTS entries.
+        ReplicatedMap::apply_proposal(&mut d, 5 + REMEMBER_REQUESTS, &put(9, "c", None));
+        assert!(!d.requests.contains_key(&7) && d.requests.contains_key(&9));
     }
 }
