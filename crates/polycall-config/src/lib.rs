@@ -329,7 +329,25 @@ pub struct ClusterSection {
 /// assert!(polycall_config::cluster_members("1=a:1,1=b:2").is_err());
 /// assert!(polycall_config::cluster_members("0=a:1").is_err());
 /// ```
-pub fn cluster_members(text: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
+pub fn cluster_members(
+    text: &str,
+) -> Result<std::collections::BTreeMap<u64, String>, MembersError> {
+    cluster_members_inner(text).map_err(MembersError)
+}
+
+/// Why a cluster's members (`1=HOST:PORT,…`) could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembersError(String);
+
+impl std::fmt::Display for MembersError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for MembersError {}
+
+fn cluster_members_inner(text: &str) -> Result<std::collections::BTreeMap<u64, String>, String> {
     let mut members = std::collections::BTreeMap::new();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let (id, addr) = part

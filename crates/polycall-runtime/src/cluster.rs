@@ -65,7 +65,9 @@ impl ClusterSettings {
     }
 
     /// Parses `1=HOST:PORT,2=HOST:PORT,…` (ids from 1, each once).
-    pub fn parse_members(text: &str) -> Result<BTreeMap<u64, String>, String> {
+    pub fn parse_members(
+        text: &str,
+    ) -> Result<BTreeMap<u64, String>, polycall_config::MembersError> {
         polycall_config::cluster_members(text)
     }
 }

@@ -26,13 +26,13 @@ use super::{NodeId, TypeConfig};
 /// are known only once every node listens).
 pub type RaftSlot = Arc<OnceLock<Raft<TypeConfig>>>;
 
-fn encode<T: Serialize>(v: &T) -> Result<Payload, Status> {
+pub(super) fn encode<T: Serialize>(v: &T) -> Result<Payload, Status> {
     postcard::to_allocvec(v)
         .map(Payload::raw)
         .map_err(|e| Status::internal(format!("raft: cannot encode: {e}")))
 }
 
-fn decode<T: DeserializeOwned>(p: &Payload, what: &str) -> Result<T, Status> {
+pub(super) fn decode<T: DeserializeOwned>(p: &Payload, what: &str) -> Result<T, Status> {
     postcard::from_bytes(&p.bytes)
         .map_err(|e| Status::invalid_input(format!("raft: malformed {what}: {e}")))
 }

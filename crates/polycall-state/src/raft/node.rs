@@ -15,12 +15,12 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{BasicNode, ChangeMembers, Raft, ServerState};
-use polycall_core::{Call, Code, MethodInfo, Payload, Reply, Router, Status, handler_fn};
+use polycall_core::{Call, Code, MethodInfo, Reply, Router, Status, handler_fn};
 use polycall_net::{Channel, ChannelConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::network::{self, Networks, RaftSlot};
+use super::network::{self, Networks, RaftSlot, decode, encode};
 use super::{Applied, Command, NodeId, Proposal, ReplicatedMap, TypeConfig};
 
 /// How a node joins its cluster.
@@ -230,17 +230,6 @@ impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Node").field("id", &self.id).finish()
     }
-}
-
-fn encode<T: Serialize>(v: &T) -> Result<Payload, Status> {
-    postcard::to_allocvec(v)
-        .map(Payload::raw)
-        .map_err(|e| Status::internal(format!("cluster: cannot encode: {e}")))
-}
-
-fn decode<T: DeserializeOwned>(p: &Payload, what: &str) -> Result<T, Status> {
-    postcard::from_bytes(&p.bytes)
-        .map_err(|e| Status::invalid_input(format!("cluster: malformed {what}: {e}")))
 }
 
 fn stopped(e: impl std::fmt::Display) -> ClusterError {
