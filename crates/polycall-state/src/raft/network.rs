@@ -118,6 +118,7 @@ impl RaftNetworkFactory<TypeConfig> for Networks {
             addr: node.addr.clone(),
             config: self.config.clone(),
             channel: None,
+            connecting: None,
         }
     }
 }
@@ -130,7 +131,12 @@ pub struct Network {
     addr: String,
     config: ChannelConfig,
     channel: Option<Channel>,
+    /// A connection being made (see [`Network::call`]).
+    connecting: Option<tokio::task::JoinHandle<Result<Channel, Status>>>,
 }
+
+/// The longest a connection to a peer may take to open.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Network {
     async fn call<Req: Serialize, Resp: DeserializeOwned, E>(
@@ -146,10 +152,26 @@ impl Network {
             RPCError::Unreachable(Unreachable::new(&std::io::Error::other(e.to_string())))
         };
         if self.channel.is_none() {
-            let endpoint = self.addr.parse().map_err(|e| unreachable(&e))?;
-            let connect = Channel::with_config(endpoint, self.config.clone());
-            let channel = tokio::time::timeout(option.hard_ttl(), connect)
-                .await
+            // Connecting may take longer than one RPC may (a handshake is a few round
+            // trips; openraft gives an append one heartbeat): it runs as a task of its
+            // own, which outlives an RPC that gave up waiting, and the next RPC takes
+            // the connection it made.
+            let connecting = self.connecting.get_or_insert_with(|| {
+                let (addr, config) = (self.addr.clone(), self.config.clone());
+                tokio::spawn(async move {
+                    let endpoint = addr
+                        .parse()
+                        .map_err(|e| Status::invalid_input(format!("peer address {addr}: {e}")))?;
+                    tokio::time::timeout(CONNECT_TIMEOUT, Channel::with_config(endpoint, config))
+                        .await
+                        .map_err(|_| {
+                            Status::unavailable(format!("connecting to {addr} timed out"))
+                        })?
+                })
+            });
+            let connected = connecting.await;
+            self.connecting = None;
+            let channel = connected
                 .map_err(|e| unreachable(&e))?
                 .map_err(|e| unreachable(&e))?;
             self.channel = Some(channel);

@@ -388,7 +388,7 @@ impl Node {
                 None => {
                     let endpoint = addr.parse().map_err(|e| unreachable(&e))?;
                     let c = tokio::time::timeout(
-                        Duration::from_secs(2),
+                        Duration::from_secs(5),
                         Channel::with_config(endpoint, self.channel.clone()),
                     )
                     .await
