@@ -16,6 +16,8 @@
 //!                                     Python and Node client calls/s against the runtime beside Rust's
 //! cargo xtask bench micro [--quick]   microbenchmarks: framing, compression choice, routing, writer
 //! cargo xtask bench state [--quick] [--seconds S]  sync transitions/s (1 and 64 instances) beside raw redb commits/s
+//! cargo xtask bench cluster [--quick] [--rounds R] [--seconds S] [--writers 1,16,64]
+//!                                     replicated writes/s and p50/p99: 3 polycall nodes beside 3 etcd members
 //! cargo xtask bench stall [--quick] [--seconds S]  event-loop stalls: sys.ping p50/p99 on one connection, idle
 //!                                     and beside OPAQUE logins, HSM-signed TLS handshakes, brotli
 //!                                     messages and a CPU-bound handler (target: p99 ≤ 3× idle)
@@ -33,6 +35,7 @@ use anyhow::{Context, Result, bail};
 
 mod api_guard;
 mod bench_bindings;
+mod bench_cluster;
 mod bench_micro;
 mod bench_procs;
 mod bench_rpc;
@@ -55,7 +58,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | bench proto|memory|priority|micro|state|stall [--quick] | bench rpc [--quick] [--pinned|--unpinned] [--seconds S] [--peers raw,direct,routed,routed-bare,tonic,nats] | bench stream [--quick] [--pinned|--unpinned] [--runs N] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
+                "usage: cargo xtask ci | bench proto|memory|priority|micro|state|stall [--quick] | bench rpc [--quick] [--pinned|--unpinned] [--seconds S] [--peers raw,direct,routed,routed-bare,tonic,nats] | bench stream [--quick] [--pinned|--unpinned] [--runs N] | bench cluster [--quick] [--rounds R] [--seconds S] [--writers 1,16,64] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
             );
             return ExitCode::from(2);
         }
@@ -221,6 +224,7 @@ fn bench(args: &[String]) -> Result<()> {
             cargo().args(["bench", "-p", "polycall-cli", "--bench", "memory"]),
         ),
         Some("bindings") => bench_bindings::bench_bindings(&args[1..]),
+        Some("cluster") => bench_cluster::bench_cluster(&args[1..]),
         Some("rpc") => bench_rpc(&args[1..]),
         Some("micro") => bench_micro(quick),
         Some("stall") => bench_stall::bench_stall(&args[1..]),

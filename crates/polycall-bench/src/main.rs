@@ -12,6 +12,8 @@
 //! polycall-bench serve-raw-stream --listen ADDR --ready FILE a raw TCP server stream
 //! polycall-bench stream-load --peer raw|polycall|tonic --endpoint EP --count N --size S
 //!                     [--server-pids P,Q]                    → one JSON line of results
+//! polycall-bench cluster-load --peer polycall|etcd --endpoints A,B,C --writers W
+//!                     --value-size N --seconds S --warmup S  → one JSON line (cargo xtask bench cluster)
 //! polycall-bench stall-serve | stall-ping | stall-load | stall-hsm-cert …
 //!                                     the event-loop stall benchmark (cargo xtask bench stall);
 //!                                     see the doc comments of src/stall.rs and src/stall_load.rs
@@ -23,6 +25,7 @@
 //! Every peer gets the same payload bytes ([`payload`]), every reply is checked for
 //! its length, and the warm-up is left out of every figure (calls, latency, CPU).
 
+mod cluster_load;
 mod load;
 mod nats_peer;
 mod polycall;
@@ -133,7 +136,7 @@ pub fn payload(len: usize) -> bytes::Bytes {
     out.into()
 }
 
-const USAGE: &str = "usage: polycall-bench serve-raw|serve-polycall|provide|serve-tonic|serve-nats|load|\
+const USAGE: &str = "usage: polycall-bench serve-raw|serve-polycall|provide|serve-tonic|serve-nats|load|cluster-load|\
 serve-raw-stream|stream-load|\
 stall-serve|stall-ping|stall-load|stall-hsm-cert … (see the doc comments of crates/polycall-bench/src/main.rs \
 and src/stall.rs)";
@@ -158,6 +161,7 @@ fn main() -> std::process::ExitCode {
             Some("serve-tonic") => tonic_peer::serve(&args).await,
             Some("serve-nats") => nats_peer::serve(&args).await,
             Some("load") => load::run(&args).await,
+            Some("cluster-load") => cluster_load::run(&args).await,
             Some("serve-raw-stream") => stream_load::serve_raw(&args).await,
             Some("stream-load") => stream_load::run(&args).await,
             Some("stall-serve") => stall::serve(&args).await,

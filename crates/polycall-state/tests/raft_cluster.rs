@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use openraft::{BasicNode, Raft};
 use polycall_net::{Server, ServerConfig};
 use polycall_state::raft::network::{Networks, RaftSlot, router};
-use polycall_state::raft::{self, Applied, Command, Proposal, ReplicatedMap, TypeConfig};
+use polycall_state::raft::{self, Applied, Batch, Command, ReplicatedMap, TypeConfig};
 use polycall_test_support::TempDir;
 
 struct Node {
@@ -100,7 +100,7 @@ async fn three_nodes_replicate_and_survive_the_leader() {
 
     // A write through the leader is applied on every node.
     let put = |value: &str, expect| {
-        Proposal::from(Command::Put {
+        Batch::from(Command::Put {
             key: "order/1".into(),
             value: value.as_bytes().to_vec(),
             expect: Some(expect),
@@ -111,7 +111,7 @@ async fn three_nodes_replicate_and_survive_the_leader() {
         .client_write(put("created", 0))
         .await
         .unwrap();
-    let Applied::Done { version } = written.data else {
+    let [Applied::Done { version }] = written.data[..] else {
         panic!("{:?}", written.data)
     };
     // A racing writer that read the same (absent) version loses.
@@ -120,7 +120,7 @@ async fn three_nodes_replicate_and_survive_the_leader() {
         .client_write(put("other", 0))
         .await
         .unwrap();
-    assert_eq!(lost.data, Applied::Conflict { current: version });
+    assert_eq!(lost.data, vec![Applied::Conflict { current: version }]);
     let started = Instant::now();
     while nodes
         .values()
@@ -146,7 +146,11 @@ async fn three_nodes_replicate_and_survive_the_leader() {
         .client_write(put("paid", version))
         .await
         .unwrap();
-    assert!(matches!(next.data, Applied::Done { .. }), "{:?}", next.data);
+    assert!(
+        matches!(next.data[..], [Applied::Done { .. }]),
+        "{:?}",
+        next.data
+    );
     for n in nodes.values() {
         n.raft.shutdown().await.unwrap();
         n.server.shutdown().await;

@@ -7,7 +7,7 @@ use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use openraft::{Entry, EntryPayload, LogId, RaftLogReader, RaftSnapshotBuilder, Vote};
 use polycall_state::raft::{
-    self, Applied, Command, Proposal, RaftLog, ReplicatedMap, StorageError, TypeConfig,
+    self, Applied, Batch, Command, RaftLog, ReplicatedMap, StorageError, TypeConfig,
 };
 use polycall_test_support::TempDir;
 
@@ -26,7 +26,7 @@ fn openraft_storage_suite_passes() {
     Suite::test_all(Files).expect("every case of openraft's storage suite");
 }
 
-fn entry(term: u64, index: u64, command: Proposal) -> Entry<TypeConfig> {
+fn entry(term: u64, index: u64, command: Batch) -> Entry<TypeConfig> {
     Entry {
         log_id: LogId::new(openraft::CommittedLeaderId::new(term, 1), index),
         payload: EntryPayload::Normal(command),
@@ -38,7 +38,7 @@ async fn a_reopened_file_keeps_log_vote_and_snapshot() {
     let dir = TempDir::new("raft-reopen");
     let path = dir.join("node.redb");
     let put = |key: &str| {
-        Proposal::from(Command::Put {
+        Batch::from(Command::Put {
             key: key.into(),
             value: key.as_bytes().to_vec(),
             expect: Some(0),
@@ -58,9 +58,9 @@ async fn a_reopened_file_keeps_log_vote_and_snapshot() {
         assert_eq!(
             applied,
             vec![
-                Applied::Done { version: 1 },
-                Applied::Done { version: 2 },
-                Applied::Conflict { current: 1 }
+                vec![Applied::Done { version: 1 }],
+                vec![Applied::Done { version: 2 }],
+                vec![Applied::Conflict { current: 1 }]
             ]
         );
         map.build_snapshot().await.unwrap();

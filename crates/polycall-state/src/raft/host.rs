@@ -190,7 +190,6 @@ impl ReplicatedHost {
         match written.applied {
             Applied::Done { version } => Ok(self.view(stored.state, version)),
             Applied::Conflict { .. } => Err(StateError::InstanceExists(id)),
-            Applied::Nothing => Err(StateError::Store("the write applied nothing".into())),
         }
     }
 
@@ -240,9 +239,6 @@ impl ReplicatedHost {
                         .wait_applied(current, Duration::from_secs(5))
                         .await
                         .map_err(cluster)?;
-                }
-                Applied::Nothing => {
-                    return Err(StateError::Store("the write applied nothing".into()));
                 }
             }
         }

@@ -31,14 +31,15 @@ pub use node::{
     ClusterError, ClusterStatus, Consistency, MemberStatus, MembershipChange, Node, NodeConfig,
     Read, Written,
 };
-pub use state_machine::{Applied, Command, Proposal, ReplicatedMap};
+pub use state_machine::{Applied, Batch, Command, Proposal, ReplicatedMap};
 
 openraft::declare_raft_types!(
     /// The raft types of a polycall cluster: node ids are `u64`, nodes carry their
-    /// address, log entries carry [`Proposal`]s.
+    /// address, log entries carry [`Batch`]es of proposals and answer what applying
+    /// each did.
     pub TypeConfig:
-        D = Proposal,
-        R = Applied,
+        D = Batch,
+        R = Vec<Applied>,
 );
 
 /// A node's id in the cluster.
