@@ -163,6 +163,7 @@ pub async fn run(
             );
             settings.data_file = c.data_file.clone();
             settings.snapshot_every = c.snapshot_every;
+            settings.peer_identities = c.peer_identities.clone();
         }
         config.cluster = Some(settings);
     }

@@ -68,6 +68,8 @@ struct Cluster {
     net: Option<Net>,
     /// Nodes that listen elsewhere than their member address (behind a proxy).
     listen: std::collections::HashMap<u64, String>,
+    /// `--set`s of one node only.
+    node_sets: std::collections::HashMap<u64, Vec<String>>,
 }
 
 /// Runs `ip ARGS…`, failing the test on an error.
@@ -258,6 +260,7 @@ impl Cluster {
             sets: sets.iter().map(|s| s.to_string()).collect(),
             net,
             listen: std::collections::HashMap::new(),
+            node_sets: std::collections::HashMap::new(),
         }
     }
 
@@ -303,7 +306,11 @@ impl Cluster {
             .arg("--machines")
             .arg(self.dir.join("machines"))
             .args(["--drain-timeout-ms", "500"]);
-        for s in &self.sets {
+        for s in self
+            .sets
+            .iter()
+            .chain(self.node_sets.get(&id).into_iter().flatten())
+        {
             cmd.args(["--set", s]);
         }
         let child = cmd
@@ -1074,4 +1081,179 @@ async fn a_slow_follower_does_not_slow_commits() {
     // The slow follower still receives everything.
     let digests = clients.converged(&[1, 2, 3], Duration::from_secs(20)).await;
     eprintln!("median commit {median:?} with node 3 {delay:?} away; converged: {digests:?}");
+}
+
+/// Runs `polycall ARGS…` and returns its output.
+fn polycall(args: &[&str]) -> std::process::Output {
+    common::bin().args(args).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_speak_mutual_tls_and_only_node_identities_may_call_raft() {
+    let scratch = TempDir::new("cluster-tls");
+    let p = |rel: &str| scratch.join(rel).display().to_string();
+    let run = |args: &[&str]| {
+        let o = polycall(args);
+        assert!(o.status.success(), "polycall {args:?}: {o:?}");
+    };
+    run(&["certs", "init", &p("ca")]);
+    for (name, spiffe) in [
+        ("node1", "spiffe://polycall.test/node/1"),
+        ("node2", "spiffe://polycall.test/node/2"),
+        ("node3", "spiffe://polycall.test/node/3"),
+        ("app", "spiffe://polycall.test/app/orders"),
+    ] {
+        run(&[
+            "certs",
+            "issue",
+            "--ca",
+            &p("ca"),
+            "--name",
+            name,
+            "--spiffe",
+            spiffe,
+            "--loopback",
+            "--out",
+            &p("certs"),
+        ]);
+    }
+    let endpoints: Vec<String> = (0..3)
+        .map(|_| format!("127.0.0.1:{}", free_port()))
+        .collect();
+    let common_sets = [
+        "tls.enabled=true".to_string(),
+        format!("tls.ca_file={}", p("ca/ca.pem")),
+        "tls.client_auth=required".into(),
+        "auth.certificate=true".into(),
+        "auth.anonymous=false".into(),
+        "cluster.peer_identities=spiffe://polycall.test/node/*".into(),
+    ];
+    let sets: Vec<&str> = common_sets.iter().map(String::as_str).collect();
+    let mut cluster = Cluster::start_on(endpoints.clone(), None, &sets);
+    for id in 1..=3u64 {
+        cluster.node_sets.insert(
+            id,
+            vec![
+                format!("tls.cert_file={}", p(&format!("certs/node{id}.pem"))),
+                format!("tls.key_file={}", p(&format!("certs/node{id}.key"))),
+            ],
+        );
+    }
+    cluster.spawn_all();
+    // The application's certificate: authenticated, not a node.
+    let as_app = |node: usize, args: &[&str]| {
+        let (ca, cert, key) = (p("ca/ca.pem"), p("certs/app.pem"), p("certs/app.key"));
+        let mut all = vec!["--format", "json"];
+        all.extend_from_slice(args);
+        all.extend([
+            "--endpoint",
+            endpoints[node - 1].as_str(),
+            "--ca",
+            ca.as_str(),
+            "--cert",
+            cert.as_str(),
+            "--key",
+            key.as_str(),
+        ]);
+        let o = polycall(&all);
+        (
+            o.status.success(),
+            serde_json::from_slice::<Value>(&o.stdout).unwrap_or(Value::Null),
+            o,
+        )
+    };
+    // The nodes find each other over mutual TLS and elect a leader.
+    let started = Instant::now();
+    let leader = loop {
+        let (ok, v, o) = as_app(1, &["cluster", "status"]);
+        if ok && v["data"]["leader"].is_u64() {
+            break v["data"]["leader"].as_u64().unwrap();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "no leader over TLS: {o:?}\n{}",
+            cluster.log(1)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // A write through a follower is forwarded to the leader over TLS.
+    let follower = (1..=3).find(|&n| n != leader as usize).unwrap();
+    let (ok, v, o) = as_app(
+        follower,
+        &["call", "state.counter.create", "--json", r#"{"id": "tls"}"#],
+    );
+    assert!(ok, "{v} {o:?}");
+    let (ok, v, o) = as_app(
+        follower,
+        &[
+            "call",
+            "state.counter.fire",
+            "--json",
+            r#"{"id": "tls", "transition": "add", "event": {"by": 5}}"#,
+        ],
+    );
+    assert!(ok, "{v} {o:?}");
+    let third = (1..=3)
+        .find(|&n| n != leader as usize && n != follower)
+        .unwrap();
+    let (ok, v, o) = as_app(
+        third,
+        &["call", "state.counter.get", "--json", r#"{"id": "tls"}"#],
+    );
+    assert!(ok && v["data"]["context"]["n"] == 5, "{v} {o:?}");
+
+    // The application may not speak raft to a node: its SPIFFE ID is not a node's.
+    for method in [
+        "raft.vote",
+        "raft.append",
+        "raft.hello",
+        "raft.forward.write",
+    ] {
+        let (ok, v, o) = as_app(1, &["call", method, "--raw", ""]);
+        assert!(!ok, "{method}: {o:?}");
+        let text = v.to_string();
+        assert!(
+            text.contains("permission_denied") && text.contains("only cluster nodes"),
+            "{method}: {text}"
+        );
+    }
+    // Nor may anyone without a certificate reach the node at all.
+    // A node others can reach must say which identities its peers have.
+    let (cert, key) = (p("certs/node1.pem"), p("certs/node1.key"));
+    let mut refused = vec!["run", "--node-id", "9", "--cluster", "9=127.0.0.1:1"];
+    refused.extend(["--endpoint", "0.0.0.0:0", "--state-dir"]);
+    let state = p("refused");
+    refused.push(&state);
+    let sets = [
+        "tls.enabled=true".to_string(),
+        format!("tls.cert_file={cert}"),
+        format!("tls.key_file={key}"),
+        format!("tls.ca_file={}", p("ca/ca.pem")),
+        "tls.client_auth=required".into(),
+        "auth.certificate=true".into(),
+        "auth.anonymous=false".into(),
+    ];
+    for s in &sets {
+        refused.extend(["--set", s.as_str()]);
+    }
+    let o = polycall(&refused);
+    assert!(
+        !o.status.success()
+            && String::from_utf8_lossy(&o.stderr).contains("cluster.peer_identities"),
+        "{o:?}"
+    );
+    let ca = p("ca/ca.pem");
+    let o = polycall(&[
+        "--format",
+        "json",
+        "call",
+        "raft.hello",
+        "--raw",
+        "",
+        "--endpoint",
+        &endpoints[0],
+        "--ca",
+        &ca,
+    ]);
+    assert!(!o.status.success(), "{o:?}");
 }

@@ -319,6 +319,8 @@ pub struct ClusterSection {
     pub election_timeout_ms: u64,
     /// `snapshot_every`.
     pub snapshot_every: u64,
+    /// `peer_identities`, split at commas.
+    pub peer_identities: Vec<String>,
 }
 
 /// Parses a cluster's members, `1=HOST:PORT,2=HOST:PORT,…` (ids from 1, each once).

@@ -579,6 +579,15 @@ fn typed(values: &[(&'static KeyDef, Entry)], base: &Path) -> Config {
             heartbeat_ms: int("cluster.heartbeat_ms").unwrap_or(100),
             election_timeout_ms: int("cluster.election_timeout_ms").unwrap_or(500),
             snapshot_every: int("cluster.snapshot_every").unwrap_or(5000),
+            peer_identities: string("cluster.peer_identities")
+                .map(|t| {
+                    t.split(',')
+                        .map(str::trim)
+                        .filter(|p| !p.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
         },
         observe: ObserveSection {
             metrics: boolean("observe.metrics"),

@@ -602,6 +602,14 @@ pub static KEYS: &[KeyDef] = &[
         false,
         "Snapshot the replicated state after this many log entries; a node further behind than the kept log catches up from the snapshot."
     ),
+    key!(
+        "cluster",
+        "peer_identities",
+        Kind::Text,
+        DefaultValue::None,
+        false,
+        "Who may call the raft methods: comma-separated principal patterns of the nodes' certificates (spiffe://DOMAIN/PATH or dns:NAME, `*` globs). Required off loopback."
+    ),
 ];
 
 /// The definition of `section.name`.

@@ -2,7 +2,11 @@
 //! own methods, and state machines whose instances live in the replicated map.
 //!
 //! - `raft.*`: raft between nodes and what followers forward to the leader (postcard;
-//!   peers only — the runtime's authorization policy governs them like every method);
+//!   peers only: with `peer_identities`, callers whose principal — the SPIFFE ID or DNS
+//!   name of their certificate — matches none get `permission_denied`; the runtime's
+//!   authorization policy applies to them too, like to every method). Nodes dial each
+//!   other with the runtime's own TLS settings: its certificate as their client
+//!   certificate, its CA bundle to verify the peer;
 //! - `sys.cluster.status`: leader, term, members, each member's log index and lag;
 //! - `sys.cluster.digest`: this node's applied index and state hash (convergence checks);
 //! - `sys.cluster.add_learner`, `sys.cluster.promote`, `sys.cluster.remove`: membership
@@ -36,6 +40,11 @@ pub struct ClusterSettings {
     /// Snapshot the replicated state after this many log entries (a node far behind
     /// catches up from the snapshot).
     pub snapshot_every: u64,
+    /// Who may call the raft methods: principal patterns of the nodes (e.g.
+    /// `spiffe://example.org/polycall/node/*`, the SPIFFE IDs of their certificates).
+    /// Empty: any caller the listener lets in — allowed only on loopback (or with
+    /// `insecure_remote`).
+    pub peer_identities: Vec<String>,
 }
 
 impl ClusterSettings {
@@ -48,7 +57,17 @@ impl ClusterSettings {
             heartbeat: Duration::from_millis(100),
             election_timeout: Duration::from_millis(500),
             snapshot_every: 5000,
+            peer_identities: Vec::new(),
         }
+    }
+
+    /// Sets who may call the raft methods (principal patterns of the nodes).
+    pub fn peer_identities(
+        mut self,
+        patterns: impl IntoIterator<Item = impl Into<String>>,
+    ) -> Self {
+        self.peer_identities = patterns.into_iter().map(Into::into).collect();
+        self
     }
 
     /// Sets the file of the raft log and the replicated state.
@@ -80,8 +99,11 @@ mod running {
     use std::sync::{Arc, Weak};
 
     use polycall_core::{Call, MethodInfo, Router, Status};
+    use polycall_net::ChannelConfig;
+    use polycall_security::authz::{Policy, PolicyConfig, RuleConfig};
+    use polycall_security::{ClientAuth, ClientTls};
     use polycall_state::graph;
-    use polycall_state::raft::network::RaftSlot;
+    use polycall_state::raft::network::{Peers, RaftSlot};
     use polycall_state::raft::{Consistency, MembershipChange, Node, NodeConfig, ReplicatedHost};
     use serde_json::{Value as Json, json};
 
@@ -93,6 +115,7 @@ mod running {
         pub(crate) node: Arc<Node>,
         slot: RaftSlot,
         pub(crate) host: Option<Arc<ReplicatedHost>>,
+        peers: Peers,
     }
 
     /// Opens the node's data and starts its raft (peers are reached once the runtime
@@ -113,9 +136,11 @@ mod running {
             })?;
         }
         let slot = RaftSlot::default();
+        let peers = peers(config, settings)?;
         let node_config = NodeConfig::new(settings.node_id, settings.members.clone(), data_file)
             .timing(settings.heartbeat, settings.election_timeout)
-            .snapshot_every(settings.snapshot_every);
+            .snapshot_every(settings.snapshot_every)
+            .channel(peer_channel(config)?);
         let node = Node::start(node_config, slot.clone())
             .await
             .map_err(|e| RuntimeError::State(format!("cluster node: {e}")))?;
@@ -132,7 +157,80 @@ mod running {
             members = ?settings.members,
             "cluster node started"
         );
-        Ok(Cluster { node, slot, host })
+        Ok(Cluster {
+            node,
+            slot,
+            host,
+            peers,
+        })
+    }
+
+    /// Who may call the raft methods (see [`ClusterSettings::peer_identities`]).
+    fn peers(
+        config: &RuntimeConfig,
+        settings: &super::ClusterSettings,
+    ) -> Result<Peers, RuntimeError> {
+        if settings.peer_identities.is_empty() {
+            if !config.endpoint.is_loopback() && !config.insecure_remote {
+                return Err(RuntimeError::State(
+                    "a cluster node reachable from the network needs cluster.peer_identities \
+                     (the principals of the nodes' certificates, e.g. spiffe://example.org/polycall/node/*) \
+                     and TLS with client certificates"
+                        .into(),
+                ));
+            }
+            return Ok(Peers::any());
+        }
+        let policy = Policy::new(
+            &PolicyConfig::default().rules([RuleConfig::new("raft*")
+                .method("*")
+                .allow(settings.peer_identities.clone())]),
+        )
+        .map_err(|e| RuntimeError::State(format!("cluster.peer_identities: {e}")))?;
+        Ok(Peers::checked(move |c| {
+            policy
+                .check(
+                    c.metadata.principal.as_ref(),
+                    c.service.as_str(),
+                    c.method.as_str(),
+                )
+                .map_err(|d| {
+                    Status::permission_denied(format!(
+                        "{}: only cluster nodes may call {} (cluster.peer_identities)",
+                        d.who,
+                        c.full_name()
+                    ))
+                })
+        }))
+    }
+
+    /// How this node dials its peers: with the runtime's TLS settings when it serves
+    /// TLS (its certificate as the client certificate, its CA bundle for the peers').
+    fn peer_channel(config: &RuntimeConfig) -> Result<ChannelConfig, RuntimeError> {
+        let mut channel = ChannelConfig::default();
+        let Some(tls) = &config.tls else {
+            return Ok(channel);
+        };
+        let Some(ca) = &tls.ca else {
+            return Err(RuntimeError::State(
+                "a cluster node serving TLS needs tls.ca_file: the CA its peers' certificates chain to"
+                    .into(),
+            ));
+        };
+        let mut client = ClientTls::default().ca(ca.clone());
+        client.cert_chain = tls.cert_chain.clone();
+        client.key = tls.key.clone();
+        client.hsm_key = tls.hsm_key.clone();
+        client.crls = tls.crls.clone();
+        client.allow_unknown_revocation = tls.allow_unknown_revocation;
+        let built = client
+            .build()
+            .map_err(|e| RuntimeError::State(format!("the TLS settings to reach peers: {e}")))?;
+        channel.transport = Arc::new(polycall_net::tls::Tls::client(built));
+        if tls.client_auth != ClientAuth::Off {
+            channel.connection.credentials = Some(polycall_net::auth::Credentials::Certificate);
+        }
+        Ok(channel)
     }
 
     /// Reads a membership change from a call's input, given the node id.
@@ -149,7 +247,7 @@ mod running {
 
     /// The raft methods, `sys.cluster.*` and the replicated state methods.
     pub(crate) fn router(cluster: &Cluster, runtime: Weak<State>) -> Router {
-        let mut r = Node::router(&cluster.node, cluster.slot.clone());
+        let mut r = Node::router(&cluster.node, cluster.slot.clone(), cluster.peers.clone());
         let node = &cluster.node;
         r = add(
             r,

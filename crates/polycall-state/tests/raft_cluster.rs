@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use openraft::{BasicNode, Raft};
 use polycall_net::{Server, ServerConfig};
-use polycall_state::raft::network::{Networks, RaftSlot, router};
+use polycall_state::raft::network::{Networks, Peers, RaftSlot, router};
 use polycall_state::raft::{self, Applied, Batch, Command, ReplicatedMap, TypeConfig};
 use polycall_test_support::TempDir;
 
@@ -60,7 +60,7 @@ async fn three_nodes_replicate_and_survive_the_leader() {
         let server = Server::serve_router(
             "127.0.0.1:0".parse().unwrap(),
             ServerConfig::default(),
-            router(slot.clone()),
+            router(slot.clone(), Peers::any()),
         )
         .await
         .unwrap();

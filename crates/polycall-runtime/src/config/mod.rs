@@ -90,6 +90,7 @@ impl RuntimeConfigExt for LoadedConfig {
             );
             settings.data_file = c.cluster.data_file.clone();
             settings.snapshot_every = c.cluster.snapshot_every;
+            settings.peer_identities = c.cluster.peer_identities.clone();
             rc.cluster = Some(settings);
         }
         rc.qos.concurrency = c

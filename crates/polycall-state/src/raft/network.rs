@@ -43,9 +43,41 @@ fn raft_of(slot: &RaftSlot) -> Result<Raft<TypeConfig>, Status> {
         .ok_or_else(|| Status::unavailable("raft: this node is still starting"))
 }
 
-/// The methods a node serves to its peers.
-pub fn router(slot: RaftSlot) -> Router {
+/// Who may call a node's raft methods: every raft handler asks it first.
+#[derive(Clone)]
+pub struct Peers(Arc<Admit>);
+
+/// Decides whether a call to a raft method may go on.
+type Admit = dyn Fn(&Call) -> Result<(), Status> + Send + Sync;
+
+impl std::fmt::Debug for Peers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Peers")
+    }
+}
+
+impl Peers {
+    /// Any caller the server let in (a cluster on loopback, or behind the server's own
+    /// authentication and authorization).
+    pub fn any() -> Self {
+        Peers(Arc::new(|_| Ok(())))
+    }
+
+    /// Callers `admit` accepts (say, principals of the nodes' certificates).
+    pub fn checked(admit: impl Fn(&Call) -> Result<(), Status> + Send + Sync + 'static) -> Self {
+        Peers(Arc::new(admit))
+    }
+
+    /// Whether `call` may go on.
+    pub fn admit(&self, call: &Call) -> Result<(), Status> {
+        (self.0)(call)
+    }
+}
+
+/// The methods a node serves to its peers, each admitting only `peers`.
+pub fn router(slot: RaftSlot, peers: Peers) -> Router {
     let (s1, s2, s3) = (slot.clone(), slot.clone(), slot);
+    let (p1, p2, p3) = (peers.clone(), peers.clone(), peers);
     let route =
         |r: Router, name: &str, summary: &str, h| r.route(name, MethodInfo::new(summary), h);
     let r = route(
@@ -54,7 +86,9 @@ pub fn router(slot: RaftSlot) -> Router {
         "raft AppendEntries (peers only)",
         polycall_core::BoxHandler::new(handler_fn(move |c: Call| {
             let slot = s1.clone();
+            let admitted = p1.admit(&c);
             async move {
+                admitted?;
                 let req: AppendEntriesRequest<TypeConfig> = decode(&c.payload, "AppendEntries")?;
                 let answer = raft_of(&slot)?.append_entries(req).await;
                 encode(&answer).map(Reply::new)
@@ -68,7 +102,9 @@ pub fn router(slot: RaftSlot) -> Router {
             "raft RequestVote (peers only)",
             polycall_core::BoxHandler::new(handler_fn(move |c: Call| {
                 let slot = s2.clone();
+                let admitted = p2.admit(&c);
                 async move {
+                    admitted?;
                     let req: VoteRequest<NodeId> = decode(&c.payload, "RequestVote")?;
                     let answer = raft_of(&slot)?.vote(req).await;
                     encode(&answer).map(Reply::new)
@@ -83,7 +119,9 @@ pub fn router(slot: RaftSlot) -> Router {
             "raft InstallSnapshot (peers only)",
             polycall_core::BoxHandler::new(handler_fn(move |c: Call| {
                 let slot = s3.clone();
+                let admitted = p3.admit(&c);
                 async move {
+                    admitted?;
                     let req: InstallSnapshotRequest<TypeConfig> =
                         decode(&c.payload, "InstallSnapshot")?;
                     let answer = raft_of(&slot)?.install_snapshot(req).await;

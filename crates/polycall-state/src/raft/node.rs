@@ -20,7 +20,7 @@ use polycall_net::{Channel, ChannelConfig};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::network::{self, Networks, RaftSlot, decode, encode};
+use super::network::{self, Networks, Peers, RaftSlot, decode, encode};
 use super::{Applied, Batch, Command, NodeId, Proposal, ReplicatedMap, TypeConfig};
 
 /// How a node joins its cluster.
@@ -709,8 +709,8 @@ impl Node {
 
     /// The methods a node serves to its peers: raft's own (`raft.append`, `raft.vote`,
     /// `raft.snapshot`) and the forwarded operations (`raft.forward.*`).
-    pub fn router(node: &Arc<Node>, slot: RaftSlot) -> Router {
-        let mut r = network::router(slot);
+    pub fn router(node: &Arc<Node>, slot: RaftSlot, peers: Peers) -> Router {
+        let mut r = network::router(slot, peers.clone());
         let weak = Arc::downgrade(node);
         let add = |r: Router, name: &str, summary: &str, h| {
             r.route(name, MethodInfo::new(summary), h)
@@ -719,13 +719,16 @@ impl Node {
         macro_rules! forwarded {
             ($name:literal, $summary:literal, |$node:ident, $req:ident: $ty:ty| $body:expr) => {{
                 let weak = weak.clone();
+                let peers = peers.clone();
                 r = add(
                     r,
                     $name,
                     $summary,
                     polycall_core::BoxHandler::new(handler_fn(move |c: Call| {
                         let weak = weak.clone();
+                        let admitted = peers.admit(&c);
                         async move {
+                            admitted?;
                             let $req: $ty = decode(&c.payload, $name)?;
                             let $node = weak
                                 .upgrade()
@@ -744,13 +747,16 @@ impl Node {
             }};
         }
         let hello = weak.clone();
+        let hello_peers = peers.clone();
         r = add(
             r,
             "raft.hello",
             "this node's own view of the cluster (peers only)",
-            polycall_core::BoxHandler::new(handler_fn(move |_c: Call| {
+            polycall_core::BoxHandler::new(handler_fn(move |c: Call| {
                 let weak = hello.clone();
+                let admitted = hello_peers.admit(&c);
                 async move {
+                    admitted?;
                     let node = weak
                         .upgrade()
                         .ok_or_else(|| Status::unavailable("cluster node stopped"))?;
