@@ -163,6 +163,7 @@ fn ci() -> Result<()> {
     ensure_apt("nats-server", "nats-server")?; // the NATS benchmark peer's test (polycall-bench)
     ensure_apt("prometheus", "prometheus")?; // scrapes the admin listener (polycall-cli tests/observe.rs)
     ensure_apt("chromium", "chromium")?; // opens the dashboard (headless, through playwright-core)
+    ensure_apt("ip", "iproute2")?; // network namespaces for the cluster partition test (polycall-cli tests/cluster.rs)
     bench_bindings::ensure_pip("grpc", "grpcio")?; // the OTLP receiver of the cross-language trace test
     bench_bindings::ensure_pip("opentelemetry.proto", "opentelemetry-proto")?;
     run(
