@@ -391,17 +391,15 @@ async fn a_streaming_call_is_counted_when_it_ends() {
     let started = Instant::now();
     loop {
         let text = rt.runtime.observer().encode_text(&[]);
+        // The count and the in-flight gauge are two updates: wait for both.
         if text.contains(
             r#"polycall_calls_total{side="server",method="debug.stream",class="normal"} 1"#,
-        ) {
+        ) && text.contains(r#"polycall_calls_in_flight{side="server",method="debug.stream"} 0"#)
+        {
             assert!(
                 text.contains(
                     r#"polycall_reply_bytes_total{side="server",method="debug.stream"} 35"#
                 ),
-                "{text}"
-            );
-            assert!(
-                text.contains(r#"polycall_calls_in_flight{side="server",method="debug.stream"} 0"#),
                 "{text}"
             );
             break;

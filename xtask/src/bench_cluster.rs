@@ -31,24 +31,8 @@ use serde_json::{Value, json};
 use crate::bench_procs::{Proc, loadavg, spawn, wait_ready};
 use crate::{BenchProcesses, ensure_apt, root};
 
-const REGISTER: &str = r#"# One value per instance: `set` replaces it.
-name = "register"
-initial = "on"
-durability = "sync"
-
-[context]
-value = ""
-
-[[state]]
-name = "on"
-
-[[transition]]
-name = "set"
-from = "on"
-to = "on"
-kind = "internal"
-action = { value = "event.value" }
-"#;
+/// The machine every write fires a transition of (shared with the cluster tests).
+const REGISTER: &str = include_str!("../../crates/polycall-cli/tests/fixtures/register.toml");
 
 struct Options {
     rounds: usize,

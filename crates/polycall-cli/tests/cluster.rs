@@ -19,43 +19,9 @@ use polycall_test_support::linearizability::{self, Recorder};
 use polycall_test_support::{TempDir, free_port};
 use serde_json::{Value, json};
 
-const REGISTER: &str = r#"
-name = "register"
-initial = "on"
-durability = "sync"
+const REGISTER: &str = include_str!("fixtures/register.toml");
 
-[context]
-value = ""
-
-[[state]]
-name = "on"
-
-[[transition]]
-name = "set"
-from = "on"
-to = "on"
-kind = "internal"
-action = { value = "event.value" }
-"#;
-
-const COUNTER: &str = r#"
-name = "counter"
-initial = "on"
-durability = "sync"
-
-[context]
-n = 0
-
-[[state]]
-name = "on"
-
-[[transition]]
-name = "add"
-from = "on"
-to = "on"
-kind = "internal"
-action = { n = "context.n + event.by" }
-"#;
+const COUNTER: &str = include_str!("fixtures/machines/counter.toml");
 
 /// A cluster of `polycall run` processes, each in its own state directory — on
 /// loopback, or each in a network namespace of its own on a bridge (see [`Net`]).
@@ -725,6 +691,39 @@ async fn load(
     }
 }
 
+/// After the load: no acknowledged `add` is lost and none counted twice (the counter
+/// holds every acknowledged one and at most the unacknowledged ones besides), and every
+/// read saw a state some order of the writes explains (the history is linearizable).
+/// Returns the count and the history.
+async fn check_load(
+    clients: &Clients,
+    load: &Load,
+    recorder: &Recorder,
+) -> (u64, Vec<linearizability::Op>) {
+    let count = clients
+        .call(
+            1,
+            "state.counter.get",
+            json!({"id": "hits"}),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap()["context"]["n"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        count >= load.acked_adds && count <= load.acked_adds + load.unknown_adds,
+        "counter {count}: {} acknowledged, {} unknown",
+        load.acked_adds,
+        load.unknown_adds
+    );
+    let history = recorder.history();
+    if let Err(v) = linearizability::check(&history) {
+        panic!("the history is not linearizable: {v}");
+    }
+    (count, history)
+}
+
 async fn create_instances(clients: &Clients) {
     for id in ["reg-0", "reg-1"] {
         clients
@@ -800,33 +799,10 @@ async fn killing_the_leader_under_load_loses_nothing_and_a_new_leader_writes_wit
     cluster.spawn(leader);
     let digests = clients.converged(&[1, 2, 3], Duration::from_secs(20)).await;
 
-    // No acknowledged `add` is lost, and none is counted twice.
-    let count = clients
-        .call(
-            1,
-            "state.counter.get",
-            json!({"id": "hits"}),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap()["context"]["n"]
-        .as_u64()
-        .unwrap();
-    assert!(
-        count >= load.acked_adds && count <= load.acked_adds + load.unknown_adds,
-        "counter {count}: {} acknowledged, {} unknown",
-        load.acked_adds,
-        load.unknown_adds
-    );
+    let (count, history) = check_load(&clients, &load, &recorder).await;
     assert!(load.acked_adds > 10, "too little load: {}", load.acked_adds);
-
-    // Every read saw a state some order of the writes explains.
-    let history = recorder.history();
     let completed = history.iter().filter(|o| o.complete.is_some()).count();
     assert!(completed > 20, "too few operations recorded: {completed}");
-    if let Err(v) = linearizability::check(&history) {
-        panic!("the history is not linearizable: {v}");
-    }
     // The checker is not blind: the same history with one stale read served as if it
     // were linearizable — after every write had returned, a read that sees the key's
     // first acknowledged value — is refused.
@@ -1008,27 +984,7 @@ async fn a_partitioned_minority_cannot_commit_and_all_five_converge_after_healin
         majority_acks >= 12,
         "the majority side {majority:?} (leader {new_leader}) took only {majority_acks} writes"
     );
-    let count = clients
-        .call(
-            1,
-            "state.counter.get",
-            json!({"id": "hits"}),
-            Duration::from_secs(5),
-        )
-        .await
-        .unwrap()["context"]["n"]
-        .as_u64()
-        .unwrap();
-    assert!(
-        count >= load.acked_adds && count <= load.acked_adds + load.unknown_adds,
-        "counter {count}: {} acknowledged, {} unknown",
-        load.acked_adds,
-        load.unknown_adds
-    );
-    let history = recorder.history();
-    if let Err(v) = linearizability::check(&history) {
-        panic!("the history is not linearizable: {v}");
-    }
+    let (_, history) = check_load(&clients, &load, &recorder).await;
     eprintln!(
         "partition {minority:?} | {majority:?}: new leader {new_leader}, {majority_acks} writes on the majority side, none on the minority; {} operations linearizable; converged: {digests:?}",
         history.len()

@@ -102,12 +102,16 @@ mod running {
     use polycall_net::ChannelConfig;
     use polycall_security::authz::{Policy, PolicyConfig, RuleConfig};
     use polycall_security::{ClientAuth, ClientTls};
-    use polycall_state::graph;
+    use std::future::Future;
+
     use polycall_state::raft::network::{Peers, RaftSlot};
     use polycall_state::raft::{Consistency, MembershipChange, Node, NodeConfig, ReplicatedHost};
+    use polycall_state::{Fired, InstanceView, StateError, graph};
     use serde_json::{Value as Json, json};
 
-    use crate::state_service::{add, check_token, field, json_reply, principal};
+    use crate::state_service::{
+        InstanceWrites, add, check_token, field, json_reply, write_methods,
+    };
     use crate::{RuntimeConfig, RuntimeError, State};
 
     /// The cluster side of a runtime.
@@ -345,6 +349,36 @@ mod running {
         }
     }
 
+    impl InstanceWrites for ReplicatedHost {
+        fn create<'a>(
+            &'a self,
+            machine: &'a str,
+            id: Option<&'a str>,
+            context: Json,
+        ) -> impl Future<Output = Result<InstanceView, StateError>> + Send + 'a {
+            ReplicatedHost::create(self, machine, id, context)
+        }
+
+        fn fire<'a>(
+            &'a self,
+            id: &'a str,
+            transition: &'a str,
+            event: Json,
+            principal: Option<&'a str>,
+        ) -> impl Future<Output = Result<(Fired, InstanceView), StateError>> + Send + 'a {
+            ReplicatedHost::fire(self, id, transition, event, principal)
+        }
+
+        fn set_lock<'a>(
+            &'a self,
+            id: &'a str,
+            state: &'a str,
+            lock: bool,
+        ) -> impl Future<Output = Result<InstanceView, StateError>> + Send + 'a {
+            ReplicatedHost::set_lock(self, id, state, lock)
+        }
+    }
+
     /// The state methods of every machine, over the replicated map.
     fn state_methods(host: &Arc<ReplicatedHost>) -> Router {
         let mut r = Router::new();
@@ -352,45 +386,11 @@ mod running {
         names.sort();
         for name in names {
             let svc = format!("state.{name}");
-            let m = name.clone();
-            r = add(
+            r = write_methods(
                 r,
-                &format!("{svc}.create"),
-                MethodInfo::new(format!(
-                    "creates an instance of machine {name}, replicated to a majority"
-                ))
-                .input(r#"{"id"?: string, "context"?: object}"#)
-                .output("the instance"),
                 host,
-                move |h, _c, v| {
-                    let m = m.clone();
-                    Box::pin(async move {
-                        json_reply(h.create(&m, v["id"].as_str(), v["context"].clone()).await?)
-                    })
-                },
-            );
-            r = add(
-                r,
-                &format!("{svc}.fire"),
-                MethodInfo::new(
-                    "fires a named transition; acknowledged once a majority holds it and it is applied",
-                )
-                .input(r#"{"id": string, "transition": string, "event"?: any}"#)
-                .output(r#"{"fired": {"transition", "exited", "entered"}, "instance": ...}"#),
-                host,
-                |h, c, v| {
-                    Box::pin(async move {
-                        let (fired, view) = h
-                            .fire(
-                                field(&v, "id", &c)?,
-                                field(&v, "transition", &c)?,
-                                v["event"].clone(),
-                                principal(&c).as_deref(),
-                            )
-                            .await?;
-                        json_reply(json!({"fired": fired, "instance": view}))
-                    })
-                },
+                &name,
+                "acknowledged once a majority holds it and it is applied",
             );
             r = add(
                 r,
@@ -412,23 +412,6 @@ mod running {
                     })
                 },
             );
-            for (method, lock) in [("lock", true), ("unlock", false)] {
-                r = add(
-                    r,
-                    &format!("{svc}.{method}"),
-                    MethodInfo::new(format!("{method}s a state of the instance"))
-                        .input(r#"{"id": string, "state": string}"#),
-                    host,
-                    move |h, c, v| {
-                        Box::pin(async move {
-                            json_reply(
-                                h.set_lock(field(&v, "id", &c)?, field(&v, "state", &c)?, lock)
-                                    .await?,
-                            )
-                        })
-                    },
-                );
-            }
             let m = name.clone();
             r = add(
                 r,

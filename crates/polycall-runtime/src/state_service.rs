@@ -12,7 +12,9 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use polycall_core::{Call, MethodInfo, Payload, Reply, Router, Status, handler_fn};
-use polycall_state::{At, StateHost, graph};
+use std::future::Future;
+
+use polycall_state::{At, Fired, InstanceView, StateError, StateHost, graph};
 use serde_json::{Value as Json, json};
 
 use crate::State;
@@ -184,6 +186,133 @@ where
     .unwrap_or_else(|e| panic!("state method names are validated with their machine: {e}"))
 }
 
+/// What the write methods of a machine need from a host: one node's [`StateHost`], or
+/// a cluster's replicated host.
+pub(crate) trait InstanceWrites: Send + Sync + 'static {
+    /// Creates an instance of `machine`.
+    fn create<'a>(
+        &'a self,
+        machine: &'a str,
+        id: Option<&'a str>,
+        context: Json,
+    ) -> impl Future<Output = Result<InstanceView, StateError>> + Send + 'a;
+
+    /// Fires `transition` on instance `id`.
+    fn fire<'a>(
+        &'a self,
+        id: &'a str,
+        transition: &'a str,
+        event: Json,
+        principal: Option<&'a str>,
+    ) -> impl Future<Output = Result<(Fired, InstanceView), StateError>> + Send + 'a;
+
+    /// Locks or unlocks a state of instance `id`.
+    fn set_lock<'a>(
+        &'a self,
+        id: &'a str,
+        state: &'a str,
+        lock: bool,
+    ) -> impl Future<Output = Result<InstanceView, StateError>> + Send + 'a;
+}
+
+impl InstanceWrites for StateHost {
+    fn create<'a>(
+        &'a self,
+        machine: &'a str,
+        id: Option<&'a str>,
+        context: Json,
+    ) -> impl Future<Output = Result<InstanceView, StateError>> + Send + 'a {
+        StateHost::create(self, machine, id, context)
+    }
+
+    fn fire<'a>(
+        &'a self,
+        id: &'a str,
+        transition: &'a str,
+        event: Json,
+        principal: Option<&'a str>,
+    ) -> impl Future<Output = Result<(Fired, InstanceView), StateError>> + Send + 'a {
+        StateHost::fire(self, id, transition, event, principal)
+    }
+
+    fn set_lock<'a>(
+        &'a self,
+        id: &'a str,
+        state: &'a str,
+        lock: bool,
+    ) -> impl Future<Output = Result<InstanceView, StateError>> + Send + 'a {
+        StateHost::set_lock(self, id, state, lock)
+    }
+}
+
+/// `state.<name>.create`, `.fire`, `.lock` and `.unlock` over `host`; `acknowledged`
+/// says when a write is answered.
+pub(crate) fn write_methods<H: InstanceWrites>(
+    mut r: Router,
+    host: &Arc<H>,
+    name: &str,
+    acknowledged: &str,
+) -> Router {
+    let svc = format!("state.{name}");
+    let m = name.to_string();
+    r = add(
+        r,
+        &format!("{svc}.create"),
+        MethodInfo::new(format!(
+            "creates an instance of machine {name}; {acknowledged}"
+        ))
+        .input(r#"{"id"?: string, "context"?: object}"#)
+        .output("the instance"),
+        host,
+        move |h, _c, v| {
+            let m = m.clone();
+            Box::pin(async move {
+                let id = v["id"].as_str();
+                json_reply(h.create(&m, id, v["context"].clone()).await?)
+            })
+        },
+    );
+    r = add(
+        r,
+        &format!("{svc}.fire"),
+        MethodInfo::new(format!("fires a named transition; {acknowledged}"))
+            .input(r#"{"id": string, "transition": string, "event"?: any}"#)
+            .output(r#"{"fired": {"transition", "exited", "entered"}, "instance": ...}"#),
+        host,
+        |h, c, v| {
+            Box::pin(async move {
+                let (fired, view) = h
+                    .fire(
+                        field(&v, "id", &c)?,
+                        field(&v, "transition", &c)?,
+                        v["event"].clone(),
+                        principal(&c).as_deref(),
+                    )
+                    .await?;
+                json_reply(json!({"fired": fired, "instance": view}))
+            })
+        },
+    );
+    for (method, lock) in [("lock", true), ("unlock", false)] {
+        r = add(
+            r,
+            &format!("{svc}.{method}"),
+            MethodInfo::new(format!("{method}s a state of the instance; {acknowledged}"))
+                .input(r#"{"id": string, "state": string}"#),
+            host,
+            move |h, c, v| {
+                Box::pin(async move {
+                    json_reply(
+                        h.set_lock(field(&v, "id", &c)?, field(&v, "state", &c)?, lock)
+                            .await?,
+                    )
+                })
+            },
+        );
+    }
+    r
+}
+
 /// The state methods of every machine `host` holds.
 pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
     let mut r = Router::new();
@@ -191,43 +320,7 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
     names.sort();
     for name in names {
         let svc = format!("state.{name}");
-        let m = name.clone();
-        r = add(
-            r,
-            &format!("{svc}.create"),
-            MethodInfo::new(format!("creates an instance of machine {name}"))
-                .input(r#"{"id"?: string, "context"?: object}"#)
-                .output("the instance"),
-            host,
-            move |h, _c, v| {
-                let m = m.clone();
-                Box::pin(async move {
-                    let id = v["id"].as_str();
-                    json_reply(h.create(&m, id, v["context"].clone()).await?)
-                })
-            },
-        );
-        r = add(
-            r,
-            &format!("{svc}.fire"),
-            MethodInfo::new("fires a named transition; acknowledged once it is in the log")
-                .input(r#"{"id": string, "transition": string, "event"?: any}"#)
-                .output(r#"{"fired": {"transition", "exited", "entered"}, "instance": ...}"#),
-            host,
-            |h, c, v| {
-                Box::pin(async move {
-                    let (fired, view) = h
-                        .fire(
-                            field(&v, "id", &c)?,
-                            field(&v, "transition", &c)?,
-                            v["event"].clone(),
-                            principal(&c).as_deref(),
-                        )
-                        .await?;
-                    json_reply(json!({"fired": fired, "instance": view}))
-                })
-            },
-        );
+        r = write_methods(r, host, &name, "acknowledged once it is in the log");
         r = add(
             r,
             &format!("{svc}.get"),
@@ -276,23 +369,6 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
                 })
             },
         );
-        for (method, lock) in [("lock", true), ("unlock", false)] {
-            r = add(
-                r,
-                &format!("{svc}.{method}"),
-                MethodInfo::new(format!("{method}s a state of the instance"))
-                    .input(r#"{"id": string, "state": string}"#),
-                host,
-                move |h, c, v| {
-                    Box::pin(async move {
-                        json_reply(
-                            h.set_lock(field(&v, "id", &c)?, field(&v, "state", &c)?, lock)
-                                .await?,
-                        )
-                    })
-                },
-            );
-        }
         r = add(
             r,
             &format!("{svc}.recover"),
