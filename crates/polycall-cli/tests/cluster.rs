@@ -445,25 +445,31 @@ impl Clients {
         }
     }
 
+    /// The answers of the nodes in `ids` to `method` (`{}`) that answered within 2 s.
+    async fn ask_all(&self, ids: &[u64], method: &str) -> Vec<Value> {
+        let mut answers = Vec::new();
+        for &id in ids {
+            if let Ok(v) = self
+                .call(id, method, json!({}), Duration::from_secs(2))
+                .await
+            {
+                answers.push(v);
+            }
+        }
+        answers
+    }
+
     /// Waits until the nodes in `ids` agree on a leader (other than `not`) and it
     /// answers; returns it.
     async fn leader(&self, ids: &[u64], not: Option<u64>, limit: Duration) -> u64 {
         let started = Instant::now();
         loop {
-            let mut seen = Vec::new();
-            for &id in ids {
-                if let Ok(s) = self
-                    .call(
-                        id,
-                        "sys.cluster.status",
-                        json!({}),
-                        Duration::from_millis(500),
-                    )
-                    .await
-                {
-                    seen.push(s["leader"].as_u64());
-                }
-            }
+            let seen: Vec<Option<u64>> = self
+                .ask_all(ids, "sys.cluster.status")
+                .await
+                .iter()
+                .map(|s| s["leader"].as_u64())
+                .collect();
             if seen.len() == ids.len()
                 && let Some(Some(l)) = seen.first().copied()
                 && seen.iter().all(|s| *s == Some(l))
@@ -487,20 +493,7 @@ impl Clients {
     async fn converged(&self, ids: &[u64], limit: Duration) -> Vec<Value> {
         let started = Instant::now();
         loop {
-            let mut digests = Vec::new();
-            for &id in ids {
-                if let Ok(d) = self
-                    .call(
-                        id,
-                        "sys.cluster.digest",
-                        json!({}),
-                        Duration::from_millis(500),
-                    )
-                    .await
-                {
-                    digests.push(d);
-                }
-            }
+            let digests = self.ask_all(ids, "sys.cluster.digest").await;
             if digests.len() == ids.len()
                 && digests
                     .iter()

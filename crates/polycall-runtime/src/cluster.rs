@@ -102,16 +102,12 @@ mod running {
     use polycall_net::ChannelConfig;
     use polycall_security::authz::{Policy, PolicyConfig, RuleConfig};
     use polycall_security::{ClientAuth, ClientTls};
-    use std::future::Future;
-
+    use polycall_state::graph;
     use polycall_state::raft::network::{Peers, RaftSlot};
     use polycall_state::raft::{Consistency, MembershipChange, Node, NodeConfig, ReplicatedHost};
-    use polycall_state::{Fired, InstanceView, StateError, graph};
     use serde_json::{Value as Json, json};
 
-    use crate::state_service::{
-        InstanceWrites, add, check_token, field, json_reply, write_methods,
-    };
+    use crate::state_service::{add, check_token, field, json_reply, write_methods};
     use crate::{RuntimeConfig, RuntimeError, State};
 
     /// The cluster side of a runtime.
@@ -349,35 +345,7 @@ mod running {
         }
     }
 
-    impl InstanceWrites for ReplicatedHost {
-        fn create<'a>(
-            &'a self,
-            machine: &'a str,
-            id: Option<&'a str>,
-            context: Json,
-        ) -> impl Future<Output = Result<InstanceView, StateError>> + Send + 'a {
-            ReplicatedHost::create(self, machine, id, context)
-        }
-
-        fn fire<'a>(
-            &'a self,
-            id: &'a str,
-            transition: &'a str,
-            event: Json,
-            principal: Option<&'a str>,
-        ) -> impl Future<Output = Result<(Fired, InstanceView), StateError>> + Send + 'a {
-            ReplicatedHost::fire(self, id, transition, event, principal)
-        }
-
-        fn set_lock<'a>(
-            &'a self,
-            id: &'a str,
-            state: &'a str,
-            lock: bool,
-        ) -> impl Future<Output = Result<InstanceView, StateError>> + Send + 'a {
-            ReplicatedHost::set_lock(self, id, state, lock)
-        }
-    }
+    crate::state_service::instance_writes!(ReplicatedHost);
 
     /// The state methods of every machine, over the replicated map.
     fn state_methods(host: &Arc<ReplicatedHost>) -> Router {

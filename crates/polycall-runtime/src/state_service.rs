@@ -215,35 +215,56 @@ pub(crate) trait InstanceWrites: Send + Sync + 'static {
     ) -> impl Future<Output = Result<InstanceView, StateError>> + Send + 'a;
 }
 
-impl InstanceWrites for StateHost {
-    fn create<'a>(
-        &'a self,
-        machine: &'a str,
-        id: Option<&'a str>,
-        context: Json,
-    ) -> impl Future<Output = Result<InstanceView, StateError>> + Send + 'a {
-        StateHost::create(self, machine, id, context)
-    }
+/// Implements [`InstanceWrites`] for a host whose inherent `create`, `fire` and
+/// `set_lock` have the trait's signatures.
+macro_rules! instance_writes {
+    ($host:ty) => {
+        impl $crate::state_service::InstanceWrites for $host {
+            fn create<'a>(
+                &'a self,
+                machine: &'a str,
+                id: Option<&'a str>,
+                context: serde_json::Value,
+            ) -> impl std::future::Future<
+                Output = Result<polycall_state::InstanceView, polycall_state::StateError>,
+            > + Send
+            + 'a {
+                <$host>::create(self, machine, id, context)
+            }
 
-    fn fire<'a>(
-        &'a self,
-        id: &'a str,
-        transition: &'a str,
-        event: Json,
-        principal: Option<&'a str>,
-    ) -> impl Future<Output = Result<(Fired, InstanceView), StateError>> + Send + 'a {
-        StateHost::fire(self, id, transition, event, principal)
-    }
+            fn fire<'a>(
+                &'a self,
+                id: &'a str,
+                transition: &'a str,
+                event: serde_json::Value,
+                principal: Option<&'a str>,
+            ) -> impl std::future::Future<
+                Output = Result<
+                    (polycall_state::Fired, polycall_state::InstanceView),
+                    polycall_state::StateError,
+                >,
+            > + Send
+            + 'a {
+                <$host>::fire(self, id, transition, event, principal)
+            }
 
-    fn set_lock<'a>(
-        &'a self,
-        id: &'a str,
-        state: &'a str,
-        lock: bool,
-    ) -> impl Future<Output = Result<InstanceView, StateError>> + Send + 'a {
-        StateHost::set_lock(self, id, state, lock)
-    }
+            fn set_lock<'a>(
+                &'a self,
+                id: &'a str,
+                state: &'a str,
+                lock: bool,
+            ) -> impl std::future::Future<
+                Output = Result<polycall_state::InstanceView, polycall_state::StateError>,
+            > + Send
+            + 'a {
+                <$host>::set_lock(self, id, state, lock)
+            }
+        }
+    };
 }
+pub(crate) use instance_writes;
+
+instance_writes!(StateHost);
 
 /// `state.<name>.create`, `.fire`, `.lock` and `.unlock` over `host`; `acknowledged`
 /// says when a write is answered.
