@@ -23,6 +23,8 @@ const REGISTER: &str = include_str!("fixtures/register.toml");
 
 const COUNTER: &str = include_str!("fixtures/machines/counter.toml");
 
+const CART: &str = include_str!("fixtures/cart.toml");
+
 /// A cluster of `polycall run` processes, each in its own state directory — on
 /// loopback, or each in a network namespace of its own on a bridge (see [`Net`]).
 struct Cluster {
@@ -212,6 +214,7 @@ impl Cluster {
         std::fs::create_dir_all(dir.join("machines")).unwrap();
         std::fs::write(dir.join("machines/register.toml"), REGISTER).unwrap();
         std::fs::write(dir.join("machines/counter.toml"), COUNTER).unwrap();
+        std::fs::write(dir.join("machines/cart.toml"), CART).unwrap();
         let members = endpoints
             .iter()
             .enumerate()
@@ -297,6 +300,14 @@ impl Cluster {
             c.kill().unwrap();
             c.wait().unwrap();
         }
+    }
+
+    /// The runtime token of node `id` (what `polycall stop` and backups need).
+    fn token(&self, id: u64) -> String {
+        std::fs::read_to_string(self.state_dir(id).join("runtime.token"))
+            .unwrap()
+            .trim()
+            .to_string()
     }
 
     /// The log of node `id` (for failure messages).
@@ -483,6 +494,27 @@ impl Clients {
                 "no agreed leader within {limit:?}: {seen:?}"
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits until the nodes in `ids` have merged the same eventual state (equal
+    /// `eventual_hash`es).
+    async fn merged(&self, ids: &[u64], limit: Duration) -> Vec<Value> {
+        let started = Instant::now();
+        loop {
+            let digests = self.ask_all(ids, "sys.cluster.digest").await;
+            if digests.len() == ids.len()
+                && digests
+                    .iter()
+                    .all(|d| d["eventual_hash"] == digests[0]["eventual_hash"])
+            {
+                return digests;
+            }
+            assert!(
+                started.elapsed() < limit,
+                "the nodes' eventual state did not converge within {limit:?}: {digests:#?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
@@ -1205,4 +1237,270 @@ async fn nodes_speak_mutual_tls_and_only_node_identities_may_call_raft() {
         &ca,
     ]);
     assert!(!o.status.success(), "{o:?}");
+}
+
+/// Fires `transition` of the eventual `cart` instance `c-1` on node `id`.
+async fn cart(clients: &Clients, id: u64, transition: &str, event: Value) -> Value {
+    clients
+        .call(
+            id,
+            "state.cart.fire",
+            json!({"id": "c-1", "transition": transition, "event": event}),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap_or_else(|s| panic!("{transition} on node {id} failed: {s}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eventual_machines_take_writes_on_both_sides_of_a_partition_and_converge_after_healing() {
+    let mut cluster = Cluster::start_in_namespaces(
+        3,
+        &["cluster.heartbeat_ms=50", "cluster.election_timeout_ms=300"],
+    );
+    let clients = Clients::new(&cluster);
+    let all = [1, 2, 3];
+    clients.leader(&all, None, Duration::from_secs(20)).await;
+    clients
+        .call(
+            1,
+            "state.cart.create",
+            json!({"id": "c-1", "context": {"owner": "ada"}}),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap();
+    cart(&clients, 1, "add", json!({"item": "cup"})).await;
+    // Every node has it before the partition.
+    clients.merged(&all, Duration::from_secs(10)).await;
+
+    cluster.net.as_mut().unwrap().partition(&[1], &[2, 3]);
+    // Both sides take writes at once: node 1 is alone, nodes 2 and 3 together.
+    cart(&clients, 1, "visit", json!({})).await;
+    cart(&clients, 1, "visit", json!({})).await;
+    cart(&clients, 1, "add", json!({"item": "pen"})).await;
+    cart(&clients, 1, "claim", json!({"owner": "bob"})).await;
+    for _ in 0..3 {
+        cart(&clients, 3, "visit", json!({})).await;
+    }
+    cart(&clients, 2, "add", json!({"item": "ink"})).await;
+    cart(&clients, 3, "remove", json!({"item": "cup"})).await;
+    // Nodes 2 and 3 merge each other's changes while cut from node 1.
+    clients.merged(&[2, 3], Duration::from_secs(10)).await;
+    // The later claim (by the hybrid logical clock) wins.
+    let answer = cart(&clients, 2, "claim", json!({"owner": "cy"})).await;
+    assert_eq!(
+        answer["instance"]["context"]["visits"],
+        json!(3),
+        "node 2 has merged node 3's visits, not node 1's: {answer}"
+    );
+    assert_eq!(
+        answer["instance"]["context"]["items"],
+        json!(["ink"]),
+        "{answer}"
+    );
+    // A linearizable machine cannot commit on node 1's side meanwhile.
+    let lonely = clients
+        .call(
+            1,
+            "state.register.create",
+            json!({"id": "lonely"}),
+            Duration::from_secs(3),
+        )
+        .await;
+    assert!(
+        lonely.is_err(),
+        "a raft write on the minority side answered {lonely:?}"
+    );
+
+    cluster.net.as_mut().unwrap().heal();
+    let digests = clients.merged(&all, Duration::from_secs(20)).await;
+    for id in all {
+        let v = clients
+            .call(
+                id,
+                "state.cart.get",
+                json!({"id": "c-1"}),
+                Duration::from_secs(3),
+            )
+            .await
+            .unwrap();
+        assert_eq!(v["consistency"], json!("eventual"));
+        assert_eq!(
+            v["context"]["visits"],
+            json!(5),
+            "node {id}: visits add up: {v}"
+        );
+        assert_eq!(
+            v["context"]["items"],
+            json!(["ink", "pen"]),
+            "node {id}: cup removed by node 3, pen and ink added on either side: {v}"
+        );
+        assert_eq!(
+            v["context"]["owner"],
+            json!("cy"),
+            "node {id}: the later owner: {v}"
+        );
+    }
+    // History and point-in-time recovery are of the raft log: an eventual machine says so.
+    let history = clients
+        .call(
+            1,
+            "state.cart.history",
+            json!({"id": "c-1"}),
+            Duration::from_secs(3),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(history.code, polycall::Code::Unsupported, "{history}");
+    eprintln!("partitioned writes on both sides converged: {digests:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_point_in_time_recovery_and_backups_work_on_a_cluster() {
+    let cluster = Cluster::start(
+        3,
+        &["cluster.heartbeat_ms=50", "cluster.election_timeout_ms=300"],
+    );
+    let clients = Clients::new(&cluster);
+    let all = [1, 2, 3];
+    clients.leader(&all, None, Duration::from_secs(20)).await;
+    let call = |id: u64, method: &'static str, input: Value| {
+        let clients = clients.clone();
+        async move {
+            clients
+                .call(id, method, input, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|s| panic!("{method} on node {id}: {s}"))
+        }
+    };
+    let set = |id: u64, value: &'static str| {
+        call(
+            id,
+            "state.register.fire",
+            json!({"id": "reg-0", "transition": "set", "event": {"value": value}}),
+        )
+    };
+    call(1, "state.register.create", json!({"id": "reg-0"})).await;
+    let a = set(2, "a").await["instance"]["index"].as_u64().unwrap();
+    set(3, "b").await;
+
+    // History, from any node: every change with the log index that made it.
+    let history = call(1, "state.register.history", json!({"id": "reg-0"})).await;
+    let kinds: Vec<&str> = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["event"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["created", "fired", "fired"], "{history}");
+    assert_eq!(history[1]["index"], json!(a));
+    let timeline = call(2, "state.register.timeline", json!({"id": "reg-0"})).await;
+    assert!(timeline["html"].as_str().unwrap().contains("reg-0"));
+
+    // Point-in-time recovery of one instance, through the log: every node sees it.
+    call(
+        3,
+        "state.register.recover",
+        json!({"id": "reg-0", "index": a}),
+    )
+    .await;
+    let now = call(1, "state.register.get", json!({"id": "reg-0"})).await;
+    assert_eq!(now["context"]["value"], json!("a"), "{now}");
+
+    // A snapshot taken on one node restores on another.
+    let snapshot = call(1, "state.register.snapshot", json!({"id": "reg-0"})).await;
+    set(1, "c").await;
+    call(
+        2,
+        "state.register.restore",
+        json!({"id": "reg-0", "snapshot": snapshot}),
+    )
+    .await;
+    assert_eq!(
+        call(3, "state.register.get", json!({"id": "reg-0"})).await["context"]["value"],
+        json!("a")
+    );
+
+    // A backup on node 2; later changes, then the backup restored through node 3:
+    // reg-0 goes back, an instance created after the backup is removed everywhere.
+    let file = cluster.dir.join("cluster-backup.redb");
+    let backup = call(
+        2,
+        "state.backup",
+        json!({"path": file.display().to_string(), "token": cluster.token(2)}),
+    )
+    .await;
+    assert_eq!(backup["records"], json!(1), "{backup}");
+    set(1, "d").await;
+    call(1, "state.register.create", json!({"id": "reg-9"})).await;
+    let wrong = clients
+        .call(
+            3,
+            "state.restore_backup",
+            json!({"path": file.display().to_string(), "token": "not-it"}),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(wrong.code, polycall::Code::PermissionDenied);
+    let restored = call(
+        3,
+        "state.restore_backup",
+        json!({"path": file.display().to_string(), "token": cluster.token(3)}),
+    )
+    .await;
+    assert_eq!(
+        restored["restored"].as_array().unwrap().len(),
+        2,
+        "{restored}"
+    );
+    for id in all {
+        let v = call(id, "state.register.get", json!({"id": "reg-0"})).await;
+        assert_eq!(v["context"]["value"], json!("a"), "node {id}: {v}");
+        let gone = clients
+            .call(
+                id,
+                "state.register.get",
+                json!({"id": "reg-9"}),
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(gone.code, polycall::Code::NotFound, "node {id}: {gone}");
+    }
+    // Recovering every instance to before reg-9 existed, and before the window.
+    call(
+        1,
+        "state.recover",
+        json!({"index": a, "token": cluster.token(1)}),
+    )
+    .await;
+    let too_early = clients
+        .call(
+            2,
+            "state.register.recover",
+            json!({"id": "reg-0", "index": 0}),
+            Duration::from_secs(5),
+        )
+        .await;
+    assert!(
+        too_early.is_ok(),
+        "index 0 is before reg-0 was created: it is removed, {too_early:?}"
+    );
+    let gone = clients
+        .call(
+            1,
+            "state.register.get",
+            json!({"id": "reg-0"}),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(gone.code, polycall::Code::NotFound);
+    // …and created again under the same id, its history kept.
+    call(2, "state.register.create", json!({"id": "reg-0"})).await;
+    let history = call(3, "state.register.history", json!({"id": "reg-0"})).await;
+    assert!(history.as_array().unwrap().len() >= 8, "{history}");
+    clients.converged(&all, Duration::from_secs(10)).await;
 }

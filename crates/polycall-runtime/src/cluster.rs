@@ -8,14 +8,18 @@
 //!   other with the runtime's own TLS settings: its certificate as their client
 //!   certificate, its CA bundle to verify the peer;
 //! - `sys.cluster.status`: leader, term, members, each member's log index and lag;
-//! - `sys.cluster.digest`: this node's applied index and state hash (convergence checks);
+//! - `sys.cluster.digest`: this node's applied index and state hashes (convergence
+//!   checks);
 //! - `sys.cluster.add_learner`, `sys.cluster.promote`, `sys.cluster.remove`: membership
 //!   changes through joint consensus (they need the runtime token, like `sys.shutdown`);
-//! - per machine, `state.<machine>.create|fire|get|lock|unlock|graph` over the
-//!   replicated map, and `state.machines`. `get` is linearizable unless the input says
-//!   `"consistency": "stale"`; every answer carries the answering node's
-//!   `applied_index`. History, snapshots, point-in-time recovery, watching and backups
-//!   of a replicated instance answer `unsupported` for now.
+//! - per linearizable machine, `state.<machine>.create|fire|get|lock|unlock|graph|
+//!   history|snapshot|restore|recover|timeline` over the replicated map, and
+//!   `state.machines|backup|recover|restore_backup`. `get` is linearizable unless the
+//!   input says `"consistency": "stale"`; every answer carries the answering node's
+//!   `applied_index`;
+//! - per eventual machine, the same methods over this node's merged copy (history and
+//!   point-in-time recovery answer `unsupported`), and `cluster.sync` between nodes
+//!   (peers only). `state.watch` answers `unsupported` on a cluster node.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -102,19 +106,29 @@ mod running {
     use polycall_net::ChannelConfig;
     use polycall_security::authz::{Policy, PolicyConfig, RuleConfig};
     use polycall_security::{ClientAuth, ClientTls};
+    use polycall_state::Replication;
     use polycall_state::graph;
     use polycall_state::raft::network::{Peers, RaftSlot};
-    use polycall_state::raft::{Consistency, MembershipChange, Node, NodeConfig, ReplicatedHost};
+    use polycall_state::raft::{
+        Consistency, EventualHost, MembershipChange, Node, NodeConfig, ReplicatedHost,
+    };
     use serde_json::{Value as Json, json};
 
-    use crate::state_service::{add, check_token, field, json_reply, write_methods};
+    use crate::state_service::{
+        InstanceHost, Recovered, add, backup_methods, check_token, field, graph_method,
+        inherent_instance_methods, json_reply, recovered_reply, recovery_methods, write_methods,
+    };
     use crate::{RuntimeConfig, RuntimeError, State};
+    use polycall_state::{At, BackupInfo, Fired, InstanceView, Machine, Snapshot, StateError};
 
     /// The cluster side of a runtime.
     pub(crate) struct Cluster {
         pub(crate) node: Arc<Node>,
         slot: RaftSlot,
+        /// The linearizable machines (through the raft log).
         pub(crate) host: Option<Arc<ReplicatedHost>>,
+        /// The eventual machines (delta anti-entropy).
+        eventual: Option<Arc<EventualHost>>,
         peers: Peers,
     }
 
@@ -137,13 +151,34 @@ mod running {
         }
         let slot = RaftSlot::default();
         let peers = peers(config, settings)?;
-        let node_config = NodeConfig::new(settings.node_id, settings.members.clone(), data_file)
-            .timing(settings.heartbeat, settings.election_timeout)
-            .snapshot_every(settings.snapshot_every)
-            .channel(peer_channel(config)?);
+        let node_config = NodeConfig::new(
+            settings.node_id,
+            settings.members.clone(),
+            data_file.clone(),
+        )
+        .timing(settings.heartbeat, settings.election_timeout)
+        .snapshot_every(settings.snapshot_every)
+        .channel(peer_channel(config)?);
+        let channel = node_config.channel.clone();
         let node = Node::start(node_config, slot.clone())
             .await
             .map_err(|e| RuntimeError::State(format!("cluster node: {e}")))?;
+        let (eventual, machines): (Vec<_>, Vec<_>) = machines
+            .into_iter()
+            .partition(|m| m.definition().consistency == Replication::Eventual);
+        let eventual = if eventual.is_empty() {
+            None
+        } else {
+            let stem = data_file
+                .file_stem()
+                .map_or("cluster".into(), |s| s.to_string_lossy().into_owned());
+            let file = data_file.with_file_name(format!("{stem}-eventual.redb"));
+            Some(
+                EventualHost::open(eventual, node.clone(), &file, channel)
+                    .await
+                    .map_err(|e| RuntimeError::State(format!("eventual state: {e}")))?,
+            )
+        };
         let host = if machines.is_empty() {
             None
         } else {
@@ -161,6 +196,7 @@ mod running {
             node,
             slot,
             host,
+            eventual,
             peers,
         })
     }
@@ -181,11 +217,13 @@ mod running {
             }
             return Ok(Peers::any());
         }
-        let policy = Policy::new(
-            &PolicyConfig::default().rules([RuleConfig::new("raft*")
-                .method("*")
-                .allow(settings.peer_identities.clone())]),
-        )
+        let policy = Policy::new(&PolicyConfig::default().rules(["raft*", "cluster"].map(
+            |service| {
+                RuleConfig::new(service)
+                    .method("*")
+                    .allow(settings.peer_identities.clone())
+            },
+        )))
         .map_err(|e| RuntimeError::State(format!("cluster.peer_identities: {e}")))?;
         Ok(Peers::checked(move |c| {
             policy
@@ -257,25 +295,31 @@ mod running {
             node,
             |n, _c, _v| Box::pin(async move { json_reply(n.status().await) }),
         );
+        let eventual = cluster.eventual.clone();
         r = add(
             r,
             "sys.cluster.digest",
             MethodInfo::new(
-                "this node's applied index and the BLAKE3 hash of its replicated state (equal on nodes that applied the same log)",
+                "this node's applied index and the BLAKE3 hashes of its replicated state (equal on nodes that applied the same log) and of its eventual state (equal on nodes that merged the same changes)",
             )
             .idempotent(true),
             node,
-            |n, _c, _v| {
+            move |n, _c, _v| {
+                let eventual = eventual.clone();
                 Box::pin(async move {
                     let map = n.map().clone();
                     // Hashing every value is CPU work: off the connection's task.
-                    let (applied, hash) = tokio::task::spawn_blocking(move || map.digest())
+                    let (applied, hash, eventual_hash) = tokio::task::spawn_blocking(move || {
+                        let (applied, hash) = map.digest();
+                        (applied, hash, eventual.map(|e| e.digest()))
+                    })
                     .await
                     .map_err(|e| Status::internal(e.to_string()))?;
                     json_reply(json!({
                         "node": n.id(),
                         "applied_index": applied,
                         "state_hash": hash,
+                        "eventual_hash": eventual_hash,
                         "snapshot_index": n.local_status().snapshot_index,
                     }))
                 })
@@ -323,8 +367,11 @@ mod running {
                 },
             );
         }
-        if let Some(host) = &cluster.host {
-            r = r.merge(&state_methods(host));
+        if let Some(eventual) = &cluster.eventual {
+            r = r.merge(&EventualHost::router(eventual, cluster.peers.clone()));
+        }
+        if cluster.host.is_some() || cluster.eventual.is_some() {
+            r = r.merge(&state_methods(cluster, runtime));
         }
         r
     }
@@ -345,114 +392,278 @@ mod running {
         }
     }
 
-    crate::state_service::instance_writes!(ReplicatedHost);
+    impl InstanceHost for ReplicatedHost {
+        inherent_instance_methods!(ReplicatedHost);
 
-    /// The state methods of every machine, over the replicated map.
-    fn state_methods(host: &Arc<ReplicatedHost>) -> Router {
+        fn history(
+            self: &Arc<Self>,
+            id: String,
+            limit: usize,
+        ) -> impl std::future::Future<Output = Result<Vec<polycall_state::Change>, Status>>
+        + Send
+        + 'static {
+            let h = self.clone();
+            async move { Ok(ReplicatedHost::history(&h, &id, limit).await?) }
+        }
+
+        fn machine_named(&self, name: &str) -> Option<&Machine> {
+            self.machine(name)
+        }
+
+        fn active(
+            self: &Arc<Self>,
+            id: String,
+        ) -> impl std::future::Future<Output = Result<Vec<String>, Status>> + Send + 'static
+        {
+            let h = self.clone();
+            async move {
+                let (view, _) = h.get(&id, Consistency::Stale).await?;
+                Ok(view.state.active.into_iter().collect())
+            }
+        }
+    }
+
+    fn eventual_unsupported(what: &str) -> StateError {
+        StateError::Unsupported(format!(
+            "{what} is not offered for eventual machines (their history is merged, not logged)"
+        ))
+    }
+
+    impl InstanceHost for EventualHost {
+        fn create<'a>(
+            &'a self,
+            machine: &'a str,
+            id: Option<&'a str>,
+            context: Json,
+        ) -> impl std::future::Future<Output = Result<InstanceView, StateError>> + Send + 'a
+        {
+            EventualHost::create(self, machine, id, context)
+        }
+
+        fn fire<'a>(
+            &'a self,
+            id: &'a str,
+            transition: &'a str,
+            event: Json,
+            principal: Option<&'a str>,
+        ) -> impl std::future::Future<Output = Result<(Fired, InstanceView), StateError>> + Send + 'a
+        {
+            EventualHost::fire(self, id, transition, event, principal)
+        }
+
+        fn set_lock<'a>(
+            &'a self,
+            id: &'a str,
+            state: &'a str,
+            lock: bool,
+        ) -> impl std::future::Future<Output = Result<InstanceView, StateError>> + Send + 'a
+        {
+            EventualHost::set_lock(self, id, state, lock)
+        }
+
+        fn snapshot<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> impl std::future::Future<Output = Result<Snapshot, StateError>> + Send + 'a {
+            std::future::ready(EventualHost::snapshot(self, id))
+        }
+
+        fn restore<'a>(
+            &'a self,
+            id: &'a str,
+            snapshot: &'a Snapshot,
+        ) -> impl std::future::Future<Output = Result<InstanceView, StateError>> + Send + 'a
+        {
+            EventualHost::restore(self, id, snapshot)
+        }
+
+        fn restore_to<'a>(
+            &'a self,
+            _id: Option<&'a str>,
+            _at: At,
+        ) -> impl std::future::Future<Output = Result<Recovered, StateError>> + Send + 'a {
+            std::future::ready(Err(eventual_unsupported("point-in-time recovery")))
+        }
+
+        fn backup<'a>(
+            &'a self,
+            _dest: &'a std::path::Path,
+        ) -> impl std::future::Future<Output = Result<BackupInfo, StateError>> + Send + 'a {
+            std::future::ready(Err(eventual_unsupported("a backup")))
+        }
+
+        fn history(
+            self: &Arc<Self>,
+            _id: String,
+            _limit: usize,
+        ) -> impl std::future::Future<Output = Result<Vec<polycall_state::Change>, Status>>
+        + Send
+        + 'static {
+            std::future::ready(Err(eventual_unsupported("history").into()))
+        }
+
+        fn machine_named(&self, name: &str) -> Option<&Machine> {
+            self.machine(name)
+        }
+
+        fn active(
+            self: &Arc<Self>,
+            id: String,
+        ) -> impl std::future::Future<Output = Result<Vec<String>, Status>> + Send + 'static
+        {
+            let active = self
+                .get(&id)
+                .map(|v| v.state.active.into_iter().collect())
+                .map_err(Status::from);
+            std::future::ready(active)
+        }
+    }
+
+    /// The state hosts of a cluster node.
+    struct Hosts {
+        replicated: Option<Arc<ReplicatedHost>>,
+        eventual: Option<Arc<EventualHost>>,
+    }
+
+    /// The state methods of every machine: linearizable ones over the replicated map,
+    /// eventual ones over this node's merged copy.
+    fn state_methods(cluster: &Cluster, runtime: Weak<State>) -> Router {
         let mut r = Router::new();
-        let mut names: Vec<String> = host.machines().map(|m| m.name().to_string()).collect();
-        names.sort();
-        for name in names {
-            let svc = format!("state.{name}");
-            r = write_methods(
-                r,
-                host,
-                &name,
-                "acknowledged once a majority holds it and it is applied",
-            );
-            r = add(
-                r,
-                &format!("{svc}.get"),
-                MethodInfo::new(
-                    "the instance: linearizable, or {\"consistency\": \"stale\"} for this node's copy",
-                )
-                .input(r#"{"id": string, "consistency"?: "linearizable" | "stale"}"#)
-                .idempotent(true),
-                host,
-                |h, c, v| {
-                    Box::pin(async move {
-                        let (view, applied) =
-                            h.get(field(&v, "id", &c)?, consistency(&v)?).await?;
-                        let mut out = serde_json::to_value(view)
-                            .map_err(|e| Status::internal(e.to_string()))?;
-                        out["applied_index"] = json!(applied);
-                        json_reply(out)
-                    })
-                },
-            );
-            let m = name.clone();
-            r = add(
-                r,
-                &format!("{svc}.graph"),
-                MethodInfo::new("the machine as a graph (dot, mermaid or json)")
-                    .input(r#"{"id"?: string, "format"?: "dot" | "mermaid" | "json"}"#)
-                    .idempotent(true),
-                host,
-                move |h, _c, v| {
-                    let m = m.clone();
-                    Box::pin(async move {
-                        let format: graph::Format = v["format"]
-                            .as_str()
-                            .unwrap_or("dot")
-                            .parse()
-                            .map_err(Status::invalid_input)?;
-                        let active: Vec<String> = match v["id"].as_str() {
-                            Some(id) => h
-                                .get(id, Consistency::Stale)
-                                .await?
-                                .0
-                                .state
-                                .active
-                                .into_iter()
-                                .collect(),
-                            None => Vec::new(),
-                        };
-                        let machine = h
-                            .machine(&m)
-                            .ok_or_else(|| Status::not_found(format!("no machine {m}")))?;
-                        json_reply(json!({
-                            "format": v["format"].as_str().unwrap_or("dot"),
-                            "text": graph::render(machine, format, &active),
-                        }))
-                    })
-                },
-            );
-            for method in ["history", "snapshot", "restore", "recover", "timeline"] {
+        if let Some(host) = &cluster.host {
+            let mut names: Vec<String> = host.machines().map(|m| m.name().to_string()).collect();
+            names.sort();
+            for name in names {
+                r = write_methods(
+                    r,
+                    host,
+                    &name,
+                    "acknowledged once a majority holds it and it is applied",
+                );
+                r = recovery_methods(r, host, &name);
+                r = graph_method(r, host, &name);
                 r = add(
                     r,
-                    &format!("{svc}.{method}"),
-                    MethodInfo::new(format!("{method}: not offered on a cluster node yet")),
+                    &format!("state.{name}.get"),
+                    MethodInfo::new(
+                        "the instance: linearizable, or {\"consistency\": \"stale\"} for this node's copy",
+                    )
+                    .input(r#"{"id": string, "consistency"?: "linearizable" | "stale"}"#)
+                    .idempotent(true),
                     host,
-                    move |_h, _c, _v| Box::pin(async move { Err(unsupported(method)) }),
+                    |h, c, v| {
+                        Box::pin(async move {
+                            let (view, applied) =
+                                h.get(field(&v, "id", &c)?, consistency(&v)?).await?;
+                            let mut out = serde_json::to_value(view)
+                                .map_err(|e| Status::internal(e.to_string()))?;
+                            out["applied_index"] = json!(applied);
+                            json_reply(out)
+                        })
+                    },
+                );
+            }
+            r = backup_methods(r, host, runtime.clone());
+            r = add(
+                r,
+                "state.restore_backup",
+                MethodInfo::new(
+                    "puts every instance back to its state in a backup file (state.backup of a cluster node); needs the runtime token",
+                )
+                .input(r#"{"path": string, "token": string}"#)
+                .output(r#"{"restored": [{"id", "instance"}]}"#),
+                host,
+                move |h, c, v| {
+                    let rt = runtime.clone();
+                    Box::pin(async move {
+                        check_token(&rt, &v)?;
+                        let path = std::path::PathBuf::from(field(&v, "path", &c)?);
+                        recovered_reply(h.restore_backup(&path).await?)
+                    })
+                },
+            );
+        }
+        if let Some(host) = &cluster.eventual {
+            let mut names: Vec<String> = host.machines().map(|m| m.name().to_string()).collect();
+            names.sort();
+            for name in names {
+                r = write_methods(
+                    r,
+                    host,
+                    &name,
+                    "eventual: acknowledged once this node holds it, merged into the others' copies",
+                );
+                r = recovery_methods(r, host, &name);
+                r = graph_method(r, host, &name);
+                let node = cluster.node.id();
+                r = add(
+                    r,
+                    &format!("state.{name}.get"),
+                    MethodInfo::new("the instance as this node has merged it (eventual)")
+                        .input(r#"{"id": string}"#)
+                        .idempotent(true),
+                    host,
+                    move |h, c, v| {
+                        Box::pin(async move {
+                            let view = h.get(field(&v, "id", &c)?)?;
+                            json_reply(polycall_state::raft::eventual::describe(&view, node))
+                        })
+                    },
                 );
             }
         }
+        let hosts = Arc::new(Hosts {
+            replicated: cluster.host.clone(),
+            eventual: cluster.eventual.clone(),
+        });
         r = add(
             r,
             "state.machines",
             MethodInfo::new("the loaded machines, their versions and graphs").idempotent(true),
-            host,
+            &hosts,
             |h, _c, _v| {
                 Box::pin(async move {
-                    let mut list: Vec<Json> = h
-                        .machines()
-                        .map(|m| json!({"name": m.name(), "version": m.version(), "graph": graph::json_graph(m)}))
-                        .collect();
+                    let describe = |m: &Machine| {
+                        json!({
+                            "name": m.name(),
+                            "version": m.version(),
+                            "consistency": m.definition().consistency,
+                            "graph": graph::json_graph(m),
+                        })
+                    };
+                    let mut list: Vec<Json> = Vec::new();
+                    let mut instances = Vec::new();
+                    if let Some(r) = &h.replicated {
+                        list.extend(r.machines().map(describe));
+                        instances.extend(r.instances());
+                    }
+                    if let Some(e) = &h.eventual {
+                        list.extend(e.machines().map(describe));
+                        instances.extend(e.instances());
+                    }
                     list.sort_by(|a, b| a["name"].as_str().cmp(&b["name"].as_str()));
+                    let applied = h
+                        .replicated
+                        .as_ref()
+                        .and_then(|r| r.node().map().applied_index())
+                        .unwrap_or(0);
                     json_reply(json!({
                         "machines": list,
-                        "instances": h.instances(),
-                        "applied_index": h.node().map().applied_index().unwrap_or(0),
+                        "instances": instances,
+                        "applied_index": applied,
                     }))
                 })
             },
         );
-        for method in ["watch", "backup", "recover"] {
+        let mut unsupported_here: Vec<&'static str> = vec!["watch"];
+        if cluster.host.is_none() {
+            unsupported_here.extend(["backup", "recover", "restore_backup"]);
+        }
+        for method in unsupported_here {
             r = add(
                 r,
                 &format!("state.{method}"),
-                MethodInfo::new(format!("state.{method}: not offered on a cluster node yet")),
-                host,
+                MethodInfo::new(format!("state.{method}: not offered on this cluster node")),
+                &hosts,
                 move |_h, _c, _v| Box::pin(async move { Err(unsupported(method)) }),
             );
         }

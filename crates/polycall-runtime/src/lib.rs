@@ -742,13 +742,20 @@ impl Runtime {
         let server = Arc::new(server);
         let _ = state.endpoint.set(server.local_endpoint().clone());
         let _ = state.connections.set(server.clone());
-        if let (Some(host), Some(every)) = (&machines, config.state.backup_every) {
+        if let Some(every) = config.state.backup_every {
             let dir = config
                 .state
                 .backup_dir
                 .clone()
                 .unwrap_or_else(|| config.state_dir.join("backups"));
-            state_service::schedule_backups(host.clone(), dir, every, config.state.backup_keep);
+            let keep = config.state.backup_keep;
+            if let Some(host) = &machines {
+                state_service::schedule_backups(host.clone(), dir.clone(), every, keep);
+            }
+            #[cfg(feature = "cluster")]
+            if let Some(host) = state.cluster.as_ref().and_then(|c| c.host.as_ref()) {
+                state_service::schedule_backups(host.clone(), dir, every, keep);
+            }
         }
         let admin = match config.observe.admin {
             Some(addr) => {

@@ -7,14 +7,16 @@
 //!   `backup` and `recover` (every instance) — these two need the runtime's token, like
 //!   `sys.shutdown`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use polycall_core::{Call, MethodInfo, Payload, Reply, Router, Status, handler_fn};
 use std::future::Future;
 
-use polycall_state::{At, Fired, InstanceView, StateError, StateHost, graph};
+use polycall_state::{
+    At, BackupInfo, Change, Fired, InstanceView, Machine, Snapshot, StateError, StateHost, graph,
+};
 use serde_json::{Value as Json, json};
 
 use crate::State;
@@ -186,9 +188,9 @@ where
     .unwrap_or_else(|e| panic!("state method names are validated with their machine: {e}"))
 }
 
-/// What the write methods of a machine need from a host: one node's [`StateHost`], or
-/// a cluster's replicated host.
-pub(crate) trait InstanceWrites: Send + Sync + 'static {
+/// What the instance methods of a machine need from a host: one node's [`StateHost`],
+/// or a cluster's replicated host.
+pub(crate) trait InstanceHost: Send + Sync + 'static {
     /// Creates an instance of `machine`.
     fn create<'a>(
         &'a self,
@@ -213,62 +215,171 @@ pub(crate) trait InstanceWrites: Send + Sync + 'static {
         state: &'a str,
         lock: bool,
     ) -> impl Future<Output = Result<InstanceView, StateError>> + Send + 'a;
+
+    /// A self-verifying snapshot of instance `id`.
+    fn snapshot<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> impl Future<Output = Result<Snapshot, StateError>> + Send + 'a;
+
+    /// Restores instance `id` from a snapshot.
+    fn restore<'a>(
+        &'a self,
+        id: &'a str,
+        snapshot: &'a Snapshot,
+    ) -> impl Future<Output = Result<InstanceView, StateError>> + Send + 'a;
+
+    /// Point-in-time recovery of instance `id` (or of every instance).
+    fn restore_to<'a>(
+        &'a self,
+        id: Option<&'a str>,
+        at: At,
+    ) -> impl Future<Output = Result<Recovered, StateError>> + Send + 'a;
+
+    /// An online, consistent backup of every instance to `dest` (a new file).
+    fn backup<'a>(
+        &'a self,
+        dest: &'a Path,
+    ) -> impl Future<Output = Result<BackupInfo, StateError>> + Send + 'a;
+
+    /// The instance's changes, oldest first (at most `limit`, the newest), read off the
+    /// connection's task.
+    fn history(
+        self: &Arc<Self>,
+        id: String,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Change>, Status>> + Send + 'static;
+
+    /// A loaded machine by name.
+    fn machine_named(&self, name: &str) -> Option<&Machine>;
+
+    /// The active states of instance `id`, as this host's plain `get` sees them.
+    fn active(
+        self: &Arc<Self>,
+        id: String,
+    ) -> impl Future<Output = Result<Vec<String>, Status>> + Send + 'static;
 }
 
-/// Implements [`InstanceWrites`] for a host whose inherent `create`, `fire` and
-/// `set_lock` have the trait's signatures.
-macro_rules! instance_writes {
+/// What a point-in-time recovery did: each instance touched and what it became.
+pub(crate) type Recovered = Vec<(String, Option<InstanceView>)>;
+
+/// The [`InstanceHost`] methods a host has as inherent methods of the same signatures
+/// (all but `history`).
+macro_rules! inherent_instance_methods {
     ($host:ty) => {
-        impl $crate::state_service::InstanceWrites for $host {
-            fn create<'a>(
-                &'a self,
-                machine: &'a str,
-                id: Option<&'a str>,
-                context: serde_json::Value,
-            ) -> impl std::future::Future<
-                Output = Result<polycall_state::InstanceView, polycall_state::StateError>,
-            > + Send
-            + 'a {
-                <$host>::create(self, machine, id, context)
-            }
+        fn create<'a>(
+            &'a self,
+            machine: &'a str,
+            id: Option<&'a str>,
+            context: serde_json::Value,
+        ) -> impl std::future::Future<
+            Output = Result<polycall_state::InstanceView, polycall_state::StateError>,
+        > + Send
+        + 'a {
+            <$host>::create(self, machine, id, context)
+        }
 
-            fn fire<'a>(
-                &'a self,
-                id: &'a str,
-                transition: &'a str,
-                event: serde_json::Value,
-                principal: Option<&'a str>,
-            ) -> impl std::future::Future<
-                Output = Result<
-                    (polycall_state::Fired, polycall_state::InstanceView),
-                    polycall_state::StateError,
-                >,
-            > + Send
-            + 'a {
-                <$host>::fire(self, id, transition, event, principal)
-            }
+        fn fire<'a>(
+            &'a self,
+            id: &'a str,
+            transition: &'a str,
+            event: serde_json::Value,
+            principal: Option<&'a str>,
+        ) -> impl std::future::Future<
+            Output = Result<
+                (polycall_state::Fired, polycall_state::InstanceView),
+                polycall_state::StateError,
+            >,
+        > + Send
+        + 'a {
+            <$host>::fire(self, id, transition, event, principal)
+        }
 
-            fn set_lock<'a>(
-                &'a self,
-                id: &'a str,
-                state: &'a str,
-                lock: bool,
-            ) -> impl std::future::Future<
-                Output = Result<polycall_state::InstanceView, polycall_state::StateError>,
-            > + Send
-            + 'a {
-                <$host>::set_lock(self, id, state, lock)
-            }
+        fn set_lock<'a>(
+            &'a self,
+            id: &'a str,
+            state: &'a str,
+            lock: bool,
+        ) -> impl std::future::Future<
+            Output = Result<polycall_state::InstanceView, polycall_state::StateError>,
+        > + Send
+        + 'a {
+            <$host>::set_lock(self, id, state, lock)
+        }
+
+        fn snapshot<'a>(
+            &'a self,
+            id: &'a str,
+        ) -> impl std::future::Future<
+            Output = Result<polycall_state::Snapshot, polycall_state::StateError>,
+        > + Send
+        + 'a {
+            <$host>::snapshot(self, id)
+        }
+
+        fn restore<'a>(
+            &'a self,
+            id: &'a str,
+            snapshot: &'a polycall_state::Snapshot,
+        ) -> impl std::future::Future<
+            Output = Result<polycall_state::InstanceView, polycall_state::StateError>,
+        > + Send
+        + 'a {
+            <$host>::restore(self, id, snapshot)
+        }
+
+        fn restore_to<'a>(
+            &'a self,
+            id: Option<&'a str>,
+            at: polycall_state::At,
+        ) -> impl std::future::Future<
+            Output = Result<$crate::state_service::Recovered, polycall_state::StateError>,
+        > + Send
+        + 'a {
+            <$host>::restore_to(self, id, at)
+        }
+
+        fn backup<'a>(
+            &'a self,
+            dest: &'a std::path::Path,
+        ) -> impl std::future::Future<
+            Output = Result<polycall_state::BackupInfo, polycall_state::StateError>,
+        > + Send
+        + 'a {
+            <$host>::backup(self, dest)
         }
     };
 }
-pub(crate) use instance_writes;
+pub(crate) use inherent_instance_methods;
 
-instance_writes!(StateHost);
+impl InstanceHost for StateHost {
+    inherent_instance_methods!(StateHost);
+
+    fn history(
+        self: &Arc<Self>,
+        id: String,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Change>, Status>> + Send + 'static {
+        let h = self.clone();
+        blocking(move || StateHost::history(&h, &id, limit))
+    }
+
+    fn machine_named(&self, name: &str) -> Option<&Machine> {
+        self.machine(name)
+    }
+
+    fn active(
+        self: &Arc<Self>,
+        id: String,
+    ) -> impl Future<Output = Result<Vec<String>, Status>> + Send + 'static {
+        let h = self.clone();
+        async move { Ok(h.get(&id).await?.state.active.into_iter().collect()) }
+    }
+}
 
 /// `state.<name>.create`, `.fire`, `.lock` and `.unlock` over `host`; `acknowledged`
 /// says when a write is answered.
-pub(crate) fn write_methods<H: InstanceWrites>(
+pub(crate) fn write_methods<H: InstanceHost>(
     mut r: Router,
     host: &Arc<H>,
     name: &str,
@@ -342,6 +453,8 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
     for name in names {
         let svc = format!("state.{name}");
         r = write_methods(r, host, &name, "acknowledged once it is in the log");
+        r = recovery_methods(r, host, &name);
+        r = graph_method(r, host, &name);
         r = add(
             r,
             &format!("{svc}.get"),
@@ -350,114 +463,6 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
                 .idempotent(true),
             host,
             |h, c, v| Box::pin(async move { json_reply(h.get(field(&v, "id", &c)?).await?) }),
-        );
-        r = add(
-            r,
-            &format!("{svc}.history"),
-            MethodInfo::new("the instance's logged events, oldest first")
-                .input(r#"{"id": string, "limit"?: u64}"#)
-                .idempotent(true),
-            host,
-            |h, c, v| {
-                Box::pin(async move {
-                    let limit = v["limit"].as_u64().unwrap_or(1000) as usize;
-                    let id = field(&v, "id", &c)?.to_string();
-                    json_reply(blocking(move || h.history(&id, limit)).await?)
-                })
-            },
-        );
-        r = add(
-            r,
-            &format!("{svc}.snapshot"),
-            MethodInfo::new("a self-verifying snapshot (state + BLAKE3 integrity hash)")
-                .input(r#"{"id": string}"#)
-                .idempotent(true),
-            host,
-            |h, c, v| Box::pin(async move { json_reply(h.snapshot(field(&v, "id", &c)?).await?) }),
-        );
-        r = add(
-            r,
-            &format!("{svc}.restore"),
-            MethodInfo::new("restores a snapshot (integrity, machine version and locks checked)")
-                .input(r#"{"id": string, "snapshot": object}"#),
-            host,
-            |h, c, v| {
-                Box::pin(async move {
-                    let snap: polycall_state::Snapshot =
-                        serde_json::from_value(v["snapshot"].clone())
-                            .map_err(|e| Status::invalid_input(format!("`snapshot`: {e}")))?;
-                    json_reply(h.restore(field(&v, "id", &c)?, &snap).await?)
-                })
-            },
-        );
-        r = add(
-            r,
-            &format!("{svc}.recover"),
-            MethodInfo::new("point-in-time recovery of one instance (logged, so it can be undone)")
-                .input(
-                    r#"{"id": string, "at": "RFC 3339" | micros} or {"id": string, "index": u64}"#,
-                ),
-            host,
-            |h, c, v| {
-                Box::pin(async move {
-                    let out = h.restore_to(Some(field(&v, "id", &c)?), point(&v)?).await?;
-                    json_reply(
-                        json!({"restored": out.into_iter().map(|(id, s)| json!({"id": id, "instance": s})).collect::<Vec<_>>()}),
-                    )
-                })
-            },
-        );
-        let m = name.clone();
-        r = add(
-            r,
-            &format!("{svc}.graph"),
-            MethodInfo::new(
-                "the machine as DOT, Mermaid or JSON; with an id, its active states highlighted",
-            )
-            .input(r#"{"format"?: "dot" | "mermaid" | "json", "id"?: string}"#)
-            .output(r#"{"format", "text"}"#)
-            .idempotent(true),
-            host,
-            move |h, _c, v| {
-                let m = m.clone();
-                Box::pin(async move {
-                    let format: graph::Format = v["format"]
-                        .as_str()
-                        .unwrap_or("dot")
-                        .parse()
-                        .map_err(Status::invalid_input)?;
-                    let active: Vec<String> = match v["id"].as_str() {
-                        Some(id) => h.get(id).await?.state.active.into_iter().collect(),
-                        None => Vec::new(),
-                    };
-                    let machine = h
-                        .machine(&m)
-                        .ok_or_else(|| Status::not_found(format!("no machine {m}")))?;
-                    json_reply(
-                        json!({"format": v["format"].as_str().unwrap_or("dot"), "text": graph::render(machine, format, &active)}),
-                    )
-                })
-            },
-        );
-        r = add(
-            r,
-            &format!("{svc}.timeline"),
-            MethodInfo::new("a self-contained HTML timeline of the instance's transitions")
-                .input(r#"{"id": string}"#)
-                .output(r#"{"html": string}"#)
-                .idempotent(true),
-            host,
-            |h, c, v| {
-                Box::pin(async move {
-                    let id = field(&v, "id", &c)?.to_string();
-                    let html = blocking(move || {
-                        let history = h.history(&id, usize::MAX)?;
-                        Ok(graph::timeline_html(&id, &history))
-                    })
-                    .await?;
-                    json_reply(json!({"html": html}))
-                })
-            },
         );
     }
     r = add(
@@ -512,6 +517,143 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
         },
     );
     r = subscribe(r, host);
+    backup_methods(r, host, runtime)
+}
+
+/// `state.<name>.history`, `.snapshot`, `.restore`, `.recover` and `.timeline` over
+/// `host`.
+pub(crate) fn recovery_methods<H: InstanceHost>(
+    mut r: Router,
+    host: &Arc<H>,
+    name: &str,
+) -> Router {
+    let svc = format!("state.{name}");
+    r = add(
+        r,
+        &format!("{svc}.history"),
+        MethodInfo::new("the instance's logged events, oldest first")
+            .input(r#"{"id": string, "limit"?: u64}"#)
+            .idempotent(true),
+        host,
+        |h, c, v| {
+            Box::pin(async move {
+                let limit = v["limit"].as_u64().unwrap_or(1000) as usize;
+                let id = field(&v, "id", &c)?.to_string();
+                json_reply(h.history(id, limit).await?)
+            })
+        },
+    );
+    r = add(
+        r,
+        &format!("{svc}.snapshot"),
+        MethodInfo::new("a self-verifying snapshot (state + BLAKE3 integrity hash)")
+            .input(r#"{"id": string}"#)
+            .idempotent(true),
+        host,
+        |h, c, v| Box::pin(async move { json_reply(h.snapshot(field(&v, "id", &c)?).await?) }),
+    );
+    r = add(
+        r,
+        &format!("{svc}.restore"),
+        MethodInfo::new("restores a snapshot (integrity, machine version and locks checked)")
+            .input(r#"{"id": string, "snapshot": object}"#),
+        host,
+        |h, c, v| {
+            Box::pin(async move {
+                let snap: polycall_state::Snapshot = serde_json::from_value(v["snapshot"].clone())
+                    .map_err(|e| Status::invalid_input(format!("`snapshot`: {e}")))?;
+                json_reply(h.restore(field(&v, "id", &c)?, &snap).await?)
+            })
+        },
+    );
+    r = add(
+        r,
+        &format!("{svc}.recover"),
+        MethodInfo::new("point-in-time recovery of one instance (logged, so it can be undone)")
+            .input(r#"{"id": string, "at": "RFC 3339" | micros} or {"id": string, "index": u64}"#),
+        host,
+        |h, c, v| {
+            Box::pin(async move {
+                let out = h.restore_to(Some(field(&v, "id", &c)?), point(&v)?).await?;
+                recovered_reply(out)
+            })
+        },
+    );
+    r = add(
+        r,
+        &format!("{svc}.timeline"),
+        MethodInfo::new("a self-contained HTML timeline of the instance's transitions")
+            .input(r#"{"id": string}"#)
+            .output(r#"{"html": string}"#)
+            .idempotent(true),
+        host,
+        |h, c, v| {
+            Box::pin(async move {
+                let id = field(&v, "id", &c)?.to_string();
+                let history = h.history(id.clone(), usize::MAX).await?;
+                let html = graph::timeline_html(&id, &history);
+                json_reply(json!({"html": html}))
+            })
+        },
+    );
+    r
+}
+
+/// `state.<name>.graph` over `host`: the machine as DOT, Mermaid or JSON, with an
+/// instance's active states highlighted.
+pub(crate) fn graph_method<H: InstanceHost>(r: Router, host: &Arc<H>, name: &str) -> Router {
+    let svc = format!("state.{name}");
+    let m = name.to_string();
+    add(
+        r,
+        &format!("{svc}.graph"),
+        MethodInfo::new(
+            "the machine as DOT, Mermaid or JSON; with an id, its active states highlighted",
+        )
+        .input(r#"{"format"?: "dot" | "mermaid" | "json", "id"?: string}"#)
+        .output(r#"{"format", "text"}"#)
+        .idempotent(true),
+        host,
+        move |h, _c, v| {
+            let m = m.clone();
+            Box::pin(async move {
+                let format: graph::Format = v["format"]
+                    .as_str()
+                    .unwrap_or("dot")
+                    .parse()
+                    .map_err(Status::invalid_input)?;
+                let active: Vec<String> = match v["id"].as_str() {
+                    Some(id) => h.active(id.to_string()).await?,
+                    None => Vec::new(),
+                };
+                let machine = h
+                    .machine_named(&m)
+                    .ok_or_else(|| Status::not_found(format!("no machine {m}")))?;
+                json_reply(
+                    json!({"format": v["format"].as_str().unwrap_or("dot"), "text": graph::render(machine, format, &active)}),
+                )
+            })
+        },
+    )
+}
+
+/// `{"restored": [{"id", "instance"}, …]}`: what a recovery did (`instance` null: the
+/// instance was removed).
+pub(crate) fn recovered_reply(out: Recovered) -> Result<Reply, Status> {
+    let restored: Vec<Json> = out
+        .into_iter()
+        .map(|(id, s)| json!({"id": id, "instance": s}))
+        .collect();
+    json_reply(json!({ "restored": restored }))
+}
+
+/// `state.backup` and `state.recover` (every instance) over `host`; both need the
+/// runtime token.
+pub(crate) fn backup_methods<H: InstanceHost>(
+    mut r: Router,
+    host: &Arc<H>,
+    runtime: Weak<State>,
+) -> Router {
     let rt = runtime.clone();
     r = add(
         r,
@@ -544,9 +686,7 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
             Box::pin(async move {
                 check_token(&rt, &v)?;
                 let out = h.restore_to(None, point(&v)?).await?;
-                json_reply(
-                    json!({"restored": out.into_iter().map(|(id, s)| json!({"id": id, "instance": s})).collect::<Vec<_>>()}),
-                )
+                recovered_reply(out)
             })
         },
     )
@@ -631,8 +771,8 @@ pub(crate) fn check_token(rt: &Weak<State>, v: &Json) -> Result<(), Status> {
 
 /// Takes a backup every `every` into `dir` (`state-<time>.redb`), keeping the newest
 /// `keep`.
-pub(crate) fn schedule_backups(
-    host: Arc<StateHost>,
+pub(crate) fn schedule_backups<H: InstanceHost>(
+    host: Arc<H>,
     dir: PathBuf,
     every: Duration,
     keep: usize,

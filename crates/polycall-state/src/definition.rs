@@ -2,6 +2,7 @@
 //! validation. Built in Rust with [`MachineDef::builder`] or read from TOML with
 //! [`crate::load`]; both end in [`crate::Machine::compile`].
 
+use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -38,6 +39,43 @@ pub enum Durability {
     /// Written, never forced to disk by this machine (other machines' or a clean
     /// shutdown's syncs carry it).
     None,
+}
+
+/// How a machine's instances are kept on a cluster (`consistency` in its definition;
+/// on one runtime both are the same).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Replication {
+    /// Every change goes through the raft log: linearizable, available on the side of
+    /// a partition that holds a majority.
+    #[default]
+    Linearizable,
+    /// Each node applies changes at once and ships them to the others (delta
+    /// anti-entropy): writable on every side of a partition, converging after it heals.
+    /// Context fields are CRDTs ([`FieldKind`]); the active states are a
+    /// last-writer-wins register.
+    Eventual,
+}
+
+impl Replication {
+    fn is_default(&self) -> bool {
+        *self == Replication::Linearizable
+    }
+}
+
+/// The CRDT a context field of an eventual machine is (docs/cluster.md gives the merge
+/// rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FieldKind {
+    /// Last writer wins, by hybrid logical clock (the default for undeclared fields).
+    #[default]
+    Register,
+    /// An integer; concurrent changes add up (`context.n + 1` on two sides: `+2`).
+    Counter,
+    /// A JSON array used as a set; concurrent adds and removes: an add wins over a
+    /// remove that did not see it (observed-remove).
+    Set,
 }
 
 /// How a child state's permissions derive from its parent's (libpolycall's
@@ -142,6 +180,13 @@ pub struct MachineDef {
     pub durability: Durability,
     /// A snapshot of an instance every this many accepted events (0: never).
     pub snapshot_every: u64,
+    /// How instances are kept on a cluster.
+    #[serde(default, skip_serializing_if = "Replication::is_default")]
+    pub consistency: Replication,
+    /// For an eventual machine: the CRDT each context field is (undeclared fields are
+    /// registers).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub crdt: BTreeMap<String, FieldKind>,
     /// Where the machine was written (its file, or `None`).
     pub position: Option<Position>,
 }
@@ -255,7 +300,19 @@ impl MachineBuilder {
         self
     }
 
-    /// Sets the snapshot interval (0: never).
+    /// Makes the machine eventually consistent on a cluster ([`Replication::Eventual`]).
+    pub fn eventual(mut self) -> Self {
+        self.def.consistency = Replication::Eventual;
+        self
+    }
+
+    /// Declares context field `key` as CRDT `kind` (eventual machines).
+    pub fn crdt(mut self, key: impl Into<String>, kind: FieldKind) -> Self {
+        self.def.crdt.insert(key.into(), kind);
+        self
+    }
+
+    /// Sets the snapshot interval (accepted events between snapshots; 0: never).
     pub fn snapshot_every(mut self, n: u64) -> Self {
         self.def.snapshot_every = n;
         self

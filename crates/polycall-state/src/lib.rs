@@ -30,6 +30,7 @@
 //! ```
 
 pub mod canonical;
+pub mod crdt;
 mod definition;
 mod error;
 mod expr;
@@ -45,8 +46,8 @@ pub mod time;
 pub use time::TimeError;
 
 pub use definition::{
-    Action, DEFAULT_SNAPSHOT_EVERY, Durability, Inherit, MachineBuilder, MachineDef, Position,
-    StateDef, TransitionDef, TransitionKind,
+    Action, DEFAULT_SNAPSHOT_EVERY, Durability, FieldKind, Inherit, MachineBuilder, MachineDef,
+    Position, Replication, StateDef, TransitionDef, TransitionKind,
 };
 pub use error::StateError;
 pub use expr::{Expr, ExprError};

@@ -32,8 +32,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::definition::{
-    DEFAULT_SNAPSHOT_EVERY, Durability, Inherit, MachineDef, Position, StateDef, TransitionDef,
-    TransitionKind,
+    DEFAULT_SNAPSHOT_EVERY, Durability, FieldKind, Inherit, MachineDef, Position, Replication,
+    StateDef, TransitionDef, TransitionKind,
 };
 use crate::machine::{DefinitionError, DefinitionErrors, Machine};
 
@@ -45,6 +45,10 @@ struct RawMachine {
     #[serde(default)]
     durability: Durability,
     snapshot_every: Option<u64>,
+    #[serde(default)]
+    consistency: Replication,
+    #[serde(default)]
+    crdt: BTreeMap<String, FieldKind>,
     #[serde(default)]
     context: toml::Table,
     #[serde(default)]
@@ -120,6 +124,8 @@ pub fn definition_from_str(text: &str, file: &str) -> Result<MachineDef, Definit
         initial: raw.initial,
         durability: raw.durability,
         snapshot_every: raw.snapshot_every.unwrap_or(DEFAULT_SNAPSHOT_EVERY),
+        consistency: raw.consistency,
+        crdt: raw.crdt,
         context,
         states: raw
             .state

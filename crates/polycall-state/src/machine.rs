@@ -490,11 +490,46 @@ impl Compiler {
                 );
             }
         }
+        self.check_crdt(&machine.def);
         if !self.errors.is_empty() {
             return Err(DefinitionErrors(self.errors));
         }
         machine.hash = definition_hash(&machine.def);
         Ok(machine)
+    }
+}
+
+impl Compiler {
+    /// CRDT field kinds belong to eventual machines, and a declared field's initial
+    /// value must be of its kind (a counter an integer, a set an array).
+    fn check_crdt(&mut self, def: &MachineDef) {
+        use crate::definition::{FieldKind, Replication};
+        if def.consistency != Replication::Eventual && !def.crdt.is_empty() {
+            self.err(
+                &def.position,
+                "`crdt` declares context fields of an eventual machine: add consistency = \"eventual\""
+                    .to_string(),
+            );
+        }
+        for (field, kind) in &def.crdt {
+            let ok = match (kind, def.context.get(field)) {
+                (_, None) | (FieldKind::Register, _) => true,
+                (FieldKind::Counter, Some(v)) => v.is_i64(),
+                (FieldKind::Set, Some(v)) => v.is_array(),
+            };
+            if !ok {
+                let (kind, want) = match kind {
+                    FieldKind::Counter => ("counter", "an integer"),
+                    _ => ("set", "an array"),
+                };
+                self.err(
+                    &def.position,
+                    format!(
+                        "context field `{field}` is a {kind} but its initial value is not {want}"
+                    ),
+                );
+            }
+        }
     }
 }
 

@@ -109,3 +109,55 @@ fn loading_a_directory_reports_every_file() {
     assert_eq!(machines.len(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn an_eventual_machine_declares_its_crdt_fields_and_its_actions_run() {
+    use polycall_state::{FieldKind, InstanceState, Replication};
+    let cart = load::from_str(
+        include_str!("../../polycall-cli/tests/fixtures/cart.toml"),
+        "cart.toml",
+    )
+    .unwrap();
+    let def = cart.definition();
+    assert_eq!(def.consistency, Replication::Eventual);
+    assert_eq!(def.crdt["visits"], FieldKind::Counter);
+    assert_eq!(def.crdt["items"], FieldKind::Set);
+    let mut s = InstanceState::new(&cart, "c", serde_json::json!({})).unwrap();
+    for (t, event) in [
+        ("add", serde_json::json!({"item": "pen"})),
+        ("add", serde_json::json!({"item": "ink"})),
+        ("remove", serde_json::json!({"item": "pen"})),
+        ("visit", serde_json::json!({})),
+    ] {
+        s.fire(&cart, t, &event, None).unwrap();
+    }
+    assert_eq!(s.context["items"], serde_json::json!(["ink"]));
+    assert_eq!(s.context["visits"], serde_json::json!(1));
+}
+
+#[test]
+fn crdt_fields_need_an_eventual_machine_and_initial_values_of_their_kind() {
+    let text = r#"
+name = "m"
+initial = "a"
+[crdt]
+n = "counter"
+[context]
+n = "zero"
+[[state]]
+name = "a"
+"#;
+    let errs = load::from_str(text, "m.toml").unwrap_err().to_string();
+    assert!(errs.contains("add consistency = \"eventual\""), "{errs}");
+    assert!(
+        errs.contains("context field `n` is a counter but its initial value is not an integer"),
+        "{errs}"
+    );
+    let fixed = text
+        .replace("[crdt]", "consistency = \"eventual\"\n[crdt]")
+        .replace("\"zero\"", "0");
+    load::from_str(&fixed, "m.toml").unwrap();
+    let unknown = text.replace("\"counter\"", "\"bag\"");
+    let errs = load::from_str(&unknown, "m.toml").unwrap_err().to_string();
+    assert!(errs.contains("bag"), "{errs}");
+}

@@ -9,7 +9,7 @@
 //! majority holds it and it is applied, and two racing `fire`s on one instance are
 //! serialized exactly as on one node.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,9 +18,10 @@ use serde_json::{Value as Json, json};
 
 use super::{Applied, ClusterError, Command, Consistency, Node};
 use crate::error::StateError;
-use crate::host::InstanceView;
-use crate::instance::{Fired, InstanceState};
+use crate::host::{At, Change, InstanceView};
+use crate::instance::{Fired, InstanceState, Snapshot};
 use crate::machine::Machine;
+use crate::store::BackupInfo;
 use crate::store::now_us;
 
 const PREFIX: &str = "instance/";
@@ -31,10 +32,60 @@ const MAX_RACES: usize = 16;
 /// An instance as the replicated map holds it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct Stored {
-    state: InstanceState,
+    /// `None`: removed by a point-in-time recovery to before its creation (kept as a
+    /// value, so that its earlier values stay in the key's history).
+    state: Option<InstanceState>,
     /// The event that produced this state (`{"kind": "created" | "fired" | …}`).
     last: Json,
+    /// When the node that proposed it accepted the event (microseconds since the epoch):
+    /// what point-in-time recovery by time goes by.
+    #[serde(default)]
+    ts_us: u64,
 }
+
+impl Stored {
+    fn new(state: Option<InstanceState>, last: Json) -> Self {
+        Self {
+            state,
+            last,
+            ts_us: now_us(),
+        }
+    }
+
+    fn encode(&self) -> Result<Vec<u8>, StateError> {
+        serde_json::to_vec(self).map_err(|e| StateError::Store(e.to_string()))
+    }
+
+    /// The change this value records, as history shows it (`version`: its log index).
+    fn change(&self, id: &str, version: u64) -> Change {
+        Change {
+            index: version,
+            ts_us: self.ts_us,
+            instance: id.to_string(),
+            event: self.last.clone(),
+            integrity: self
+                .state
+                .as_ref()
+                .map(InstanceState::integrity)
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// What [`ReplicatedHost::replace`] makes of an instance's current state: a result,
+/// and the new state with the event that says why (or `None`: leave it).
+type NextValue<'a, T> = &'a (
+        dyn Fn(
+    Option<InstanceState>,
+) -> Result<(T, Option<(Option<InstanceState>, Json)>), StateError>
+            + Sync
+    );
+
+/// Table of a cluster backup file: instance id → its value (JSON, as replicated).
+const BACKUP_INSTANCES: redb::TableDefinition<&str, &[u8]> =
+    redb::TableDefinition::new("cluster_instances");
+/// Table of a cluster backup file: `applied_index` → the index it was taken at.
+const BACKUP_META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("cluster_meta");
 
 /// Hosts machines over a cluster [`Node`]: the replicated counterpart of
 /// [`StateHost`](crate::StateHost), with `create`, `fire`, `lock`/`unlock` and `get`.
@@ -173,22 +224,28 @@ impl ReplicatedHost {
             }
         };
         let state = InstanceState::new(&m, &id, context.clone())?;
-        let stored = Stored {
-            state,
-            last: json!({"kind": "created", "context": context}),
+        let stored = Stored::new(
+            Some(state.clone()),
+            json!({"kind": "created", "machine": m.name(), "context": context}),
+        );
+        let value = stored.encode()?;
+        // A key holding a removed instance (a recovery to before its creation) may be
+        // created again; its history stays.
+        let expect = match self.node.map().get(&key(&id)) {
+            Some((version, bytes)) if Self::decode(&id, &bytes)?.state.is_none() => version,
+            _ => 0,
         };
-        let value = serde_json::to_vec(&stored).map_err(|e| StateError::Store(e.to_string()))?;
         let written = self
             .node
             .write(Command::Put {
                 key: key(&id),
                 value,
-                expect: Some(0),
+                expect: Some(expect),
             })
             .await
             .map_err(cluster)?;
         match written.applied {
-            Applied::Done { version } => Ok(self.view(stored.state, version)),
+            Applied::Done { version } => Ok(self.view(state, version)),
             Applied::Conflict { .. } => Err(StateError::InstanceExists(id)),
         }
     }
@@ -198,20 +255,58 @@ impl ReplicatedHost {
     async fn change<T>(
         &self,
         id: &str,
-        change: impl Fn(&mut InstanceState, &Machine) -> Result<(T, Json), StateError>,
+        change: impl Fn(&mut InstanceState, &Machine) -> Result<(T, Json), StateError> + Sync,
     ) -> Result<(T, InstanceView), StateError> {
+        let (out, view) = self
+            .replace(id, &|current| {
+                let Some(mut state) = current else {
+                    return Err(StateError::UnknownInstance(id.to_string()));
+                };
+                let m = self.machine_version(&state.version)?.clone();
+                let (out, last) = change(&mut state, &m)?;
+                Ok((out, Some((Some(state), last))))
+            })
+            .await?;
+        let view = view.ok_or_else(|| StateError::Store(format!("instance {id} vanished")))?;
+        Ok((out, view))
+    }
+
+    /// Replaces instance `id`'s value with what `next` makes of the state this node
+    /// has applied (`None`: absent or removed): a new state (or `None` to remove it) and
+    /// the event that says why, or nothing to leave it as it is. Runs `next` again on
+    /// the fresh state when another node changed it first. Answers the instance as it
+    /// then is.
+    async fn replace<T>(
+        &self,
+        id: &str,
+        next: NextValue<'_, T>,
+    ) -> Result<(T, Option<InstanceView>), StateError> {
         let lock = self.lock_of(id);
         let _serial = lock.lock().await;
+        let mut fresh = false;
         for _ in 0..MAX_RACES {
-            let Some((version, bytes)) = self.node.map().get(&key(id)) else {
-                return Err(StateError::UnknownInstance(id.to_string()));
+            let (version, current) = match self.node.map().get(&key(id)) {
+                Some((version, bytes)) => (version, Self::decode(id, &bytes)?.state),
+                None => (0, None),
             };
-            let Stored { mut state, .. } = Self::decode(id, &bytes)?;
-            let m = self.machine_version(&state.version)?.clone();
-            let (out, last) = change(&mut state, &m)?;
-            let stored = Stored { state, last };
-            let value =
-                serde_json::to_vec(&stored).map_err(|e| StateError::Store(e.to_string()))?;
+            let (out, change) = match next(current.clone()) {
+                Ok(decided) => decided,
+                // A refusal (no such instance, a guard, a lock…) may come of this node
+                // lagging behind writes acknowledged elsewhere: decide again on what
+                // the leader had committed when asked. (A write on a stale copy is
+                // caught by compare-and-set instead.)
+                Err(_) if !fresh => {
+                    self.catch_up(id).await?;
+                    fresh = true;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let Some((state, last)) = change else {
+                return Ok((out, current.map(|s| self.view(s, version))));
+            };
+            let stored = Stored::new(state, last);
+            let value = stored.encode()?;
             let written = self
                 .node
                 .write(Command::Put {
@@ -228,12 +323,9 @@ impl ReplicatedHost {
                         .node
                         .wait_applied(written.index, Duration::from_secs(2))
                         .await;
-                    return Ok((out, self.view(stored.state, version)));
+                    return Ok((out, stored.state.map(|s| self.view(s, version))));
                 }
                 Applied::Conflict { current } => {
-                    if current == 0 {
-                        return Err(StateError::UnknownInstance(id.to_string()));
-                    }
                     // Another node's change won: apply it here and run ours again.
                     self.node
                         .wait_applied(current, Duration::from_secs(5))
@@ -297,20 +389,306 @@ impl ReplicatedHost {
             .read(&key(id), consistency)
             .await
             .map_err(cluster)?;
-        let Some((version, bytes)) = read.value else {
+        let state = match read.value {
+            Some((version, bytes)) => Self::decode(id, &bytes)?.state.map(|s| (version, s)),
+            None => None,
+        };
+        let Some((version, state)) = state else {
             return Err(StateError::UnknownInstance(id.to_string()));
         };
-        let stored = Self::decode(id, &bytes)?;
-        Ok((self.view(stored.state, version), read.applied_index))
+        Ok((self.view(state, version), read.applied_index))
     }
 
     /// The instances this node has applied, in id order.
     pub fn instances(&self) -> Vec<String> {
-        self.node
-            .map()
-            .keys(PREFIX)
+        self.values()
             .into_iter()
-            .map(|(k, _)| k[PREFIX.len()..].to_string())
+            .filter(|(_, _, s)| s.state.is_some())
+            .map(|(id, _, _)| id)
             .collect()
     }
+
+    /// Every instance key this node has applied (removed ones included): id, version,
+    /// value.
+    fn values(&self) -> Vec<(String, u64, Stored)> {
+        let (_, rows) = self.node.map().scan(PREFIX);
+        rows.into_iter()
+            .filter_map(|(k, version, bytes)| {
+                let id = k[PREFIX.len()..].to_string();
+                match Self::decode(&id, &bytes) {
+                    Ok(stored) => Some((id, version, stored)),
+                    Err(e) => {
+                        tracing::error!(error = %e, "skipping an unreadable instance");
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// An online, consistent backup of every instance, as of everything committed when
+    /// it was asked for, to `dest` (a new redb file; never overwritten). Restore it on
+    /// any cluster with [`ReplicatedHost::restore_backup`].
+    pub async fn backup(&self, dest: &std::path::Path) -> Result<BackupInfo, StateError> {
+        self.catch_up("").await?;
+        let (applied, rows) = self.node.map().scan(PREFIX);
+        let dest = dest.to_owned();
+        tokio::task::spawn_blocking(move || write_backup(&dest, applied, &rows))
+            .await
+            .map_err(|e| StateError::Store(e.to_string()))?
+    }
+
+    /// Puts every instance back to its state in the backup at `path` (one change per
+    /// instance, through the log); instances the backup does not hold are removed. The
+    /// whole backup is read and checked first (every machine version it names must be
+    /// loaded): a backup that fails the check changes nothing.
+    pub async fn restore_backup(
+        &self,
+        path: &std::path::Path,
+    ) -> Result<Vec<(String, Option<InstanceView>)>, StateError> {
+        let p = path.to_owned();
+        let (taken_at, rows) = tokio::task::spawn_blocking(move || read_backup(&p))
+            .await
+            .map_err(|e| StateError::Store(e.to_string()))??;
+        let mut targets = BTreeMap::new();
+        for (id, bytes) in rows {
+            let stored = Self::decode(&id, &bytes)?;
+            if let Some(s) = &stored.state {
+                self.machine_version(&s.version)?;
+            }
+            targets.insert(id, stored.state);
+        }
+        self.catch_up("").await?;
+        for (id, _, _) in self.values() {
+            targets.entry(id).or_insert(None);
+        }
+        self.put_back(
+            targets.into_iter().collect(),
+            json!({"backup": path.display().to_string(), "index": taken_at}),
+        )
+        .await
+    }
+
+    /// Waits until this node has applied everything the leader had committed when
+    /// asked (a linearizable read of `id`'s key).
+    async fn catch_up(&self, id: &str) -> Result<(), StateError> {
+        self.node
+            .read(&key(id), Consistency::Linearizable)
+            .await
+            .map_err(cluster)?;
+        Ok(())
+    }
+
+    /// A self-verifying snapshot of the instance (a linearizable read).
+    pub async fn snapshot(&self, id: &str) -> Result<Snapshot, StateError> {
+        let (view, _) = self.get(id, Consistency::Linearizable).await?;
+        Ok(view.state.snapshot())
+    }
+
+    /// Restores the instance from a snapshot (integrity, version and locks checked),
+    /// through the log like any change.
+    pub async fn restore(&self, id: &str, snapshot: &Snapshot) -> Result<InstanceView, StateError> {
+        let (_, view) = self
+            .change(id, |s, m| {
+                s.restore(m, snapshot)?;
+                Ok((
+                    (),
+                    json!({"kind": "restored", "active": s.active, "context": s.context}),
+                ))
+            })
+            .await?;
+        Ok(view)
+    }
+
+    /// The instance's changes this node keeps (its last [`super::VERSIONS_KEPT`] earlier
+    /// values and the current one), oldest first, at most `limit` (the newest).
+    pub async fn history(&self, id: &str, limit: usize) -> Result<Vec<Change>, StateError> {
+        self.catch_up(id).await?;
+        let k = key(id);
+        let Some((version, bytes)) = self.node.map().get(&k) else {
+            return Err(StateError::UnknownInstance(id.to_string()));
+        };
+        let mut out = Vec::new();
+        for (v, old) in self.node.map().history(&k) {
+            out.push(Self::decode(id, &old)?.change(id, v));
+        }
+        out.push(Self::decode(id, &bytes)?.change(id, version));
+        let skip = out.len().saturating_sub(limit);
+        Ok(out.split_off(skip))
+    }
+
+    /// The instance as it was at `at` (`None`: it did not exist then), from the values
+    /// this node keeps; a point before the oldest kept value of an instance created
+    /// earlier is refused ("before the recovery window").
+    fn state_at(&self, id: &str, at: At) -> Result<Option<InstanceState>, StateError> {
+        let k = key(id);
+        let map = self.node.map();
+        let mut values = map.history(&k);
+        values.extend(map.get(&k));
+        let mut found: Option<Stored> = None;
+        let mut oldest: Option<Stored> = None;
+        for (version, bytes) in values {
+            let stored = Self::decode(id, &bytes)?;
+            let before = match at {
+                At::Index(i) => version <= i,
+                At::Time(t) => stored.ts_us <= t,
+            };
+            if oldest.is_none() {
+                oldest = Some(stored.clone());
+            }
+            if before {
+                found = Some(stored);
+            }
+        }
+        match (found, oldest) {
+            (Some(stored), _) => Ok(stored.state),
+            (None, Some(first)) if first.last["kind"] == "created" => Ok(None),
+            (None, Some(_)) => Err(StateError::InvalidInput(format!(
+                "instance {id}: that point is before the recovery window (a cluster keeps the \
+                 last {} values of each instance)",
+                super::VERSIONS_KEPT
+            ))),
+            (None, None) => Ok(None),
+        }
+    }
+
+    /// Point-in-time recovery: puts instance `id` (or every instance, `None`) back to
+    /// its state at `at`, each through the log (so it can be undone the same way).
+    /// Every instance's past is found first: one before the recovery window refuses the
+    /// whole recovery before anything changed. Instances created after `at` are
+    /// removed. Returns each instance touched and what it became.
+    pub async fn restore_to(
+        &self,
+        id: Option<&str>,
+        at: At,
+    ) -> Result<Vec<(String, Option<InstanceView>)>, StateError> {
+        let ids: Vec<String> = match id {
+            Some(id) => {
+                // A removed instance may be recovered too (undoing the recovery that
+                // removed it).
+                self.catch_up(id).await?;
+                if self.node.map().get(&key(id)).is_none() {
+                    return Err(StateError::UnknownInstance(id.to_string()));
+                }
+                vec![id.to_string()]
+            }
+            None => {
+                self.catch_up("").await?;
+                self.values().into_iter().map(|(id, _, _)| id).collect()
+            }
+        };
+        let mut pasts = Vec::with_capacity(ids.len());
+        for id in ids {
+            let past = self.state_at(&id, at)?;
+            pasts.push((id, past));
+        }
+        let what = match at {
+            At::Index(i) => json!({"index": i}),
+            At::Time(t) => json!({"at": crate::time::format(t)}),
+        };
+        self.put_back(pasts, what).await
+    }
+
+    /// Sets each instance to the given state (`None`: removed), each as one change
+    /// logged as `{"kind": "restored" | "removed", "to": to}`; instances already so are
+    /// left alone.
+    async fn put_back(
+        &self,
+        targets: Vec<(String, Option<InstanceState>)>,
+        to: Json,
+    ) -> Result<Vec<(String, Option<InstanceView>)>, StateError> {
+        let mut out = Vec::new();
+        for (id, past) in targets {
+            let ((), view) = self
+                .replace(&id, &|current| {
+                    let same = match (&past, &current) {
+                        (None, None) => true,
+                        (Some(p), Some(c)) => p.canonical() == c.canonical(),
+                        _ => false,
+                    };
+                    if same {
+                        return Ok(((), None));
+                    }
+                    let next = past.clone().map(|mut p| {
+                        // Keep the event count increasing.
+                        p.events = current.as_ref().map_or(p.events, |c| c.events.max(p.events)) + 1;
+                        p
+                    });
+                    let last = match &next {
+                        Some(s) => json!({"kind": "restored", "to": to, "active": s.active, "context": s.context}),
+                        None => json!({"kind": "removed", "to": to}),
+                    };
+                    Ok(((), Some((next, last))))
+                })
+                .await?;
+            out.push((id, view));
+        }
+        Ok(out)
+    }
+}
+
+/// Writes a cluster backup: the instances' values and the index they were read at.
+fn write_backup(
+    dest: &std::path::Path,
+    applied: u64,
+    rows: &[(String, u64, Vec<u8>)],
+) -> Result<BackupInfo, StateError> {
+    if dest.exists() {
+        return Err(StateError::InvalidInput(format!(
+            "{} exists; choose a new backup file",
+            dest.display()
+        )));
+    }
+    let tmp = dest.with_extension("partial");
+    let _ = std::fs::remove_file(&tmp);
+    let db = redb::Database::create(&tmp)?;
+    let mut txn = db.begin_write()?;
+    txn.set_durability(redb::Durability::Immediate)?;
+    {
+        let mut t = txn.open_table(BACKUP_INSTANCES)?;
+        for (k, _, value) in rows {
+            t.insert(&k[PREFIX.len()..], value.as_slice())?;
+        }
+        txn.open_table(BACKUP_META)?
+            .insert("applied_index", applied)?;
+    }
+    txn.commit()?;
+    drop(db);
+    std::fs::rename(&tmp, dest).map_err(|e| StateError::Store(e.to_string()))?;
+    Ok(BackupInfo {
+        path: dest.to_path_buf(),
+        records: rows.len() as u64,
+        last_index: applied,
+        bytes: std::fs::metadata(dest).map_or(0, |m| m.len()),
+    })
+}
+
+/// A cluster backup as read: the index it was taken at and each instance's id and value.
+type BackupRows = (u64, Vec<(String, Vec<u8>)>);
+
+/// Reads a cluster backup.
+fn read_backup(path: &std::path::Path) -> Result<BackupRows, StateError> {
+    use redb::{ReadableDatabase, ReadableTable};
+    let not_backup = |e: &dyn std::fmt::Display| {
+        StateError::InvalidInput(format!(
+            "{} is not a cluster backup (from state.backup on a cluster node): {e}",
+            path.display()
+        ))
+    };
+    let db = redb::Database::open(path).map_err(|e| not_backup(&e))?;
+    let read = db.begin_read()?;
+    let meta = read.open_table(BACKUP_META).map_err(|e| not_backup(&e))?;
+    let taken_at = meta
+        .get("applied_index")?
+        .map(|v| v.value())
+        .ok_or_else(|| not_backup(&"it has no applied index"))?;
+    let t = read
+        .open_table(BACKUP_INSTANCES)
+        .map_err(|e| not_backup(&e))?;
+    let mut rows = Vec::new();
+    for row in t.iter()? {
+        let (k, v) = row?;
+        rows.push((k.value().to_string(), v.value().to_vec()));
+    }
+    Ok((taken_at, rows))
 }

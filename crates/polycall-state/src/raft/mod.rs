@@ -17,6 +17,7 @@
 // helpers here return the same one rather than converting at every trait method.
 #![allow(clippy::result_large_err)]
 
+pub mod eventual;
 mod host;
 mod log_store;
 pub mod network;
@@ -25,13 +26,14 @@ mod state_machine;
 
 use std::io::Cursor;
 
+pub use eventual::EventualHost;
 pub use host::ReplicatedHost;
 pub use log_store::RaftLog;
 pub use node::{
     ClusterError, ClusterStatus, Consistency, MemberStatus, MembershipChange, Node, NodeConfig,
     Read, Written,
 };
-pub use state_machine::{Applied, Batch, Command, Proposal, ReplicatedMap};
+pub use state_machine::{Applied, Batch, Command, Proposal, ReplicatedMap, VERSIONS_KEPT};
 
 openraft::declare_raft_types!(
     /// The raft types of a polycall cluster: node ids are `u64`, nodes carry their

@@ -101,6 +101,11 @@ impl From<Command> for Batch {
 /// How many log entries a request id is remembered for (retries come within seconds).
 const REMEMBER_REQUESTS: u64 = 200_000;
 
+/// How many earlier values of a key the map keeps ([`ReplicatedMap::history`]): the
+/// reach of point-in-time recovery on a cluster. A constant, so that every node keeps
+/// the same and their digests agree.
+pub const VERSIONS_KEPT: usize = 32;
+
 /// What applying a log entry did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Applied {
@@ -123,6 +128,9 @@ struct Data {
     membership: StoredMembership<NodeId, BasicNode>,
     /// Key → (version: the index of the entry that wrote it, value).
     entries: BTreeMap<String, (u64, Vec<u8>)>,
+    /// Key → its earlier values with their versions, oldest first (at most
+    /// [`VERSIONS_KEPT`]; dropped with the key when it is deleted).
+    history: BTreeMap<String, std::collections::VecDeque<(u64, Vec<u8>)>>,
     /// Requests applied in the last [`REMEMBER_REQUESTS`] entries: id → what applying
     /// did.
     requests: BTreeMap<u128, Applied>,
@@ -218,6 +226,29 @@ impl ReplicatedMap {
         self.read().entries.get(key).cloned()
     }
 
+    /// The earlier values of `key` this node keeps (at most [`VERSIONS_KEPT`]), oldest
+    /// first, each with its version; the current value is not among them.
+    pub fn history(&self, key: &str) -> Vec<(u64, Vec<u8>)> {
+        self.read()
+            .history
+            .get(key)
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The last applied index and every key starting with `prefix` with its version and
+    /// value, read together (a consistent view while entries keep being applied).
+    pub fn scan(&self, prefix: &str) -> (u64, Vec<(String, u64, Vec<u8>)>) {
+        let d = self.read();
+        let rows = d
+            .entries
+            .range(prefix.to_string()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .map(|(k, (v, value))| (k.clone(), *v, value.clone()))
+            .collect();
+        (d.last_applied.map_or(0, |l| l.index), rows)
+    }
+
     /// The keys starting with `prefix`, in order, with their versions.
     pub fn keys(&self, prefix: &str) -> Vec<(String, u64)> {
         self.read()
@@ -233,12 +264,18 @@ impl ReplicatedMap {
     pub fn digest(&self) -> (u64, String) {
         let data = self.read();
         let mut h = blake3::Hasher::new();
-        for (k, (version, value)) in &data.entries {
+        let mut add = |k: &str, version: u64, value: &[u8]| {
             h.update(&(k.len() as u64).to_le_bytes());
             h.update(k.as_bytes());
             h.update(&version.to_le_bytes());
             h.update(&(value.len() as u64).to_le_bytes());
             h.update(value);
+        };
+        for (k, (version, value)) in &data.entries {
+            for (v, old) in data.history.get(k).into_iter().flatten() {
+                add(k, *v, old);
+            }
+            add(k, *version, value);
         }
         (
             data.last_applied.map(|l| l.index).unwrap_or(0),
@@ -259,7 +296,7 @@ impl ReplicatedMap {
         {
             return first.clone();
         }
-        let applied = Self::apply_command(&mut d.entries, index, &p.command);
+        let applied = Self::apply_command(&mut d.entries, &mut d.history, index, &p.command);
         if p.request != 0 && matches!(applied, Applied::Done { .. }) {
             d.requests.insert(p.request, applied.clone());
             d.request_order.insert(index, p.request);
@@ -273,9 +310,11 @@ impl ReplicatedMap {
         applied
     }
 
-    /// Applies one command at log index `index` (the pure rule, also used by tests).
+    /// Applies one command at log index `index` (the pure rule, also used by tests): the
+    /// value a `Put` replaces goes to the key's history.
     fn apply_command(
         entries: &mut BTreeMap<String, (u64, Vec<u8>)>,
+        history: &mut BTreeMap<String, std::collections::VecDeque<(u64, Vec<u8>)>>,
         index: u64,
         c: &Command,
     ) -> Applied {
@@ -288,7 +327,13 @@ impl ReplicatedMap {
                 if expect.is_some_and(|e| e != current) {
                     return Applied::Conflict { current };
                 }
-                entries.insert(key.clone(), (index, value.clone()));
+                if let Some(old) = entries.insert(key.clone(), (index, value.clone())) {
+                    let kept = history.entry(key.clone()).or_default();
+                    if kept.len() == VERSIONS_KEPT {
+                        kept.pop_front();
+                    }
+                    kept.push_back(old);
+                }
                 Applied::Done { version: index }
             }
             Command::Delete { key, expect } => {
@@ -297,6 +342,7 @@ impl ReplicatedMap {
                     return Applied::Conflict { current };
                 }
                 entries.remove(key);
+                history.remove(key);
                 Applied::Done { version: 0 }
             }
         }
@@ -413,27 +459,27 @@ mod tests {
 
     #[test]
     fn compare_and_set_lets_one_of_two_racing_writers_win() {
-        let mut m = BTreeMap::new();
+        let (mut m, mut h) = (BTreeMap::new(), BTreeMap::new());
         let put = |expect| Command::Put {
             key: "order/1".into(),
             value: b"v".to_vec(),
             expect,
         };
         assert_eq!(
-            ReplicatedMap::apply_command(&mut m, 5, &put(Some(0))),
+            ReplicatedMap::apply_command(&mut m, &mut h, 5, &put(Some(0))),
             Applied::Done { version: 5 }
         );
         // Both read version 5; the first to be applied wins, the second conflicts.
         assert_eq!(
-            ReplicatedMap::apply_command(&mut m, 6, &put(Some(5))),
+            ReplicatedMap::apply_command(&mut m, &mut h, 6, &put(Some(5))),
             Applied::Done { version: 6 }
         );
         assert_eq!(
-            ReplicatedMap::apply_command(&mut m, 7, &put(Some(5))),
+            ReplicatedMap::apply_command(&mut m, &mut h, 7, &put(Some(5))),
             Applied::Conflict { current: 6 }
         );
         assert_eq!(
-            ReplicatedMap::apply_command(&mut m, 8, &put(Some(0))),
+            ReplicatedMap::apply_command(&mut m, &mut h, 8, &put(Some(0))),
             Applied::Conflict { current: 6 }
         );
         let del = Command::Delete {
@@ -441,14 +487,38 @@ mod tests {
             expect: Some(6),
         };
         assert_eq!(
-            ReplicatedMap::apply_command(&mut m, 9, &del),
+            ReplicatedMap::apply_command(&mut m, &mut h, 9, &del),
             Applied::Done { version: 0 }
         );
         assert!(m.is_empty());
         assert_eq!(
-            ReplicatedMap::apply_command(&mut m, 10, &put(None)),
+            ReplicatedMap::apply_command(&mut m, &mut h, 10, &put(None)),
             Applied::Done { version: 10 }
         );
+    }
+
+    #[test]
+    fn a_key_keeps_its_last_values_until_it_is_deleted() {
+        let (mut m, mut h) = (BTreeMap::new(), BTreeMap::new());
+        for i in 1..=(VERSIONS_KEPT as u64 + 5) {
+            let put = Command::Put {
+                key: "k".into(),
+                value: i.to_le_bytes().to_vec(),
+                expect: None,
+            };
+            ReplicatedMap::apply_command(&mut m, &mut h, i, &put);
+        }
+        let kept: Vec<u64> = h["k"].iter().map(|(v, _)| *v).collect();
+        // The newest VERSIONS_KEPT earlier values, oldest first; the current one apart.
+        assert_eq!(kept, (5..=VERSIONS_KEPT as u64 + 4).collect::<Vec<_>>());
+        assert_eq!(h["k"][0].1, 5u64.to_le_bytes().to_vec());
+        assert_eq!(m["k"].0, VERSIONS_KEPT as u64 + 5);
+        let del = Command::Delete {
+            key: "k".into(),
+            expect: None,
+        };
+        ReplicatedMap::apply_command(&mut m, &mut h, 100, &del);
+        assert!(h.is_empty() && m.is_empty());
     }
 
     #[test]
