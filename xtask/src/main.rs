@@ -166,6 +166,8 @@ fn ci() -> Result<()> {
     ensure_apt("ip", "iproute2")?; // network namespaces for the cluster partition test (polycall-cli tests/cluster.rs)
     bench_bindings::ensure_pip("grpc", "grpcio")?; // the OTLP receiver of the cross-language trace test
     bench_bindings::ensure_pip("opentelemetry.proto", "opentelemetry-proto")?;
+    ensure_apt("curl", "curl")?; // the HTTP gateway's tests (polycall-cli tests/gateway.rs)
+    bench_bindings::ensure_pip("openapi_spec_validator", "openapi-spec-validator")?;
     run(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--check"]),

@@ -67,6 +67,14 @@ pub struct RunArgs {
     /// Write the admin address actually bound to this file (useful with port 0).
     #[arg(long)]
     admin_file: Option<PathBuf>,
+    /// Serve every method over HTTP/JSON on this HOST:PORT: POST /v1/{service}/{method},
+    /// /openapi.json, /docs (loopback or TLS unless --insecure-remote) [default:
+    /// gateway.listen of --config, else none].
+    #[arg(long, value_name = "HOST:PORT")]
+    http: Option<std::net::SocketAddr>,
+    /// Write the HTTP address actually bound to this file (useful with port 0).
+    #[arg(long)]
+    http_file: Option<PathBuf>,
     /// Send call spans to this OTLP/gRPC collector (http://HOST:4317) [default:
     /// observe.otlp_endpoint of --config, else none].
     #[arg(long, value_name = "URL")]
@@ -133,6 +141,18 @@ pub async fn run(
     }
     if let Some(a) = args.admin {
         config.observe.admin = Some(a);
+    }
+    if let Some(a) = args.http {
+        // The flag names the address; `[gateway]`'s other keys still apply.
+        let mut g = polycall::runtime::GatewaySettings::new(a);
+        if let Some(l) = &loaded {
+            g = g
+                .max_body(usize::try_from(l.config.gateway.max_body).unwrap_or(usize::MAX))
+                .timeout(std::time::Duration::from_millis(
+                    l.config.gateway.timeout_ms,
+                ));
+        }
+        config.gateway = Some(g);
     }
     if let Some(u) = &args.otlp {
         config.observe.otlp_endpoint = Some(u.clone());
@@ -236,15 +256,21 @@ pub async fn run(
             exit::INPUT,
         );
     }
-    if let (Some(f), Some(a)) = (&args.admin_file, runtime.admin_addr())
-        && let Err(e) = polycall::security::private_file::replace(f, format!("{a}\n").as_bytes())
-    {
-        runtime.shutdown().await;
-        return out.fail_with(
-            "run",
-            &Status::invalid_input(format!("cannot write {}: {e}", f.display())),
-            exit::INPUT,
-        );
+    for (file, addr) in [
+        (&args.admin_file, runtime.admin_addr()),
+        (&args.http_file, runtime.http_addr()),
+    ] {
+        if let (Some(f), Some(a)) = (file, addr)
+            && let Err(e) =
+                polycall::security::private_file::replace(f, format!("{a}\n").as_bytes())
+        {
+            runtime.shutdown().await;
+            return out.fail_with(
+                "run",
+                &Status::invalid_input(format!("cannot write {}: {e}", f.display())),
+                exit::INPUT,
+            );
+        }
     }
     tracing::info!(endpoint = %bound, state_dir = %state_dir.display(), "polycall runtime listening");
     if !out.quiet && out.format == crate::output::Format::Text {

@@ -289,6 +289,18 @@ pub struct AdminSection {
     pub listen: Option<String>,
 }
 
+/// `[gateway]`: the HTTP/JSON gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GatewaySection {
+    /// `listen` (unset: no gateway).
+    pub listen: Option<String>,
+    /// `max_body`, in bytes.
+    pub max_body: u64,
+    /// `timeout_ms`.
+    pub timeout_ms: u64,
+}
+
 /// `[observe]`: metrics and traces.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -469,6 +481,8 @@ pub struct Config {
     pub log: LogSection,
     /// `[admin]`.
     pub admin: AdminSection,
+    /// `[gateway]`.
+    pub gateway: GatewaySection,
     /// `[cluster]`.
     pub cluster: ClusterSection,
     /// `[observe]`.

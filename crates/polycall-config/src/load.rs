@@ -9,8 +9,8 @@ use super::schema::{self, CURRENT_VERSION, DefaultValue, KEYS, KeyDef, Kind, SEC
 use super::suggest;
 use super::{
     AdminSection, AuthSection, ClientAuth, ClusterSection, CompatSection, Config, Diagnostic,
-    Entry, LimitsSection, LoadedConfig, LogFormat, LogSection, ObserveSection, Origin, QosSection,
-    RuntimeSection, StateSection, TlsSection, Value,
+    Entry, GatewaySection, LimitsSection, LoadedConfig, LogFormat, LogSection, ObserveSection,
+    Origin, QosSection, RuntimeSection, StateSection, TlsSection, Value,
 };
 
 /// Environment variables read: `POLYCALL_SECTION__KEY`.
@@ -571,6 +571,11 @@ fn typed(values: &[(&'static KeyDef, Entry)], base: &Path) -> Config {
         },
         admin: AdminSection {
             listen: string("admin.listen"),
+        },
+        gateway: GatewaySection {
+            listen: string("gateway.listen"),
+            max_body: int("gateway.max_body").unwrap_or(4 << 20),
+            timeout_ms: int("gateway.timeout_ms").unwrap_or(30_000),
         },
         cluster: ClusterSection {
             node_id: int("cluster.node_id"),

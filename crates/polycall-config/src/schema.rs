@@ -108,8 +108,8 @@ macro_rules! key {
 
 /// The sections, in the order files and documentation list them.
 pub const SECTIONS: &[&str] = &[
-    "runtime", "limits", "qos", "log", "compat", "state", "tls", "auth", "admin", "observe",
-    "cluster",
+    "runtime", "limits", "qos", "log", "compat", "state", "tls", "auth", "admin", "gateway",
+    "observe", "cluster",
 ];
 
 /// Every key of version 1.
@@ -515,6 +515,33 @@ pub static KEYS: &[KeyDef] = &[
         DefaultValue::None,
         false,
         "Serve /metrics, /healthz, /readyz and /dashboard on this HOST:PORT (an IP address; loopback unless runtime.insecure_remote). Unset: no admin listener."
+    ),
+    key!(
+        "gateway",
+        "listen",
+        Kind::Endpoint,
+        DefaultValue::None,
+        false,
+        "Serve every method over HTTP/JSON (POST /v1/{service}/{method}, /openapi.json, /docs) on this HOST:PORT (an IP address; loopback or TLS unless runtime.insecure_remote). Unset: no gateway."
+    ),
+    key!(
+        "gateway",
+        "max_body",
+        Kind::Int { min: 1, max: U32 },
+        DefaultValue::Int(4_194_304),
+        false,
+        "The largest HTTP request body, in bytes; larger ones are answered 413."
+    ),
+    key!(
+        "gateway",
+        "timeout_ms",
+        Kind::Int {
+            min: 1,
+            max: HOUR_MS
+        },
+        DefaultValue::Int(30_000),
+        false,
+        "A call's deadline when the request states none (header Polycall-Timeout-Ms), in milliseconds."
     ),
     key!(
         "observe",

@@ -79,6 +79,14 @@ pub(crate) fn cross_check(
             format!("`admin.listen` = {listen:?} must be an IP address and port (127.0.0.1:9464): the admin pages are served over TCP"),
         ));
     }
+    if let Some(listen) = &c.gateway.listen
+        && listen.parse::<std::net::SocketAddr>().is_err()
+    {
+        d.push_on(&["gateway.listen"], Diagnostic::error(
+            origin(values, "gateway.listen"),
+            format!("`gateway.listen` = {listen:?} must be an IP address and port (127.0.0.1:8080): the gateway serves HTTP over TCP"),
+        ));
+    }
     let cl = &c.cluster;
     match (cl.node_id, &cl.members) {
         (None, None) => {}

@@ -23,6 +23,7 @@ mod cluster;
 mod compat;
 pub mod config;
 mod connection;
+mod gateway;
 mod observe;
 mod provider;
 mod registry;
@@ -41,6 +42,7 @@ use tokio::sync::watch;
 
 pub use cluster::ClusterSettings;
 pub use compat::CompatConfig;
+pub use gateway::GatewaySettings;
 pub use observe::{MAX_EXPORTED_SPANS, ObserveSettings};
 pub use polycall_observe::Observer;
 pub use provider::{Provider, ProviderConfig};
@@ -83,6 +85,8 @@ pub struct RuntimeConfig {
     pub observe: ObserveSettings,
     /// Membership of a cluster (`None`: a single node). Needs the `cluster` feature.
     pub cluster: Option<ClusterSettings>,
+    /// Serve the methods over HTTP/JSON too (`None`: no gateway).
+    pub gateway: Option<GatewaySettings>,
 }
 
 /// What the runtime applies to every call it serves, in this order: authorization, rate
@@ -152,6 +156,7 @@ impl Default for RuntimeConfig {
             debug_methods: false,
             observe: ObserveSettings::default(),
             cluster: None,
+            gateway: None,
         }
     }
 }
@@ -197,6 +202,12 @@ impl RuntimeConfig {
     /// Sets whether to listen on a non-loopback address without TLS and authentication.
     pub fn insecure_remote(mut self, insecure_remote: bool) -> Self {
         self.insecure_remote = insecure_remote;
+        self
+    }
+
+    /// Serves the methods over HTTP/JSON too (docs/gateway.md).
+    pub fn gateway(mut self, gateway: GatewaySettings) -> Self {
+        self.gateway = Some(gateway);
         self
     }
 
@@ -263,6 +274,9 @@ pub enum RuntimeError {
     /// The admin listener could not start.
     #[error("admin listener: {0}")]
     Admin(#[from] polycall_observe::admin::AdminError),
+    /// The HTTP gateway could not start.
+    #[error("HTTP gateway: {0}")]
+    Gateway(#[from] polycall_gateway::GatewayError),
     /// The state directory could not be written.
     #[error("cannot write the state directory {dir}: {source}")]
     StateDir {
@@ -482,6 +496,7 @@ pub struct Runtime {
     server: Arc<Server>,
     shutdown_rx: watch::Receiver<bool>,
     admin: Option<polycall_observe::admin::AdminServer>,
+    gateway: Option<polycall_gateway::Gateway>,
     source: Arc<observe::RuntimeSource>,
 }
 
@@ -797,11 +812,41 @@ impl Runtime {
             }
             None => None,
         };
+        let gateway = match &config.gateway {
+            Some(g) => {
+                let mut gateway_config = polycall_gateway::GatewayConfig::new(g.listen)
+                    .max_body(g.max_body)
+                    .default_timeout(g.timeout)
+                    .allow_remote(config.insecure_remote)
+                    .title("polycall runtime");
+                if let Some(tls) = &config.tls {
+                    gateway_config = gateway_config.tls(tls.build()?);
+                }
+                let backend = Arc::new(gateway::RuntimeBackend {
+                    state: state.clone(),
+                    stack: LiveStack::new(state.clone()),
+                    auth: config.server.connection.authenticator.clone(),
+                });
+                let gateway = polycall_gateway::serve(gateway_config, backend).await?;
+                tracing::info!(
+                    "HTTP gateway on {}://{}/ (POST /v1/{{service}}/{{method}}, /openapi.json, /docs)",
+                    if config.tls.is_some() {
+                        "https"
+                    } else {
+                        "http"
+                    },
+                    gateway.local_addr()
+                );
+                Some(gateway)
+            }
+            None => None,
+        };
         let runtime = Runtime {
             state,
             server,
             shutdown_rx,
             admin,
+            gateway,
             source,
         };
         runtime.write_state(&config.state_dir)?;
@@ -816,6 +861,7 @@ impl Runtime {
         std::fs::create_dir_all(dir).map_err(err)?;
         let info = json!({
             "endpoint": self.local_endpoint().to_string(),
+            "http": self.gateway.as_ref().map(|g| g.local_addr().to_string()),
             "pid": std::process::id(),
             "version": env!("CARGO_PKG_VERSION"),
         });
@@ -895,6 +941,11 @@ impl Runtime {
     /// Where the admin listener listens, when it runs.
     pub fn admin_addr(&self) -> Option<std::net::SocketAddr> {
         self.admin.as_ref().map(|a| a.local_addr())
+    }
+
+    /// Where the HTTP gateway listens, when it is on.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.gateway.as_ref().map(|g| g.local_addr())
     }
 
     /// What the runtime measures: metrics, history, anomalies, ejections.

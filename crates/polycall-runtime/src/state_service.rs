@@ -350,6 +350,8 @@ macro_rules! inherent_instance_methods {
         }
     };
 }
+// Used by the cluster's replicated host too.
+#[cfg_attr(not(feature = "cluster"), allow(unused_imports))]
 pub(crate) use inherent_instance_methods;
 
 impl InstanceHost for StateHost {

@@ -45,10 +45,17 @@ impl Runtime {
 
     /// Like [`Runtime::start_with`], in `dir` (kept on drop: a restart finds its files).
     pub fn start_in(dir: &Path, global: &[&str], run: &[&str]) -> Self {
+        Self::start_env(dir, &[], global, run)
+    }
+
+    /// Like [`Runtime::start_in`], with environment variables `env` set for the
+    /// runtime (secret references such as `env:TOKEN`).
+    pub fn start_env(dir: &Path, env: &[(&str, &str)], global: &[&str], run: &[&str]) -> Self {
         std::fs::create_dir_all(dir).unwrap();
         let ep_file = dir.join("endpoint");
         let _ = std::fs::remove_file(&ep_file);
         let child = bin()
+            .envs(env.iter().copied())
             .args(global)
             .arg("run")
             .args(run)

@@ -71,6 +71,16 @@ impl RuntimeConfigExt for LoadedConfig {
             backup_keep: c.state.backup_keep as usize,
             backup_dir: c.state.backup_dir.clone(),
         };
+        rc.gateway = c
+            .gateway
+            .listen
+            .as_deref()
+            .and_then(|l| l.parse().ok())
+            .map(|listen| {
+                crate::GatewaySettings::new(listen)
+                    .max_body(usize::try_from(c.gateway.max_body).unwrap_or(usize::MAX))
+                    .timeout(Duration::from_millis(c.gateway.timeout_ms))
+            });
         rc.observe.metrics = c.observe.metrics;
         rc.observe.admin = c.admin.listen.as_deref().and_then(|l| l.parse().ok());
         rc.observe.otlp_endpoint = c.observe.otlp_endpoint.clone();

@@ -1,0 +1,23 @@
+//! What the gateway calls: a server's own authentication, routing and policy.
+
+use std::net::SocketAddr;
+
+use polycall_core::{BoxFuture, Call, MethodDescription, Principal, Status};
+
+/// The server behind a gateway. The gateway turns an HTTP request into a [`Call`]
+/// stamped with the principal [`authenticate`](Backend::authenticate) proved, and hands
+/// it to [`call`](Backend::call), which applies the same authorization, limits and
+/// routing as a native connection's calls get: HTTP is one more door to the same
+/// methods under the same policy.
+pub trait Backend: Send + Sync + 'static {
+    /// Who the request's caller is: `bearer` is the token of an `Authorization: Bearer`
+    /// header (`None`: no header), `peer` the TCP peer. A backend that requires
+    /// authentication answers `unauthenticated` without a valid token.
+    fn authenticate(&self, bearer: Option<&str>, peer: SocketAddr) -> Result<Principal, Status>;
+
+    /// Runs `call`.
+    fn call(&self, call: Call) -> BoxFuture;
+
+    /// The methods served now (the OpenAPI document and the docs page list them).
+    fn methods(&self) -> Vec<MethodDescription>;
+}

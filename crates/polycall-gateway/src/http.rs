@@ -1,0 +1,358 @@
+//! The listener and one request's way from HTTP to a call and back.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use polycall_core::{Call, CallKind, ContentType, Metadata, Payload, Status, TraceContext};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+
+use crate::status::{error_body, http_status};
+use crate::{Backend, Gateway, GatewayConfig, GatewayError, openapi};
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// Time allowed for a request's head to arrive, and for a TLS handshake.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+
+struct Ctx {
+    config: GatewayConfig,
+    backend: Arc<dyn Backend>,
+}
+
+pub(crate) async fn serve(
+    config: GatewayConfig,
+    backend: Arc<dyn Backend>,
+) -> Result<Gateway, GatewayError> {
+    if !config.listen.ip().is_loopback() && config.tls.is_none() && !config.allow_remote {
+        return Err(GatewayError::Remote(config.listen));
+    }
+    let tls = config.tls.as_ref().map(|t| {
+        let mut t = (**t).clone();
+        t.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(t))
+    });
+    let bind = |source| GatewayError::Bind {
+        addr: config.listen,
+        source,
+    };
+    let listener = TcpListener::bind(config.listen).await.map_err(bind)?;
+    let local = listener.local_addr().map_err(bind)?;
+    let (stop, mut stopped) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let ctx = Arc::new(Ctx { config, backend });
+    tokio::spawn(async move {
+        loop {
+            let permit = tokio::select! {
+                _ = stopped.changed() => break,
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            };
+            let (stream, peer) = tokio::select! {
+                _ = stopped.changed() => break,
+                a = listener.accept() => match a {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::debug!("gateway accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+            };
+            let _ = stream.set_nodelay(true);
+            let (ctx, tls, mut stop_conn) = (ctx.clone(), tls.clone(), stopped.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let service = hyper::service::service_fn(move |req| {
+                    let ctx = ctx.clone();
+                    async move { Ok::<_, Infallible>(handle(req, peer, &ctx).await) }
+                });
+                let mut http = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                http.http1()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT);
+                let served = async {
+                    match tls {
+                        None => http
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await
+                            .map_err(|e| e.to_string()),
+                        Some(tls) => {
+                            let stream = tokio::time::timeout(HEADER_TIMEOUT, tls.accept(stream))
+                                .await
+                                .map_err(|_| "TLS handshake timed out".to_owned())?
+                                .map_err(|e| format!("TLS handshake: {e}"))?;
+                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                                .await
+                                .map_err(|e| e.to_string())
+                        }
+                    }
+                };
+                tokio::select! {
+                    r = served => if let Err(e) = r { tracing::debug!(%peer, "gateway connection: {e}") },
+                    _ = stop_conn.changed() => {}
+                }
+            });
+        }
+    });
+    Ok(Gateway { local, stop })
+}
+
+fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(body.into()).boxed());
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json_response(status: StatusCode, v: &serde_json::Value) -> Response<Body> {
+    full(status, "application/json", v.to_string())
+}
+
+/// An error answer: the code's HTTP status, `{"code", "message"}`, `Retry-After` when
+/// the status says when, and a bearer challenge on `unauthenticated`.
+fn failure(status: &Status) -> Response<Body> {
+    let mut r = json_response(http_status(status.code), &error_body(status));
+    if let Some(after) = status.retry_after {
+        let secs = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+        if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+    }
+    if status.code == polycall_core::Code::Unauthenticated {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"polycall\""),
+        );
+    }
+    r
+}
+
+async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: &Ctx) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    match path.as_str() {
+        "/healthz" if get => json_response(StatusCode::OK, &json!({"status": "serving"})),
+        "/openapi.json" if get => {
+            let doc = openapi::document(
+                &ctx.backend.methods(),
+                &ctx.config.title,
+                &ctx.config.version,
+            );
+            json_response(StatusCode::OK, &doc)
+        }
+        "/docs" if get => full(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            openapi::docs_page(&ctx.backend.methods(), &ctx.config.title),
+        ),
+        p if p.starts_with("/v1/") => {
+            if req.method() != Method::POST {
+                let mut r = failure(&Status::unsupported(format!(
+                    "{} {p}: methods are called with POST",
+                    req.method()
+                )));
+                *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+                r.headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                return r;
+            }
+            match call(req, peer, ctx).await {
+                Ok(r) => r,
+                Err((status, code)) => {
+                    let mut r = failure(&status);
+                    if let Some(code) = code {
+                        *r.status_mut() = code;
+                    }
+                    r
+                }
+            }
+        }
+        _ => failure(&Status::not_found(format!(
+            "no route {path}: call a method with POST /v1/{{service}}/{{method}}; GET /openapi.json and /docs list them"
+        ))),
+    }
+}
+
+/// A failed request: its status, and an HTTP status other than the code's when HTTP
+/// has a more precise one (415, 413).
+type Refusal = (Status, Option<StatusCode>);
+
+fn refuse(status: Status) -> Refusal {
+    (status, None)
+}
+
+async fn call(
+    req: Request<Incoming>,
+    peer: SocketAddr,
+    ctx: &Ctx,
+) -> Result<Response<Body>, Refusal> {
+    let rest = &req.uri().path()["/v1/".len()..];
+    let Some((service, method)) = rest
+        .split_once('/')
+        .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
+    else {
+        return Err(refuse(Status::not_found(format!(
+            "no route {}: the path is /v1/{{service}}/{{method}}",
+            req.uri().path()
+        ))));
+    };
+    let full_name = format!("{service}.{method}");
+    let headers = req.headers().clone();
+    let principal = ctx
+        .backend
+        .authenticate(bearer(&headers).map_err(refuse)?, peer)
+        .map_err(refuse)?;
+    if let Some(kind) = ctx
+        .backend
+        .methods()
+        .iter()
+        .find(|m| m.name == full_name)
+        .map(|m| m.info.kind)
+        && kind != CallKind::Unary
+    {
+        return Err(refuse(Status::unsupported(format!(
+            "{full_name} is a streaming method; streams are not served over HTTP yet (use a polycall client)"
+        ))));
+    }
+    let body = read_body(req, ctx.config.max_body).await?;
+    let payload = if body.is_empty() {
+        Payload::empty()
+    } else {
+        Payload::new(body, ContentType::Json)
+    };
+    let now = Instant::now();
+    let timeout =
+        timeout_of(&headers, ctx.config.default_timeout, ctx.config.max_timeout).map_err(refuse)?;
+    let mut metadata = Metadata::default()
+        .with_timeout(now, timeout)
+        .with_principal(principal);
+    if let Some(tp) = header_str(&headers, "traceparent") {
+        let trace = TraceContext::parse(tp, header_str(&headers, "tracestate"))
+            .map_err(|e| refuse(Status::invalid_input(e.to_string())))?;
+        metadata = metadata.with_trace(trace);
+    }
+    if let Some(key) = header_str(&headers, "idempotency-key") {
+        metadata.idempotency_key = Some(key.to_string());
+    }
+    let call = Call::new(full_name.as_str(), payload)
+        .map_err(|e| refuse(Status::not_found(format!("no method {full_name}: {e}"))))?
+        .with_metadata(metadata);
+    // The backend enforces the deadline; this bounds the wait should it not.
+    let reply = tokio::time::timeout(timeout + Duration::from_secs(1), ctx.backend.call(call))
+        .await
+        .map_err(|_| {
+            refuse(Status::deadline_exceeded(format!(
+                "{full_name} did not answer within {timeout:?}"
+            )))
+        })?
+        .map_err(refuse)?;
+    let content_type = match reply.payload.content_type {
+        ContentType::Json => "application/json",
+        _ => "application/octet-stream",
+    };
+    Ok(full(StatusCode::OK, content_type, reply.payload.bytes))
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// The bearer token of the `Authorization` header, if any.
+fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Status> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Ok(None);
+    };
+    let text = value
+        .to_str()
+        .map_err(|_| Status::unauthenticated("the Authorization header is not text"))?;
+    match text.split_once(' ') {
+        Some((scheme, token))
+            if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() =>
+        {
+            Ok(Some(token.trim()))
+        }
+        _ => Err(Status::unauthenticated(
+            "Authorization must be `Bearer TOKEN` (a token the server's [auth] lists)",
+        )),
+    }
+}
+
+/// The call's timeout: `Polycall-Timeout-Ms`, or the default; at most `max`.
+fn timeout_of(headers: &HeaderMap, default: Duration, max: Duration) -> Result<Duration, Status> {
+    match header_str(headers, "polycall-timeout-ms") {
+        None => Ok(default.min(max)),
+        Some(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms).min(max)),
+            _ => Err(Status::invalid_input(format!(
+                "Polycall-Timeout-Ms is a whole number of milliseconds above 0, not {v:?}"
+            ))),
+        },
+    }
+}
+
+/// The request body: JSON (or empty), at most `max` bytes.
+async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Refusal> {
+    let json = match req.headers().get(header::CONTENT_TYPE) {
+        None => true,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.split(';').next())
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case("application/json")),
+    };
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+        && len > max
+    {
+        return Err(too_large(max));
+    }
+    let body = Limited::new(req.into_body(), max)
+        .collect()
+        .await
+        .map_err(|e| {
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some()
+            {
+                too_large(max)
+            } else {
+                refuse(Status::malformed(format!(
+                    "the request body could not be read: {e}"
+                )))
+            }
+        })?
+        .to_bytes();
+    if body.is_empty() {
+        return Ok(body);
+    }
+    if !json {
+        return Err((
+            Status::invalid_input("the body must be JSON (Content-Type: application/json)"),
+            Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        ));
+    }
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+        return Err(refuse(Status::malformed(format!(
+            "the body is not JSON: {e}"
+        ))));
+    }
+    Ok(body)
+}
+
+fn too_large(max: usize) -> Refusal {
+    refuse(Status::too_large(format!(
+        "the request body is larger than the gateway accepts ({max} bytes)"
+    )))
+}
