@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::bench_procs::arg;
 use crate::{cargo, root, run};
 
 /// Installs a Python package with pip when `import MODULE` fails; an error when it still
@@ -132,16 +133,6 @@ fn client(what: &str, cmd: &mut Command) -> Result<Value> {
     let v: Value = serde_json::from_str(line).with_context(|| format!("{what}: {line}"))?;
     eprintln!("<== {what}: {line}");
     Ok(v)
-}
-
-fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
-    match args.iter().position(|a| a == name) {
-        Some(i) => args
-            .get(i + 1)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("{name} needs a number")),
-        None => Ok(default),
-    }
 }
 
 /// Builds the Node bench client when the TypeScript binding exists but is not built.

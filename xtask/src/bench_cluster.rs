@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::bench_procs::{Proc, loadavg, spawn, wait_ready};
+use crate::bench_procs::{Proc, loadavg, median, spawn, wait_ready};
 use crate::{BenchProcesses, ensure_apt, root};
 
 /// The machine every write fires a transition of (shared with the cluster tests).
@@ -267,14 +267,6 @@ fn measure(
     drop(running);
     let _ = std::fs::remove_dir_all(dir);
     Ok(v)
-}
-
-fn median(mut xs: Vec<f64>) -> f64 {
-    xs.sort_by(|a, b| a.total_cmp(b));
-    if xs.is_empty() {
-        return f64::NAN;
-    }
-    xs[xs.len() / 2]
 }
 
 /// Runs the benchmark.

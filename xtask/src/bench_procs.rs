@@ -117,3 +117,20 @@ pub(crate) fn loadavg() -> f64 {
         .and_then(|s| s.split_whitespace().next()?.parse().ok())
         .unwrap_or(f64::NAN)
 }
+
+/// The median of `xs` (the upper one of an even count; NaN when empty).
+pub(crate) fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    xs.get(xs.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// The value after `--name` in `args`, parsed; `default` when the flag is absent.
+pub(crate) fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T) -> Result<T> {
+    match args.iter().position(|a| a == name) {
+        Some(i) => args
+            .get(i + 1)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{name} needs a value of the right kind")),
+        None => Ok(default),
+    }
+}

@@ -36,6 +36,7 @@ use anyhow::{Context, Result, bail};
 mod api_guard;
 mod bench_bindings;
 mod bench_cluster;
+mod bench_gateway;
 mod bench_micro;
 mod bench_procs;
 mod bench_rpc;
@@ -228,6 +229,7 @@ fn bench(args: &[String]) -> Result<()> {
         ),
         Some("bindings") => bench_bindings::bench_bindings(&args[1..]),
         Some("cluster") => bench_cluster::bench_cluster(&args[1..]),
+        Some("gateway") => bench_gateway::bench_gateway(&args[1..]),
         Some("rpc") => bench_rpc(&args[1..]),
         Some("micro") => bench_micro(quick),
         Some("stall") => bench_stall::bench_stall(&args[1..]),
@@ -252,7 +254,7 @@ fn bench(args: &[String]) -> Result<()> {
         ),
         other => {
             bail!(
-                "unknown bench {other:?}; available: proto, memory, priority, rpc, stream, micro, tls, state, stall, bindings"
+                "unknown bench {other:?}; available: proto, memory, priority, rpc, stream, micro, tls, state, stall, bindings, cluster, gateway"
             )
         }
     }

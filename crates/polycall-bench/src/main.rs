@@ -26,6 +26,7 @@
 //! its length, and the warm-up is left out of every figure (calls, latency, CPU).
 
 mod cluster_load;
+mod http_echo;
 mod load;
 mod nats_peer;
 mod polycall;
@@ -136,7 +137,7 @@ pub fn payload(len: usize) -> bytes::Bytes {
     out.into()
 }
 
-const USAGE: &str = "usage: polycall-bench serve-raw|serve-polycall|provide|serve-tonic|serve-nats|load|cluster-load|\
+const USAGE: &str = "usage: polycall-bench serve-raw|serve-polycall|provide|serve-tonic|serve-nats|load|cluster-load|serve-http-echo|\
 serve-raw-stream|stream-load|\
 stall-serve|stall-ping|stall-load|stall-hsm-cert … (see the doc comments of crates/polycall-bench/src/main.rs \
 and src/stall.rs)";
@@ -162,6 +163,7 @@ fn main() -> std::process::ExitCode {
             Some("serve-nats") => nats_peer::serve(&args).await,
             Some("load") => load::run(&args).await,
             Some("cluster-load") => cluster_load::run(&args).await,
+            Some("serve-http-echo") => http_echo::serve(&args).await,
             Some("serve-raw-stream") => stream_load::serve_raw(&args).await,
             Some("stream-load") => stream_load::run(&args).await,
             Some("stall-serve") => stall::serve(&args).await,
