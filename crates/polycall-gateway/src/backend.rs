@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use polycall_core::{BoxFuture, Call, MethodDescription, Principal, Status};
+use polycall_core::{BoxFuture, Call, CallKind, MethodDescription, Principal, Status};
 
 /// The server behind a gateway. The gateway turns an HTTP request into a [`Call`]
 /// stamped with the principal [`authenticate`](Backend::authenticate) proved, and hands
@@ -20,4 +20,14 @@ pub trait Backend: Send + Sync + 'static {
 
     /// The methods served now (the OpenAPI document and the docs page list them).
     fn methods(&self) -> Vec<MethodDescription>;
+
+    /// The shape of method `service.method` (`None`: not served). Asked for every
+    /// request, so a backend answers it without listing every method.
+    fn kind(&self, service: &str, method: &str) -> Option<CallKind> {
+        let name = format!("{service}.{method}");
+        self.methods()
+            .into_iter()
+            .find(|m| m.name == name)
+            .map(|m| m.info.kind)
+    }
 }

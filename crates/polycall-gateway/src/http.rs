@@ -208,22 +208,33 @@ async fn call(
         ))));
     };
     let full_name = format!("{service}.{method}");
-    let headers = req.headers().clone();
+    let headers = req.headers();
     let principal = ctx
         .backend
-        .authenticate(bearer(&headers).map_err(refuse)?, peer)
+        .authenticate(bearer(headers).map_err(refuse)?, peer)
         .map_err(refuse)?;
-    if let Some(kind) = ctx
+    if ctx
         .backend
-        .methods()
-        .iter()
-        .find(|m| m.name == full_name)
-        .map(|m| m.info.kind)
-        && kind != CallKind::Unary
+        .kind(service, method)
+        .is_some_and(|k| k != CallKind::Unary)
     {
         return Err(refuse(Status::unsupported(format!(
             "{full_name} is a streaming method; streams are not served over HTTP yet (use a polycall client)"
         ))));
+    }
+    let now = Instant::now();
+    let timeout =
+        timeout_of(headers, ctx.config.default_timeout, ctx.config.max_timeout).map_err(refuse)?;
+    let mut metadata = Metadata::default()
+        .with_timeout(now, timeout)
+        .with_principal(principal);
+    if let Some(tp) = header_str(headers, "traceparent") {
+        let trace = TraceContext::parse(tp, header_str(headers, "tracestate"))
+            .map_err(|e| refuse(Status::invalid_input(e.to_string())))?;
+        metadata = metadata.with_trace(trace);
+    }
+    if let Some(key) = header_str(headers, "idempotency-key") {
+        metadata.idempotency_key = Some(key.to_string());
     }
     let body = read_body(req, ctx.config.max_body).await?;
     let payload = if body.is_empty() {
@@ -231,20 +242,6 @@ async fn call(
     } else {
         Payload::new(body, ContentType::Json)
     };
-    let now = Instant::now();
-    let timeout =
-        timeout_of(&headers, ctx.config.default_timeout, ctx.config.max_timeout).map_err(refuse)?;
-    let mut metadata = Metadata::default()
-        .with_timeout(now, timeout)
-        .with_principal(principal);
-    if let Some(tp) = header_str(&headers, "traceparent") {
-        let trace = TraceContext::parse(tp, header_str(&headers, "tracestate"))
-            .map_err(|e| refuse(Status::invalid_input(e.to_string())))?;
-        metadata = metadata.with_trace(trace);
-    }
-    if let Some(key) = header_str(&headers, "idempotency-key") {
-        metadata.idempotency_key = Some(key.to_string());
-    }
     let call = Call::new(full_name.as_str(), payload)
         .map_err(|e| refuse(Status::not_found(format!("no method {full_name}: {e}"))))?
         .with_metadata(metadata);

@@ -11,7 +11,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use polycall_core::{BoxFuture, Call, MethodDescription, PeerAddr, Principal, Status};
+use polycall_core::{
+    BoxFuture, Call, CallKind, MethodDescription, MethodName, PeerAddr, Principal, ServiceName,
+    Status,
+};
 use polycall_security::exchange::Authenticator;
 use tower_service::Service;
 
@@ -101,5 +104,16 @@ impl polycall_gateway::Backend for RuntimeBackend {
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all.dedup_by(|a, b| a.name == b.name);
         all
+    }
+
+    fn kind(&self, service: &str, method: &str) -> Option<CallKind> {
+        if let Some(info) = self.state.builtins.info(service, method) {
+            return Some(info.kind);
+        }
+        let (s, m) = (
+            ServiceName::new(service).ok()?,
+            MethodName::new(method).ok()?,
+        );
+        self.state.registry.kind(&s, &m)
     }
 }
