@@ -500,22 +500,7 @@ impl Clients {
     /// Waits until the nodes in `ids` have merged the same eventual state (equal
     /// `eventual_hash`es).
     async fn merged(&self, ids: &[u64], limit: Duration) -> Vec<Value> {
-        let started = Instant::now();
-        loop {
-            let digests = self.ask_all(ids, "sys.cluster.digest").await;
-            if digests.len() == ids.len()
-                && digests
-                    .iter()
-                    .all(|d| d["eventual_hash"] == digests[0]["eventual_hash"])
-            {
-                return digests;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "the nodes' eventual state did not converge within {limit:?}: {digests:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        self.agree_on(ids, "eventual_hash", limit).await
     }
 
     /// Waits until the nodes in `ids` hold the same state: equal state hashes (over
@@ -523,19 +508,21 @@ impl Clients {
     /// indexes may still differ by entries that change no key (a new leader's blank
     /// entry reaches a follower's commit index with the next append).
     async fn converged(&self, ids: &[u64], limit: Duration) -> Vec<Value> {
+        self.agree_on(ids, "state_hash", limit).await
+    }
+
+    /// Waits until every node in `ids` answers `sys.cluster.digest` with the same
+    /// `field`; returns their digests.
+    async fn agree_on(&self, ids: &[u64], field: &str, limit: Duration) -> Vec<Value> {
         let started = Instant::now();
         loop {
             let digests = self.ask_all(ids, "sys.cluster.digest").await;
-            if digests.len() == ids.len()
-                && digests
-                    .iter()
-                    .all(|d| d["state_hash"] == digests[0]["state_hash"])
-            {
+            if digests.len() == ids.len() && digests.iter().all(|d| d[field] == digests[0][field]) {
                 return digests;
             }
             assert!(
                 started.elapsed() < limit,
-                "the nodes did not converge within {limit:?}: {digests:#?}"
+                "the nodes' {field} did not agree within {limit:?}: {digests:#?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

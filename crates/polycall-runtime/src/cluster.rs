@@ -115,8 +115,8 @@ mod running {
     use serde_json::{Value as Json, json};
 
     use crate::state_service::{
-        InstanceHost, Recovered, add, backup_methods, check_token, field, graph_method,
-        inherent_instance_methods, json_reply, recovered_reply, recovery_methods, write_methods,
+        InstanceHost, Recovered, add, backup_methods, check_token, field,
+        inherent_instance_methods, json_reply, machine_methods, recovered_reply,
     };
     use crate::{RuntimeConfig, RuntimeError, State};
     use polycall_state::{At, BackupInfo, Fired, InstanceView, Machine, Snapshot, StateError};
@@ -530,38 +530,34 @@ mod running {
     fn state_methods(cluster: &Cluster, runtime: Weak<State>) -> Router {
         let mut r = Router::new();
         if let Some(host) = &cluster.host {
-            let mut names: Vec<String> = host.machines().map(|m| m.name().to_string()).collect();
-            names.sort();
-            for name in names {
-                r = write_methods(
-                    r,
-                    host,
-                    &name,
-                    "acknowledged once a majority holds it and it is applied",
-                );
-                r = recovery_methods(r, host, &name);
-                r = graph_method(r, host, &name);
-                r = add(
-                    r,
-                    &format!("state.{name}.get"),
-                    MethodInfo::new(
-                        "the instance: linearizable, or {\"consistency\": \"stale\"} for this node's copy",
+            r = machine_methods(
+                r,
+                host,
+                host.machines().map(Machine::name),
+                "acknowledged once a majority holds it and it is applied",
+                |r, name| {
+                    add(
+                        r,
+                        &format!("state.{name}.get"),
+                        MethodInfo::new(
+                            "the instance: linearizable, or {\"consistency\": \"stale\"} for this node's copy",
+                        )
+                        .input(r#"{"id": string, "consistency"?: "linearizable" | "stale"}"#)
+                        .idempotent(true),
+                        host,
+                        |h, c, v| {
+                            Box::pin(async move {
+                                let (view, applied) =
+                                    h.get(field(&v, "id", &c)?, consistency(&v)?).await?;
+                                let mut out = serde_json::to_value(view)
+                                    .map_err(|e| Status::internal(e.to_string()))?;
+                                out["applied_index"] = json!(applied);
+                                json_reply(out)
+                            })
+                        },
                     )
-                    .input(r#"{"id": string, "consistency"?: "linearizable" | "stale"}"#)
-                    .idempotent(true),
-                    host,
-                    |h, c, v| {
-                        Box::pin(async move {
-                            let (view, applied) =
-                                h.get(field(&v, "id", &c)?, consistency(&v)?).await?;
-                            let mut out = serde_json::to_value(view)
-                                .map_err(|e| Status::internal(e.to_string()))?;
-                            out["applied_index"] = json!(applied);
-                            json_reply(out)
-                        })
-                    },
-                );
-            }
+                },
+            );
             r = backup_methods(r, host, runtime.clone());
             r = add(
                 r,
@@ -583,33 +579,29 @@ mod running {
             );
         }
         if let Some(host) = &cluster.eventual {
-            let mut names: Vec<String> = host.machines().map(|m| m.name().to_string()).collect();
-            names.sort();
-            for name in names {
-                r = write_methods(
-                    r,
-                    host,
-                    &name,
-                    "eventual: acknowledged once this node holds it, merged into the others' copies",
-                );
-                r = recovery_methods(r, host, &name);
-                r = graph_method(r, host, &name);
-                let node = cluster.node.id();
-                r = add(
-                    r,
-                    &format!("state.{name}.get"),
-                    MethodInfo::new("the instance as this node has merged it (eventual)")
-                        .input(r#"{"id": string}"#)
-                        .idempotent(true),
-                    host,
-                    move |h, c, v| {
-                        Box::pin(async move {
-                            let view = h.get(field(&v, "id", &c)?)?;
-                            json_reply(polycall_state::raft::eventual::describe(&view, node))
-                        })
-                    },
-                );
-            }
+            let node = cluster.node.id();
+            r = machine_methods(
+                r,
+                host,
+                host.machines().map(Machine::name),
+                "eventual: acknowledged once this node holds it, merged into the others' copies",
+                |r, name| {
+                    add(
+                        r,
+                        &format!("state.{name}.get"),
+                        MethodInfo::new("the instance as this node has merged it (eventual)")
+                            .input(r#"{"id": string}"#)
+                            .idempotent(true),
+                        host,
+                        move |h, c, v| {
+                            Box::pin(async move {
+                                let view = h.get(field(&v, "id", &c)?)?;
+                                json_reply(polycall_state::raft::eventual::describe(&view, node))
+                            })
+                        },
+                    )
+                },
+            );
         }
         let hosts = Arc::new(Hosts {
             replicated: cluster.host.clone(),

@@ -447,26 +447,46 @@ pub(crate) fn write_methods<H: InstanceHost>(
     r
 }
 
+/// For each machine of `names` (in name order): its write methods (`acknowledged` says
+/// when a write is answered), recovery methods and graph, then what `get` adds (the
+/// host's own `get`).
+pub(crate) fn machine_methods<'a, H: InstanceHost>(
+    mut r: Router,
+    host: &Arc<H>,
+    names: impl Iterator<Item = &'a str>,
+    acknowledged: &str,
+    get: impl Fn(Router, &str) -> Router,
+) -> Router {
+    let mut names: Vec<&str> = names.collect();
+    names.sort_unstable();
+    for name in names {
+        r = write_methods(r, host, name, acknowledged);
+        r = recovery_methods(r, host, name);
+        r = graph_method(r, host, name);
+        r = get(r, name);
+    }
+    r
+}
+
 /// The state methods of every machine `host` holds.
 pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
-    let mut r = Router::new();
-    let mut names: Vec<String> = host.machines().map(|m| m.name().to_string()).collect();
-    names.sort();
-    for name in names {
-        let svc = format!("state.{name}");
-        r = write_methods(r, host, &name, "acknowledged once it is in the log");
-        r = recovery_methods(r, host, &name);
-        r = graph_method(r, host, &name);
-        r = add(
-            r,
-            &format!("{svc}.get"),
-            MethodInfo::new("the instance now")
-                .input(r#"{"id": string}"#)
-                .idempotent(true),
-            host,
-            |h, c, v| Box::pin(async move { json_reply(h.get(field(&v, "id", &c)?).await?) }),
-        );
-    }
+    let mut r = machine_methods(
+        Router::new(),
+        host,
+        host.machines().map(Machine::name),
+        "acknowledged once it is in the log",
+        |r, name| {
+            add(
+                r,
+                &format!("state.{name}.get"),
+                MethodInfo::new("the instance now")
+                    .input(r#"{"id": string}"#)
+                    .idempotent(true),
+                host,
+                |h, c, v| Box::pin(async move { json_reply(h.get(field(&v, "id", &c)?).await?) }),
+            )
+        },
+    );
     r = add(
         r,
         "state.machines",

@@ -29,6 +29,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
+use super::machines::{NodeMachines, instance_id};
 use super::network::{Peers, decode, encode};
 use super::{Node, NodeId};
 use crate::crdt::{Clock, Doc, ReplicaId};
@@ -83,8 +84,7 @@ struct Inner {
 
 /// Hosts eventual machines on a cluster node.
 pub struct EventualHost {
-    machines: HashMap<String, Arc<Machine>>,
-    versions: HashMap<String, Arc<Machine>>,
+    machines: NodeMachines,
     node: Arc<Node>,
     replica: ReplicaId,
     db: Arc<redb::Database>,
@@ -103,7 +103,7 @@ pub struct EventualHost {
 impl std::fmt::Debug for EventualHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("EventualHost")
-            .field("machines", &self.machines.keys().collect::<Vec<_>>())
+            .field("machines", &self.machines)
             .field("replica", &self.replica)
             .finish()
     }
@@ -122,25 +122,13 @@ impl EventualHost {
         data_file: &Path,
         channel: ChannelConfig,
     ) -> Result<Arc<Self>, StateError> {
-        let mut by_name = HashMap::new();
-        let mut versions = HashMap::new();
-        for m in machines {
-            let m = Arc::new(m);
-            versions.insert(m.version().to_string(), m.clone());
-            if by_name.insert(m.name().to_string(), m.clone()).is_some() {
-                return Err(StateError::InvalidInput(format!(
-                    "machine `{}` is given twice",
-                    m.name()
-                )));
-            }
-        }
+        let machines = NodeMachines::new(machines, node.id())?;
         let path = data_file.to_owned();
         let (db, replica, docs) = tokio::task::spawn_blocking(move || load(&path))
             .await
             .map_err(store_err)??;
         let host = Arc::new(Self {
-            machines: by_name,
-            versions,
+            machines,
             node,
             replica,
             db: Arc::new(db),
@@ -160,12 +148,12 @@ impl EventualHost {
 
     /// The loaded machines.
     pub fn machines(&self) -> impl Iterator<Item = &Machine> {
-        self.machines.values().map(|m| m.as_ref())
+        self.machines.iter()
     }
 
     /// A machine by name.
     pub fn machine(&self, name: &str) -> Option<&Machine> {
-        self.machines.get(name).map(|m| m.as_ref())
+        self.machines.get(name)
     }
 
     /// This node's replica id (random per data file).
@@ -175,30 +163,6 @@ impl EventualHost {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    fn machine_version(&self, version: &str) -> Result<&Arc<Machine>, StateError> {
-        self.versions.get(version).ok_or_else(|| {
-            StateError::Store(format!(
-                "machine version {version} is not loaded on node {}: every node of a cluster \
-                 must load the same machine definitions",
-                self.node.id()
-            ))
-        })
-    }
-
-    fn view(&self, state: InstanceState) -> InstanceView {
-        let (current, is_final) = match self.machine_version(&state.version) {
-            Ok(m) => (state.current(m), state.is_final(m)),
-            Err(_) => (Vec::new(), false),
-        };
-        InstanceView {
-            integrity: state.integrity(),
-            current,
-            is_final,
-            index: state.events,
-            state,
-        }
     }
 
     /// Changes instance `id`: `next` gets its state as merged here (`None`: unknown)
@@ -215,7 +179,7 @@ impl EventualHost {
             let base = inner.docs.get(id).cloned().unwrap_or_default();
             let old = base.state();
             let (out, new) = next(old.clone())?;
-            let m = self.machine_version(&new.version)?.clone();
+            let m = self.machines.version(&new.version)?;
             let stamp = inner.clock.tick(now_us());
             let delta = base.change(
                 old.as_ref(),
@@ -247,7 +211,8 @@ impl EventualHost {
             }
         }
         self.changed.notify_waiters();
-        Ok((out, self.view(state)))
+        let index = state.events;
+        Ok((out, self.machines.view(state, index)))
     }
 
     async fn persist(&self, docs: Vec<(String, Doc)>, sync: bool) -> Result<(), StateError> {
@@ -280,18 +245,10 @@ impl EventualHost {
         id: Option<&str>,
         context: Json,
     ) -> Result<InstanceView, StateError> {
-        let m = self
-            .machines
-            .get(machine)
-            .ok_or_else(|| StateError::UnknownMachine(machine.to_string()))?
-            .clone();
-        let id = match id {
-            Some(id) => {
-                crate::host::check_instance_id(id)?;
-                id.to_string()
-            }
-            None => format!("{}-{:x}-{:x}", m.name(), now_us(), self.replica),
-        };
+        let m = self.machines.named(machine)?;
+        let id = instance_id(id, || {
+            format!("{}-{:x}-{:x}", m.name(), now_us(), self.replica)
+        })?;
         let (_, view) = self
             .write(&id, |current| match current {
                 Some(_) => Err(StateError::InstanceExists(id.clone())),
@@ -311,7 +268,7 @@ impl EventualHost {
     ) -> Result<(Fired, InstanceView), StateError> {
         self.write(id, |current| {
             let mut s = current.ok_or_else(|| StateError::UnknownInstance(id.to_string()))?;
-            let m = self.machine_version(&s.version)?.clone();
+            let m = self.machines.version(&s.version)?;
             let fired = s.fire(&m, transition, &event, principal)?;
             Ok((fired, s))
         })
@@ -328,7 +285,7 @@ impl EventualHost {
         let ((), view) = self
             .write(id, |current| {
                 let mut s = current.ok_or_else(|| StateError::UnknownInstance(id.to_string()))?;
-                let m = self.machine_version(&s.version)?.clone();
+                let m = self.machines.version(&s.version)?;
                 s.set_lock(&m, state, lock)?;
                 Ok(((), s))
             })
@@ -342,7 +299,7 @@ impl EventualHost {
         let ((), view) = self
             .write(id, |current| {
                 let mut s = current.ok_or_else(|| StateError::UnknownInstance(id.to_string()))?;
-                let m = self.machine_version(&s.version)?.clone();
+                let m = self.machines.version(&s.version)?;
                 s.restore(&m, snapshot)?;
                 Ok(((), s))
             })
@@ -354,7 +311,10 @@ impl EventualHost {
     pub fn get(&self, id: &str) -> Result<InstanceView, StateError> {
         let state = self.lock().docs.get(id).and_then(Doc::state);
         state
-            .map(|s| self.view(s))
+            .map(|s| {
+                let index = s.events;
+                self.machines.view(s, index)
+            })
             .ok_or_else(|| StateError::UnknownInstance(id.to_string()))
     }
 

@@ -16,6 +16,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
+use super::machines::{NodeMachines, instance_id};
 use super::{Applied, ClusterError, Command, Consistency, Node};
 use crate::error::StateError;
 use crate::host::{At, Change, InstanceView};
@@ -90,8 +91,7 @@ const BACKUP_META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new
 /// Hosts machines over a cluster [`Node`]: the replicated counterpart of
 /// [`StateHost`](crate::StateHost), with `create`, `fire`, `lock`/`unlock` and `get`.
 pub struct ReplicatedHost {
-    machines: HashMap<String, Arc<Machine>>,
-    versions: HashMap<String, Arc<Machine>>,
+    machines: NodeMachines,
     node: Arc<Node>,
     /// One change at a time per instance on this node (races between nodes are settled
     /// by compare-and-set).
@@ -102,7 +102,7 @@ pub struct ReplicatedHost {
 impl std::fmt::Debug for ReplicatedHost {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ReplicatedHost")
-            .field("machines", &self.machines.keys().collect::<Vec<_>>())
+            .field("machines", &self.machines)
             .field("node", &self.node.id())
             .finish()
     }
@@ -125,21 +125,8 @@ impl ReplicatedHost {
     /// definitions: an instance is changed with the definition of the version it was
     /// created with.
     pub fn new(machines: Vec<Machine>, node: Arc<Node>) -> Result<Self, StateError> {
-        let mut by_name = HashMap::new();
-        let mut versions = HashMap::new();
-        for m in machines {
-            let m = Arc::new(m);
-            versions.insert(m.version().to_string(), m.clone());
-            if by_name.insert(m.name().to_string(), m.clone()).is_some() {
-                return Err(StateError::InvalidInput(format!(
-                    "machine `{}` is given twice",
-                    m.name()
-                )));
-            }
-        }
         Ok(Self {
-            machines: by_name,
-            versions,
+            machines: NodeMachines::new(machines, node.id())?,
             node,
             locks: std::sync::Mutex::new(HashMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
@@ -153,36 +140,12 @@ impl ReplicatedHost {
 
     /// The loaded machines.
     pub fn machines(&self) -> impl Iterator<Item = &Machine> {
-        self.machines.values().map(|m| m.as_ref())
+        self.machines.iter()
     }
 
     /// A machine by name.
     pub fn machine(&self, name: &str) -> Option<&Machine> {
-        self.machines.get(name).map(|m| m.as_ref())
-    }
-
-    fn machine_version(&self, version: &str) -> Result<&Arc<Machine>, StateError> {
-        self.versions.get(version).ok_or_else(|| {
-            StateError::Store(format!(
-                "machine version {version} is not loaded on node {}: every node of a cluster \
-                 must load the same machine definitions",
-                self.node.id()
-            ))
-        })
-    }
-
-    fn view(&self, state: InstanceState, index: u64) -> InstanceView {
-        let (current, is_final) = match self.machine_version(&state.version) {
-            Ok(m) => (state.current(m), state.is_final(m)),
-            Err(_) => (Vec::new(), false),
-        };
-        InstanceView {
-            integrity: state.integrity(),
-            current,
-            is_final,
-            index,
-            state,
-        }
+        self.machines.get(name)
     }
 
     fn lock_of(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
@@ -206,23 +169,13 @@ impl ReplicatedHost {
         id: Option<&str>,
         context: Json,
     ) -> Result<InstanceView, StateError> {
-        let m = self
-            .machines
-            .get(machine)
-            .ok_or_else(|| StateError::UnknownMachine(machine.to_string()))?
-            .clone();
-        let id = match id {
-            Some(id) => {
-                crate::host::check_instance_id(id)?;
-                id.to_string()
-            }
-            None => {
-                let n = self
-                    .next_id
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                format!("{}-{:x}-{}-{n}", m.name(), now_us(), self.node.id())
-            }
-        };
+        let m = self.machines.named(machine)?;
+        let id = instance_id(id, || {
+            let n = self
+                .next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            format!("{}-{:x}-{}-{n}", m.name(), now_us(), self.node.id())
+        })?;
         let state = InstanceState::new(&m, &id, context.clone())?;
         let stored = Stored::new(
             Some(state.clone()),
@@ -245,7 +198,7 @@ impl ReplicatedHost {
             .await
             .map_err(cluster)?;
         match written.applied {
-            Applied::Done { version } => Ok(self.view(state, version)),
+            Applied::Done { version } => Ok(self.machines.view(state, version)),
             Applied::Conflict { .. } => Err(StateError::InstanceExists(id)),
         }
     }
@@ -262,7 +215,7 @@ impl ReplicatedHost {
                 let Some(mut state) = current else {
                     return Err(StateError::UnknownInstance(id.to_string()));
                 };
-                let m = self.machine_version(&state.version)?.clone();
+                let m = self.machines.version(&state.version)?;
                 let (out, last) = change(&mut state, &m)?;
                 Ok((out, Some((Some(state), last))))
             })
@@ -303,7 +256,7 @@ impl ReplicatedHost {
                 Err(e) => return Err(e),
             };
             let Some((state, last)) = change else {
-                return Ok((out, current.map(|s| self.view(s, version))));
+                return Ok((out, current.map(|s| self.machines.view(s, version))));
             };
             let stored = Stored::new(state, last);
             let value = stored.encode()?;
@@ -323,7 +276,7 @@ impl ReplicatedHost {
                         .node
                         .wait_applied(written.index, Duration::from_secs(2))
                         .await;
-                    return Ok((out, stored.state.map(|s| self.view(s, version))));
+                    return Ok((out, stored.state.map(|s| self.machines.view(s, version))));
                 }
                 Applied::Conflict { current } => {
                     // Another node's change won: apply it here and run ours again.
@@ -396,7 +349,7 @@ impl ReplicatedHost {
         let Some((version, state)) = state else {
             return Err(StateError::UnknownInstance(id.to_string()));
         };
-        Ok((self.view(state, version), read.applied_index))
+        Ok((self.machines.view(state, version), read.applied_index))
     }
 
     /// The instances this node has applied, in id order.
@@ -454,7 +407,7 @@ impl ReplicatedHost {
         for (id, bytes) in rows {
             let stored = Self::decode(&id, &bytes)?;
             if let Some(s) = &stored.state {
-                self.machine_version(&s.version)?;
+                self.machines.version(&s.version)?;
             }
             targets.insert(id, stored.state);
         }

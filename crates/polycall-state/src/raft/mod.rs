@@ -20,6 +20,7 @@
 pub mod eventual;
 mod host;
 mod log_store;
+mod machines;
 pub mod network;
 mod node;
 mod state_machine;
