@@ -169,6 +169,7 @@ fn ci() -> Result<()> {
     bench_bindings::ensure_pip("opentelemetry.proto", "opentelemetry-proto")?;
     ensure_apt("curl", "curl")?; // the HTTP gateway's tests (polycall-cli tests/gateway.rs)
     bench_bindings::ensure_pip("openapi_spec_validator", "openapi-spec-validator")?;
+    bench_bindings::ensure_pip("schemathesis", "schemathesis")?; // fuzzes the gateway (tests/gateway.rs)
     run(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--check"]),

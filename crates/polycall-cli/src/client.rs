@@ -389,6 +389,18 @@ pub async fn describe(target: Target, timeout: Duration, out: Out) -> u8 {
                         },
                         m["summary"].as_str().unwrap_or("")
                     ));
+                    for h in m["http"].as_array().into_iter().flatten() {
+                        lines.push(format!(
+                            "    {} {}{}",
+                            h["method"].as_str().unwrap_or(""),
+                            h["path"].as_str().unwrap_or(""),
+                            if h["deprecated"].as_bool().unwrap_or(false) {
+                                " (deprecated)"
+                            } else {
+                                ""
+                            }
+                        ));
+                    }
                 }
                 lines.join("\n")
             })

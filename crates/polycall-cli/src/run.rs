@@ -75,6 +75,10 @@ pub struct RunArgs {
     /// Write the HTTP address actually bound to this file (useful with port 0).
     #[arg(long)]
     http_file: Option<PathBuf>,
+    /// Serve the routes, API versions and API keys of this file on the HTTP gateway
+    /// (docs/gateway.md) [default: gateway.routes of --config, else none].
+    #[arg(long, value_name = "FILE")]
+    http_routes: Option<PathBuf>,
     /// Send call spans to this OTLP/gRPC collector (http://HOST:4317) [default:
     /// observe.otlp_endpoint of --config, else none].
     #[arg(long, value_name = "URL")]
@@ -151,8 +155,25 @@ pub async fn run(
                 .timeout(std::time::Duration::from_millis(
                     l.config.gateway.timeout_ms,
                 ));
+            if let Some(file) = &l.config.gateway.routes {
+                g = g.routes(file.clone());
+            }
         }
         config.gateway = Some(g);
+    }
+    if let Some(file) = &args.http_routes {
+        match config.gateway.take() {
+            Some(g) => config.gateway = Some(g.routes(file.clone())),
+            None => {
+                return out.fail_with(
+                    "run",
+                    &Status::invalid_input(
+                        "--http-routes needs a gateway to serve them: add --http HOST:PORT (or gateway.listen in --config)",
+                    ),
+                    exit::INPUT,
+                );
+            }
+        }
     }
     if let Some(u) = &args.otlp {
         config.observe.otlp_endpoint = Some(u.clone());

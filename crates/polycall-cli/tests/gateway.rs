@@ -330,3 +330,367 @@ listen = "127.0.0.1:0"
     assert_eq!(allowed.json(), json!({"ok": true}));
     drop(rt);
 }
+
+const ROUTES: &str = r#"
+[versions.v1]
+deprecated = 2026-11-01T00:00:00Z
+sunset = 2099-01-01T00:00:00Z
+link = "https://example.org/api/v2"
+
+[versions.v0]
+sunset = 2020-01-01
+
+[keys.partner]
+key = "env:TEST_PARTNER_KEY"
+quota = 3
+
+[[routes]]
+version = "v2"
+method = "GET"
+path = "/items/{id}"
+call = "debug.echo"
+input = { item_id = "path.id:int", "filter.verbose" = "query.verbose:bool", tenant = "header.x-tenant" }
+defaults = { limit = 10 }
+output = { rename = { item_id = "id" }, omit = ["tenant"] }
+
+[[routes]]
+version = "v2"
+method = "POST"
+path = "/items/{id}/notes"
+call = "debug.echo"
+input = { item_id = "path.id" }
+status = { ok = 201 }
+
+[[routes]]
+version = "v2"
+method = "POST"
+path = "/sleep"
+call = "debug.sleep"
+concurrency = 1
+status = { invalid_input = 422 }
+
+[[routes]]
+version = "v2"
+method = "GET"
+path = "/ping"
+call = "sys.ping"
+rate = 1
+burst = 2
+
+[[routes]]
+version = "v0"
+method = "GET"
+path = "/ping"
+call = "sys.ping"
+"#;
+
+#[test]
+fn http_routes_map_paths_onto_calls_under_versions_keys_and_limits() {
+    let dir = polycall_test_support::TempDir::new("gateway-routes");
+    let routes = dir.join("routes.toml");
+    std::fs::write(&routes, ROUTES).unwrap();
+    let file = dir.join("http");
+    let partner = "partner-key-0123456789";
+    let rt = common::Runtime::start_env(
+        &dir,
+        &[("TEST_PARTNER_KEY", partner)],
+        &[],
+        &[
+            "--endpoint",
+            "127.0.0.1:0",
+            "--http",
+            "127.0.0.1:0",
+            "--http-file",
+            file.to_str().unwrap(),
+            "--http-routes",
+            routes.to_str().unwrap(),
+        ],
+    );
+    let addr = http_addr(&file);
+
+    // Path, query and header parameters become typed input fields over the defaults;
+    // the reply is reshaped.
+    let item = curl(
+        &addr,
+        "GET",
+        "/v2/items/42?verbose=true",
+        None,
+        &["-H", "x-tenant: acme"],
+    );
+    assert_eq!(item.status, 200, "{item:?}");
+    assert_eq!(
+        item.json(),
+        json!({"id": 42, "filter": {"verbose": true}, "limit": 10})
+    );
+    assert_eq!(item.header("deprecation"), None, "v2 is current");
+    let bad = curl(&addr, "GET", "/v2/items/x1", None, &[]);
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(
+        bad.json()["message"]
+            .as_str()
+            .unwrap()
+            .contains("path parameter `id`")
+    );
+    let delete = curl(&addr, "DELETE", "/v2/items/42", None, &[]);
+    assert_eq!(delete.status, 405, "{delete:?}");
+    assert_eq!(delete.header("allow").as_deref(), Some("GET"));
+    // A body is the base the path's fields are set on; the route's success status.
+    let note = post(&addr, "/v2/items/7/notes", r#"{"text": "hi"}"#, &[]);
+    assert_eq!(note.status, 201, "{note:?}");
+    assert_eq!(note.json(), json!({"text": "hi", "item_id": "7"}));
+    // The route's own status for a code.
+    let unprocessable = post(&addr, "/v2/sleep", r#"{"ms": "soon"}"#, &[]);
+    assert_eq!(unprocessable.status, 422, "{unprocessable:?}");
+    assert_eq!(unprocessable.json()["code"], json!("invalid_input"));
+
+    // Concurrency: one request at a time on /v2/sleep; the second answers 503. (A
+    // probe would hold the slot itself, so the test waits for the first to be in.)
+    let slow = {
+        let addr = addr.clone();
+        std::thread::spawn(move || post(&addr, "/v2/sleep", r#"{"ms": 2500}"#, &[]))
+    };
+    std::thread::sleep(Duration::from_millis(800));
+    let busy = post(&addr, "/v2/sleep", r#"{"ms": 1}"#, &[]);
+    assert_eq!(busy.status, 503, "{busy:?}");
+    assert_eq!(busy.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(slow.join().unwrap().status, 200);
+    assert_eq!(post(&addr, "/v2/sleep", r#"{"ms": 1}"#, &[]).status, 200);
+
+    // Rate: bursts of 2, then 429 with Retry-After.
+    let answers: Vec<Answer> = (0..3)
+        .map(|_| curl(&addr, "GET", "/v2/ping", None, &[]))
+        .collect();
+    assert_eq!(answers[0].status, 200, "{:?}", answers[0]);
+    assert_eq!(answers[2].status, 429, "{:?}", answers[2]);
+    assert_eq!(answers[2].json()["code"], json!("busy"));
+    assert!(answers[2].header("retry-after").is_some());
+
+    // API keys: a wrong key is refused; a key's quota counts its requests.
+    let key = format!("x-api-key: {partner}");
+    let wrong = post(&addr, "/v1/sys/ping", "{}", &["-H", "x-api-key: guessed"]);
+    assert_eq!(wrong.status, 401, "{wrong:?}");
+    for _ in 0..3 {
+        let a = post(&addr, "/v1/sys/ping", "{}", &["-H", &key]);
+        assert_eq!(a.status, 200, "{a:?}");
+    }
+    let over = post(&addr, "/v1/sys/ping", "{}", &["-H", &key]);
+    assert_eq!(over.status, 429, "{over:?}");
+    let wait: u64 = over.header("retry-after").unwrap().parse().unwrap();
+    assert!(wait > 80_000, "a day's quota: retry after {wait} s");
+    assert_eq!(
+        post(&addr, "/v1/sys/ping", "{}", &[]).status,
+        200,
+        "keys are not required: without one, no key limit"
+    );
+
+    // Versions: v1 (the methods' own paths) is deprecated, v0 retired.
+    let old = post(&addr, "/v1/debug/echo", "{}", &[]);
+    assert_eq!(old.status, 200, "{old:?}");
+    assert_eq!(old.header("deprecation").as_deref(), Some("@1793491200"));
+    assert_eq!(
+        old.header("sunset").as_deref(),
+        Some("Thu, 01 Jan 2099 00:00:00 GMT")
+    );
+    assert_eq!(
+        old.header("link").as_deref(),
+        Some("<https://example.org/api/v2>; rel=\"deprecation\"")
+    );
+    let gone = curl(&addr, "GET", "/v0/ping", None, &[]);
+    assert_eq!(gone.status, 410, "{gone:?}");
+    assert!(gone.json()["message"].as_str().unwrap().contains("retired"));
+
+    // The OpenAPI document has the routes, their parameters and versions.
+    let doc = curl(&addr, "GET", "/openapi.json", None, &[]);
+    let spec = doc.json();
+    let get = &spec["paths"]["/v2/items/{id}"]["get"];
+    assert_eq!(
+        get["parameters"][1],
+        json!({"name": "id", "in": "path", "required": true, "schema": {"type": "integer"}}),
+        "{get}"
+    );
+    assert_eq!(
+        spec["paths"]["/v1/debug/echo"]["post"]["deprecated"],
+        json!(true)
+    );
+    assert!(spec["paths"]["/v2/items/{id}/notes"]["post"]["responses"]["201"].is_object());
+    assert!(spec["components"]["securitySchemes"]["apiKey"].is_object());
+    let spec_file = dir.join("openapi.json");
+    std::fs::write(&spec_file, &doc.body).unwrap();
+    let checked = Command::new("python3")
+        .args(["-m", "openapi_spec_validator"])
+        .arg(&spec_file)
+        .output()
+        .unwrap();
+    assert!(
+        checked.status.success(),
+        "openapi-spec-validator refused the document: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    // describe shows each method's HTTP routes.
+    let out = rt.cli(&["--format", "json", "describe"]);
+    let described: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let echo = described["data"]["methods"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"] == "debug.echo")
+        .unwrap()
+        .clone();
+    let paths: Vec<&str> = echo["http"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/v2/items/{id}", "/v2/items/{id}/notes", "/v1/debug/echo"],
+        "{echo}"
+    );
+    let text = rt.cli(&["describe"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("    POST /v1/debug/echo (deprecated)"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+}
+
+#[test]
+fn a_wrong_routes_file_is_refused_by_config_validate_and_at_start() {
+    let dir = polycall_test_support::TempDir::new("gateway-routes-bad");
+    std::fs::write(
+        dir.join("routes.toml"),
+        r#"
+[keys.partner]
+key = "the-key-itself"
+[[routes]]
+method = "GET"
+path = "/items/{id}"
+call = "inventory.get"
+input = { item = "path.item_id" }
+"#,
+    )
+    .unwrap();
+    let config = dir.join("polycall.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "version = 1\n[gateway]\nlisten = \"127.0.0.1:0\"\nroutes = {:?}\n",
+            dir.join("routes.toml")
+        ),
+    )
+    .unwrap();
+    let o = common::bin()
+        .args(["config", "validate"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(err.contains("keys.partner.key:"), "{err}");
+    assert!(
+        err.contains("routes[0] (GET /items/{id}): input.item reads path parameter {item_id}"),
+        "{err}"
+    );
+    let o = common::bin()
+        .args([
+            "--config",
+            config.to_str().unwrap(),
+            "run",
+            "--endpoint",
+            "127.0.0.1:0",
+        ])
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("keys.partner.key"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// Routes onto the state machines of `tests/fixtures/machines` (for the fuzzing test).
+const STATE_ROUTES: &str = r#"
+[[routes]]
+version = "v2"
+method = "GET"
+path = "/orders/{id}"
+call = "state.order.get"
+input = { id = "path.id" }
+
+[[routes]]
+version = "v2"
+method = "POST"
+path = "/orders/{id}/events/{event}"
+call = "state.order.fire"
+input = { id = "path.id", event = "path.event", context = "body" }
+status = { failed_precondition = 422 }
+"#;
+
+#[test]
+fn schemathesis_finds_no_server_error_and_no_schema_violation() {
+    let dir = polycall_test_support::TempDir::new("gateway-fuzz");
+    let routes = dir.join("routes.toml");
+    std::fs::write(&routes, format!("{ROUTES}\n{STATE_ROUTES}")).unwrap();
+    let machines = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/machines");
+    let file = dir.join("http");
+    let _rt = common::Runtime::start_env(
+        &dir,
+        &[("TEST_PARTNER_KEY", "partner-key-0123456789")],
+        &[],
+        &[
+            "--endpoint",
+            "127.0.0.1:0",
+            "--machines",
+            machines.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--http-file",
+            file.to_str().unwrap(),
+            "--http-routes",
+            routes.to_str().unwrap(),
+        ],
+    );
+    let addr = http_addr(&file);
+    // Every operation of the document, generated inputs, bounded: a fixed seed keeps
+    // the run reproducible, `debug.sleep` is left out (it sleeps as long as asked).
+    let out = Command::new("python3")
+        .args([
+            "-c",
+            "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'schemathesis'; sys.exit(schemathesis())",
+            "run",
+            &format!("http://{addr}/openapi.json"),
+            "--checks",
+            "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
+            "--exclude-path-regex",
+            "sleep",
+            "--max-examples",
+            "15",
+            "--seed",
+            "20261207",
+            "--workers",
+            "1",
+            "--request-timeout",
+            "10",
+        ])
+        .output()
+        .expect("python3 runs schemathesis (PyPI; `cargo xtask ci` installs it)");
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success(),
+        "schemathesis found failures:\n{report}"
+    );
+    let tested = report
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Tested: "))
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .unwrap_or_else(|| panic!("no operation count in the report:\n{report}"));
+    assert!(tested >= 35, "{tested} operations tested:\n{report}");
+    assert!(report.contains(" passed"), "{report}");
+}

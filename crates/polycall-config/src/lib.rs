@@ -299,6 +299,8 @@ pub struct GatewaySection {
     pub max_body: u64,
     /// `timeout_ms`.
     pub timeout_ms: u64,
+    /// `routes`: the routes file (routes, API versions, API keys; docs/gateway.md).
+    pub routes: Option<std::path::PathBuf>,
 }
 
 /// `[observe]`: metrics and traces.

@@ -576,6 +576,7 @@ fn typed(values: &[(&'static KeyDef, Entry)], base: &Path) -> Config {
             listen: string("gateway.listen"),
             max_body: int("gateway.max_body").unwrap_or(4 << 20),
             timeout_ms: int("gateway.timeout_ms").unwrap_or(30_000),
+            routes: file("gateway.routes"),
         },
         cluster: ClusterSection {
             node_id: int("cluster.node_id"),

@@ -544,6 +544,14 @@ pub static KEYS: &[KeyDef] = &[
         "A call's deadline when the request states none (header Polycall-Timeout-Ms), in milliseconds."
     ),
     key!(
+        "gateway",
+        "routes",
+        Kind::Path,
+        DefaultValue::None,
+        false,
+        "TOML file of routes (path templates and HTTP methods mapped onto calls, with transformation and status mapping), API versions (deprecation, sunset) and API keys with rate limits and quotas (see docs/gateway.md)."
+    ),
+    key!(
         "observe",
         "metrics",
         Kind::Bool,

@@ -212,6 +212,22 @@ pub(crate) fn cross_check(
             Diagnostic::error(origin(values, "auth.file"), e.to_string()),
         );
     }
+    if let Some(f) = &c.gateway.routes {
+        let checked = polycall_gateway::RouteFile::read(f)
+            .and_then(|file| polycall_gateway::Routes::check(&file));
+        if let Err(e) = checked {
+            d.push_on(
+                &["gateway.routes"],
+                Diagnostic::error(origin(values, "gateway.routes"), e.to_string()),
+            );
+        }
+        if c.gateway.listen.is_none() {
+            d.push_on(&["gateway.routes"], Diagnostic::warning(
+                origin(values, "gateway.routes"),
+                "`gateway.routes` is set but `gateway.listen` is not: no gateway serves the routes",
+            ));
+        }
+    }
     // The legacy dialects on a secured runtime: an explicit choice.
     let loopback = c
         .runtime

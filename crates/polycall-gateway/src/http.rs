@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
@@ -15,6 +15,8 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
+use crate::routes::transform;
+use crate::routes::{Found, Route};
 use crate::status::{error_body, http_status};
 use crate::{Backend, Gateway, GatewayConfig, GatewayError, openapi};
 
@@ -139,53 +141,116 @@ fn failure(status: &Status) -> Response<Body> {
 }
 
 async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: &Ctx) -> Response<Body> {
-    let path = req.uri().path().to_string();
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
-    match path.as_str() {
-        "/healthz" if get => json_response(StatusCode::OK, &json!({"status": "serving"})),
+    match req.uri().path() {
+        "/healthz" if get => return json_response(StatusCode::OK, &json!({"status": "serving"})),
         "/openapi.json" if get => {
             let doc = openapi::document(
                 &ctx.backend.methods(),
+                ctx.config.routes.as_deref(),
                 &ctx.config.title,
                 &ctx.config.version,
             );
-            json_response(StatusCode::OK, &doc)
+            return json_response(StatusCode::OK, &doc);
         }
-        "/docs" if get => full(
-            StatusCode::OK,
-            "text/html; charset=utf-8",
-            openapi::docs_page(&ctx.backend.methods(), &ctx.config.title),
-        ),
-        p if p.starts_with("/v1/") => {
-            if req.method() != Method::POST {
-                let mut r = failure(&Status::unsupported(format!(
-                    "{} {p}: methods are called with POST",
-                    req.method()
-                )));
-                *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-                r.headers_mut()
-                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
-                return r;
-            }
-            match call(req, peer, ctx).await {
-                Ok(r) => r,
-                Err((status, code)) => {
-                    let mut r = failure(&status);
-                    if let Some(code) = code {
-                        *r.status_mut() = code;
+        "/docs" if get => {
+            return full(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                openapi::docs_page(
+                    &ctx.backend.methods(),
+                    ctx.config.routes.as_deref(),
+                    &ctx.config.title,
+                ),
+            );
+        }
+        _ => {}
+    }
+    let routes = ctx.config.routes.as_deref();
+    let target = match routes.map(|r| r.find(req.method(), req.uri().path())) {
+        Some(Found::Route(route, params)) => Target::Route(route, params),
+        Some(Found::WrongMethod(allowed)) => {
+            let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
+            return wrong_method(&req, &names.join(", "));
+        }
+        Some(Found::None) | None => {
+            let path = req.uri().path();
+            match path.strip_prefix("/v1/") {
+                Some(rest) if routes.is_none_or(|r| r.expose_methods) => {
+                    if req.method() != Method::POST {
+                        return wrong_method(&req, "POST");
                     }
-                    r
+                    match rest
+                        .split_once('/')
+                        .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
+                    {
+                        Some((service, method)) => Target::Method(format!("{service}.{method}")),
+                        None => {
+                            return failure(&Status::not_found(format!(
+                                "no route {path}: the path is /v1/{{service}}/{{method}}"
+                            )));
+                        }
+                    }
+                }
+                _ => {
+                    return failure(&Status::not_found(format!(
+                        "no route {path}: GET /openapi.json and /docs list what is served"
+                    )));
                 }
             }
         }
-        _ => failure(&Status::not_found(format!(
-            "no route {path}: call a method with POST /v1/{{service}}/{{method}}; GET /openapi.json and /docs list them"
-        ))),
+    };
+    let version = match (&target, routes) {
+        (Target::Route(r, _), _) => Some(r.version.clone()),
+        (Target::Method(_), Some(routes)) => Some(routes.version("v1").clone()),
+        (Target::Method(_), None) => None,
+    };
+    let mut response = match call(req, peer, ctx, &target).await {
+        Ok(r) => r,
+        Err((status, code)) => {
+            let mut r = failure(&status);
+            let code = code.or_else(|| match &target {
+                Target::Route(route, _) => route.status_of(status.code),
+                Target::Method(_) => None,
+            });
+            if let Some(code) = code {
+                *r.status_mut() = code;
+            }
+            r
+        }
+    };
+    if let Some(version) = version {
+        for (name, value) in version.headers() {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
     }
+    response
+}
+
+/// 405 for a path served under other HTTP methods.
+fn wrong_method(req: &Request<Incoming>, allow: &str) -> Response<Body> {
+    let mut r = failure(&Status::unsupported(format!(
+        "{} {}: this path is served for {allow}",
+        req.method(),
+        req.uri().path()
+    )));
+    *r.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+    if let Ok(v) = HeaderValue::from_str(allow) {
+        r.headers_mut().insert(header::ALLOW, v);
+    }
+    r
+}
+
+/// What a request calls: a method at its own path, or a configured route.
+enum Target<'a> {
+    /// `POST /v1/{service}/{method}`: `service.method`.
+    Method(String),
+    /// A route and its path parameters.
+    Route(&'a Route, Vec<(String, String)>),
 }
 
 /// A failed request: its status, and an HTTP status other than the code's when HTTP
-/// has a more precise one (415, 413).
+/// has a more precise one (415, 413, 410).
 type Refusal = (Status, Option<StatusCode>);
 
 fn refuse(status: Status) -> Refusal {
@@ -196,19 +261,38 @@ async fn call(
     req: Request<Incoming>,
     peer: SocketAddr,
     ctx: &Ctx,
+    target: &Target<'_>,
 ) -> Result<Response<Body>, Refusal> {
-    let rest = &req.uri().path()["/v1/".len()..];
-    let Some((service, method)) = rest
-        .split_once('/')
-        .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
-    else {
-        return Err(refuse(Status::not_found(format!(
-            "no route {}: the path is /v1/{{service}}/{{method}}",
-            req.uri().path()
-        ))));
+    let full_name = match target {
+        Target::Method(name) => name.as_str(),
+        Target::Route(route, _) => route.call.as_str(),
     };
-    let full_name = format!("{service}.{method}");
+    let (service, method) = full_name.rsplit_once('.').unwrap_or((full_name, ""));
     let headers = req.headers();
+    // Admission, cheapest refusal first: a retired version, the API key and its limits,
+    // the route's limits; then who the caller is.
+    let mut _slot = None;
+    if let Some(routes) = ctx.config.routes.as_deref() {
+        let version = match target {
+            Target::Route(route, _) => &route.version,
+            Target::Method(_) => routes.version("v1"),
+        };
+        if let Some(gone) = version.retired(SystemTime::now()) {
+            return Err((gone, Some(StatusCode::GONE)));
+        }
+        if let Some(key) = routes.key(headers).map_err(refuse)? {
+            key.admit().map_err(refuse)?;
+        }
+        if let Target::Route(route, _) = target {
+            let what = format!("{} {}", route.method, route.template);
+            if let Some(rate) = &route.rate {
+                rate.check(&what).map_err(refuse)?;
+            }
+            if let Some(limit) = &route.concurrency {
+                _slot = Some(limit.enter(&what).map_err(refuse)?);
+            }
+        }
+    }
     let principal = ctx
         .backend
         .authenticate(bearer(headers).map_err(refuse)?, peer)
@@ -236,13 +320,36 @@ async fn call(
     if let Some(key) = header_str(headers, "idempotency-key") {
         metadata.idempotency_key = Some(key.to_string());
     }
-    let body = read_body(req, ctx.config.max_body).await?;
-    let payload = if body.is_empty() {
-        Payload::empty()
-    } else {
-        Payload::new(body, ContentType::Json)
+    let payload = match target {
+        Target::Method(_) => json_payload(read_body(req, ctx.config.max_body).await?),
+        Target::Route(route, params) => {
+            let query: Vec<(String, String)> = req
+                .uri()
+                .query()
+                .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+                .unwrap_or_default();
+            let head = req.headers().clone();
+            let body = if route.takes_body() {
+                read_body(req, ctx.config.max_body).await?
+            } else {
+                Bytes::new()
+            };
+            let input = route
+                .input
+                .build(&transform::Request {
+                    params,
+                    query: &query,
+                    headers: &head,
+                    body: &body,
+                })
+                .map_err(refuse)?;
+            match input {
+                Some(value) => Payload::new(value.to_string(), ContentType::Json),
+                None => json_payload(body),
+            }
+        }
     };
-    let call = Call::new(full_name.as_str(), payload)
+    let call = Call::new(full_name, payload)
         .map_err(|e| refuse(Status::not_found(format!("no method {full_name}: {e}"))))?
         .with_metadata(metadata);
     // The backend enforces the deadline; this bounds the wait should it not.
@@ -254,11 +361,27 @@ async fn call(
             )))
         })?
         .map_err(refuse)?;
-    let content_type = match reply.payload.content_type {
-        ContentType::Json => "application/json",
-        _ => "application/octet-stream",
+    let (content_type, json) = match reply.payload.content_type {
+        ContentType::Json => ("application/json", true),
+        _ => ("application/octet-stream", false),
     };
-    Ok(full(StatusCode::OK, content_type, reply.payload.bytes))
+    Ok(match target {
+        Target::Route(route, _) if json => full(
+            route.ok,
+            content_type,
+            route.output.apply(reply.payload.bytes),
+        ),
+        Target::Route(route, _) => full(route.ok, content_type, reply.payload.bytes),
+        Target::Method(_) => full(StatusCode::OK, content_type, reply.payload.bytes),
+    })
+}
+
+fn json_payload(body: Bytes) -> Payload {
+    if body.is_empty() {
+        Payload::empty()
+    } else {
+        Payload::new(body, ContentType::Json)
+    }
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {

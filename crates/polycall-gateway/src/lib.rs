@@ -29,14 +29,18 @@
 
 mod backend;
 mod http;
+mod limits;
 pub mod openapi;
+pub mod routes;
 mod status;
+mod versions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 pub use backend::Backend;
+pub use routes::{HttpRoute, RouteFile, RouteFileError, Routes};
 pub use status::http_status;
 
 /// How a gateway listens and what it accepts.
@@ -61,6 +65,9 @@ pub struct GatewayConfig {
     pub version: String,
     /// Open connections at most; more wait to be accepted (default 1024).
     pub max_connections: usize,
+    /// Configured routes, API versions and keys (`None`: every method at its own path,
+    /// nothing more).
+    pub routes: Option<Arc<Routes>>,
 }
 
 impl GatewayConfig {
@@ -76,7 +83,14 @@ impl GatewayConfig {
             title: "polycall".into(),
             version: env!("CARGO_PKG_VERSION").into(),
             max_connections: 1024,
+            routes: None,
         }
+    }
+
+    /// Serves `routes` (a compiled routes file) too.
+    pub fn routes(mut self, routes: Arc<Routes>) -> Self {
+        self.routes = Some(routes);
+        self
     }
 
     /// Serves TLS with `tls`.

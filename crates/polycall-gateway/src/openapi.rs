@@ -3,6 +3,9 @@
 use polycall_core::{CallKind, Code, MethodDescription};
 use serde_json::{Map, Value as Json, json};
 
+use crate::routes::transform::{Source, Type};
+use crate::routes::{Routes, Segment};
+
 /// The path a method is called at: `/v1/{service}/{method}`.
 ///
 /// ```
@@ -36,66 +39,181 @@ const CODES: [Code; 17] = [
     Code::Unknown,
 ];
 
-/// The OpenAPI 3.1 document of `methods` (streaming methods are left out: they are not
-/// served over HTTP yet). Bodies are JSON of any shape: a method's input and output
-/// hints are free text, given in its description.
-pub fn document(methods: &[MethodDescription], title: &str, version: &str) -> Json {
-    let mut paths = Map::new();
-    for m in methods.iter().filter(|m| m.info.kind == CallKind::Unary) {
-        let mut description = String::new();
-        if !m.info.input.is_empty() {
-            description.push_str(&format!("Input: `{}`.", m.info.input));
-        }
-        if !m.info.output.is_empty() {
-            if !description.is_empty() {
-                description.push(' ');
-            }
-            description.push_str(&format!("Output: `{}`.", m.info.output));
-        }
-        let error = json!({
-            "description": "the call failed: polycall's code and a message",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
-        });
-        let mut responses = Map::new();
-        responses.insert(
-            "200".into(),
-            json!({
-                "description": "the method's reply",
-                "content": {"application/json": {"schema": {}}, "application/octet-stream": {"schema": {}}}
-            }),
-        );
-        for status in [
-            "400", "401", "403", "404", "409", "413", "415", "429", "500", "501", "503", "504",
-        ] {
-            responses.insert(status.into(), error.clone());
-        }
-        let operation = json!({
-            "operationId": m.name,
-            "summary": m.info.summary,
-            "description": description,
-            "tags": [m.name.rsplit_once('.').map_or(m.name.as_str(), |(s, _)| s)],
-            "requestBody": {
-                "required": false,
-                "content": {"application/json": {"schema": {}}}
-            },
-            "parameters": [{
-                "name": "Polycall-Timeout-Ms",
-                "in": "header",
-                "required": false,
-                "description": "the call's deadline, in milliseconds",
-                "schema": {"type": "integer", "minimum": 1}
-            }],
-            "responses": responses,
-            "x-polycall-idempotent": m.info.idempotent,
-        });
-        paths.insert(path_of(&m.name), json!({ "post": operation }));
+/// The error statuses every operation may answer.
+const ERROR_STATUSES: [u16; 12] = [400, 401, 403, 404, 409, 413, 415, 429, 500, 501, 503, 504];
+
+fn error_response() -> Json {
+    json!({
+        "description": "the call failed: polycall's code and a message",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
+    })
+}
+
+/// The responses of an operation: `ok` with the reply, the error statuses, 410 when its
+/// version has a sunset, and the route's own statuses.
+fn responses(ok: u16, sunset: bool, extra: impl IntoIterator<Item = u16>) -> Map<String, Json> {
+    let mut responses = Map::new();
+    responses.insert(
+        ok.to_string(),
+        json!({
+            "description": "the method's reply",
+            "content": {"application/json": {"schema": {}}, "application/octet-stream": {"schema": {}}}
+        }),
+    );
+    let sunset = sunset.then_some(410);
+    for status in ERROR_STATUSES.into_iter().chain(sunset).chain(extra) {
+        responses
+            .entry(status.to_string())
+            .or_insert_with(error_response);
     }
+    responses
+}
+
+fn describe_io(input: &str, output: &str) -> String {
+    let mut description = String::new();
+    if !input.is_empty() {
+        description.push_str(&format!("Input: `{input}`."));
+    }
+    if !output.is_empty() {
+        if !description.is_empty() {
+            description.push(' ');
+        }
+        description.push_str(&format!("Output: `{output}`."));
+    }
+    description
+}
+
+fn timeout_parameter() -> Json {
+    json!({
+        "name": "Polycall-Timeout-Ms",
+        "in": "header",
+        "required": false,
+        "description": "the call's deadline, in milliseconds",
+        "schema": {"type": "integer", "minimum": 1}
+    })
+}
+
+/// The OpenAPI 3.1 document of `methods` at their own paths (unless `routes` exposes
+/// only its routes) and of the configured `routes`. Streaming methods are left out:
+/// they are not served over HTTP yet. Bodies are JSON of any shape: a method's input
+/// and output hints are free text, given in its description.
+pub fn document(
+    methods: &[MethodDescription],
+    routes: Option<&Routes>,
+    title: &str,
+    version: &str,
+) -> Json {
+    let mut paths = Map::new();
+    let v1 = routes.map(|r| r.version("v1").clone());
+    if routes.is_none_or(|r| r.expose_methods) {
+        for m in methods.iter().filter(|m| m.info.kind == CallKind::Unary) {
+            let operation = json!({
+                "operationId": m.name,
+                "summary": m.info.summary,
+                "description": describe_io(&m.info.input, &m.info.output),
+                "tags": [m.name.rsplit_once('.').map_or(m.name.as_str(), |(s, _)| s)],
+                "deprecated": v1.as_ref().is_some_and(|v| v.is_deprecated()),
+                "requestBody": {
+                    "required": false,
+                    "content": {"application/json": {"schema": {}}}
+                },
+                "parameters": [timeout_parameter()],
+                "responses": responses(200, v1.as_ref().is_some_and(|v| v.sunset.is_some()), []),
+                "x-polycall-idempotent": m.info.idempotent,
+            });
+            paths.insert(path_of(&m.name), json!({ "post": operation }));
+        }
+    }
+    for route in routes.map_or(&[][..], |r| &r.routes[..]) {
+        let method = methods.iter().find(|m| m.name == route.call);
+        let mut parameters = vec![timeout_parameter()];
+        for segment in &route.segments {
+            if let Segment::Param(name) = segment {
+                let ty = route
+                    .parameters()
+                    .find_map(|s| match s {
+                        Source::Path(p, ty) if p == name => Some(*ty),
+                        _ => None,
+                    })
+                    .unwrap_or(Type::String);
+                parameters.push(
+                    json!({"name": name, "in": "path", "required": true, "schema": ty.schema()}),
+                );
+            }
+        }
+        for source in route.parameters() {
+            let (place, name, ty) = match source {
+                Source::Query(n, ty) => ("query", n, ty),
+                Source::Header(n, ty) => ("header", n, ty),
+                _ => continue,
+            };
+            parameters
+                .push(json!({"name": name, "in": place, "required": false, "schema": ty.schema()}));
+        }
+        let summary = if route.summary.is_empty() {
+            method.map_or_else(String::new, |m| m.info.summary.clone())
+        } else {
+            route.summary.clone()
+        };
+        let mut operation = json!({
+            "operationId": route
+                .template
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .fold(route.method.as_str().to_ascii_lowercase(), |mut id, c| { id.push(c); id }),
+            "summary": summary,
+            "description": format!(
+                "Calls `{}`. {}",
+                route.call,
+                method.map_or_else(String::new, |m| describe_io(&m.info.input, &m.info.output))
+            ),
+            "tags": [route.version.name.clone()],
+            "deprecated": route.version.is_deprecated(),
+            "parameters": parameters,
+            "responses": responses(
+                route.ok.as_u16(),
+                route.version.sunset.is_some(),
+                route.statuses.iter().map(|(_, s)| s.as_u16()),
+            ),
+        });
+        if route.takes_body() {
+            let schema = if route.input.is_passthrough() || route.input.maps_body() {
+                json!({})
+            } else {
+                json!({"type": "object"})
+            };
+            operation["requestBody"] = json!({
+                "required": false,
+                "content": {"application/json": {"schema": schema}}
+            });
+        }
+        let entry = paths
+            .entry(route.template.clone())
+            .or_insert_with(|| json!({}));
+        entry[route.method.as_str().to_ascii_lowercase()] = operation;
+    }
+    let mut schemes = Map::new();
+    schemes.insert("bearer".into(), json!({"type": "http", "scheme": "bearer"}));
+    let security = match routes.filter(|r| r.uses_keys()) {
+        Some(r) => {
+            schemes.insert(
+                "apiKey".into(),
+                json!({"type": "apiKey", "in": "header", "name": r.key_header().as_str()}),
+            );
+            if r.require_key {
+                json!([{"apiKey": []}, {"apiKey": [], "bearer": []}])
+            } else {
+                json!([{}, {"bearer": []}, {"apiKey": []}, {"apiKey": [], "bearer": []}])
+            }
+        }
+        None => json!([{}, {"bearer": []}]),
+    };
     json!({
         "openapi": "3.1.0",
         "info": {
             "title": title,
             "version": version,
-            "description": "Every polycall method this server serves, called with POST /v1/{service}/{method} and a JSON body.",
+            "description": "The polycall methods this server serves over HTTP: each at POST /v1/{service}/{method} with a JSON body, and the configured routes.",
         },
         "paths": paths,
         "components": {
@@ -109,9 +227,9 @@ pub fn document(methods: &[MethodDescription], title: &str, version: &str) -> Js
                     }
                 }
             },
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}
+            "securitySchemes": schemes
         },
-        "security": [{}, {"bearer": []}],
+        "security": security,
     })
 }
 
@@ -123,14 +241,36 @@ fn escape(s: &str) -> String {
 }
 
 /// A self-contained HTML page (no scripts, no external files) listing `methods`.
-pub fn docs_page(methods: &[MethodDescription], title: &str) -> String {
+pub fn docs_page(methods: &[MethodDescription], routes: Option<&Routes>, title: &str) -> String {
     let mut rows = String::new();
+    let expose = routes.is_none_or(|r| r.expose_methods);
     for m in methods {
-        let how = if m.info.kind == CallKind::Unary {
-            format!("<code>POST {}</code>", escape(&path_of(&m.name)))
-        } else {
-            "streaming (not over HTTP yet)".to_string()
-        };
+        let mut how: Vec<String> = routes
+            .map(|r| r.http_of(&m.name))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|h| !(h.method == "POST" && h.path == path_of(&m.name)))
+            .map(|h| {
+                format!(
+                    "<code>{} {}</code>{}",
+                    h.method,
+                    escape(&h.path),
+                    if h.deprecated { " (deprecated)" } else { "" }
+                )
+            })
+            .collect();
+        if m.info.kind != CallKind::Unary {
+            how.push("streaming (not over HTTP yet)".to_string());
+        } else if expose {
+            how.insert(
+                0,
+                format!("<code>POST {}</code>", escape(&path_of(&m.name))),
+            );
+        }
+        if how.is_empty() {
+            continue;
+        }
+        let how = how.join("<br>");
         rows.push_str(&format!(
             "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td></tr>\n",
             escape(&m.name),

@@ -8,6 +8,7 @@
 //! exactly as a native call does.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use polycall_core::{
     BoxFuture, Call, CallKind, MethodDescription, MethodName, PeerAddr, Principal, ServiceName,
     Status,
 };
+use polycall_gateway::{RouteFile, Routes};
 use polycall_security::exchange::Authenticator;
 use tower_service::Service;
 
@@ -30,6 +32,9 @@ pub struct GatewaySettings {
     pub max_body: usize,
     /// A call's deadline when the request states none.
     pub timeout: Duration,
+    /// The routes file (routes, API versions, API keys), compiled when the runtime
+    /// starts.
+    pub routes: Option<PathBuf>,
 }
 
 impl GatewaySettings {
@@ -39,7 +44,28 @@ impl GatewaySettings {
             listen,
             max_body: 4 << 20,
             timeout: Duration::from_secs(30),
+            routes: None,
         }
+    }
+
+    /// Serves the routes of this file too (docs/gateway.md).
+    pub fn routes(mut self, file: impl Into<PathBuf>) -> Self {
+        self.routes = Some(file.into());
+        self
+    }
+
+    /// Reads and compiles the routes file, its API keys' secrets included.
+    pub(crate) fn compile_routes(
+        &self,
+    ) -> Result<Option<Arc<Routes>>, polycall_gateway::RouteFileError> {
+        self.routes
+            .as_deref()
+            .map(|f| {
+                RouteFile::read(f)
+                    .and_then(|file| Routes::compile(&file))
+                    .map(Arc::new)
+            })
+            .transpose()
     }
 
     /// Sets the largest request body, in bytes.
@@ -53,6 +79,19 @@ impl GatewaySettings {
         self.timeout = timeout;
         self
     }
+}
+
+/// The HTTP routes of method `name` for `sys.describe`: its configured routes and,
+/// when the gateway exposes every method, its own path (unary methods only).
+pub(crate) fn http_of(routes: Option<&Routes>, name: &str, kind: CallKind) -> serde_json::Value {
+    let mut all = match routes {
+        Some(r) => r.http_of(name),
+        None => vec![polycall_gateway::HttpRoute::method_path(name)],
+    };
+    if kind != CallKind::Unary {
+        all.retain(|h| h.path != polycall_gateway::openapi::path_of(name));
+    }
+    serde_json::to_value(all).unwrap_or_default()
 }
 
 /// The runtime as the gateway's backend.

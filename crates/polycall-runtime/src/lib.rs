@@ -277,6 +277,9 @@ pub enum RuntimeError {
     /// The HTTP gateway could not start.
     #[error("HTTP gateway: {0}")]
     Gateway(#[from] polycall_gateway::GatewayError),
+    /// The gateway's routes file could not be read or is wrong.
+    #[error("HTTP gateway routes: {0}")]
+    GatewayRoutes(#[from] polycall_gateway::RouteFileError),
     /// The state directory could not be written.
     #[error("cannot write the state directory {dir}: {source}")]
     StateDir {
@@ -318,6 +321,9 @@ pub(crate) struct State {
     /// The cluster node, when this runtime is a member of one.
     #[cfg(feature = "cluster")]
     pub(crate) cluster: Option<cluster::Cluster>,
+    /// Set once the HTTP gateway serves: its routes file, if any (`sys.describe`
+    /// shows each method's HTTP routes).
+    pub(crate) gateway_routes: std::sync::OnceLock<Option<Arc<polycall_gateway::Routes>>>,
     /// Each instance's machine and current states, for the dashboard.
     pub(crate) instance_states:
         std::sync::Mutex<std::collections::BTreeMap<String, (String, Vec<String>)>>,
@@ -420,6 +426,13 @@ impl State {
             .collect();
         for (name, info, ids) in self.registry.snapshot() {
             methods.push(json!({"name": name, "summary": info.summary, "input": info.input, "output": info.output, "idempotent": info.idempotent, "kind": info.kind, "provided_by": ids.iter().map(|i| format!("provider-{i}")).collect::<Vec<_>>()}));
+        }
+        if let Some(routes) = self.gateway_routes.get() {
+            for m in &mut methods {
+                let name = m["name"].as_str().unwrap_or_default().to_owned();
+                let kind = serde_json::from_value(m["kind"].clone()).unwrap_or_default();
+                m["http"] = gateway::http_of(routes.as_deref(), &name, kind);
+            }
         }
         json!({ "methods": methods })
     }
@@ -701,6 +714,7 @@ impl Runtime {
                 instance_states: Default::default(),
                 #[cfg(feature = "cluster")]
                 cluster,
+                gateway_routes: std::sync::OnceLock::new(),
             }
         });
         let source: Arc<observe::RuntimeSource> = Arc::new(observe::RuntimeSource {
@@ -819,6 +833,11 @@ impl Runtime {
                     .default_timeout(g.timeout)
                     .allow_remote(config.insecure_remote)
                     .title("polycall runtime");
+                let routes = g.compile_routes()?;
+                if let Some(routes) = &routes {
+                    gateway_config = gateway_config.routes(routes.clone());
+                }
+                let _ = state.gateway_routes.set(routes);
                 if let Some(tls) = &config.tls {
                     gateway_config = gateway_config.tls(tls.build()?);
                 }

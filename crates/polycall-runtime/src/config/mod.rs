@@ -80,6 +80,10 @@ impl RuntimeConfigExt for LoadedConfig {
                 crate::GatewaySettings::new(listen)
                     .max_body(usize::try_from(c.gateway.max_body).unwrap_or(usize::MAX))
                     .timeout(Duration::from_millis(c.gateway.timeout_ms))
+            })
+            .map(|g| match &c.gateway.routes {
+                Some(file) => g.routes(file.clone()),
+                None => g,
             });
         rc.observe.metrics = c.observe.metrics;
         rc.observe.admin = c.admin.listen.as_deref().and_then(|l| l.parse().ok());
