@@ -156,7 +156,7 @@ fn http_calls_reach_the_runtime_methods_with_typed_errors() {
             400,
             "invalid_input",
         ),
-        ("POST", "/v1/debug/stream", "{}", &[], 501, "unsupported"),
+        ("POST", "/v1/debug/stream", "{}", &[], 400, "invalid_input"),
         ("POST", "/nowhere", "{}", &[], 404, "not_found"),
     ];
     for (method, path, body, args, status, code) in cases {
@@ -218,8 +218,10 @@ fn http_calls_reach_the_runtime_methods_with_typed_errors() {
         "{spec}"
     );
     assert!(
-        spec["paths"].get("/v1/debug/stream").is_none(),
-        "streams are left out"
+        spec["paths"]["/v1/debug/stream"]["post"]["responses"]["200"]["content"]
+            ["text/event-stream"]
+            .is_object(),
+        "streams answer Server-Sent Events: {spec}"
     );
     let spec_file = dir.join("openapi.json");
     std::fs::write(&spec_file, &doc.body).unwrap();
@@ -625,7 +627,7 @@ version = "v2"
 method = "POST"
 path = "/orders/{id}/events/{event}"
 call = "state.order.fire"
-input = { id = "path.id", event = "path.event", context = "body" }
+input = { id = "path.id", transition = "path.event", event = "body" }
 status = { failed_precondition = 422 }
 "#;
 
@@ -655,7 +657,8 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     );
     let addr = http_addr(&file);
     // Every operation of the document, generated inputs, bounded: a fixed seed keeps
-    // the run reproducible, `debug.sleep` is left out (it sleeps as long as asked).
+    // the run reproducible; what runs as long as asked is left out (`debug.sleep`, the
+    // endless `state.subscribe`, `debug.stream` of any count).
     let out = Command::new("python3")
         .args([
             "-c",
@@ -665,7 +668,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
             "--checks",
             "not_a_server_error,response_schema_conformance,status_code_conformance,content_type_conformance",
             "--exclude-path-regex",
-            "sleep",
+            "sleep|subscribe|debug/stream",
             "--max-examples",
             "15",
             "--seed",
@@ -693,4 +696,183 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         .unwrap_or_else(|| panic!("no operation count in the report:\n{report}"));
     assert!(tested >= 35, "{tested} operations tested:\n{report}");
     assert!(report.contains(" passed"), "{report}");
+}
+
+/// One Server-Sent Event: its name, id and data.
+#[derive(Debug, PartialEq)]
+struct Event {
+    name: String,
+    id: Option<u64>,
+    data: Value,
+}
+
+fn events(body: &str) -> Vec<Event> {
+    body.split("\n\n")
+        .filter(|block| !block.trim().is_empty() && !block.starts_with(':'))
+        .map(|block| {
+            let mut e = Event {
+                name: String::new(),
+                id: None,
+                data: Value::Null,
+            };
+            let mut data = String::new();
+            for line in block.lines() {
+                if let Some(v) = line.strip_prefix("event: ") {
+                    e.name = v.to_string();
+                } else if let Some(v) = line.strip_prefix("id: ") {
+                    e.id = v.parse().ok();
+                } else if let Some(v) = line.strip_prefix("data: ") {
+                    data.push_str(v);
+                }
+            }
+            e.data = serde_json::from_str(&data).unwrap_or(Value::String(data));
+            e
+        })
+        .collect()
+}
+
+fn message(id: u64, data: Value) -> Event {
+    Event {
+        name: "message".into(),
+        id: Some(id),
+        data,
+    }
+}
+
+fn end() -> Event {
+    Event {
+        name: "end".into(),
+        id: None,
+        data: json!({"code": "ok"}),
+    }
+}
+
+#[test]
+fn streaming_methods_answer_server_sent_events() {
+    let dir = polycall_test_support::TempDir::new("gateway-sse");
+    let routes = dir.join("routes.toml");
+    std::fs::write(
+        &routes,
+        r#"
+[[routes]]
+version = "v2"
+method = "GET"
+path = "/count/{n}"
+call = "debug.stream"
+input = { count = "path.n:int" }
+output = { rename = { i = "index" } }
+"#,
+    )
+    .unwrap();
+    let machines = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/machines");
+    let file = dir.join("http");
+    let _rt = common::Runtime::start_in(
+        &dir,
+        &[],
+        &[
+            "--endpoint",
+            "127.0.0.1:0",
+            "--machines",
+            machines.to_str().unwrap(),
+            "--http",
+            "127.0.0.1:0",
+            "--http-file",
+            file.to_str().unwrap(),
+            "--http-routes",
+            routes.to_str().unwrap(),
+        ],
+    );
+    let addr = http_addr(&file);
+
+    // A server stream: one event per message, numbered, then the end.
+    let three = post(&addr, "/v1/debug/stream", r#"{"count": 3}"#, &["-N"]);
+    assert_eq!(three.status, 200, "{three:?}");
+    assert_eq!(
+        three.header("content-type").as_deref(),
+        Some("text/event-stream")
+    );
+    assert_eq!(
+        events(&three.body),
+        [
+            message(0, json!({"i": 0})),
+            message(1, json!({"i": 1})),
+            message(2, json!({"i": 2})),
+            end()
+        ]
+    );
+    // Over HTTP/2 too.
+    let h2 = post(
+        &addr,
+        "/v1/debug/stream",
+        r#"{"count": 1}"#,
+        &["--http2-prior-knowledge"],
+    );
+    assert_eq!((h2.status, h2.version.as_str()), (200, "2"), "{h2:?}");
+    assert_eq!(events(&h2.body), [message(0, json!({"i": 0})), end()]);
+    // A bidirectional stream: the body's array is the request messages.
+    let echoed = post(
+        &addr,
+        "/v1/debug/echo_stream",
+        r#"[{"a": 1}, [2], "three"]"#,
+        &[],
+    );
+    assert_eq!(echoed.status, 200, "{echoed:?}");
+    assert_eq!(
+        events(&echoed.body),
+        [
+            message(0, json!({"a": 1})),
+            message(1, json!([2])),
+            message(2, json!("three")),
+            end()
+        ]
+    );
+    let not_array = post(&addr, "/v1/debug/echo_stream", r#"{"a": 1}"#, &[]);
+    assert_eq!(not_array.status, 400, "{not_array:?}");
+    // A route onto a stream: GET (as a browser's EventSource sends), each message
+    // reshaped.
+    let counted = curl(&addr, "GET", "/v2/count/2", None, &[]);
+    assert_eq!(counted.status, 200, "{counted:?}");
+    assert_eq!(
+        events(&counted.body),
+        [
+            message(0, json!({"index": 0})),
+            message(1, json!({"index": 1})),
+            end()
+        ]
+    );
+    // An error at the opening is an HTTP status.
+    let bad = post(&addr, "/v1/debug/stream", r#"{"count": "many"}"#, &[]);
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert_eq!(bad.json()["code"], json!("invalid_input"));
+
+    // state.subscribe as events: a transition fired over HTTP arrives on the stream.
+    let watcher = {
+        let addr = addr.clone();
+        std::thread::spawn(move || {
+            Command::new("curl")
+                .args(["-s", "-N", "--max-time", "4", "-X", "POST", "-d", "{}"])
+                .args(["-H", "content-type: application/json"])
+                .arg(format!("http://{addr}/v1/state/subscribe"))
+                .output()
+                .unwrap()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(700));
+    let created = post(&addr, "/v1/state.counter/create", r#"{"id": "c1"}"#, &[]);
+    assert_eq!(created.status, 200, "{created:?}");
+    let fired = post(
+        &addr,
+        "/v1/state.counter/fire",
+        r#"{"id": "c1", "transition": "add", "event": {"by": 2}}"#,
+        &[],
+    );
+    assert_eq!(fired.status, 200, "{fired:?}");
+    let out = watcher.join().unwrap();
+    let seen = events(&String::from_utf8_lossy(&out.stdout));
+    assert!(
+        seen.iter().any(|e| e.name == "message"
+            && e.data["instance"] == json!("c1")
+            && e.data["event"]["transition"] == json!("add")),
+        "the subscription saw no change of c1: {seen:?}"
+    );
 }

@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 
-use polycall_core::{BoxFuture, Call, CallKind, MethodDescription, Principal, Status};
+use polycall_core::{
+    BoxFuture, Call, CallKind, MessageStream, MethodDescription, Principal, Status, StreamCall,
+};
 
 /// The server behind a gateway. The gateway turns an HTTP request into a [`Call`]
 /// stamped with the principal [`authenticate`](Backend::authenticate) proved, and hands
@@ -17,6 +19,16 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Runs `call`.
     fn call(&self, call: Call) -> BoxFuture;
+
+    /// Runs a streaming call (server, client or bidirectional stream) under the same
+    /// policy; the reply messages' stream. Dropping it cancels the call. A backend
+    /// that serves no streams keeps this default, which answers `unsupported`.
+    fn call_stream(&self, call: StreamCall) -> MessageStream {
+        polycall_core::stream::fail(Status::unsupported(format!(
+            "{} is a streaming method and this server does not stream over HTTP",
+            call.full_name()
+        )))
+    }
 
     /// The methods served now (the OpenAPI document and the docs page list them).
     fn methods(&self) -> Vec<MethodDescription>;

@@ -6,11 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited, combinators::BoxBody};
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Full, Limited, combinators::UnsyncBoxBody};
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
-use polycall_core::{Call, CallKind, ContentType, Metadata, Payload, Status, TraceContext};
+use polycall_core::{
+    Call, CallKind, ContentType, Metadata, Payload, Status, StreamCall, TraceContext,
+};
 use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
@@ -18,9 +21,9 @@ use tokio::sync::{Semaphore, watch};
 use crate::routes::transform;
 use crate::routes::{Found, Route};
 use crate::status::{error_body, http_status};
-use crate::{Backend, Gateway, GatewayConfig, GatewayError, openapi};
+use crate::{Backend, Gateway, GatewayConfig, GatewayError, openapi, sse};
 
-type Body = BoxBody<Bytes, Infallible>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 /// Time allowed for a request's head to arrive, and for a TLS handshake.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -110,7 +113,7 @@ pub(crate) async fn serve(
 }
 
 fn full(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(body.into()).boxed());
+    let mut r = Response::new(Full::new(body.into()).boxed_unsync());
     *r.status_mut() = status;
     r.headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -271,7 +274,7 @@ async fn call(
     let headers = req.headers();
     // Admission, cheapest refusal first: a retired version, the API key and its limits,
     // the route's limits; then who the caller is.
-    let mut _slot = None;
+    let mut slot = None;
     if let Some(routes) = ctx.config.routes.as_deref() {
         let version = match target {
             Target::Route(route, _) => &route.version,
@@ -289,7 +292,7 @@ async fn call(
                 rate.check(&what).map_err(refuse)?;
             }
             if let Some(limit) = &route.concurrency {
-                _slot = Some(limit.enter(&what).map_err(refuse)?);
+                slot = Some(limit.enter(&what).map_err(refuse)?);
             }
         }
     }
@@ -297,21 +300,23 @@ async fn call(
         .backend
         .authenticate(bearer(headers).map_err(refuse)?, peer)
         .map_err(refuse)?;
-    if ctx
-        .backend
-        .kind(service, method)
-        .is_some_and(|k| k != CallKind::Unary)
-    {
-        return Err(refuse(Status::unsupported(format!(
-            "{full_name} is a streaming method; streams are not served over HTTP yet (use a polycall client)"
-        ))));
-    }
+    let kind = ctx.backend.kind(service, method).unwrap_or(CallKind::Unary);
     let now = Instant::now();
-    let timeout =
-        timeout_of(headers, ctx.config.default_timeout, ctx.config.max_timeout).map_err(refuse)?;
-    let mut metadata = Metadata::default()
-        .with_timeout(now, timeout)
-        .with_principal(principal);
+    // A stream lives as long as its client wants unless the request sets a deadline.
+    let timeout = match (
+        kind,
+        requested_timeout(headers, ctx.config.max_timeout).map_err(refuse)?,
+    ) {
+        (_, Some(t)) => Some(t),
+        (CallKind::Unary | CallKind::ClientStream, None) => {
+            Some(ctx.config.default_timeout.min(ctx.config.max_timeout))
+        }
+        (_, None) => None,
+    };
+    let mut metadata = Metadata::default().with_principal(principal);
+    if let Some(t) = timeout {
+        metadata = metadata.with_timeout(now, t);
+    }
     if let Some(tp) = header_str(headers, "traceparent") {
         let trace = TraceContext::parse(tp, header_str(headers, "tracestate"))
             .map_err(|e| refuse(Status::invalid_input(e.to_string())))?;
@@ -320,8 +325,15 @@ async fn call(
     if let Some(key) = header_str(headers, "idempotency-key") {
         metadata.idempotency_key = Some(key.to_string());
     }
-    let payload = match target {
-        Target::Method(_) => json_payload(read_body(req, ctx.config.max_body).await?),
+    let payloads = match target {
+        Target::Method(_) => {
+            let body = read_body(req, ctx.config.max_body).await?;
+            if kind.streams_requests() {
+                messages(&body, |m| Ok(json_payload(m)))?
+            } else {
+                vec![json_payload(body)]
+            }
+        }
         Target::Route(route, params) => {
             let query: Vec<(String, String)> = req
                 .uri()
@@ -334,24 +346,94 @@ async fn call(
             } else {
                 Bytes::new()
             };
-            let input = route
-                .input
-                .build(&transform::Request {
+            let input = |body: Bytes| {
+                let built = route.input.build(&transform::Request {
                     params,
                     query: &query,
                     headers: &head,
                     body: &body,
+                })?;
+                Ok(match built {
+                    Some(value) => Payload::new(value.to_string(), ContentType::Json),
+                    None => json_payload(body),
                 })
-                .map_err(refuse)?;
-            match input {
-                Some(value) => Payload::new(value.to_string(), ContentType::Json),
-                None => json_payload(body),
+            };
+            if kind.streams_requests() {
+                messages(&body, input)?
+            } else {
+                vec![input(body).map_err(refuse)?]
             }
         }
     };
+    let reshape = |bytes: Bytes| match target {
+        Target::Route(route, _) => route.output.apply(bytes),
+        Target::Method(_) => bytes,
+    };
+    let ok = match target {
+        Target::Route(route, _) => route.ok,
+        Target::Method(_) => StatusCode::OK,
+    };
+    if kind != CallKind::Unary {
+        let call = StreamCall::new(
+            full_name,
+            Box::pin(polycall_core::stream::iter(payloads.into_iter().map(Ok))),
+        )
+        .map_err(|e| refuse(Status::not_found(format!("no method {full_name}: {e}"))))?
+        .with_metadata(metadata);
+        let mut replies = ctx.backend.call_stream(call);
+        // An error at the opening (authorization, routing, bad input) answers its HTTP
+        // status; one that comes later, once events flow, is an `error` event.
+        let first = match tokio::time::timeout(OPENING, replies.next()).await {
+            Ok(Some(Err(status))) => return Err(refuse(status)),
+            Ok(Some(Ok(first))) => Some(first),
+            Ok(None) => None,
+            Err(_) => None,
+        };
+        if kind == CallKind::ClientStream {
+            let reply = match first {
+                Some(reply) => reply,
+                None => {
+                    match tokio::time::timeout(timeout.unwrap_or_default(), replies.next()).await {
+                        Ok(Some(Ok(reply))) => reply,
+                        Ok(Some(Err(status))) => return Err(refuse(status)),
+                        Ok(None) => {
+                            return Err(refuse(Status::internal(format!(
+                                "{full_name} ended without a reply"
+                            ))));
+                        }
+                        Err(_) => {
+                            return Err(refuse(Status::deadline_exceeded(format!(
+                                "{full_name} did not answer in time"
+                            ))));
+                        }
+                    }
+                }
+            };
+            return Ok(reply_response(ok, reply, &reshape));
+        }
+        let owned_reshape: Box<dyn Fn(Bytes) -> Bytes + Send> = match target {
+            Target::Route(route, _) if !route.output.is_passthrough() => {
+                let output = route.output.clone();
+                Box::new(move |b| output.apply(b))
+            }
+            _ => Box::new(|b| b),
+        };
+        let mut r = Response::new(sse::body(first, replies, owned_reshape, slot));
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        r.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        r.headers_mut()
+            .insert("x-accel-buffering", HeaderValue::from_static("no"));
+        return Ok(r);
+    }
+    let payload = payloads.into_iter().next().unwrap_or_else(Payload::empty);
     let call = Call::new(full_name, payload)
         .map_err(|e| refuse(Status::not_found(format!("no method {full_name}: {e}"))))?
         .with_metadata(metadata);
+    let timeout = timeout.unwrap_or(ctx.config.default_timeout);
     // The backend enforces the deadline; this bounds the wait should it not.
     let reply = tokio::time::timeout(timeout + Duration::from_secs(1), ctx.backend.call(call))
         .await
@@ -361,19 +443,43 @@ async fn call(
             )))
         })?
         .map_err(refuse)?;
-    let (content_type, json) = match reply.payload.content_type {
-        ContentType::Json => ("application/json", true),
-        _ => ("application/octet-stream", false),
-    };
-    Ok(match target {
-        Target::Route(route, _) if json => full(
-            route.ok,
-            content_type,
-            route.output.apply(reply.payload.bytes),
-        ),
-        Target::Route(route, _) => full(route.ok, content_type, reply.payload.bytes),
-        Target::Method(_) => full(StatusCode::OK, content_type, reply.payload.bytes),
-    })
+    Ok(reply_response(ok, reply.payload, &reshape))
+}
+
+/// How long a stream's opening may take to fail with an HTTP status before its events
+/// start (its first message, or headers without one).
+const OPENING: Duration = Duration::from_millis(250);
+
+/// A one-message answer: the reply's bytes (reshaped when JSON) with `ok`.
+fn reply_response(
+    ok: StatusCode,
+    reply: Payload,
+    reshape: &dyn Fn(Bytes) -> Bytes,
+) -> Response<Body> {
+    match reply.content_type {
+        ContentType::Json => full(ok, "application/json", reshape(reply.bytes)),
+        _ => full(ok, "application/octet-stream", reply.bytes),
+    }
+}
+
+/// The request messages of a client or bidirectional stream: the body is a JSON array,
+/// each element one message (built by `one`).
+fn messages(
+    body: &Bytes,
+    one: impl Fn(Bytes) -> Result<Payload, Status>,
+) -> Result<Vec<Payload>, Refusal> {
+    if body.is_empty() {
+        return Ok(Vec::new());
+    }
+    let items: Vec<serde_json::Value> = serde_json::from_slice(body).map_err(|_| {
+        refuse(Status::invalid_input(
+            "a streaming method's request body is a JSON array of messages",
+        ))
+    })?;
+    items
+        .into_iter()
+        .map(|m| one(Bytes::from(m.to_string())).map_err(refuse))
+        .collect()
 }
 
 fn json_payload(body: Bytes) -> Payload {
@@ -408,12 +514,12 @@ fn bearer(headers: &HeaderMap) -> Result<Option<&str>, Status> {
     }
 }
 
-/// The call's timeout: `Polycall-Timeout-Ms`, or the default; at most `max`.
-fn timeout_of(headers: &HeaderMap, default: Duration, max: Duration) -> Result<Duration, Status> {
+/// The deadline the request asks for (`Polycall-Timeout-Ms`), at most `max`.
+fn requested_timeout(headers: &HeaderMap, max: Duration) -> Result<Option<Duration>, Status> {
     match header_str(headers, "polycall-timeout-ms") {
-        None => Ok(default.min(max)),
+        None => Ok(None),
         Some(v) => match v.trim().parse::<u64>() {
-            Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms).min(max)),
+            Ok(ms) if ms > 0 => Ok(Some(Duration::from_millis(ms).min(max))),
             _ => Err(Status::invalid_input(format!(
                 "Polycall-Timeout-Ms is a whole number of milliseconds above 0, not {v:?}"
             ))),

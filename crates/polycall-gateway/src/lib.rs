@@ -32,6 +32,7 @@ mod http;
 mod limits;
 pub mod openapi;
 pub mod routes;
+mod sse;
 mod status;
 mod versions;
 

@@ -51,15 +51,33 @@ fn error_response() -> Json {
 
 /// The responses of an operation: `ok` with the reply, the error statuses, 410 when its
 /// version has a sunset, and the route's own statuses.
-fn responses(ok: u16, sunset: bool, extra: impl IntoIterator<Item = u16>) -> Map<String, Json> {
+fn responses(
+    kind: CallKind,
+    ok: u16,
+    sunset: bool,
+    extra: impl IntoIterator<Item = u16>,
+) -> Map<String, Json> {
     let mut responses = Map::new();
-    responses.insert(
-        ok.to_string(),
+    let reply = if kind.streams_replies() {
+        json!({
+            "description": "the reply messages as Server-Sent Events: `message` (JSON) or `binary` (base64) events, then `end` or `error`",
+            "content": {"text/event-stream": {"schema": {
+                "type": "object",
+                "description": "one event",
+                "properties": {
+                    "event": {"type": "string", "enum": ["message", "binary", "end", "error"]},
+                    "id": {"type": "string"},
+                    "data": {"type": "string"}
+                }
+            }}}
+        })
+    } else {
         json!({
             "description": "the method's reply",
             "content": {"application/json": {"schema": {}}, "application/octet-stream": {"schema": {}}}
-        }),
-    );
+        })
+    };
+    responses.insert(ok.to_string(), reply);
     let sunset = sunset.then_some(410);
     for status in ERROR_STATUSES.into_iter().chain(sunset).chain(extra) {
         responses
@@ -83,6 +101,16 @@ fn describe_io(input: &str, output: &str) -> String {
     description
 }
 
+/// A request body's schema: any JSON, or an array of messages for a method that
+/// streams its requests.
+fn request_schema(kind: CallKind) -> Json {
+    if kind.streams_requests() {
+        json!({"type": "array", "description": "the request messages, in order"})
+    } else {
+        json!({})
+    }
+}
+
 fn timeout_parameter() -> Json {
     json!({
         "name": "Polycall-Timeout-Ms",
@@ -94,9 +122,10 @@ fn timeout_parameter() -> Json {
 }
 
 /// The OpenAPI 3.1 document of `methods` at their own paths (unless `routes` exposes
-/// only its routes) and of the configured `routes`. Streaming methods are left out:
-/// they are not served over HTTP yet. Bodies are JSON of any shape: a method's input
-/// and output hints are free text, given in its description.
+/// only its routes) and of the configured `routes`. A method that streams its replies
+/// answers `text/event-stream`; one that streams its requests takes a JSON array.
+/// Bodies are JSON of any shape: a method's input and output hints are free text,
+/// given in its description.
 pub fn document(
     methods: &[MethodDescription],
     routes: Option<&Routes>,
@@ -106,7 +135,7 @@ pub fn document(
     let mut paths = Map::new();
     let v1 = routes.map(|r| r.version("v1").clone());
     if routes.is_none_or(|r| r.expose_methods) {
-        for m in methods.iter().filter(|m| m.info.kind == CallKind::Unary) {
+        for m in methods {
             let operation = json!({
                 "operationId": m.name,
                 "summary": m.info.summary,
@@ -115,10 +144,10 @@ pub fn document(
                 "deprecated": v1.as_ref().is_some_and(|v| v.is_deprecated()),
                 "requestBody": {
                     "required": false,
-                    "content": {"application/json": {"schema": {}}}
+                    "content": {"application/json": {"schema": request_schema(m.info.kind)}}
                 },
                 "parameters": [timeout_parameter()],
-                "responses": responses(200, v1.as_ref().is_some_and(|v| v.sunset.is_some()), []),
+                "responses": responses(m.info.kind, 200, v1.as_ref().is_some_and(|v| v.sunset.is_some()), []),
                 "x-polycall-idempotent": m.info.idempotent,
             });
             paths.insert(path_of(&m.name), json!({ "post": operation }));
@@ -126,6 +155,7 @@ pub fn document(
     }
     for route in routes.map_or(&[][..], |r| &r.routes[..]) {
         let method = methods.iter().find(|m| m.name == route.call);
+        let kind = method.map_or(CallKind::Unary, |m| m.info.kind);
         let mut parameters = vec![timeout_parameter()];
         for segment in &route.segments {
             if let Segment::Param(name) = segment {
@@ -171,13 +201,16 @@ pub fn document(
             "deprecated": route.version.is_deprecated(),
             "parameters": parameters,
             "responses": responses(
+                kind,
                 route.ok.as_u16(),
                 route.version.sunset.is_some(),
                 route.statuses.iter().map(|(_, s)| s.as_u16()),
             ),
         });
         if route.takes_body() {
-            let schema = if route.input.is_passthrough() || route.input.maps_body() {
+            let schema = if kind.streams_requests() {
+                request_schema(kind)
+            } else if route.input.is_passthrough() || route.input.maps_body() {
                 json!({})
             } else {
                 json!({"type": "object"})
@@ -259,13 +292,19 @@ pub fn docs_page(methods: &[MethodDescription], routes: Option<&Routes>, title: 
                 )
             })
             .collect();
-        if m.info.kind != CallKind::Unary {
-            how.push("streaming (not over HTTP yet)".to_string());
-        } else if expose {
+        if expose {
             how.insert(
                 0,
                 format!("<code>POST {}</code>", escape(&path_of(&m.name))),
             );
+        }
+        match m.info.kind {
+            CallKind::Unary => {}
+            CallKind::ServerStream => how.push("replies as Server-Sent Events".into()),
+            CallKind::ClientStream => how.push("requests as a JSON array".into()),
+            CallKind::Bidi => {
+                how.push("requests as a JSON array, replies as Server-Sent Events".into())
+            }
         }
         if how.is_empty() {
             continue;

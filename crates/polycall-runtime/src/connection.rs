@@ -139,27 +139,51 @@ async fn route_stream(state: Arc<State>, call: StreamCall) -> Result<MessageStre
     Ok(provider.server_stream(call).boxed())
 }
 
-impl RuntimeConnection {
-    /// Admits a streaming call through the QoS layers, then routes it.
-    fn open_stream(&self, call: StreamCall) -> MessageStream {
-        let mut admit = self.stack.admission();
-        let state = self.state.clone();
-        let opened = async move {
-            let head = Call {
-                service: call.service.clone(),
-                method: call.method.clone(),
-                payload: Payload::empty(),
-                metadata: call.metadata.clone(),
-            };
-            std::future::poll_fn(|cx| admit.poll_ready(cx)).await?;
-            admit.call(head).await?;
-            route_stream(state, call).await
+/// Admits a streaming call through the QoS layers, then routes it.
+fn open_stream(state: Arc<State>, stack: &crate::LiveStack, call: StreamCall) -> MessageStream {
+    let mut admit = stack.admission();
+    let opened = async move {
+        let head = Call {
+            service: call.service.clone(),
+            method: call.method.clone(),
+            payload: Payload::empty(),
+            metadata: call.metadata.clone(),
         };
-        Box::pin(
-            futures_util::stream::once(opened)
-                .flat_map(|r| r.unwrap_or_else(polycall_core::stream::fail)),
-        )
+        std::future::poll_fn(|cx| admit.poll_ready(cx)).await?;
+        admit.call(head).await?;
+        route_stream(state, call).await
+    };
+    Box::pin(
+        futures_util::stream::once(opened)
+            .flat_map(|r| r.unwrap_or_else(polycall_core::stream::fail)),
+    )
+}
+
+/// Serves a streaming call whose principal is stamped: measured (when observability is
+/// on), admitted, routed. A native connection's streams and the HTTP gateway's take
+/// this one way.
+pub(crate) fn serve_stream(
+    state: &Arc<State>,
+    stack: &crate::LiveStack,
+    mut call: StreamCall,
+) -> MessageStream {
+    if !state.observe_metrics {
+        return open_stream(state.clone(), stack, call);
     }
+    let layer = state
+        .observer
+        .layer(polycall_observe::metrics::Side::Server);
+    let (service, method) = (call.service.clone(), call.method.clone());
+    let mut metadata = std::mem::take(&mut call.metadata);
+    layer.stream(
+        service.as_str(),
+        method.as_str(),
+        &mut metadata,
+        move |md| {
+            call.metadata = md.clone();
+            open_stream(state.clone(), stack, call)
+        },
+    )
 }
 
 impl ConnectionHandler for RuntimeConnection {
@@ -180,24 +204,7 @@ impl ConnectionHandler for RuntimeConnection {
         if call.metadata.principal.is_none() {
             call.metadata.principal = Some(self.anonymous.clone());
         }
-        if !self.state.observe_metrics {
-            return self.open_stream(call);
-        }
-        let layer = self
-            .state
-            .observer
-            .layer(polycall_observe::metrics::Side::Server);
-        let (service, method) = (call.service.clone(), call.method.clone());
-        let mut metadata = std::mem::take(&mut call.metadata);
-        layer.stream(
-            service.as_str(),
-            method.as_str(),
-            &mut metadata,
-            move |md| {
-                call.metadata = md.clone();
-                self.open_stream(call)
-            },
-        )
+        serve_stream(&self.state, &self.stack, call)
     }
 
     fn call(&self, mut call: Call) -> BoxFuture {

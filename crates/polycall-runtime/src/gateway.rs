@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use polycall_core::{
-    BoxFuture, Call, CallKind, MethodDescription, MethodName, PeerAddr, Principal, ServiceName,
-    Status,
+    BoxFuture, Call, CallKind, MessageStream, MethodDescription, MethodName, PeerAddr, Principal,
+    ServiceName, Status, StreamCall,
 };
 use polycall_gateway::{RouteFile, Routes};
 use polycall_security::exchange::Authenticator;
@@ -82,15 +82,12 @@ impl GatewaySettings {
 }
 
 /// The HTTP routes of method `name` for `sys.describe`: its configured routes and,
-/// when the gateway exposes every method, its own path (unary methods only).
-pub(crate) fn http_of(routes: Option<&Routes>, name: &str, kind: CallKind) -> serde_json::Value {
-    let mut all = match routes {
+/// when the gateway exposes every method, its own path.
+pub(crate) fn http_of(routes: Option<&Routes>, name: &str) -> serde_json::Value {
+    let all = match routes {
         Some(r) => r.http_of(name),
         None => vec![polycall_gateway::HttpRoute::method_path(name)],
     };
-    if kind != CallKind::Unary {
-        all.retain(|h| h.path != polycall_gateway::openapi::path_of(name));
-    }
     serde_json::to_value(all).unwrap_or_default()
 }
 
@@ -129,6 +126,10 @@ impl polycall_gateway::Backend for RuntimeBackend {
             std::future::poll_fn(|cx| stack.poll_ready(cx)).await?;
             stack.call(call).await
         })
+    }
+
+    fn call_stream(&self, call: StreamCall) -> MessageStream {
+        crate::connection::serve_stream(&self.state, &self.stack, call)
     }
 
     fn methods(&self) -> Vec<MethodDescription> {

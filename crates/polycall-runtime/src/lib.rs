@@ -430,8 +430,7 @@ impl State {
         if let Some(routes) = self.gateway_routes.get() {
             for m in &mut methods {
                 let name = m["name"].as_str().unwrap_or_default().to_owned();
-                let kind = serde_json::from_value(m["kind"].clone()).unwrap_or_default();
-                m["http"] = gateway::http_of(routes.as_deref(), &name, kind);
+                m["http"] = gateway::http_of(routes.as_deref(), &name);
             }
         }
         json!({ "methods": methods })
