@@ -214,6 +214,7 @@ pub fn vector_frames() -> Vec<(&'static str, Frame, bool)> {
         idempotent: true,
         idempotency_key: Some("order-7731".into()),
         principal: Some("spiffe://example.org/ns/shop/sa/cart".into()),
+        forwarded: false,
         extensions: vec![(200, Bytes::from_static(b"\x01\x02"))],
     };
     let call = CallFrame {

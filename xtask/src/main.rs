@@ -170,6 +170,8 @@ fn ci() -> Result<()> {
     ensure_apt("curl", "curl")?; // the HTTP gateway's tests (polycall-cli tests/gateway.rs)
     bench_bindings::ensure_pip("openapi_spec_validator", "openapi-spec-validator")?;
     bench_bindings::ensure_pip("schemathesis", "schemathesis")?; // fuzzes the gateway (tests/gateway.rs)
+    ensure_apt("etcd", "etcd-server")?; // the discovery registry (polycall-cli tests/discovery.rs)
+    ensure_apt("etcdctl", "etcd-client")?;
     run(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--check"]),

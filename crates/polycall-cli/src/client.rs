@@ -354,6 +354,52 @@ pub async fn call(args: CallArgs, timeout: Duration, out: Out) -> u8 {
     }
 }
 
+/// `polycall describe --cluster`: this runtime and every runtime discovery knows.
+pub async fn describe_cluster(target: Target, timeout: Duration, out: Out) -> u8 {
+    let result = async {
+        let channel = connect(&target, timeout).await?;
+        invoke(&channel, "sys.discovery", Payload::empty(), timeout, PLAIN).await
+    }
+    .await;
+    match result {
+        Ok(p) => {
+            let data = payload_json(&p);
+            out.ok("describe", data.clone(), || {
+                let mut lines = vec![format!(
+                    "{:<24} {:<22} {:<8} METHODS",
+                    "RUNTIME", "ENDPOINT", "HEALTH"
+                )];
+                let row = |r: &Value, health: &str| {
+                    let methods: Vec<&str> = r["methods"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(Value::as_str)
+                        .collect();
+                    format!(
+                        "{:<24} {:<22} {:<8} {}",
+                        r["name"].as_str().unwrap_or("?"),
+                        r["endpoint"].as_str().unwrap_or(""),
+                        health,
+                        methods.join(", ")
+                    )
+                };
+                lines.push(row(&data["self"], "self"));
+                for p in data["peers"].as_array().into_iter().flatten() {
+                    let health = if p["healthy"].as_bool().unwrap_or(false) {
+                        "up"
+                    } else {
+                        "down"
+                    };
+                    lines.push(row(p, health));
+                }
+                lines.join("\n")
+            })
+        }
+        Err(s) => out.fail("describe", &s),
+    }
+}
+
 pub async fn describe(target: Target, timeout: Duration, out: Out) -> u8 {
     let result = async {
         let channel = connect(&target, timeout).await?;

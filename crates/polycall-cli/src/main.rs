@@ -97,6 +97,10 @@ enum Command {
     Describe {
         #[command(flatten)]
         target: Target,
+        /// Every runtime discovery knows (sys.discovery): name, endpoint, health and the
+        /// methods each serves.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Show whether the runtime is up, and its numbers.
     Status {
@@ -303,7 +307,13 @@ fn main() -> ExitCode {
         match command {
             Command::Run(args) => run::run(args, loaded, log_level, out).await,
             Command::Call(args) => client::call(args, timeout, out).await,
-            Command::Describe { target } => client::describe(target, timeout, out).await,
+            Command::Describe { target, cluster } => {
+                if cluster {
+                    client::describe_cluster(target, timeout, out).await
+                } else {
+                    client::describe(target, timeout, out).await
+                }
+            }
             Command::Status { target } => client::status(target, timeout, out).await,
             Command::Report(args) => report::report(args, timeout, out).await,
             Command::Stop { target, token } => client::stop(target, token, timeout, out).await,

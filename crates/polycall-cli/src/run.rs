@@ -75,6 +75,15 @@ pub struct RunArgs {
     /// Write the HTTP address actually bound to this file (useful with port 0).
     #[arg(long)]
     http_file: Option<PathBuf>,
+    /// Find other runtimes and forward calls for methods served elsewhere:
+    /// static:HOST:PORT,HOST:PORT or etcd:http://HOST:PORT [default: discovery.registry
+    /// of --config, else alone].
+    #[arg(long, value_name = "REGISTRY")]
+    discover: Option<String>,
+    /// This runtime's name in the discovery registry [default: discovery.name, else its
+    /// endpoint].
+    #[arg(long, value_name = "NAME")]
+    discover_name: Option<String>,
     /// Serve the routes, API versions and API keys of this file on the HTTP gateway
     /// (docs/gateway.md) [default: gateway.routes of --config, else none].
     #[arg(long, value_name = "FILE")]
@@ -160,6 +169,46 @@ pub async fn run(
             }
         }
         config.gateway = Some(g);
+    }
+    if let Some(registry) = &args.discover {
+        let registry = match polycall::runtime::DiscoveryRegistry::parse(registry) {
+            Ok(r) => r,
+            Err(e) => {
+                return out.fail_with(
+                    "run",
+                    &Status::invalid_input(format!("--discover: {e}")),
+                    exit::INPUT,
+                );
+            }
+        };
+        let mut d = polycall::runtime::DiscoverySettings::new(registry);
+        if let Some(l) = &loaded {
+            let c = &l.config.discovery;
+            d = d
+                .ttl(Duration::from_secs(c.ttl_s))
+                .refresh(Duration::from_millis(c.refresh_ms));
+            if let Some(n) = &c.name {
+                d = d.name(n.clone());
+            }
+            if let Some(a) = &c.advertise {
+                d = d.advertise(a.clone());
+            }
+        }
+        config.discovery = Some(d);
+    }
+    if let Some(name) = &args.discover_name {
+        match config.discovery.take() {
+            Some(d) => config.discovery = Some(d.name(name.clone())),
+            None => {
+                return out.fail_with(
+                    "run",
+                    &Status::invalid_input(
+                        "--discover-name names this runtime in a registry: add --discover (or discovery.registry in --config)",
+                    ),
+                    exit::INPUT,
+                );
+            }
+        }
     }
     if let Some(file) = &args.http_routes {
         match config.gateway.take() {

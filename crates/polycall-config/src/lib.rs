@@ -337,6 +337,109 @@ pub struct ClusterSection {
     pub peer_identities: Vec<String>,
 }
 
+/// Where runtimes find each other (`discovery.registry`, `polycall run --discover`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DiscoveryRegistry {
+    /// These runtime endpoints (`HOST:PORT`), asked directly.
+    Seeds(Vec<String>),
+    /// An etcd cluster: its members' `http://HOST:PORT`, comma-separated, and the key
+    /// prefix.
+    Etcd {
+        /// `http://HOST:PORT,…`.
+        endpoints: String,
+        /// Keys live under `{prefix}/runtimes/`.
+        prefix: String,
+    },
+}
+
+impl DiscoveryRegistry {
+    /// Parses `static:HOST:PORT,HOST:PORT` or `etcd:http://HOST:PORT,…`.
+    ///
+    /// ```
+    /// use polycall_config::DiscoveryRegistry;
+    /// assert_eq!(
+    ///     DiscoveryRegistry::parse("static:127.0.0.1:7001,127.0.0.1:7002").unwrap(),
+    ///     DiscoveryRegistry::Seeds(vec!["127.0.0.1:7001".into(), "127.0.0.1:7002".into()])
+    /// );
+    /// assert!(DiscoveryRegistry::parse("etcd:http://127.0.0.1:2379").is_ok());
+    /// assert!(DiscoveryRegistry::parse("etcd:127.0.0.1:2379").is_err());
+    /// assert!(DiscoveryRegistry::parse("zookeeper:x").is_err());
+    /// ```
+    pub fn parse(text: &str) -> Result<Self, RegistryError> {
+        Self::parse_inner(text).map_err(RegistryError)
+    }
+
+    fn parse_inner(text: &str) -> Result<Self, String> {
+        let list = |t: &str| -> Vec<String> {
+            t.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        };
+        match text.split_once(':') {
+            Some(("static", seeds)) => {
+                let seeds = list(seeds);
+                for s in &seeds {
+                    s.parse::<polycall_core::Endpoint>()
+                        .map_err(|e| format!("seed {s:?}: {e}"))?;
+                }
+                if seeds.is_empty() {
+                    return Err("`static:` lists no seed: static:HOST:PORT,HOST:PORT".into());
+                }
+                Ok(Self::Seeds(seeds))
+            }
+            Some(("etcd", endpoints)) => {
+                let all = list(endpoints);
+                if all.is_empty() || all.iter().any(|e| !e.starts_with("http://")) {
+                    return Err(
+                        "etcd members are http://HOST:PORT URLs, comma-separated: etcd:http://127.0.0.1:2379"
+                            .into(),
+                    );
+                }
+                Ok(Self::Etcd {
+                    endpoints: all.join(","),
+                    prefix: "/polycall".into(),
+                })
+            }
+            _ => Err(format!(
+                "registry {text:?} is not static:HOST:PORT,… or etcd:http://HOST:PORT,…"
+            )),
+        }
+    }
+}
+
+impl std::str::FromStr for DiscoveryRegistry {
+    type Err = RegistryError;
+
+    fn from_str(s: &str) -> Result<Self, RegistryError> {
+        Self::parse(s)
+    }
+}
+
+/// Why a discovery registry could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct RegistryError(String);
+
+/// `[discovery]`: runtimes that find each other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DiscoverySection {
+    /// `registry` (unset: no discovery).
+    pub registry: Option<String>,
+    /// `name`.
+    pub name: Option<String>,
+    /// `advertise`.
+    pub advertise: Option<String>,
+    /// `prefix` (etcd keys).
+    pub prefix: String,
+    /// `ttl_s`.
+    pub ttl_s: u64,
+    /// `refresh_ms`.
+    pub refresh_ms: u64,
+}
+
 /// Parses a cluster's members, `1=HOST:PORT,2=HOST:PORT,…` (ids from 1, each once).
 ///
 /// ```
@@ -487,6 +590,8 @@ pub struct Config {
     pub gateway: GatewaySection,
     /// `[cluster]`.
     pub cluster: ClusterSection,
+    /// `[discovery]`.
+    pub discovery: DiscoverySection,
     /// `[observe]`.
     pub observe: ObserveSection,
     /// `[compat]`.

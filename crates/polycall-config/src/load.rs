@@ -9,8 +9,8 @@ use super::schema::{self, CURRENT_VERSION, DefaultValue, KEYS, KeyDef, Kind, SEC
 use super::suggest;
 use super::{
     AdminSection, AuthSection, ClientAuth, ClusterSection, CompatSection, Config, Diagnostic,
-    Entry, GatewaySection, LimitsSection, LoadedConfig, LogFormat, LogSection, ObserveSection,
-    Origin, QosSection, RuntimeSection, StateSection, TlsSection, Value,
+    DiscoverySection, Entry, GatewaySection, LimitsSection, LoadedConfig, LogFormat, LogSection,
+    ObserveSection, Origin, QosSection, RuntimeSection, StateSection, TlsSection, Value,
 };
 
 /// Environment variables read: `POLYCALL_SECTION__KEY`.
@@ -577,6 +577,14 @@ fn typed(values: &[(&'static KeyDef, Entry)], base: &Path) -> Config {
             max_body: int("gateway.max_body").unwrap_or(4 << 20),
             timeout_ms: int("gateway.timeout_ms").unwrap_or(30_000),
             routes: file("gateway.routes"),
+        },
+        discovery: DiscoverySection {
+            registry: string("discovery.registry"),
+            name: string("discovery.name"),
+            advertise: string("discovery.advertise"),
+            prefix: string("discovery.prefix").unwrap_or_else(|| "/polycall".into()),
+            ttl_s: int("discovery.ttl_s").unwrap_or(10),
+            refresh_ms: int("discovery.refresh_ms").unwrap_or(1000),
         },
         cluster: ClusterSection {
             node_id: int("cluster.node_id"),

@@ -108,8 +108,19 @@ macro_rules! key {
 
 /// The sections, in the order files and documentation list them.
 pub const SECTIONS: &[&str] = &[
-    "runtime", "limits", "qos", "log", "compat", "state", "tls", "auth", "admin", "gateway",
-    "observe", "cluster",
+    "runtime",
+    "limits",
+    "qos",
+    "log",
+    "compat",
+    "state",
+    "tls",
+    "auth",
+    "admin",
+    "gateway",
+    "observe",
+    "cluster",
+    "discovery",
 ];
 
 /// Every key of version 1.
@@ -644,6 +655,57 @@ pub static KEYS: &[KeyDef] = &[
         DefaultValue::None,
         false,
         "Who may call the raft methods: comma-separated principal patterns of the nodes' certificates (spiffe://DOMAIN/PATH or dns:NAME, `*` globs). Required off loopback."
+    ),
+    key!(
+        "discovery",
+        "registry",
+        Kind::Text,
+        DefaultValue::None,
+        false,
+        "Find other runtimes and forward calls for methods served elsewhere: static:HOST:PORT,HOST:PORT (seed runtimes) or etcd:http://HOST:PORT,... (registered under a lease). Unset: alone."
+    ),
+    key!(
+        "discovery",
+        "name",
+        Kind::Text,
+        DefaultValue::None,
+        false,
+        "This runtime's name in the registry (default: its advertised endpoint)."
+    ),
+    key!(
+        "discovery",
+        "advertise",
+        Kind::Endpoint,
+        DefaultValue::None,
+        false,
+        "The endpoint other runtimes dial (default: the endpoint this runtime listens on)."
+    ),
+    key!(
+        "discovery",
+        "prefix",
+        Kind::Text,
+        DefaultValue::Str("/polycall"),
+        false,
+        "etcd key prefix: entries live under PREFIX/runtimes/NAME."
+    ),
+    key!(
+        "discovery",
+        "ttl_s",
+        Kind::Int { min: 2, max: 3600 },
+        DefaultValue::Int(10),
+        false,
+        "How long an etcd registration outlives a runtime that stopped renewing it, in seconds."
+    ),
+    key!(
+        "discovery",
+        "refresh_ms",
+        Kind::Int {
+            min: 100,
+            max: HOUR_MS
+        },
+        DefaultValue::Int(1000),
+        false,
+        "How often the registry is read and every known runtime checked, in milliseconds."
     ),
 ];
 

@@ -212,6 +212,14 @@ pub(crate) fn cross_check(
             Diagnostic::error(origin(values, "auth.file"), e.to_string()),
         );
     }
+    if let Some(r) = &c.discovery.registry
+        && let Err(e) = crate::DiscoveryRegistry::parse(r)
+    {
+        d.push_on(
+            &["discovery.registry"],
+            Diagnostic::error(origin(values, "discovery.registry"), e.to_string()),
+        );
+    }
     if let Some(f) = &c.gateway.routes {
         let checked = polycall_gateway::RouteFile::read(f)
             .and_then(|file| polycall_gateway::Routes::check(&file));

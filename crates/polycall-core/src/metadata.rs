@@ -217,6 +217,9 @@ pub struct Metadata {
     pub idempotency_key: Option<String>,
     /// Who the call runs as.
     pub principal: Option<Principal>,
+    /// A runtime forwarded the call to the runtime that serves its method; it is not
+    /// forwarded again (discovery never loops).
+    pub forwarded: bool,
 }
 
 impl Metadata {

@@ -28,6 +28,8 @@ pub mod tag {
     pub const IDEMPOTENCY_KEY: u8 = 6;
     /// Principal the call runs as, UTF-8.
     pub const PRINCIPAL: u8 = 7;
+    /// A runtime forwarded the call; it is not forwarded again (empty value).
+    pub const FORWARDED: u8 = 8;
 }
 
 /// Longest text value of a metadata entry, in bytes.
@@ -49,6 +51,8 @@ pub struct WireMeta {
     pub idempotency_key: Option<String>,
     /// Principal the call runs as (trusted only from an authenticated runtime).
     pub principal: Option<String>,
+    /// A runtime forwarded the call.
+    pub forwarded: bool,
     /// Entries of tags this version does not know, in order, passed on unchanged.
     pub extensions: Vec<(u8, Bytes)>,
 }
@@ -63,6 +67,7 @@ impl WireMeta {
             idempotent: md.idempotent,
             idempotency_key: md.idempotency_key.clone(),
             principal: md.principal.as_ref().map(ToString::to_string),
+            forwarded: md.forwarded,
             extensions: Vec::new(),
         }
     }
@@ -80,6 +85,7 @@ impl WireMeta {
                 .principal
                 .as_deref()
                 .and_then(|p| Principal::parse(p).ok()),
+            forwarded: self.forwarded,
         }
     }
 
@@ -99,6 +105,7 @@ impl WireMeta {
         }
         n += if self.idempotent { 3 } else { 0 };
         n += text(&self.idempotency_key) + text(&self.principal);
+        n += if self.forwarded { 3 } else { 0 };
         n + self
             .extensions
             .iter()
@@ -150,6 +157,9 @@ impl WireMeta {
                 tag::PRINCIPAL,
                 crate::wire::clip(p, MAX_META_TEXT).as_bytes(),
             );
+        }
+        if self.forwarded {
+            entry(buf, tag::FORWARDED, &[]);
         }
         for (tag, value) in &self.extensions {
             entry(buf, *tag, value);
@@ -234,6 +244,12 @@ impl WireMeta {
                 tag::PRINCIPAL => {
                     let n = text_len(&r)?;
                     m.principal = Some(r.str(n, "principal")?.to_owned());
+                }
+                tag::FORWARDED => {
+                    if len != 0 {
+                        return Err(r.err("forwarded entry has a value"));
+                    }
+                    m.forwarded = true;
                 }
                 _ => m
                     .extensions

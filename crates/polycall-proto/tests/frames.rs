@@ -72,26 +72,30 @@ fn meta() -> impl Strategy<Value = WireMeta> {
         any::<bool>(),
         prop::option::of("[ -~]{0,40}"),
         prop::option::of("[ -~]{0,40}"),
-        prop::collection::btree_map(8u8..=255, bytes(16), 0..3),
+        prop::collection::btree_map(9u8..=255, bytes(16), 0..3),
+        any::<bool>(),
     )
-        .prop_map(|(t, p, tr, idem, key, principal, ext)| WireMeta {
-            timeout: t.map(Duration::from_micros),
-            priority: p,
-            trace: tr.map(|(mut id, mut parent, flags, state)| {
-                id[0] |= 1;
-                parent[0] |= 1;
-                TraceContext {
-                    trace_id: id,
-                    parent_id: parent,
-                    flags,
-                    tracestate: state,
-                }
-            }),
-            idempotent: idem,
-            idempotency_key: key,
-            principal,
-            extensions: ext.into_iter().collect(),
-        })
+        .prop_map(
+            |(t, p, tr, idem, key, principal, ext, forwarded)| WireMeta {
+                timeout: t.map(Duration::from_micros),
+                priority: p,
+                trace: tr.map(|(mut id, mut parent, flags, state)| {
+                    id[0] |= 1;
+                    parent[0] |= 1;
+                    TraceContext {
+                        trace_id: id,
+                        parent_id: parent,
+                        flags,
+                        tracestate: state,
+                    }
+                }),
+                idempotent: idem,
+                idempotency_key: key,
+                principal,
+                forwarded,
+                extensions: ext.into_iter().collect(),
+            },
+        )
 }
 
 fn method_ref() -> impl Strategy<Value = MethodRef> {

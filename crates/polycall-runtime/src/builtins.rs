@@ -14,7 +14,7 @@ use serde_json::json;
 
 use crate::State;
 
-fn json_reply(v: serde_json::Value) -> Result<Reply, Status> {
+pub(crate) fn json_reply(v: serde_json::Value) -> Result<Reply, Status> {
     Payload::json(&v)
         .map(Reply::new)
         .map_err(|e| Status::internal(e.to_string()))

@@ -103,9 +103,8 @@ mod running {
     use std::sync::{Arc, Weak};
 
     use polycall_core::{Call, MethodInfo, Router, Status};
-    use polycall_net::ChannelConfig;
     use polycall_security::authz::{Policy, PolicyConfig, RuleConfig};
-    use polycall_security::{ClientAuth, ClientTls};
+
     use polycall_state::Replication;
     use polycall_state::graph;
     use polycall_state::raft::network::{Peers, RaftSlot};
@@ -158,7 +157,7 @@ mod running {
         )
         .timing(settings.heartbeat, settings.election_timeout)
         .snapshot_every(settings.snapshot_every)
-        .channel(peer_channel(config)?);
+        .channel(crate::dial::peer_channel(config)?);
         let channel = node_config.channel.clone();
         let node = Node::start(node_config, slot.clone())
             .await
@@ -240,35 +239,6 @@ mod running {
                     ))
                 })
         }))
-    }
-
-    /// How this node dials its peers: with the runtime's TLS settings when it serves
-    /// TLS (its certificate as the client certificate, its CA bundle for the peers').
-    fn peer_channel(config: &RuntimeConfig) -> Result<ChannelConfig, RuntimeError> {
-        let mut channel = ChannelConfig::default();
-        let Some(tls) = &config.tls else {
-            return Ok(channel);
-        };
-        let Some(ca) = &tls.ca else {
-            return Err(RuntimeError::State(
-                "a cluster node serving TLS needs tls.ca_file: the CA its peers' certificates chain to"
-                    .into(),
-            ));
-        };
-        let mut client = ClientTls::default().ca(ca.clone());
-        client.cert_chain = tls.cert_chain.clone();
-        client.key = tls.key.clone();
-        client.hsm_key = tls.hsm_key.clone();
-        client.crls = tls.crls.clone();
-        client.allow_unknown_revocation = tls.allow_unknown_revocation;
-        let built = client
-            .build()
-            .map_err(|e| RuntimeError::State(format!("the TLS settings to reach peers: {e}")))?;
-        channel.transport = Arc::new(polycall_net::tls::Tls::client(built));
-        if tls.client_auth != ClientAuth::Off {
-            channel.connection.credentials = Some(polycall_net::auth::Credentials::Certificate);
-        }
-        Ok(channel)
     }
 
     /// Reads a membership change from a call's input, given the node id.

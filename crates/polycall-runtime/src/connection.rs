@@ -66,6 +66,16 @@ impl Service<Call> for Route {
                 })
             }
             None => {
+                // Served by another runtime discovery knows: forwarded there.
+                if let Some(forwarder) = self
+                    .state
+                    .discovery
+                    .as_ref()
+                    .and_then(|d| d.forwarder(&call))
+                {
+                    return forwarder.send(call);
+                }
+                let (service, method) = (call.service.as_str(), call.method.as_str());
                 let own = self
                     .state
                     .builtins
@@ -115,6 +125,18 @@ async fn route_stream(state: Arc<State>, call: StreamCall) -> Result<MessageStre
         return Ok(state.builtins.call_stream(call));
     }
     let Some((provider, kind)) = state.registry.pick_stream(service, method) else {
+        if let Some(elsewhere) = state
+            .discovery
+            .as_ref()
+            .map(|d| d.served_by(&call.full_name()))
+            .filter(|at| !at.is_empty())
+        {
+            return Err(Status::unsupported(format!(
+                "{} is served by the runtime at {}; streams are not forwarded between runtimes yet: call it there",
+                call.full_name(),
+                elsewhere.join(", ")
+            )));
+        }
         return Err(Status::unknown_method(format!(
             "no provider serves {}; `polycall describe` lists what is served",
             call.full_name()

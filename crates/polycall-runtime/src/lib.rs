@@ -23,6 +23,8 @@ mod cluster;
 mod compat;
 pub mod config;
 mod connection;
+mod dial;
+mod discovery;
 mod gateway;
 mod observe;
 mod provider;
@@ -42,6 +44,7 @@ use tokio::sync::watch;
 
 pub use cluster::ClusterSettings;
 pub use compat::CompatConfig;
+pub use discovery::{DiscoveryRegistry, DiscoverySettings};
 pub use gateway::GatewaySettings;
 pub use observe::{MAX_EXPORTED_SPANS, ObserveSettings};
 pub use polycall_observe::Observer;
@@ -87,6 +90,8 @@ pub struct RuntimeConfig {
     pub cluster: Option<ClusterSettings>,
     /// Serve the methods over HTTP/JSON too (`None`: no gateway).
     pub gateway: Option<GatewaySettings>,
+    /// Find other runtimes and forward calls to them (`None`: alone).
+    pub discovery: Option<DiscoverySettings>,
 }
 
 /// What the runtime applies to every call it serves, in this order: authorization, rate
@@ -157,6 +162,7 @@ impl Default for RuntimeConfig {
             observe: ObserveSettings::default(),
             cluster: None,
             gateway: None,
+            discovery: None,
         }
     }
 }
@@ -208,6 +214,13 @@ impl RuntimeConfig {
     /// Serves the methods over HTTP/JSON too (docs/gateway.md).
     pub fn gateway(mut self, gateway: GatewaySettings) -> Self {
         self.gateway = Some(gateway);
+        self
+    }
+
+    /// Finds other runtimes and forwards calls for methods served elsewhere
+    /// (docs/gateway.md, "Discovery").
+    pub fn discovery(mut self, discovery: DiscoverySettings) -> Self {
+        self.discovery = Some(discovery);
         self
     }
 
@@ -324,6 +337,8 @@ pub(crate) struct State {
     /// Set once the HTTP gateway serves: its routes file, if any (`sys.describe`
     /// shows each method's HTTP routes).
     pub(crate) gateway_routes: std::sync::OnceLock<Option<Arc<polycall_gateway::Routes>>>,
+    /// The other runtimes, when discovery is on.
+    pub(crate) discovery: Option<Arc<discovery::Discovery>>,
     /// Each instance's machine and current states, for the dashboard.
     pub(crate) instance_states:
         std::sync::Mutex<std::collections::BTreeMap<String, (String, Vec<String>)>>,
@@ -675,9 +690,20 @@ impl Runtime {
             .metrics
             .then(|| Arc::new(polycall_proto::compress::CompressionTotals::default()));
         config.server.connection.proto.compression_totals = compression.clone();
+        let discovery = match &config.discovery {
+            Some(d) => Some(Arc::new(
+                discovery::Discovery::new(d.clone(), dial::peer_channel(&config)?)
+                    .map_err(|e| RuntimeError::State(format!("discovery: {e}")))?,
+            )),
+            None => None,
+        };
         let state = Arc::new_cyclic(|weak| {
             let own = builtins::router(weak.clone(), config.debug_methods, config.compat.fixtures)
                 .merge(&observe::router(weak.clone()));
+            let own = match &discovery {
+                Some(_) => own.merge(&discovery::router(weak.clone())),
+                None => own,
+            };
             let builtins = match &machines {
                 Some(host) => own.merge(&state_service::router(host, weak.clone())),
                 None => own,
@@ -714,6 +740,7 @@ impl Runtime {
                 #[cfg(feature = "cluster")]
                 cluster,
                 gateway_routes: std::sync::OnceLock::new(),
+                discovery: discovery.clone(),
             }
         });
         let source: Arc<observe::RuntimeSource> = Arc::new(observe::RuntimeSource {
@@ -859,6 +886,9 @@ impl Runtime {
             }
             None => None,
         };
+        if let Some(d) = &state.discovery {
+            d.start(Arc::downgrade(&state), server.local_endpoint().to_string());
+        }
         let runtime = Runtime {
             state,
             server,

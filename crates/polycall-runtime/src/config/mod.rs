@@ -85,6 +85,33 @@ impl RuntimeConfigExt for LoadedConfig {
                 Some(file) => g.routes(file.clone()),
                 None => g,
             });
+        // Validated with the file: the registry parses.
+        rc.discovery = c
+            .discovery
+            .registry
+            .as_deref()
+            .and_then(|r| crate::DiscoveryRegistry::parse(r).ok())
+            .map(|registry| {
+                let registry = match registry {
+                    crate::DiscoveryRegistry::Etcd { endpoints, .. } => {
+                        crate::DiscoveryRegistry::Etcd {
+                            endpoints,
+                            prefix: c.discovery.prefix.clone(),
+                        }
+                    }
+                    other => other,
+                };
+                let mut d = crate::DiscoverySettings::new(registry)
+                    .ttl(Duration::from_secs(c.discovery.ttl_s))
+                    .refresh(Duration::from_millis(c.discovery.refresh_ms));
+                if let Some(n) = &c.discovery.name {
+                    d = d.name(n.clone());
+                }
+                if let Some(a) = &c.discovery.advertise {
+                    d = d.advertise(a.clone());
+                }
+                d
+            });
         rc.observe.metrics = c.observe.metrics;
         rc.observe.admin = c.admin.listen.as_deref().and_then(|l| l.parse().ok());
         rc.observe.otlp_endpoint = c.observe.otlp_endpoint.clone();
