@@ -240,7 +240,7 @@ pub(crate) fn start_system(system: &str, mode: Mode, p: &Paths) -> Result<(Vec<P
 }
 
 /// One cell: runs the load client and returns its JSON line.
-fn run_cell(
+pub(crate) fn run_cell(
     p: &Paths,
     mode: Mode,
     system: &str,

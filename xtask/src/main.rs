@@ -36,6 +36,7 @@ use anyhow::{Context, Result, bail};
 mod api_guard;
 mod bench_bindings;
 mod bench_cluster;
+mod bench_forward;
 mod bench_gateway;
 mod bench_micro;
 mod bench_procs;
@@ -172,6 +173,7 @@ fn ci() -> Result<()> {
     bench_bindings::ensure_pip("schemathesis", "schemathesis")?; // fuzzes the gateway (tests/gateway.rs)
     ensure_apt("etcd", "etcd-server")?; // the discovery registry (polycall-cli tests/discovery.rs)
     ensure_apt("etcdctl", "etcd-client")?;
+    ensure_apt("dnsmasq", "dnsmasq-base")?; // the DNS SRV registry (tests/discovery.rs)
     run(
         "cargo fmt --check",
         cargo().args(["fmt", "--all", "--check"]),
@@ -232,6 +234,7 @@ fn bench(args: &[String]) -> Result<()> {
         ),
         Some("bindings") => bench_bindings::bench_bindings(&args[1..]),
         Some("cluster") => bench_cluster::bench_cluster(&args[1..]),
+        Some("forward") => bench_forward::bench_forward(&args[1..]),
         Some("gateway") => bench_gateway::bench_gateway(&args[1..]),
         Some("rpc") => bench_rpc(&args[1..]),
         Some("micro") => bench_micro(quick),
@@ -257,7 +260,7 @@ fn bench(args: &[String]) -> Result<()> {
         ),
         other => {
             bail!(
-                "unknown bench {other:?}; available: proto, memory, priority, rpc, stream, micro, tls, state, stall, bindings, cluster, gateway"
+                "unknown bench {other:?}; available: proto, memory, priority, rpc, stream, micro, tls, state, stall, bindings, cluster, gateway, forward"
             )
         }
     }

@@ -76,8 +76,8 @@ pub struct RunArgs {
     #[arg(long)]
     http_file: Option<PathBuf>,
     /// Find other runtimes and forward calls for methods served elsewhere:
-    /// static:HOST:PORT,HOST:PORT or etcd:http://HOST:PORT [default: discovery.registry
-    /// of --config, else alone].
+    /// static:HOST:PORT,HOST:PORT, etcd:http://HOST:PORT or dns:SRV-NAME[@IP:PORT]
+    /// [default: discovery.registry of --config, else alone].
     #[arg(long, value_name = "REGISTRY")]
     discover: Option<String>,
     /// This runtime's name in the discovery registry [default: discovery.name, else its

@@ -12,10 +12,16 @@ use polycall::runtime::Provider;
 use polycall::{Call, MethodInfo, Payload, Reply, Router, Status};
 use serde_json::{Value, json};
 
-/// A provider serving `inventory.get` (answering who serves it and the deadline it
-/// saw) on the runtime at `endpoint`.
+/// A provider serving `inventory.get` (answering who serves it, the deadline and the
+/// principal it saw) on the runtime at `endpoint`.
 async fn provider(endpoint: &str, who: &'static str) -> Provider {
-    let router = Router::new()
+    Provider::start(endpoint.parse().unwrap(), inventory(who))
+        .await
+        .unwrap()
+}
+
+fn inventory(who: &'static str) -> Router {
+    Router::new()
         .route(
             "inventory.get",
             MethodInfo::new("an item, and who served it"),
@@ -25,14 +31,12 @@ async fn provider(endpoint: &str, who: &'static str) -> Provider {
                     .deadline
                     .map(|d| d.remaining(Instant::now()).as_millis() as u64);
                 let input: Value = serde_json::from_slice(&c.payload.bytes).unwrap_or(Value::Null);
-                Payload::json(&json!({"served_by": who, "deadline_left_ms": left, "input": input}))
+                let principal = c.metadata.principal.as_ref().map(ToString::to_string);
+                Payload::json(&json!({"served_by": who, "deadline_left_ms": left, "input": input, "principal": principal}))
                     .map(Reply::new)
                     .map_err(|e| Status::internal(e.to_string()))
             }),
         )
-        .unwrap();
-    Provider::start(endpoint.parse().unwrap(), router)
-        .await
         .unwrap()
 }
 
@@ -342,4 +346,241 @@ async fn etcd_registers_runtimes_spreads_calls_and_forgets_a_dead_runtime_within
         let r = json_of(&call(&a, "inventory.get", "{}", "3000"));
         assert_eq!(r["served_by"], json!("b"));
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runtimes_forward_over_mutual_tls_and_the_callee_sees_the_forwarding_runtime() {
+    let scratch = polycall_test_support::TempDir::new("discovery-tls");
+    let p = |rel: &str| scratch.join(rel).display().to_string();
+    let run = |args: &[&str]| {
+        let o = common::bin().args(args).output().unwrap();
+        assert!(o.status.success(), "polycall {args:?}: {o:?}");
+    };
+    run(&["certs", "init", &p("ca")]);
+    for (name, spiffe) in [
+        ("a", "spiffe://polycall.test/runtime/a"),
+        ("b", "spiffe://polycall.test/runtime/b"),
+        ("provider", "spiffe://polycall.test/provider/inventory"),
+        ("app", "spiffe://polycall.test/app/shop"),
+    ] {
+        run(&[
+            "certs",
+            "issue",
+            "--ca",
+            &p("ca"),
+            "--name",
+            name,
+            "--spiffe",
+            spiffe,
+            "--loopback",
+            "--out",
+            &p("certs"),
+        ]);
+    }
+    std::fs::write(
+        scratch.join("auth.toml"),
+        r#"
+[[rules]]
+service = "sys.discovery"
+method = "self"
+allow = ["spiffe://polycall.test/runtime/*"]
+
+[[rules]]
+service = "inventory"
+allow = ["spiffe://polycall.test/app/*", "spiffe://polycall.test/runtime/*"]
+provide = ["spiffe://polycall.test/provider/*"]
+"#,
+    )
+    .unwrap();
+    let (ea, eb) = (
+        format!("127.0.0.1:{}", polycall_test_support::free_port()),
+        format!("127.0.0.1:{}", polycall_test_support::free_port()),
+    );
+    let start = |name: &str, own: &str, other: &str| {
+        let sets = [
+            "tls.enabled=true".to_string(),
+            format!("tls.ca_file={}", p("ca/ca.pem")),
+            format!("tls.cert_file={}", p(&format!("certs/{name}.pem"))),
+            format!("tls.key_file={}", p(&format!("certs/{name}.key"))),
+            "tls.client_auth=required".into(),
+            "auth.certificate=true".into(),
+            "auth.anonymous=false".into(),
+            format!("auth.file={}", p("auth.toml")),
+        ];
+        let mut args = vec![
+            "--endpoint".to_string(),
+            own.to_string(),
+            "--discover".into(),
+            format!("static:{other}"),
+            "--discover-name".into(),
+            name.into(),
+        ];
+        for s in sets {
+            args.push("--set".into());
+            args.push(s);
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Runtime::start_with(&[], &args)
+    };
+    let _a = start("a", &ea, &eb);
+    let _b = start("b", &eb, &ea);
+    // The provider connects to b with its own certificate.
+    let tls = polycall::security::ClientTls::default()
+        .ca(polycall::security::SecretRef::file(p("ca/ca.pem")))
+        .cert_chain(polycall::security::SecretRef::file(p("certs/provider.pem")))
+        .key(polycall::security::SecretRef::file(p("certs/provider.key")))
+        .build()
+        .unwrap();
+    let mut connection = polycall::net::ConnectionConfig::default();
+    connection.credentials = Some(polycall::net::auth::Credentials::Certificate);
+    let config = polycall::runtime::ProviderConfig::default()
+        .transport(std::sync::Arc::new(polycall::net::tls::Tls::client(tls)))
+        .connection(connection);
+    let _on_b = Provider::start_with(eb.parse().unwrap(), inventory("b"), config)
+        .await
+        .unwrap();
+    // The application calls a over mutual TLS; a forwards to b over mutual TLS, and b
+    // (and its provider) see a's identity.
+    let as_app = |endpoint: &str, args: &[&str]| {
+        let (ca, cert, key) = (p("ca/ca.pem"), p("certs/app.pem"), p("certs/app.key"));
+        let mut all = vec!["--format", "json", "--timeout-ms", "3000"];
+        all.extend_from_slice(args);
+        all.extend([
+            "--endpoint",
+            endpoint,
+            "--ca",
+            &ca,
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ]);
+        common::bin().args(&all).output().unwrap()
+    };
+    let started = Instant::now();
+    let reply = loop {
+        let o = as_app(&ea, &["call", "inventory.get", "--json", "{}"]);
+        if o.status.success() {
+            break serde_json::from_slice::<Value>(&o.stdout).unwrap()["data"].clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "a does not forward over TLS: {}",
+            String::from_utf8_lossy(&o.stdout)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(reply["served_by"], json!("b"), "{reply}");
+    assert_eq!(
+        reply["principal"],
+        json!("spiffe://polycall.test/runtime/a"),
+        "{reply}"
+    );
+    // Called directly, b's provider sees the application.
+    let direct = as_app(&eb, &["call", "inventory.get", "--json", "{}"]);
+    let direct: Value = serde_json::from_slice(&direct.stdout).unwrap();
+    assert_eq!(
+        direct["data"]["principal"],
+        json!("spiffe://polycall.test/app/shop"),
+        "{direct}"
+    );
+    // The application is not a runtime: the discovery check is not for it.
+    let check = as_app(&ea, &["call", "sys.discovery.self"]);
+    assert!(!check.status.success());
+    assert!(
+        String::from_utf8_lossy(&check.stdout).contains("permission_denied"),
+        "{}",
+        String::from_utf8_lossy(&check.stdout)
+    );
+}
+
+/// Debian's dnsmasq on a free UDP port, answering the SRV record
+/// `_polycall._tcp.polycall.test` with `rt.polycall.test` (127.0.0.1) at `ports`.
+struct Dnsmasq {
+    child: Child,
+    server: String,
+}
+
+impl Dnsmasq {
+    fn start(ports: &[u16]) -> Self {
+        let port = polycall_test_support::free_port();
+        let mut cmd = Command::new("dnsmasq");
+        cmd.args([
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",
+            "--no-resolv",
+            "--no-hosts",
+        ])
+        .args([
+            "--listen-address=127.0.0.1",
+            "--bind-interfaces",
+            "--user=root",
+        ])
+        .arg(format!("--port={port}"))
+        .arg("--pid-file=")
+        .arg("--host-record=rt.polycall.test,127.0.0.1");
+        for p in ports {
+            cmd.arg(format!(
+                "--srv-host=_polycall._tcp.polycall.test,rt.polycall.test,{p}"
+            ));
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq runs (Debian package dnsmasq-base; `cargo xtask ci` installs it)");
+        std::thread::sleep(Duration::from_millis(300));
+        Self {
+            child,
+            server: format!("127.0.0.1:{port}"),
+        }
+    }
+}
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dns_srv_record_lists_the_runtimes() {
+    let (pa, pb) = (
+        polycall_test_support::free_port(),
+        polycall_test_support::free_port(),
+    );
+    let dns = Dnsmasq::start(&[pa, pb]);
+    let registry = format!("dns:_polycall._tcp.polycall.test@{}", dns.server);
+    let start = |port: u16, name: &str| {
+        Runtime::start_with(
+            &[],
+            &[
+                "--endpoint",
+                &format!("127.0.0.1:{port}"),
+                "--discover",
+                &registry,
+                "--discover-name",
+                name,
+            ],
+        )
+    };
+    let (a, b) = (start(pa, "a"), start(pb, "b"));
+    let _on_b = provider(&b.endpoint, "b").await;
+    wait_for_peer(&a, "b", "inventory.get", true, Duration::from_secs(10));
+    let reply = json_of(&call(&a, "inventory.get", "{}", "2000"));
+    assert_eq!(reply["served_by"], json!("b"), "{reply}");
+    let d = discovery(&a);
+    assert_eq!(d["registry"], json!("dns"));
+    // The record lists a too: a knows itself when it answers, and is no peer of itself.
+    assert_eq!(
+        d["peers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["healthy"] == json!(true))
+            .count(),
+        1,
+        "{d:#}"
+    );
 }

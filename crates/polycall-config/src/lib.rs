@@ -351,10 +351,18 @@ pub enum DiscoveryRegistry {
         /// Keys live under `{prefix}/runtimes/`.
         prefix: String,
     },
+    /// The targets of a DNS SRV record.
+    DnsSrv {
+        /// The SRV name, `_polycall._tcp.example.org`.
+        name: String,
+        /// The DNS server to ask, `IP:PORT` (default: the system's first).
+        server: Option<String>,
+    },
 }
 
 impl DiscoveryRegistry {
-    /// Parses `static:HOST:PORT,HOST:PORT` or `etcd:http://HOST:PORT,…`.
+    /// Parses `static:HOST:PORT,HOST:PORT`, `etcd:http://HOST:PORT,…` or
+    /// `dns:_polycall._tcp.example.org[@IP:PORT]`.
     ///
     /// ```
     /// use polycall_config::DiscoveryRegistry;
@@ -364,6 +372,8 @@ impl DiscoveryRegistry {
     /// );
     /// assert!(DiscoveryRegistry::parse("etcd:http://127.0.0.1:2379").is_ok());
     /// assert!(DiscoveryRegistry::parse("etcd:127.0.0.1:2379").is_err());
+    /// assert!(DiscoveryRegistry::parse("dns:_polycall._tcp.example.org@127.0.0.1:53").is_ok());
+    /// assert!(DiscoveryRegistry::parse("dns:_polycall._tcp.example.org@nowhere").is_err());
     /// assert!(DiscoveryRegistry::parse("zookeeper:x").is_err());
     /// ```
     pub fn parse(text: &str) -> Result<Self, RegistryError> {
@@ -402,8 +412,28 @@ impl DiscoveryRegistry {
                     prefix: "/polycall".into(),
                 })
             }
+            Some(("dns", srv)) => {
+                let (name, server) = match srv.split_once('@') {
+                    Some((n, s)) => {
+                        s.parse::<std::net::SocketAddr>().map_err(|e| {
+                            format!("the DNS server {s:?}: {e} (an IP:PORT, 127.0.0.1:53)")
+                        })?;
+                        (n.trim(), Some(s.to_owned()))
+                    }
+                    None => (srv.trim(), None),
+                };
+                if name.is_empty() || name.split('.').any(str::is_empty) {
+                    return Err(format!(
+                        "{name:?} is not an SRV name (dns:_polycall._tcp.example.org)"
+                    ));
+                }
+                Ok(Self::DnsSrv {
+                    name: name.to_owned(),
+                    server,
+                })
+            }
             _ => Err(format!(
-                "registry {text:?} is not static:HOST:PORT,… or etcd:http://HOST:PORT,…"
+                "registry {text:?} is not static:HOST:PORT,…, etcd:http://HOST:PORT,… or dns:SRV-NAME[@IP:PORT]"
             )),
         }
     }

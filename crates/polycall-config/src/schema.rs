@@ -662,7 +662,7 @@ pub static KEYS: &[KeyDef] = &[
         Kind::Text,
         DefaultValue::None,
         false,
-        "Find other runtimes and forward calls for methods served elsewhere: static:HOST:PORT,HOST:PORT (seed runtimes) or etcd:http://HOST:PORT,... (registered under a lease). Unset: alone."
+        "Find other runtimes and forward calls for methods served elsewhere: static:HOST:PORT,HOST:PORT (seed runtimes), etcd:http://HOST:PORT,... (registered under a lease) or dns:SRV-NAME[@IP:PORT] (the targets of an SRV record). Unset: alone."
     ),
     key!(
         "discovery",

@@ -3,8 +3,9 @@
 //! provider serves to a healthy runtime that serves it.
 //!
 //! - **Registries** ([`DiscoveryRegistry`]): static seeds (runtime endpoints listed in the
-//!   config; each is asked who it is and what it serves) or etcd
-//!   ([`etcd`]: entries under a lease, gone within its TTL when a runtime dies).
+//!   config; each is asked who it is and what it serves), etcd ([`etcd`]: entries under
+//!   a lease, gone within its TTL when a runtime dies) or the targets of a DNS SRV
+//!   record ([`dns`]).
 //! - **Health**: every `refresh`, each known runtime is asked `sys.discovery.self`
 //!   (active check: its name and methods, fresh); a runtime that does not answer in
 //!   time is out of rotation until it answers again. A forwarded call that finds the
@@ -16,6 +17,7 @@
 //!   forwards it again. Streams are not forwarded (an `unsupported` answer says where
 //!   the method is served).
 
+mod dns;
 mod etcd;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -146,6 +148,7 @@ impl Service<Call> for PeerService {
 enum Source {
     Seeds(Vec<String>),
     Etcd(etcd::Etcd),
+    Dns(dns::DnsSrv),
 }
 
 /// Sends a call to one of the runtimes serving its method.
@@ -189,6 +192,9 @@ impl Discovery {
             DiscoveryRegistry::Seeds(seeds) => Source::Seeds(seeds.clone()),
             DiscoveryRegistry::Etcd { endpoints, prefix } => {
                 Source::Etcd(etcd::Etcd::new(endpoints, prefix, settings.ttl)?)
+            }
+            DiscoveryRegistry::DnsSrv { name, server } => {
+                Source::Dns(dns::DnsSrv::new(name, server.as_deref())?)
             }
             other => return Err(format!("discovery through {other:?} is not built")),
         };
@@ -264,6 +270,13 @@ impl Discovery {
                         }
                     }
                     Source::Seeds(seeds) => Some(seeds.clone()),
+                    Source::Dns(srv) => match srv.endpoints().await {
+                        Ok(endpoints) => Some(endpoints),
+                        Err(e) => {
+                            tracing::warn!("discovery: resolving the SRV record: {e}");
+                            None // keep what is known; health checks go on
+                        }
+                    },
                 };
                 if let Some(endpoints) = endpoints {
                     this.reconcile(endpoints, &me);
@@ -455,6 +468,7 @@ impl Discovery {
             "registry": match &self.settings.registry {
                 DiscoveryRegistry::Seeds(_) => "static",
                 DiscoveryRegistry::Etcd { .. } => "etcd",
+                DiscoveryRegistry::DnsSrv { .. } => "dns",
                 _ => "other",
             },
             "self": me,
