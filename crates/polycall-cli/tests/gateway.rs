@@ -876,3 +876,120 @@ output = { rename = { i = "index" } }
         "the subscription saw no change of c1: {seen:?}"
     );
 }
+
+#[test]
+fn a_tls_client_certificate_is_the_http_callers_principal() {
+    let dir = polycall_test_support::TempDir::new("gateway-mtls");
+    let p = |rel: &str| dir.join(rel).display().to_string();
+    let run = |args: &[&str]| {
+        let o = common::bin().args(args).output().unwrap();
+        assert!(o.status.success(), "polycall {args:?}: {o:?}");
+    };
+    run(&["certs", "init", &p("ca")]);
+    for (name, spiffe) in [
+        ("server", "spiffe://polycall.test/runtime/gw"),
+        ("app", "spiffe://polycall.test/app/shop"),
+        ("other", "spiffe://polycall.test/app/other"),
+    ] {
+        run(&[
+            "certs",
+            "issue",
+            "--ca",
+            &p("ca"),
+            "--name",
+            name,
+            "--spiffe",
+            spiffe,
+            "--loopback",
+            "--out",
+            &p("certs"),
+        ]);
+    }
+    std::fs::write(
+        dir.join("auth.toml"),
+        r#"
+[[rules]]
+service = "debug"
+method = "echo"
+allow = ["spiffe://polycall.test/app/shop"]
+"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("polycall.toml"),
+        format!(
+            r#"version = 1
+[tls]
+enabled = true
+cert_file = "{}"
+key_file = "{}"
+ca_file = "{}"
+client_auth = "optional"
+[auth]
+anonymous = false
+certificate = true
+file = "{}"
+[gateway]
+listen = "127.0.0.1:0"
+"#,
+            p("certs/server.pem"),
+            p("certs/server.key"),
+            p("ca/ca.pem"),
+            p("auth.toml")
+        ),
+    )
+    .unwrap();
+    let file = dir.join("http");
+    let config = dir.join("polycall.toml");
+    let _rt = common::Runtime::start_in(
+        &dir,
+        &["--config", config.to_str().unwrap()],
+        &[
+            "--endpoint",
+            "127.0.0.1:0",
+            "--http-file",
+            file.to_str().unwrap(),
+        ],
+    );
+    let addr = http_addr(&file);
+    let https = |cert: Option<&str>| {
+        let mut c = Command::new("curl");
+        c.args([
+            "-s",
+            "-S",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .args([
+            "--cacert",
+            &p("ca/ca.pem"),
+            "-H",
+            "content-type: application/json",
+        ])
+        .args(["-d", "{}"]);
+        if let Some(name) = cert {
+            c.args(["--cert", &p(&format!("certs/{name}.pem"))])
+                .args(["--key", &p(&format!("certs/{name}.key"))]);
+        }
+        let out = c
+            .arg(format!("https://{addr}/v1/debug/echo"))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(https(Some("app")), "200", "the rule's identity is served");
+    assert_eq!(
+        https(Some("other")),
+        "403",
+        "another identity of the CA is refused by the rule"
+    );
+    assert_eq!(
+        https(None),
+        "401",
+        "no certificate, no token: unauthenticated"
+    );
+}

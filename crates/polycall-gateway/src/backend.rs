@@ -17,6 +17,15 @@ pub trait Backend: Send + Sync + 'static {
     /// authentication answers `unauthenticated` without a valid token.
     fn authenticate(&self, bearer: Option<&str>, peer: SocketAddr) -> Result<Principal, Status>;
 
+    /// Who a TLS client certificate proves the caller is: `identity` is the SPIFFE ID
+    /// or DNS name of a chain the handshake verified. `None` (the default): this
+    /// backend does not take certificates, and the request is authenticated as if it
+    /// had none. A bearer token, when the request has one, is used instead.
+    fn authenticate_certificate(&self, identity: Principal, peer: SocketAddr) -> Option<Principal> {
+        let _ = (identity, peer);
+        None
+    }
+
     /// Runs `call`.
     fn call(&self, call: Call) -> BoxFuture;
 

@@ -12,7 +12,7 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode};
 use polycall_core::{
-    Call, CallKind, ContentType, Metadata, Payload, Status, StreamCall, TraceContext,
+    Call, CallKind, ContentType, Metadata, Payload, Principal, Status, StreamCall, TraceContext,
 };
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -75,10 +75,15 @@ pub(crate) async fn serve(
             let (ctx, tls, mut stop_conn) = (ctx.clone(), tls.clone(), stopped.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                let service = hyper::service::service_fn(move |req| {
-                    let ctx = ctx.clone();
-                    async move { Ok::<_, Infallible>(handle(req, peer, &ctx).await) }
-                });
+                let service = |identity: Option<Principal>| {
+                    hyper::service::service_fn(move |req| {
+                        let (ctx, identity) = (ctx.clone(), identity.clone());
+                        async move {
+                            let caller = Caller { peer, identity };
+                            Ok::<_, Infallible>(handle(req, &caller, &ctx).await)
+                        }
+                    })
+                };
                 let mut http = hyper_util::server::conn::auto::Builder::new(
                     hyper_util::rt::TokioExecutor::new(),
                 );
@@ -88,7 +93,7 @@ pub(crate) async fn serve(
                 let served = async {
                     match tls {
                         None => http
-                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service(None))
                             .await
                             .map_err(|e| e.to_string()),
                         Some(tls) => {
@@ -96,9 +101,18 @@ pub(crate) async fn serve(
                                 .await
                                 .map_err(|_| "TLS handshake timed out".to_owned())?
                                 .map_err(|e| format!("TLS handshake: {e}"))?;
-                            http.serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                                .await
-                                .map_err(|e| e.to_string())
+                            // A client certificate the handshake verified names the caller.
+                            let identity = stream
+                                .get_ref()
+                                .1
+                                .peer_certificates()
+                                .and_then(polycall_security::peer_identity);
+                            http.serve_connection(
+                                hyper_util::rt::TokioIo::new(stream),
+                                service(identity),
+                            )
+                            .await
+                            .map_err(|e| e.to_string())
                         }
                     }
                 };
@@ -143,7 +157,13 @@ fn failure(status: &Status) -> Response<Body> {
     r
 }
 
-async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: &Ctx) -> Response<Body> {
+/// Who sent a request: its TCP peer and what its TLS client certificate proved.
+struct Caller {
+    peer: SocketAddr,
+    identity: Option<Principal>,
+}
+
+async fn handle(req: Request<Incoming>, caller: &Caller, ctx: &Ctx) -> Response<Body> {
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     match req.uri().path() {
         "/healthz" if get => return json_response(StatusCode::OK, &json!({"status": "serving"})),
@@ -208,7 +228,7 @@ async fn handle(req: Request<Incoming>, peer: SocketAddr, ctx: &Ctx) -> Response
         (Target::Method(_), Some(routes)) => Some(routes.version("v1").clone()),
         (Target::Method(_), None) => None,
     };
-    let mut response = match call(req, peer, ctx, &target).await {
+    let mut response = match call(req, caller, ctx, &target).await {
         Ok(r) => r,
         Err((status, code)) => {
             let mut r = failure(&status);
@@ -262,7 +282,7 @@ fn refuse(status: Status) -> Refusal {
 
 async fn call(
     req: Request<Incoming>,
-    peer: SocketAddr,
+    caller: &Caller,
     ctx: &Ctx,
     target: &Target<'_>,
 ) -> Result<Response<Body>, Refusal> {
@@ -296,10 +316,22 @@ async fn call(
             }
         }
     }
-    let principal = ctx
-        .backend
-        .authenticate(bearer(headers).map_err(refuse)?, peer)
-        .map_err(refuse)?;
+    // A bearer token decides; else a verified client certificate the backend takes;
+    // else the caller is anonymous (refused when the backend requires authentication).
+    let token = bearer(headers).map_err(refuse)?;
+    let certified = match (&token, &caller.identity) {
+        (None, Some(identity)) => ctx
+            .backend
+            .authenticate_certificate(identity.clone(), caller.peer),
+        _ => None,
+    };
+    let principal = match certified {
+        Some(p) => p,
+        None => ctx
+            .backend
+            .authenticate(token, caller.peer)
+            .map_err(refuse)?,
+    };
     let kind = ctx.backend.kind(service, method).unwrap_or(CallKind::Unary);
     let now = Instant::now();
     // A stream lives as long as its client wants unless the request sets a deadline.

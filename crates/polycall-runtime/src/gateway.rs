@@ -120,6 +120,19 @@ impl polycall_gateway::Backend for RuntimeBackend {
         }
     }
 
+    fn authenticate_certificate(&self, identity: Principal, peer: SocketAddr) -> Option<Principal> {
+        // As on the native listener: with certificate authentication on (or no
+        // authentication configured), the verified identity is the caller.
+        let takes = self.auth.as_ref().is_none_or(|a| {
+            a.methods()
+                .contains(&polycall_security::exchange::AuthMethod::Certificate)
+        });
+        if !takes {
+            tracing::debug!(%peer, "gateway: a client certificate, but certificate authentication is off");
+        }
+        takes.then_some(identity)
+    }
+
     fn call(&self, call: Call) -> BoxFuture {
         let mut stack = self.stack.current();
         Box::pin(async move {
