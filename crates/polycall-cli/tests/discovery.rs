@@ -32,7 +32,10 @@ fn inventory(who: &'static str) -> Router {
                     .map(|d| d.remaining(Instant::now()).as_millis() as u64);
                 let input: Value = serde_json::from_slice(&c.payload.bytes).unwrap_or(Value::Null);
                 let principal = c.metadata.principal.as_ref().map(ToString::to_string);
-                Payload::json(&json!({"served_by": who, "deadline_left_ms": left, "input": input, "principal": principal}))
+                let trace = c.metadata.trace.as_ref().map(|t| {
+                    t.trace_id.iter().map(|b| format!("{b:02x}")).collect::<String>()
+                });
+                Payload::json(&json!({"served_by": who, "deadline_left_ms": left, "input": input, "principal": principal, "trace_id": trace}))
                     .map(Reply::new)
                     .map_err(|e| Status::internal(e.to_string()))
             }),
@@ -105,6 +108,8 @@ async fn static_seeds_forward_calls_to_the_runtime_that_serves_them() {
         polycall_test_support::free_port(),
     );
     let (ea, eb) = (format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}"));
+    let scratch = polycall_test_support::TempDir::new("discovery-static");
+    let http_file = scratch.join("http");
     let a = Runtime::start_with(
         &[],
         &[
@@ -114,6 +119,10 @@ async fn static_seeds_forward_calls_to_the_runtime_that_serves_them() {
             &format!("static:{eb}"),
             "--discover-name",
             "a",
+            "--http",
+            "127.0.0.1:0",
+            "--http-file",
+            http_file.to_str().unwrap(),
         ],
     );
     let b = Runtime::start_with(
@@ -140,6 +149,41 @@ async fn static_seeds_forward_calls_to_the_runtime_that_serves_them() {
     assert!(
         left > 1000 && left <= 2000,
         "the provider saw {left} ms left of 2000"
+    );
+    // Over a's HTTP gateway too, the W3C trace context of the request reaching b's
+    // provider.
+    let http = loop {
+        if let Ok(t) = std::fs::read_to_string(&http_file)
+            && t.ends_with('\n')
+        {
+            break t.trim().to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-H",
+            "content-type: application/json",
+        ])
+        .args([
+            "-H",
+            "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ])
+        .args(["-d", r#"{"item": 8}"#])
+        .arg(format!("http://{http}/v1/inventory/get"))
+        .output()
+        .expect("curl runs");
+    let over_http: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(over_http["served_by"], json!("b"), "{over_http}");
+    assert_eq!(over_http["input"], json!({"item": 8}));
+    assert_eq!(
+        over_http["trace_id"],
+        json!("4bf92f3577b34da6a3ce929d0e0e4736"),
+        "{over_http}"
     );
     // What nobody serves is unknown everywhere, and is not bounced between runtimes.
     let nowhere = call(&a, "nowhere.none", "{}", "2000");
