@@ -390,6 +390,12 @@ async fn etcd_registers_runtimes_spreads_calls_and_forgets_a_dead_runtime_within
         let r = json_of(&call(&a, "inventory.get", "{}", "3000"));
         assert_eq!(r["served_by"], json!("b"));
     }
+
+    // A runtime that stops gracefully withdraws at once, well within the TTL.
+    let mut b = b;
+    b.signal("-TERM");
+    assert!(b.wait(Duration::from_secs(10)).is_some(), "b did not stop");
+    assert_eq!(etcd.registered(), ["a"], "b withdrew when it stopped");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

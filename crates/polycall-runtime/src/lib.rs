@@ -1027,6 +1027,10 @@ impl Runtime {
     /// Graceful shutdown: stop accepting, finish calls in flight within the drain
     /// timeout, tell every peer.
     pub async fn shutdown(&self) {
+        // Other runtimes stop sending calls here first.
+        if let Some(d) = &self.state.discovery {
+            d.stop().await;
+        }
         self.server.shutdown().await;
         #[cfg(feature = "cluster")]
         if let Some(c) = &self.state.cluster {

@@ -172,6 +172,10 @@ pub(crate) struct Discovery {
     settings: DiscoverySettings,
     /// Taken by the task [`Discovery::start`] spawns.
     source: Mutex<Option<Source>>,
+    /// Set by [`Discovery::stop`]: the task withdraws this runtime and ends.
+    stop: tokio::sync::watch::Sender<bool>,
+    /// Resolves once the task ended (taken by [`Discovery::stop`]).
+    done: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     channel_config: ChannelConfig,
     /// Set once the listener is bound.
     me: Mutex<Entry>,
@@ -200,6 +204,8 @@ impl Discovery {
         };
         Ok(Self {
             source: Mutex::new(Some(source)),
+            stop: tokio::sync::watch::channel(false).0,
+            done: Mutex::new(None),
             settings,
             channel_config,
             me: Mutex::new(Entry {
@@ -242,11 +248,17 @@ impl Discovery {
         let Some(mut source) = self.source.lock().unwrap_or_else(|e| e.into_inner()).take() else {
             return; // started already
         };
+        let mut stopping = self.stop.subscribe();
+        let (done, ended) = tokio::sync::oneshot::channel();
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = Some(ended);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(this.settings.refresh);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tick.tick().await;
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopping.changed() => break,
+                }
                 let Some(state) = state.upgrade() else { break };
                 let me = this.me(&state);
                 drop(state);
@@ -287,7 +299,19 @@ impl Discovery {
             if let Source::Etcd(etcd) = &mut source {
                 etcd.withdraw().await;
             }
+            let _ = done.send(());
         });
+    }
+
+    /// Withdraws this runtime from the registry at once (an etcd entry is deleted with
+    /// its lease) and stops checking the others: the first step of a graceful stop.
+    pub(crate) async fn stop(&self) {
+        let _ = self.stop.send(true);
+        let ended = self.done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(ended) = ended {
+            // A registry that does not answer does not hold the stop up for long.
+            let _ = tokio::time::timeout(Duration::from_secs(3), ended).await;
+        }
     }
 
     /// Knows exactly the runtimes at `endpoints` (but itself).
