@@ -357,6 +357,12 @@ async fn etcd_registers_runtimes_spreads_calls_and_forgets_a_dead_runtime_within
     c.signal("-KILL");
     c.wait(Duration::from_secs(5));
     let killed = Instant::now();
+    // At once, before any check noticed: a call a sends to c finds it unreachable, never
+    // ran, and goes to b instead.
+    for _ in 0..6 {
+        let r = json_of(&call(&a, "inventory.get", "{}", "3000"));
+        assert_eq!(r["served_by"], json!("b"), "{r}");
+    }
     loop {
         if !etcd.registered().contains(&"c".to_owned()) {
             break;

@@ -114,6 +114,7 @@ struct Peer {
 struct PeerService {
     peer: Arc<Peer>,
     channel: Channel,
+    discovery: Weak<Discovery>,
 }
 
 impl Service<Call> for PeerService {
@@ -129,15 +130,18 @@ impl Service<Call> for PeerService {
     }
 
     fn call(&mut self, call: Call) -> BoxFuture {
-        let (peer, channel) = (self.peer.clone(), self.channel.clone());
+        let (peer, channel, discovery) = (
+            self.peer.clone(),
+            self.channel.clone(),
+            self.discovery.clone(),
+        );
         Box::pin(async move {
             let r = channel.call(call).await;
             if let Err(s) = &r
-                && s.code == polycall_core::Code::Unavailable
-                && s.not_executed
+                && unreachable(s)
+                && let Some(d) = discovery.upgrade()
             {
-                peer.healthy.store(false, Ordering::Release);
-                tracing::info!(peer = %peer.endpoint, "discovery: runtime unreachable, ejected until it answers");
+                d.eject(&peer);
             }
             r
         })
@@ -151,18 +155,37 @@ enum Source {
     Dns(dns::DnsSrv),
 }
 
+/// A call that never reached the runtime it was sent to (it could not be reached): it
+/// did not run, so it may go to another.
+fn unreachable(s: &Status) -> bool {
+    s.code == polycall_core::Code::Unavailable && s.not_executed
+}
+
+/// How many runtimes a call that finds its runtime unreachable tries in all.
+const ATTEMPTS: usize = 3;
+
 /// Sends a call to one of the runtimes serving its method.
 pub(crate) struct Forwarder {
     balance: Balance<PeerService>,
 }
 
 impl Forwarder {
-    /// Forwards `call`, marked so the runtime receiving it does not forward it again.
+    /// Forwards `call`, marked so the runtime receiving it does not forward it again. A
+    /// runtime found unreachable is ejected and the call — which never ran — goes to
+    /// another runtime serving the method, up to [`ATTEMPTS`] in all.
     pub(crate) fn send(mut self, mut call: Call) -> BoxFuture {
         call.metadata.forwarded = true;
         Box::pin(async move {
-            std::future::poll_fn(|cx| self.balance.poll_ready(cx)).await?;
-            self.balance.call(call).await
+            let mut attempt = 1;
+            loop {
+                std::future::poll_fn(|cx| self.balance.poll_ready(cx)).await?;
+                match self.balance.call(call.clone()).await {
+                    Err(s) if unreachable(&s) && attempt < ATTEMPTS && !self.balance.is_empty() => {
+                        attempt += 1;
+                    }
+                    r => return r,
+                }
+            }
         })
     }
 }
@@ -303,6 +326,22 @@ impl Discovery {
         });
     }
 
+    /// Takes `peer` out of rotation at once (every method's balancer), until a check
+    /// sees it answer again.
+    fn eject(&self, peer: &Peer) {
+        if peer.healthy.swap(false, Ordering::AcqRel) {
+            tracing::info!(peer = %peer.endpoint, "discovery: runtime unreachable, ejected until it answers");
+        }
+        for balance in self
+            .methods
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+        {
+            balance.remove(&peer.endpoint);
+        }
+    }
+
     /// Withdraws this runtime from the registry at once (an etcd entry is deleted with
     /// its lease) and stops checking the others: the first step of a graceful stop.
     pub(crate) async fn stop(&self) {
@@ -399,7 +438,7 @@ impl Discovery {
 
     /// Rebuilds each method's balancer from the healthy runtimes serving it, keeping
     /// the latency estimates of runtimes that stay.
-    fn rebalance(&self) {
+    fn rebalance(self: &Arc<Self>) {
         let mut serving: HashMap<String, Vec<PeerService>> = HashMap::new();
         for peer in self
             .peers
@@ -418,6 +457,7 @@ impl Discovery {
                 serving.entry(method).or_default().push(PeerService {
                     peer: peer.clone(),
                     channel: channel.clone(),
+                    discovery: Arc::downgrade(self),
                 });
             }
         }
