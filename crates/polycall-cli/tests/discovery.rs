@@ -8,8 +8,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Runtime;
+use futures_util::StreamExt;
 use polycall::runtime::Provider;
-use polycall::{Call, MethodInfo, Payload, Reply, Router, Status};
+use polycall::{
+    Call, CallKind, MessageStream, MethodInfo, Payload, Reply, Router, Status, StreamCall,
+};
 use serde_json::{Value, json};
 
 /// A provider serving `inventory.get` (answering who serves it, the deadline and the
@@ -39,6 +42,36 @@ fn inventory(who: &'static str) -> Router {
                     .map(Reply::new)
                     .map_err(|e| Status::internal(e.to_string()))
             }),
+        )
+        .unwrap()
+        .route_stream(
+            "inventory.watch",
+            CallKind::ServerStream,
+            MethodInfo::new("`count` messages, and who served them"),
+            move |call: StreamCall| -> MessageStream {
+                Box::pin(
+                    futures_util::stream::once(async move {
+                        let request = polycall::stream::single(call.requests).await?;
+                        let v: Value = serde_json::from_slice(&request.bytes)
+                            .map_err(|e| Status::invalid_input(e.to_string()))?;
+                        Ok::<u64, Status>(v["count"].as_u64().unwrap_or(0))
+                    })
+                    .flat_map(move |n| match n {
+                        Ok(n) => Box::pin(futures_util::stream::iter((0..n).map(move |i| {
+                            Payload::json(&json!({"i": i, "served_by": who}))
+                                .map_err(|e| Status::internal(e.to_string()))
+                        }))) as MessageStream,
+                        Err(e) => polycall::stream::fail(e),
+                    }),
+                )
+            },
+        )
+        .unwrap()
+        .route_stream(
+            "inventory.echo",
+            CallKind::Bidi,
+            MethodInfo::new("each message back"),
+            |call: StreamCall| -> MessageStream { call.requests },
         )
         .unwrap()
 }
@@ -184,6 +217,59 @@ async fn static_seeds_forward_calls_to_the_runtime_that_serves_them() {
         over_http["trace_id"],
         json!("4bf92f3577b34da6a3ce929d0e0e4736"),
         "{over_http}"
+    );
+    // Streams served on b, called on a: forwarded, the reply stream passed through.
+    let channel = polycall::net::Channel::connect(ea.parse().unwrap())
+        .await
+        .unwrap();
+    let watched: Vec<Value> = channel
+        .server_stream(
+            Call::new(
+                "inventory.watch",
+                Payload::json(&json!({"count": 3})).unwrap(),
+            )
+            .unwrap(),
+        )
+        .await
+        .unwrap()
+        .map(|m| serde_json::from_slice::<Value>(&m.unwrap().bytes).unwrap())
+        .collect()
+        .await;
+    assert_eq!(
+        watched,
+        [0, 1, 2].map(|i| json!({"i": i, "served_by": "b"})),
+        "a server stream forwarded to b"
+    );
+    let requests = futures_util::stream::iter(["x", "y"].map(|m| Ok(Payload::raw(m))));
+    let echoed: Vec<Vec<u8>> = channel
+        .bidi(StreamCall::new("inventory.echo", Box::pin(requests)).unwrap())
+        .await
+        .unwrap()
+        .map(|m| m.unwrap().bytes.to_vec())
+        .collect()
+        .await;
+    assert_eq!(
+        echoed,
+        [b"x".to_vec(), b"y".to_vec()],
+        "a bidirectional stream forwarded to b"
+    );
+    // And over a's HTTP gateway as Server-Sent Events.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "--max-time",
+            "10",
+            "-H",
+            "content-type: application/json",
+        ])
+        .args(["-d", r#"{"count": 2}"#])
+        .arg(format!("http://{http}/v1/inventory/watch"))
+        .output()
+        .expect("curl runs");
+    let events = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        events.contains(r#"data: {"i":1,"served_by":"b"}"#) && events.contains("event: end"),
+        "{events}"
     );
     // What nobody serves is unknown everywhere, and is not bounced between runtimes.
     let nowhere = call(&a, "nowhere.none", "{}", "2000");

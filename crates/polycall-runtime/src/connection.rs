@@ -125,21 +125,15 @@ async fn route_stream(state: Arc<State>, call: StreamCall) -> Result<MessageStre
         return Ok(state.builtins.call_stream(call));
     }
     let Some((provider, kind)) = state.registry.pick_stream(service, method) else {
-        if let Some(elsewhere) = state
-            .discovery
-            .as_ref()
-            .map(|d| d.served_by(&call.full_name()))
-            .filter(|at| !at.is_empty())
+        // Served by another runtime discovery knows: forwarded there.
+        let name = call.full_name();
+        if let Some(d) = &state.discovery
+            && let Some(forwarded) = d.forward_stream(call).await
         {
-            return Err(Status::unsupported(format!(
-                "{} is served by the runtime at {}; streams are not forwarded between runtimes yet: call it there",
-                call.full_name(),
-                elsewhere.join(", ")
-            )));
+            return forwarded;
         }
         return Err(Status::unknown_method(format!(
-            "no provider serves {}; `polycall describe` lists what is served",
-            call.full_name()
+            "no provider serves {name}; `polycall describe` lists what is served"
         )));
     };
     if kind.streams_requests() {
@@ -210,15 +204,8 @@ pub(crate) fn serve_stream(
 
 impl ConnectionHandler for RuntimeConnection {
     fn kind(&self, service: &ServiceName, method: &MethodName) -> CallKind {
-        if !self.state.registry.any_streaming() && !self.state.builtins_stream {
-            return CallKind::Unary; // the common case, without a lookup
-        }
-        if let Some(info) = self.state.builtins.info(service.as_str(), method.as_str()) {
-            return info.kind;
-        }
         self.state
-            .registry
-            .kind(service, method)
+            .kind(service.as_str(), method.as_str())
             .unwrap_or(CallKind::Unary)
     }
 

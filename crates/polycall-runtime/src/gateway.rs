@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use polycall_core::{
-    BoxFuture, Call, CallKind, MessageStream, MethodDescription, MethodName, PeerAddr, Principal,
-    ServiceName, Status, StreamCall,
+    BoxFuture, Call, CallKind, MessageStream, MethodDescription, PeerAddr, Principal, Status,
+    StreamCall,
 };
 use polycall_gateway::{RouteFile, Routes};
 use polycall_security::exchange::Authenticator;
@@ -160,13 +160,6 @@ impl polycall_gateway::Backend for RuntimeBackend {
     }
 
     fn kind(&self, service: &str, method: &str) -> Option<CallKind> {
-        if let Some(info) = self.state.builtins.info(service, method) {
-            return Some(info.kind);
-        }
-        let (s, m) = (
-            ServiceName::new(service).ok()?,
-            MethodName::new(method).ok()?,
-        );
-        self.state.registry.kind(&s, &m)
+        self.state.kind(service, method)
     }
 }

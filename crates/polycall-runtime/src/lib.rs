@@ -432,6 +432,34 @@ impl State {
         let _ = self.shutdown.send(true);
     }
 
+    /// The shape of method `service.method` served here or, through discovery, by
+    /// another runtime (`None`: served nowhere this runtime knows). The common case —
+    /// nothing streams — needs no lookup.
+    pub(crate) fn kind(&self, service: &str, method: &str) -> Option<polycall_core::CallKind> {
+        let remote_streams = self
+            .discovery
+            .as_ref()
+            .is_some_and(|d| d.stream_kind_known());
+        if !self.registry.any_streaming() && !self.builtins_stream && !remote_streams {
+            return Some(polycall_core::CallKind::Unary);
+        }
+        if let Some(info) = self.builtins.info(service, method) {
+            return Some(info.kind);
+        }
+        let local = match (
+            polycall_core::ServiceName::new(service),
+            polycall_core::MethodName::new(method),
+        ) {
+            (Ok(s), Ok(m)) => self.registry.kind(&s, &m),
+            _ => None,
+        };
+        local.or_else(|| {
+            self.discovery
+                .as_ref()?
+                .stream_kind(&format!("{service}.{method}"))
+        })
+    }
+
     fn describe(&self) -> serde_json::Value {
         let mut methods: Vec<serde_json::Value> = self
             .builtins

@@ -14,8 +14,8 @@
 //!   power of two choices over peak-EWMA latency (`polycall_net::balance`) — with the
 //!   call's remaining deadline and its principal; the call is marked `forwarded`, so the
 //!   runtime that receives it serves it locally or answers `unknown_method`, never
-//!   forwards it again. Streams are not forwarded (an `unsupported` answer says where
-//!   the method is served).
+//!   forwards it again. Streams are forwarded the same way (to the runtimes serving
+//!   them in turn), the reply stream passed through.
 
 mod dns;
 mod etcd;
@@ -25,7 +25,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use polycall_core::{BoxFuture, Call, Reply, Status};
+use polycall_core::{BoxFuture, Call, CallKind, MessageStream, Reply, Status, StreamCall};
 use polycall_net::balance::{Balance, BalanceConfig};
 use polycall_net::{Channel, ChannelConfig};
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,9 @@ pub(crate) struct Entry {
     pub(crate) endpoint: String,
     /// The methods its providers serve.
     pub(crate) methods: Vec<String>,
+    /// The shape of those that stream (the others are unary).
+    #[serde(default)]
+    pub(crate) streams: BTreeMap<String, CallKind>,
 }
 
 /// Another runtime, as this one knows it.
@@ -205,6 +208,13 @@ pub(crate) struct Discovery {
     peers: RwLock<BTreeMap<String, Arc<Peer>>>,
     /// One balancer per method over the healthy runtimes serving it.
     methods: RwLock<HashMap<String, Balance<PeerService>>>,
+    /// The streaming methods served elsewhere, their shape and the runtimes in rotation
+    /// serving them.
+    streams: RwLock<HashMap<String, (CallKind, Vec<PeerService>)>>,
+    /// Whether `streams` has any (the common case, none, needs no lookup per call).
+    any_streams: AtomicBool,
+    /// Turns taken among the runtimes serving a stream.
+    turn: std::sync::atomic::AtomicUsize,
 }
 
 /// How long a health check waits.
@@ -235,7 +245,11 @@ impl Discovery {
                 name: String::new(),
                 endpoint: String::new(),
                 methods: Vec::new(),
+                streams: BTreeMap::new(),
             }),
+            streams: RwLock::new(HashMap::new()),
+            any_streams: AtomicBool::new(false),
+            turn: std::sync::atomic::AtomicUsize::new(0),
             peers: RwLock::new(BTreeMap::new()),
             methods: RwLock::new(HashMap::new()),
         })
@@ -244,14 +258,17 @@ impl Discovery {
     /// This runtime's entry now: its name, advertised endpoint, providers' methods.
     pub(crate) fn me(&self, state: &State) -> Entry {
         let mut me = self.me.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut methods: Vec<String> = state
-            .registry
-            .snapshot()
-            .into_iter()
-            .map(|(name, _, _)| name)
-            .collect();
+        let mut methods = Vec::new();
+        let mut streams = BTreeMap::new();
+        for (name, info, _) in state.registry.snapshot() {
+            if info.kind != CallKind::Unary {
+                streams.insert(name.clone(), info.kind);
+            }
+            methods.push(name);
+        }
         methods.sort();
         me.methods = methods;
+        me.streams = streams;
         me
     }
 
@@ -339,6 +356,14 @@ impl Discovery {
             .values()
         {
             balance.remove(&peer.endpoint);
+        }
+        for (_, serving) in self
+            .streams
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .values_mut()
+        {
+            serving.retain(|s| s.peer.endpoint != peer.endpoint);
         }
     }
 
@@ -440,6 +465,7 @@ impl Discovery {
     /// the latency estimates of runtimes that stay.
     fn rebalance(self: &Arc<Self>) {
         let mut serving: HashMap<String, Vec<PeerService>> = HashMap::new();
+        let mut streams: HashMap<String, (CallKind, Vec<PeerService>)> = HashMap::new();
         for peer in self
             .peers
             .read()
@@ -452,15 +478,28 @@ impl Discovery {
             let Some(channel) = peer.channel.try_lock().ok().and_then(|c| c.clone()) else {
                 continue;
             };
-            let entry = peer.entry.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            for method in entry.into_iter().flat_map(|e| e.methods) {
-                serving.entry(method).or_default().push(PeerService {
-                    peer: peer.clone(),
-                    channel: channel.clone(),
-                    discovery: Arc::downgrade(self),
-                });
+            let Some(entry) = peer.entry.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+                continue;
+            };
+            let service = PeerService {
+                peer: peer.clone(),
+                channel: channel.clone(),
+                discovery: Arc::downgrade(self),
+            };
+            for method in entry.methods {
+                match entry.streams.get(&method) {
+                    Some(kind) => streams
+                        .entry(method)
+                        .or_insert_with(|| (*kind, Vec::new()))
+                        .1
+                        .push(service.clone()),
+                    None => serving.entry(method).or_default().push(service.clone()),
+                }
             }
         }
+        self.any_streams
+            .store(!streams.is_empty(), Ordering::Release);
+        *self.streams.write().unwrap_or_else(|e| e.into_inner()) = streams;
         let mut methods = self.methods.write().unwrap_or_else(|e| e.into_inner());
         methods.retain(|m, _| serving.contains_key(m));
         for (method, services) in serving {
@@ -494,14 +533,70 @@ impl Discovery {
             .map(|balance| Forwarder { balance })
     }
 
-    /// Where `name` is served, among the runtimes in rotation (for a stream's answer).
-    pub(crate) fn served_by(&self, name: &str) -> Vec<String> {
-        self.methods
+    /// Whether any stream is served elsewhere now.
+    pub(crate) fn stream_kind_known(&self) -> bool {
+        self.any_streams.load(Ordering::Acquire)
+    }
+
+    /// The shape of `name` when it is a stream another runtime serves.
+    pub(crate) fn stream_kind(&self, name: &str) -> Option<CallKind> {
+        if !self.any_streams.load(Ordering::Acquire) {
+            return None;
+        }
+        self.streams
             .read()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-            .map(Balance::keys)
-            .unwrap_or_default()
+            .map(|(kind, _)| *kind)
+    }
+
+    /// Forwards a streaming call to a runtime in rotation serving it (in turn), marked
+    /// `forwarded`; `None` when none does or it was forwarded already. The reply
+    /// stream is the caller's; dropping it cancels the forwarded stream.
+    pub(crate) async fn forward_stream(
+        &self,
+        mut call: StreamCall,
+    ) -> Option<Result<MessageStream, Status>> {
+        if call.metadata.forwarded {
+            return None;
+        }
+        let (kind, target) = {
+            let streams = self.streams.read().unwrap_or_else(|e| e.into_inner());
+            let (kind, serving) = streams.get(&call.full_name())?;
+            let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+            (*kind, serving.get(turn % serving.len().max(1))?.clone())
+        };
+        call.metadata.forwarded = true;
+        let opened = if kind.streams_requests() {
+            target.channel.bidi(call).await
+        } else {
+            let StreamCall {
+                service,
+                method,
+                metadata,
+                requests,
+            } = call;
+            match polycall_core::stream::single(requests).await {
+                Ok(payload) => {
+                    target
+                        .channel
+                        .server_stream(Call {
+                            service,
+                            method,
+                            payload,
+                            metadata,
+                        })
+                        .await
+                }
+                Err(e) => Err(e),
+            }
+        };
+        if let Err(s) = &opened
+            && unreachable(s)
+        {
+            self.eject(&target.peer);
+        }
+        Some(opened.map(|s| Box::pin(s) as MessageStream))
     }
 
     /// `sys.discovery`: this runtime and every runtime it knows.
