@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use polycall::net::Channel;
 use polycall::{Call, Payload, Status};
 use polycall_test_support::linearizability::{self, Recorder};
@@ -1368,9 +1369,52 @@ async fn history_point_in_time_recovery_and_backups_work_on_a_cluster() {
             json!({"id": "reg-0", "transition": "set", "event": {"value": value}}),
         )
     };
+    // A subscription on node 2, open before the writes: it sees them as node 2
+    // applies them.
+    let subscriber = Channel::connect(cluster.endpoints[1].parse().unwrap())
+        .await
+        .unwrap();
+    let mut subscription = subscriber
+        .server_stream(Call::new("state.subscribe", Payload::json(&json!({})).unwrap()).unwrap())
+        .await
+        .unwrap();
     call(1, "state.register.create", json!({"id": "reg-0"})).await;
     let a = set(2, "a").await["instance"]["index"].as_u64().unwrap();
     set(3, "b").await;
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        let change = tokio::time::timeout(Duration::from_secs(10), subscription.next())
+            .await
+            .expect("the subscription delivers within 10 s")
+            .expect("the subscription stays open")
+            .unwrap();
+        let change: Value = change.to_json().unwrap();
+        if change["instance"] == json!("reg-0") {
+            seen.push(change);
+        }
+    }
+    let kinds: Vec<&str> = seen
+        .iter()
+        .map(|c| c["event"]["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, ["created", "fired", "fired"], "{seen:?}");
+    assert_eq!(seen[1]["index"], json!(a));
+    // state.watch long-polls the same changes on node 3.
+    let watched = call(3, "state.watch", json!({"after": 0, "wait_ms": 2000})).await;
+    let indexes: Vec<u64> = watched["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["instance"] == json!("reg-0"))
+        .map(|c| c["index"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        indexes,
+        seen.iter()
+            .map(|c| c["index"].as_u64().unwrap())
+            .collect::<Vec<_>>(),
+        "{watched}"
+    );
 
     // History, from any node: every change with the log index that made it.
     let history = call(1, "state.register.history", json!({"id": "reg-0"})).await;

@@ -19,7 +19,8 @@
 //!   `applied_index`;
 //! - per eventual machine, the same methods over this node's merged copy (history and
 //!   point-in-time recovery answer `unsupported`), and `cluster.sync` between nodes
-//!   (peers only). `state.watch` answers `unsupported` on a cluster node.
+//!   (peers only). `state.watch` and `state.subscribe` serve the changes each node
+//!   applies (replicated machines).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -362,6 +363,25 @@ mod running {
         }
     }
 
+    impl crate::state_service::ChangeFeed for ReplicatedHost {
+        fn changes(
+            self: &Arc<Self>,
+            after: u64,
+            limit: usize,
+            wait: std::time::Duration,
+        ) -> impl std::future::Future<
+            Output = Result<Vec<polycall_state::Change>, polycall_state::StateError>,
+        > + Send
+        + 'static {
+            let h = self.clone();
+            async move { ReplicatedHost::changes(&h, after, limit, wait).await }
+        }
+
+        fn last_index(&self) -> u64 {
+            ReplicatedHost::last_index(self)
+        }
+    }
+
     impl InstanceHost for ReplicatedHost {
         inherent_instance_methods!(ReplicatedHost);
 
@@ -616,9 +636,10 @@ mod running {
                 })
             },
         );
-        let mut unsupported_here: Vec<&'static str> = vec!["watch"];
-        if cluster.host.is_none() {
-            unsupported_here.extend(["backup", "recover", "restore_backup"]);
+        let mut unsupported_here: Vec<&'static str> = Vec::new();
+        match &cluster.host {
+            Some(host) => r = crate::state_service::watch_methods(r, host),
+            None => unsupported_here.extend(["watch", "backup", "recover", "restore_backup"]),
         }
         for method in unsupported_here {
             r = add(

@@ -509,36 +509,7 @@ pub(crate) fn router(host: &Arc<StateHost>, runtime: Weak<State>) -> Router {
             })
         },
     );
-    r = add(
-        r,
-        "state.watch",
-        MethodInfo::new(
-            "transitions logged after `after` (all instances), waiting up to wait_ms for the first",
-        )
-        .input(r#"{"after"?: u64, "limit"?: u64, "wait_ms"?: u64}"#)
-        .output(r#"{"changes": [...], "last_index": u64}"#)
-        .idempotent(true),
-        host,
-        |h, c, v| {
-            Box::pin(async move {
-                let after = v["after"].as_u64().unwrap_or(0);
-                let limit = v["limit"].as_u64().unwrap_or(1000).min(10_000) as usize;
-                let mut wait =
-                    Duration::from_millis(v["wait_ms"].as_u64().unwrap_or(10_000).min(60_000));
-                if let Some(d) = c.metadata.deadline {
-                    // Answer before the caller gives up.
-                    wait = wait.min(
-                        d.remaining(std::time::Instant::now())
-                            .saturating_sub(Duration::from_millis(50)),
-                    );
-                }
-                let changes = h.changes(after, limit, wait).await?;
-                let last = changes.last().map_or(after, |c| c.index);
-                json_reply(json!({"changes": changes, "last_index": last}))
-            })
-        },
-    );
-    r = subscribe(r, host);
+    r = watch_methods(r, host);
     backup_methods(r, host, runtime)
 }
 
@@ -714,10 +685,76 @@ pub(crate) fn backup_methods<H: InstanceHost>(
     )
 }
 
+/// What `state.watch` and `state.subscribe` read: the changes logged after an index —
+/// one node's [`StateHost`] log, or what a cluster node applied.
+pub(crate) trait ChangeFeed: Send + Sync + 'static {
+    /// Changes after `after` (all instances, oldest first, at most `limit`), waiting up
+    /// to `wait` for the first.
+    fn changes(
+        self: &Arc<Self>,
+        after: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Change>, StateError>> + Send + 'static;
+
+    /// The newest log index.
+    fn last_index(&self) -> u64;
+}
+
+impl ChangeFeed for StateHost {
+    fn changes(
+        self: &Arc<Self>,
+        after: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> impl Future<Output = Result<Vec<Change>, StateError>> + Send + 'static {
+        let h = self.clone();
+        async move { StateHost::changes(&h, after, limit, wait).await }
+    }
+
+    fn last_index(&self) -> u64 {
+        StateHost::last_index(self)
+    }
+}
+
+/// `state.watch` (long polling) and `state.subscribe` (a server stream) over `host`.
+pub(crate) fn watch_methods<H: ChangeFeed>(mut r: Router, host: &Arc<H>) -> Router {
+    r = add(
+        r,
+        "state.watch",
+        MethodInfo::new(
+            "transitions logged after `after` (all instances), waiting up to wait_ms for the first",
+        )
+        .input(r#"{"after"?: u64, "limit"?: u64, "wait_ms"?: u64}"#)
+        .output(r#"{"changes": [...], "last_index": u64}"#)
+        .idempotent(true),
+        host,
+        |h, c, v| {
+            Box::pin(async move {
+                let after = v["after"].as_u64().unwrap_or(0);
+                let limit = v["limit"].as_u64().unwrap_or(1000).min(10_000) as usize;
+                let mut wait =
+                    Duration::from_millis(v["wait_ms"].as_u64().unwrap_or(10_000).min(60_000));
+                if let Some(d) = c.metadata.deadline {
+                    // Answer before the caller gives up.
+                    wait = wait.min(
+                        d.remaining(std::time::Instant::now())
+                            .saturating_sub(Duration::from_millis(50)),
+                    );
+                }
+                let changes = ChangeFeed::changes(&h, after, limit, wait).await?;
+                let last = changes.last().map_or(after, |c| c.index);
+                json_reply(json!({"changes": changes, "last_index": last}))
+            })
+        },
+    );
+    subscribe(r, host)
+}
+
 /// `state.subscribe`: a server stream of every transition logged after `after` (all
 /// instances), as it happens, until the caller cancels. `state.watch` long-polls the
 /// same changes for clients that do not stream.
-fn subscribe(r: Router, host: &Arc<StateHost>) -> Router {
+fn subscribe<H: ChangeFeed>(r: Router, host: &Arc<H>) -> Router {
     use futures_util::StreamExt;
     use polycall_core::{CallKind, MessageStream, StreamCall};
 
@@ -760,7 +797,9 @@ fn subscribe(r: Router, host: &Arc<StateHost>) -> Router {
                                     .map_err(|e| Status::internal(e.to_string()));
                                 return Some((message, Some((host, after, ready))));
                             }
-                            match host.changes(after, 1000, Duration::from_secs(30)).await {
+                            match ChangeFeed::changes(&host, after, 1000, Duration::from_secs(30))
+                                .await
+                            {
                                 Ok(changes) => {
                                     if let Some(last) = changes.last() {
                                         after = last.index;

@@ -453,6 +453,50 @@ impl ReplicatedHost {
         Ok(view)
     }
 
+    /// Changes applied on this node after log index `after` (all instances, oldest
+    /// first, at most `limit`), waiting up to `wait` for the first: what `state.watch`
+    /// and `state.subscribe` serve on a cluster node. A change whose value was replaced
+    /// more than [`super::VERSIONS_KEPT`] times since is left out; changes this node no
+    /// longer remembers (or received in a snapshot) are refused, so a watcher knows to
+    /// start again from now.
+    pub async fn changes(
+        &self,
+        after: u64,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<Change>, StateError> {
+        let written = self
+            .node
+            .map()
+            .written_after(after, limit, wait)
+            .await
+            .map_err(|floor| {
+                StateError::InvalidInput(format!(
+                    "changes up to log index {floor} are not kept on this node: watch from {floor} or from now (no `after`)"
+                ))
+            })?;
+        let map = self.node.map();
+        let mut out = Vec::new();
+        for (index, k) in written {
+            let Some(id) = k.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let value = map
+                .get(&k)
+                .filter(|(v, _)| *v == index)
+                .or_else(|| map.history(&k).into_iter().find(|(v, _)| *v == index));
+            if let Some((_, bytes)) = value {
+                out.push(Self::decode(id, &bytes)?.change(id, index));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The index of the last log entry this node applied.
+    pub fn last_index(&self) -> u64 {
+        self.node.map().applied_index().unwrap_or(0)
+    }
+
     /// The instance's changes this node keeps (its last [`super::VERSIONS_KEPT`] earlier
     /// values and the current one), oldest first, at most `limit` (the newest).
     pub async fn history(&self, id: &str, limit: usize) -> Result<Vec<Change>, StateError> {

@@ -145,12 +145,27 @@ struct Stored {
     data: Vec<u8>,
 }
 
+/// How many recent writes a node remembers for watchers ([`ReplicatedMap::written_after`]).
+const FEED_KEPT: usize = 65_536;
+
+/// The keys written by the entries this node applied lately, in order, for watchers;
+/// not replicated (each node feeds its own watchers as it applies).
+#[derive(Debug)]
+struct Feed {
+    recent: std::sync::Mutex<std::collections::VecDeque<(u64, String)>>,
+    /// Writes at or below this index are no longer in `recent` (or were applied
+    /// before this process: from the snapshot it started from).
+    floor: std::sync::atomic::AtomicU64,
+    applied: tokio::sync::watch::Sender<u64>,
+}
+
 /// The replicated map of one node (cheap to clone: clones share the state).
 #[derive(Clone)]
 pub struct ReplicatedMap {
     db: Arc<Database>,
     data: Arc<RwLock<Data>>,
     snapshots: Arc<std::sync::atomic::AtomicU64>,
+    feed: Arc<Feed>,
 }
 
 impl std::fmt::Debug for ReplicatedMap {
@@ -210,11 +225,56 @@ impl ReplicatedMap {
                 .map_err(|e| StorageIOError::read_snapshot(Some(s.meta.signature()), &e).into()),
         })
         .await?;
+        let floor = data.last_applied.map_or(0, |l| l.index);
         Ok(Self {
             db,
             data: Arc::new(RwLock::new(data)),
             snapshots: Arc::default(),
+            feed: Arc::new(Feed {
+                recent: Default::default(),
+                floor: floor.into(),
+                applied: tokio::sync::watch::channel(floor).0,
+            }),
         })
+    }
+
+    /// The keys written by entries applied after index `after`, oldest first, each with
+    /// the index that wrote it (at most `limit`), waiting up to `wait` for the first.
+    /// `Err(floor)` when writes after `after` are no longer remembered here (they are
+    /// at or below `floor`).
+    pub async fn written_after(
+        &self,
+        after: u64,
+        limit: usize,
+        wait: std::time::Duration,
+    ) -> Result<Vec<(u64, String)>, u64> {
+        let floor = self.feed.floor.load(std::sync::atomic::Ordering::Acquire);
+        if after < floor {
+            return Err(floor);
+        }
+        let mut rx = self.feed.applied.subscribe();
+        let _ = tokio::time::timeout(wait, rx.wait_for(|&i| i > after)).await;
+        let recent = self.feed.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let start = recent.partition_point(|(i, _)| *i <= after);
+        Ok(recent.iter().skip(start).take(limit).cloned().collect())
+    }
+
+    /// Remembers the keys entry `index` wrote, and that it was applied.
+    fn fed(&self, index: u64, keys: Vec<String>) {
+        if !keys.is_empty() {
+            let mut recent = self.feed.recent.lock().unwrap_or_else(|e| e.into_inner());
+            for key in keys {
+                if recent.len() == FEED_KEPT
+                    && let Some((gone, _)) = recent.pop_front()
+                {
+                    self.feed
+                        .floor
+                        .fetch_max(gone, std::sync::atomic::Ordering::AcqRel);
+                }
+                recent.push_back((index, key));
+            }
+        }
+        self.feed.applied.send_replace(index);
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Data> {
@@ -397,22 +457,40 @@ impl RaftStateMachine<TypeConfig> for ReplicatedMap {
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let mut d = self.data.write().unwrap_or_else(|e| e.into_inner());
         let mut out = Vec::new();
-        for entry in entries {
-            d.last_applied = Some(entry.log_id);
-            out.push(match &entry.payload {
-                EntryPayload::Blank => Vec::new(),
-                EntryPayload::Normal(batch) => batch
-                    .0
-                    .iter()
-                    .map(|p| Self::apply_proposal(&mut d, entry.log_id.index, p))
-                    .collect(),
-                EntryPayload::Membership(m) => {
-                    d.membership = StoredMembership::new(Some(entry.log_id), m.clone());
-                    Vec::new()
-                }
-            });
+        let mut fed = Vec::new();
+        {
+            let mut d = self.data.write().unwrap_or_else(|e| e.into_inner());
+            for entry in entries {
+                d.last_applied = Some(entry.log_id);
+                let index = entry.log_id.index;
+                let mut written = Vec::new();
+                out.push(match &entry.payload {
+                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Normal(batch) => batch
+                        .0
+                        .iter()
+                        .map(|p| {
+                            let applied = Self::apply_proposal(&mut d, index, p);
+                            if let (Applied::Done { version }, Command::Put { key, .. }) =
+                                (&applied, &p.command)
+                                && *version == index
+                            {
+                                written.push(key.clone());
+                            }
+                            applied
+                        })
+                        .collect(),
+                    EntryPayload::Membership(m) => {
+                        d.membership = StoredMembership::new(Some(entry.log_id), m.clone());
+                        Vec::new()
+                    }
+                });
+                fed.push((index, written));
+            }
+        }
+        for (index, keys) in fed {
+            self.fed(index, keys);
         }
         Ok(out)
     }
@@ -439,7 +517,19 @@ impl RaftStateMachine<TypeConfig> for ReplicatedMap {
         };
         let db = self.db.clone();
         blocking(move || write_stored(&db, &stored)).await?;
+        let index = data.last_applied.map_or(0, |l| l.index);
         *self.data.write().unwrap_or_else(|e| e.into_inner()) = data;
+        // What the snapshot brought was not seen write by write: watchers of earlier
+        // indexes are told so.
+        self.feed
+            .recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        self.feed
+            .floor
+            .fetch_max(index, std::sync::atomic::Ordering::AcqRel);
+        self.feed.applied.send_replace(index);
         Ok(())
     }
 
