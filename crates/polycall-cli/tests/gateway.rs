@@ -979,7 +979,12 @@ listen = "127.0.0.1:0"
             .arg(format!("https://{addr}/v1/debug/echo"))
             .output()
             .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let code = String::from_utf8_lossy(&out.stdout).into_owned();
+        if code == "000" {
+            // curl could not complete the request: say why.
+            return format!("000 ({})", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        code
     };
     assert_eq!(https(Some("app")), "200", "the rule's identity is served");
     assert_eq!(

@@ -190,38 +190,41 @@ async fn handle(req: Request<Incoming>, caller: &Caller, ctx: &Ctx) -> Response<
         _ => {}
     }
     let routes = ctx.config.routes.as_deref();
-    let target = match routes.map(|r| r.find(req.method(), req.uri().path())) {
-        Some(Found::Route(route, params)) => Target::Route(route, params),
+    let found = match routes.map(|r| r.find(req.method(), req.uri().path())) {
+        Some(Found::Route(route, params)) => Ok(Target::Route(route, params)),
         Some(Found::WrongMethod(allowed)) => {
             let names: Vec<&str> = allowed.iter().map(Method::as_str).collect();
-            return wrong_method(&req, &names.join(", "));
+            Err(wrong_method(&req, &names.join(", ")))
         }
         Some(Found::None) | None => {
             let path = req.uri().path();
             match path.strip_prefix("/v1/") {
                 Some(rest) if routes.is_none_or(|r| r.expose_methods) => {
                     if req.method() != Method::POST {
-                        return wrong_method(&req, "POST");
-                    }
-                    match rest
-                        .split_once('/')
-                        .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
-                    {
-                        Some((service, method)) => Target::Method(format!("{service}.{method}")),
-                        None => {
-                            return failure(&Status::not_found(format!(
+                        Err(wrong_method(&req, "POST"))
+                    } else {
+                        match rest
+                            .split_once('/')
+                            .filter(|(s, m)| !s.is_empty() && !m.is_empty() && !m.contains('/'))
+                        {
+                            Some((service, method)) => {
+                                Ok(Target::Method(format!("{service}.{method}")))
+                            }
+                            None => Err(failure(&Status::not_found(format!(
                                 "no route {path}: the path is /v1/{{service}}/{{method}}"
-                            )));
+                            )))),
                         }
                     }
                 }
-                _ => {
-                    return failure(&Status::not_found(format!(
-                        "no route {path}: GET /openapi.json and /docs list what is served"
-                    )));
-                }
+                _ => Err(failure(&Status::not_found(format!(
+                    "no route {path}: GET /openapi.json and /docs list what is served"
+                )))),
             }
         }
+    };
+    let target = match found {
+        Ok(target) => target,
+        Err(response) => return drained(req, response).await,
     };
     let version = match (&target, routes) {
         (Target::Route(r, _), _) => Some(r.version.clone()),
@@ -247,6 +250,15 @@ async fn handle(req: Request<Incoming>, caller: &Caller, ctx: &Ctx) -> Response<
             response.headers_mut().insert(name.clone(), value.clone());
         }
     }
+    response
+}
+
+/// `response`, once the request's body (up to 64 KiB, within a second) is read: a
+/// connection closed with a body left unread is reset, and the client may never see
+/// the answer.
+async fn drained(req: Request<Incoming>, response: Response<Body>) -> Response<Body> {
+    let body = Limited::new(req.into_body(), 64 << 10).collect();
+    let _ = tokio::time::timeout(Duration::from_secs(1), body).await;
     response
 }
 
@@ -291,7 +303,20 @@ async fn call(
         Target::Route(route, _) => route.call.as_str(),
     };
     let (service, method) = full_name.rsplit_once('.').unwrap_or((full_name, ""));
-    let headers = req.headers();
+    // The body is taken in before any answer: a connection closed with a request body
+    // left unread is reset, and the client may never see the answer (a refusal, say).
+    // It is checked as JSON after admission, so refusals keep their order.
+    let takes_body = match target {
+        Target::Method(_) => true,
+        Target::Route(route, _) => route.takes_body(),
+    };
+    let (parts, incoming) = req.into_parts();
+    let body = if takes_body {
+        collect_body(&parts.headers, incoming, ctx.config.max_body).await?
+    } else {
+        Bytes::new()
+    };
+    let headers = &parts.headers;
     // Admission, cheapest refusal first: a retired version, the API key and its limits,
     // the route's limits; then who the caller is.
     let mut slot = None;
@@ -359,7 +384,7 @@ async fn call(
     }
     let payloads = match target {
         Target::Method(_) => {
-            let body = read_body(req, ctx.config.max_body).await?;
+            check_json(headers, &body)?;
             if kind.streams_requests() {
                 messages(&body, |m| Ok(json_payload(m)))?
             } else {
@@ -367,22 +392,18 @@ async fn call(
             }
         }
         Target::Route(route, params) => {
-            let query: Vec<(String, String)> = req
-                .uri()
+            let query: Vec<(String, String)> = parts
+                .uri
                 .query()
                 .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
                 .unwrap_or_default();
-            let head = req.headers().clone();
-            let body = if route.takes_body() {
-                read_body(req, ctx.config.max_body).await?
-            } else {
-                Bytes::new()
-            };
+            let head = headers;
+            check_json(headers, &body)?;
             let input = |body: Bytes| {
                 let built = route.input.build(&transform::Request {
                     params,
                     query: &query,
-                    headers: &head,
+                    headers: head,
                     body: &body,
                 })?;
                 Ok(match built {
@@ -559,27 +580,19 @@ fn requested_timeout(headers: &HeaderMap, max: Duration) -> Result<Option<Durati
     }
 }
 
-/// The request body: JSON (or empty), at most `max` bytes.
-async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Refusal> {
-    let json = match req.headers().get(header::CONTENT_TYPE) {
-        None => true,
-        Some(v) => v
-            .to_str()
-            .ok()
-            .and_then(|s| s.split(';').next())
-            .is_some_and(|s| s.trim().eq_ignore_ascii_case("application/json")),
-    };
-    if let Some(len) = req
-        .headers()
+/// The request body, at most `max` bytes (413 beyond).
+async fn collect_body(headers: &HeaderMap, body: Incoming, max: usize) -> Result<Bytes, Refusal> {
+    if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
         && len > max
     {
         return Err(too_large(max));
     }
-    let body = Limited::new(req.into_body(), max)
+    Limited::new(body, max)
         .collect()
         .await
+        .map(|b| b.to_bytes())
         .map_err(|e| {
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some()
@@ -590,23 +603,34 @@ async fn read_body(req: Request<Incoming>, max: usize) -> Result<Bytes, Refusal>
                     "the request body could not be read: {e}"
                 )))
             }
-        })?
-        .to_bytes();
+        })
+}
+
+/// Checks a body is JSON (or empty) under a JSON content type (415 otherwise).
+fn check_json(headers: &HeaderMap, body: &Bytes) -> Result<(), Refusal> {
     if body.is_empty() {
-        return Ok(body);
+        return Ok(());
     }
+    let json = match headers.get(header::CONTENT_TYPE) {
+        None => true,
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(|s| s.split(';').next())
+            .is_some_and(|s| s.trim().eq_ignore_ascii_case("application/json")),
+    };
     if !json {
         return Err((
             Status::invalid_input("the body must be JSON (Content-Type: application/json)"),
             Some(StatusCode::UNSUPPORTED_MEDIA_TYPE),
         ));
     }
-    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(&body) {
+    if let Err(e) = serde_json::from_slice::<serde::de::IgnoredAny>(body) {
         return Err(refuse(Status::malformed(format!(
             "the body is not JSON: {e}"
         ))));
     }
-    Ok(body)
+    Ok(())
 }
 
 fn too_large(max: usize) -> Refusal {
