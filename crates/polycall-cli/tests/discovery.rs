@@ -494,31 +494,15 @@ async fn etcd_registers_runtimes_spreads_calls_and_forgets_a_dead_runtime_within
 async fn runtimes_forward_over_mutual_tls_and_the_callee_sees_the_forwarding_runtime() {
     let scratch = polycall_test_support::TempDir::new("discovery-tls");
     let p = |rel: &str| scratch.join(rel).display().to_string();
-    let run = |args: &[&str]| {
-        let o = common::bin().args(args).output().unwrap();
-        assert!(o.status.success(), "polycall {args:?}: {o:?}");
-    };
-    run(&["certs", "init", &p("ca")]);
-    for (name, spiffe) in [
-        ("a", "spiffe://polycall.test/runtime/a"),
-        ("b", "spiffe://polycall.test/runtime/b"),
-        ("provider", "spiffe://polycall.test/provider/inventory"),
-        ("app", "spiffe://polycall.test/app/shop"),
-    ] {
-        run(&[
-            "certs",
-            "issue",
-            "--ca",
-            &p("ca"),
-            "--name",
-            name,
-            "--spiffe",
-            spiffe,
-            "--loopback",
-            "--out",
-            &p("certs"),
-        ]);
-    }
+    common::issue_certs(
+        &scratch,
+        &[
+            ("a", "spiffe://polycall.test/runtime/a"),
+            ("b", "spiffe://polycall.test/runtime/b"),
+            ("provider", "spiffe://polycall.test/provider/inventory"),
+            ("app", "spiffe://polycall.test/app/shop"),
+        ],
+    );
     std::fs::write(
         scratch.join("auth.toml"),
         r#"

@@ -881,30 +881,14 @@ output = { rename = { i = "index" } }
 fn a_tls_client_certificate_is_the_http_callers_principal() {
     let dir = polycall_test_support::TempDir::new("gateway-mtls");
     let p = |rel: &str| dir.join(rel).display().to_string();
-    let run = |args: &[&str]| {
-        let o = common::bin().args(args).output().unwrap();
-        assert!(o.status.success(), "polycall {args:?}: {o:?}");
-    };
-    run(&["certs", "init", &p("ca")]);
-    for (name, spiffe) in [
-        ("server", "spiffe://polycall.test/runtime/gw"),
-        ("app", "spiffe://polycall.test/app/shop"),
-        ("other", "spiffe://polycall.test/app/other"),
-    ] {
-        run(&[
-            "certs",
-            "issue",
-            "--ca",
-            &p("ca"),
-            "--name",
-            name,
-            "--spiffe",
-            spiffe,
-            "--loopback",
-            "--out",
-            &p("certs"),
-        ]);
-    }
+    common::issue_certs(
+        &dir,
+        &[
+            ("server", "spiffe://polycall.test/runtime/gw"),
+            ("app", "spiffe://polycall.test/app/shop"),
+            ("other", "spiffe://polycall.test/app/other"),
+        ],
+    );
     std::fs::write(
         dir.join("auth.toml"),
         r#"

@@ -129,3 +129,29 @@ impl Drop for Runtime {
         }
     }
 }
+
+/// `polycall certs init DIR/ca`, then one certificate per `(name, SPIFFE ID)` into
+/// `DIR/certs` (`NAME.pem`, `NAME.key`), valid for loopback.
+pub fn issue_certs(dir: &Path, identities: &[(&str, &str)]) {
+    let p = |rel: &str| dir.join(rel).display().to_string();
+    let run = |args: &[&str]| {
+        let o = bin().args(args).output().unwrap();
+        assert!(o.status.success(), "polycall {args:?}: {o:?}");
+    };
+    run(&["certs", "init", &p("ca")]);
+    for (name, spiffe) in identities {
+        run(&[
+            "certs",
+            "issue",
+            "--ca",
+            &p("ca"),
+            "--name",
+            name,
+            "--spiffe",
+            spiffe,
+            "--loopback",
+            "--out",
+            &p("certs"),
+        ]);
+    }
+}
