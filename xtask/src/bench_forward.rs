@@ -25,9 +25,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use serde_json::json;
 
-use crate::bench_procs::{Proc, arg, loadavg, median, spawn, wait_ready};
+use crate::bench_procs::{Proc, arg, loadavg, median_of, spawn, wait_ready, write_report};
 use crate::bench_rpc::{Mode, run_cell, start_system};
-use crate::{BenchProcesses, build_bench_processes, root};
+use crate::{BenchProcesses, build_bench_processes};
 
 /// 64 B payloads, 16 in flight, one connection.
 const CELL: (usize, usize, usize) = (64, 16, 1);
@@ -147,14 +147,7 @@ pub(crate) fn bench_forward(args: &[String]) -> Result<()> {
             rows.push(v);
         }
     }
-    let pick = |system: &str, field: &str| {
-        median(
-            rows.iter()
-                .filter(|r| r["system"] == system)
-                .filter_map(|r| r[field].as_f64())
-                .collect(),
-        )
-    };
+    let pick = |system: &str, field: &str| median_of(&rows, system, field);
     let (fw, lo) = (
         pick("forwarded", "calls_per_sec"),
         pick("local", "calls_per_sec"),
@@ -179,14 +172,6 @@ pub(crate) fn bench_forward(args: &[String]) -> Result<()> {
         pick("local", "p50_us"),
         pick("local", "p99_us"),
     );
-    let out_dir = root().join("target/bench");
-    std::fs::create_dir_all(&out_dir)?;
-    std::fs::write(out_dir.join("forward.md"), &md).context("writing target/bench/forward.md")?;
-    std::fs::write(
-        out_dir.join("forward.json"),
-        serde_json::to_string_pretty(&json!({"rows": rows, "ratio": ratio}))?,
-    )?;
-    println!("{md}");
-    eprintln!("written: target/bench/forward.md, target/bench/forward.json");
+    write_report("forward", &md, &json!({"rows": rows, "ratio": ratio}))?;
     Ok(())
 }

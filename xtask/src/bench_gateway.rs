@@ -24,8 +24,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
-use crate::bench_procs::{Proc, arg, loadavg, median, spawn, wait_ready};
-use crate::{build_bench_processes, ensure_apt, root};
+use crate::bench_procs::{Proc, arg, loadavg, median_of, spawn, wait_ready, write_report};
+use crate::{build_bench_processes, ensure_apt};
 
 const BODY: &str = r#"{"hello": "world", "n": 42, "tags": ["a", "b"]}"#;
 
@@ -159,14 +159,7 @@ pub(crate) fn bench_gateway(args: &[String]) -> Result<()> {
             rows.push(v);
         }
     }
-    let pick = |system: &str, field: &str| {
-        median(
-            rows.iter()
-                .filter(|r| r["system"] == system)
-                .filter_map(|r| r[field].as_f64())
-                .collect(),
-        )
-    };
+    let pick = |system: &str, field: &str| median_of(&rows, system, field);
     let (pr, hr) = (
         pick("polycall", "requests_per_s"),
         pick("hyper", "requests_per_s"),
@@ -195,14 +188,6 @@ pub(crate) fn bench_gateway(args: &[String]) -> Result<()> {
         pick("hyper", "p99_us"),
         if ratio >= 0.6 { "met" } else { "not met" },
     );
-    let out_dir = root().join("target/bench");
-    std::fs::create_dir_all(&out_dir)?;
-    std::fs::write(out_dir.join("gateway.md"), &md).context("writing target/bench/gateway.md")?;
-    std::fs::write(
-        out_dir.join("gateway.json"),
-        serde_json::to_string_pretty(&json!({"rows": rows, "ratio": ratio}))?,
-    )?;
-    println!("{md}");
-    eprintln!("written: target/bench/gateway.md, target/bench/gateway.json");
+    write_report("gateway", &md, &json!({"rows": rows, "ratio": ratio}))?;
     Ok(())
 }

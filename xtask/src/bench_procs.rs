@@ -134,3 +134,30 @@ pub(crate) fn arg<T: std::str::FromStr>(args: &[String], name: &str, default: T)
         None => Ok(default),
     }
 }
+
+/// The median of `field` over the rows whose `"system"` is `system`.
+pub(crate) fn median_of(rows: &[serde_json::Value], system: &str, field: &str) -> f64 {
+    median(
+        rows.iter()
+            .filter(|r| r["system"] == system)
+            .filter_map(|r| r[field].as_f64())
+            .collect(),
+    )
+}
+
+/// Writes `target/bench/NAME.md` and `NAME.json`, prints the Markdown and says where
+/// both went.
+pub(crate) fn write_report(name: &str, md: &str, json: &serde_json::Value) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let out_dir = crate::root().join("target/bench");
+    std::fs::create_dir_all(&out_dir)?;
+    std::fs::write(out_dir.join(format!("{name}.md")), md)
+        .with_context(|| format!("writing target/bench/{name}.md"))?;
+    std::fs::write(
+        out_dir.join(format!("{name}.json")),
+        serde_json::to_string_pretty(json)?,
+    )?;
+    println!("{md}");
+    eprintln!("written: target/bench/{name}.md, target/bench/{name}.json");
+    Ok(())
+}
