@@ -660,6 +660,8 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
     // the run reproducible; what runs as long as asked is left out (`debug.sleep`, the
     // endless `state.subscribe`, `debug.stream` of any count).
     let out = Command::new("python3")
+        // Its cache goes to the scratch directory, not the source tree.
+        .current_dir(&dir)
         .args([
             "-c",
             "import sys; from schemathesis.cli import schemathesis; sys.argv[0] = 'schemathesis'; sys.exit(schemathesis())",
