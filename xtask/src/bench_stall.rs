@@ -31,12 +31,19 @@
 //!   handlers on its I/O threads, tonic included, then shares the cores between them.)
 //!
 //! Processes: the server; the pinger (`polycall-bench stall-ping`, normal priority);
-//! the workload generator (`polycall-bench stall-load`) started with `nice -n 19`,
-//! because it burns CPU of its own (client-side Argon2, TLS handshakes, brotli) that
-//! must not compete with the measured server on 2 cores. Each prints a JSON line.
+//! the workload generator (`polycall-bench stall-load`) started under SCHED_IDLE and
+//! `nice -n 19`, because it burns CPU of its own (client-side Argon2, TLS handshakes,
+//! brotli) that must not compete with the measured server on 2 cores. Each prints a
+//! JSON line.
+//!
+//! The runtime rows run in two layouts (see [`Layout`]), each against a fresh runtime
+//! with its own idle row: `pinned`, judged — the runtime and the pinger on core 0, the
+//! generator on core 1 — and `shared`, shown beside it — no pinning. `--pinned` or
+//! `--unpinned` runs one of them only (then that one is judged).
 //!
 //! ```text
 //! cargo xtask bench stall [--quick] [--seconds S] [--warmup S] [--interval-us N]
+//!                         [--worker-threads N] [--pinned | --unpinned]
 //! ```
 //!
 //! Writes `target/bench/stall.md` and `target/bench/stall.json`.
@@ -73,6 +80,54 @@ struct Options {
     warmup: f64,
     seconds: f64,
     interval_us: u64,
+    /// `polycall run --worker-threads` (None: the runtime's default).
+    worker_threads: Option<usize>,
+    /// The runtime rows' process layouts, in the order they run.
+    layouts: Vec<Layout>,
+}
+
+/// Where the runtime rows' processes run on the machine's cores.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Layout {
+    /// Judged. The runtime and the pinger on core 0, the workload generator on core 1
+    /// (`taskset`): the generator stands in for clients on other machines, and the
+    /// runtime's own blocking work (its offload threads) shares the event loop's core —
+    /// the hardest case for the claim "nothing blocks the event loop".
+    Pinned,
+    /// Shown, not judged: no pinning, the generator free to run on either core. On this
+    /// kernel (Linux 6.18, PREEMPT_NONE, HZ 250, under KVM) a normal thread woken onto a
+    /// core running the generator's SCHED_IDLE threads was seen to wait up to a tick
+    /// (3.6–5.5 ms, `perf sched timehist`): the harness's interference, not the server's.
+    Shared,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Pinned => "pinned",
+            Layout::Shared => "shared",
+        }
+    }
+
+    /// `taskset -c` CPU lists: (the runtime and the pinger, the workload generator).
+    fn cpus(self) -> (Option<&'static str>, Option<&'static str>) {
+        match self {
+            Layout::Pinned => (Some("0"), Some("1")),
+            Layout::Shared => (None, None),
+        }
+    }
+}
+
+/// `program`, run under `taskset -c CPUS` when given.
+fn on_cpus(cpus: Option<&str>, program: &Path) -> Command {
+    match cpus {
+        Some(list) => {
+            let mut c = Command::new("taskset");
+            c.args(["-c", list]).arg(program);
+            c
+        }
+        None => Command::new(program),
+    }
 }
 
 impl Options {
@@ -91,7 +146,16 @@ impl Options {
         };
         for a in args {
             if a.starts_with("--")
-                && !["--quick", "--seconds", "--warmup", "--interval-us"].contains(&a.as_str())
+                && ![
+                    "--quick",
+                    "--seconds",
+                    "--warmup",
+                    "--interval-us",
+                    "--worker-threads",
+                    "--pinned",
+                    "--unpinned",
+                ]
+                .contains(&a.as_str())
             {
                 bail!("unknown option {a}; see xtask/src/bench_stall.rs");
             }
@@ -102,11 +166,21 @@ impl Options {
         if seconds <= 0.0 || warmup < 0.0 || interval_us == 0 {
             bail!("--seconds and --interval-us must be positive, --warmup not negative");
         }
+        let worker_threads = value("--worker-threads")?.map(|n| n as usize);
+        let pinned = args.iter().any(|a| a == "--pinned");
+        let unpinned = args.iter().any(|a| a == "--unpinned");
+        let layouts = match (pinned, unpinned) {
+            (true, false) => vec![Layout::Pinned],
+            (false, true) => vec![Layout::Shared],
+            _ => vec![Layout::Pinned, Layout::Shared],
+        };
         Ok(Options {
             quick,
             warmup,
             seconds,
             interval_us,
+            worker_threads,
+            layouts,
         })
     }
 }
@@ -163,18 +237,20 @@ fn run_row(
     p: &Paths,
     o: &Options,
     row: &Row,
+    layout: Layout,
     endpoint: &str,
     ca: Option<&Path>,
     server: &mut Proc,
 ) -> Result<Value> {
     server.check_alive()?;
+    let (server_cpus, load_cpus) = layout.cpus();
     let load = match row.workload {
         Some(w) => {
             // SCHED_IDLE (and nice 19): the generator runs only on CPU time nothing else
             // wants, so it never delays the server's or the pinger's wake-ups (with plain
             // nice 19, the kernel's scheduler still lets a running generator thread finish
             // its slice, milliseconds, before a woken server thread runs).
-            let mut c = Command::new("chrt");
+            let mut c = on_cpus(load_cpus, Path::new("chrt"));
             c.args(["--idle", "0", "nice", "-n", "19"])
                 .arg(&p.bench)
                 .args(["stall-load", "--workload", w, "--endpoint", endpoint])
@@ -197,7 +273,7 @@ fn run_row(
         }
         None => None,
     };
-    let mut c = Command::new(&p.bench);
+    let mut c = on_cpus(server_cpus, &p.bench);
     c.args(["stall-ping", "--endpoint", endpoint, "--row", row.name])
         .args(["--seconds", &o.seconds.to_string()])
         .args(["--warmup", &o.warmup.to_string()])
@@ -219,6 +295,7 @@ fn run_row(
     if let Some(l) = load {
         v["load"] = l?;
     }
+    v["layout"] = layout.name().into();
     server.check_alive()?;
     Ok(v)
 }
@@ -351,31 +428,6 @@ pub(crate) fn bench_stall(args: &[String]) -> Result<()> {
             .args(["config", "show", "--effective"]),
     )?;
     let debug_methods_key = shown.contains("runtime.debug_methods");
-    let ready = p.tmp.join("runtime.endpoint");
-    let mut c = Command::new(&p.polycall);
-    c.env("POLYCALL_LOG", "warn")
-        .env("SOFTHSM2_CONF", &softhsm_conf)
-        .env(PIN_VAR, PIN)
-        .env_remove("POLYCALL_ENDPOINT")
-        .arg("--quiet")
-        .arg("--config")
-        .arg(&config)
-        .args(["run", "--endpoint", "127.0.0.1:0", "--endpoint-file"])
-        .arg(&ready);
-    if debug_methods_key {
-        c.args(["--set", "runtime.debug_methods=true"]);
-    }
-    let mut runtime = spawn("polycall run", c, &p.tmp.join("runtime.log"))?;
-    let endpoint = wait_ready(&ready, std::slice::from_mut(&mut runtime))?;
-    eprintln!(
-        "runtime (TLS, key in SoftHSM2, OPAQUE user, anonymous pinger{}) at {endpoint}",
-        if debug_methods_key {
-            ", --set runtime.debug_methods=true"
-        } else {
-            ""
-        }
-    );
-
     let runtime_rows = [
         Row {
             name: "idle",
@@ -409,34 +461,83 @@ pub(crate) fn bench_stall(args: &[String]) -> Result<()> {
         },
     ];
     let mut rows = Vec::new();
-    let measure = |row: &Row, ep: &str, ca: Option<&Path>, server: &mut Proc, which: &str| {
-        let mut v = run_row(&p, &o, row, ep, ca, server).unwrap_or_else(|e| {
-            eprintln!("{:>22}: FAILED: {e:#}", row.name);
-            json!({"row": row.name, "error": format!("{e:#}")})
-        });
-        v["server"] = which.into();
-        if v.get("error").is_none() {
-            eprintln!(
-                "{:>22}: ping p50 {:>6} µs  p99 {:>6} µs  max {:>6} µs  ({} pings){}",
-                row.name,
-                v["p50_us"],
-                v["p99_us"],
-                v["max_us"],
-                v["pings"],
-                v.get("load")
-                    .map(|l| format!(
-                        "; workload {:.1} ops/s",
-                        l["ops_per_sec"].as_f64().unwrap_or(0.0)
-                    ))
-                    .unwrap_or_default()
-            );
+    let measure =
+        |row: &Row, layout: Layout, ep: &str, ca: Option<&Path>, server: &mut Proc, which: &str| {
+            let mut v = run_row(&p, &o, row, layout, ep, ca, server).unwrap_or_else(|e| {
+                eprintln!("{:>22}: FAILED: {e:#}", row.name);
+                json!({"row": row.name, "layout": layout.name(), "error": format!("{e:#}")})
+            });
+            v["server"] = which.into();
+            if v.get("error").is_none() {
+                eprintln!(
+                    "{:>22}: ping p50 {:>6} µs  p99 {:>6} µs  max {:>6} µs  ({} pings){}",
+                    row.name,
+                    v["p50_us"],
+                    v["p99_us"],
+                    v["max_us"],
+                    v["pings"],
+                    v.get("load")
+                        .map(|l| format!(
+                            "; workload {:.1} ops/s",
+                            l["ops_per_sec"].as_f64().unwrap_or(0.0)
+                        ))
+                        .unwrap_or_default()
+                );
+            }
+            v
+        };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    for &layout in &o.layouts {
+        if layout == Layout::Pinned && cores < 2 {
+            eprintln!("pinned layout skipped: it needs 2 cores, this machine has {cores}");
+            continue;
         }
-        v
-    };
-    for row in &runtime_rows {
-        rows.push(measure(row, &endpoint, Some(&ca), &mut runtime, "runtime"));
+        let (server_cpus, _) = layout.cpus();
+        let ready = p.tmp.join(format!("runtime-{}.endpoint", layout.name()));
+        let mut c = on_cpus(server_cpus, &p.polycall);
+        c.env("POLYCALL_LOG", "warn")
+            .env("SOFTHSM2_CONF", &softhsm_conf)
+            .env(PIN_VAR, PIN)
+            .env_remove("POLYCALL_ENDPOINT")
+            .arg("--quiet")
+            .arg("--config")
+            .arg(&config)
+            .args(["run", "--endpoint", "127.0.0.1:0", "--endpoint-file"])
+            .arg(&ready);
+        if debug_methods_key {
+            c.args(["--set", "runtime.debug_methods=true"]);
+        }
+        if let Some(n) = o.worker_threads {
+            c.args(["--worker-threads", &n.to_string()]);
+        }
+        let log = p.tmp.join(format!("runtime-{}.log", layout.name()));
+        let mut runtime = spawn("polycall run", c, &log)?;
+        let endpoint = wait_ready(&ready, std::slice::from_mut(&mut runtime))?;
+        eprintln!(
+            "runtime (TLS, key in SoftHSM2, OPAQUE user, anonymous pinger{}) at {endpoint}, layout {}: {}",
+            if debug_methods_key {
+                ", --set runtime.debug_methods=true"
+            } else {
+                ""
+            },
+            layout.name(),
+            match layout {
+                Layout::Pinned => "runtime and pinger on core 0, workload generator on core 1",
+                Layout::Shared => "no pinning",
+            }
+        );
+        for row in &runtime_rows {
+            rows.push(measure(
+                row,
+                layout,
+                &endpoint,
+                Some(&ca),
+                &mut runtime,
+                "runtime",
+            ));
+        }
+        drop(runtime);
     }
-    drop(runtime);
 
     // The direct server: default configuration, sys.ping and bench.spin.
     let ready = p.tmp.join("direct.ready");
@@ -457,7 +558,14 @@ pub(crate) fn bench_stall(args: &[String]) -> Result<()> {
             spin: 1,
         },
     ] {
-        rows.push(measure(&row, &endpoint, None, &mut direct, "direct"));
+        rows.push(measure(
+            &row,
+            Layout::Shared,
+            &endpoint,
+            None,
+            &mut direct,
+            "direct",
+        ));
     }
     drop(direct);
 
@@ -497,18 +605,29 @@ fn is_control(r: &Value) -> bool {
     r["row"].as_str().is_some_and(|n| n.ends_with("(control)"))
 }
 
-/// Adds, to every loaded row, its server's idle figures, the p99 ratio and PASS / FAIL.
+/// Whether a row's layout is judged: the pinned layout when the run has it (the shared
+/// layout is then shown beside it), else the shared one; the direct server's rows (no
+/// generator process to place) always.
+fn judged_layout(r: &Value, pinned_ran: bool) -> bool {
+    r["server"] == "direct" || !pinned_ran || r["layout"] == "pinned"
+}
+
+/// Adds, to every loaded row, its server's idle figures (same server, same layout), the
+/// p99 ratio and PASS / FAIL (or `control`, or `shown` for a layout not judged).
 fn judge(rows: &mut [Value]) {
     let snapshot = rows.to_vec();
+    let pinned_ran = snapshot.iter().any(|r| r["layout"] == "pinned");
     for r in rows.iter_mut() {
-        let idle = snapshot
-            .iter()
-            .find(|x| is_idle(x) && x["server"] == r["server"] && x.get("error").is_none());
+        let idle = snapshot.iter().find(|x| {
+            is_idle(x)
+                && x["server"] == r["server"]
+                && x["layout"] == r["layout"]
+                && x.get("error").is_none()
+        });
         if is_idle(r) {
             r["result"] = "baseline".into();
             continue;
         }
-        let control = is_control(r);
         let (Some(idle), Some(p99)) = (idle, r["p99_us"].as_f64()) else {
             r["result"] = "n/a".into();
             continue;
@@ -518,8 +637,10 @@ fn judge(rows: &mut [Value]) {
         r["idle_p50_us"] = idle["p50_us"].clone();
         r["idle_p99_us"] = idle["p99_us"].clone();
         r["p99_ratio"] = ratio.into();
-        r["result"] = if control {
+        r["result"] = if is_control(r) {
             "control"
+        } else if !judged_layout(r, pinned_ran) {
+            "shown"
         } else if ratio <= MAX_RATIO {
             "PASS"
         } else {
@@ -590,19 +711,24 @@ fn markdown(o: &Options, rows: &[Value], command: &str, load: f64, debug_key: bo
         "# Event-loop stall benchmark\n\n`{command}` — `sys.ping` latency on one open connection, one \
          ping at a time every {} µs, {} s per row after {} s of warm-up; {} cores; 1-minute load \
          average at the start {load:.2}. Target: loaded p99 ≤ {MAX_RATIO}× the idle p99 of the same \
-         server.\n\n\
+         server in the same layout.\n\n\
          Servers: `runtime` = release `polycall run` (defaults: one event loop) with TLS whose key \
          is in SoftHSM2 (PKCS#11), an OPAQUE user and anonymous sessions{}; `direct` = a \
          polycall `Server` with default `ServerConfig` / `ConnectionConfig` on a default \
          multi-thread tokio runtime (`polycall-bench stall-serve`). The workload generators run \
-         in their own process under SCHED_IDLE and `nice -n 19` (client-side Argon2, TLS and \
-         brotli would otherwise compete with the server on 2 cores); the pinger runs at normal \
-         priority in its own process; the cpu-handler calls share the pinger's connection. The \
-         controls are not judged: `echo 1 MiB` is the brotli row's traffic uncompressed (what \
-         the traffic alone costs), `cpu-noise` sends nothing (what the generators' CPU use alone \
-         costs).\n\n\
-         | row | server | idle p50 / p99 µs | loaded p50 / p99 µs | loaded max µs | p99 ratio | target | result | workload during the row |\n\
-         |---|---|---|---|---|---|---|---|---|\n",
+         in their own process under SCHED_IDLE and `nice -n 19`; the pinger runs at normal \
+         priority in its own process; the cpu-handler calls share the pinger's connection.\n\n\
+         Layouts of the runtime rows: `pinned` (judged) — the runtime and the pinger on core 0, \
+         the workload generator on core 1 (`taskset`): the generator stands in for clients on \
+         other machines, while the runtime's own blocking work (handshakes, OPAQUE, \
+         decompression on its offload threads) shares the event loop's core; `shared` (shown, \
+         not judged) — no pinning: the generator's threads, though SCHED_IDLE, were seen \
+         (`perf sched timehist`) to keep a woken normal thread waiting up to a scheduler tick \
+         on this kernel, which is the harness's interference. The controls are not judged: \
+         `echo 1 MiB` is the brotli row's traffic uncompressed (what the traffic alone costs), \
+         `cpu-noise` sends nothing (what the generators' CPU use alone costs).\n\n\
+         | row | server | layout | idle p50 / p99 µs | loaded p50 / p99 µs | loaded max µs | p99 ratio | target | result | workload during the row |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
         o.interval_us,
         o.seconds,
         o.warmup,
@@ -618,9 +744,14 @@ fn markdown(o: &Options, rows: &[Value], command: &str, load: f64, debug_key: bo
     for r in rows {
         let name = r["row"].as_str().unwrap_or("");
         let server = r["server"].as_str().unwrap_or("");
+        let layout = if server == "direct" {
+            "—"
+        } else {
+            r["layout"].as_str().unwrap_or("")
+        };
         if let Some(e) = r.get("error") {
             md.push_str(&format!(
-                "| {name} | {server} | | | | | | failed: {} | |\n",
+                "| {name} | {server} | {layout} | | | | | | failed: {} | |\n",
                 e.as_str()
                     .unwrap_or("")
                     .replace('|', "/")
@@ -631,7 +762,7 @@ fn markdown(o: &Options, rows: &[Value], command: &str, load: f64, debug_key: bo
         let pair = |a: &str, b: &str| format!("{} / {}", r[a], r[b]);
         if is_idle(r) {
             md.push_str(&format!(
-                "| {name} | {server} | {} | — | {} | — | baseline | — | none |\n",
+                "| {name} | {server} | {layout} | {} | — | {} | — | baseline | — | none |\n",
                 pair("p50_us", "p99_us"),
                 r["max_us"],
             ));
@@ -641,7 +772,7 @@ fn markdown(o: &Options, rows: &[Value], command: &str, load: f64, debug_key: bo
             .as_f64()
             .map_or("–".to_owned(), |x| format!("{x:.2}×"));
         md.push_str(&format!(
-            "| {name} | {server} | {} | {} | {} | {ratio} | {} | {} | {} |\n",
+            "| {name} | {server} | {layout} | {} | {} | {} | {ratio} | {} | {} | {} |\n",
             if r["idle_p50_us"].is_null() {
                 "–".to_owned()
             } else {
@@ -649,7 +780,7 @@ fn markdown(o: &Options, rows: &[Value], command: &str, load: f64, debug_key: bo
             },
             pair("p50_us", "p99_us"),
             r["max_us"],
-            if is_control(r) {
+            if is_control(r) || r["result"] == "shown" {
                 "not judged".to_owned()
             } else {
                 format!("≤ {MAX_RATIO}×")
@@ -674,13 +805,15 @@ mod tests {
     #[test]
     fn rows_are_judged_against_their_own_servers_idle_p99() {
         let mut rows = vec![
-            json!({"row": "idle", "server": "runtime", "p50_us": 50, "p99_us": 100}),
-            json!({"row": "opaque", "server": "runtime", "p50_us": 60, "p99_us": 290}),
-            json!({"row": "tls-hsm", "server": "runtime", "p50_us": 60, "p99_us": 310}),
-            json!({"row": "idle (direct Server)", "server": "direct", "p50_us": 30, "p99_us": 1000}),
-            json!({"row": "cpu-handler", "server": "direct", "p50_us": 900, "p99_us": 2500}),
-            json!({"row": "brotli", "server": "runtime", "error": "boom"}),
-            json!({"row": "cpu-noise (control)", "server": "runtime", "p50_us": 90, "p99_us": 900}),
+            json!({"row": "idle", "server": "runtime", "layout": "pinned", "p50_us": 50, "p99_us": 100}),
+            json!({"row": "opaque", "server": "runtime", "layout": "pinned", "p50_us": 60, "p99_us": 290}),
+            json!({"row": "tls-hsm", "server": "runtime", "layout": "pinned", "p50_us": 60, "p99_us": 310}),
+            json!({"row": "idle (direct Server)", "server": "direct", "layout": "shared", "p50_us": 30, "p99_us": 1000}),
+            json!({"row": "cpu-handler", "server": "direct", "layout": "shared", "p50_us": 900, "p99_us": 2500}),
+            json!({"row": "brotli", "server": "runtime", "layout": "pinned", "error": "boom"}),
+            json!({"row": "cpu-noise (control)", "server": "runtime", "layout": "pinned", "p50_us": 90, "p99_us": 900}),
+            json!({"row": "idle", "server": "runtime", "layout": "shared", "p50_us": 50, "p99_us": 200}),
+            json!({"row": "tls-hsm", "server": "runtime", "layout": "shared", "p50_us": 60, "p99_us": 1000}),
         ];
         judge(&mut rows);
         assert_eq!(rows[0]["result"], "baseline");
@@ -693,15 +826,34 @@ mod tests {
         assert_eq!(rows[4]["p99_ratio"], 2.5);
         assert_eq!(rows[5]["result"], "n/a");
         assert_eq!(rows[6]["result"], "control", "a control is never judged");
+        assert_eq!(
+            rows[8]["p99_ratio"], 5.0,
+            "against the idle row of its own layout"
+        );
+        assert_eq!(
+            rows[8]["result"], "shown",
+            "the shared layout is shown beside the pinned one"
+        );
+        let mut alone = vec![rows[7].clone(), rows[8].clone()];
+        judge(&mut alone);
+        assert_eq!(
+            alone[1]["result"], "FAIL",
+            "judged when it is the only layout run"
+        );
         let o = Options::parse(&["--quick".to_owned()]).expect("valid");
+        assert_eq!(o.layouts, [Layout::Pinned, Layout::Shared]);
         let md = markdown(&o, &rows, "cargo xtask bench stall --quick", 0.5, false);
         assert!(
-            md.contains("| opaque | runtime | 50 / 100 | 60 / 290 |"),
+            md.contains("| opaque | runtime | pinned | 50 / 100 | 60 / 290 |"),
             "{md}"
         );
+        assert!(md.contains("| cpu-handler | direct | — |"), "{md}");
         assert!(md.contains("failed: boom"), "{md}");
         assert!(md.contains("| 9.00× | not judged | control |"), "{md}");
+        assert!(md.contains("| 5.00× | not judged | shown |"), "{md}");
         assert!(md.contains("nice -n 19"), "{md}");
         assert!(Options::parse(&["--bogus".to_owned()]).is_err());
+        let pinned = Options::parse(&["--pinned".to_owned()]).expect("valid");
+        assert_eq!(pinned.layouts, [Layout::Pinned]);
     }
 }

@@ -977,11 +977,13 @@ impl Driver {
                 self.finish(status);
             }
             Event::Deferred(deferred) => {
-                // A large compressed message: decompressed on the offload runtime, then
-                // handled like any other event.
-                self.offload_command(move || match deferred.decompress() {
-                    Ok(ev) => Command::Decompressed(ev),
-                    Err(e) => Command::DecompressFailed(e),
+                // A large compressed message: decompressed on the offload runtime (in
+                // steps, with a pause between them), then handled like any other event.
+                self.offload_command(move || {
+                    match deferred.decompress_pausing(&mut crate::offload::pause) {
+                        Ok(ev) => Command::Decompressed(ev),
+                        Err(e) => Command::DecompressFailed(e),
+                    }
                 });
             }
             Event::Pong { .. } => {}

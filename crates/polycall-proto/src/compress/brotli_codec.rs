@@ -120,7 +120,9 @@ const BROTLI_MIN_RING: usize = 1024;
 
 impl BoundedAlloc {
     fn for_limit(limit: usize) -> Self {
+        // A window holds 2^lgwin - 16 bytes: what a `limit`-byte message needs.
         let ring = limit
+            .saturating_add(16)
             .checked_next_power_of_two()
             .unwrap_or(usize::MAX)
             .max(BROTLI_MIN_RING);
@@ -149,15 +151,57 @@ fn refused_ring_buffer(decoder: &BrotliDecoder) -> bool {
     matches!(decoder.error_code as i32, -26 | -27)
 }
 
+/// Compressed bytes handed to the decoder between two calls of the pause hook: a
+/// fraction of a millisecond of decoding on a current core (8 KiB of well-compressed
+/// text decode to 30–60 KiB).
+pub(super) const DECODE_STEP: usize = 8 * 1024;
+
+/// Why [`brotli_decode`] stopped.
+enum Refused {
+    /// The ring buffer was refused while the input was still going in by steps.
+    WindowWhileStepping,
+    /// Any other failure: final.
+    Error(CompressError),
+}
+
+impl From<CompressError> for Refused {
+    fn from(e: CompressError) -> Self {
+        Refused::Error(e)
+    }
+}
+
 /// The first output buffer for brotli, before it grows.
 const BROTLI_FIRST_BUFFER: usize = 16 * 1024;
 
-/// Decodes `input` into at most `limit` bytes.
-pub(super) fn decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, CompressError> {
+/// Decodes `input` into at most `limit` bytes, calling `pause` between steps of
+/// [`DECODE_STEP`] input bytes.
+pub(super) fn decompress(
+    input: &[u8],
+    limit: usize,
+    pause: &mut dyn FnMut(),
+) -> Result<Vec<u8>, CompressError> {
     if input.is_empty() {
         return Err(CompressError::corrupt(Algorithm::Brotli, "empty input"));
     }
-    match catch_unwind(AssertUnwindSafe(|| brotli_decode(input, limit))) {
+    let decode = |step: usize, pause: &mut dyn FnMut()| {
+        catch_unwind(AssertUnwindSafe(|| {
+            brotli_decode(input, limit, step, pause)
+        }))
+    };
+    let first = match decode(DECODE_STEP, pause) {
+        // Fed in steps, the decoder cannot see where the stream ends and asks for the
+        // whole window the stream declares; a window past the ring-buffer budget is
+        // then refused though the content may fit. Fed at once it sizes the ring
+        // buffer to the content: decode again that way.
+        Ok(Err(Refused::WindowWhileStepping)) => decode(input.len(), &mut || {}),
+        other => other,
+    };
+    match first.map(|r| {
+        r.map_err(|e| match e {
+            Refused::WindowWhileStepping => CompressError::TooLarge { limit },
+            Refused::Error(e) => e,
+        })
+    }) {
         Ok(result) => result,
         Err(_) => Err(CompressError::corrupt(
             Algorithm::Brotli,
@@ -170,8 +214,17 @@ pub(super) fn decompress(input: &[u8], limit: usize) -> Result<Vec<u8>, Compress
 /// doubling, up to `limit` bytes and no further.
 ///
 /// The decoder is the strict one (no large windows), and its ring buffer is
-/// held to the next power of two of `limit` by [`BoundedAlloc`].
-fn brotli_decode(input: &[u8], limit: usize) -> Result<Vec<u8>, CompressError> {
+/// held to the next power of two of `limit` by [`BoundedAlloc`]. The input goes
+/// in by steps of [`DECODE_STEP`] bytes, with a call to `pause` before each step
+/// but the first: the decoder decodes whole meta-blocks as soon as it has them, so
+/// a step of input bounds the work done between two pauses (a step of output
+/// would not).
+fn brotli_decode(
+    input: &[u8],
+    limit: usize,
+    step: usize,
+    pause: &mut dyn FnMut(),
+) -> Result<Vec<u8>, Refused> {
     let mut decoder = BrotliDecoder::new_strict(
         BoundedAlloc::for_limit(limit),
         StandardAlloc::default(),
@@ -184,20 +237,30 @@ fn brotli_decode(input: &[u8], limit: usize) -> Result<Vec<u8>, CompressError> {
         .min(limit);
     let mut output = vec![0u8; first];
     let mut written = 0;
-    let mut available_in = input.len();
+    // `fed`: the input handed to the decoder so far; it has used `in_offset` of it.
+    let mut fed = step.min(input.len());
+    let mut available_in = fed;
     let mut in_offset = 0;
     let mut total_out = 0;
+    let mut hungry = false;
     loop {
+        if hungry {
+            pause();
+            fed += step.min(input.len() - fed);
+            available_in = fed - in_offset;
+            hungry = false;
+        }
         if written == output.len() {
             if output.len() >= limit {
                 // The buffer is at the limit: one more byte means too large.
+                available_in = input.len() - in_offset;
                 return match brotli_at_limit(&mut decoder, input, &mut available_in, &mut in_offset)
                 {
                     Ok(()) => {
                         output.truncate(written);
                         Ok(output)
                     }
-                    Err(e) => Err(e.with_limit(limit)),
+                    Err(e) => Err(e.with_limit(limit).into()),
                 };
             }
             let grown = output.len().saturating_mul(2).clamp(1, limit);
@@ -209,7 +272,7 @@ fn brotli_decode(input: &[u8], limit: usize) -> Result<Vec<u8>, CompressError> {
         let result = BrotliDecompressStream(
             &mut available_in,
             &mut in_offset,
-            input,
+            &input[..fed],
             &mut available_out,
             &mut out_offset,
             &mut output,
@@ -223,7 +286,8 @@ fn brotli_decode(input: &[u8], limit: usize) -> Result<Vec<u8>, CompressError> {
                     return Err(CompressError::corrupt(
                         Algorithm::Brotli,
                         "trailing bytes after the end of the stream",
-                    ));
+                    )
+                    .into());
                 }
                 output.truncate(written);
                 return Ok(output);
@@ -233,23 +297,26 @@ fn brotli_decode(input: &[u8], limit: usize) -> Result<Vec<u8>, CompressError> {
                     return Err(CompressError::corrupt(
                         Algorithm::Brotli,
                         "the decoder made no progress",
-                    ));
+                    )
+                    .into());
                 }
             }
+            BrotliResult::NeedsMoreInput if fed < input.len() => hungry = true,
             BrotliResult::NeedsMoreInput => {
-                return Err(CompressError::corrupt(
-                    Algorithm::Brotli,
-                    "truncated stream",
-                ));
+                return Err(CompressError::corrupt(Algorithm::Brotli, "truncated stream").into());
+            }
+            BrotliResult::ResultFailure if refused_ring_buffer(&decoder) && fed < input.len() => {
+                return Err(Refused::WindowWhileStepping);
             }
             BrotliResult::ResultFailure if refused_ring_buffer(&decoder) => {
-                return Err(CompressError::TooLarge { limit });
+                return Err(CompressError::TooLarge { limit }.into());
             }
             BrotliResult::ResultFailure => {
                 return Err(CompressError::corrupt(
                     Algorithm::Brotli,
                     format!("invalid stream ({:?})", decoder.error_code),
-                ));
+                )
+                .into());
             }
         }
     }

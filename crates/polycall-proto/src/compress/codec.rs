@@ -169,6 +169,22 @@ impl Decompressor {
         input: &[u8],
         limit: usize,
     ) -> Result<Vec<u8>, CompressError> {
+        self.decompress_pausing(algorithm, input, limit, &mut || {})
+    }
+
+    /// As [`Decompressor::decompress`], calling `pause` between steps of the work
+    /// (brotli: every 16 KiB of compressed input; zstd decodes in one step). A
+    /// thread that decodes large messages beside an event loop passes a pause that
+    /// gives the core away for a moment (see `polycall_net::offload`).
+    pub fn decompress_pausing(
+        &mut self,
+        algorithm: Algorithm,
+        input: &[u8],
+        limit: usize,
+        pause: &mut dyn FnMut(),
+    ) -> Result<Vec<u8>, CompressError> {
+        #[cfg(not(feature = "brotli"))]
+        let _ = &pause;
         match algorithm {
             Algorithm::None => {
                 if input.len() > limit {
@@ -180,7 +196,7 @@ impl Decompressor {
             #[cfg(feature = "zstd")]
             Algorithm::Zstd => self.zstd.decompress(input, limit),
             #[cfg(feature = "brotli")]
-            Algorithm::Brotli => brotli_codec::decompress(input, limit),
+            Algorithm::Brotli => brotli_codec::decompress(input, limit, pause),
             #[allow(unreachable_patterns)]
             algorithm => Err(CompressError::Unsupported { algorithm }),
         }
@@ -404,6 +420,43 @@ mod tests {
             .decompress(Algorithm::Zstd, &frame, 1 << 20)
             .unwrap_err();
         assert!(matches!(err, CompressError::Corrupt { .. }), "{err}");
+    }
+
+    #[test]
+    fn brotli_decodes_in_steps_with_a_pause_between_them() {
+        // 1 MiB of random letters from four (about 4:1 compressed): many steps.
+        let mut state = 0x2545_f491_4f6c_dd1du64;
+        let text: Vec<u8> = (0..1 << 20)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                b"acgt"[(state >> 62) as usize]
+            })
+            .collect();
+        let mut wire = Vec::new();
+        Compressor::new()
+            .compress(Choice::brotli(1), &text, &mut wire)
+            .unwrap();
+        let steps = wire.len().div_ceil(super::brotli_codec::DECODE_STEP);
+        assert!(steps >= 8, "{} compressed bytes", wire.len());
+        let mut pauses = 0;
+        let back = Decompressor::new()
+            .decompress_pausing(Algorithm::Brotli, &wire, text.len(), &mut || pauses += 1)
+            .unwrap();
+        assert_eq!(back, text);
+        assert_eq!(pauses, steps - 1, "a pause between every two steps");
+        // A stream cut short is still truncated, however it was fed.
+        let cut = &wire[..wire.len() - 1];
+        let err = Decompressor::new()
+            .decompress_pausing(Algorithm::Brotli, cut, text.len(), &mut || {})
+            .unwrap_err();
+        assert!(matches!(err, CompressError::Corrupt { .. }), "{err}");
+        // And one byte over the limit is still too large.
+        let err = Decompressor::new()
+            .decompress_pausing(Algorithm::Brotli, &wire, text.len() - 1, &mut || {})
+            .unwrap_err();
+        assert!(matches!(err, CompressError::TooLarge { .. }), "{err}");
     }
 
     #[test]

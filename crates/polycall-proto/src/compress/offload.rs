@@ -132,6 +132,12 @@ impl Deferred {
 
     /// Decompresses within the negotiated message limit and returns the event.
     pub fn decompress(self) -> Result<Event, DeferredError> {
+        self.decompress_pausing(&mut || {})
+    }
+
+    /// As [`Deferred::decompress`], calling `pause` between steps of the work (see
+    /// [`Decompressor::decompress_pausing`]).
+    pub fn decompress_pausing(self, pause: &mut dyn FnMut()) -> Result<Event, DeferredError> {
         let call_id = self.call_id();
         let mut event = *self.event;
         let (reply, payload) = match &mut event {
@@ -139,7 +145,12 @@ impl Deferred {
             Event::Reply { payload, .. } => (true, payload),
             _ => return Ok(event),
         };
-        match Decompressor::new().decompress(self.algorithm, &payload.bytes, self.limit) {
+        match Decompressor::new().decompress_pausing(
+            self.algorithm,
+            &payload.bytes,
+            self.limit,
+            pause,
+        ) {
             Ok(v) => {
                 *payload = Payload::new(Bytes::from(v), payload.content_type);
                 Ok(event)
