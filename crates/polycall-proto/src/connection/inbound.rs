@@ -346,7 +346,7 @@ impl Connection {
             Some(n) => {
                 // Allocated once at the declared size (bounded by max_message and the
                 // budget); each fragment is copied in as it arrives.
-                let mut buf = BytesMut::with_capacity(n as usize);
+                let mut buf = self.buffers.take(n as usize);
                 buf.extend_from_slice(&payload);
                 (
                     Received::Many {
@@ -403,7 +403,7 @@ impl Connection {
         let wire_len = msg.len as u64;
         let joined = match msg.data {
             Received::One(b) => b,
-            Received::Many { buf, .. } => buf.freeze(),
+            Received::Many { buf, .. } => super::buffers::freeze(buf, &self.buffers),
         };
         // The first message of a call or reply may be handed out still compressed —
         // not a stream's: its later messages would overtake it.

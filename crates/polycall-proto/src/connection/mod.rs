@@ -70,6 +70,7 @@ use crate::handshake::{
 };
 use crate::meta::WireMeta;
 
+mod buffers;
 mod compression;
 mod flow;
 mod handshake;
@@ -372,7 +373,7 @@ struct Assembly {
 #[derive(Debug)]
 enum Received {
     One(Bytes),
-    Many { buf: BytesMut, expected: usize },
+    Many { buf: Vec<u8>, expected: usize },
 }
 
 #[derive(Debug)]
@@ -503,6 +504,8 @@ pub struct Connection {
     credit_to_return: u64,
     held_bytes: u64,
     reassembling: usize,
+    /// Spare buffers for messages that arrive in several frames (see `buffers`).
+    buffers: std::sync::Arc<buffers::BufferPool>,
     queues: IdMap<u32, CallQueue>,
     /// Stream windows of this side's streaming directions: payload bytes each may still
     /// send (§6.1). Kept until the direction's output is all framed.
@@ -591,6 +594,7 @@ impl Connection {
             credit_to_return: 0,
             held_bytes: 0,
             reassembling: 0,
+            buffers: buffers::BufferPool::new(),
             queues: IdMap::default(),
             stream_credit: IdMap::default(),
             ready: polycall_core::ClassQueues::default(),
