@@ -408,7 +408,7 @@ fn add_ratios(rows: &mut [Value]) {
     }
 }
 
-/// One target of issue 9, checked in one mode.
+/// One target (issues 9 and 19), checked in one mode.
 struct Target {
     what: &'static str,
     system: &'static str,
@@ -422,7 +422,7 @@ struct Target {
 
 const BOTH: &[Mode] = &[Mode::Default, Mode::Pinned];
 
-const TARGETS: [Target; 10] = [
+const TARGETS: [Target; 16] = [
     Target {
         what: "routed calls/s, observability at its defaults, ≥ 0.9× observability off",
         system: "routed",
@@ -502,6 +502,60 @@ const TARGETS: [Target; 10] = [
         payload: 64,
         metric: "calls_per_cpu_s",
         min: 2.0,
+        modes: BOTH,
+    },
+    Target {
+        what: "issue 19: direct calls/s ≥ 0.95× raw TCP",
+        system: "direct",
+        peer: "raw",
+        payload: 64,
+        metric: "calls_per_sec",
+        min: 0.95,
+        modes: BOTH,
+    },
+    Target {
+        what: "issue 19: direct calls per CPU-second ≥ 1× raw TCP",
+        system: "direct",
+        peer: "raw",
+        payload: 64,
+        metric: "calls_per_cpu_s",
+        min: 1.0,
+        modes: BOTH,
+    },
+    Target {
+        what: "issue 19: routed calls/s ≥ 0.5× raw TCP",
+        system: "routed",
+        peer: "raw",
+        payload: 64,
+        metric: "calls_per_sec",
+        min: 0.5,
+        modes: &[Mode::Default],
+    },
+    Target {
+        what: "issue 19: routed calls/s ≥ 0.7× raw TCP",
+        system: "routed",
+        peer: "raw",
+        payload: 64,
+        metric: "calls_per_sec",
+        min: 0.7,
+        modes: &[Mode::Pinned],
+    },
+    Target {
+        what: "issue 19: direct 256 KiB calls/s ≥ 0.95× raw TCP",
+        system: "direct",
+        peer: "raw",
+        payload: 262_144,
+        metric: "calls_per_sec",
+        min: 0.95,
+        modes: BOTH,
+    },
+    Target {
+        what: "issue 19: routed 256 KiB calls/s ≥ 0.45× raw TCP",
+        system: "routed",
+        peer: "raw",
+        payload: 262_144,
+        metric: "calls_per_sec",
+        min: 0.45,
         modes: BOTH,
     },
     Target {
@@ -600,7 +654,7 @@ fn markdown(
         ));
         for &payload in &o.payloads {
             md.push_str(&format!(
-                "\n### {} payload\n\n| system | in flight | conns | calls/s | vs raw | vs tonic | vs nats | p50 µs | p99 µs | p99.9 µs | client CPU s | server CPU s | calls per CPU-s |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+                "\n### {} payload\n\n| system | in flight | conns | calls/s | vs raw | vs tonic | vs nats | p50 µs | p99 µs | p99.9 µs | client CPU s | server CPU s | calls per CPU-s | page faults a call (client / servers) |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
                 size(payload)
             ));
             for r in rows
@@ -610,7 +664,7 @@ fn markdown(
                 let name = label(r["system"].as_str().unwrap_or(""));
                 if let Some(e) = r.get("error") {
                     md.push_str(&format!(
-                        "| {name} | {} | {} | failed: {} | | | | | | | | | |\n",
+                        "| {name} | {} | {} | failed: {} | | | | | | | | | | |\n",
                         r["concurrency"],
                         r["connections"],
                         e.as_str()
@@ -621,7 +675,7 @@ fn markdown(
                     continue;
                 }
                 md.push_str(&format!(
-                    "| {name} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} |\n",
+                    "| {name} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {:.2} | {:.2} | {:.0} | {:.2} / {:.2} |\n",
                     r["concurrency"],
                     r["connections"],
                     r["calls_per_sec"].as_f64().unwrap_or(0.0),
@@ -634,6 +688,8 @@ fn markdown(
                     r["client_cpu_s"].as_f64().unwrap_or(0.0),
                     r["server_cpu_s"].as_f64().unwrap_or(0.0),
                     r["calls_per_cpu_s"].as_f64().unwrap_or(0.0),
+                    r["client_faults_per_call"].as_f64().unwrap_or(f64::NAN),
+                    r["server_faults_per_call"].as_f64().unwrap_or(f64::NAN),
                 ));
             }
         }

@@ -14,7 +14,7 @@ use polycall_net::{Channel, ChannelConfig};
 use crate::nats_peer::NatsConn;
 use crate::raw::RawConn;
 use crate::tonic_peer::TonicConn;
-use crate::{Args, Ctx, Fail, cpu_seconds, payload};
+use crate::{Args, Ctx, Fail, cpu_seconds, minor_faults, payload};
 
 enum Client {
     Raw(Vec<RawConn>),
@@ -131,6 +131,12 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
             .map(|&p| cpu_seconds(Some(p)))
             .sum::<f64>()
     };
+    let server_faults = || {
+        server_pids
+            .iter()
+            .map(|&p| minor_faults(Some(p)))
+            .sum::<u64>()
+    };
     let body = payload(payload_len);
     let client = Arc::new(Client::open(&peer, ep, connections).await?);
 
@@ -164,6 +170,7 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
     }
     tokio::time::sleep_until(start.into()).await;
     let (cpu0, server_cpu0) = (cpu_seconds(None), server_cpu());
+    let (faults0, server_faults0) = (minor_faults(None), server_faults());
     let mut total = histogram()?;
     let mut calls = 0;
     for t in tasks {
@@ -176,6 +183,9 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
     let client_cpu = cpu_seconds(None) - cpu0;
     let server_cpu = server_cpu() - server_cpu0;
     let cpu = client_cpu + server_cpu;
+    let per_call = |n: u64| n as f64 / calls.max(1) as f64;
+    let client_faults = per_call(minor_faults(None).saturating_sub(faults0));
+    let server_faults = per_call(server_faults().saturating_sub(server_faults0));
     println!(
         "{}",
         serde_json::json!({
@@ -187,6 +197,7 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
             "p999_us": total.value_at_quantile(0.999), "max_us": total.max(),
             "client_cpu_s": client_cpu, "server_cpu_s": server_cpu,
             "calls_per_cpu_s": if cpu > 0.0 { calls as f64 / cpu } else { 0.0 },
+            "client_faults_per_call": client_faults, "server_faults_per_call": server_faults,
         })
     );
     Ok(())

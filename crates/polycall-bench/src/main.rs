@@ -119,6 +119,22 @@ pub fn cpu_seconds(pid: Option<u32>) -> f64 {
     (tick(11) + tick(12)) / 100.0
 }
 
+/// Minor page faults of `pid` (this process when `None`) so far, from `/proc`: memory
+/// touched for the first time (or again after the allocator gave it back).
+pub fn minor_faults(pid: Option<u32>) -> u64 {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    after
+        .split_whitespace()
+        .nth(7)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The request payload every peer sends: `len` pseudo-random bytes (SplitMix64 from a
 /// fixed seed), so the same bytes for every peer, and incompressible: a sender whose
 /// compression selector is on (the runtime and the provider keep their defaults)
