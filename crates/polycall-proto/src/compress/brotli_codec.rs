@@ -107,8 +107,9 @@ type BrotliDecoder = BrotliState<BoundedAlloc, StandardAlloc, StandardAlloc>;
 /// brotli's byte allocator for decoding: it refuses (with the empty cell the
 /// decoder takes as a failed allocation) any single allocation larger than
 /// its budget. The only large one is the ring buffer, which a valid stream
-/// of at most `limit` bytes never needs larger than the next power of two;
-/// a stream that declares more is cut short before it gets the memory.
+/// of at most `limit` bytes never needs larger than the next power of two of
+/// `limit + 16` (a window holds 2^lgwin - 16 bytes); a stream that declares
+/// more is cut short before it gets the memory.
 struct BoundedAlloc {
     budget: usize,
 }
@@ -214,7 +215,7 @@ pub(super) fn decompress(
 /// doubling, up to `limit` bytes and no further.
 ///
 /// The decoder is the strict one (no large windows), and its ring buffer is
-/// held to the next power of two of `limit` by [`BoundedAlloc`]. The input goes
+/// held to a window for `limit` bytes by [`BoundedAlloc`]. The input goes
 /// in by steps of [`DECODE_STEP`] bytes, with a call to `pause` before each step
 /// but the first: the decoder decodes whole meta-blocks as soon as it has them, so
 /// a step of input bounds the work done between two pauses (a step of output

@@ -161,8 +161,8 @@ impl Decompressor {
     /// that size (zstd then needs no window buffer); one that does not is
     /// decoded into a buffer that doubles up to `limit` and no further.
     /// brotli is streamed into a buffer that grows the same way, and its
-    /// decoder's ring buffer is refused anything past the next power of two
-    /// of `limit`.
+    /// decoder's ring buffer is refused anything past the window a `limit`-byte
+    /// message needs (the next power of two of `limit + 16`).
     pub fn decompress(
         &mut self,
         algorithm: Algorithm,
