@@ -58,6 +58,7 @@ use serde_json::{Value, json};
 
 use crate::BenchProcesses as Paths;
 use crate::bench_procs::{Proc, loadavg, spawn, wait_ready};
+use crate::bench_rpc::pinned;
 use crate::{ensure_apt, root};
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -115,18 +116,6 @@ impl Layout {
             Layout::Pinned => (Some("0"), Some("1")),
             Layout::Shared => (None, None),
         }
-    }
-}
-
-/// `program`, run under `taskset -c CPUS` when given.
-fn on_cpus(cpus: Option<&str>, program: &Path) -> Command {
-    match cpus {
-        Some(list) => {
-            let mut c = Command::new("taskset");
-            c.args(["-c", list]).arg(program);
-            c
-        }
-        None => Command::new(program),
     }
 }
 
@@ -250,7 +239,7 @@ fn run_row(
             // wants, so it never delays the server's or the pinger's wake-ups (with plain
             // nice 19, the kernel's scheduler still lets a running generator thread finish
             // its slice, milliseconds, before a woken server thread runs).
-            let mut c = on_cpus(load_cpus, Path::new("chrt"));
+            let mut c = pinned(Path::new("chrt"), load_cpus);
             c.args(["--idle", "0", "nice", "-n", "19"])
                 .arg(&p.bench)
                 .args(["stall-load", "--workload", w, "--endpoint", endpoint])
@@ -273,7 +262,7 @@ fn run_row(
         }
         None => None,
     };
-    let mut c = on_cpus(server_cpus, &p.bench);
+    let mut c = pinned(&p.bench, server_cpus);
     c.args(["stall-ping", "--endpoint", endpoint, "--row", row.name])
         .args(["--seconds", &o.seconds.to_string()])
         .args(["--warmup", &o.warmup.to_string()])
@@ -494,7 +483,7 @@ pub(crate) fn bench_stall(args: &[String]) -> Result<()> {
         }
         let (server_cpus, _) = layout.cpus();
         let ready = p.tmp.join(format!("runtime-{}.endpoint", layout.name()));
-        let mut c = on_cpus(server_cpus, &p.polycall);
+        let mut c = pinned(&p.polycall, server_cpus);
         c.env("POLYCALL_LOG", "warn")
             .env("SOFTHSM2_CONF", &softhsm_conf)
             .env(PIN_VAR, PIN)
