@@ -478,8 +478,10 @@ pub(crate) fn bench_stall(args: &[String]) -> Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     for &layout in &o.layouts {
         if layout == Layout::Pinned && cores < 2 {
-            eprintln!("pinned layout skipped: it needs 2 cores, this machine has {cores}");
-            continue;
+            bail!(
+                "the pinned layout needs 2 cores and this machine has {cores}: \
+                 run `cargo xtask bench stall --unpinned`"
+            );
         }
         let (server_cpus, _) = layout.cpus();
         let ready = p.tmp.join(format!("runtime-{}.endpoint", layout.name()));

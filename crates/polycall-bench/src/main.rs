@@ -108,29 +108,28 @@ impl Args {
 /// CPU seconds used so far by process `pid` (`None`: this one), user + system, from
 /// /proc (USER_HZ is 100, so 10 ms resolution).
 pub fn cpu_seconds(pid: Option<u32>) -> f64 {
+    let f = stat_fields(pid);
+    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
+}
+
+/// The fields of `/proc/PID/stat` (this process when `None`) after the command name,
+/// from the state on; empty when it cannot be read.
+fn stat_fields(pid: Option<u32>) -> Vec<String> {
     let path = match pid {
         Some(p) => format!("/proc/{p}/stat"),
         None => "/proc/self/stat".to_owned(),
     };
     let stat = std::fs::read_to_string(path).unwrap_or_default();
     let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let tick = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (tick(11) + tick(12)) / 100.0
+    after.split_whitespace().map(str::to_owned).collect()
 }
 
 /// Minor page faults of `pid` (this process when `None`) so far, from `/proc`: memory
 /// touched for the first time (or again after the allocator gave it back).
 pub fn minor_faults(pid: Option<u32>) -> u64 {
-    let path = match pid {
-        Some(p) => format!("/proc/{p}/stat"),
-        None => "/proc/self/stat".to_owned(),
-    };
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    after
-        .split_whitespace()
-        .nth(7)
+    stat_fields(pid)
+        .get(7)
         .and_then(|v| v.parse().ok())
         .unwrap_or(0)
 }

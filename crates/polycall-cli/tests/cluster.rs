@@ -1061,31 +1061,15 @@ fn polycall(args: &[&str]) -> std::process::Output {
 async fn nodes_speak_mutual_tls_and_only_node_identities_may_call_raft() {
     let scratch = TempDir::new("cluster-tls");
     let p = |rel: &str| scratch.join(rel).display().to_string();
-    let run = |args: &[&str]| {
-        let o = polycall(args);
-        assert!(o.status.success(), "polycall {args:?}: {o:?}");
-    };
-    run(&["certs", "init", &p("ca")]);
-    for (name, spiffe) in [
-        ("node1", "spiffe://polycall.test/node/1"),
-        ("node2", "spiffe://polycall.test/node/2"),
-        ("node3", "spiffe://polycall.test/node/3"),
-        ("app", "spiffe://polycall.test/app/orders"),
-    ] {
-        run(&[
-            "certs",
-            "issue",
-            "--ca",
-            &p("ca"),
-            "--name",
-            name,
-            "--spiffe",
-            spiffe,
-            "--loopback",
-            "--out",
-            &p("certs"),
-        ]);
-    }
+    common::issue_certs(
+        &scratch,
+        &[
+            ("node1", "spiffe://polycall.test/node/1"),
+            ("node2", "spiffe://polycall.test/node/2"),
+            ("node3", "spiffe://polycall.test/node/3"),
+            ("app", "spiffe://polycall.test/app/orders"),
+        ],
+    );
     let endpoints: Vec<String> = (0..3)
         .map(|_| format!("127.0.0.1:{}", free_port()))
         .collect();
