@@ -44,7 +44,7 @@ pub fn polycall_stream(request: Payload, _metadata: Metadata) -> MessageStream {
             "bench.stream takes 16 bytes: count, size",
         )),
         Some((count, size)) => {
-            let chunk = payload(size);
+            let chunk = crate::static_payload(size);
             Box::pin(futures_util::stream::iter(
                 (0..count).map(move |_| Ok(Payload::raw(chunk.clone()))),
             ))
@@ -123,7 +123,9 @@ async fn read_raw(ep: &str, count: u64, size: usize) -> Result<u64, Fail> {
     Ok(got)
 }
 
-async fn read_polycall(ep: &str, count: u64, size: usize) -> Result<u64, Fail> {
+/// Reads a polycall server stream one message at a time (`StreamExt::next`, a
+/// `Payload` each) or, with `batches`, with `Streaming::next_batch` (borrowed messages).
+async fn read_polycall(ep: &str, count: u64, size: usize, batches: bool) -> Result<u64, Fail> {
     let mut config = ChannelConfig::default();
     config.connection.proto.compression.candidates = vec![];
     let ch = Channel::with_config(ep.parse().ctx("--endpoint")?, config)
@@ -131,16 +133,26 @@ async fn read_polycall(ep: &str, count: u64, size: usize) -> Result<u64, Fail> {
         .ctx("connecting the polycall channel")?;
     let call = Call::new(METHOD, Payload::raw(request(count, size as u64))).ctx("the call")?;
     let mut s = ch.server_stream(call).await.ctx("opening the stream")?;
+    let wrong = |len: usize| Fail::new("polycall stream", format!("a message of {len}"));
     let mut got = 0u64;
-    while let Some(m) = s.next().await {
-        let m = m.ctx("a stream message")?;
-        if m.len() != size {
-            return Err(Fail::new(
-                "polycall stream",
-                format!("a message of {}", m.len()),
-            ));
+    if batches {
+        while let Some(batch) = s.next_batch().await {
+            let batch = batch.ctx("a batch of stream messages")?;
+            for m in batch.iter() {
+                if m.len() != size {
+                    return Err(wrong(m.len()));
+                }
+                got += 1;
+            }
         }
-        got += 1;
+    } else {
+        while let Some(m) = s.next().await {
+            let m = m.ctx("a stream message")?;
+            if m.len() != size {
+                return Err(wrong(m.len()));
+            }
+            got += 1;
+        }
     }
     Ok(got)
 }
@@ -162,11 +174,12 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
     let read = |n: u64| async move {
         match peer {
             "raw" => read_raw(ep, n, size).await,
-            "polycall" => read_polycall(ep, n, size).await,
+            "polycall" => read_polycall(ep, n, size, false).await,
+            "polycall-batch" => read_polycall(ep, n, size, true).await,
             "tonic" => crate::tonic_peer::read_stream(ep, n, size).await,
             other => Err(Fail::new(
                 "--peer",
-                format!("{other:?} is none of raw, polycall, tonic"),
+                format!("{other:?} is none of raw, polycall, polycall-batch, tonic"),
             )),
         }
     };

@@ -34,7 +34,7 @@ impl Echo for EchoService {
         request: Request<StreamReq>,
     ) -> Result<Response<Self::StreamStream>, Status> {
         let StreamReq { count, size } = request.into_inner();
-        let chunk = crate::payload(size as usize);
+        let chunk = crate::static_payload(size as usize);
         let messages = futures_util::stream::iter((0..count).map(move |_| {
             Ok(Msg {
                 payload: chunk.clone(),

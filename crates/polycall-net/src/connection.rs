@@ -39,9 +39,12 @@ use tokio::time::Sleep;
 
 use crate::auth::{Authenticator, ClientExchange, Credentials, ServerExchange, Step};
 
+mod batch;
+mod producer;
 mod streams;
 use crate::handler::SharedHandler;
 use crate::transport::{BoxIo, Peer};
+pub use batch::{MessageBatch, MessageRef};
 use streams::{OpenStream, StreamKey, Streams};
 pub use streams::{SEND_BUFFER, Streaming};
 
@@ -927,7 +930,10 @@ impl Driver {
                 packed,
                 count,
             } => {
-                if !self.streams.deliver_packed(call_id, packed, content_type) {
+                if !self
+                    .streams
+                    .deliver_packed(call_id, packed, content_type, count)
+                {
                     self.proto.stream_consumed(call_id, count);
                 }
             }

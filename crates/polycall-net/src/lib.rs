@@ -46,8 +46,8 @@ mod transport;
 
 pub use client::{Channel, ChannelConfig};
 pub use connection::{
-    ConnectionConfig, ConnectionHandle, PendingConnection, SEND_BUFFER, Streaming, establish,
-    least_loaded,
+    ConnectionConfig, ConnectionHandle, MessageBatch, MessageRef, PendingConnection, SEND_BUFFER,
+    Streaming, establish, least_loaded,
 };
 pub use handler::{ConnectionHandler, NoHandler, RouterHandler, ServiceHandler, SharedHandler};
 pub use polycall_core::{Endpoint, EndpointError};

@@ -9,8 +9,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use futures_util::stream;
 use polycall_core::{
-    Call, CallKind, Code, MessageStream, MethodInfo, Payload, Reply, Router, Status, StreamCall,
-    handler_fn,
+    Call, CallKind, Code, ContentType, MessageStream, MethodInfo, Payload, Reply, Router, Status,
+    StreamCall, handler_fn,
 };
 use polycall_net::{Channel, Server, ServerConfig};
 
@@ -27,6 +27,22 @@ fn messages(items: Vec<&'static str>) -> MessageStream {
             .map(|s| Ok(Payload::raw(s)))
             .collect::<Vec<_>>(),
     ))
+}
+
+/// Messages of `feed.mixed`.
+const MIXED: usize = 3000;
+
+/// `feed.mixed`'s message `i`: mostly small raw ones (packed by the producer), every
+/// seventh JSON (a change of content type ends a packed run), every hundredth 5000 bytes
+/// (too large to pack).
+fn mixed(i: usize) -> Payload {
+    if i % 100 == 99 {
+        Payload::raw(vec![(i % 251) as u8; 5000])
+    } else if i.is_multiple_of(7) {
+        Payload::new(format!("{{\"i\":{i}}}"), ContentType::Json)
+    } else {
+        Payload::raw(i.to_string())
+    }
 }
 
 /// Sets a flag when dropped: tells a test that a handler's stream was let go.
@@ -99,6 +115,15 @@ async fn fixture() -> Fixture {
                         Ok(chunk.clone())
                     }))
                 }
+            },
+        )
+        .unwrap()
+        .route_stream(
+            "feed.mixed",
+            CallKind::ServerStream,
+            MethodInfo::new("small raw and JSON messages with large ones among them"),
+            |_call: StreamCall| -> MessageStream {
+                Box::pin(stream::iter((0..MIXED).map(|i| Ok(mixed(i)))))
             },
         )
         .unwrap()
@@ -358,4 +383,92 @@ async fn the_servers_loss_ends_the_stream_with_unavailable() {
     })
     .await
     .expect("bounded");
+}
+
+/// Small messages packed by the producer, JSON among raw, and large ones between them
+/// arrive whole, in order and with their content types, read one by one or in batches.
+#[tokio::test]
+async fn mixed_messages_arrive_in_order_read_one_by_one_or_in_batches() {
+    let f = fixture().await;
+    let open = || async {
+        f.channel
+            .server_stream(Call::new("feed.mixed", Payload::raw("")).unwrap())
+            .await
+            .unwrap()
+    };
+    let one_by_one: Vec<Payload> =
+        tokio::time::timeout(LIMIT, open().await.map(Result::unwrap).collect())
+            .await
+            .unwrap();
+    let mut batched = Vec::new();
+    let mut batches = 0;
+    let mut s = open().await;
+    while let Some(batch) = tokio::time::timeout(LIMIT, s.next_batch()).await.unwrap() {
+        let batch = batch.unwrap();
+        assert_eq!(batch.len(), batch.iter().count());
+        let borrowed: Vec<(Vec<u8>, ContentType)> = batch
+            .iter()
+            .map(|m| (m.bytes().to_vec(), m.content_type()))
+            .collect();
+        let owned: Vec<Payload> = batch.into_payloads().collect();
+        assert_eq!(
+            borrowed,
+            owned
+                .iter()
+                .map(|p| (p.bytes.to_vec(), p.content_type))
+                .collect::<Vec<_>>()
+        );
+        batched.extend(owned);
+        batches += 1;
+    }
+    let want: Vec<Payload> = (0..MIXED).map(mixed).collect();
+    assert_eq!(one_by_one, want);
+    assert_eq!(batched, want);
+    assert!(
+        batches < MIXED / 10,
+        "{batches} batches for {MIXED} messages"
+    );
+}
+
+/// A batch read stops before a failure: the messages first, then the error, then the
+/// end; reads one by one and in batches mix on one stream.
+#[tokio::test]
+async fn batches_end_before_the_error_and_mix_with_single_reads() {
+    let f = fixture().await;
+    let mut s = f
+        .channel
+        .server_stream(Call::new("feed.fail", Payload::raw("")).unwrap())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut error = None;
+    while let Some(batch) = tokio::time::timeout(LIMIT, s.next_batch()).await.unwrap() {
+        match batch {
+            Ok(b) => got.extend(
+                b.iter()
+                    .map(|m| String::from_utf8_lossy(m.bytes()).into_owned()),
+            ),
+            Err(e) => error = Some(e.code),
+        }
+    }
+    assert_eq!(got, ["a", "b"]);
+    assert_eq!(error, Some(Code::NotFound));
+
+    let mut s = f
+        .channel
+        .server_stream(Call::new("feed.count", Payload::raw("500")).unwrap())
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    loop {
+        let one = tokio::time::timeout(LIMIT, s.next()).await.unwrap();
+        let Some(one) = one else { break };
+        got.push(text(&one.unwrap()));
+        match tokio::time::timeout(LIMIT, s.next_batch()).await.unwrap() {
+            Some(b) => got.extend(b.unwrap().iter().map(|m| m.to_payload()).map(|p| text(&p))),
+            None => break,
+        }
+    }
+    let want: Vec<String> = (1..=500).map(|i| i.to_string()).collect();
+    assert_eq!(got, want);
 }

@@ -4,6 +4,7 @@ use bytes::{Bytes, BytesMut};
 use polycall_core::{
     Code, ContentType, MethodInfo, MethodName, Payload, Priority, ServiceName, Status,
 };
+use polycall_proto::connection::PackedWriter;
 use polycall_proto::frame::{
     self, CallFrame, DataFrame, Frame, MethodEntry, MethodRef, ReplyFrame,
 };
@@ -1677,4 +1678,103 @@ fn packed_messages_are_held_and_released_one_by_one() {
         }
     }
     assert_eq!(got, total as usize);
+}
+
+/// The stream messages of `evs`, packed or not, in order.
+fn stream_messages(evs: Vec<Event>) -> Vec<Bytes> {
+    let mut got = Vec::new();
+    for e in evs {
+        match e {
+            Event::StreamMessages { packed, .. } => {
+                got.extend(frame::unpack(&packed).expect("valid entries"))
+            }
+            Event::StreamMessage { payload, .. } => got.push(payload.bytes),
+            _ => {}
+        }
+    }
+    got
+}
+
+/// Messages a producer packed travel as packed frames, in order with the stream's other
+/// messages, and are cut at entry boundaries when the credit is short.
+#[test]
+fn messages_packed_by_the_producer_travel_as_they_are() {
+    let window = 64 * 1024;
+    let mut p = pair_with_window(window);
+    let (s, m) = names("feed.ticks");
+    let id = p.client.open_stream(&s, &m, WireMeta::default()).unwrap();
+    p.pump();
+    let _ = events(&mut p.server);
+    let limits = p.client.pack_limits().expect("both sides offer packing");
+    assert!(
+        limits.max_message >= 64 && limits.room >= 1024,
+        "{limits:?}"
+    );
+    p.client.send_message(id, Payload::raw("first")).unwrap();
+    // Three runs of about 40 KiB: more than the window, so runs get cut.
+    let mut want = vec![Bytes::from("first")];
+    let mut writer = PackedWriter::new(ContentType::Raw, 40 * 1024);
+    let mut runs = 0;
+    for i in 0..1800u32 {
+        let m = Bytes::from(format!("{i:0>60}"));
+        if !writer.push(&m) {
+            p.client.send_packed(id, writer.finish().unwrap()).unwrap();
+            runs += 1;
+            assert!(writer.push(&m));
+        }
+        want.push(m);
+    }
+    p.client.send_packed(id, writer.finish().unwrap()).unwrap();
+    runs += 1;
+    p.client.send_message(id, Payload::raw("last")).unwrap();
+    want.push(Bytes::from("last"));
+    p.client.send_end(id).unwrap();
+    p.to_server.clear();
+    let mut got = Vec::new();
+    for _ in 0..200 {
+        p.step(usize::MAX);
+        let evs = stream_messages(events(&mut p.server));
+        p.server.stream_consumed(id, evs.len());
+        got.extend(evs);
+        if got.len() == want.len() {
+            break;
+        }
+    }
+    assert_eq!(got, want);
+    assert_eq!(p.client.queued_bytes(), 0);
+    let packed: Vec<usize> = frames_sent(&p.to_server, negotiated_crc(&p.client))
+        .iter()
+        .filter_map(|f| match f {
+            Frame::Data(d) if d.packed => Some(d.payload.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(runs, 3);
+    assert!(
+        packed.len() > runs && packed.iter().all(|l| l % 64 == 0),
+        "runs cut at entries: {packed:?}"
+    );
+}
+
+#[test]
+fn packed_messages_are_refused_when_the_peer_does_not_take_them_or_one_is_too_large() {
+    let mut settings = Settings::default();
+    settings.features &= !polycall_proto::features::PACKED;
+    let mut p = Pair::with(Config::default(), Config::default().settings(settings));
+    let (s, m) = names("up.load");
+    let id = p.client.open_stream(&s, &m, WireMeta::default()).unwrap();
+    assert_eq!(p.client.pack_limits(), None);
+    let mut w = PackedWriter::new(ContentType::Raw, 1024);
+    assert!(w.push(b"a"));
+    let r = p.client.send_packed(id, w.finish().unwrap());
+    assert!(matches!(r, Err(SendError::NotNegotiated(_))), "{r:?}");
+
+    let mut p = Pair::new();
+    let id = p.client.open_stream(&s, &m, WireMeta::default()).unwrap();
+    let limits = p.client.pack_limits().unwrap();
+    let mut w = PackedWriter::new(ContentType::Raw, 64 * 1024);
+    assert!(w.push(&vec![0u8; limits.max_message + 1]));
+    let r = p.client.send_packed(id, w.finish().unwrap());
+    assert!(matches!(r, Err(SendError::TooLarge { .. })), "{r:?}");
+    assert_eq!(p.client.queued_bytes(), 0);
 }

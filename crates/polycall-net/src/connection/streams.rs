@@ -13,7 +13,6 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -24,6 +23,8 @@ use polycall_core::{
 use tokio::sync::mpsc;
 use tokio::time::Sleep;
 
+use super::batch::MessageBatch;
+use super::producer::{OutShared, Outgoing, pump};
 use super::{CancelOnDrop, Command, ConnectionHandle, Driver, Serving};
 
 /// Bytes a producer may have queued on one stream and not yet framed by the connection
@@ -66,9 +67,10 @@ impl Inbox {
 /// What the connection hands a stream's reader: a message (or the stream's error), or
 /// several messages still packed as they arrived (the reader slices them).
 #[derive(Debug)]
-enum Delivered {
+pub(super) enum Delivered {
     One(Result<Payload, Status>),
-    Packed(Bytes, ContentType),
+    /// Packed entries, their content type and their number.
+    Packed(Bytes, ContentType, usize),
 }
 
 /// The connection's end of an [`Inbox`]: what it delivers collects in `pending` and
@@ -147,13 +149,63 @@ impl InboxReader {
             }
             match self.batch.pop_front()? {
                 Delivered::One(item) => return Some(item),
-                Delivered::Packed(bytes, ct) => self.packed = Some((bytes, 0, ct)),
+                Delivered::Packed(bytes, ct, _) => self.packed = Some((bytes, 0, ct)),
             }
         }
     }
 
+    /// Everything taken and not yet read, up to the first error (or that error alone,
+    /// when it comes first).
+    fn all_taken(&mut self) -> Option<Result<MessageBatch, Status>> {
+        let mut items = std::collections::VecDeque::new();
+        let mut count = 0;
+        if let Some((bytes, at, ct)) = self.packed.take() {
+            let rest = bytes.slice(at..);
+            let n = polycall_proto::frame::packed_entries(&rest).count();
+            if n > 0 {
+                count += n;
+                items.push_back(Delivered::Packed(rest, ct, n));
+            }
+        }
+        let clean = self
+            .batch
+            .iter()
+            .all(|d| !matches!(d, Delivered::One(Err(_))));
+        if clean && items.is_empty() {
+            items = std::mem::take(&mut self.batch);
+            count = items.iter().map(Delivered::count).sum();
+        } else {
+            while let Some(d) = self.batch.front() {
+                if matches!(d, Delivered::One(Err(_))) {
+                    if items.is_empty()
+                        && let Some(Delivered::One(Err(status))) = self.batch.pop_front()
+                    {
+                        return Some(Err(status));
+                    }
+                    break;
+                }
+                count += d.count();
+                items.extend(self.batch.pop_front());
+            }
+        }
+        (count > 0).then_some(Ok(MessageBatch { items, count }))
+    }
+
     fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Payload, Status>>> {
-        if let Some(item) = self.next_taken() {
+        self.poll_with(cx, Self::next_taken)
+    }
+
+    fn poll_batch(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<MessageBatch, Status>>> {
+        self.poll_with(cx, Self::all_taken)
+    }
+
+    /// `take` from what was taken; else takes what arrived and tries again; else waits.
+    fn poll_with<T>(
+        &mut self,
+        cx: &mut Context<'_>,
+        take: fn(&mut Self) -> Option<Result<T, Status>>,
+    ) -> Poll<Option<Result<T, Status>>> {
+        if let Some(item) = take(self) {
             return Poll::Ready(Some(item));
         }
         for attempt in 0..2 {
@@ -162,7 +214,7 @@ impl InboxReader {
                 if !q.items.is_empty() {
                     std::mem::swap(&mut q.items, &mut self.batch);
                     drop(q);
-                    if let Some(item) = self.next_taken() {
+                    if let Some(item) = take(self) {
                         return Poll::Ready(Some(item));
                     }
                     continue;
@@ -177,6 +229,17 @@ impl InboxReader {
             }
         }
         Poll::Pending
+    }
+}
+
+impl Delivered {
+    /// The number of messages.
+    fn count(&self) -> usize {
+        match self {
+            Delivered::One(Ok(_)) => 1,
+            Delivered::One(Err(_)) => 0,
+            Delivered::Packed(_, _, n) => *n,
+        }
     }
 }
 
@@ -275,6 +338,87 @@ impl Streaming {
     }
 }
 
+impl Streaming {
+    /// Reads every message that has arrived, at least one, as one batch: `None` once
+    /// the stream ended, `Some(Err)` when it failed (after the messages before the
+    /// failure). A reader of many small messages pays one wake-up and no reference
+    /// count per message ([`MessageBatch::iter`] borrows them); the stream's credit is
+    /// returned as batches are read, as with [`futures_util::StreamExt::next`].
+    ///
+    /// ```no_run
+    /// # async fn f(ch: polycall_net::Channel) -> Result<(), Box<dyn std::error::Error>> {
+    /// use polycall_core::{Call, Payload};
+    /// let mut ticks = ch.server_stream(Call::new("feed.ticks", Payload::raw("all"))?).await?;
+    /// let mut bytes = 0;
+    /// while let Some(batch) = ticks.next_batch().await {
+    ///     bytes += batch?.iter().map(|m| m.len()).sum::<usize>();
+    /// }
+    /// # let _ = bytes; Ok(()) }
+    /// ```
+    pub async fn next_batch(&mut self) -> Option<Result<MessageBatch, Status>> {
+        std::future::poll_fn(|cx| self.poll_next_batch(cx)).await
+    }
+
+    /// Polls for [`Streaming::next_batch`].
+    pub fn poll_next_batch(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<MessageBatch, Status>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let polled = self.rx.poll_batch(cx);
+        self.settle(polled, cx, |b| (b.len(), b.wire_len()))
+    }
+
+    /// Accounts for what a poll of the reader gave: messages read (their credit is
+    /// reported in batches), the end, a failure, or nothing yet (the deadline is
+    /// checked, what was read is reported).
+    fn settle<T>(
+        &mut self,
+        polled: Poll<Option<Result<T, Status>>>,
+        cx: &mut Context<'_>,
+        size: impl FnOnce(&T) -> (usize, usize),
+    ) -> Poll<Option<Result<T, Status>>> {
+        match polled {
+            Poll::Ready(Some(Ok(read))) => {
+                let (messages, bytes) = size(&read);
+                self.unreported += messages;
+                self.unreported_bytes += bytes;
+                if self.unreported_bytes >= self.report_every {
+                    self.report();
+                }
+                Poll::Ready(Some(Ok(read)))
+            }
+            Poll::Ready(Some(Err(status))) => {
+                self.end();
+                Poll::Ready(Some(Err(status)))
+            }
+            Poll::Ready(None) => {
+                self.end();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if let Some(d) = &mut self.deadline
+                    && d.poll(cx).is_ready()
+                {
+                    // The guard, dropped armed, cancels the call.
+                    self.done = true;
+                    self.deadline = None;
+                    self.guard = None;
+                    return Poll::Ready(Some(Err(Status::deadline_exceeded(
+                        "the stream's deadline passed before it ended",
+                    ))));
+                }
+                // Nothing to read: tell the connection what was read so far, so a
+                // producer waiting on credit never waits on a report.
+                self.report();
+                Poll::Pending
+            }
+        }
+    }
+}
+
 impl futures_core::Stream for Streaming {
     type Item = Result<Payload, Status>;
 
@@ -283,41 +427,8 @@ impl futures_core::Stream for Streaming {
         if this.done {
             return Poll::Ready(None);
         }
-        match this.rx.poll_recv(cx) {
-            Poll::Ready(Some(Ok(payload))) => {
-                this.unreported += 1;
-                this.unreported_bytes += payload.len();
-                if this.unreported_bytes >= this.report_every {
-                    this.report();
-                }
-                Poll::Ready(Some(Ok(payload)))
-            }
-            Poll::Ready(Some(Err(status))) => {
-                this.end();
-                Poll::Ready(Some(Err(status)))
-            }
-            Poll::Ready(None) => {
-                this.end();
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if let Some(d) = &mut this.deadline
-                    && d.poll(cx).is_ready()
-                {
-                    // The guard, dropped armed, cancels the call.
-                    this.done = true;
-                    this.deadline = None;
-                    this.guard = None;
-                    return Poll::Ready(Some(Err(Status::deadline_exceeded(
-                        "the stream's deadline passed before it ended",
-                    ))));
-                }
-                // Nothing to read: tell the connection what was read so far, so a
-                // producer waiting on credit never waits on a report.
-                this.report();
-                Poll::Pending
-            }
-        }
+        let polled = this.rx.poll_recv(cx);
+        this.settle(polled, cx, |p| (1, p.len()))
     }
 }
 
@@ -329,133 +440,6 @@ impl Drop for Streaming {
             let _ = self.commands.send(Command::StreamDiscard(self.key));
         }
     }
-}
-
-/// The sending half's state, shared by a producer and the connection task. The producer
-/// appends messages to `outbox` and rings the connection (one command) only when the
-/// outbox was empty; the connection takes everything there at once. A stream of small
-/// messages thus costs a lock per message, not a channel send and a wake-up.
-#[derive(Debug, Default)]
-pub(super) struct OutShared {
-    outbox: std::sync::Mutex<std::collections::VecDeque<Payload>>,
-    /// Bytes in `outbox`.
-    in_channel: AtomicUsize,
-    /// Bytes the connection has queued on the call and not yet framed.
-    queued: AtomicUsize,
-    /// The call is over: the producer stops.
-    done: AtomicBool,
-    waker: AtomicWaker,
-}
-
-impl OutShared {
-    pub(super) fn finish(&self) {
-        self.done.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    fn pending(&self) -> usize {
-        self.in_channel.load(Ordering::Acquire) + self.queued.load(Ordering::Acquire)
-    }
-
-    /// Appends a message; true when the outbox was empty (the connection must be rung).
-    /// Appends a batch of messages (emptying `batch`); true when the outbox was empty
-    /// (the connection must be rung).
-    fn push(&self, batch: &mut std::collections::VecDeque<Payload>, bytes: usize) -> bool {
-        self.in_channel.fetch_add(bytes, Ordering::AcqRel);
-        let mut outbox = self.outbox.lock().unwrap_or_else(|p| p.into_inner());
-        let was_empty = outbox.is_empty();
-        outbox.append(batch);
-        was_empty
-    }
-
-    /// Everything in the outbox, oldest first.
-    pub(super) fn take(&self) -> std::collections::VecDeque<Payload> {
-        let taken = std::mem::take(&mut *self.outbox.lock().unwrap_or_else(|p| p.into_inner()));
-        let bytes: usize = taken.iter().map(Payload::len).sum();
-        self.in_channel.fetch_sub(bytes, Ordering::AcqRel);
-        taken
-    }
-
-    /// The connection framed some of the call's bytes: `queued` is what is left.
-    pub(super) fn set_queued(&self, queued: usize) {
-        let before = self.queued.swap(queued, Ordering::AcqRel);
-        if queued < before && queued < SEND_BUFFER {
-            self.waker.wake();
-        }
-    }
-}
-
-/// Most messages a producer hands the connection in one batch.
-const BATCH: usize = 256;
-
-/// How a producer's turn ended.
-enum Turn {
-    /// The call is over.
-    Over,
-    /// The messages ended: the stream ends.
-    End,
-    /// The messages failed: so does the stream.
-    Fail(Status),
-}
-
-/// Feeds `messages` into a call's outgoing stream, within its buffer: the next message
-/// is asked for only when there is room. Ends the stream when `messages` ends, fails
-/// it on an `Err`, and stops when the call is over.
-pub(super) async fn pump(
-    mut messages: MessageStream,
-    key: StreamKey,
-    shared: Arc<OutShared>,
-    commands: mpsc::UnboundedSender<Command>,
-) {
-    // Messages taken from the producer go to the outbox in batches (one lock each).
-    let mut batch = std::collections::VecDeque::new();
-    let mut batch_bytes = 0;
-    let flush = |batch: &mut std::collections::VecDeque<Payload>, bytes: &mut usize| {
-        if batch.is_empty() {
-            return true;
-        }
-        let ring = shared.push(batch, std::mem::take(bytes));
-        !ring || commands.send(Command::StreamReady(key)).is_ok()
-    };
-    let turn = std::future::poll_fn(|cx| {
-        shared.waker.register(cx.waker());
-        let turn = loop {
-            if shared.done.load(Ordering::Acquire) {
-                batch.clear();
-                return Poll::Ready(Turn::Over);
-            }
-            if shared.pending() + batch_bytes >= SEND_BUFFER || batch.len() >= BATCH {
-                if !flush(&mut batch, &mut batch_bytes) {
-                    return Poll::Ready(Turn::Over);
-                }
-                if shared.pending() >= SEND_BUFFER {
-                    return Poll::Pending;
-                }
-            }
-            match messages.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(payload))) => {
-                    batch_bytes += payload.len();
-                    batch.push_back(payload);
-                }
-                Poll::Ready(Some(Err(status))) => break Poll::Ready(Turn::Fail(status)),
-                Poll::Ready(None) => break Poll::Ready(Turn::End),
-                Poll::Pending => break Poll::Pending,
-            }
-        };
-        // Whatever the turn ends with, what was produced goes first.
-        if !flush(&mut batch, &mut batch_bytes) {
-            return Poll::Ready(Turn::Over);
-        }
-        turn
-    })
-    .await;
-    // The end follows the messages already in the outbox (the connection takes them
-    // first).
-    let _ = match turn {
-        Turn::Over => return,
-        Turn::End => commands.send(Command::StreamEnd(key)),
-        Turn::Fail(status) => commands.send(Command::StreamFail(key, status)),
-    };
 }
 
 impl ConnectionHandle {
@@ -609,13 +593,19 @@ impl Streams {
 
     /// Delivers several messages at once (a packed frame's); false when the stream
     /// has no reader.
-    pub(super) fn deliver_packed(&mut self, call_id: u32, packed: Bytes, ct: ContentType) -> bool {
+    pub(super) fn deliver_packed(
+        &mut self,
+        call_id: u32,
+        packed: Bytes,
+        ct: ContentType,
+        count: usize,
+    ) -> bool {
         match self.incoming.get_mut(&call_id) {
             Some(tx) => {
                 if tx.pending.is_empty() {
                     self.dirty.push(call_id);
                 }
-                tx.pending.push_back(Delivered::Packed(packed, ct));
+                tx.pending.push_back(Delivered::Packed(packed, ct, count));
                 true
             }
             None => false,
@@ -690,7 +680,7 @@ impl Driver {
                 let _ = self.proto.send_error(call_id, &e.status());
                 return;
             }
-            let shared = Arc::new(OutShared::default());
+            let shared = Arc::new(OutShared::new(self.proto.pack_limits()));
             self.streams.outgoing.insert(call_id, shared.clone());
             let key = StreamKey::Call(call_id);
             let fail = commands.clone();
@@ -770,7 +760,7 @@ impl Driver {
         self.streams.tokens.insert(call_id, token);
         self.streams.incoming.insert(call_id, replies);
         if let Some(requests) = producer {
-            let shared = Arc::new(OutShared::default());
+            let shared = Arc::new(OutShared::new(self.proto.pack_limits()));
             self.streams.outgoing.insert(call_id, shared.clone());
             if let Some(commands) = self.answers.upgrade() {
                 tokio::spawn(pump(requests, StreamKey::Token(token), shared, commands));
@@ -789,13 +779,28 @@ impl Driver {
         let Some(shared) = self.streams.outgoing.get(&call_id).cloned() else {
             return; // the call is over
         };
-        let messages = shared.take();
-        if messages.is_empty() {
-            return;
-        }
-        if let Err(e) = self.proto.send_messages(call_id, messages) {
-            self.stream_failed(call_id, e.status());
-            return;
+        let mut taken = shared.take();
+        while !taken.is_empty() {
+            let sent = match taken.pop_front() {
+                Some(Outgoing::Packed(p)) => self.proto.send_packed(call_id, p),
+                Some(Outgoing::One(first)) => {
+                    let run = taken
+                        .iter()
+                        .take_while(|o| matches!(o, Outgoing::One(_)))
+                        .count();
+                    let rest = taken.drain(..run).filter_map(|o| match o {
+                        Outgoing::One(p) => Some(p),
+                        Outgoing::Packed(_) => None,
+                    });
+                    self.proto
+                        .send_messages(call_id, std::iter::once(first).chain(rest))
+                }
+                None => Ok(()),
+            };
+            if let Err(e) = sent {
+                self.stream_failed(call_id, e.status());
+                return;
+            }
         }
         shared.set_queued(self.proto.stream_queued(call_id));
     }

@@ -634,9 +634,7 @@ impl Connection {
         self.stream_credit.remove(&call_id);
         if let Some(q) = self.queues.remove(&call_id) {
             for item in q.items {
-                if let OutItem::Msg(m) = item {
-                    self.queued_bytes -= m.data.len() - m.offset;
-                }
+                self.queued_bytes -= item.unframed();
             }
         }
     }

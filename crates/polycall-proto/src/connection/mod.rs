@@ -76,6 +76,9 @@ mod flow;
 mod handshake;
 mod inbound;
 mod outbound;
+mod packing;
+
+pub use packing::{PackLimits, PackedMessages, PackedWriter};
 
 /// The 8 bytes each side sends before its first frame. The first byte, 0x89, is
 /// neither libpolycall's PCR1 magic (`P`) nor its first-generation version byte (1).
@@ -464,9 +467,22 @@ struct CallQueue {
 #[derive(Debug)]
 enum OutItem {
     Msg(OutMsg),
+    /// Stream messages a producer packed (see `packing`).
+    Packed(packing::OutPacked),
     End,
     /// A stream's failure, after the messages queued before it.
     Fail(Box<ErrorFrame>),
+}
+
+impl OutItem {
+    /// Payload bytes not yet framed.
+    fn unframed(&self) -> usize {
+        match self {
+            OutItem::Msg(m) => m.data.len() - m.offset,
+            OutItem::Packed(p) => p.body.len() - p.offset,
+            OutItem::End | OutItem::Fail(_) => 0,
+        }
+    }
 }
 
 fn method_key(service: &ServiceName, method: &MethodName) -> u64 {

@@ -31,10 +31,7 @@ impl Connection {
     }
 
     pub(super) fn enqueue(&mut self, call_id: u32, item: OutItem) {
-        let len = match &item {
-            OutItem::Msg(m) => m.data.len() - m.offset,
-            OutItem::End | OutItem::Fail(_) => 0,
-        };
+        let len = item.unframed();
         self.queued_bytes += len;
         let class = self
             .calls
@@ -651,6 +648,7 @@ impl Connection {
             return false;
         };
         let m = match item {
+            OutItem::Packed(_) => return self.emit_packed(call_id, room),
             OutItem::End => {
                 q.pop_front();
                 Frame::End { call_id }.encode(&mut self.out, crc);
@@ -724,7 +722,7 @@ impl Connection {
 }
 
 /// Largest stream message packed with others into one frame.
-const PACK_MAX: usize = 1024;
+pub(super) const PACK_MAX: usize = 1024;
 
 /// Whether `m` may travel packed: a further stream message (not a reply's first),
 /// untouched, uncompressed and small.
