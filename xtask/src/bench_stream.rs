@@ -51,7 +51,7 @@ const SYSTEMS: [(&str, &str, &str, &str); 5] = [
 /// (workload, message size, message count).
 fn workloads(quick: bool) -> [(&'static str, usize, u64); 2] {
     [
-        ("messages", 64, if quick { 500_000 } else { 2_000_000 }),
+        ("messages", 64, if quick { 5_000_000 } else { 20_000_000 }),
         ("transfer", 256 * 1024, 4096), // 1 GiB
     ]
 }

@@ -134,21 +134,20 @@ pub fn minor_faults(pid: Option<u32>) -> u64 {
         .unwrap_or(0)
 }
 
-/// [`payload`] of `len` bytes made once per process and kept for its life: what the
-/// streaming servers send slices of, so that making a message costs neither an
-/// allocation nor a reference count (the same for every peer).
-pub fn static_payload(len: usize) -> bytes::Bytes {
+/// [`payload`] of `len` bytes made once per process and kept for its life: the
+/// streaming servers make each message as `Bytes::from_static` of it, so that making a
+/// message costs neither an allocation nor a reference count (the same for every peer).
+pub fn static_payload(len: usize) -> &'static [u8] {
     static MADE: std::sync::Mutex<Vec<&'static [u8]>> = std::sync::Mutex::new(Vec::new());
     let mut made = MADE.lock().unwrap_or_else(|p| p.into_inner());
-    let bytes = match made.iter().find(|b| b.len() == len) {
-        Some(b) => *b,
+    match made.iter().find(|b| b.len() == len) {
+        Some(b) => b,
         None => {
             let b: &'static [u8] = Vec::leak(payload(len).to_vec());
             made.push(b);
             b
         }
-    };
-    bytes::Bytes::from_static(bytes)
+    }
 }
 
 /// The request payload every peer sends: `len` pseudo-random bytes (SplitMix64 from a

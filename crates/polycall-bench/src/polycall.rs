@@ -24,7 +24,7 @@ fn echo_router() -> Result<Router, Fail> {
         .and_then(|r| {
             r.route_server_stream(
                 crate::stream_load::METHOD,
-                MethodInfo::new("streams count messages of size bytes"),
+                MethodInfo::new("streams count messages of size bytes").inline(true),
                 crate::stream_load::polycall_stream,
             )
         })

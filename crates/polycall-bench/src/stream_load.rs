@@ -46,7 +46,7 @@ pub fn polycall_stream(request: Payload, _metadata: Metadata) -> MessageStream {
         Some((count, size)) => {
             let chunk = crate::static_payload(size);
             Box::pin(futures_util::stream::iter(
-                (0..count).map(move |_| Ok(Payload::raw(chunk.clone()))),
+                (0..count).map(move |_| Ok(Payload::raw(Bytes::from_static(chunk)))),
             ))
         }
     }

@@ -37,7 +37,7 @@ impl Echo for EchoService {
         let chunk = crate::static_payload(size as usize);
         let messages = futures_util::stream::iter((0..count).map(move |_| {
             Ok(Msg {
-                payload: chunk.clone(),
+                payload: bytes::Bytes::from_static(chunk),
             })
         }));
         Ok(Response::new(Box::pin(messages)))

@@ -24,8 +24,9 @@ pub struct MethodInfo {
     /// Whether calling twice is as good as calling once (retries are safe).
     pub idempotent: bool,
     /// The method answers at once, never computing or blocking (a lookup, a liveness
-    /// check): a connection may run it inside its own task, sparing a thread hop. A
-    /// local hint for this process's server, never sent or described.
+    /// check; for a stream, messages made as they are asked for): a connection may run
+    /// it inside its own task (a stream's producer on its own runtime), sparing a
+    /// thread hop. A local hint for this process's server, never sent or described.
     #[serde(skip)]
     pub inline: bool,
     /// The shape of its messages (unary unless a stream handler serves it).

@@ -28,6 +28,15 @@ pub trait ConnectionHandler: Send + Sync + 'static {
         false
     }
 
+    /// Whether the stream handler of `service.method` makes its messages at once
+    /// ([`polycall_core::MethodInfo::inline`]): its reply stream is then produced on the
+    /// connection's runtime, sparing a thread hop per batch, instead of the handler
+    /// runtime.
+    fn stream_runs_inline(&self, service: &ServiceName, method: &MethodName) -> bool {
+        let _ = (service, method);
+        false
+    }
+
     /// The shape of `service.method`'s messages: the connection answers a call of a
     /// method whose replies stream with a reply stream, and serves every streaming
     /// shape through [`ConnectionHandler::stream`]. Unary unless said otherwise.
@@ -80,6 +89,12 @@ impl ConnectionHandler for RouterHandler {
     fn runs_inline(&self, call: &Call) -> bool {
         self.0
             .info(call.service.as_str(), call.method.as_str())
+            .is_some_and(|i| i.inline)
+    }
+
+    fn stream_runs_inline(&self, service: &ServiceName, method: &MethodName) -> bool {
+        self.0
+            .info(service.as_str(), method.as_str())
             .is_some_and(|i| i.inline)
     }
 

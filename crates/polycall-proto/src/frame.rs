@@ -306,22 +306,39 @@ pub fn unpack(payload: &Bytes) -> Option<Vec<Bytes>> {
 
 /// Whether `payload` is one or more packed entries that fill it exactly.
 pub fn packed_valid(payload: &[u8]) -> bool {
+    packed_summary(payload).is_some()
+}
+
+/// What one walk over a packed payload finds: the number of messages and the largest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PackedSummary {
+    pub(crate) count: usize,
+    pub(crate) longest: usize,
+}
+
+/// The [`PackedSummary`] of `payload`; `None` unless its entries fill it exactly.
+pub(crate) fn packed_summary(payload: &[u8]) -> Option<PackedSummary> {
     let mut at = 0;
+    let mut s = PackedSummary {
+        count: 0,
+        longest: 0,
+    };
     while at < payload.len() {
-        let Some(len) = payload.get(at..at + 4) else {
-            return false;
-        };
+        let len = payload.get(at..at + 4)?;
         let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
         match (at + 4).checked_add(len) {
             Some(end) if end <= payload.len() => at = end,
-            _ => return false,
+            _ => return None,
         }
+        s.count += 1;
+        s.longest = s.longest.max(len);
     }
-    at > 0
+    (s.count > 0).then_some(s)
 }
 
 /// The byte ranges of the messages of a packed payload that [`packed_valid`] accepted
 /// (on another, iteration stops at the first entry that does not fit).
+#[inline]
 pub fn packed_entries(payload: &[u8]) -> PackedEntries<'_> {
     PackedEntries { payload, at: 0 }
 }
@@ -336,6 +353,7 @@ pub struct PackedEntries<'a> {
 impl Iterator for PackedEntries<'_> {
     type Item = std::ops::Range<usize>;
 
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let head = self.payload.get(self.at..self.at + 4)?;
         let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
@@ -840,6 +858,17 @@ pub fn parse_header(b: &[u8], max_body: u32) -> Result<Header, FrameError> {
 /// their allocation (no copy). Never panics and never allocates more than the frame's
 /// own fields on any input.
 pub fn decode(buf: &mut BytesMut, max_body: u32, crc: bool) -> Result<Option<Frame>, FrameError> {
+    decode_summarized(buf, max_body, crc, &mut None)
+}
+
+/// [`decode`], also giving the [`PackedSummary`] of a packed `DATA` frame's payload
+/// (found while checking it, so the connection need not walk the entries again).
+pub(crate) fn decode_summarized(
+    buf: &mut BytesMut,
+    max_body: u32,
+    crc: bool,
+    summary: &mut Option<PackedSummary>,
+) -> Result<Option<Frame>, FrameError> {
     if buf.len() < HEADER_LEN {
         return Ok(None);
     }
@@ -864,7 +893,7 @@ pub fn decode(buf: &mut BytesMut, max_body: u32, crc: bool) -> Result<Option<Fra
         }
     }
     bytes.advance(HEADER_LEN);
-    decode_body(header, &bytes).map(Some)
+    decode_body(header, &bytes, summary).map(Some)
 }
 
 fn full_name(r: &mut Reader<'_>) -> Result<(ServiceName, MethodName), FrameError> {
@@ -910,7 +939,11 @@ fn message_len(r: &mut Reader<'_>, present: bool) -> Result<Option<u32>, FrameEr
     Ok(Some(len))
 }
 
-fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
+fn decode_body(
+    h: Header,
+    body: &Bytes,
+    summary: &mut Option<PackedSummary>,
+) -> Result<Frame, FrameError> {
     let mut r = Reader::new(body, h.frame_type);
     let has = |f: u8| h.flags & f != 0;
     let content_type = |r: &mut Reader<'_>| -> Result<ContentType, FrameError> {
@@ -1073,7 +1106,8 @@ fn decode_body(h: Header, body: &Bytes) -> Result<Frame, FrameError> {
                 if first.is_some_and(|(_, alg)| alg != Algorithm::None) {
                     return Err(r.err("PACKED messages are not compressed"));
                 }
-                if !packed_valid(&payload) {
+                *summary = packed_summary(&payload);
+                if summary.is_none() {
                     return Err(r.err("PACKED entries do not fill the frame"));
                 }
             }

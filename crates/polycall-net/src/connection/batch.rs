@@ -103,21 +103,25 @@ pub struct MessageRef<'a> {
 
 impl MessageRef<'_> {
     /// The message's bytes.
+    #[inline]
     pub fn bytes(&self) -> &[u8] {
         &self.owner[self.range.clone()]
     }
 
     /// The message's length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.range.len()
     }
 
     /// Whether the message is empty.
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.range.is_empty()
     }
 
     /// How the message is encoded.
+    #[inline]
     pub fn content_type(&self) -> ContentType {
         self.content_type
     }

@@ -155,11 +155,10 @@ impl Batch {
         if let Some((limits, writer)) = &mut self.packer
             && payload.len() <= limits.max_message
         {
-            if writer.content_type() != payload.content_type {
-                if let Some(p) = writer.finish() {
-                    self.items.push_back(Outgoing::Packed(p));
-                }
-                *writer = PackedWriter::new(payload.content_type, limits.room);
+            if writer.content_type() != payload.content_type
+                && let Some(p) = writer.set_content_type(payload.content_type)
+            {
+                self.items.push_back(Outgoing::Packed(p));
             }
             if writer.push(&payload.bytes) {
                 // Copied: the payload is dropped here, on the thread that made it.

@@ -673,6 +673,8 @@ impl Driver {
             return;
         };
         let deadline = call.metadata.deadline;
+        let inline = !self.config.spawn_handlers
+            || self.handler.stream_runs_inline(&call.service, &call.method);
         let replies = self.handler.stream(call);
         let task = if kind.streams_replies() {
             if let Err(e) = self.proto.open_reply_stream(call_id) {
@@ -700,7 +702,11 @@ impl Driver {
                     None => run.await,
                 }
             };
-            self.spawn_task(serve)
+            if inline {
+                tokio::spawn(serve).abort_handle()
+            } else {
+                self.spawn_task(serve)
+            }
         } else {
             let answer = async move {
                 let one = polycall_core::stream::single(replies);

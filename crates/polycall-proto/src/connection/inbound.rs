@@ -497,9 +497,12 @@ impl Connection {
             ));
         }
         let max = self.local_limits().max_message as usize;
-        // The decoder checked the entries fill the frame.
-        let (count, longest) = frame::packed_entries(payload)
-            .fold((0, 0), |(n, longest), r| (n + 1, longest.max(r.len())));
+        // The decoder checked the entries fill the frame, and counted them.
+        let frame::PackedSummary { count, longest } = match self.last_packed.take() {
+            Some(s) => s,
+            None => frame::packed_summary(payload)
+                .ok_or_else(|| Self::violation("packed entries do not fill the frame"))?,
+        };
         if longest > max {
             self.refuse_message(
                 call_id,

@@ -506,6 +506,8 @@ pub struct Connection {
     /// The authenticated principal: accepted by this server, or announced by the server.
     principal: Option<String>,
     rx: BytesMut,
+    /// What decoding the last packed `DATA` frame found in it.
+    last_packed: Option<frame::PackedSummary>,
     out: FrameBuf,
     events: VecDeque<(Event, u64)>,
     calls: IdMap<u32, CallState>,
@@ -597,6 +599,7 @@ impl Connection {
             auth_our_turn: false,
             principal: None,
             rx: BytesMut::new(),
+            last_packed: None,
             out: FrameBuf::new(),
             events: VecDeque::new(),
             calls: IdMap::default(),
@@ -707,11 +710,14 @@ impl Connection {
                         (Some(_), _) => (HANDSHAKE_MAX_FRAME, self.crc),
                         (None, _) => (HANDSHAKE_MAX_FRAME, false),
                     };
-                    let frame = match frame::decode(&mut self.rx, max, crc) {
+                    let mut packed = None;
+                    let frame = match frame::decode_summarized(&mut self.rx, max, crc, &mut packed)
+                    {
                         Ok(Some(f)) => f,
                         Ok(None) => return Ok(()),
                         Err(e) => return Err(self.fail(e.into())),
                     };
+                    self.last_packed = packed;
                     if let Err(e) = self.handle(frame) {
                         return Err(self.fail(e));
                     }

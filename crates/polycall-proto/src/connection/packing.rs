@@ -38,7 +38,9 @@ pub struct PackLimits {
 pub struct PackedWriter {
     content_type: ContentType,
     room: usize,
-    body: BytesMut,
+    body: Vec<u8>,
+    /// Bodies come back here once sent (and dropped), pages still mapped.
+    pool: std::sync::Arc<buffers::BufferPool>,
     count: u32,
     /// The largest message appended since the last finish.
     largest: usize,
@@ -50,7 +52,8 @@ impl PackedWriter {
         PackedWriter {
             content_type,
             room,
-            body: BytesMut::new(),
+            body: Vec::new(),
+            pool: buffers::BufferPool::new(),
             count: 0,
             largest: 0,
         }
@@ -59,6 +62,14 @@ impl PackedWriter {
     /// The content type of the messages.
     pub fn content_type(&self) -> ContentType {
         self.content_type
+    }
+
+    /// Switches to messages of `content_type`: the run in progress, if any, is
+    /// finished and returned (the buffers are kept).
+    pub fn set_content_type(&mut self, content_type: ContentType) -> Option<PackedMessages> {
+        let done = self.finish();
+        self.content_type = content_type;
+        done
     }
 
     /// Messages appended since the last [`PackedWriter::finish`].
@@ -74,7 +85,7 @@ impl PackedWriter {
             return false;
         }
         if self.body.capacity() == 0 {
-            self.body.reserve(self.room);
+            self.body = self.pool.take(self.room);
         }
         self.body
             .extend_from_slice(&(message.len() as u32).to_le_bytes());
@@ -85,14 +96,14 @@ impl PackedWriter {
     }
 
     /// The messages appended so far (`None` when there are none); the writer starts over
-    /// with a new buffer.
+    /// with another buffer (one of its earlier ones, once that was sent and dropped).
     pub fn finish(&mut self) -> Option<PackedMessages> {
         if self.count == 0 {
             return None;
         }
         let count = std::mem::take(&mut self.count);
         Some(PackedMessages {
-            body: self.body.split().freeze(),
+            body: buffers::freeze(std::mem::take(&mut self.body), &self.pool),
             content_type: self.content_type,
             count,
             largest: std::mem::take(&mut self.largest),
