@@ -135,6 +135,7 @@ struct InboxReader {
 
 impl InboxReader {
     /// The next message of the current batch.
+    #[inline]
     fn next_taken(&mut self) -> Option<Result<Payload, Status>> {
         loop {
             if let Some((bytes, at, ct)) = &mut self.packed {
@@ -200,10 +201,11 @@ impl InboxReader {
     }
 
     /// `take` from what was taken; else takes what arrived and tries again; else waits.
+    #[inline]
     fn poll_with<T>(
         &mut self,
         cx: &mut Context<'_>,
-        take: fn(&mut Self) -> Option<Result<T, Status>>,
+        take: impl Fn(&mut Self) -> Option<Result<T, Status>>,
     ) -> Poll<Option<Result<T, Status>>> {
         if let Some(item) = take(self) {
             return Poll::Ready(Some(item));
