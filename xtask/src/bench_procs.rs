@@ -71,6 +71,28 @@ impl Proc {
     }
 }
 
+impl Proc {
+    /// Stops the process with SIGTERM (so it, or a tool running it, can finish its
+    /// output) and waits for it (30 s at most, then kills it and fails).
+    pub(crate) fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        let pid = self.pid().to_string();
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .with_context(|| format!("signalling {}", self.what))?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                bail!("{} did not stop within 30 s of SIGTERM", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();

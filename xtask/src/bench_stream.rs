@@ -6,8 +6,9 @@
 //!
 //! Systems: the raw TCP streamer (4-byte length + payload frames, written in 256 KiB
 //! batches: the limit of any framed stream here), polycall direct (a `Server`'s
-//! `bench.stream`), polycall routed (client → `polycall run` → provider), and tonic
-//! server streaming. Each server and the client run in their own processes; each cell is
+//! `bench.stream`, read one message at a time and, a second row, in batches with
+//! `Streaming::next_batch`), polycall routed (client → `polycall run` → provider), and
+//! tonic server streaming. Each server and the client run in their own processes; each cell is
 //! measured `--runs` times (3; 1 with `--quick`) and the median is reported.
 //!
 //! ```text

@@ -34,6 +34,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 
 mod api_guard;
+mod bench_allocs;
 mod bench_bindings;
 mod bench_cluster;
 mod bench_forward;
@@ -60,7 +61,7 @@ fn main() -> ExitCode {
         Some("fuzz") => fuzz(&args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask ci | bench proto|memory|priority|micro|state|stall [--quick] | bench rpc [--quick] [--pinned|--unpinned] [--seconds S] [--peers raw,direct,routed,routed-bare,tonic,nats] | bench stream [--quick] [--pinned|--unpinned] [--runs N] | bench cluster [--quick] [--rounds R] [--seconds S] [--writers 1,16,64] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
+                "usage: cargo xtask ci | bench proto|memory|priority|micro|state|stall [--quick] | bench rpc [--quick] [--pinned|--unpinned] [--seconds S] [--peers raw,direct,routed,routed-bare,tonic,nats] | bench allocs [--calls N] | bench stream [--quick] [--pinned|--unpinned] [--runs N] | bench cluster [--quick] [--rounds R] [--seconds S] [--writers 1,16,64] | fuzz [frame_decode|connection] [--runs N] [--seconds S]"
             );
             return ExitCode::from(2);
         }
@@ -232,6 +233,7 @@ fn bench(args: &[String]) -> Result<()> {
             "runtime memory benchmark",
             cargo().args(["bench", "-p", "polycall-cli", "--bench", "memory"]),
         ),
+        Some("allocs") => bench_allocs::bench_allocs(&args[1..]),
         Some("bindings") => bench_bindings::bench_bindings(&args[1..]),
         Some("cluster") => bench_cluster::bench_cluster(&args[1..]),
         Some("forward") => bench_forward::bench_forward(&args[1..]),

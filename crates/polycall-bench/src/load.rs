@@ -1,9 +1,11 @@
 //! `load`: a closed-loop load generator. `--concurrency` tasks each keep one call in
 //! flight (task `i` on connection `i % connections`); calls that start during the
 //! warm-up are left out; CPU seconds of this process and of `--server-pids` are read
-//! at the start and the end of the measured window.
+//! at the start and the end of the measured window. With `--calls N` instead of
+//! `--seconds`, exactly N calls are made, none left out (for counts per call).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -106,11 +108,23 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
     let payload_len: usize = args.parse("--payload")?;
     let concurrency: usize = args.parse("--concurrency")?;
     let connections: usize = args.parse("--connections")?;
-    let seconds: f64 = args.parse("--seconds")?;
-    let warmup = match args.get("--warmup") {
-        Some(_) => args.parse::<f64>("--warmup")?,
-        None => (seconds / 5.0).clamp(0.2, 1.0),
+    // `--calls N`: exactly N calls in all, no warm-up, however long they take (what an
+    // allocation count needs); else calls for `--seconds` after a warm-up.
+    let fixed: Option<u64> = match args.get("--calls") {
+        Some(_) => Some(args.parse("--calls")?),
+        None => None,
     };
+    let seconds: f64 = match fixed {
+        Some(_) => 24.0 * 3600.0,
+        None => args.parse("--seconds")?,
+    };
+    let warmup = match (fixed, args.get("--warmup")) {
+        (Some(_), _) => 0.0,
+        (None, Some(_)) => args.parse::<f64>("--warmup")?,
+        (None, None) => (seconds / 5.0).clamp(0.2, 1.0),
+    };
+    // The calls still to start (only with `--calls`: no shared counter otherwise).
+    let left = fixed.map(|n| Arc::new(AtomicU64::new(n)));
     if concurrency == 0 || connections == 0 || seconds.is_nan() || seconds <= 0.0 {
         return Err(Fail::new(
             "load",
@@ -144,13 +158,17 @@ pub async fn run(args: &Args) -> Result<(), Fail> {
     let end = start + Duration::from_secs_f64(seconds);
     let mut tasks = Vec::new();
     for i in 0..concurrency {
-        let (client, body) = (client.clone(), body.clone());
+        let (client, body, left) = (client.clone(), body.clone(), left.clone());
         tasks.push(tokio::spawn(async move {
             let mut h = histogram()?;
             let mut calls = 0u64;
             loop {
                 let t = Instant::now();
-                if t >= end {
+                let out_of_calls = left.as_ref().is_some_and(|l| {
+                    l.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_sub(1))
+                        .is_err()
+                });
+                if t >= end || out_of_calls {
                     break;
                 }
                 let n = client.call(i, &body).await?;

@@ -1425,12 +1425,16 @@ impl Driver {
                         self.finish(e.status());
                         return true;
                     }
+                    let streaming = self.streams_open();
                     let buf = self.proto.recv_buf();
-                    if buf.is_empty() && buf.capacity() > MIN_READ * 4 && n < MIN_READ {
-                        // Drained, and the bulk transfer is over (the read was small):
-                        // give the memory back. While reads stay large the buffer is
-                        // kept, its pages mapped, so a stream does not fault them in
-                        // again each time a read happens to end on a frame's end.
+                    if buf.is_empty()
+                        && buf.capacity() > MIN_READ * 4
+                        && (n < MIN_READ || !streaming)
+                    {
+                        // Drained after a bulk transfer: give the memory back. While a
+                        // stream is open and reads stay large the buffer is kept, its
+                        // pages mapped, so a stream does not fault them in again each
+                        // time a read happens to end on a frame's end.
                         *buf = bytes::BytesMut::new();
                         self.read_size = MIN_READ;
                     }

@@ -1769,6 +1769,12 @@ fn packed_messages_are_refused_when_the_peer_does_not_take_them_or_one_is_too_la
     let r = p.client.send_packed(id, w.finish().unwrap());
     assert!(matches!(r, Err(SendError::NotNegotiated(_))), "{r:?}");
 
+    // A small fragment size bounds what may travel packed: an entry always fits a frame.
+    let small = Config::default().fragment_size(512);
+    let p = Pair::with(small, Config::default());
+    let limits = p.client.pack_limits().unwrap();
+    assert!(limits.max_message + 4 <= limits.room, "{limits:?}");
+
     let mut p = Pair::new();
     let id = p.client.open_stream(&s, &m, WireMeta::default()).unwrap();
     let limits = p.client.pack_limits().unwrap();

@@ -117,9 +117,11 @@ enum Turn {
     Fail(Status),
 }
 
-/// What a producer has taken from its stream and not yet handed to the connection.
+/// What a producer has taken from its stream and not yet handed to the connection:
+/// `items`, ready to hand over, and the packed run in progress.
 struct Batch {
     items: VecDeque<Outgoing>,
+    /// Bytes of `items` (as [`Outgoing::len`] counts them).
     bytes: usize,
     /// Small messages being packed (when the peer accepts packed frames).
     packer: Option<(PackLimits, PackedWriter)>,
@@ -139,42 +141,45 @@ impl Batch {
         }
     }
 
-    /// Bytes taken, packed or not.
+    /// Bytes taken, in `items` or in the run in progress.
     fn bytes(&self) -> usize {
-        self.bytes
+        self.bytes + self.packer.as_ref().map_or(0, |(_, w)| w.len())
     }
 
-    /// Whether the batch is worth handing over now: many messages, or a packed frame's
-    /// worth.
+    /// Whether the items are worth handing over now: many messages, or a packed
+    /// frame's worth.
     fn full(&self) -> bool {
         self.items.len() >= BATCH || matches!(self.items.back(), Some(Outgoing::Packed(_)))
     }
 
+    fn push_item(&mut self, item: Outgoing) {
+        self.bytes += item.len();
+        self.items.push_back(item);
+    }
+
     fn add(&mut self, payload: Payload) {
-        self.bytes += payload.len();
         if let Some((limits, writer)) = &mut self.packer
             && payload.len() <= limits.max_message
         {
-            if writer.content_type() != payload.content_type
-                && let Some(p) = writer.set_content_type(payload.content_type)
-            {
-                self.items.push_back(Outgoing::Packed(p));
+            let mut finished = None;
+            if writer.content_type() != payload.content_type {
+                finished = writer.set_content_type(payload.content_type);
             }
-            if writer.push(&payload.bytes) {
+            let packed = writer.push(&payload.bytes) || {
+                // The run is full: it goes, the message starts the next.
+                finished = finished.or_else(|| writer.finish());
+                writer.push(&payload.bytes)
+            };
+            if let Some(p) = finished {
+                self.push_item(Outgoing::Packed(p));
+            }
+            if packed {
                 // Copied: the payload is dropped here, on the thread that made it.
-                self.bytes += 4;
-                return;
-            }
-            if let Some(p) = writer.finish() {
-                self.items.push_back(Outgoing::Packed(p));
-            }
-            if writer.push(&payload.bytes) {
-                self.bytes += 4;
                 return;
             }
         }
         self.seal();
-        self.items.push_back(Outgoing::One(payload));
+        self.push_item(Outgoing::One(payload));
     }
 
     /// Ends the packed run in progress (what follows goes after it).
@@ -182,7 +187,7 @@ impl Batch {
         if let Some((_, writer)) = &mut self.packer
             && let Some(p) = writer.finish()
         {
-            self.items.push_back(Outgoing::Packed(p));
+            self.push_item(Outgoing::Packed(p));
         }
     }
 
@@ -206,8 +211,12 @@ pub(super) async fn pump(
 ) {
     // Messages taken from the producer go to the outbox in batches (one lock each).
     let mut batch = Batch::new(shared.packing);
-    let flush = |batch: &mut Batch| {
-        batch.seal();
+    // Hands `items` over; with `seal`, the run in progress too (a full batch leaves it
+    // to fill: sealing it there would send a run of one message after every full one).
+    let flush = |batch: &mut Batch, seal: bool| {
+        if seal {
+            batch.seal();
+        }
         if batch.items.is_empty() {
             return true;
         }
@@ -221,8 +230,9 @@ pub(super) async fn pump(
                 batch.clear();
                 return Poll::Ready(Turn::Over);
             }
-            if shared.pending() + batch.bytes() >= SEND_BUFFER || batch.full() {
-                if !flush(&mut batch) {
+            let over = shared.pending() + batch.bytes() >= SEND_BUFFER;
+            if over || batch.full() {
+                if !flush(&mut batch, over) {
                     return Poll::Ready(Turn::Over);
                 }
                 if shared.pending() >= SEND_BUFFER {
@@ -237,7 +247,7 @@ pub(super) async fn pump(
             }
         };
         // Whatever the turn ends with, what was produced goes first.
-        if !flush(&mut batch) {
+        if !flush(&mut batch, true) {
             return Poll::Ready(Turn::Over);
         }
         turn

@@ -72,6 +72,17 @@ impl PackedWriter {
         done
     }
 
+    /// Bytes appended since the last [`PackedWriter::finish`] (the messages and their
+    /// 4-byte lengths).
+    pub fn len(&self) -> usize {
+        self.body.len()
+    }
+
+    /// Whether nothing was appended since the last [`PackedWriter::finish`].
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
     /// Messages appended since the last [`PackedWriter::finish`].
     pub fn count(&self) -> u32 {
         self.count
@@ -102,8 +113,18 @@ impl PackedWriter {
             return None;
         }
         let count = std::mem::take(&mut self.count);
+        let body = if self.body.len() < self.room / 4 {
+            // A short run (a producer that paused): copied out, so a queue of many
+            // short runs holds their bytes, not a room-sized buffer each; the buffer
+            // stays for the next run.
+            let body = Bytes::copy_from_slice(&self.body);
+            self.body.clear();
+            body
+        } else {
+            buffers::freeze(std::mem::take(&mut self.body), &self.pool)
+        };
         Some(PackedMessages {
-            body: buffers::freeze(std::mem::take(&mut self.body), &self.pool),
+            body,
             content_type: self.content_type,
             count,
             largest: std::mem::take(&mut self.largest),
@@ -194,6 +215,8 @@ impl Connection {
             .saturating_sub(1);
         let max_message = outbound::PACK_MAX
             .min(below_compression)
+            // An entry always fits a frame's room.
+            .min(room.saturating_sub(4))
             .min(n.peer_limits.max_message as usize)
             // A packed entry always fits a quarter of the peer's window, the most a
             // sender may wait for (see `emit_one`).
