@@ -78,10 +78,14 @@ async fn python_provider_called_from_rust() {
     assert_all_passed("Python provider, Rust client", &outcomes);
     // exit_now took the provider away: the runtime forgot its methods.
     let registry = rt.registry();
+    let names = (
+        pc_core::ServiceName::new(service).unwrap(),
+        pc_core::MethodName::new("echo").unwrap(),
+    );
     let gone = (0..100).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(20));
         registry
-            .pick(service, "echo", rt.observer().ejections())
+            .pick(&names.0, &names.1, rt.observer().ejections())
             .is_none()
     });
     assert!(gone, "the provider's methods outlive its connection");

@@ -190,8 +190,12 @@ fn routing(c: &mut Criterion) {
         (registry, server, channel)
     });
     let none_ejected = polycall_observe::outlier::Ejections::default();
+    let (service, method) = (
+        polycall_core::ServiceName::new("svc13").unwrap(),
+        polycall_core::MethodName::new("method7").unwrap(),
+    );
     g.bench_function("registry_pick_200_methods_4_providers", |b| {
-        b.iter(|| black_box(registry.pick(black_box("svc13"), black_box("method7"), &none_ejected)))
+        b.iter(|| black_box(registry.pick(black_box(&service), black_box(&method), &none_ejected)))
     });
     g.finish();
     drop(rt);

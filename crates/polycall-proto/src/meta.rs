@@ -66,7 +66,12 @@ impl WireMeta {
             trace: md.trace.clone(),
             idempotent: md.idempotent,
             idempotency_key: md.idempotency_key.clone(),
-            principal: md.principal.as_ref().map(ToString::to_string),
+            principal: md.principal.as_ref().map(|p| {
+                // Sized once: rendered into a growing string it took three allocations.
+                let mut text = String::with_capacity(64);
+                let _ = std::fmt::Write::write_fmt(&mut text, format_args!("{p}"));
+                text
+            }),
             forwarded: md.forwarded,
             extensions: Vec::new(),
         }

@@ -53,7 +53,7 @@ impl Service<Call> for Route {
         match self
             .state
             .registry
-            .pick(service, method, self.state.observer.ejections())
+            .pick(&call.service, &call.method, self.state.observer.ejections())
         {
             Some((provider, stats)) => {
                 // Called now, not when first polled: the provider counts the call at once.
@@ -205,7 +205,7 @@ pub(crate) fn serve_stream(
 impl ConnectionHandler for RuntimeConnection {
     fn kind(&self, service: &ServiceName, method: &MethodName) -> CallKind {
         self.state
-            .kind(service.as_str(), method.as_str())
+            .kind_of(service, method)
             .unwrap_or(CallKind::Unary)
     }
 

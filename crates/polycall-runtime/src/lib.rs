@@ -436,24 +436,38 @@ impl State {
     /// another runtime (`None`: served nowhere this runtime knows). The common case —
     /// nothing streams — needs no lookup.
     pub(crate) fn kind(&self, service: &str, method: &str) -> Option<polycall_core::CallKind> {
+        match (
+            polycall_core::ServiceName::new(service),
+            polycall_core::MethodName::new(method),
+        ) {
+            (Ok(s), Ok(m)) => self.kind_of(&s, &m),
+            _ if self.nothing_streams() => Some(polycall_core::CallKind::Unary),
+            _ => self.builtins.info(service, method).map(|i| i.kind),
+        }
+    }
+
+    /// Whether no method served here or known through discovery streams.
+    fn nothing_streams(&self) -> bool {
         let remote_streams = self
             .discovery
             .as_ref()
             .is_some_and(|d| d.stream_kind_known());
-        if !self.registry.any_streaming() && !self.builtins_stream && !remote_streams {
+        !self.registry.any_streaming() && !self.builtins_stream && !remote_streams
+    }
+
+    /// [`State::kind`] of names already checked (no allocation on the way).
+    pub(crate) fn kind_of(
+        &self,
+        service: &polycall_core::ServiceName,
+        method: &polycall_core::MethodName,
+    ) -> Option<polycall_core::CallKind> {
+        if self.nothing_streams() {
             return Some(polycall_core::CallKind::Unary);
         }
-        if let Some(info) = self.builtins.info(service, method) {
+        if let Some(info) = self.builtins.info(service.as_str(), method.as_str()) {
             return Some(info.kind);
         }
-        let local = match (
-            polycall_core::ServiceName::new(service),
-            polycall_core::MethodName::new(method),
-        ) {
-            (Ok(s), Ok(m)) => self.registry.kind(&s, &m),
-            _ => None,
-        };
-        local.or_else(|| {
+        self.registry.kind(service, method).or_else(|| {
             self.discovery
                 .as_ref()?
                 .stream_kind(&format!("{service}.{method}"))

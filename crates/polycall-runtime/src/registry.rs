@@ -139,16 +139,15 @@ impl Registry {
     /// while another provider is live.
     pub fn pick(
         &self,
-        service: &str,
-        method: &str,
+        service: &ServiceName,
+        method: &MethodName,
         ejected: &Ejections,
     ) -> Option<(ConnectionHandle, Arc<EndpointStats>)> {
         let m = self.methods.read().unwrap_or_else(|e| e.into_inner());
-        let key = (
-            ServiceName::new(service).ok()?,
-            MethodName::new(method).ok()?,
-        );
+        // The names share their text: the key costs no allocation.
+        let key = (service.clone(), method.clone());
         let list = m.get(&key)?;
+        let (service, method) = (service.as_str(), method.as_str());
         let healthy = list
             .iter()
             .filter(|p| !ejected.is_ejected(service, method, p.provider_id));

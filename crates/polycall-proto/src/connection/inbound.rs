@@ -636,9 +636,10 @@ impl Connection {
     pub(super) fn drop_call_output(&mut self, call_id: u32) {
         self.stream_credit.remove(&call_id);
         if let Some(q) = self.queues.remove(&call_id) {
-            for item in q.items {
+            for item in &q.items {
                 self.queued_bytes -= item.unframed();
             }
+            self.recycle_queue(q);
         }
     }
 

@@ -508,6 +508,8 @@ pub struct Connection {
     rx: BytesMut,
     /// What decoding the last packed `DATA` frame found in it.
     last_packed: Option<frame::PackedSummary>,
+    /// Emptied send queues, reused by the next calls.
+    spare_queues: Vec<VecDeque<OutItem>>,
     out: FrameBuf,
     events: VecDeque<(Event, u64)>,
     calls: IdMap<u32, CallState>,
@@ -600,6 +602,7 @@ impl Connection {
             principal: None,
             rx: BytesMut::new(),
             last_packed: None,
+            spare_queues: Vec::new(),
             out: FrameBuf::new(),
             events: VecDeque::new(),
             calls: IdMap::default(),

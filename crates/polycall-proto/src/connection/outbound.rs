@@ -37,16 +37,14 @@ impl Connection {
             .calls
             .get(&call_id)
             .map_or(Priority::Normal, |c| c.priority);
-        let q = self.queues.entry(call_id).or_insert_with(|| CallQueue {
-            class,
-            items: VecDeque::new(),
-            bytes: 0,
-        });
-        if q.items.is_empty() {
-            self.ready.push(q.class, call_id);
-        }
+        let q = self.queue_mut(call_id, class);
+        let first = q.items.is_empty();
+        let class = q.class;
         q.bytes += len;
         q.items.push_back(item);
+        if first {
+            self.ready.push(class, call_id);
+        }
     }
 
     /// Opens a call of `service.method` with its first request message; with `stream`,
@@ -373,12 +371,22 @@ impl Connection {
         result
     }
 
-    fn queue_mut(&mut self, call_id: u32, class: Priority) -> &mut CallQueue {
+    /// `call_id`'s send queue, made (with a recycled `VecDeque`) if it has none.
+    pub(super) fn queue_mut(&mut self, call_id: u32, class: Priority) -> &mut CallQueue {
+        let spare = &mut self.spare_queues;
         self.queues.entry(call_id).or_insert_with(|| CallQueue {
             class,
-            items: VecDeque::new(),
+            items: spare.pop().unwrap_or_default(),
             bytes: 0,
         })
+    }
+
+    /// Keeps an emptied send queue's `VecDeque` for the next call (a few, small ones).
+    pub(super) fn recycle_queue(&mut self, mut q: CallQueue) {
+        if self.spare_queues.len() < SPARE_QUEUES && q.items.capacity() <= 64 {
+            q.items.clear();
+            self.spare_queues.push(q.items);
+        }
     }
 
     /// Ends this side's stream of messages on the call.
@@ -560,7 +568,9 @@ impl Connection {
                 {
                     self.ready.push(class, call_id);
                 } else {
-                    self.queues.remove(&call_id);
+                    if let Some(q) = self.queues.remove(&call_id) {
+                        self.recycle_queue(q);
+                    }
                     if !self.calls.contains_key(&call_id) {
                         self.stream_credit.remove(&call_id);
                     }
@@ -720,6 +730,9 @@ impl Connection {
         true
     }
 }
+
+/// Emptied send queues a connection keeps for reuse.
+const SPARE_QUEUES: usize = 64;
 
 /// Largest stream message packed with others into one frame.
 pub(super) const PACK_MAX: usize = 1024;

@@ -251,20 +251,18 @@ impl Connection {
             return Ok(());
         }
         let len = packed.body.len();
-        let q = self.queues.entry(call_id).or_insert_with(|| CallQueue {
-            class,
-            items: VecDeque::new(),
-            bytes: 0,
-        });
-        if q.items.is_empty() {
-            self.ready.push(q.class, call_id);
-        }
+        let q = self.queue_mut(call_id, class);
+        let first = q.items.is_empty();
+        let class = q.class;
         q.bytes += len;
         q.items.push_back(OutItem::Packed(OutPacked {
             body: packed.body,
             content_type: packed.content_type,
             offset: 0,
         }));
+        if first {
+            self.ready.push(class, call_id);
+        }
         self.queued_bytes += len;
         Ok(())
     }
