@@ -113,22 +113,7 @@ fn count_direct(p: &BenchProcesses, calls: u64) -> Result<Counted> {
 /// perf counting the runtime's calls into mimalloc (uprobes) while it lasts.
 fn count_routed(p: &BenchProcesses, runs: [u64; 2]) -> Result<[Counted; 2]> {
     ensure_apt("perf", "linux-perf")?;
-    let binary = p.polycall.display().to_string();
-    let _ = Command::new("perf")
-        .args(["probe", "-d", "probe_polycall:*"])
-        .output();
-    for entry in MIMALLOC_ENTRIES {
-        let out = Command::new("perf")
-            .args(["probe", "-x", &binary, "--add", entry])
-            .output()
-            .context("running perf probe")?;
-        if !out.status.success() {
-            bail!(
-                "perf probe could not add a uprobe on {entry} (root and perf are needed): {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-    }
+    let _probes = Probes::add(&p.polycall.display().to_string())?;
     let ready = p.tmp.join("routed.ready");
     let mut c = Command::new(&p.polycall);
     c.args([
@@ -169,16 +154,8 @@ fn count_routed(p: &BenchProcesses, runs: [u64; 2]) -> Result<[Counted; 2]> {
         )?;
         std::thread::sleep(std::time::Duration::from_millis(500)); // attached
         load(p, &endpoint, calls)?;
-        let pid = perf.pid().to_string();
-        Command::new("kill").args(["-INT", &pid]).status()?;
-        let started = std::time::Instant::now();
-        while !std::fs::read_to_string(&out).is_ok_and(|t| t.contains("probe_polycall")) {
-            if started.elapsed() > std::time::Duration::from_secs(10) {
-                bail!("perf stat wrote no counts to {}", out.display());
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-        drop(perf);
+        // perf writes its counts as it exits.
+        perf.interrupt()?;
         let text = std::fs::read_to_string(&out)?;
         counted.push(Counted {
             calls,
@@ -186,23 +163,56 @@ fn count_routed(p: &BenchProcesses, runs: [u64; 2]) -> Result<[Counted; 2]> {
             bytes: None,
         });
     }
-    let _ = Command::new("perf")
-        .args(["probe", "-d", "probe_polycall:*"])
-        .output();
     let [a, b]: [Counted; 2] = counted
         .try_into()
         .map_err(|_| anyhow::anyhow!("two runs"))?;
     Ok([a, b])
 }
 
-/// The sum of the counts in `perf stat -x ,` output (`COUNT,,EVENT,...` lines).
+/// The sum of the counts in `perf stat -x ,` output (`COUNT,,EVENT,...` lines): `None`
+/// unless every one of [`MIMALLOC_ENTRIES`] has its count.
 fn perf_total(text: &str) -> Option<u64> {
-    let counts: Vec<u64> = text
-        .lines()
-        .filter(|l| l.contains("probe_polycall:"))
-        .map(|l| l.split(',').next()?.trim().parse().ok())
-        .collect::<Option<_>>()?;
-    (!counts.is_empty()).then(|| counts.iter().sum())
+    MIMALLOC_ENTRIES
+        .iter()
+        .map(|entry| {
+            let event = format!("probe_polycall:{entry}");
+            let line = text.lines().find(|l| l.split(',').any(|f| f == event))?;
+            line.split(',').next()?.trim().parse::<u64>().ok()
+        })
+        .sum()
+}
+
+/// The uprobes on mimalloc's entry points, removed when dropped (on every path out).
+struct Probes;
+
+impl Probes {
+    fn add(binary: &str) -> Result<Probes> {
+        let _ = Command::new("perf")
+            .args(["probe", "-d", "probe_polycall:*"])
+            .output();
+        let probes = Probes;
+        for entry in MIMALLOC_ENTRIES {
+            let out = Command::new("perf")
+                .args(["probe", "-x", binary, "--add", entry])
+                .output()
+                .context("running perf probe")?;
+            if !out.status.success() {
+                bail!(
+                    "perf probe could not add a uprobe on {entry} (root and perf are needed): {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+        Ok(probes)
+    }
+}
+
+impl Drop for Probes {
+    fn drop(&mut self) {
+        let _ = Command::new("perf")
+            .args(["probe", "-d", "probe_polycall:*"])
+            .output();
+    }
 }
 
 /// DHAT's summary line `Total:     1,234 bytes in 56 blocks` → (bytes, blocks).
@@ -301,5 +311,8 @@ mod tests {
             None
         );
         assert_eq!(super::perf_total("nothing"), None);
+        // One event's line missing (cut short): no total rather than a low one.
+        let cut = "5,,probe_polycall:mi_malloc_aligned,,\n6,,probe_polycall:mi_zalloc_aligned,,\n";
+        assert_eq!(super::perf_total(cut), None);
     }
 }

@@ -74,10 +74,20 @@ impl Proc {
 impl Proc {
     /// Stops the process with SIGTERM (so it, or a tool running it, can finish its
     /// output) and waits for it (30 s at most, then kills it and fails).
-    pub(crate) fn terminate(mut self) -> Result<std::process::ExitStatus> {
+    pub(crate) fn terminate(self) -> Result<std::process::ExitStatus> {
+        self.stop("-TERM")
+    }
+
+    /// Stops the process with SIGINT (perf finishes its output on it) and waits for it
+    /// as [`Proc::terminate`] does.
+    pub(crate) fn interrupt(self) -> Result<std::process::ExitStatus> {
+        self.stop("-INT")
+    }
+
+    fn stop(mut self, signal: &str) -> Result<std::process::ExitStatus> {
         let pid = self.pid().to_string();
         Command::new("kill")
-            .args(["-TERM", &pid])
+            .args([signal, &pid])
             .status()
             .with_context(|| format!("signalling {}", self.what))?;
         let started = Instant::now();

@@ -29,6 +29,10 @@ fn messages(items: Vec<&'static str>) -> MessageStream {
     ))
 }
 
+/// Each message of `feed.ticks`: small enough to be packed (under the compressor's
+/// minimum), large enough that a window holds a bounded number (tens of thousands).
+static TICK: [u8; 200] = [b't'; 200];
+
 /// Messages of `feed.mixed`.
 const MIXED: usize = 3000;
 
@@ -126,7 +130,7 @@ async fn fixture() -> Fixture {
         .route_stream(
             "feed.ticks",
             CallKind::ServerStream,
-            MethodInfo::new("5-byte messages until cancelled, made inline; counts them")
+            MethodInfo::new("TICK-byte messages until cancelled, made inline; counts them")
                 .inline(true),
             {
                 let produced = ticks_produced.clone();
@@ -137,7 +141,7 @@ async fn fixture() -> Fixture {
                     Box::pin(stream::repeat(()).map(move |_| {
                         let _keep = &flag;
                         produced.fetch_add(1, Ordering::SeqCst);
-                        Ok(Payload::raw("tick!"))
+                        Ok(Payload::raw(&TICK[..]))
                     }))
                 }
             },
@@ -507,17 +511,26 @@ async fn an_inline_producer_of_small_messages_stops_with_its_reader_and_is_cance
             .server_stream(Call::new("feed.ticks", Payload::empty()).unwrap())
             .await
             .unwrap();
-        assert_eq!(text(&s.next().await.unwrap().unwrap()), "tick!");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let stalled = f.ticks_produced.load(Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(s.next().await.unwrap().unwrap().bytes[..], TICK[..]);
+        // The producer fills the windows, then stops: wait until the count holds still
+        // (a debug build on a busy machine takes a while to get there).
+        let mut stalled = f.ticks_produced.load(Ordering::SeqCst);
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = f.ticks_produced.load(Ordering::SeqCst);
+            if now == stalled {
+                break;
+            }
+            stalled = now;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
         assert_eq!(
             f.ticks_produced.load(Ordering::SeqCst),
             stalled,
             "the producer is stopped"
         );
-        // Each message is 9 bytes on the wire (packed: a 4-byte length and 5 bytes).
-        let bound = (8 * 3 / 2 * 1024 * 1024 + polycall_net::SEND_BUFFER) / 9 + 1024;
+        // Each message takes TICK + 4 bytes of the windows (packed: a 4-byte length).
+        let bound = (8 * 3 / 2 * 1024 * 1024 + polycall_net::SEND_BUFFER) / (TICK.len() + 4) + 1024;
         assert!(
             stalled > 1000 && stalled <= bound,
             "{stalled} messages produced for a reader that took one (bound {bound})"
@@ -531,7 +544,7 @@ async fn an_inline_producer_of_small_messages_stops_with_its_reader_and_is_cance
         let mut read = 0;
         while read < stalled + 10_000 {
             let batch = s.next_batch().await.unwrap().unwrap();
-            assert!(batch.iter().all(|m| m.bytes() == b"tick!"));
+            assert!(batch.iter().all(|m| m.bytes() == TICK));
             read += batch.len();
         }
         assert!(f.ticks_produced.load(Ordering::SeqCst) > stalled);

@@ -1770,7 +1770,7 @@ fn packed_messages_are_refused_when_the_peer_does_not_take_them_or_one_is_too_la
     assert!(matches!(r, Err(SendError::NotNegotiated(_))), "{r:?}");
 
     // A small fragment size bounds what may travel packed: an entry always fits a frame.
-    let small = Config::default().fragment_size(512);
+    let small = Config::default().fragment_size(200);
     let p = Pair::with(small, Config::default());
     let limits = p.client.pack_limits().unwrap();
     assert!(limits.max_message + 4 <= limits.room, "{limits:?}");

@@ -436,12 +436,14 @@ impl State {
     /// another runtime (`None`: served nowhere this runtime knows). The common case —
     /// nothing streams — needs no lookup.
     pub(crate) fn kind(&self, service: &str, method: &str) -> Option<polycall_core::CallKind> {
+        if self.nothing_streams() {
+            return Some(polycall_core::CallKind::Unary);
+        }
         match (
             polycall_core::ServiceName::new(service),
             polycall_core::MethodName::new(method),
         ) {
             (Ok(s), Ok(m)) => self.kind_of(&s, &m),
-            _ if self.nothing_streams() => Some(polycall_core::CallKind::Unary),
             _ => self.builtins.info(service, method).map(|i| i.kind),
         }
     }
