@@ -9,7 +9,7 @@ use polycall_security::opaque::{
 };
 use rand::RngCore;
 
-const PASSWORD: &[u8] = b"Pw!Qx9#Zr-ZebraLamp_Ok7741~";
+const PASSWORD: &[u8] = b"Pw!Qx9#Zr-ZebraLamp_Ok77x41~";
 
 /// A fresh directory for one test, removed when dropped.
 struct TempDir(PathBuf);
