@@ -29,6 +29,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 
 use crate::bench_procs::{BenchProcesses, arg, build_bench_processes, spawn, wait_ready};
+use crate::bench_rpc::Mode;
 use crate::{ensure_apt, root};
 
 /// What one system's serving process allocated in one run.
@@ -114,26 +115,8 @@ fn count_direct(p: &BenchProcesses, calls: u64) -> Result<Counted> {
 fn count_routed(p: &BenchProcesses, runs: [u64; 2]) -> Result<[Counted; 2]> {
     ensure_apt("perf", "linux-perf")?;
     let _probes = Probes::add(&p.polycall.display().to_string())?;
-    let ready = p.tmp.join("routed.ready");
-    let mut c = Command::new(&p.polycall);
-    c.args([
-        "--quiet",
-        "run",
-        "--endpoint",
-        "127.0.0.1:0",
-        "--endpoint-file",
-    ])
-    .arg(&ready)
-    .arg("--state-dir")
-    .arg(p.tmp.join("routed-state"));
-    let mut procs = vec![spawn("polycall run", c, &p.tmp.join("routed.log"))?];
-    let endpoint = wait_ready(&ready, &mut procs)?;
-    let provided = p.tmp.join("provider.ready");
-    let mut c = Command::new(&p.bench);
-    c.args(["provide", "--runtime", &endpoint, "--ready"])
-        .arg(&provided);
-    procs.push(spawn("provide", c, &p.tmp.join("provider.log"))?);
-    wait_ready(&provided, &mut procs)?;
+    // The runtime (first) and a provider, as `bench rpc` starts them.
+    let (procs, endpoint) = crate::bench_rpc::start_system("routed", Mode::Default, p)?;
     load(p, &endpoint, 1000)?; // warm-up: pools, the provider's routes
     let runtime = procs[0].pid().to_string();
     let events = MIMALLOC_ENTRIES

@@ -196,6 +196,28 @@ async fn fixture() -> Fixture {
     }
 }
 
+/// Waits until a producer's count holds still (it filled the windows and stopped; a
+/// debug build on a busy machine takes a while to get there), checks it stays still,
+/// and returns it.
+async fn held_still(produced: &AtomicUsize) -> usize {
+    let mut stalled = produced.load(Ordering::SeqCst);
+    loop {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let now = produced.load(Ordering::SeqCst);
+        if now == stalled {
+            break;
+        }
+        stalled = now;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        produced.load(Ordering::SeqCst),
+        stalled,
+        "the producer is stopped"
+    );
+    stalled
+}
+
 /// Reads a stream to its end: the code of the error that ended it, if one did.
 async fn end_of(mut s: polycall_net::Streaming) -> Option<Code> {
     while let Some(m) = s.next().await {
@@ -339,14 +361,7 @@ async fn a_consumer_that_stops_reading_stops_the_producer_and_cancel_ends_it() {
             .unwrap();
         assert!(s.next().await.unwrap().is_ok());
         // The reader stops: the producer stops within the windows.
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        let stalled = f.produced.load(Ordering::SeqCst);
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        assert_eq!(
-            f.produced.load(Ordering::SeqCst),
-            stalled,
-            "the producer is stopped"
-        );
+        let stalled = held_still(&f.produced).await;
         // About the stream window (8 MiB, 1.5 at most held) plus the send buffer.
         let bound = (8 * 3 / 2 * 1024 * 1024 + polycall_net::SEND_BUFFER) / (64 * 1024) + 4;
         assert!(
@@ -512,23 +527,7 @@ async fn an_inline_producer_of_small_messages_stops_with_its_reader_and_is_cance
             .await
             .unwrap();
         assert_eq!(s.next().await.unwrap().unwrap().bytes[..], TICK[..]);
-        // The producer fills the windows, then stops: wait until the count holds still
-        // (a debug build on a busy machine takes a while to get there).
-        let mut stalled = f.ticks_produced.load(Ordering::SeqCst);
-        loop {
-            tokio::time::sleep(Duration::from_millis(300)).await;
-            let now = f.ticks_produced.load(Ordering::SeqCst);
-            if now == stalled {
-                break;
-            }
-            stalled = now;
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        assert_eq!(
-            f.ticks_produced.load(Ordering::SeqCst),
-            stalled,
-            "the producer is stopped"
-        );
+        let stalled = held_still(&f.ticks_produced).await;
         // Each message takes TICK + 4 bytes of the windows (packed: a 4-byte length).
         let bound = (8 * 3 / 2 * 1024 * 1024 + polycall_net::SEND_BUFFER) / (TICK.len() + 4) + 1024;
         assert!(

@@ -636,22 +636,9 @@ impl Connection {
                 taken += n.data.len();
                 q.pop_front();
             }
-            let len = packed.len();
-            Frame::Data(DataFrame {
-                call_id,
-                first: Some((content_type, Algorithm::None)),
-                more: false,
-                message_len: None,
-                packed: true,
-                payload: packed.freeze(),
-            })
-            .encode(&mut self.out, crc);
-            self.send_credit -= len as u64;
-            if let Some(c) = self.stream_credit.get_mut(&call_id) {
-                *c -= len as u64;
-            }
             queue.bytes -= taken;
             self.queued_bytes -= taken;
+            self.packed_frame(call_id, content_type, packed.freeze());
             return true;
         }
         let Some(item) = q.front_mut() else {

@@ -289,9 +289,18 @@ impl Connection {
         }
         queue.bytes -= take;
         self.queued_bytes -= take;
-        self.send_credit -= take as u64;
+        self.packed_frame(call_id, content_type, payload);
+        true
+    }
+
+    /// Frames `body`, packed entries of `call_id`'s stream, as one `DATA` frame and
+    /// takes its bytes from both windows (whoever packed them: the connection or a
+    /// producer).
+    pub(super) fn packed_frame(&mut self, call_id: u32, content_type: ContentType, body: Bytes) {
+        let len = body.len() as u64;
+        self.send_credit -= len;
         if let Some(c) = self.stream_credit.get_mut(&call_id) {
-            *c -= take as u64;
+            *c -= len;
         }
         Frame::Data(DataFrame {
             call_id,
@@ -299,9 +308,8 @@ impl Connection {
             more: false,
             message_len: None,
             packed: true,
-            payload,
+            payload: body,
         })
         .encode(&mut self.out, self.crc);
-        true
     }
 }
