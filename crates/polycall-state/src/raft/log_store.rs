@@ -30,6 +30,8 @@ pub(super) fn create_tables(db: &Database) -> Result<(), StorageError> {
 #[derive(Clone)]
 pub struct RaftLog {
     db: Arc<Database>,
+    /// The last committed log id openraft reported and no append has stored yet.
+    committed: Arc<std::sync::Mutex<Option<LogId<NodeId>>>>,
 }
 
 impl Debug for RaftLog {
@@ -65,24 +67,19 @@ fn write_meta<T: Serialize>(db: &Database, key: &str, value: &T) -> Result<(), S
     Ok(())
 }
 
-/// One write transaction on the log table: `change` edits it, then the commit (with an
-/// fsync when `durability` is `Immediate`).
+/// One write transaction: `change` edits the log (and metadata) tables, then the commit
+/// (with an fsync when `durability` is `Immediate`).
 fn write_log(
     db: &Database,
     durability: Durability,
-    change: impl FnOnce(&mut redb::Table<'_, u64, &[u8]>) -> Result<(), redb::StorageError>,
+    change: impl FnOnce(&redb::WriteTransaction) -> Result<(), redb::Error>,
 ) -> Result<(), StorageError> {
     let mut txn = db
         .begin_write()
         .map_err(|e| StorageIOError::write_logs(&e))?;
     txn.set_durability(durability)
         .map_err(|e| StorageIOError::write_logs(&e))?;
-    {
-        let mut t = txn
-            .open_table(LOG)
-            .map_err(|e| StorageIOError::write_logs(&e))?;
-        change(&mut t).map_err(|e| StorageIOError::write_logs(&e))?;
-    }
+    change(&txn).map_err(|e| StorageIOError::write_logs(&e))?;
     txn.commit().map_err(|e| StorageIOError::write_logs(&e))?;
     Ok(())
 }
@@ -93,7 +90,10 @@ fn decode(bytes: &[u8]) -> Result<Entry<TypeConfig>, StorageError> {
 
 impl RaftLog {
     pub(super) fn new(db: Arc<Database>) -> Self {
-        Self { db }
+        Self {
+            db,
+            committed: Arc::default(),
+        }
     }
 }
 
@@ -164,11 +164,19 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
         &mut self,
         committed: Option<LogId<NodeId>>,
     ) -> Result<(), StorageError> {
-        let db = self.db.clone();
-        blocking(move || write_meta(&db, "committed", &committed)).await
+        // Kept in memory and stored by the next append, in its transaction: the
+        // committed index only lets a restarted node apply sooner, and a stored one that
+        // lags is allowed (the node learns the rest from its leader, and its reads wait
+        // for that unless they asked for stale data). A transaction of its own — let
+        // alone an fsync — would sit on every write's path, inside openraft's core loop.
+        *self.committed.lock().unwrap_or_else(|e| e.into_inner()) = committed;
+        Ok(())
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId<NodeId>>, StorageError> {
+        if let Some(c) = *self.committed.lock().unwrap_or_else(|e| e.into_inner()) {
+            return Ok(Some(c));
+        }
         let db = self.db.clone();
         blocking(move || Ok(read_meta::<Option<LogId<NodeId>>>(&db, "committed")?.flatten())).await
     }
@@ -188,11 +196,24 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
                 .map_err(|err| StorageIOError::write_log_entry(e.log_id, &err))?;
             rows.push((e.log_id.index, bytes));
         }
+        let committed = self
+            .committed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|c| postcard::to_allocvec(&Some(c)))
+            .transpose()
+            .map_err(|e| StorageIOError::write_logs(&e))?;
         let db = self.db.clone();
         let written = blocking(move || {
-            write_log(&db, Durability::Immediate, |t| {
+            write_log(&db, Durability::Immediate, |txn| {
+                let mut t = txn.open_table(LOG)?;
                 for (index, bytes) in &rows {
                     t.insert(*index, bytes.as_slice())?;
+                }
+                if let Some(committed) = &committed {
+                    txn.open_table(META)?
+                        .insert("committed", committed.as_slice())?;
                 }
                 Ok(())
             })
@@ -213,8 +234,10 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
     async fn truncate(&mut self, log_id: LogId<NodeId>) -> Result<(), StorageError> {
         let db = self.db.clone();
         blocking(move || {
-            write_log(&db, Durability::Immediate, |t| {
-                t.retain_in(log_id.index.., |_, _| false)
+            write_log(&db, Durability::Immediate, |txn| {
+                Ok(txn
+                    .open_table(LOG)?
+                    .retain_in(log_id.index.., |_, _| false)?)
             })
         })
         .await
@@ -226,8 +249,10 @@ impl RaftLogStorage<TypeConfig> for RaftLog {
             // The purge point first: entries at or before it are ignored from then on, so
             // a crash between the two writes leaves nothing inconsistent.
             write_meta(&db, "last_purged", &log_id)?;
-            write_log(&db, Durability::Immediate, |t| {
-                t.retain_in(..=log_id.index, |_, _| false)
+            write_log(&db, Durability::Immediate, |txn| {
+                Ok(txn
+                    .open_table(LOG)?
+                    .retain_in(..=log_id.index, |_, _| false)?)
             })
         })
         .await

@@ -36,6 +36,7 @@ pub enum Command {
         /// The key.
         key: String,
         /// The value.
+        #[serde(with = "super::as_bytes")]
         value: Vec<u8>,
         /// The version the writer read.
         expect: Option<u64>,
@@ -142,6 +143,7 @@ struct Data {
 #[derive(Serialize, Deserialize)]
 struct Stored {
     meta: SnapshotMeta<NodeId, BasicNode>,
+    #[serde(with = "super::as_bytes")]
     data: Vec<u8>,
 }
 
@@ -585,6 +587,35 @@ mod tests {
             ReplicatedMap::apply_command(&mut m, &mut h, 10, &put(None)),
             Applied::Done { version: 10 }
         );
+    }
+
+    #[test]
+    fn values_encode_as_they_did_when_they_were_byte_sequences() {
+        // The log on disk and between nodes holds entries written before values were
+        // serialized as byte strings: both encodings must be the same bytes.
+        #[derive(Serialize, Deserialize, PartialEq, Debug)]
+        enum Before {
+            Put {
+                key: String,
+                value: Vec<u8>,
+                expect: Option<u64>,
+            },
+        }
+        let value: Vec<u8> = (0..=255u8).chain(0..40).collect();
+        let now = Command::Put {
+            key: "k".into(),
+            value: value.clone(),
+            expect: Some(3),
+        };
+        let before = Before::Put {
+            key: "k".into(),
+            value,
+            expect: Some(3),
+        };
+        let bytes = postcard::to_allocvec(&now).unwrap();
+        assert_eq!(bytes, postcard::to_allocvec(&before).unwrap());
+        assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), now);
+        assert_eq!(postcard::from_bytes::<Before>(&bytes).unwrap(), before);
     }
 
     #[test]
