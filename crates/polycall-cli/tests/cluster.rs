@@ -1437,8 +1437,16 @@ async fn history_point_in_time_recovery_and_backups_work_on_a_cluster() {
         json!("a")
     );
 
+    // An eventual instance too: backups hold it as the node merged it.
+    call(1, "state.cart.create", json!({"id": "c-1"})).await;
+    cart(&clients, 1, "add", json!({"item": "cup"})).await;
+    clients.merged(&all, Duration::from_secs(10)).await;
+    cart(&clients, 3, "visit", json!({})).await;
+    clients.merged(&all, Duration::from_secs(10)).await;
+
     // A backup on node 2; later changes, then the backup restored through node 3:
-    // reg-0 goes back, an instance created after the backup is removed everywhere.
+    // reg-0 goes back, an instance created after the backup is removed everywhere,
+    // the cart goes back to what it held.
     let file = cluster.dir.join("cluster-backup.redb");
     let backup = call(
         2,
@@ -1446,9 +1454,13 @@ async fn history_point_in_time_recovery_and_backups_work_on_a_cluster() {
         json!({"path": file.display().to_string(), "token": cluster.token(2)}),
     )
     .await;
-    assert_eq!(backup["records"], json!(1), "{backup}");
+    assert_eq!(backup["records"], json!(2), "{backup}");
     set(1, "d").await;
     call(1, "state.register.create", json!({"id": "reg-9"})).await;
+    cart(&clients, 1, "add", json!({"item": "pen"})).await;
+    cart(&clients, 2, "visit", json!({})).await;
+    cart(&clients, 2, "claim", json!({"owner": "bob"})).await;
+    clients.merged(&all, Duration::from_secs(10)).await;
     let wrong = clients
         .call(
             3,
@@ -1467,9 +1479,22 @@ async fn history_point_in_time_recovery_and_backups_work_on_a_cluster() {
     .await;
     assert_eq!(
         restored["restored"].as_array().unwrap().len(),
-        2,
+        3,
         "{restored}"
     );
+    clients.merged(&all, Duration::from_secs(10)).await;
+    for id in all {
+        let c = call(id, "state.cart.get", json!({"id": "c-1"})).await;
+        assert_eq!(
+            (
+                &c["context"]["items"],
+                &c["context"]["visits"],
+                &c["context"]["owner"]
+            ),
+            (&json!(["cup"]), &json!(1), &json!("")),
+            "node {id}: the cart as backed up: {c}"
+        );
+    }
     for id in all {
         let v = call(id, "state.register.get", json!({"id": "reg-0"})).await;
         assert_eq!(v["context"]["value"], json!("a"), "node {id}: {v}");
@@ -1518,4 +1543,89 @@ async fn history_point_in_time_recovery_and_backups_work_on_a_cluster() {
     let history = call(3, "state.register.history", json!({"id": "reg-0"})).await;
     assert!(history.as_array().unwrap().len() >= 8, "{history}");
     clients.converged(&all, Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_eventual_machines_only_backs_them_up_and_restores_them() {
+    let endpoints = vec![format!("127.0.0.1:{}", free_port())];
+    let mut cluster = Cluster::start_on(endpoints, None, &[]);
+    for linearizable in ["register.toml", "counter.toml"] {
+        std::fs::remove_file(cluster.dir.join("machines").join(linearizable)).unwrap();
+    }
+    cluster.spawn_all();
+    let clients = Clients::new(&cluster);
+    clients.leader(&[1], None, Duration::from_secs(20)).await;
+    let call = |method: &'static str, input: Value| {
+        let clients = clients.clone();
+        async move { clients.call(1, method, input, Duration::from_secs(5)).await }
+    };
+    call("state.cart.create", json!({"id": "c-1"}))
+        .await
+        .unwrap();
+    cart(&clients, 1, "add", json!({"item": "cup"})).await;
+    cart(&clients, 1, "claim", json!({"owner": "ada"})).await;
+    let file = cluster.dir.join("eventual-backup.redb");
+    let path = file.display().to_string();
+    let backup = call(
+        "state.backup",
+        json!({"path": path, "token": cluster.token(1)}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(backup["records"], json!(1), "{backup}");
+    cart(&clients, 1, "add", json!({"item": "pen"})).await;
+    cart(&clients, 1, "visit", json!({})).await;
+    cart(&clients, 1, "claim", json!({"owner": "bob"})).await;
+    // Point-in-time recovery is of a log, which eventual machines do not keep.
+    let recover = call(
+        "state.recover",
+        json!({"index": 1, "token": cluster.token(1)}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(recover.code, polycall::Code::Unsupported, "{recover}");
+    // A backup is checked whole before anything changes: a damaged snapshot is refused.
+    let damaged = cluster.dir.join("damaged-backup.redb");
+    std::fs::copy(&file, &damaged).unwrap();
+    let mut bytes = std::fs::read(&damaged).unwrap();
+    let at = bytes
+        .windows(5)
+        .position(|w| w == b"\"cup\"")
+        .expect("the snapshot is in the file");
+    bytes[at + 1] = b'C';
+    std::fs::write(&damaged, bytes).unwrap();
+    let refused = call(
+        "state.restore_backup",
+        json!({"path": damaged.display().to_string(), "token": cluster.token(1)}),
+    )
+    .await
+    .unwrap_err();
+    assert!(refused.message.contains("integrity"), "{refused}");
+    let c = call("state.cart.get", json!({"id": "c-1"})).await.unwrap();
+    assert_eq!(
+        c["context"]["items"],
+        json!(["cup", "pen"]),
+        "unchanged: {c}"
+    );
+    let restored = call(
+        "state.restore_backup",
+        json!({"path": path, "token": cluster.token(1)}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        restored["restored"].as_array().unwrap().len(),
+        1,
+        "{restored}"
+    );
+    let c = call("state.cart.get", json!({"id": "c-1"})).await.unwrap();
+    assert_eq!(
+        (
+            &c["context"]["items"],
+            &c["context"]["visits"],
+            &c["context"]["owner"]
+        ),
+        (&json!(["cup"]), &json!(0), &json!("ada")),
+        "the cart as backed up: {c}"
+    );
 }

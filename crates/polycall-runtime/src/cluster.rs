@@ -18,8 +18,8 @@
 //!   input says `"consistency": "stale"`; every answer carries the answering node's
 //!   `applied_index`;
 //! - per eventual machine, the same methods over this node's merged copy (history and
-//!   point-in-time recovery answer `unsupported`), and `cluster.sync` between nodes
-//!   (peers only). `state.watch` and `state.subscribe` serve the changes each node
+//!   point-in-time recovery answer `unsupported`; backups hold their instances as this
+//!   node merged them), and `cluster.sync` between nodes (peers only). `state.watch` and `state.subscribe` serve the changes each node
 //!   applies (replicated machines).
 
 use std::collections::BTreeMap;
@@ -128,7 +128,7 @@ mod running {
         /// The linearizable machines (through the raft log).
         pub(crate) host: Option<Arc<ReplicatedHost>>,
         /// The eventual machines (delta anti-entropy).
-        eventual: Option<Arc<EventualHost>>,
+        pub(crate) eventual: Option<Arc<EventualHost>>,
         peers: Peers,
     }
 
@@ -182,10 +182,13 @@ mod running {
         let host = if machines.is_empty() {
             None
         } else {
-            Some(Arc::new(
-                ReplicatedHost::new(machines, node.clone())
-                    .map_err(|e| RuntimeError::State(e.to_string()))?,
-            ))
+            let host = ReplicatedHost::new(machines, node.clone())
+                .map_err(|e| RuntimeError::State(e.to_string()))?;
+            Some(Arc::new(match &eventual {
+                // Its backups hold the eventual instances too.
+                Some(e) => host.with_eventual(e.clone()),
+                None => host,
+            }))
         };
         tracing::info!(
             node = settings.node_id,
@@ -477,9 +480,9 @@ mod running {
 
         fn backup<'a>(
             &'a self,
-            _dest: &'a std::path::Path,
+            dest: &'a std::path::Path,
         ) -> impl std::future::Future<Output = Result<BackupInfo, StateError>> + Send + 'a {
-            std::future::ready(Err(eventual_unsupported("a backup")))
+            EventualHost::backup(self, dest)
         }
 
         fn history(
@@ -517,6 +520,39 @@ mod running {
 
     /// The state methods of every machine: linearizable ones over the replicated map,
     /// eventual ones over this node's merged copy.
+    /// `state.restore_backup` on `host`: puts every instance back to its state in a
+    /// cluster backup file.
+    fn restore_backup_method<H, F, Fut>(
+        r: Router,
+        host: &Arc<H>,
+        runtime: Weak<State>,
+        restore: F,
+    ) -> Router
+    where
+        H: Send + Sync + 'static,
+        F: Fn(Arc<H>, std::path::PathBuf) -> Fut + Clone + Send + Sync + 'static,
+        Fut: std::future::Future<Output = Result<Recovered, StateError>> + Send,
+    {
+        add(
+            r,
+            "state.restore_backup",
+            MethodInfo::new(
+                "puts every instance back to its state in a backup file (state.backup of a cluster node); needs the runtime token",
+            )
+            .input(r#"{"path": string, "token": string}"#)
+            .output(r#"{"restored": [{"id", "instance"}]}"#),
+            host,
+            move |h, c, v| {
+                let (rt, restore) = (runtime.clone(), restore.clone());
+                Box::pin(async move {
+                    check_token(&rt, &v)?;
+                    let path = std::path::PathBuf::from(field(&v, "path", &c)?);
+                    recovered_reply(restore(h, path).await?)
+                })
+            },
+        )
+    }
+
     fn state_methods(cluster: &Cluster, runtime: Weak<State>) -> Router {
         let mut r = Router::new();
         if let Some(host) = &cluster.host {
@@ -549,24 +585,9 @@ mod running {
                 },
             );
             r = backup_methods(r, host, runtime.clone());
-            r = add(
-                r,
-                "state.restore_backup",
-                MethodInfo::new(
-                    "puts every instance back to its state in a backup file (state.backup of a cluster node); needs the runtime token",
-                )
-                .input(r#"{"path": string, "token": string}"#)
-                .output(r#"{"restored": [{"id", "instance"}]}"#),
-                host,
-                move |h, c, v| {
-                    let rt = runtime.clone();
-                    Box::pin(async move {
-                        check_token(&rt, &v)?;
-                        let path = std::path::PathBuf::from(field(&v, "path", &c)?);
-                        recovered_reply(h.restore_backup(&path).await?)
-                    })
-                },
-            );
+            r = restore_backup_method(r, host, runtime.clone(), |h, path| async move {
+                h.restore_backup(&path).await
+            });
         }
         if let Some(host) = &cluster.eventual {
             let node = cluster.node.id();
@@ -637,9 +658,20 @@ mod running {
             },
         );
         let mut unsupported_here: Vec<&'static str> = Vec::new();
-        match &cluster.host {
-            Some(host) => r = crate::state_service::watch_methods(r, host),
-            None => unsupported_here.extend(["watch", "backup", "recover", "restore_backup"]),
+        match (&cluster.host, &cluster.eventual) {
+            (Some(host), _) => r = crate::state_service::watch_methods(r, host),
+            (None, Some(eventual)) => {
+                // Backups of the eventual instances alone; point-in-time recovery
+                // answers that eventual machines do not offer it.
+                r = backup_methods(r, eventual, runtime.clone());
+                r = restore_backup_method(r, eventual, runtime, |h, path| async move {
+                    h.restore_backup(&path).await
+                });
+                unsupported_here.push("watch");
+            }
+            (None, None) => {
+                unsupported_here.extend(["watch", "backup", "recover", "restore_backup"])
+            }
         }
         for method in unsupported_here {
             r = add(

@@ -852,8 +852,17 @@ impl Runtime {
                 state_service::schedule_backups(host.clone(), dir.clone(), every, keep);
             }
             #[cfg(feature = "cluster")]
-            if let Some(host) = state.cluster.as_ref().and_then(|c| c.host.as_ref()) {
-                state_service::schedule_backups(host.clone(), dir, every, keep);
+            if let Some(cluster) = state.cluster.as_ref() {
+                // The replicated host's backups hold the eventual instances too.
+                match (&cluster.host, &cluster.eventual) {
+                    (Some(host), _) => {
+                        state_service::schedule_backups(host.clone(), dir, every, keep);
+                    }
+                    (None, Some(eventual)) => {
+                        state_service::schedule_backups(eventual.clone(), dir, every, keep);
+                    }
+                    (None, None) => {}
+                }
             }
         }
         let admin = match config.observe.admin {

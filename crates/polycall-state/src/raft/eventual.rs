@@ -29,6 +29,7 @@ use redb::{ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
+use super::backup::{self, BackupFile};
 use super::machines::{NodeMachines, instance_id};
 use super::network::{Peers, decode, encode};
 use super::{Node, NodeId};
@@ -38,7 +39,7 @@ use crate::error::StateError;
 use crate::host::InstanceView;
 use crate::instance::{Fired, InstanceState, Snapshot};
 use crate::machine::Machine;
-use crate::store::now_us;
+use crate::store::{BackupInfo, now_us};
 
 const DOCS: TableDefinition<&str, &[u8]> = TableDefinition::new("eventual_docs");
 const META: TableDefinition<&str, u64> = TableDefinition::new("eventual_meta");
@@ -81,6 +82,11 @@ struct Inner {
     clock: Clock,
     outbox: Outbox,
 }
+
+/// Backed-up eventual instances that passed [`EventualHost::check_rows`], ready to be
+/// put back.
+#[derive(Debug)]
+pub struct CheckedRows(Vec<(String, Snapshot)>);
 
 /// Hosts eventual machines on a cluster node.
 pub struct EventualHost {
@@ -305,6 +311,106 @@ impl EventualHost {
             })
             .await?;
         Ok(view)
+    }
+
+    /// Every instance as this node has merged it, as self-verifying snapshots (JSON),
+    /// in id order: what a cluster backup holds of eventual machines.
+    pub fn backup_rows(&self) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        let states: Vec<InstanceState> = self.lock().docs.values().filter_map(Doc::state).collect();
+        states
+            .into_iter()
+            .map(|s| {
+                let bytes = serde_json::to_vec(&s.snapshot()).map_err(store_err)?;
+                Ok((s.id, bytes))
+            })
+            .collect()
+    }
+
+    /// Checks backed-up instances ([`EventualHost::backup_rows`]) before anything is
+    /// put back: each snapshot whole and of its id, its machine version loaded here, the
+    /// instance not locked here.
+    pub fn check_rows(&self, rows: Vec<(String, Vec<u8>)>) -> Result<CheckedRows, StateError> {
+        let mut checked = Vec::with_capacity(rows.len());
+        for (id, bytes) in rows {
+            let snapshot: Snapshot = serde_json::from_slice(&bytes).map_err(|e| {
+                StateError::InvalidInput(format!("eventual instance {id} in the backup: {e}"))
+            })?;
+            snapshot.verify()?;
+            if snapshot.state.id != id {
+                return Err(StateError::InvalidInput(format!(
+                    "the backup's eventual instance {id} holds a snapshot of {}",
+                    snapshot.state.id
+                )));
+            }
+            self.machines.version(&snapshot.state.version)?;
+            if let Some(state) = self.lock().docs.get(&id).and_then(Doc::state)
+                && let Some(locked) = state.locked.iter().next()
+            {
+                return Err(StateError::Locked(format!("{id}: {locked}")));
+            }
+            checked.push((id, snapshot));
+        }
+        Ok(CheckedRows(checked))
+    }
+
+    /// Puts checked instances back: each becomes its backed-up state as a new change
+    /// made on this node (created when this node does not know it), merged into the
+    /// other nodes' copies like any change. Instances the backup does not hold stay as
+    /// they are: an eventual instance cannot be removed.
+    pub async fn restore_rows(
+        &self,
+        rows: CheckedRows,
+    ) -> Result<Vec<(String, Option<InstanceView>)>, StateError> {
+        let mut out = Vec::with_capacity(rows.0.len());
+        for (id, snapshot) in rows.0 {
+            let ((), view) = self
+                .write(&id, |current| match current {
+                    Some(mut s) => {
+                        let m = self.machines.version(&s.version)?;
+                        s.restore(&m, &snapshot)?;
+                        Ok(((), s))
+                    }
+                    None => Ok(((), snapshot.state.clone())),
+                })
+                .await?;
+            out.push((id, Some(view)));
+        }
+        Ok(out)
+    }
+
+    /// A backup of this node's eventual instances alone (a node without replicated
+    /// machines), in the cluster backup format.
+    pub async fn backup(&self, dest: &Path) -> Result<BackupInfo, StateError> {
+        let file = BackupFile {
+            taken_at: 0,
+            instances: Vec::new(),
+            eventual: self.backup_rows()?,
+        };
+        let dest = dest.to_owned();
+        tokio::task::spawn_blocking(move || backup::write(&dest, &file))
+            .await
+            .map_err(store_err)?
+    }
+
+    /// Restores a cluster backup on a node without replicated machines: refused when the
+    /// backup holds replicated instances (restore it on a node that loads their
+    /// machines).
+    pub async fn restore_backup(
+        &self,
+        path: &Path,
+    ) -> Result<Vec<(String, Option<InstanceView>)>, StateError> {
+        let p = path.to_owned();
+        let file = tokio::task::spawn_blocking(move || backup::read(&p))
+            .await
+            .map_err(store_err)??;
+        if !file.instances.is_empty() {
+            return Err(StateError::InvalidInput(format!(
+                "{} holds replicated instances, and this node loads no replicated machine",
+                path.display()
+            )));
+        }
+        let checked = self.check_rows(file.eventual)?;
+        self.restore_rows(checked).await
     }
 
     /// The instance as this node has merged it.

@@ -16,8 +16,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
+use super::backup::{self, BackupFile};
 use super::machines::{NodeMachines, instance_id};
-use super::{Applied, ClusterError, Command, Consistency, Node};
+use super::{Applied, ClusterError, Command, Consistency, EventualHost, Node};
 use crate::error::StateError;
 use crate::host::{At, Change, InstanceView};
 use crate::instance::{Fired, InstanceState, Snapshot};
@@ -82,12 +83,6 @@ type NextValue<'a, T> = &'a (
             + Sync
     );
 
-/// Table of a cluster backup file: instance id → its value (JSON, as replicated).
-const BACKUP_INSTANCES: redb::TableDefinition<&str, &[u8]> =
-    redb::TableDefinition::new("cluster_instances");
-/// Table of a cluster backup file: `applied_index` → the index it was taken at.
-const BACKUP_META: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("cluster_meta");
-
 /// Hosts machines over a cluster [`Node`]: the replicated counterpart of
 /// [`StateHost`](crate::StateHost), with `create`, `fire`, `lock`/`unlock` and `get`.
 pub struct ReplicatedHost {
@@ -97,6 +92,8 @@ pub struct ReplicatedHost {
     /// by compare-and-set).
     locks: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     next_id: std::sync::atomic::AtomicU64,
+    /// The node's eventual machines, whose instances its backups hold too.
+    eventual: Option<Arc<EventualHost>>,
 }
 
 impl std::fmt::Debug for ReplicatedHost {
@@ -130,7 +127,15 @@ impl ReplicatedHost {
             node,
             locks: std::sync::Mutex::new(HashMap::new()),
             next_id: std::sync::atomic::AtomicU64::new(1),
+            eventual: None,
         })
+    }
+
+    /// Makes this node's backups hold the instances of its eventual machines as well
+    /// (as `eventual` has merged them), and its restores put them back.
+    pub fn with_eventual(mut self, eventual: Arc<EventualHost>) -> Self {
+        self.eventual = Some(eventual);
+        self
     }
 
     /// The cluster node.
@@ -380,31 +385,56 @@ impl ReplicatedHost {
     }
 
     /// An online, consistent backup of every instance, as of everything committed when
-    /// it was asked for, to `dest` (a new redb file; never overwritten). Restore it on
-    /// any cluster with [`ReplicatedHost::restore_backup`].
+    /// it was asked for, to `dest` (a new redb file; never overwritten), with the
+    /// instances of the node's eventual machines as it has merged them
+    /// ([`ReplicatedHost::with_eventual`]). Restore it on any cluster with
+    /// [`ReplicatedHost::restore_backup`].
     pub async fn backup(&self, dest: &std::path::Path) -> Result<BackupInfo, StateError> {
         self.catch_up("").await?;
-        let (applied, rows) = self.node.map().scan(PREFIX);
+        let (taken_at, rows) = self.node.map().scan(PREFIX);
+        let file = BackupFile {
+            taken_at,
+            instances: rows
+                .into_iter()
+                .map(|(k, _, value)| (k[PREFIX.len()..].to_string(), value))
+                .collect(),
+            eventual: match &self.eventual {
+                Some(e) => e.backup_rows()?,
+                None => Vec::new(),
+            },
+        };
         let dest = dest.to_owned();
-        tokio::task::spawn_blocking(move || write_backup(&dest, applied, &rows))
+        tokio::task::spawn_blocking(move || backup::write(&dest, &file))
             .await
             .map_err(|e| StateError::Store(e.to_string()))?
     }
 
     /// Puts every instance back to its state in the backup at `path` (one change per
-    /// instance, through the log); instances the backup does not hold are removed. The
-    /// whole backup is read and checked first (every machine version it names must be
-    /// loaded): a backup that fails the check changes nothing.
+    /// instance, through the log); replicated instances the backup does not hold are
+    /// removed. Eventual instances it holds are put back as new changes on this node
+    /// ([`EventualHost::restore_rows`]). The whole backup is read and checked first
+    /// (every machine version it names must be loaded, every snapshot whole): a backup
+    /// that fails the check changes nothing.
     pub async fn restore_backup(
         &self,
         path: &std::path::Path,
     ) -> Result<Vec<(String, Option<InstanceView>)>, StateError> {
         let p = path.to_owned();
-        let (taken_at, rows) = tokio::task::spawn_blocking(move || read_backup(&p))
+        let file = tokio::task::spawn_blocking(move || backup::read(&p))
             .await
             .map_err(|e| StateError::Store(e.to_string()))??;
+        let eventual = match (&self.eventual, file.eventual.is_empty()) {
+            (_, true) => None,
+            (Some(host), false) => Some((host, host.check_rows(file.eventual)?)),
+            (None, false) => {
+                return Err(StateError::InvalidInput(format!(
+                    "{} holds instances of eventual machines, and this node loads none",
+                    path.display()
+                )));
+            }
+        };
         let mut targets = BTreeMap::new();
-        for (id, bytes) in rows {
+        for (id, bytes) in file.instances {
             let stored = Self::decode(&id, &bytes)?;
             if let Some(s) = &stored.state {
                 self.machines.version(&s.version)?;
@@ -415,11 +445,16 @@ impl ReplicatedHost {
         for (id, _, _) in self.values() {
             targets.entry(id).or_insert(None);
         }
-        self.put_back(
-            targets.into_iter().collect(),
-            json!({"backup": path.display().to_string(), "index": taken_at}),
-        )
-        .await
+        let mut out = self
+            .put_back(
+                targets.into_iter().collect(),
+                json!({"backup": path.display().to_string(), "index": file.taken_at}),
+            )
+            .await?;
+        if let Some((host, checked)) = eventual {
+            out.extend(host.restore_rows(checked).await?);
+        }
+        Ok(out)
     }
 
     /// Waits until this node has applied everything the leader had committed when
@@ -622,70 +657,4 @@ impl ReplicatedHost {
         }
         Ok(out)
     }
-}
-
-/// Writes a cluster backup: the instances' values and the index they were read at.
-fn write_backup(
-    dest: &std::path::Path,
-    applied: u64,
-    rows: &[(String, u64, Vec<u8>)],
-) -> Result<BackupInfo, StateError> {
-    if dest.exists() {
-        return Err(StateError::InvalidInput(format!(
-            "{} exists; choose a new backup file",
-            dest.display()
-        )));
-    }
-    let tmp = dest.with_extension("partial");
-    let _ = std::fs::remove_file(&tmp);
-    let db = redb::Database::create(&tmp)?;
-    let mut txn = db.begin_write()?;
-    txn.set_durability(redb::Durability::Immediate)?;
-    {
-        let mut t = txn.open_table(BACKUP_INSTANCES)?;
-        for (k, _, value) in rows {
-            t.insert(&k[PREFIX.len()..], value.as_slice())?;
-        }
-        txn.open_table(BACKUP_META)?
-            .insert("applied_index", applied)?;
-    }
-    txn.commit()?;
-    drop(db);
-    std::fs::rename(&tmp, dest).map_err(|e| StateError::Store(e.to_string()))?;
-    Ok(BackupInfo {
-        path: dest.to_path_buf(),
-        records: rows.len() as u64,
-        last_index: applied,
-        bytes: std::fs::metadata(dest).map_or(0, |m| m.len()),
-    })
-}
-
-/// A cluster backup as read: the index it was taken at and each instance's id and value.
-type BackupRows = (u64, Vec<(String, Vec<u8>)>);
-
-/// Reads a cluster backup.
-fn read_backup(path: &std::path::Path) -> Result<BackupRows, StateError> {
-    use redb::{ReadableDatabase, ReadableTable};
-    let not_backup = |e: &dyn std::fmt::Display| {
-        StateError::InvalidInput(format!(
-            "{} is not a cluster backup (from state.backup on a cluster node): {e}",
-            path.display()
-        ))
-    };
-    let db = redb::Database::open(path).map_err(|e| not_backup(&e))?;
-    let read = db.begin_read()?;
-    let meta = read.open_table(BACKUP_META).map_err(|e| not_backup(&e))?;
-    let taken_at = meta
-        .get("applied_index")?
-        .map(|v| v.value())
-        .ok_or_else(|| not_backup(&"it has no applied index"))?;
-    let t = read
-        .open_table(BACKUP_INSTANCES)
-        .map_err(|e| not_backup(&e))?;
-    let mut rows = Vec::new();
-    for row in t.iter()? {
-        let (k, v) = row?;
-        rows.push((k.value().to_string(), v.value().to_vec()));
-    }
-    Ok((taken_at, rows))
 }

@@ -17,6 +17,7 @@
 // helpers here return the same one rather than converting at every trait method.
 #![allow(clippy::result_large_err)]
 
+mod backup;
 pub mod eventual;
 mod host;
 mod log_store;
@@ -27,7 +28,7 @@ mod state_machine;
 
 use std::io::Cursor;
 
-pub use eventual::EventualHost;
+pub use eventual::{CheckedRows, EventualHost};
 pub use host::ReplicatedHost;
 pub use log_store::RaftLog;
 pub use node::{
