@@ -1461,6 +1461,21 @@ async fn history_point_in_time_recovery_and_backups_work_on_a_cluster() {
     cart(&clients, 2, "visit", json!({})).await;
     cart(&clients, 2, "claim", json!({"owner": "bob"})).await;
     clients.merged(&all, Duration::from_secs(10)).await;
+    // Node 2 numbers its own changes of eventual instances and those it merged.
+    let watched = call(2, "state.watch_eventual", json!({"after": 0, "wait_ms": 0})).await;
+    let changes = watched["changes"].as_array().unwrap();
+    let fired: Vec<&str> = changes
+        .iter()
+        .filter(|c| c["event"]["kind"] == json!("fired"))
+        .map(|c| c["event"]["transition"].as_str().unwrap())
+        .collect();
+    assert_eq!(fired, ["visit", "claim"], "{watched}");
+    assert!(
+        changes
+            .iter()
+            .any(|c| c["event"]["kind"] == json!("merged") && c["instance"] == json!("c-1")),
+        "{watched}"
+    );
     let wrong = clients
         .call(
             3,
@@ -1627,5 +1642,54 @@ async fn a_node_with_eventual_machines_only_backs_them_up_and_restores_them() {
         ),
         (&json!(["cup"]), &json!(0), &json!("ada")),
         "the cart as backed up: {c}"
+    );
+    // state.watch serves this node's changes of its eventual machines, numbered by it.
+    let watched = call("state.watch", json!({"after": 0, "wait_ms": 0}))
+        .await
+        .unwrap();
+    let changes = watched["changes"].as_array().unwrap();
+    let seen: Vec<(u64, &str)> = changes
+        .iter()
+        .map(|c| {
+            (
+                c["index"].as_u64().unwrap(),
+                c["event"]["kind"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, "created"),
+            (2, "fired"),
+            (3, "fired"),
+            (4, "fired"),
+            (5, "fired"),
+            (6, "fired"),
+            (7, "restored")
+        ],
+        "{watched}"
+    );
+    assert_eq!(changes[2]["event"]["transition"], json!("claim"));
+    let later = call("state.watch", json!({"after": 7, "wait_ms": 100}))
+        .await
+        .unwrap();
+    assert_eq!(later["changes"], json!([]), "{later}");
+    // The numbers survive a restart; what came before it is not kept.
+    cluster.kill9(1);
+    cluster.spawn_all();
+    clients.leader(&[1], None, Duration::from_secs(20)).await;
+    let gone = call("state.watch", json!({"after": 3, "wait_ms": 0}))
+        .await
+        .unwrap_err();
+    assert!(gone.message.contains("watch from 7"), "{gone}");
+    cart(&clients, 1, "visit", json!({})).await;
+    let after_restart = call("state.watch", json!({"after": 7, "wait_ms": 0}))
+        .await
+        .unwrap();
+    assert_eq!(
+        after_restart["changes"][0]["index"],
+        json!(8),
+        "{after_restart}"
     );
 }

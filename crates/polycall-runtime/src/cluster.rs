@@ -19,8 +19,11 @@
 //!   `applied_index`;
 //! - per eventual machine, the same methods over this node's merged copy (history and
 //!   point-in-time recovery answer `unsupported`; backups hold their instances as this
-//!   node merged them), and `cluster.sync` between nodes (peers only). `state.watch` and `state.subscribe` serve the changes each node
-//!   applies (replicated machines).
+//!   node merged them), and `cluster.sync` between nodes (peers only);
+//! - `state.watch` and `state.subscribe`: the changes this node applies of replicated
+//!   machines (on a node with eventual machines only: the changes it made or merged of
+//!   those); beside replicated machines, `state.watch_eventual` and
+//!   `state.subscribe_eventual` serve the eventual ones, numbered by the node.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -416,6 +419,25 @@ mod running {
         }
     }
 
+    impl crate::state_service::ChangeFeed for EventualHost {
+        fn changes(
+            self: &Arc<Self>,
+            after: u64,
+            limit: usize,
+            wait: std::time::Duration,
+        ) -> impl std::future::Future<
+            Output = Result<Vec<polycall_state::Change>, polycall_state::StateError>,
+        > + Send
+        + 'static {
+            let h = self.clone();
+            async move { EventualHost::changes(&h, after, limit, wait).await }
+        }
+
+        fn last_index(&self) -> u64 {
+            EventualHost::last_index(self)
+        }
+    }
+
     fn eventual_unsupported(what: &str) -> StateError {
         StateError::Unsupported(format!(
             "{what} is not offered for eventual machines (their history is merged, not logged)"
@@ -659,15 +681,26 @@ mod running {
         );
         let mut unsupported_here: Vec<&'static str> = Vec::new();
         match (&cluster.host, &cluster.eventual) {
-            (Some(host), _) => r = crate::state_service::watch_methods(r, host),
+            (Some(host), eventual) => {
+                r = crate::state_service::watch_methods(r, host);
+                if let Some(eventual) = eventual {
+                    // Numbered by this node, apart from the log's indexes.
+                    r = crate::state_service::watch_methods_named(
+                        r,
+                        eventual,
+                        "state.watch_eventual",
+                        "state.subscribe_eventual",
+                    );
+                }
+            }
             (None, Some(eventual)) => {
+                r = crate::state_service::watch_methods(r, eventual);
                 // Backups of the eventual instances alone; point-in-time recovery
                 // answers that eventual machines do not offer it.
                 r = backup_methods(r, eventual, runtime.clone());
                 r = restore_backup_method(r, eventual, runtime, |h, path| async move {
                     h.restore_backup(&path).await
                 });
-                unsupported_here.push("watch");
             }
             (None, None) => {
                 unsupported_here.extend(["watch", "backup", "recover", "restore_backup"])

@@ -718,10 +718,22 @@ impl ChangeFeed for StateHost {
 }
 
 /// `state.watch` (long polling) and `state.subscribe` (a server stream) over `host`.
-pub(crate) fn watch_methods<H: ChangeFeed>(mut r: Router, host: &Arc<H>) -> Router {
+/// `state.watch` and `state.subscribe` over `host`'s changes.
+pub(crate) fn watch_methods<H: ChangeFeed>(r: Router, host: &Arc<H>) -> Router {
+    watch_methods_named(r, host, "state.watch", "state.subscribe")
+}
+
+/// The long-poll (`watch`) and the server stream (`subscribe`) of `host`'s changes,
+/// under the names given.
+pub(crate) fn watch_methods_named<H: ChangeFeed>(
+    mut r: Router,
+    host: &Arc<H>,
+    watch: &str,
+    subscribe_as: &str,
+) -> Router {
     r = add(
         r,
-        "state.watch",
+        watch,
         MethodInfo::new(
             "transitions logged after `after` (all instances), waiting up to wait_ms for the first",
         )
@@ -748,19 +760,19 @@ pub(crate) fn watch_methods<H: ChangeFeed>(mut r: Router, host: &Arc<H>) -> Rout
             })
         },
     );
-    subscribe(r, host)
+    subscribe(r, host, subscribe_as)
 }
 
 /// `state.subscribe`: a server stream of every transition logged after `after` (all
 /// instances), as it happens, until the caller cancels. `state.watch` long-polls the
 /// same changes for clients that do not stream.
-fn subscribe<H: ChangeFeed>(r: Router, host: &Arc<H>) -> Router {
+fn subscribe<H: ChangeFeed>(r: Router, host: &Arc<H>, name: &str) -> Router {
     use futures_util::StreamExt;
     use polycall_core::{CallKind, MessageStream, StreamCall};
 
     let host = host.clone();
     r.route_stream(
-        "state.subscribe",
+        name,
         CallKind::ServerStream,
         MethodInfo::new("every transition logged after `after` (all instances), as it happens")
             .input(r#"{"after"?: u64}"#)

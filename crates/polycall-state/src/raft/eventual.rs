@@ -30,13 +30,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 
 use super::backup::{self, BackupFile};
+use super::eventual_feed::Feed;
 use super::machines::{NodeMachines, instance_id};
 use super::network::{Peers, decode, encode};
 use super::{Node, NodeId};
 use crate::crdt::{Clock, Doc, ReplicaId};
 use crate::definition::Durability;
 use crate::error::StateError;
-use crate::host::InstanceView;
+use crate::host::{Change, InstanceView};
 use crate::instance::{Fired, InstanceState, Snapshot};
 use crate::machine::Machine;
 use crate::store::{BackupInfo, now_us};
@@ -104,6 +105,8 @@ pub struct EventualHost {
     /// state).
     acked: Mutex<HashMap<NodeId, Option<u64>>>,
     channel: ChannelConfig,
+    /// The changes this node made or merged, for watchers.
+    feed: Feed,
 }
 
 impl std::fmt::Debug for EventualHost {
@@ -130,7 +133,7 @@ impl EventualHost {
     ) -> Result<Arc<Self>, StateError> {
         let machines = NodeMachines::new(machines, node.id())?;
         let path = data_file.to_owned();
-        let (db, replica, docs) = tokio::task::spawn_blocking(move || load(&path))
+        let (db, replica, docs, feed_last) = tokio::task::spawn_blocking(move || load(&path))
             .await
             .map_err(store_err)??;
         let host = Arc::new(Self {
@@ -147,6 +150,7 @@ impl EventualHost {
             changed: tokio::sync::Notify::new(),
             acked: Mutex::new(HashMap::new()),
             channel,
+            feed: Feed::new(feed_last),
         });
         tokio::spawn(send_loop(Arc::downgrade(&host)));
         Ok(host)
@@ -177,6 +181,7 @@ impl EventualHost {
     async fn write<T>(
         &self,
         id: &str,
+        event: Json,
         next: impl FnOnce(Option<InstanceState>) -> Result<(T, InstanceState), StateError>,
     ) -> Result<(T, InstanceView), StateError> {
         let _writer = self.writer.lock().await;
@@ -201,11 +206,20 @@ impl EventualHost {
                 .ok_or_else(|| StateError::Store(format!("instance {id} has no shape")))?;
             (out, state, doc, delta, m.definition().durability)
         };
+        let change = Change {
+            index: 0,
+            ts_us: now_us(),
+            instance: id.to_string(),
+            event,
+            integrity: state.integrity(),
+        };
         self.persist(
             vec![(id.to_string(), doc.clone())],
             durability == Durability::Sync,
+            self.feed.last() + 1,
         )
         .await?;
+        self.feed.record([change]);
         {
             let mut inner = self.lock();
             inner.docs.insert(id.to_string(), doc);
@@ -221,7 +235,14 @@ impl EventualHost {
         Ok((out, self.machines.view(state, index)))
     }
 
-    async fn persist(&self, docs: Vec<(String, Doc)>, sync: bool) -> Result<(), StateError> {
+    /// Stores `docs` and the number of the feed's last change once they are recorded
+    /// (`feed_last`), fsynced when `sync`.
+    async fn persist(
+        &self,
+        docs: Vec<(String, Doc)>,
+        sync: bool,
+        feed_last: u64,
+    ) -> Result<(), StateError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let mut txn = db.begin_write()?;
@@ -236,6 +257,7 @@ impl EventualHost {
                     let bytes = postcard::to_allocvec(doc).map_err(store_err)?;
                     t.insert(id.as_str(), bytes.as_slice())?;
                 }
+                txn.open_table(META)?.insert("feed_last", feed_last)?;
             }
             txn.commit()?;
             Ok(())
@@ -256,7 +278,7 @@ impl EventualHost {
             format!("{}-{:x}-{:x}", m.name(), now_us(), self.replica)
         })?;
         let (_, view) = self
-            .write(&id, |current| match current {
+            .write(&id, json!({"kind": "created"}), |current| match current {
                 Some(_) => Err(StateError::InstanceExists(id.clone())),
                 None => Ok(((), InstanceState::new(&m, &id, context)?)),
             })
@@ -272,7 +294,13 @@ impl EventualHost {
         event: Json,
         principal: Option<&str>,
     ) -> Result<(Fired, InstanceView), StateError> {
-        self.write(id, |current| {
+        let logged = json!({
+            "kind": "fired",
+            "transition": transition,
+            "event": event,
+            "principal": principal,
+        });
+        self.write(id, logged, |current| {
             let mut s = current.ok_or_else(|| StateError::UnknownInstance(id.to_string()))?;
             let m = self.machines.version(&s.version)?;
             let fired = s.fire(&m, transition, &event, principal)?;
@@ -288,8 +316,9 @@ impl EventualHost {
         state: &str,
         lock: bool,
     ) -> Result<InstanceView, StateError> {
+        let kind = if lock { "locked" } else { "unlocked" };
         let ((), view) = self
-            .write(id, |current| {
+            .write(id, json!({"kind": kind, "state": state}), |current| {
                 let mut s = current.ok_or_else(|| StateError::UnknownInstance(id.to_string()))?;
                 let m = self.machines.version(&s.version)?;
                 s.set_lock(&m, state, lock)?;
@@ -303,7 +332,7 @@ impl EventualHost {
     /// merged with the other nodes' changes like any change.
     pub async fn restore(&self, id: &str, snapshot: &Snapshot) -> Result<InstanceView, StateError> {
         let ((), view) = self
-            .write(id, |current| {
+            .write(id, json!({"kind": "restored"}), |current| {
                 let mut s = current.ok_or_else(|| StateError::UnknownInstance(id.to_string()))?;
                 let m = self.machines.version(&s.version)?;
                 s.restore(&m, snapshot)?;
@@ -364,14 +393,18 @@ impl EventualHost {
         let mut out = Vec::with_capacity(rows.0.len());
         for (id, snapshot) in rows.0 {
             let ((), view) = self
-                .write(&id, |current| match current {
-                    Some(mut s) => {
-                        let m = self.machines.version(&s.version)?;
-                        s.restore(&m, &snapshot)?;
-                        Ok(((), s))
-                    }
-                    None => Ok(((), snapshot.state.clone())),
-                })
+                .write(
+                    &id,
+                    json!({"kind": "restored", "from": "backup"}),
+                    |current| match current {
+                        Some(mut s) => {
+                            let m = self.machines.version(&s.version)?;
+                            s.restore(&m, &snapshot)?;
+                            Ok(((), s))
+                        }
+                        None => Ok(((), snapshot.state.clone())),
+                    },
+                )
                 .await?;
             out.push((id, Some(view)));
         }
@@ -411,6 +444,23 @@ impl EventualHost {
         }
         let checked = self.check_rows(file.eventual)?;
         self.restore_rows(checked).await
+    }
+
+    /// The changes this node made or merged after number `after` (its own numbering,
+    /// all instances, oldest first, at most `limit`), waiting up to `wait` for the
+    /// first: what `state.watch` and `state.subscribe` serve of eventual machines.
+    pub async fn changes(
+        &self,
+        after: u64,
+        limit: usize,
+        wait: Duration,
+    ) -> Result<Vec<Change>, StateError> {
+        self.feed.after(after, limit, wait).await
+    }
+
+    /// The number of the last change this node made or merged.
+    pub fn last_index(&self) -> u64 {
+        self.feed.last()
     }
 
     /// The instance as this node has merged it.
@@ -480,7 +530,22 @@ impl EventualHost {
             changed
         };
         if !changed.is_empty() {
-            self.persist(changed, true).await?;
+            let now = now_us();
+            let merged: Vec<Change> = changed
+                .iter()
+                .filter_map(|(id, doc)| {
+                    Some(Change {
+                        index: 0,
+                        ts_us: now,
+                        instance: id.clone(),
+                        event: json!({"kind": "merged", "from": request.from}),
+                        integrity: doc.state()?.integrity(),
+                    })
+                })
+                .collect();
+            let last = self.feed.last() + merged.len() as u64;
+            self.persist(changed, true, last).await?;
+            self.feed.record(merged);
         }
         Ok(SyncReply {
             replica: self.replica,
@@ -573,7 +638,11 @@ impl EventualHost {
 }
 
 /// Opens the data file: its replica id (made when the file is new) and docs.
-fn load(path: &Path) -> Result<(redb::Database, ReplicaId, BTreeMap<String, Doc>), StateError> {
+/// What a node's eventual state file holds: the database, the node's replica id, its
+/// instances and the number of its feed's last change.
+type Loaded = (redb::Database, ReplicaId, BTreeMap<String, Doc>, u64);
+
+fn load(path: &Path) -> Result<Loaded, StateError> {
     let db = redb::Database::create(path)?;
     let mut txn = db.begin_write()?;
     txn.set_durability(redb::Durability::Immediate)?;
@@ -589,6 +658,10 @@ fn load(path: &Path) -> Result<(redb::Database, ReplicaId, BTreeMap<String, Doc>
             }
         }
     };
+    let feed_last = txn
+        .open_table(META)?
+        .get("feed_last")?
+        .map_or(0, |v| v.value());
     txn.open_table(DOCS)?;
     txn.commit()?;
     let read = db.begin_read()?;
@@ -605,7 +678,7 @@ fn load(path: &Path) -> Result<(redb::Database, ReplicaId, BTreeMap<String, Doc>
         docs.insert(k.value().to_string(), doc);
     }
     drop((t, read));
-    Ok((db, replica, docs))
+    Ok((db, replica, docs, feed_last))
 }
 
 /// A random replica id (never 0).

@@ -19,6 +19,7 @@
 
 mod backup;
 pub mod eventual;
+mod eventual_feed;
 mod host;
 mod log_store;
 mod machines;
