@@ -78,39 +78,59 @@ where
     }
 }
 
-trait CloneHandler: Send + Sync {
-    fn clone_box(&self) -> Box<dyn CloneHandler>;
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>>;
-    fn call(&mut self, call: Call) -> BoxFuture;
+/// A handler behind a pointer: each call runs on a clone of it, made inside the call's
+/// own future (one allocation a call, the future's box).
+trait ErasedHandler: Send + Sync {
+    fn oneshot(&self, call: Call) -> BoxFuture;
 }
 
-impl<H: Handler> CloneHandler for H {
-    fn clone_box(&self) -> Box<dyn CloneHandler> {
-        Box::new(self.clone())
-    }
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        Service::poll_ready(self, cx)
-    }
-
-    fn call(&mut self, call: Call) -> BoxFuture {
-        Box::pin(Service::call(self, call))
+impl<H: Handler> ErasedHandler for H {
+    fn oneshot(&self, call: Call) -> BoxFuture {
+        let mut handler = self.clone();
+        Box::pin(async move {
+            std::future::poll_fn(|cx| Service::poll_ready(&mut handler, cx)).await?;
+            Service::call(&mut handler, call).await
+        })
     }
 }
 
-/// A type-erased [`Handler`], so handlers of different types share one table.
-pub struct BoxHandler(Box<dyn CloneHandler>);
+/// A type-erased [`Handler`], so handlers of different types share one table. Cloning
+/// it is a reference count; each call clones the handler inside it and waits for that
+/// clone's readiness in the call's future (as `tower::ServiceExt::oneshot` does), so
+/// as a [`Service`] it is always ready.
+pub struct BoxHandler(std::sync::Arc<dyn ErasedHandler>);
 
 impl BoxHandler {
     /// Boxes `handler`.
     pub fn new<H: Handler>(handler: H) -> Self {
-        Self(Box::new(handler))
+        Self(std::sync::Arc::new(handler))
+    }
+
+    /// Calls the handler (a clone of it, once ready) without a `&mut` to this one.
+    ///
+    /// ```
+    /// use polycall_core::{BoxHandler, Call, Payload, Reply, Status, handler_fn};
+    /// use std::task::{Context, Poll, Waker};
+    ///
+    /// let echo = BoxHandler::new(handler_fn(|c: Call| async move {
+    ///     Ok::<_, Status>(Reply::new(c.payload))
+    /// }));
+    /// let mut reply = echo.oneshot(Call::new("demo.echo", Payload::raw("hi")).unwrap());
+    /// // An echo answers at its first poll.
+    /// let Poll::Ready(Ok(reply)) = reply.as_mut().poll(&mut Context::from_waker(Waker::noop()))
+    /// else {
+    ///     panic!("the echo answers at once");
+    /// };
+    /// assert_eq!(&reply.payload.bytes[..], b"hi");
+    /// ```
+    pub fn oneshot(&self, call: Call) -> BoxFuture {
+        self.0.oneshot(call)
     }
 }
 
 impl Clone for BoxHandler {
     fn clone(&self) -> Self {
-        Self(self.0.clone_box())
+        Self(self.0.clone())
     }
 }
 
@@ -125,11 +145,12 @@ impl Service<Call> for BoxHandler {
     type Error = Status;
     type Future = BoxFuture;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
-        self.0.poll_ready(cx)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Status>> {
+        // Readiness is the call's own: see `oneshot`.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, call: Call) -> BoxFuture {
-        self.0.call(call)
+        self.0.oneshot(call)
     }
 }

@@ -1,7 +1,6 @@
 //! The method table: routes a [`Call`] to its handler and describes what it serves.
 
 use std::collections::HashMap;
-use std::future::poll_fn;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -295,7 +294,7 @@ impl Router {
         match &route.handler {
             Serve::Stream(h) => h.call(call),
             Serve::Unary(h) => {
-                let mut handler = h.clone();
+                let handler = h.clone();
                 Box::pin(crate::stream::Once::new(async move {
                     let request = crate::stream::single(call.requests).await?;
                     let call = Call {
@@ -304,8 +303,7 @@ impl Router {
                         payload: request,
                         metadata: call.metadata,
                     };
-                    poll_fn(|cx| handler.poll_ready(cx)).await?;
-                    handler.call(call).await.map(|r| r.payload)
+                    handler.oneshot(call).await.map(|r| r.payload)
                 }))
             }
         }
@@ -374,13 +372,7 @@ impl Service<Call> for Router {
             .get(call.service.as_str())
             .and_then(|m| m.get(call.method.as_str()));
         match route.map(|r| (&r.handler, r.info.kind)) {
-            Some((Serve::Unary(handler), _)) => {
-                let mut handler = handler.clone();
-                Box::pin(async move {
-                    poll_fn(|cx| handler.poll_ready(cx)).await?;
-                    handler.call(call).await
-                })
-            }
+            Some((Serve::Unary(handler), _)) => handler.oneshot(call),
             Some((Serve::Stream(_), kind)) => {
                 let msg = format!(
                     "{} is a streaming method ({kind}); open it as a stream",

@@ -223,11 +223,7 @@ impl ConnectionHandler for RuntimeConnection {
         if call.metadata.principal.is_none() {
             call.metadata.principal = Some(self.anonymous.clone());
         }
-        let mut stack = self.stack.current();
-        Box::pin(async move {
-            std::future::poll_fn(|cx| stack.poll_ready(cx)).await?;
-            stack.call(call).await
-        })
+        self.stack.current().oneshot(call)
     }
 
     fn register(&self, methods: Vec<MethodEntry>) -> Result<(), Status> {

@@ -18,7 +18,6 @@ use polycall_core::{
 };
 use polycall_gateway::{RouteFile, Routes};
 use polycall_security::exchange::Authenticator;
-use tower_service::Service;
 
 use crate::{LiveStack, State};
 
@@ -134,11 +133,7 @@ impl polycall_gateway::Backend for RuntimeBackend {
     }
 
     fn call(&self, call: Call) -> BoxFuture {
-        let mut stack = self.stack.current();
-        Box::pin(async move {
-            std::future::poll_fn(|cx| stack.poll_ready(cx)).await?;
-            stack.call(call).await
-        })
+        self.stack.current().oneshot(call)
     }
 
     fn call_stream(&self, call: StreamCall) -> MessageStream {
