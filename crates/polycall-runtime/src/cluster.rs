@@ -540,8 +540,6 @@ mod running {
         eventual: Option<Arc<EventualHost>>,
     }
 
-    /// The state methods of every machine: linearizable ones over the replicated map,
-    /// eventual ones over this node's merged copy.
     /// `state.restore_backup` on `host`: puts every instance back to its state in a
     /// cluster backup file.
     fn restore_backup_method<H, F, Fut>(
@@ -575,6 +573,8 @@ mod running {
         )
     }
 
+    /// The state methods of every machine: linearizable ones over the replicated map,
+    /// eventual ones over this node's merged copy.
     fn state_methods(cluster: &Cluster, runtime: Weak<State>) -> Router {
         let mut r = Router::new();
         if let Some(host) = &cluster.host {

@@ -717,8 +717,8 @@ impl ChangeFeed for StateHost {
     }
 }
 
-/// `state.watch` (long polling) and `state.subscribe` (a server stream) over `host`.
-/// `state.watch` and `state.subscribe` over `host`'s changes.
+/// `state.watch` (long polling) and `state.subscribe` (a server stream) over `host`'s
+/// changes.
 pub(crate) fn watch_methods<H: ChangeFeed>(r: Router, host: &Arc<H>) -> Router {
     watch_methods_named(r, host, "state.watch", "state.subscribe")
 }
@@ -735,7 +735,7 @@ pub(crate) fn watch_methods_named<H: ChangeFeed>(
         r,
         watch,
         MethodInfo::new(
-            "transitions logged after `after` (all instances), waiting up to wait_ms for the first",
+            "changes after `after` (all instances), waiting up to wait_ms for the first",
         )
         .input(r#"{"after"?: u64, "limit"?: u64, "wait_ms"?: u64}"#)
         .output(r#"{"changes": [...], "last_index": u64}"#)
@@ -774,7 +774,7 @@ fn subscribe<H: ChangeFeed>(r: Router, host: &Arc<H>, name: &str) -> Router {
     r.route_stream(
         name,
         CallKind::ServerStream,
-        MethodInfo::new("every transition logged after `after` (all instances), as it happens")
+        MethodInfo::new("every change after `after` (all instances), as it happens")
             .input(r#"{"after"?: u64}"#)
             .output(r#"a stream of {"index", "id", "machine", "from", "to", "event", ...}"#),
         move |call: StreamCall| -> MessageStream {

@@ -12,11 +12,12 @@ use crate::store::BackupInfo;
 const INSTANCES: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster_instances");
 /// Eventual instances: id → a self-verifying snapshot (JSON) of its merged state.
 const EVENTUAL: TableDefinition<&str, &[u8]> = TableDefinition::new("cluster_eventual");
-/// `applied_index` → the index the replicated instances were read at.
+/// `applied_index` → the index the replicated instances were read at; `replicated` →
+/// 1 when they were backed up, 0 when the node had none to back up.
 const META: TableDefinition<&str, u64> = TableDefinition::new("cluster_meta");
 
 /// A cluster backup as read.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct BackupFile {
     /// The applied index the replicated instances were read at (0: none were).
     pub(super) taken_at: u64,
@@ -25,6 +26,9 @@ pub(super) struct BackupFile {
     /// Eventual instances: id and snapshot (JSON). Empty in backups from before
     /// eventual instances were backed up.
     pub(super) eventual: Vec<(String, Vec<u8>)>,
+    /// Whether the replicated instances were backed up (a node with eventual machines
+    /// only backs up none, and its backups leave replicated instances alone).
+    pub(super) replicated: bool,
 }
 
 /// Writes `file` to `dest`, a path that must not exist yet.
@@ -49,8 +53,9 @@ pub(super) fn write(dest: &std::path::Path, file: &BackupFile) -> Result<BackupI
         for (id, snapshot) in &file.eventual {
             t.insert(id.as_str(), snapshot.as_slice())?;
         }
-        txn.open_table(META)?
-            .insert("applied_index", file.taken_at)?;
+        let mut meta = txn.open_table(META)?;
+        meta.insert("applied_index", file.taken_at)?;
+        meta.insert("replicated", u64::from(file.replicated))?;
     }
     txn.commit()?;
     drop(db);
@@ -78,6 +83,8 @@ pub(super) fn read(path: &std::path::Path) -> Result<BackupFile, StateError> {
         .get("applied_index")?
         .map(|v| v.value())
         .ok_or_else(|| not_backup(&"it has no applied index"))?;
+    // Backups from before the flag were all of replicated instances.
+    let replicated = meta.get("replicated")?.is_none_or(|v| v.value() != 0);
     let rows = |table: TableDefinition<&str, &[u8]>| -> Result<Vec<(String, Vec<u8>)>, StateError> {
         let t = match read.open_table(table) {
             Ok(t) => t,
@@ -95,5 +102,6 @@ pub(super) fn read(path: &std::path::Path) -> Result<BackupFile, StateError> {
         taken_at,
         instances: rows(INSTANCES)?,
         eventual: rows(EVENTUAL)?,
+        replicated,
     })
 }

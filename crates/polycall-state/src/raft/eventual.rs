@@ -133,7 +133,7 @@ impl EventualHost {
     ) -> Result<Arc<Self>, StateError> {
         let machines = NodeMachines::new(machines, node.id())?;
         let path = data_file.to_owned();
-        let (db, replica, docs, feed_last) = tokio::task::spawn_blocking(move || load(&path))
+        let (db, replica, docs, boot) = tokio::task::spawn_blocking(move || load(&path))
             .await
             .map_err(store_err)??;
         let host = Arc::new(Self {
@@ -150,7 +150,7 @@ impl EventualHost {
             changed: tokio::sync::Notify::new(),
             acked: Mutex::new(HashMap::new()),
             channel,
-            feed: Feed::new(feed_last),
+            feed: Feed::new(boot),
         });
         tokio::spawn(send_loop(Arc::downgrade(&host)));
         Ok(host)
@@ -216,10 +216,8 @@ impl EventualHost {
         self.persist(
             vec![(id.to_string(), doc.clone())],
             durability == Durability::Sync,
-            self.feed.last() + 1,
         )
         .await?;
-        self.feed.record([change]);
         {
             let mut inner = self.lock();
             inner.docs.insert(id.to_string(), doc);
@@ -230,19 +228,14 @@ impl EventualHost {
                 inner.outbox.deltas.pop_front();
             }
         }
+        self.feed.record([change]);
         self.changed.notify_waiters();
         let index = state.events;
         Ok((out, self.machines.view(state, index)))
     }
 
-    /// Stores `docs` and the number of the feed's last change once they are recorded
-    /// (`feed_last`), fsynced when `sync`.
-    async fn persist(
-        &self,
-        docs: Vec<(String, Doc)>,
-        sync: bool,
-        feed_last: u64,
-    ) -> Result<(), StateError> {
+    /// Stores `docs`, fsynced when `sync`.
+    async fn persist(&self, docs: Vec<(String, Doc)>, sync: bool) -> Result<(), StateError> {
         let db = self.db.clone();
         tokio::task::spawn_blocking(move || {
             let mut txn = db.begin_write()?;
@@ -257,7 +250,6 @@ impl EventualHost {
                     let bytes = postcard::to_allocvec(doc).map_err(store_err)?;
                     t.insert(id.as_str(), bytes.as_slice())?;
                 }
-                txn.open_table(META)?.insert("feed_last", feed_last)?;
             }
             txn.commit()?;
             Ok(())
@@ -294,10 +286,11 @@ impl EventualHost {
         event: Json,
         principal: Option<&str>,
     ) -> Result<(Fired, InstanceView), StateError> {
+        // The feed keeps what was fired and by whom, not the payload: its memory stays
+        // bounded by the number of changes it keeps.
         let logged = json!({
             "kind": "fired",
             "transition": transition,
-            "event": event,
             "principal": principal,
         });
         self.write(id, logged, |current| {
@@ -356,8 +349,8 @@ impl EventualHost {
     }
 
     /// Checks backed-up instances ([`EventualHost::backup_rows`]) before anything is
-    /// put back: each snapshot whole and of its id, its machine version loaded here, the
-    /// instance not locked here.
+    /// put back: each snapshot whole and of its id, its machine version one of this
+    /// node's eventual machines.
     pub fn check_rows(&self, rows: Vec<(String, Vec<u8>)>) -> Result<CheckedRows, StateError> {
         let mut checked = Vec::with_capacity(rows.len());
         for (id, bytes) in rows {
@@ -372,20 +365,16 @@ impl EventualHost {
                 )));
             }
             self.machines.version(&snapshot.state.version)?;
-            if let Some(state) = self.lock().docs.get(&id).and_then(Doc::state)
-                && let Some(locked) = state.locked.iter().next()
-            {
-                return Err(StateError::Locked(format!("{id}: {locked}")));
-            }
             checked.push((id, snapshot));
         }
         Ok(CheckedRows(checked))
     }
 
-    /// Puts checked instances back: each becomes its backed-up state as a new change
-    /// made on this node (created when this node does not know it), merged into the
-    /// other nodes' copies like any change. Instances the backup does not hold stay as
-    /// they are: an eventual instance cannot be removed.
+    /// Puts checked instances back: each becomes its backed-up state (locks included)
+    /// as a new change made on this node (created when this node does not know it),
+    /// merged into the other nodes' copies like any change; nothing is refused once
+    /// checked. Instances the backup does not hold stay as they are: an eventual
+    /// instance cannot be removed.
     pub async fn restore_rows(
         &self,
         rows: CheckedRows,
@@ -396,13 +385,12 @@ impl EventualHost {
                 .write(
                     &id,
                     json!({"kind": "restored", "from": "backup"}),
-                    |current| match current {
-                        Some(mut s) => {
-                            let m = self.machines.version(&s.version)?;
-                            s.restore(&m, &snapshot)?;
-                            Ok(((), s))
+                    |current| {
+                        let mut s = snapshot.state.clone();
+                        if let Some(current) = current {
+                            s.events = current.events.max(s.events) + 1;
                         }
-                        None => Ok(((), snapshot.state.clone())),
+                        Ok(((), s))
                     },
                 )
                 .await?;
@@ -418,6 +406,7 @@ impl EventualHost {
             taken_at: 0,
             instances: Vec::new(),
             eventual: self.backup_rows()?,
+            replicated: false,
         };
         let dest = dest.to_owned();
         tokio::task::spawn_blocking(move || backup::write(&dest, &file))
@@ -512,39 +501,49 @@ impl EventualHost {
     /// it sees acknowledged) and answers this node's replica id.
     async fn receive(&self, request: SyncRequest) -> Result<SyncReply, StateError> {
         let _writer = self.writer.lock().await;
-        let changed: Vec<(String, Doc)> = {
+        // Joined into copies, persisted, and only then taken into memory: a failed or
+        // abandoned persist leaves memory as the disk is, and the peer (unanswered)
+        // sends the same deltas again.
+        let changed: BTreeMap<String, Doc> = {
             let mut inner = self.lock();
             let now = now_us();
-            let mut changed = Vec::new();
+            let mut changed: BTreeMap<String, Doc> = BTreeMap::new();
             for (id, delta) in request.docs {
                 if let Err(drift) = inner.clock.observe(delta.stamp(), now) {
                     tracing::warn!(from = request.from, error = %drift, "eventual state: a peer's clock is off");
                 }
-                let doc = inner.docs.entry(id.clone()).or_default();
-                let before = doc.clone();
+                let before = match changed.get(&id) {
+                    Some(doc) => doc.clone(),
+                    None => inner.docs.get(&id).cloned().unwrap_or_default(),
+                };
+                let mut doc = before.clone();
                 doc.join(&delta);
-                if *doc != before {
-                    changed.push((id, doc.clone()));
+                if doc != before {
+                    changed.insert(id, doc);
                 }
             }
             changed
         };
         if !changed.is_empty() {
+            let changed: Vec<(String, Doc)> = changed.into_iter().collect();
+            self.persist(changed.clone(), true).await?;
             let now = now_us();
-            let merged: Vec<Change> = changed
-                .iter()
-                .filter_map(|(id, doc)| {
-                    Some(Change {
+            let from = request.from.to_string();
+            let mut merged = Vec::with_capacity(changed.len());
+            let mut inner = self.lock();
+            for (id, doc) in changed {
+                if let Some(state) = doc.state() {
+                    merged.push(Change {
                         index: 0,
                         ts_us: now,
                         instance: id.clone(),
-                        event: json!({"kind": "merged", "from": request.from}),
-                        integrity: doc.state()?.integrity(),
-                    })
-                })
-                .collect();
-            let last = self.feed.last() + merged.len() as u64;
-            self.persist(changed, true, last).await?;
+                        event: json!({"kind": "merged", "from": from}),
+                        integrity: state.integrity(),
+                    });
+                }
+                inner.docs.insert(id, doc);
+            }
+            drop(inner);
             self.feed.record(merged);
         }
         Ok(SyncReply {
@@ -639,7 +638,7 @@ impl EventualHost {
 
 /// Opens the data file: its replica id (made when the file is new) and docs.
 /// What a node's eventual state file holds: the database, the node's replica id, its
-/// instances and the number of its feed's last change.
+/// instances and how many times it has started (this start included).
 type Loaded = (redb::Database, ReplicaId, BTreeMap<String, Doc>, u64);
 
 fn load(path: &Path) -> Result<Loaded, StateError> {
@@ -658,10 +657,12 @@ fn load(path: &Path) -> Result<Loaded, StateError> {
             }
         }
     };
-    let feed_last = txn
-        .open_table(META)?
-        .get("feed_last")?
-        .map_or(0, |v| v.value());
+    let boot = {
+        let mut meta = txn.open_table(META)?;
+        let boot = meta.get("boot")?.map_or(0, |v| v.value()) + 1;
+        meta.insert("boot", boot)?;
+        boot
+    };
     txn.open_table(DOCS)?;
     txn.commit()?;
     let read = db.begin_read()?;
@@ -678,7 +679,7 @@ fn load(path: &Path) -> Result<Loaded, StateError> {
         docs.insert(k.value().to_string(), doc);
     }
     drop((t, read));
-    Ok((db, replica, docs, feed_last))
+    Ok((db, replica, docs, boot))
 }
 
 /// A random replica id (never 0).

@@ -1,9 +1,11 @@
 //! What `state.watch` and `state.subscribe` serve of a node's eventual machines: the
 //! changes this node made or merged, numbered in the order it did them. The numbers
-//! are this node's own (another node numbers the same changes differently); the last
-//! one is stored with the changes it numbers, so numbers keep increasing across a
-//! restart. The newest [`KEPT`] changes are remembered in memory; a watcher asking from
-//! before them is told where to start again.
+//! are this node's own (another node numbers the same changes differently). Each start
+//! of the node begins a new range of numbers, `boot << 32` on (`boot` is stored and
+//! counted up at each start), so numbers keep increasing across restarts and a number
+//! is never given twice, even to a change lost in a crash. The newest [`KEPT`] changes
+//! are remembered in memory; a watcher asking from before them (or from before a
+//! restart) is told where to start again.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -29,8 +31,13 @@ pub(super) struct Feed {
 }
 
 impl Feed {
-    /// A feed whose last change (as stored) was number `last`.
-    pub(super) fn new(last: u64) -> Self {
+    /// The feed of the node's start number `boot` (1 on its first start).
+    pub(super) fn new(boot: u64) -> Self {
+        Self::starting_after(boot << 32)
+    }
+
+    /// A feed whose first change is numbered `last + 1`.
+    fn starting_after(last: u64) -> Self {
         Self {
             log: Mutex::new(Log {
                 last,
@@ -49,9 +56,7 @@ impl Feed {
         self.log().last
     }
 
-    /// Records changes numbered from `last() + 1` on, in order (the caller has stored
-    /// the new last number with them). The caller serializes its writes, so numbers
-    /// are taken and recorded in the same order.
+    /// Records changes numbered from `last() + 1` on, in order.
     pub(super) fn record(&self, changes: impl IntoIterator<Item = Change>) {
         let last = {
             let mut log = self.log();
@@ -68,9 +73,10 @@ impl Feed {
         self.tick.send_replace(last);
     }
 
-    /// Changes numbered after `after`, oldest first, at most `limit`, waiting up to
-    /// `wait` for the first; refused when this node no longer remembers the ones right
-    /// after `after` (they were more than [`KEPT`] changes ago, or before a restart).
+    /// Changes numbered after `after` (0: the oldest kept on), oldest first, at most
+    /// `limit`, waiting up to `wait` for the first; refused when this node no longer
+    /// remembers the ones right after `after` (they were more than [`KEPT`] changes ago,
+    /// or before a restart) and when `after` is a number this node has not given.
     pub(super) async fn after(
         &self,
         after: u64,
@@ -83,9 +89,16 @@ impl Feed {
             {
                 let log = self.log();
                 let floor = log.recent.front().map_or(log.last, |c| c.index - 1);
+                let after = if after == 0 { floor } else { after };
                 if after < floor {
                     return Err(StateError::InvalidInput(format!(
-                        "eventual changes up to {floor} are not kept on this node: watch from {floor} or from now (no `after`)"
+                        "eventual changes up to {floor} are not kept on this node: watch from {floor}"
+                    )));
+                }
+                if after > log.last {
+                    return Err(StateError::InvalidInput(format!(
+                        "this node's eventual changes go up to {} ({after} is not one of its numbers: each node numbers its own): watch from {}",
+                        log.last, log.last
                     )));
                 }
                 let skip = (after - floor) as usize;
@@ -122,8 +135,8 @@ mod tests {
 
     #[tokio::test]
     async fn watchers_get_changes_in_order_wait_for_new_ones_and_are_told_what_is_gone() {
-        let feed = Feed::new(10);
-        // Nothing yet after the stored last number: waits, then answers nothing.
+        let feed = Feed::starting_after(10);
+        // Nothing yet: waits, then answers nothing.
         let none = feed
             .after(10, 100, Duration::from_millis(20))
             .await
@@ -135,9 +148,15 @@ mod tests {
         assert_eq!(numbered, [(11, "a"), (12, "b")]);
         assert_eq!(feed.after(11, 100, Duration::ZERO).await.unwrap().len(), 1);
         assert_eq!(feed.after(10, 1, Duration::ZERO).await.unwrap().len(), 1);
-        // Before a restart's stored number: refused with where to start.
+        // Before the first number kept: refused with where to start; 0 is the oldest kept.
         let gone = feed.after(3, 100, Duration::ZERO).await.unwrap_err();
         assert!(gone.to_string().contains("up to 10"), "{gone}");
+        assert_eq!(feed.after(0, 100, Duration::ZERO).await.unwrap().len(), 2);
+        // A number not given yet (another node's, or from before a crash): refused.
+        let ahead = feed.after(13, 100, Duration::ZERO).await.unwrap_err();
+        assert!(ahead.to_string().contains("go up to 12"), "{ahead}");
+        // Each start numbers from a range of its own.
+        assert_eq!(Feed::new(2).last(), 2 << 32);
         // A waiting watcher wakes for a change recorded while it waits.
         let feed = std::sync::Arc::new(feed);
         let waiter = tokio::spawn({
@@ -157,7 +176,7 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_newest_changes_are_kept() {
-        let feed = Feed::new(0);
+        let feed = Feed::starting_after(0);
         feed.record((0..KEPT + 5).map(|_| change("x")));
         let gone = feed.after(4, 1, Duration::ZERO).await.unwrap_err();
         assert!(gone.to_string().contains("up to 5"), "{gone}");

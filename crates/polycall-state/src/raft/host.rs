@@ -402,6 +402,7 @@ impl ReplicatedHost {
                 Some(e) => e.backup_rows()?,
                 None => Vec::new(),
             },
+            replicated: true,
         };
         let dest = dest.to_owned();
         tokio::task::spawn_blocking(move || backup::write(&dest, &file))
@@ -411,7 +412,8 @@ impl ReplicatedHost {
 
     /// Puts every instance back to its state in the backup at `path` (one change per
     /// instance, through the log); replicated instances the backup does not hold are
-    /// removed. Eventual instances it holds are put back as new changes on this node
+    /// removed (unless it is the backup of a node without replicated machines: then they
+    /// stay). Eventual instances it holds are put back as new changes on this node
     /// ([`EventualHost::restore_rows`]). The whole backup is read and checked first
     /// (every machine version it names must be loaded, every snapshot whole): a backup
     /// that fails the check changes nothing.
@@ -433,6 +435,14 @@ impl ReplicatedHost {
                 )));
             }
         };
+        if !file.replicated {
+            // A backup of a node with eventual machines only: it says nothing of the
+            // replicated instances, which stay as they are.
+            return match eventual {
+                Some((host, checked)) => host.restore_rows(checked).await,
+                None => Ok(Vec::new()),
+            };
+        }
         let mut targets = BTreeMap::new();
         for (id, bytes) in file.instances {
             let stored = Self::decode(&id, &bytes)?;
