@@ -40,6 +40,7 @@ use tokio::time::Sleep;
 use crate::auth::{Authenticator, ClientExchange, Credentials, ServerExchange, Step};
 
 mod batch;
+mod handler_run;
 mod producer;
 mod streams;
 use crate::handler::SharedHandler;
@@ -211,8 +212,7 @@ impl Serving {
     }
 }
 
-type Answer = (u32, Result<Reply, Status>);
-type InlineHandler = Abortable<Pin<Box<dyn Future<Output = Answer> + Send>>>;
+type InlineHandler = Abortable<handler_run::HandlerRun>;
 
 enum Command {
     Call {
@@ -1104,24 +1104,11 @@ impl Driver {
     fn spawn_handler(&mut self, call_id: u32, call: Call) {
         let deadline = call.metadata.deadline;
         let inline = !self.config.spawn_handlers || self.handler.runs_inline(&call);
-        let fut = self.handler.call(call);
-        let run = async move {
-            let result = match deadline {
-                Some(d) => tokio::time::timeout_at(d.0.into(), fut)
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(Status::deadline_exceeded(
-                            "the handler did not finish before the call's deadline",
-                        ))
-                    }),
-                None => fut.await,
-            };
-            (call_id, result)
-        };
+        let run =
+            handler_run::HandlerRun::new(call_id, self.handler.call(call), deadline.map(|d| d.0));
         if inline {
             let (abort, registration) = InlineAbort::new_pair();
-            self.handlers
-                .push(Abortable::new(Box::pin(run), registration));
+            self.handlers.push(Abortable::new(run, registration));
             self.serving.insert(call_id, Serving::Inline(abort));
             return;
         }
