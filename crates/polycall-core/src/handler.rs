@@ -97,7 +97,8 @@ impl<H: Handler> ErasedHandler for H {
 /// A type-erased [`Handler`], so handlers of different types share one table. Cloning
 /// it is a reference count; each call clones the handler inside it and waits for that
 /// clone's readiness in the call's future (as `tower::ServiceExt::oneshot` does), so
-/// as a [`Service`] it is always ready.
+/// as a [`Service`] it is always ready: layers that act on readiness (load shedding, a
+/// buffer, a balancer) belong inside it, over the handler, not outside.
 pub struct BoxHandler(std::sync::Arc<dyn ErasedHandler>);
 
 impl BoxHandler {
