@@ -369,24 +369,7 @@ mod running {
         }
     }
 
-    impl crate::state_service::ChangeFeed for ReplicatedHost {
-        fn changes(
-            self: &Arc<Self>,
-            after: u64,
-            limit: usize,
-            wait: std::time::Duration,
-        ) -> impl std::future::Future<
-            Output = Result<Vec<polycall_state::Change>, polycall_state::StateError>,
-        > + Send
-        + 'static {
-            let h = self.clone();
-            async move { ReplicatedHost::changes(&h, after, limit, wait).await }
-        }
-
-        fn last_index(&self) -> u64 {
-            ReplicatedHost::last_index(self)
-        }
-    }
+    crate::state_service::inherent_change_feed!(ReplicatedHost);
 
     impl InstanceHost for ReplicatedHost {
         inherent_instance_methods!(ReplicatedHost);
@@ -419,24 +402,7 @@ mod running {
         }
     }
 
-    impl crate::state_service::ChangeFeed for EventualHost {
-        fn changes(
-            self: &Arc<Self>,
-            after: u64,
-            limit: usize,
-            wait: std::time::Duration,
-        ) -> impl std::future::Future<
-            Output = Result<Vec<polycall_state::Change>, polycall_state::StateError>,
-        > + Send
-        + 'static {
-            let h = self.clone();
-            async move { EventualHost::changes(&h, after, limit, wait).await }
-        }
-
-        fn last_index(&self) -> u64 {
-            EventualHost::last_index(self)
-        }
-    }
+    crate::state_service::inherent_change_feed!(EventualHost);
 
     fn eventual_unsupported(what: &str) -> StateError {
         StateError::Unsupported(format!(

@@ -701,21 +701,34 @@ pub(crate) trait ChangeFeed: Send + Sync + 'static {
     fn last_index(&self) -> u64;
 }
 
-impl ChangeFeed for StateHost {
-    fn changes(
-        self: &Arc<Self>,
-        after: u64,
-        limit: usize,
-        wait: Duration,
-    ) -> impl Future<Output = Result<Vec<Change>, StateError>> + Send + 'static {
-        let h = self.clone();
-        async move { StateHost::changes(&h, after, limit, wait).await }
-    }
+/// The [`ChangeFeed`] of a host that has `changes` and `last_index` as inherent methods
+/// of the same signatures.
+macro_rules! inherent_change_feed {
+    ($host:ty) => {
+        impl $crate::state_service::ChangeFeed for $host {
+            fn changes(
+                self: &::std::sync::Arc<Self>,
+                after: u64,
+                limit: usize,
+                wait: ::std::time::Duration,
+            ) -> impl ::std::future::Future<
+                Output = Result<Vec<polycall_state::Change>, polycall_state::StateError>,
+            > + Send
+            + 'static {
+                let h = self.clone();
+                async move { <$host>::changes(&h, after, limit, wait).await }
+            }
 
-    fn last_index(&self) -> u64 {
-        StateHost::last_index(self)
-    }
+            fn last_index(&self) -> u64 {
+                <$host>::last_index(self)
+            }
+        }
+    };
 }
+#[cfg(feature = "cluster")]
+pub(crate) use inherent_change_feed;
+
+inherent_change_feed!(StateHost);
 
 /// `state.watch` (long polling) and `state.subscribe` (a server stream) over `host`'s
 /// changes.

@@ -305,14 +305,7 @@ impl Store {
     /// A consistent copy of the whole database, taken from one read transaction while
     /// writes go on; refuses to overwrite `dest`.
     pub fn backup(&self, dest: &Path) -> Result<BackupInfo, StateError> {
-        if dest.exists() {
-            return Err(StateError::InvalidInput(format!(
-                "{} exists; choose a new backup file",
-                dest.display()
-            )));
-        }
-        let tmp = dest.with_extension("partial");
-        let _ = std::fs::remove_file(&tmp);
+        let tmp = partial_backup_path(dest)?;
         let read = self.db.begin_read()?;
         let out = Database::create(&tmp)?;
         let mut txn = out.begin_write()?;
@@ -412,6 +405,20 @@ pub struct BackupInfo {
     pub last_index: u64,
     /// Its size.
     pub bytes: u64,
+}
+
+/// Where a backup to `dest` is written before it is renamed to `dest` (a stale one of
+/// an interrupted backup removed); refuses a `dest` that exists.
+pub(crate) fn partial_backup_path(dest: &Path) -> Result<std::path::PathBuf, StateError> {
+    if dest.exists() {
+        return Err(StateError::InvalidInput(format!(
+            "{} exists; choose a new backup file",
+            dest.display()
+        )));
+    }
+    let tmp = dest.with_extension("partial");
+    let _ = std::fs::remove_file(&tmp);
+    Ok(tmp)
 }
 
 fn commit_loop(

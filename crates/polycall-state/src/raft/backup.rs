@@ -33,14 +33,7 @@ pub(super) struct BackupFile {
 
 /// Writes `file` to `dest`, a path that must not exist yet.
 pub(super) fn write(dest: &std::path::Path, file: &BackupFile) -> Result<BackupInfo, StateError> {
-    if dest.exists() {
-        return Err(StateError::InvalidInput(format!(
-            "{} exists; choose a new backup file",
-            dest.display()
-        )));
-    }
-    let tmp = dest.with_extension("partial");
-    let _ = std::fs::remove_file(&tmp);
+    let tmp = crate::store::partial_backup_path(dest)?;
     let db = redb::Database::create(&tmp)?;
     let mut txn = db.begin_write()?;
     txn.set_durability(redb::Durability::Immediate)?;
