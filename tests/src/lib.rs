@@ -126,6 +126,9 @@ pub fn frame_to_json(f: &Frame) -> Value {
             json!({"type": "goaway", "last_call_id": g.last_call_id, "code": g.code, "message": g.message})
         }
         Frame::Credit { increment } => json!({"type": "credit", "increment": increment}),
+        Frame::Dictionary { id, data } => {
+            json!({"type": "dictionary", "id": id, "data_hex": hex(data)})
+        }
         Frame::StreamCredit { call_id, increment } => {
             json!({"type": "stream_credit", "call_id": call_id, "increment": increment})
         }

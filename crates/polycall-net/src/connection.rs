@@ -248,6 +248,9 @@ enum Command {
     ),
     /// A call whose payload was compressed off the event loop, ready to open.
     CallCompressed(Box<CompressedCall>),
+    /// A method's dictionary trained off the event loop, ready to ship and use.
+    #[cfg(feature = "zstd")]
+    DictionaryTrained(Box<polycall_proto::compress::TrainedDictionary>),
     /// Opens a streaming call.
     OpenStream(Box<OpenStream>),
     /// A producer put messages in its stream's empty outbox.
@@ -1271,6 +1274,12 @@ impl Driver {
                 }
             }
             Command::OpenStream(open) => self.open_stream_call(*open),
+            #[cfg(feature = "zstd")]
+            Command::DictionaryTrained(trained) => {
+                if let Some(id) = self.proto.add_dictionary(*trained) {
+                    tracing::debug!(peer = %self.shared.peer, id, "dictionary shipped");
+                }
+            }
             Command::StreamReady(key) => self.stream_ready(key),
             Command::StreamEnd(key) => self.stream_end(key),
             Command::StreamFail(key, status) => self.stream_fail(key, status),
@@ -1453,6 +1462,8 @@ impl Driver {
                 return progressed;
             }
             if self.out.is_empty() {
+                #[cfg(feature = "zstd")]
+                self.train_dictionaries();
                 let mut chunks = Vec::new();
                 self.proto
                     .poll_transmit(self.config.write_batch, &mut chunks);
@@ -1515,6 +1526,15 @@ impl Driver {
                     return progressed;
                 }
             }
+        }
+    }
+
+    /// Trains the dictionaries of methods whose small messages were sampled, on the
+    /// offload runtime (milliseconds of CPU each).
+    #[cfg(feature = "zstd")]
+    fn train_dictionaries(&mut self) {
+        while let Some(job) = self.proto.take_dictionary_job() {
+            self.offload_command(move || Command::DictionaryTrained(Box::new(job.run())));
         }
     }
 

@@ -122,6 +122,9 @@ frame_types! {
     Credit = 0x23, flags = 0, call = Some(false);
     /// Flow-control credit of one call's stream (streaming only).
     StreamCredit = 0x24, flags = 0, call = Some(true);
+    /// A zstd dictionary the sender will compress messages with
+    /// ([`crate::features::ZSTD_DICTIONARIES`] only).
+    Dictionary = 0x25, flags = 0, call = Some(false);
     /// A provider announces methods it serves.
     Register = 0x30, flags = 0, call = Some(true);
     /// A provider withdraws methods.
@@ -439,6 +442,15 @@ pub enum Frame {
         /// Bytes of credit added.
         increment: u32,
     },
+    /// A zstd dictionary the sender will compress messages with (as
+    /// [`Algorithm::ZstdDict`]); sent before any message that uses it.
+    Dictionary {
+        /// The dictionary's id, as written in the dictionary and in every zstd
+        /// frame compressed with it.
+        id: u32,
+        /// The dictionary, in zstd's format.
+        data: Bytes,
+    },
     /// A provider announces methods; answered by `REPLY` or `ERROR` on the same call id.
     Register {
         /// The request's call id.
@@ -565,6 +577,7 @@ impl Frame {
             Frame::GoAway(_) => FrameType::GoAway,
             Frame::Credit { .. } => FrameType::Credit,
             Frame::StreamCredit { .. } => FrameType::StreamCredit,
+            Frame::Dictionary { .. } => FrameType::Dictionary,
             Frame::Register { .. } => FrameType::Register,
             Frame::Unregister { .. } => FrameType::Unregister,
         }
@@ -612,6 +625,7 @@ impl Frame {
             Frame::Reply(f) => Some(&f.payload),
             Frame::Data(f) => Some(&f.payload),
             Frame::Auth(f) => Some(&f.data),
+            Frame::Dictionary { data, .. } => Some(data),
             _ => None,
         }
     }
@@ -710,6 +724,7 @@ impl Frame {
             }
             Frame::Cancel { .. } | Frame::End { .. } => {}
             Frame::Ping { opaque } | Frame::Pong { opaque } => b.put_u64_le(*opaque),
+            Frame::Dictionary { id, .. } => b.put_u32_le(*id),
             Frame::GoAway(g) => {
                 b.put_u32_le(g.last_call_id);
                 b.put_u16_le(g.code);
@@ -1156,6 +1171,14 @@ fn decode_body(
                 call_id: h.call_id,
                 increment,
             }
+        }
+        FrameType::Dictionary => {
+            let id = r.u32("dictionary id is missing")?;
+            let data = r.rest();
+            if data.is_empty() {
+                return Err(r.err("empty dictionary"));
+            }
+            Frame::Dictionary { id, data }
         }
         FrameType::Register => {
             let n = r.u16("method count is missing")?;

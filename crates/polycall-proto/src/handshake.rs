@@ -40,7 +40,9 @@ pub mod features {
     pub const CRC32C: u64 = 1 << 0;
     /// Streaming calls (`STREAM` flag, `DATA` with `FIRST`, `END`).
     pub const STREAMING: u64 = 1 << 1;
-    /// Per-method trained zstd dictionaries (reserved; not offered by this version).
+    /// Per-method trained zstd dictionaries: either side may send `DICTIONARY`
+    /// frames and messages compressed with them (`zstd-dict`). Needs zstd agreed;
+    /// offered by builds with zstd.
     pub const ZSTD_DICTIONARIES: u64 = 1 << 2;
     /// Packed stream messages: a `DATA` frame may carry several small messages of a
     /// stream (`PACKED`). Needs [`STREAMING`].
@@ -206,7 +208,14 @@ impl Default for Settings {
         Self {
             min_version: SUPPORTED_VERSIONS.0,
             max_version: SUPPORTED_VERSIONS.1,
-            features: features::CRC32C | features::STREAMING | features::PACKED,
+            features: features::CRC32C
+                | features::STREAMING
+                | features::PACKED
+                | if cfg!(feature = "zstd") {
+                    features::ZSTD_DICTIONARIES
+                } else {
+                    0
+                },
             limits: Limits::default(),
             codecs: vec![ContentType::Postcard, ContentType::Json, ContentType::Raw],
             compressions: Algorithm::built(),

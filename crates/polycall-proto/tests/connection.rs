@@ -1784,3 +1784,185 @@ fn packed_messages_are_refused_when_the_peer_does_not_take_them_or_one_is_too_la
     assert!(matches!(r, Err(SendError::TooLarge { .. })), "{r:?}");
     assert_eq!(p.client.queued_bytes(), 0);
 }
+
+/// A small JSON record of one method: the same fields, varying values.
+#[cfg(feature = "zstd")]
+fn log_record(i: u64) -> Vec<u8> {
+    let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    format!(
+        r#"{{"ts":{},"level":"{}","service":"checkout","route":"/api/v2/orders/{}","status":{},"latency_ms":{},"user":"u{}","trace_id":"{:016x}"}}"#,
+        1_700_000_000 + i,
+        ["info", "warn", "debug", "error"][(next() % 4) as usize],
+        next() % 100_000,
+        [200, 201, 404, 500][(next() % 4) as usize],
+        next() % 2_000,
+        next() % 10_000,
+        next()
+    )
+    .into_bytes()
+}
+
+/// Sends `records` calls of `logs.put` and checks the server receives each intact.
+#[cfg(feature = "zstd")]
+fn send_records(p: &mut Pair, records: std::ops::Range<u64>) {
+    for i in records.clone() {
+        p.call("logs.put", Payload::new(log_record(i), ContentType::Json));
+    }
+    p.pump();
+    let got: Vec<Bytes> = events(&mut p.server)
+        .into_iter()
+        .filter_map(|e| match e {
+            Event::Call(c) => Some(c.payload.bytes),
+            _ => None,
+        })
+        .collect();
+    let want: Vec<Bytes> = records.map(|i| Bytes::from(log_record(i))).collect();
+    assert_eq!(got, want);
+}
+
+/// On a slow link, a method's small messages are sampled, a dictionary is trained
+/// from them (a job run by the caller), shipped in a `DICTIONARY` frame ahead of the
+/// messages that use it, and then compresses them to under half their size.
+#[test]
+#[cfg(feature = "zstd")]
+fn small_messages_go_with_their_methods_trained_dictionary() {
+    use polycall_proto::compress::{Algorithm, CompressionTotals, dictionary};
+    let mut client = Config::default();
+    let totals = std::sync::Arc::new(CompressionTotals::default());
+    client.compression_totals = Some(totals.clone());
+    let mut p = Pair::with(client, Config::default());
+    assert!(
+        p.client
+            .negotiated()
+            .unwrap()
+            .has(polycall_proto::features::ZSTD_DICTIONARIES)
+    );
+    p.client.set_link_throughput(12.5e6); // 100 Mbit/s
+    send_records(&mut p, 0..dictionary::SAMPLES as u64);
+    let job = p.client.take_dictionary_job().expect("a job once sampled");
+    assert!(p.client.take_dictionary_job().is_none());
+    let id = p.client.add_dictionary(job.run()).expect("worth shipping");
+    assert_eq!(id, dictionary::FIRST_DICTIONARY_ID);
+    let before = p.to_server.len();
+    send_records(&mut p, 1000..1200);
+    let shipped = frames_sent(&p.to_server[before..], negotiated_crc(&p.client));
+    assert!(
+        matches!(&shipped[0], Frame::Dictionary { id: sent, .. } if *sent == id),
+        "the DICTIONARY frame comes first"
+    );
+    let uses = |f: &Frame| matches!(f, Frame::Call(c) if c.compression == Algorithm::ZstdDict);
+    assert!(shipped.iter().any(uses));
+    let (messages, raw, wire) = totals.get(Algorithm::ZstdDict);
+    assert!(messages >= 190, "{messages} messages with the dictionary");
+    assert!(wire * 2 <= raw, "{wire} bytes on the wire for {raw}");
+    // On a fast link the dictionary does not pay: messages go as they are.
+    p.client.set_link_throughput(1.25e9);
+    send_records(&mut p, 2000..2050);
+    assert_eq!(totals.get(Algorithm::ZstdDict).0, messages);
+}
+
+/// Without both sides agreeing, no samples, no dictionary, no `zstd-dict` message.
+#[test]
+#[cfg(feature = "zstd")]
+fn dictionaries_need_both_sides() {
+    use polycall_proto::compress::{Algorithm, CompressionTotals};
+    let mut client = Config::default();
+    let totals = std::sync::Arc::new(CompressionTotals::default());
+    client.compression_totals = Some(totals.clone());
+    let mut server = Config::default();
+    server.settings.features &= !polycall_proto::features::ZSTD_DICTIONARIES;
+    let mut p = Pair::with(client, server);
+    p.client.set_link_throughput(12.5e6);
+    send_records(&mut p, 0..300);
+    assert!(p.client.take_dictionary_job().is_none());
+    assert_eq!(totals.get(Algorithm::ZstdDict).0, 0);
+    assert!(
+        !p.client
+            .negotiated()
+            .unwrap()
+            .compressions
+            .contains(&Algorithm::ZstdDict)
+    );
+    // A DICTIONARY frame the server did not agree to is a connection error.
+    let mut buf = frame::FrameBuf::new();
+    Frame::Dictionary {
+        id: 40_000,
+        data: Bytes::from_static(b"anything"),
+    }
+    .encode(&mut buf, negotiated_crc(&p.client));
+    let mut chunks = Vec::new();
+    buf.drain_chunks(&mut chunks);
+    let r = chunks.iter().try_for_each(|c| p.server.feed(c));
+    assert!(
+        matches!(&r, Err(ProtoError::Violation(m)) if m.contains("not agreed")),
+        "{r:?}"
+    );
+}
+
+/// A dictionary that is not one fails the connection; a message naming a dictionary
+/// never sent fails only its call, and the connection goes on.
+#[test]
+#[cfg(feature = "zstd")]
+fn bad_dictionaries_and_unknown_ones_are_refused() {
+    let crc = |p: &Pair| negotiated_crc(&p.client);
+    let send = |p: &mut Pair, f: Frame, crc: bool| {
+        let mut buf = frame::FrameBuf::new();
+        f.encode(&mut buf, crc);
+        let mut chunks = Vec::new();
+        buf.drain_chunks(&mut chunks);
+        chunks.iter().try_for_each(|c| p.server.feed(c))
+    };
+    let mut p = Pair::new();
+    let c = crc(&p);
+    let r = send(
+        &mut p,
+        Frame::Dictionary {
+            id: 40_000,
+            data: Bytes::from_static(b"not a zstd dictionary"),
+        },
+        c,
+    );
+    assert!(
+        matches!(&r, Err(ProtoError::Violation(m)) if m.contains("dictionary format")),
+        "{r:?}"
+    );
+
+    // A message compressed with a dictionary the server never received.
+    let mut p = Pair::new();
+    let c = crc(&p);
+    let samples: Vec<Vec<u8>> = (0..200).map(log_record).collect();
+    let mut dict = zstd::dict::from_samples(&samples, 4096).unwrap();
+    dict[4..8].copy_from_slice(&40_000u32.to_le_bytes());
+    let payload = zstd::bulk::Compressor::with_dictionary(3, &dict)
+        .unwrap()
+        .compress(&log_record(7))
+        .unwrap();
+    let Frame::Call(mut call) = call_frame(1, b"", false) else {
+        unreachable!()
+    };
+    call.content_type = ContentType::Json;
+    call.compression = polycall_proto::compress::Algorithm::ZstdDict;
+    call.payload = Bytes::from(payload);
+    send(&mut p, Frame::Call(call), c).expect("only the call fails");
+    let answer = sent_frames(&mut p.server, c);
+    assert!(
+        answer
+            .iter()
+            .any(|f| matches!(f, Frame::Error(e) if e.call_id == 1
+            && e.code == Code::Malformed as u16 && e.message.contains("never sent"))),
+        "{answer:?}"
+    );
+    // The connection goes on.
+    send(&mut p, Frame::Ping { opaque: 5 }, c).unwrap();
+    assert!(
+        sent_frames(&mut p.server, c)
+            .iter()
+            .any(|f| matches!(f, Frame::Pong { opaque: 5 }))
+    );
+}

@@ -424,6 +424,12 @@ impl AdaptiveSelector {
         self.config.link_bytes_per_sec
     }
 
+    /// Nanoseconds a byte takes on the wire at the link throughput in force.
+    #[cfg_attr(not(feature = "zstd"), allow(dead_code))]
+    pub(crate) fn wire_ns_per_byte(&self) -> f64 {
+        self.wire_ns_per_byte
+    }
+
     /// How many keys the selector currently keeps estimates for.
     pub fn tracked_keys(&self) -> usize {
         self.keys.len()
@@ -652,6 +658,8 @@ const MAX_SCRATCH: usize = 4 << 20;
 pub struct AdaptiveCompressor {
     selector: AdaptiveSelector,
     compressor: Compressor,
+    #[cfg(feature = "zstd")]
+    dictionaries: super::dictionary::DictionaryEncoder,
     scratch: Vec<u8>,
     last_choice: Choice,
     clock: crate::Clock,
@@ -663,6 +671,8 @@ impl AdaptiveCompressor {
         AdaptiveCompressor {
             selector: AdaptiveSelector::new(config),
             compressor: Compressor::new(),
+            #[cfg(feature = "zstd")]
+            dictionaries: Default::default(),
             scratch: Vec::new(),
             last_choice: Choice::NONE,
             clock: crate::Clock::system(),
@@ -695,6 +705,11 @@ impl AdaptiveCompressor {
     /// back. Returns the algorithm actually used and the bytes to send:
     /// `(Algorithm::None, payload.clone())` (zero-copy) when it chose not to
     /// compress or when the output was not smaller.
+    ///
+    /// With [`Algorithm::ZstdDict`] allowed, a small message of a method with a
+    /// dictionary goes with it when that is expected to deliver it soonest, and
+    /// small messages of a method without one are sampled to train one (see
+    /// [`take_dictionary_job`](Self::take_dictionary_job)).
     pub fn encode(
         &mut self,
         key: u64,
@@ -702,6 +717,14 @@ impl AdaptiveCompressor {
         payload: &Bytes,
         allowed: &[Algorithm],
     ) -> (Algorithm, Bytes) {
+        #[cfg(feature = "zstd")]
+        if allowed.contains(&Algorithm::ZstdDict)
+            && self
+                .dictionaries
+                .choose(key, payload, self.selector.wire_ns_per_byte())
+        {
+            return self.encode_with_dictionary(key, payload);
+        }
         let choice = self.selector.choose(key, content_type, payload, allowed);
         self.last_choice = choice;
         if choice.algorithm == Algorithm::None {
@@ -739,6 +762,52 @@ impl AdaptiveCompressor {
             self.scratch = Vec::new();
         }
         sent
+    }
+
+    #[cfg(feature = "zstd")]
+    fn encode_with_dictionary(&mut self, key: u64, payload: &Bytes) -> (Algorithm, Bytes) {
+        self.last_choice = Choice {
+            algorithm: Algorithm::ZstdDict,
+            level: super::dictionary::LEVEL,
+        };
+        self.scratch.clear();
+        let (dictionaries, scratch) = (&mut self.dictionaries, &mut self.scratch);
+        let (result, cpu) = self
+            .clock
+            .time(|| dictionaries.compress(key, payload, scratch));
+        if result.is_err() {
+            return (Algorithm::None, payload.clone());
+        }
+        self.dictionaries
+            .observe(key, payload.len(), self.scratch.len(), cpu);
+        if self.scratch.len() < payload.len() {
+            (Algorithm::ZstdDict, Bytes::copy_from_slice(&self.scratch))
+        } else {
+            (Algorithm::None, payload.clone())
+        }
+    }
+
+    /// A dictionary training job, once a method has given enough samples: run
+    /// it away from the connection ([`TrainJob::run`](super::TrainJob::run))
+    /// and give the result to [`add_dictionary`](Self::add_dictionary).
+    #[cfg(feature = "zstd")]
+    pub fn take_dictionary_job(&mut self) -> Option<super::TrainJob> {
+        self.dictionaries.take_job()
+    }
+
+    /// Puts a trained dictionary in use. Returns its id and the bytes to ship
+    /// to the peer before any message compressed with it, or `None` when the
+    /// training gave nothing worth using (the method then goes without).
+    #[cfg(feature = "zstd")]
+    pub fn add_dictionary(&mut self, trained: super::TrainedDictionary) -> Option<(u32, Bytes)> {
+        self.dictionaries.add(trained)
+    }
+
+    /// Bounds the dictionaries trained from now on to `max_size` bytes (the
+    /// peer's frame size less a frame's header).
+    #[cfg(feature = "zstd")]
+    pub fn limit_dictionary_size(&mut self, max_size: usize) {
+        self.dictionaries.set_max_size(max_size);
     }
 
     /// What the selector chose for the last message [`encode`](Self::encode)d

@@ -84,6 +84,10 @@ impl Compressor {
             Algorithm::Zstd => self.zstd.compress(choice.level, input, out),
             #[cfg(feature = "brotli")]
             Algorithm::Brotli => brotli_codec::compress(choice.level, input, out),
+            Algorithm::ZstdDict => Err(CompressError::Dictionary {
+                detail: "a dictionary belongs to a method: AdaptiveCompressor::encode uses it"
+                    .to_owned(),
+            }),
             #[allow(unreachable_patterns)]
             algorithm => Err(CompressError::Unsupported { algorithm }),
         }
@@ -105,6 +109,10 @@ impl Compressor {
                 Algorithm::Brotli,
                 format!("quality {} is outside 0..=11", choice.level),
             )),
+            Algorithm::ZstdDict => Err(CompressError::Dictionary {
+                detail: "a dictionary belongs to a method: AdaptiveCompressor::encode uses it"
+                    .to_owned(),
+            }),
             #[allow(unreachable_patterns)]
             algorithm => Err(CompressError::Unsupported { algorithm }),
         }
@@ -195,11 +203,28 @@ impl Decompressor {
             }
             #[cfg(feature = "zstd")]
             Algorithm::Zstd => self.zstd.decompress(input, limit),
+            #[cfg(feature = "zstd")]
+            Algorithm::ZstdDict => self.zstd.decompress_with_dictionary(input, limit),
             #[cfg(feature = "brotli")]
             Algorithm::Brotli => brotli_codec::decompress(input, limit, pause),
             #[allow(unreachable_patterns)]
             algorithm => Err(CompressError::Unsupported { algorithm }),
         }
+    }
+}
+
+#[cfg(feature = "zstd")]
+impl Decompressor {
+    /// Adds dictionary `id` the peer shipped (`DICTIONARY` frame), for its
+    /// [`Algorithm::ZstdDict`] messages. Refused with
+    /// [`CompressError::Dictionary`]: more than
+    /// [`MAX_DICTIONARY_SIZE`](super::dictionary::MAX_DICTIONARY_SIZE) bytes,
+    /// more than [`MAX_DICTIONARIES`](super::dictionary::MAX_DICTIONARIES), an id
+    /// sent before or below
+    /// [`FIRST_DICTIONARY_ID`](super::dictionary::FIRST_DICTIONARY_ID), not zstd's
+    /// dictionary format or not carrying `id`.
+    pub fn add_dictionary(&mut self, id: u32, data: &[u8]) -> Result<(), CompressError> {
+        self.zstd.add_dictionary(id, data)
     }
 }
 

@@ -40,6 +40,8 @@ mod adaptive;
 #[cfg(feature = "brotli")]
 mod brotli_codec;
 mod codec;
+#[cfg(feature = "zstd")]
+pub mod dictionary;
 mod model;
 mod offload;
 mod probe;
@@ -51,6 +53,8 @@ use std::fmt;
 
 pub use adaptive::{AdaptiveCompressor, AdaptiveSelector, SelectorConfig};
 pub use codec::{Compressor, Decompressor};
+#[cfg(feature = "zstd")]
+pub use dictionary::{TrainJob, TrainedDictionary};
 pub use offload::{CompressJob, Compressed, Deferred, DeferredError};
 pub use totals::CompressionTotals;
 
@@ -75,11 +79,21 @@ pub enum Algorithm {
     Zstd = 1,
     /// Brotli.
     Brotli = 2,
+    /// Zstandard with a dictionary the sender shipped on this connection
+    /// (`DICTIONARY` frame); the zstd frame names the dictionary. Used only
+    /// when both sides agreed on [`crate::features::ZSTD_DICTIONARIES`]; see
+    /// [`dictionary`].
+    ZstdDict = 3,
 }
 
 impl Algorithm {
     /// Every algorithm, in wire-id order.
-    pub const ALL: [Algorithm; 3] = [Algorithm::None, Algorithm::Zstd, Algorithm::Brotli];
+    pub const ALL: [Algorithm; 4] = [
+        Algorithm::None,
+        Algorithm::Zstd,
+        Algorithm::Brotli,
+        Algorithm::ZstdDict,
+    ];
 
     /// The wire id.
     pub fn id(self) -> u8 {
@@ -92,13 +106,14 @@ impl Algorithm {
             0 => Some(Algorithm::None),
             1 => Some(Algorithm::Zstd),
             2 => Some(Algorithm::Brotli),
+            3 => Some(Algorithm::ZstdDict),
             _ => None,
         }
     }
 
     /// Whether this build can compress and decompress it: `none` always,
-    /// `zstd` and `brotli` with their cargo features. Only these are offered
-    /// in the handshake.
+    /// `zstd` (and `zstd-dict`) and `brotli` with their cargo features. Only
+    /// these are offered in the handshake (`zstd-dict` as a feature bit).
     ///
     /// ```
     /// use polycall_proto::compress::Algorithm;
@@ -108,13 +123,14 @@ impl Algorithm {
     pub fn is_built(self) -> bool {
         match self {
             Algorithm::None => true,
-            Algorithm::Zstd => cfg!(feature = "zstd"),
+            Algorithm::Zstd | Algorithm::ZstdDict => cfg!(feature = "zstd"),
             Algorithm::Brotli => cfg!(feature = "brotli"),
         }
     }
 
     /// The algorithms this build serves, best first, `none` last: what a
-    /// handshake offers by default.
+    /// handshake offers by default (`zstd-dict` is not in the list: it is
+    /// agreed with a feature bit, [`crate::features::ZSTD_DICTIONARIES`]).
     pub fn built() -> Vec<Algorithm> {
         [Algorithm::Zstd, Algorithm::Brotli, Algorithm::None]
             .into_iter()
@@ -122,12 +138,13 @@ impl Algorithm {
             .collect()
     }
 
-    /// A short lowercase name (`none`, `zstd`, `brotli`).
+    /// A short lowercase name (`none`, `zstd`, `brotli`, `zstd-dict`).
     pub fn name(self) -> &'static str {
         match self {
             Algorithm::None => "none",
             Algorithm::Zstd => "zstd",
             Algorithm::Brotli => "brotli",
+            Algorithm::ZstdDict => "zstd-dict",
         }
     }
 }
@@ -230,6 +247,13 @@ pub enum CompressError {
         /// The algorithm asked for.
         algorithm: Algorithm,
     },
+    /// A dictionary the peer shipped was refused (too large, one too many, not in
+    /// zstd's format, a repeated id), or a message names a dictionary never shipped.
+    #[error("zstd dictionary refused: {detail}")]
+    Dictionary {
+        /// What was wrong.
+        detail: String,
+    },
 }
 
 impl CompressError {
@@ -259,7 +283,8 @@ mod tests {
         for algorithm in Algorithm::ALL {
             assert_eq!(Algorithm::from_id(algorithm.id()), Some(algorithm));
         }
-        assert_eq!(Algorithm::from_id(3), None);
+        assert_eq!(Algorithm::from_id(3), Some(Algorithm::ZstdDict));
+        assert_eq!(Algorithm::from_id(4), None);
         assert_eq!(Algorithm::Brotli.id(), 2);
         assert_eq!(Algorithm::None.name(), "none");
     }

@@ -131,7 +131,9 @@ const BROTLI_OVERHEAD: &[(i32, f64)] = &[
 /// The prior for `choice`.
 pub(crate) fn prior(choice: Choice) -> Prior {
     match choice.algorithm {
-        Algorithm::None => Prior {
+        // Dictionaries are never the selector's candidates: the dictionary
+        // module decides for the small messages they serve.
+        Algorithm::None | Algorithm::ZstdDict => Prior {
             gain: 0.0,
             compress_ns_per_byte: 0.0,
             compress_overhead_ns: 0.0,

@@ -28,7 +28,7 @@ pub const MAX_METHODS: usize = 4096;
 #[derive(Debug, Default)]
 pub struct CompressionTotals {
     /// Per algorithm (wire-id order): messages, raw bytes, wire bytes.
-    counts: [[AtomicU64; 3]; 3],
+    counts: [[AtomicU64; 3]; 4],
     /// Per method key.
     methods: RwLock<HashMap<u64, Arc<MethodTotals>, BuildHasherDefault<KeyHasher>>>,
 }

@@ -1,9 +1,10 @@
 //! zstd: one compression context per level, one decompression context, and
 //! a decoder that never allocates past the caller's limit.
 
+use std::collections::HashMap;
 use std::io::Cursor;
 
-use zstd::zstd_safe::{self, DCtx, zstd_sys::ZSTD_ErrorCode};
+use zstd::zstd_safe::{self, DCtx, DDict, zstd_sys::ZSTD_ErrorCode};
 
 use super::codec::{UNKNOWN_SIZE_GUESS_FACTOR, UNKNOWN_SIZE_MIN_GUESS, allocate};
 use super::{Algorithm, CompressError};
@@ -67,10 +68,12 @@ impl Encoders {
     }
 }
 
-/// The decompression context, kept between messages.
+/// The decompression context, kept between messages, and the dictionaries the
+/// peer shipped.
 #[derive(Default)]
 pub(super) struct Decoder {
     context: Option<DCtx<'static>>,
+    dictionaries: HashMap<u32, DDict<'static>>,
 }
 
 impl Decoder {
@@ -79,61 +82,123 @@ impl Decoder {
         self.context.is_some()
     }
 
+    /// Adds dictionary `id` shipped by the peer (see `super::dictionary`).
+    pub(super) fn add_dictionary(&mut self, id: u32, data: &[u8]) -> Result<(), CompressError> {
+        use super::dictionary::{MAX_DICTIONARIES, check_received};
+        check_received(id, data)?;
+        let refuse = |detail: String| Err(CompressError::Dictionary { detail });
+        if self.dictionaries.contains_key(&id) {
+            return refuse(format!("dictionary {id} was sent already"));
+        }
+        if self.dictionaries.len() >= MAX_DICTIONARIES {
+            return refuse(format!(
+                "a peer may send at most {MAX_DICTIONARIES} dictionaries"
+            ));
+        }
+        let Some(ddict) = DDict::try_create(data) else {
+            return refuse(format!("zstd refused dictionary {id}"));
+        };
+        self.dictionaries.insert(id, ddict);
+        Ok(())
+    }
+
+    /// Decodes `input`, compressed with one of the peer's dictionaries, into at
+    /// most `limit` bytes. Every frame must name the same dictionary.
+    pub(super) fn decompress_with_dictionary(
+        &mut self,
+        input: &[u8],
+        limit: usize,
+    ) -> Result<Vec<u8>, CompressError> {
+        let Some(id) = zstd_safe::get_dict_id_from_frame(input) else {
+            return Err(CompressError::corrupt(
+                Algorithm::ZstdDict,
+                "the frame names no dictionary",
+            ));
+        };
+        let id = id.get();
+        let Some(ddict) = self.dictionaries.get(&id) else {
+            return Err(CompressError::Dictionary {
+                detail: format!("dictionary {id} was never sent"),
+            });
+        };
+        let context = self.context.get_or_insert_with(DCtx::create);
+        decode(context, Some(ddict), input, limit)
+    }
+
     /// Decodes `input` into at most `limit` bytes.
     pub(super) fn decompress(
         &mut self,
         input: &[u8],
         limit: usize,
     ) -> Result<Vec<u8>, CompressError> {
-        if input.is_empty() {
-            return Err(CompressError::corrupt(Algorithm::Zstd, "empty input"));
-        }
-        let declared = declared_zstd_size(input)?;
-        if declared.known > limit as u64 {
-            return Err(CompressError::TooLarge { limit });
-        }
         let context = self.context.get_or_insert_with(DCtx::create);
-        if !declared.unknown {
-            // Every frame says how large it is, and all of them fit: decode
-            // in one go into a buffer of exactly that size. A frame whose
-            // content outgrows its header fails rather than reallocating.
-            let size = declared.known as usize;
-            let mut buffer = allocate(size, limit)?;
-            return match context.decompress(&mut buffer, input) {
-                Ok(written) if written == size => Ok(buffer),
-                Ok(_) => Err(CompressError::corrupt(
-                    Algorithm::Zstd,
-                    "content is shorter than its declared size",
-                )),
-                Err(code) if is_dst_too_small(code) => Err(CompressError::corrupt(
-                    Algorithm::Zstd,
-                    "content is larger than its declared size",
-                )),
-                Err(code) => Err(zstd_corrupt(code)),
-            };
-        }
-        // Some frame does not record its size. Decoding in one shot needs no
-        // window buffer, so guess a size, and double it (up to `limit`) each
-        // time the output does not fit: memory stays within `limit`, and the
-        // work within about twice that of the final attempt.
-        let guess = input
-            .len()
-            .saturating_mul(UNKNOWN_SIZE_GUESS_FACTOR)
-            .max(UNKNOWN_SIZE_MIN_GUESS)
-            .max(declared.known as usize);
-        let mut capacity = guess.min(limit);
-        loop {
-            let mut buffer = allocate(capacity, limit)?;
-            match context.decompress(&mut buffer, input) {
-                Ok(_) => return Ok(buffer),
-                Err(code) if is_dst_too_small(code) => {
-                    if capacity >= limit {
-                        return Err(CompressError::TooLarge { limit });
-                    }
-                    capacity = capacity.saturating_mul(2).min(limit);
+        decode(context, None, input, limit)
+    }
+}
+
+/// Decodes `input` (with `ddict`, if given) into at most `limit` bytes.
+fn decode(
+    context: &mut DCtx<'static>,
+    ddict: Option<&DDict<'static>>,
+    input: &[u8],
+    limit: usize,
+) -> Result<Vec<u8>, CompressError> {
+    let algorithm = if ddict.is_some() {
+        Algorithm::ZstdDict
+    } else {
+        Algorithm::Zstd
+    };
+    let mut run = |buffer: &mut Vec<u8>| match ddict {
+        Some(d) => context.decompress_using_ddict(buffer, input, d),
+        None => context.decompress(buffer, input),
+    };
+    if input.is_empty() {
+        return Err(CompressError::corrupt(algorithm, "empty input"));
+    }
+    let declared = declared_zstd_size(input)?;
+    if declared.known > limit as u64 {
+        return Err(CompressError::TooLarge { limit });
+    }
+    if !declared.unknown {
+        // Every frame says how large it is, and all of them fit: decode
+        // in one go into a buffer of exactly that size. A frame whose
+        // content outgrows its header fails rather than reallocating.
+        let size = declared.known as usize;
+        let mut buffer = allocate(size, limit)?;
+        return match run(&mut buffer) {
+            Ok(written) if written == size => Ok(buffer),
+            Ok(_) => Err(CompressError::corrupt(
+                algorithm,
+                "content is shorter than its declared size",
+            )),
+            Err(code) if is_dst_too_small(code) => Err(CompressError::corrupt(
+                algorithm,
+                "content is larger than its declared size",
+            )),
+            Err(code) => Err(zstd_corrupt(code)),
+        };
+    }
+    // Some frame does not record its size. Decoding in one shot needs no
+    // window buffer, so guess a size, and double it (up to `limit`) each
+    // time the output does not fit: memory stays within `limit`, and the
+    // work within about twice that of the final attempt.
+    let guess = input
+        .len()
+        .saturating_mul(UNKNOWN_SIZE_GUESS_FACTOR)
+        .max(UNKNOWN_SIZE_MIN_GUESS)
+        .max(declared.known as usize);
+    let mut capacity = guess.min(limit);
+    loop {
+        let mut buffer = allocate(capacity, limit)?;
+        match run(&mut buffer) {
+            Ok(_) => return Ok(buffer),
+            Err(code) if is_dst_too_small(code) => {
+                if capacity >= limit {
+                    return Err(CompressError::TooLarge { limit });
                 }
-                Err(code) => return Err(zstd_corrupt(code)),
+                capacity = capacity.saturating_mul(2).min(limit);
             }
+            Err(code) => return Err(zstd_corrupt(code)),
         }
     }
 }

@@ -1,9 +1,75 @@
 //! Compression of outgoing messages: inline for small ones, as a job another thread
-//! runs for large ones.
+//! runs for large ones; the per-method dictionaries (trained by a job, shipped in a
+//! `DICTIONARY` frame) and the peer's.
 
 use super::*;
+#[cfg(feature = "zstd")]
+use crate::compress::{TrainJob, TrainedDictionary};
 
 impl Connection {
+    /// With [`features::ZSTD_DICTIONARIES`] agreed and zstd readable by both, messages
+    /// may go as [`Algorithm::ZstdDict`]; dictionaries fit the peer's frames.
+    pub(super) fn agree_dictionaries(&mut self, n: &mut crate::handshake::Negotiated) {
+        #[cfg(feature = "zstd")]
+        if n.has(features::ZSTD_DICTIONARIES) && n.compressions.contains(&Algorithm::Zstd) {
+            n.compressions.push(Algorithm::ZstdDict);
+            // A frame's header (and CRC trailer) and the id take the rest.
+            let room = (n.peer_limits.max_frame as usize).saturating_sub(32);
+            self.compressor.limit_dictionary_size(room);
+        }
+        #[cfg(not(feature = "zstd"))]
+        let _ = n;
+    }
+
+    /// A dictionary training job for a method whose small messages were sampled:
+    /// run it away from the event loop ([`TrainJob::run`]) and hand the result to
+    /// [`Connection::add_dictionary`]. Only with [`features::ZSTD_DICTIONARIES`]
+    /// agreed and a link slow enough for compressing small messages to pay.
+    #[cfg(feature = "zstd")]
+    pub fn take_dictionary_job(&mut self) -> Option<TrainJob> {
+        self.compressor.take_dictionary_job()
+    }
+
+    /// Puts a trained dictionary in use: it is sent to the peer (a `DICTIONARY`
+    /// frame, ahead of every message compressed with it) and the method's small
+    /// messages may go with it from now on. Returns the dictionary's id, or `None`
+    /// when the training gave nothing worth using or the connection is no longer
+    /// open.
+    #[cfg(feature = "zstd")]
+    pub fn add_dictionary(&mut self, trained: TrainedDictionary) -> Option<u32> {
+        if self.state != State::Open {
+            return None;
+        }
+        let (id, data) = self.compressor.add_dictionary(trained)?;
+        Frame::Dictionary { id, data }.encode(&mut self.out, self.crc);
+        Some(id)
+    }
+
+    /// A `DICTIONARY` frame from the peer: kept for its messages, or the
+    /// connection fails (a dictionary not agreed, too large, one too many, or not
+    /// one).
+    pub(super) fn on_dictionary(&mut self, id: u32, data: &[u8]) -> Result<(), ProtoError> {
+        if !self
+            .negotiated
+            .as_ref()
+            .is_some_and(|n| n.has(features::ZSTD_DICTIONARIES))
+        {
+            return Err(Self::violation(
+                "DICTIONARY frame, but dictionaries were not agreed",
+            ));
+        }
+        #[cfg(feature = "zstd")]
+        return self
+            .decompressor
+            .add_dictionary(id, data)
+            .map_err(|e| Self::violation(e.to_string()));
+        #[cfg(not(feature = "zstd"))]
+        {
+            let _ = (id, data);
+            Err(Self::violation("DICTIONARY frame, but zstd is not built"))
+        }
+    }
+
     pub(super) fn compress(&mut self, key: u64, payload: &Payload) -> (Algorithm, Bytes) {
         let (algorithm, data) = self.compress_uncounted(key, payload);
         if let Some(t) = &self.config.compression_totals {

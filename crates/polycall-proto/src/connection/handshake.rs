@@ -65,7 +65,8 @@ impl Connection {
         }
     }
 
-    pub(super) fn open(&mut self, n: Negotiated) {
+    pub(super) fn open(&mut self, mut n: Negotiated) {
+        self.agree_dictionaries(&mut n);
         self.crc = n.has(features::CRC32C);
         self.send_credit = n.peer_limits.initial_window.into();
         self.negotiated = Some(n);

@@ -407,7 +407,17 @@ impl Connection {
         };
         // The first message of a call or reply may be handed out still compressed —
         // not a stream's: its later messages would overtake it.
+        // Dictionary messages are small and decoded here, with the connection's
+        // dictionaries; they decode to at most `MAX_DICTIONARY_MESSAGE` bytes.
+        let dictionary = msg.compression == Algorithm::ZstdDict;
+        #[cfg(feature = "zstd")]
+        let max = if dictionary {
+            max.min(crate::compress::dictionary::MAX_DICTIONARY_MESSAGE)
+        } else {
+            max
+        };
         let defer = msg.compression != Algorithm::None
+            && !dictionary
             && !c.rx_delivered
             && !c.rx_stream
             && (c.pending.is_some() || c.local)

@@ -879,6 +879,7 @@ impl Connection {
                 Ok(())
             }
             Frame::StreamCredit { call_id, increment } => self.on_stream_credit(call_id, increment),
+            Frame::Dictionary { id, data } => self.on_dictionary(id, &data),
             Frame::Register { call_id, methods } => {
                 self.open_peer_admin(call_id, "REGISTER")?;
                 self.events
