@@ -361,6 +361,9 @@ pub struct AdaptiveSelector {
     models: Vec<CandidateModel>,
     keys: HashMap<(u64, u8), KeyState>,
     clock: u64,
+    /// No candidate could pay for itself at any size: each costs more CPU per
+    /// byte than the wire does (recomputed when the link or a model changes).
+    never_pays: bool,
 }
 
 impl AdaptiveSelector {
@@ -399,6 +402,7 @@ impl AdaptiveSelector {
             models,
             keys: HashMap::new(),
             clock: 0,
+            never_pays: false,
         };
         selector.set_link_throughput(selector.config.link_bytes_per_sec);
         selector
@@ -416,7 +420,27 @@ impl AdaptiveSelector {
         if bytes_per_sec > 0.0 {
             self.config.link_bytes_per_sec = bytes_per_sec;
             self.wire_ns_per_byte = 1e9 / bytes_per_sec;
+            self.update_never_pays();
         }
+    }
+
+    /// Whether every candidate's CPU per byte alone (compressing at its best
+    /// learned speed, then decompressing) exceeds the wire's time per byte: then,
+    /// their fixed costs being positive, nothing pays at any size, and `choose`
+    /// answers at once.
+    fn update_never_pays(&mut self) {
+        let wire = self.wire_ns_per_byte * (1.0 + self.config.explore_margin);
+        self.never_pays = self.models.iter().all(|m| {
+            let fastest = (0..SIZE_CLASSES)
+                .map(|class| {
+                    let weight = f64::from(m.class_observations[class].min(KEY_WEIGHT_CAP));
+                    shrink(m.class_factor[class], weight, m.machine_factor)
+                })
+                .fold(f64::INFINITY, f64::min)
+                // A key's own data may compress faster than the shared model says.
+                / SPEED_OUTLIER_FACTOR;
+            m.prior.compress_ns_per_byte * fastest + m.prior.decompress_ns_per_byte > wire
+        });
     }
 
     /// The link throughput in force, in bytes per second.
@@ -448,7 +472,7 @@ impl AdaptiveSelector {
         allowed: &[Algorithm],
     ) -> Choice {
         let len = payload.len();
-        if len < self.config.min_size || len == 0 {
+        if len < self.config.min_size || len == 0 || self.never_pays {
             return Choice::NONE;
         }
         let n = len as f64;
@@ -571,6 +595,7 @@ impl AdaptiveSelector {
         // its data differs from the rest (when it is the only key, nothing).
         if saving >= SHARED_SPEED_MIN_SAVING {
             self.models[i].learn(input_len, cpu_ns, rate);
+            self.update_never_pays();
         }
         let expected_ns = self.models[i].compress_ns(input_len).max(1.0);
         let speed_factor =

@@ -63,7 +63,7 @@ pub const SAMPLES: usize = 64;
 pub const MIN_SAMPLE_BYTES: usize = 4 * 1024;
 /// The dictionary size trained (at most; the peer's frame size may bound it
 /// lower).
-pub const TRAINED_SIZE: usize = 8 * 1024;
+pub const TRAINED_SIZE: usize = 4 * 1024;
 /// The smallest dictionary worth training: a peer with frames smaller than
 /// this plus a header gets none.
 const MIN_TRAINED_SIZE: usize = 512;
@@ -83,6 +83,12 @@ const DECOMPRESS_NS_PER_BYTE: f64 = 0.5;
 const FIXED_BYTES: f64 = 300.0;
 /// Weight of the newest observation in the moving averages.
 const RATE: f64 = 0.1;
+/// A compression time this many times off the estimate counts as only this far
+/// off.
+const OUTLIER_FACTOR: f64 = 4.0;
+/// A dictionary not used for this many messages of its method (they were
+/// expected to go sooner without) is used for the next one, to check.
+const EXPLORE_EVERY: u32 = 32;
 /// zstd's dictionary magic number (little-endian at the start of a dictionary).
 const DICTIONARY_MAGIC: u32 = 0xEC30_A437;
 
@@ -112,7 +118,8 @@ struct Trained {
     data: Bytes,
     /// Fraction of the held-out samples' bytes the dictionary saved.
     saving: f64,
-    /// Compression time per message, as `factor * (FIXED_BYTES + len)` ns.
+    /// Compression time per message, as `factor * (FIXED_BYTES + len)` ns (the
+    /// median over the held-out samples).
     factor: f64,
 }
 
@@ -192,7 +199,10 @@ fn train(
     let cdict = CDict::try_create(&data, LEVEL).ok_or("zstd refused the trained dictionary")?;
     let mut cctx = CCtx::try_create().ok_or("no zstd context")?;
     let mut out = Vec::with_capacity(SMALL_MESSAGE * 2);
-    let (mut raw, mut wire, mut ns, mut modelled) = (0usize, 0usize, 0f64, 0f64);
+    let (mut raw, mut wire) = (0usize, 0usize);
+    // Per sample, the time as a factor of the model; the median is kept (this
+    // thread may be preempted at any time, by design).
+    let mut factors = Vec::with_capacity(test_sizes.len());
     let mut at = split;
     for &size in test_sizes {
         let sample = &samples[at..at + size];
@@ -202,9 +212,9 @@ fn train(
         r.map_err(|code| format!("compressing a sample: {}", zstd_safe::get_error_name(code)))?;
         raw += size;
         wire += out.len();
-        ns += cpu.as_secs_f64() * 1e9;
-        modelled += FIXED_BYTES + size as f64;
+        factors.push(cpu.as_secs_f64() * 1e9 / (FIXED_BYTES + size as f64));
     }
+    factors.sort_by(f64::total_cmp);
     let saving = 1.0 - wire as f64 / raw.max(1) as f64;
     if saving < MIN_SAVING {
         return Err(format!(
@@ -215,7 +225,7 @@ fn train(
     Ok(Trained {
         data: Bytes::from(data),
         saving,
-        factor: ns / modelled.max(1.0),
+        factor: factors[factors.len() / 2],
     })
 }
 
@@ -226,6 +236,8 @@ struct Ready {
     saving: f64,
     /// Compression time as `factor * (FIXED_BYTES + len)` ns, moving average.
     factor: f64,
+    /// Messages sent without it since it was last used.
+    skipped: u32,
 }
 
 enum Method {
@@ -302,7 +314,12 @@ impl DictionaryEncoder {
                     + DECOMPRESS_NS
                     + DECOMPRESS_NS_PER_BYTE * n
                     + n * (1.0 - d.saving) * wire_ns_per_byte;
-                cost < n * wire_ns_per_byte
+                // Estimates change only when the dictionary is used: every so
+                // often it is, so that one slow measurement (a preempted thread)
+                // does not put it out of use for good.
+                let use_it = cost < n * wire_ns_per_byte || d.skipped >= EXPLORE_EVERY;
+                d.skipped = if use_it { 0 } else { d.skipped + 1 };
+                use_it
             }
             Some(Method::Collecting { samples, sizes }) => {
                 samples.extend_from_slice(payload);
@@ -391,7 +408,8 @@ impl DictionaryEncoder {
         {
             let saving = (1.0 - output_len as f64 / input_len as f64).max(0.0);
             d.saving += RATE * (saving - d.saving);
-            let factor = cpu.as_secs_f64() * 1e9 / (FIXED_BYTES + input_len as f64);
+            let factor = (cpu.as_secs_f64() * 1e9 / (FIXED_BYTES + input_len as f64))
+                .clamp(d.factor / OUTLIER_FACTOR, d.factor * OUTLIER_FACTOR);
             d.factor += RATE * (factor - d.factor);
         }
     }
@@ -414,7 +432,8 @@ impl DictionaryEncoder {
                 Ready {
                     cdict,
                     saving: t.saving,
-                    factor: t.factor,
+                    factor: t.factor.max(1e-3),
+                    skipped: 0,
                 },
             ))
         });
@@ -530,6 +549,42 @@ mod tests {
             with * 2 <= plain,
             "{with} bytes with the dictionary against {plain} without"
         );
+    }
+
+    #[test]
+    fn one_slow_measurement_does_not_retire_a_dictionary() {
+        let mut encoder = DictionaryEncoder::default();
+        trained(&mut encoder, 7);
+        let message = record(1);
+        assert!(encoder.choose(7, &message, SLOW));
+        // Preempted: a compression that took 50 ms.
+        for _ in 0..3 {
+            encoder.observe(
+                7,
+                message.len(),
+                message.len() / 3,
+                Duration::from_millis(50),
+            );
+        }
+        let used = (0..200)
+            .filter(|&i| {
+                let m = record(i);
+                let chosen = encoder.choose(7, &m, SLOW);
+                if chosen {
+                    encoder.observe(7, m.len(), m.len() / 3, Duration::from_micros(2));
+                }
+                chosen
+            })
+            .count();
+        assert!(
+            used > 150,
+            "used for {used} of 200 messages after the outliers"
+        );
+        // On a fast link it is tried only now and then.
+        let tried = (0..320)
+            .filter(|&i| encoder.choose(7, &record(i), FAST))
+            .count();
+        assert_eq!(tried, 0, "a fast link is not one it could pay on at all");
     }
 
     #[test]
