@@ -397,6 +397,19 @@ pub fn vector_frames() -> Vec<(&'static str, Frame, bool)> {
             false,
         ),
         (
+            // The frame layer checks only the id and that there are bytes; a
+            // connection then refuses anything zstd does not load as a dictionary
+            // carrying this id (these bytes start like one: magic, then the id).
+            "dictionary",
+            Frame::Dictionary {
+                id: 32_768,
+                data: Bytes::from_static(&[
+                    0x37, 0xa4, 0x30, 0xec, 0x00, 0x80, 0x00, 0x00, 0x01, 0x02, 0x03, 0x04,
+                ]),
+            },
+            true,
+        ),
+        (
             "reply opening a server stream",
             Frame::Reply(ReplyFrame {
                 call_id: 13,
@@ -532,6 +545,18 @@ pub fn malformed_vectors() -> Vec<(&'static str, &'static str, bool, u32)> {
         (
             "EMPTY frame carrying a message",
             "03000000 11 0a 0000 01000000 0000 07",
+            false,
+            65_536,
+        ),
+        (
+            "dictionary without its id",
+            "02000000 25 00 0000 00000000 0080",
+            false,
+            65_536,
+        ),
+        (
+            "empty dictionary",
+            "04000000 25 00 0000 00000000 00800000",
             false,
             65_536,
         ),

@@ -52,6 +52,7 @@ fn every_golden_frame_decodes_to_its_meaning_and_back() {
         "pong",
         "goaway",
         "credit",
+        "dictionary",
         "register",
         "unregister",
     ];

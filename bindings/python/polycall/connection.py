@@ -1161,6 +1161,10 @@ class Connection:
             self._credit_event.set()
         elif t is F.StreamCredit:
             self._on_stream_credit(f)
+        elif t is F.Dictionary:
+            # This binding does not offer feature bit 2: a peer that ships one anyway
+            # breaks the protocol.
+            raise ProtocolViolation("DICTIONARY frame, but dictionaries were not agreed")
         elif t is F.End:
             self._on_end(f)
         elif t is F.Ping:

@@ -35,6 +35,7 @@ PONG = 0x21
 GOAWAY = 0x22
 CREDIT = 0x23
 STREAM_CREDIT = 0x24
+DICTIONARY = 0x25
 REGISTER = 0x30
 UNREGISTER = 0x31
 
@@ -61,6 +62,7 @@ _TYPES: dict[int, tuple[int, Optional[bool]]] = {
     GOAWAY: (0, False),
     CREDIT: (0, False),
     STREAM_CREDIT: (0, True),
+    DICTIONARY: (0, False),
     REGISTER: (0, True),
     UNREGISTER: (0, True),
 }
@@ -73,7 +75,10 @@ CONTENT_TYPES = {RAW: "raw", JSON: "json", POSTCARD: "postcard"}
 NONE = 0
 ZSTD = 1
 BROTLI = 2
-COMPRESSIONS = {NONE: "none", ZSTD: "zstd", BROTLI: "brotli"}
+#: zstd with a dictionary the sender shipped in a DICTIONARY frame (feature bit 2, §7.1;
+#: this binding does not offer it, so it never arrives on a conforming connection).
+ZSTD_DICT = 3
+COMPRESSIONS = {NONE: "none", ZSTD: "zstd", BROTLI: "brotli", ZSTD_DICT: "zstd-dict"}
 
 # Priorities (metadata tag 2); normal (2) is sent by omitting the entry.
 PRIORITIES = {0: "critical", 1: "high", 2: "normal", 3: "low"}
@@ -312,6 +317,15 @@ class Credit:
 
 
 @dataclasses.dataclass
+class Dictionary:
+    """A zstd dictionary the sender will compress messages with (feature bit 2, §7.1):
+    ``id`` (≥ 32768) and the dictionary's bytes."""
+
+    id: int
+    data: bytes
+
+
+@dataclasses.dataclass
 class StreamCredit:
     """Stream window credit: ``increment`` more payload bytes may be sent on the call's
     stream (§6.1)."""
@@ -338,13 +352,14 @@ class Unregister:
 
 Frame = Union[
     Hello, Welcome, Auth, Call, Reply, Error, Cancel, Data, End, Ping, Pong, GoAway,
-    Credit, StreamCredit, Register, Unregister,
+    Credit, StreamCredit, Dictionary, Register, Unregister,
 ]
 
 _TYPE_OF = {
     Hello: HELLO, Welcome: WELCOME, Auth: AUTH, Call: CALL, Reply: REPLY, Error: ERROR,
     Cancel: CANCEL, Data: DATA, End: END, Ping: PING, Pong: PONG, GoAway: GOAWAY,
-    Credit: CREDIT, StreamCredit: STREAM_CREDIT, Register: REGISTER, Unregister: UNREGISTER,
+    Credit: CREDIT, StreamCredit: STREAM_CREDIT, Dictionary: DICTIONARY, Register: REGISTER,
+    Unregister: UNREGISTER,
 }
 
 
@@ -492,6 +507,8 @@ def _fields(f: Frame) -> tuple[int, bytes, bytes]:
         return 0, struct.pack("<I", f.increment), b""
     if t is StreamCredit:
         return 0, struct.pack("<I", f.increment), b""
+    if t is Dictionary:
+        return 0, struct.pack("<I", f.id), f.data
     if t is Register:
         head = bytearray(struct.pack("<H", len(f.methods)))
         for m in f.methods:
@@ -838,6 +855,12 @@ def decode_body(ftype: int, flags: int, call_id: int, body: memoryview) -> Frame
         if inc == 0:
             raise r.err("stream credit increment of 0")
         f = StreamCredit(call_id, inc)
+    elif ftype == DICTIONARY:
+        did = r.u32("dictionary id is missing")
+        data = r.rest()
+        if not data:
+            raise r.err("empty dictionary")
+        f = Dictionary(did, data)
     elif ftype == REGISTER:
         n = r.u16("method count is missing")
         methods = []

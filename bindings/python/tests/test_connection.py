@@ -225,6 +225,20 @@ class ConnectionTests(unittest.IsolatedAsyncioTestCase):
         self.assertIsInstance(f, F.Error)
         self.assertEqual((f.call_id, f.code), (0, 14))
 
+    async def test_a_dictionary_the_binding_did_not_agree_to_ends_the_connection(self) -> None:
+        peer = Peer()
+        conn = await self.connect(peer)
+        self.assertEqual(peer.hello.features & 4, 0, "dictionaries are not offered")
+        t = asyncio.create_task(conn.call("svc.x", b""))
+        await peer.recv()
+        peer.send(F.Dictionary(32768, bytes.fromhex("37a430ec00800000")))
+        with self.assertRaises(polycall.UnavailableError):
+            await t
+        f = await peer.recv()
+        self.assertIsInstance(f, F.Error)
+        self.assertEqual(f.call_id, 0)
+        self.assertIn("dictionaries were not agreed", f.message)
+
     async def test_calls_the_peer_opens_are_served_and_cancelled(self) -> None:
         started = asyncio.Event()
         cancelled = asyncio.Event()

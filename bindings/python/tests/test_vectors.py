@@ -92,6 +92,8 @@ def frame_to_json(f: F.Frame) -> dict:
         return {"type": "credit", "increment": f.increment}
     if isinstance(f, F.StreamCredit):
         return {"type": "stream_credit", "call_id": f.call_id, "increment": f.increment}
+    if isinstance(f, F.Dictionary):
+        return {"type": "dictionary", "id": f.id, "data_hex": f.data.hex()}
     if isinstance(f, F.Register):
         return {"type": "register", "call_id": f.call_id, "methods": [
             {"name": m.name, "idempotent": m.idempotent, "kind": m.kind, "summary": m.summary,
@@ -120,7 +122,7 @@ class GoldenVectors(unittest.TestCase):
                 self.assertIsNone(F.decode(raw[:-1], 0xFFFFFFFF, v["crc32c"]))
                 kinds.add(v["frame"]["type"])
         self.assertEqual(kinds, {"hello", "welcome", "auth", "call", "reply", "error", "cancel",
-                                 "data", "end", "ping", "pong", "goaway", "credit", "stream_credit",
+                                 "data", "end", "ping", "pong", "goaway", "credit", "stream_credit", "dictionary",
                                  "register", "unregister"})
 
     def test_every_malformed_vector_fails_as_stated(self) -> None:

@@ -549,6 +549,10 @@ export class Connection {
         return;
       case "stream_credit":
         return this.onStreamCredit(f.callId, f.increment);
+      case "dictionary":
+        // This binding does not offer feature bit 2: a peer that ships one anyway
+        // breaks the protocol.
+        throw violation("DICTIONARY frame, but dictionaries were not agreed");
       case "register":
       case "unregister":
         this.openPeerAdmin(f.callId, f.type.toUpperCase());

@@ -18,6 +18,7 @@ export const FRAME_TYPE_NAMES: Readonly<Record<number, string>> = {
   0x22: "GOAWAY",
   0x23: "CREDIT",
   0x24: "STREAM_CREDIT",
+  0x25: "DICTIONARY",
   0x30: "REGISTER",
   0x31: "UNREGISTER",
 };

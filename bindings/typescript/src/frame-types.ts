@@ -14,6 +14,8 @@ export const FRAME_PONG = 0x21;
 export const FRAME_GOAWAY = 0x22;
 export const FRAME_CREDIT = 0x23;
 export const FRAME_STREAM_CREDIT = 0x24;
+/** A zstd dictionary the sender will compress messages with (feature bit 2, §7.1). */
+export const FRAME_DICTIONARY = 0x25;
 export const FRAME_REGISTER = 0x30;
 export const FRAME_UNREGISTER = 0x31;
 
@@ -39,6 +41,7 @@ export const FRAME_RULES: ReadonlyMap<number, { flags: number; call: boolean | n
   [FRAME_GOAWAY, { flags: 0, call: false }],
   [FRAME_CREDIT, { flags: 0, call: false }],
   [FRAME_STREAM_CREDIT, { flags: 0, call: true }],
+  [FRAME_DICTIONARY, { flags: 0, call: false }],
   [FRAME_REGISTER, { flags: 0, call: true }],
   [FRAME_UNREGISTER, { flags: 0, call: true }],
 ]);

@@ -24,6 +24,7 @@ import {
   FRAME_REPLY,
   FRAME_RULES,
   FRAME_STREAM_CREDIT,
+  FRAME_DICTIONARY,
   FRAME_UNREGISTER,
   FRAME_WELCOME,
 } from "./frame-types.js";
@@ -42,8 +43,11 @@ export const MAX_MESSAGE_TEXT = 4096;
 export const CONTENT_TYPES = ["raw", "json", "postcard"] as const;
 /** A payload codec name. */
 export type ContentType = (typeof CONTENT_TYPES)[number];
-/** Compression algorithms by wire id. */
-export const COMPRESSIONS = ["none", "zstd", "brotli"] as const;
+/**
+ * Compression algorithms by wire id. `zstd-dict` (3) is zstd with a dictionary the sender
+ * shipped in a DICTIONARY frame (feature bit 2, §7.1); this binding does not offer it.
+ */
+export const COMPRESSIONS = ["none", "zstd", "brotli", "zstd-dict"] as const;
 /** A compression algorithm name. */
 export type Compression = (typeof COMPRESSIONS)[number];
 
@@ -207,6 +211,8 @@ export type Frame =
   | { type: "credit"; increment: number }
   /** More payload bytes the receiver may send on this call's stream (§6.1). */
   | { type: "stream_credit"; callId: number; increment: number }
+  /** A zstd dictionary (id ≥ 32768) the sender will compress messages with (§7.1). */
+  | { type: "dictionary"; id: number; data: Uint8Array }
   | { type: "register"; callId: number; methods: MethodEntry[] }
   | { type: "unregister"; callId: number; methods: string[] };
 
@@ -225,6 +231,7 @@ const TYPE_BYTE: Record<Frame["type"], number> = {
   goaway: FRAME_GOAWAY,
   credit: FRAME_CREDIT,
   stream_credit: FRAME_STREAM_CREDIT,
+  dictionary: FRAME_DICTIONARY,
   register: FRAME_REGISTER,
   unregister: FRAME_UNREGISTER,
 };
@@ -352,6 +359,9 @@ function writeFields(f: Frame, w: Writer): void {
     case "stream_credit":
       w.u32(f.increment);
       return;
+    case "dictionary":
+      w.u32(f.id);
+      return;
     case "register":
       w.u16(f.methods.length);
       for (const m of f.methods) {
@@ -381,6 +391,7 @@ function payloadOf(f: Frame): Uint8Array | null {
     case "data":
       return f.payload;
     case "auth":
+    case "dictionary":
       return f.data;
     default:
       return null;
@@ -680,6 +691,13 @@ function decodeBody(h: Header, body: Uint8Array): Frame {
       const increment = r.u32("increment is missing");
       if (increment === 0) throw r.err("stream credit increment of 0");
       frame = { type: "stream_credit", callId: h.callId, increment };
+      break;
+    }
+    case FRAME_DICTIONARY: {
+      const id = r.u32("dictionary id is missing");
+      const data = r.rest();
+      if (data.length === 0) throw r.err("empty dictionary");
+      frame = { type: "dictionary", id, data };
       break;
     }
     case FRAME_REGISTER: {

@@ -279,3 +279,10 @@ test("goaway fails the calls above the last id as unavailable", () => {
   assert.ok(evs.some((e) => e.type === "goaway" && e.lastCallId === a));
   assert.throws(() => c.openCall("s", "m", Payload.raw("c")), PolycallError);
 });
+
+test("a DICTIONARY frame is a protocol violation: this binding does not offer dictionaries", () => {
+  const [c, s] = connected();
+  const dictionary = encodeFrame({ type: "dictionary", id: 32768, data: Uint8Array.of(0x37, 0xa4, 0x30, 0xec) }, false);
+  assert.throws(() => s.feed(dictionary), (e: unknown) => e instanceof ProtoError && e.message.includes("dictionaries were not agreed"));
+  void c;
+});

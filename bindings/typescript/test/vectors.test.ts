@@ -98,6 +98,8 @@ function meaning(f: Frame): Record<string, unknown> {
       return { type: "credit", increment: f.increment };
     case "stream_credit":
       return { type: "stream_credit", call_id: f.callId, increment: f.increment };
+    case "dictionary":
+      return { type: "dictionary", id: f.id, data_hex: hex(f.data) };
     case "register":
       return {
         type: "register", call_id: f.callId,
@@ -129,7 +131,7 @@ test("every golden frame decodes to its meaning and re-encodes to the same bytes
     assert.equal(hex(encodeFrame(r.frame, v.crc32c)), v.hex, `${v.name}: re-encoding`);
     kinds.add(v.frame.type);
   }
-  for (const k of ["hello", "welcome", "auth", "call", "reply", "error", "cancel", "data", "end", "ping", "pong", "goaway", "credit", "stream_credit", "register", "unregister"]) {
+  for (const k of ["hello", "welcome", "auth", "call", "reply", "error", "cancel", "data", "end", "ping", "pong", "goaway", "credit", "stream_credit", "dictionary", "register", "unregister"]) {
     assert.ok(kinds.has(k), `no vector of frame type ${k}`);
   }
 });
