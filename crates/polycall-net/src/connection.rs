@@ -25,9 +25,6 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
-use futures_util::future::{AbortHandle as InlineAbort, Abortable, Aborted};
-use futures_util::stream::FuturesUnordered;
 use polycall_core::{
     Call, ClassQueues, Code, IdMap, MethodName, Reply, ServiceName, Status, StreamCall,
 };
@@ -41,6 +38,7 @@ use crate::auth::{Authenticator, ClientExchange, Credentials, ServerExchange, St
 
 mod batch;
 mod handler_run;
+mod inline_handlers;
 mod producer;
 mod streams;
 use crate::handler::SharedHandler;
@@ -197,22 +195,11 @@ pub const OFFLOAD_COMPRESS_ABOVE: usize = 64 * 1024;
 /// decompress to megabytes (up to the message limit), whatever their size on the wire.
 pub const OFFLOAD_DECOMPRESS_ABOVE: usize = 0;
 
-/// A running handler: in its own task, or inside the connection's task.
+/// A running handler: in its own task, or inside the connection's task (its slot).
 enum Serving {
     Task(tokio::task::AbortHandle),
-    Inline(InlineAbort),
+    Inline(usize),
 }
-
-impl Serving {
-    fn abort(&self) {
-        match self {
-            Serving::Task(h) => h.abort(),
-            Serving::Inline(h) => h.abort(),
-        }
-    }
-}
-
-type InlineHandler = Abortable<handler_run::HandlerRun>;
 
 enum Command {
     Call {
@@ -628,7 +615,7 @@ impl PendingConnection {
             tokens: IdMap::default(),
             serving: IdMap::default(),
             streams: Streams::default(),
-            handlers: FuturesUnordered::new(),
+            handlers: Default::default(),
             backlog: ClassQueues::default(),
             out: VecDeque::new(),
             out_front: 0,
@@ -694,8 +681,8 @@ struct Driver {
     serving: IdMap<u32, Serving>,
     /// Streaming calls in progress: their readers and producers.
     streams: Streams,
-    /// Handlers run inside this task (`spawn_handlers = false`).
-    handlers: FuturesUnordered<InlineHandler>,
+    /// Handlers run inside this task (`spawn_handlers = false`, or inline methods).
+    handlers: inline_handlers::InlineHandlers,
     /// Incoming calls waiting for a free handler, by class.
     backlog: ClassQueues<(u32, Call)>,
     out: VecDeque<Bytes>,
@@ -791,9 +778,11 @@ impl Driver {
             self.shared.peer, status.message
         )));
         for (_, h) in self.serving.drain() {
-            h.abort();
+            if let Serving::Task(h) = h {
+                h.abort();
+            }
         }
-        self.handlers = FuturesUnordered::new();
+        self.handlers = Default::default();
         self.backlog.clear();
         for cmd in self.waiting.drain(..) {
             reject(cmd, status);
@@ -964,11 +953,17 @@ impl Driver {
                 if self.streams_open() {
                     self.streams.close(call_id, None);
                 }
-                if let Some(h) = self.serving.remove(&call_id) {
-                    h.abort();
-                    self.dispatch_backlog();
-                } else {
-                    self.backlog.remove_first(|(id, _)| *id == call_id);
+                match self.serving.remove(&call_id) {
+                    Some(serving) => {
+                        match serving {
+                            Serving::Task(h) => h.abort(),
+                            Serving::Inline(slot) => self.handlers.cancel(slot),
+                        }
+                        self.dispatch_backlog();
+                    }
+                    None => {
+                        self.backlog.remove_first(|(id, _)| *id == call_id);
+                    }
                 }
             }
             Event::Register { call_id, methods } => {
@@ -1110,9 +1105,8 @@ impl Driver {
         let run =
             handler_run::HandlerRun::new(call_id, self.handler.call(call), deadline.map(|d| d.0));
         if inline {
-            let (abort, registration) = InlineAbort::new_pair();
-            self.handlers.push(Abortable::new(run, registration));
-            self.serving.insert(call_id, Serving::Inline(abort));
+            let slot = self.handlers.push(run);
+            self.serving.insert(call_id, Serving::Inline(slot));
             return;
         }
         let Some(answers) = self.answers.upgrade() else {
@@ -1134,12 +1128,11 @@ impl Driver {
     fn poll_handlers(&mut self, cx: &mut Context<'_>) -> bool {
         let mut progressed = false;
         for _ in 0..1024 {
-            match self.handlers.poll_next_unpin(cx) {
-                Poll::Ready(Some(Ok((call_id, result)))) => {
+            match self.handlers.poll_next(cx) {
+                Poll::Ready(Some((call_id, result))) => {
                     progressed = true;
                     self.answer(call_id, result);
                 }
-                Poll::Ready(Some(Err(Aborted))) => progressed = true,
                 Poll::Ready(None) | Poll::Pending => break,
             }
         }

@@ -1,7 +1,7 @@
 //! A unary handler's run: its future, bounded by the call's deadline, answering with
-//! the call's id. A named future rather than an `async` block, so a connection that
-//! polls its handlers itself keeps it without a box of its own (and a spawned one is
-//! moved into its task as it is).
+//! the call's id. A named `Unpin` future rather than an `async` block, so a connection
+//! that polls its handlers itself keeps it in a slab slot without a box of its own (and
+//! a spawned one is moved into its task as it is).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -12,19 +12,17 @@ use polycall_core::{BoxFuture, Reply, Status};
 use tokio::task::Unconstrained;
 use tokio::time::Sleep;
 
-pin_project_lite::pin_project! {
-    /// Resolves to `(call id, the handler's answer)`, or `deadline_exceeded` once the
-    /// deadline passes first.
-    pub(super) struct HandlerRun {
-        call_id: u32,
-        handler: BoxFuture,
-        deadline: Option<Instant>,
-        // Made at the first poll, so its timer is the one of the runtime that polls the
-        // run (a spawned handler's, not the connection's); outside the task budget, so a
-        // handler that spends the budget every poll is still stopped at its deadline.
-        #[pin]
-        timer: Option<Unconstrained<Sleep>>,
-    }
+/// Resolves to `(call id, the handler's answer)`, or `deadline_exceeded` once the
+/// deadline passes first. `Unpin`: a connection keeps its inline runs in a slab.
+pub(super) struct HandlerRun {
+    call_id: u32,
+    handler: BoxFuture,
+    deadline: Option<Instant>,
+    // Made at the first poll that does not finish (a handler that answers at once
+    // needs none), so its timer is the one of the runtime that polls the run (a
+    // spawned handler's, not the connection's); outside the task budget, so a handler
+    // that spends the budget every poll is still stopped at its deadline.
+    timer: Option<Pin<Box<Unconstrained<Sleep>>>>,
 }
 
 impl HandlerRun {
@@ -42,25 +40,24 @@ impl HandlerRun {
 impl Future for HandlerRun {
     type Output = (u32, Result<Reply, Status>);
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = &mut *self;
         // The handler first: an answer ready at the deadline still counts.
         if let Poll::Ready(result) = this.handler.as_mut().poll(cx) {
-            return Poll::Ready((*this.call_id, result));
+            return Poll::Ready((this.call_id, result));
         }
         if let Some(deadline) = this.deadline.take() {
-            this.timer
-                .set(Some(tokio::task::unconstrained(tokio::time::sleep_until(
-                    deadline.into(),
-                ))));
+            this.timer = Some(Box::pin(tokio::task::unconstrained(
+                tokio::time::sleep_until(deadline.into()),
+            )));
         }
         let expired = this
             .timer
-            .as_pin_mut()
-            .is_some_and(|timer| timer.poll(cx).is_ready());
+            .as_mut()
+            .is_some_and(|timer| timer.as_mut().poll(cx).is_ready());
         if expired {
             return Poll::Ready((
-                *this.call_id,
+                this.call_id,
                 Err(Status::deadline_exceeded(
                     "the handler did not finish before the call's deadline",
                 )),

@@ -119,7 +119,7 @@ impl Connection {
             c.rx_delivered = true;
             self.calls.insert(f.call_id, c);
             self.events.push_back((
-                Event::Call(Box::new(IncomingCall {
+                Event::Call(IncomingCall {
                     call_id: f.call_id,
                     service,
                     method,
@@ -127,17 +127,17 @@ impl Connection {
                     meta: f.meta,
                     stream: true,
                     empty: true,
-                })),
+                }),
                 0,
             ));
             return Ok(());
         }
-        c.pending = Some(Box::new(PendingCall {
+        c.pending = Some(PendingCall {
             service,
             method,
             meta: f.meta,
             stream: f.stream,
-        }));
+        });
         self.calls.insert(f.call_id, c);
         self.start_message(
             f.call_id,
@@ -452,7 +452,7 @@ impl Connection {
             c.rx_done = true;
         }
         let event = if let Some(p) = c.pending.take() {
-            Event::Call(Box::new(IncomingCall {
+            Event::Call(IncomingCall {
                 call_id,
                 service: p.service,
                 method: p.method,
@@ -460,7 +460,7 @@ impl Connection {
                 meta: p.meta,
                 stream: p.stream,
                 empty: false,
-            }))
+            })
         } else if first && c.local {
             Event::Reply {
                 call_id,

@@ -245,7 +245,7 @@ pub enum Event {
         data: Bytes,
     },
     /// The peer opened a call.
-    Call(Box<IncomingCall>),
+    Call(IncomingCall),
     /// The reply to a call this side opened.
     Reply {
         /// The call.
@@ -402,8 +402,10 @@ struct CallState {
     tx_replied: bool,
     /// Inbound: the first message was delivered.
     rx_delivered: bool,
-    /// Peer calls: the name and metadata, until the first message completes.
-    pending: Option<Box<PendingCall>>,
+    /// Peer calls: the name and metadata, until the first message completes (kept
+    /// here, not boxed: most calls complete in their first frame, and a box would be
+    /// an allocation a call).
+    pending: Option<PendingCall>,
     /// Inbound stream: payload bytes the peer may still send on it (§6.1).
     rx_window: u64,
     /// Inbound stream: bytes received whose stream credit is not yet returned.
