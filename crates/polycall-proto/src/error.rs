@@ -43,6 +43,12 @@ pub enum ConfigError {
         /// The algorithm.
         algorithm: Algorithm,
     },
+    /// `zstd-dict` in the compression list: it is agreed with a feature bit
+    /// (`features::ZSTD_DICTIONARIES`), never listed.
+    #[error(
+        "zstd-dict is not listed among compressions: offer it with the ZSTD_DICTIONARIES feature bit (and zstd)"
+    )]
+    DictionaryListed,
     /// The reassembly budget could never hold a largest message.
     #[error(
         "reassembly_budget {budget} is below max_message {max_message}: a largest message could never arrive"

@@ -299,6 +299,9 @@ impl Settings {
         if let Some(&algorithm) = self.compressions.iter().find(|a| !a.is_built()) {
             return Err(ConfigError::CompressionNotBuilt { algorithm });
         }
+        if self.compressions.contains(&Algorithm::ZstdDict) {
+            return Err(ConfigError::DictionaryListed);
+        }
         Ok(())
     }
 
@@ -463,6 +466,11 @@ impl Negotiated {
                 welcome.features & !client.features
             )));
         }
+        if let Some(id) = welcome.compressions.iter().find(|&&id| {
+            id != Algorithm::None.id() && !client.compressions.iter().any(|a| a.id() == id)
+        }) {
+            return Err(bad(format!("compression {id} not offered")));
+        }
         let offered_auth = client
             .auth_methods
             .iter()
@@ -496,7 +504,8 @@ impl Negotiated {
             .compressions
             .iter()
             .filter_map(|&id| Algorithm::from_id(id))
-            .filter(|a| a.is_built())
+            // `zstd-dict` is agreed by a feature bit, never by the list.
+            .filter(|a| a.is_built() && *a != Algorithm::ZstdDict)
             .collect();
         if !compressions.contains(&Algorithm::None) {
             compressions.push(Algorithm::None);

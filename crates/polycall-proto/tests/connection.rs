@@ -1843,7 +1843,8 @@ fn small_messages_go_with_their_methods_trained_dictionary() {
             .unwrap()
             .has(polycall_proto::features::ZSTD_DICTIONARIES)
     );
-    p.client.set_link_throughput(12.5e6); // 100 Mbit/s
+    // 10 Mbit/s: the dictionary pays by far, however slowly a busy machine compresses.
+    p.client.set_link_throughput(1.25e6);
     send_records(&mut p, 0..dictionary::SAMPLES as u64);
     let job = p.client.take_dictionary_job().expect("a job once sampled");
     assert!(p.client.take_dictionary_job().is_none());

@@ -225,3 +225,26 @@ fn only_built_compression_is_offered() {
         assert_eq!(w.compressions, vec![Algorithm::None.id()]);
     }
 }
+
+/// `zstd-dict` is agreed with feature bit 2, never by the list: settings that list it are
+/// refused, and a WELCOME listing it (or any compression not offered) fails the client's
+/// check. With the bit, both sides add it to what they agreed.
+#[test]
+#[cfg(feature = "zstd")]
+fn dictionaries_are_agreed_by_the_feature_bit_only() {
+    let mut listed = Settings::default();
+    listed.compressions.insert(0, Algorithm::ZstdDict);
+    assert_eq!(
+        listed.validate(),
+        Err(polycall_proto::ConfigError::DictionaryListed)
+    );
+
+    let client = Settings::default();
+    assert_ne!(client.features & features::ZSTD_DICTIONARIES, 0);
+    let mut w = negotiate(&Settings::default(), &client.hello()).unwrap();
+    assert_ne!(w.features & features::ZSTD_DICTIONARIES, 0);
+    assert!(!w.compressions.contains(&Algorithm::ZstdDict.id()));
+    w.compressions.insert(0, Algorithm::ZstdDict.id());
+    let e = Negotiated::for_client(&client, &w).unwrap_err();
+    assert!(e.message.contains("compression 3 not offered"), "{e}");
+}

@@ -112,9 +112,10 @@ impl InlineHandlers {
         }
     }
 
-    /// Polls the runs that were woken (each once) until one finishes: its call id and
-    /// answer. `Ready(None)` when the slab is empty; `Pending` when no woken run
-    /// finished (the connection's task is woken when one is woken again).
+    /// Polls the runs that were woken (each about once) until one finishes: its call id
+    /// and answer. `Ready(None)` when the slab is empty; `Pending` when no woken run
+    /// finished (the connection's task is woken when one is woken again, or at once
+    /// when the budget of polls ran out first).
     pub(super) fn poll_next(
         &mut self,
         cx: &mut Context<'_>,
@@ -123,7 +124,15 @@ impl InlineHandlers {
             return Poll::Ready(None);
         }
         self.shared.task.register(cx.waker());
+        // Each run at most about once per call: a run that wakes itself while polled
+        // (a yield) is back on the list at once, and must not keep the connection's
+        // task here. Past the budget, the task is woken to come back.
+        let mut budget = self.running + 1;
         loop {
+            if budget == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             let index = match self.pending.pop_front() {
                 Some(index) => index,
                 None => {
@@ -141,6 +150,7 @@ impl InlineHandlers {
                 continue;
             };
             slot.wake.queued.store(false, Ordering::Release);
+            budget -= 1;
             let mut slot_cx = Context::from_waker(&slot.waker);
             if let Poll::Ready(answer) = std::pin::Pin::new(run).poll(&mut slot_cx) {
                 slot.run = None;
@@ -189,6 +199,31 @@ mod tests {
         h.push(HandlerRun::new(3, ready("a"), None));
         h.push(HandlerRun::new(4, ready("b"), None));
         assert_eq!(h.slots.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_run_that_wakes_itself_does_not_hold_the_connection() {
+        let mut h = InlineHandlers::default();
+        // Yields forever: wakes itself and stays pending at every poll.
+        let spinning: BoxFuture = Box::pin(std::future::poll_fn(|cx| {
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }));
+        h.push(HandlerRun::new(1, spinning, None));
+        h.push(HandlerRun::new(2, ready("done"), None));
+        let (id, _) = poll_fn(|cx| h.poll_next(cx)).await.unwrap();
+        assert_eq!(id, 2);
+        // The spinning run alone: the call returns (pending), the task woken to come back.
+        let woken = Arc::new(AtomicBool::new(false));
+        struct Flag(Arc<AtomicBool>);
+        impl Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::SeqCst);
+            }
+        }
+        let waker = Waker::from(Arc::new(Flag(woken.clone())));
+        assert!(h.poll_next(&mut Context::from_waker(&waker)).is_pending());
+        assert!(woken.load(Ordering::SeqCst));
     }
 
     #[tokio::test]

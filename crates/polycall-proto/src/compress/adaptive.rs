@@ -707,6 +707,8 @@ impl AdaptiveCompressor {
     /// Times compression with `clock` instead of the system's (a test or a fuzzer
     /// gives a fixed one, and the selector's choices repeat run after run).
     pub fn with_clock(mut self, clock: crate::Clock) -> Self {
+        #[cfg(feature = "zstd")]
+        self.dictionaries.set_clock(clock.clone());
         self.clock = clock;
         self
     }

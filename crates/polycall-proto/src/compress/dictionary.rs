@@ -41,7 +41,7 @@ use zstd::zstd_safe::{self, CCtx, CDict};
 use super::{Algorithm, CompressError};
 
 /// The largest dictionary a receiver accepts, in bytes.
-pub const MAX_DICTIONARY_SIZE: usize = 16 * 1024;
+pub const MAX_DICTIONARY_SIZE: usize = 8 * 1024;
 /// The most dictionaries a receiver keeps from one peer (one per method).
 pub const MAX_DICTIONARIES: usize = 32;
 /// The most a message compressed with a dictionary may decode to, in bytes.
@@ -61,6 +61,17 @@ pub const MIN_SAMPLE: usize = 16;
 pub const SAMPLES: usize = 64;
 /// The least sampled bytes a dictionary is trained from.
 pub const MIN_SAMPLE_BYTES: usize = 4 * 1024;
+/// The most bytes sampled from one method: with that much, training starts
+/// after fewer than [`SAMPLES`] messages.
+pub const MAX_SAMPLE_BYTES: usize = 64 * 1024;
+/// Training needs at least this many messages.
+const MIN_SAMPLES: usize = 8;
+/// Training jobs handed out and not yet taken, at most: a caller that never takes
+/// them (`AdaptiveCompressor::take_dictionary_job`) stops the sampling there.
+const MAX_UNTAKEN_JOBS: usize = 4;
+/// The least compression time expected, as a factor of `FIXED_BYTES + len` ns:
+/// sampling is worth it only where a dictionary this fast could pay.
+const MIN_FACTOR: f64 = 1.0;
 /// The dictionary size trained (at most; the peer's frame size may bound it
 /// lower).
 pub const TRAINED_SIZE: usize = 4 * 1024;
@@ -245,7 +256,10 @@ enum Method {
         samples: Vec<u8>,
         sizes: Vec<usize>,
     },
-    Training,
+    /// The job for dictionary `id` is out.
+    Training {
+        id: u32,
+    },
     Ready(Box<Ready>),
     /// Training failed or gave a dictionary not worth using.
     Unusable,
@@ -260,6 +274,7 @@ pub(crate) struct DictionaryEncoder {
     jobs: Vec<TrainJob>,
     cctx: Option<CCtx<'static>>,
     max_size: usize,
+    clock: crate::Clock,
 }
 
 impl Default for DictionaryEncoder {
@@ -271,6 +286,7 @@ impl Default for DictionaryEncoder {
             jobs: Vec::new(),
             cctx: None,
             max_size: TRAINED_SIZE,
+            clock: crate::Clock::system(),
         }
     }
 }
@@ -292,12 +308,23 @@ impl DictionaryEncoder {
         self.max_size = max_size.min(TRAINED_SIZE);
     }
 
+    /// Times training and measurements with `clock` (a test's fixed one, for runs
+    /// that repeat).
+    pub(crate) fn set_clock(&mut self, clock: crate::Clock) {
+        self.clock = clock;
+    }
+
     /// Whether a dictionary could pay for a `len`-byte message on a link of
-    /// `wire_ns_per_byte`: even one that saved the whole message would not
-    /// repay compressing and decompressing it on a fast link.
+    /// `wire_ns_per_byte`: a gate, not a bound — the message's wire time must be
+    /// at least twice what compressing (at [`MIN_FACTOR`]) and decompressing it is
+    /// expected to cost at best. On a fast link (loopback) nothing passes, and
+    /// nothing is sampled or trained.
     fn could_pay(len: usize, wire_ns_per_byte: f64) -> bool {
+        let n = len as f64;
         (MIN_SAMPLE..=SMALL_MESSAGE).contains(&len)
-            && len as f64 * wire_ns_per_byte > 2.0 * (DECOMPRESS_NS + FIXED_BYTES + len as f64)
+            && n * wire_ns_per_byte
+                > 2.0
+                    * (DECOMPRESS_NS + DECOMPRESS_NS_PER_BYTE * n + MIN_FACTOR * (FIXED_BYTES + n))
     }
 
     /// Whether `payload`, a message of method `key`, goes with the method's
@@ -322,30 +349,37 @@ impl DictionaryEncoder {
                 use_it
             }
             Some(Method::Collecting { samples, sizes }) => {
-                samples.extend_from_slice(payload);
-                sizes.push(len);
-                if sizes.len() >= SAMPLES && samples.len() >= MIN_SAMPLE_BYTES {
+                if samples.len() + len <= MAX_SAMPLE_BYTES {
+                    samples.extend_from_slice(payload);
+                    sizes.push(len);
+                }
+                let enough = (sizes.len() >= SAMPLES
+                    || samples.len() + SMALL_MESSAGE > MAX_SAMPLE_BYTES)
+                    && samples.len() >= MIN_SAMPLE_BYTES
+                    && sizes.len() >= MIN_SAMPLES;
+                if enough && self.jobs.len() < MAX_UNTAKEN_JOBS {
                     let samples = std::mem::take(samples);
                     let sizes = std::mem::take(sizes);
                     self.collecting -= 1;
-                    self.methods.insert(key, Method::Training);
+                    let id = self.next_id;
+                    self.next_id += 1;
+                    self.methods.insert(key, Method::Training { id });
                     self.jobs.push(TrainJob {
                         key,
-                        id: self.next_id,
+                        id,
                         max_size: self.max_size,
                         samples,
                         sizes,
-                        clock: crate::Clock::system(),
+                        clock: self.clock.clone(),
                     });
-                    self.next_id += 1;
-                } else if sizes.len() >= 4 * SAMPLES {
+                } else if !enough && sizes.len() >= 4 * SAMPLES {
                     // Too little to train from after many messages: give up.
                     self.collecting -= 1;
                     self.methods.insert(key, Method::Unusable);
                 }
                 false
             }
-            Some(Method::Training | Method::Unusable) => false,
+            Some(Method::Training { .. } | Method::Unusable) => false,
             None => {
                 let given = (self.next_id - FIRST_DICTIONARY_ID) as usize;
                 if self.collecting < MAX_COLLECTING
@@ -422,7 +456,10 @@ impl DictionaryEncoder {
     /// Puts a trained dictionary in use; returns its id and bytes to ship to
     /// the peer, or `None` when training gave nothing worth using.
     pub(crate) fn add(&mut self, trained: TrainedDictionary) -> Option<(u32, Bytes)> {
-        if !matches!(self.methods.get(&trained.key), Some(Method::Training)) {
+        // Only the result of this encoder's own job for the method (a result of
+        // another connection's would ship a foreign id).
+        if !matches!(self.methods.get(&trained.key), Some(Method::Training { id }) if *id == trained.id)
+        {
             return None;
         }
         let ready = trained.result.ok().and_then(|t| {

@@ -103,7 +103,8 @@ impl Decoder {
     }
 
     /// Decodes `input`, compressed with one of the peer's dictionaries, into at
-    /// most `limit` bytes. Every frame must name the same dictionary.
+    /// most `limit` bytes. The first zstd frame names the dictionary; zstd refuses a
+    /// later frame that names another (one that names none is decoded with it).
     pub(super) fn decompress_with_dictionary(
         &mut self,
         input: &[u8],

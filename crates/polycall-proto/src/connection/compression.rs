@@ -49,10 +49,11 @@ impl Connection {
     /// connection fails (a dictionary not agreed, too large, one too many, or not
     /// one).
     pub(super) fn on_dictionary(&mut self, id: u32, data: &[u8]) -> Result<(), ProtoError> {
+        // Agreed: the bit, and zstd itself (`agree_dictionaries`).
         if !self
             .negotiated
             .as_ref()
-            .is_some_and(|n| n.has(features::ZSTD_DICTIONARIES))
+            .is_some_and(|n| n.compressions.contains(&Algorithm::ZstdDict))
         {
             return Err(Self::violation(
                 "DICTIONARY frame, but dictionaries were not agreed",

@@ -318,10 +318,19 @@ impl Connection {
         };
         let len = payload.len();
         let total = message_len.map_or(len, |n| n as usize);
+        #[cfg(feature = "zstd")]
+        let dictionary_limit = crate::compress::dictionary::MAX_DICTIONARY_MESSAGE;
+        #[cfg(not(feature = "zstd"))]
+        let dictionary_limit = usize::MAX;
         let refusal = if !allowed {
             Some(Status::malformed(format!(
                 "message compressed with {}, which was not negotiated",
                 compression.name()
+            )))
+        } else if compression == Algorithm::ZstdDict && total > dictionary_limit {
+            // Decoded where it arrives: its input is bounded as its output is.
+            Some(Status::too_large(format!(
+                "a dictionary-compressed message of {total} bytes exceeds the limit of {dictionary_limit}"
             )))
         } else if total > max {
             Some(Status::too_large(format!(
