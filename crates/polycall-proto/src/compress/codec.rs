@@ -84,6 +84,7 @@ impl Compressor {
             Algorithm::Zstd => self.zstd.compress(choice.level, input, out),
             #[cfg(feature = "brotli")]
             Algorithm::Brotli => brotli_codec::compress(choice.level, input, out),
+            #[cfg(feature = "zstd")]
             Algorithm::ZstdDict => Err(CompressError::Dictionary {
                 detail: "a dictionary belongs to a method: AdaptiveCompressor::encode uses it"
                     .to_owned(),
@@ -109,6 +110,7 @@ impl Compressor {
                 Algorithm::Brotli,
                 format!("quality {} is outside 0..=11", choice.level),
             )),
+            #[cfg(feature = "zstd")]
             Algorithm::ZstdDict => Err(CompressError::Dictionary {
                 detail: "a dictionary belongs to a method: AdaptiveCompressor::encode uses it"
                     .to_owned(),
