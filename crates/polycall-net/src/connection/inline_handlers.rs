@@ -145,7 +145,8 @@ impl InlineHandlers {
                 }
             };
             let slot = &mut self.slots[index];
-            // A wake that raced a cancel, or a second entry: nothing (more) to poll.
+            // A wake that raced a cancel: nothing to poll. (A duplicate entry for a
+            // slot that was reused polls its run once more, harmlessly.)
             let Some(run) = slot.run.as_mut() else {
                 continue;
             };

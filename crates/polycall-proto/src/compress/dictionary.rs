@@ -382,9 +382,12 @@ impl DictionaryEncoder {
             Some(Method::Training { .. } | Method::Unusable) => false,
             None => {
                 let given = (self.next_id - FIRST_DICTIONARY_ID) as usize;
+                // No new method while jobs wait untaken: a caller that never takes
+                // them stops the sampling there.
                 if self.collecting < MAX_COLLECTING
                     && given + self.collecting < MAX_DICTIONARIES
                     && self.max_size >= MIN_TRAINED_SIZE
+                    && self.jobs.len() < MAX_UNTAKEN_JOBS
                 {
                     self.collecting += 1;
                     self.methods.insert(
@@ -456,8 +459,9 @@ impl DictionaryEncoder {
     /// Puts a trained dictionary in use; returns its id and bytes to ship to
     /// the peer, or `None` when training gave nothing worth using.
     pub(crate) fn add(&mut self, trained: TrainedDictionary) -> Option<(u32, Bytes)> {
-        // Only the result of this encoder's own job for the method (a result of
-        // another connection's would ship a foreign id).
+        // Only the result of the job this encoder handed out for the method, by
+        // its id (another connection's result with the same id would still be a
+        // valid dictionary carrying this id).
         if !matches!(self.methods.get(&trained.key), Some(Method::Training { id }) if *id == trained.id)
         {
             return None;
