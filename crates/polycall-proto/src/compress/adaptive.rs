@@ -148,8 +148,8 @@ const SHARED_SPEED_MIN_SAVING: f64 = 0.1;
 const PRIOR_WEIGHT: u32 = 2;
 
 /// A single speed observation may move an estimate by at most this factor:
-/// a preempted thread is not a slow compressor.
-const SPEED_OUTLIER_FACTOR: f64 = 4.0;
+/// a preempted thread is not a slow compressor (the dictionaries' estimates too).
+pub(super) const SPEED_OUTLIER_FACTOR: f64 = 4.0;
 
 /// A key's estimates for a candidate are blended with what the model would
 /// say without them, as if that were this many observations, and the key's

@@ -38,6 +38,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use zstd::zstd_safe::{self, CCtx, CDict};
 
+use super::adaptive::SPEED_OUTLIER_FACTOR;
 use super::{Algorithm, CompressError};
 
 /// The largest dictionary a receiver accepts, in bytes.
@@ -94,9 +95,6 @@ const DECOMPRESS_NS_PER_BYTE: f64 = 0.5;
 const FIXED_BYTES: f64 = 300.0;
 /// Weight of the newest observation in the moving averages.
 const RATE: f64 = 0.1;
-/// A compression time this many times off the estimate counts as only this far
-/// off.
-const OUTLIER_FACTOR: f64 = 4.0;
 /// A dictionary not used for this many messages of its method (they were
 /// expected to go sooner without) is used for the next one, to check.
 const EXPLORE_EVERY: u32 = 32;
@@ -423,18 +421,10 @@ impl DictionaryEncoder {
                     CompressError::encode(Algorithm::ZstdDict, "no zstd context")
                 })?),
             };
-        let start = out.len();
-        out.reserve(zstd_safe::compress_bound(input.len()));
-        let mut tail = std::io::Cursor::new(&mut *out);
-        tail.set_position(start as u64);
-        if let Err(code) = cctx.compress_using_cdict(&mut tail, input, &d.cdict) {
-            out.truncate(start);
-            return Err(CompressError::encode(
-                Algorithm::ZstdDict,
-                zstd_safe::get_error_name(code),
-            ));
-        }
-        Ok(())
+        super::zstd_codec::append_frame(out, input.len(), Algorithm::ZstdDict, |tail| {
+            cctx.compress_using_cdict(tail, input, &d.cdict)
+                .map_err(|code| zstd_safe::get_error_name(code).to_owned())
+        })
     }
 
     /// Learns from compressing a `input_len`-byte message of `key` with its
@@ -445,8 +435,10 @@ impl DictionaryEncoder {
         {
             let saving = (1.0 - output_len as f64 / input_len as f64).max(0.0);
             d.saving += RATE * (saving - d.saving);
-            let factor = (cpu.as_secs_f64() * 1e9 / (FIXED_BYTES + input_len as f64))
-                .clamp(d.factor / OUTLIER_FACTOR, d.factor * OUTLIER_FACTOR);
+            let factor = (cpu.as_secs_f64() * 1e9 / (FIXED_BYTES + input_len as f64)).clamp(
+                d.factor / SPEED_OUTLIER_FACTOR,
+                d.factor * SPEED_OUTLIER_FACTOR,
+            );
             d.factor += RATE * (factor - d.factor);
         }
     }
@@ -658,16 +650,8 @@ mod tests {
     #[test]
     fn useless_dictionaries_are_not_shipped() {
         let mut encoder = DictionaryEncoder::default();
-        let mut x = 0x1234_5678_9abc_def1u64;
-        for _ in 0..SAMPLES {
-            let noise: Vec<u8> = (0..400)
-                .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    (x >> 32) as u8
-                })
-                .collect();
+        for seed in 0..SAMPLES as u64 {
+            let noise = crate::compress::probe::noise(400, 0x1234_5678_9abc_def1 ^ seed);
             encoder.choose(9, &noise, SLOW);
         }
         let done = encoder.take_job().unwrap().run();

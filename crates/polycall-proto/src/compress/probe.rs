@@ -63,6 +63,20 @@ pub(crate) fn entropy_bits_per_byte(payload: &[u8]) -> f64 {
     (entropy + correction).clamp(0.0, 8.0)
 }
 
+/// `len` pseudo-random bytes (xorshift from `seed`), for tests.
+#[cfg(test)]
+pub(super) fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 32) as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,15 +89,7 @@ mod tests {
 
     #[test]
     fn random_bytes_look_random() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let bytes: Vec<u8> = (0..100_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 32) as u8
-            })
-            .collect();
+        let bytes = noise(100_000, 0x9e37_79b9_7f4a_7c15);
         let h = entropy_bits_per_byte(&bytes);
         assert!(h > 7.8, "{h}");
     }

@@ -55,17 +55,31 @@ impl Encoders {
         out: &mut Vec<u8>,
     ) -> Result<(), CompressError> {
         let context = self.context(level)?;
-        let start = out.len();
-        out.reserve(zstd_safe::compress_bound(input.len()));
-        let mut cursor = Cursor::new(&mut *out);
-        cursor.set_position(start as u64);
-        let result = context.compress_to_buffer(input, &mut cursor);
-        if let Err(e) = result {
-            out.truncate(start);
-            return Err(CompressError::encode(Algorithm::Zstd, e.to_string()));
-        }
-        Ok(())
+        append_frame(out, input.len(), Algorithm::Zstd, |tail| {
+            context
+                .compress_to_buffer(input, tail)
+                .map_err(|e| e.to_string())
+        })
     }
+}
+
+/// Appends to `out` the zstd frame `compress` writes for an input of `input_len`
+/// bytes (room for the worst case is made first); `out` is left as it was on error.
+pub(super) fn append_frame(
+    out: &mut Vec<u8>,
+    input_len: usize,
+    algorithm: Algorithm,
+    compress: impl FnOnce(&mut Cursor<&mut Vec<u8>>) -> Result<usize, String>,
+) -> Result<(), CompressError> {
+    let start = out.len();
+    out.reserve(zstd_safe::compress_bound(input_len));
+    let mut tail = Cursor::new(&mut *out);
+    tail.set_position(start as u64);
+    if let Err(detail) = compress(&mut tail) {
+        out.truncate(start);
+        return Err(CompressError::encode(algorithm, detail));
+    }
+    Ok(())
 }
 
 /// The decompression context, kept between messages, and the dictionaries the
